@@ -1,0 +1,63 @@
+import os
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wanflow.io.video import check_writable, save_video, to_uint8
+
+
+def ramp_video(frames=5, h=32, w=48):
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(3, frames, h, w, generator=gen) * 2.4 - 1.2  # values beyond [-1, 1] get clamped
+
+
+def test_pixels_follow_the_reference_rule():
+    video = torch.tensor([-1.5, -1.0, -0.5, 0.0, 0.3, 1.0, 2.0]).view(1, 1, 1, 7).expand(3, 1, 1, 7)
+    got = to_uint8(video)[0, 0, :, 0]
+    want = [int((min(max(v, -1), 1) + 1) / 2 * 255) for v in (-1.5, -1.0, -0.5, 0.0, 0.3, 1.0, 2.0)]
+    assert got.tolist() == want  # truncation, not rounding: 0.0 -> 127
+
+
+def test_mp4_decodes_with_frames_size_fps_and_metadata(tmp_path):
+    path = save_video(ramp_video(), tmp_path / "out.mp4", fps=16, metadata={"prompt": "a red circle", "seed": 7})
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+        assert stream.average_rate == 16
+        assert container.metadata.get("prompt") == "a red circle" and container.metadata.get("seed") == "7"
+    assert len(frames) == 5 and frames[0].shape == (32, 48, 3)
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temp file left
+
+
+def test_png_frames_are_lossless(tmp_path):
+    video = ramp_video()
+    folder = save_video(video, str(tmp_path / "frames") + "/")
+    names = sorted(os.listdir(folder))
+    assert names == [f"{i:05d}.png" for i in range(5)]
+    for i, name in enumerate(names):
+        assert np.array_equal(np.asarray(Image.open(folder / name)), to_uint8(video)[i])
+
+
+def test_gif(tmp_path):
+    path = save_video(ramp_video(), tmp_path / "out.gif", fps=10)
+    with Image.open(path) as im:
+        assert im.n_frames == 5 and im.size == (48, 32)
+
+
+def test_unwritable_and_unknown_outputs(tmp_path):
+    with pytest.raises(ValueError, match="unsupported output"):
+        check_writable(tmp_path / "out.avi")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="not a writable folder"):
+        check_writable(blocker / "out.mp4")
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    with pytest.raises(ValueError, match="even width"):
+        save_video(ramp_video(w=47), tmp_path / "odd.mp4")
+    assert os.listdir(tmp_path) == []

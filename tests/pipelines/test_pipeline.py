@@ -1,0 +1,93 @@
+"""The pipeline's own behaviour on tiny official-layout checkpoints: seeds, experts, outputs, defaults."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.tiny.checkpoint import write_official_checkpoint
+from wanflow.io.video import to_uint8
+from wanflow.pipelines.pipeline import WanPipeline
+
+KW = dict(size=(64, 64), frames=5, steps=4)
+
+
+@pytest.fixture(scope="module")
+def t2v(tmp_path_factory):
+    return WanPipeline.from_pretrained(write_official_checkpoint(tmp_path_factory.mktemp("t2v"), "t2v-A14B"))
+
+
+@pytest.fixture(scope="module")
+def ti2v(tmp_path_factory):
+    return WanPipeline.from_pretrained(write_official_checkpoint(tmp_path_factory.mktemp("ti2v"), "ti2v-5B"))
+
+
+def test_same_seed_same_frames_other_seed_other_frames(t2v):
+    a = t2v("a blue square moving up", seed=7, **KW)
+    b = t2v("a blue square moving up", seed=7, **KW)
+    c = t2v("a blue square moving up", seed=8, **KW)
+    assert torch.equal(a.frames, b.frames)
+    assert (a.frames - c.frames).abs().max() > 1e-2
+    assert a.seed == 7 and a.metadata["seed"] == 7
+
+
+def test_seed_minus_one_draws_and_reports(t2v):
+    v = t2v("a blue square", seed=-1, **KW)
+    assert v.seed >= 0
+    again = t2v("a blue square", seed=v.seed, **KW)
+    assert torch.equal(v.frames, again.frames)
+
+
+def test_noise_is_one_float32_randn_from_a_seeded_generator(t2v):
+    noise = t2v.noise((16, 2, 8, 8), seed=123)
+    want = torch.randn((16, 2, 8, 8), generator=torch.Generator().manual_seed(123), dtype=torch.float32)
+    assert torch.equal(noise[0], want)
+
+
+def test_expert_handoff_follows_the_boundary(t2v):
+    steps = []
+    t2v("x", seed=1, size=(64, 64), frames=5, steps=8, callback=steps.append)
+    # official grid, shift 12, 8 steps: 999 988 972 952 922 877 | 799 631 with the boundary at 875
+    assert [s.timestep for s in steps] == [999, 988, 972, 952, 922, 877, 799, 631]
+    assert [s.expert for s in steps] == ["high"] * 6 + ["low"] * 2
+    assert [s.guide_scale for s in steps] == [4.0] * 6 + [3.0] * 2  # (low, high) = (3.0, 4.0)
+
+
+def test_ti2v_image_latent_stays_in_frame_zero(ti2v):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    seen = []
+    video = ti2v("a yellow triangle", image=image, seed=2, size=(64, 64), frames=5, steps=3, callback=seen.append)
+    assert video.frames.shape == (3, 5, 64, 64)  # best size for a 4:3 image within 64*64 pixels, multiple of 32
+    assert len(seen) == 3
+
+
+def test_png_frames_equal_the_returned_tensor(t2v, tmp_path):
+    video = t2v("a white circle", seed=3, **KW)
+    folder = video.save(str(tmp_path / "frames") + "/")
+    for i, frame in enumerate(to_uint8(video.frames)):
+        assert np.array_equal(np.asarray(Image.open(folder / f"{i:05d}.png")), frame)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(frames=8), "4n\\+1"),
+        (dict(size=(60, 64)), "not divisible by 16"),
+        (dict(steps=0), "sample_steps"),
+        (dict(steps=2.5), "sample_steps"),
+        (dict(guide_scale=-1.0), "guide_scale"),
+        (dict(guide_scale=(1.0, 2.0, 3.0)), "guide_scale"),
+        (dict(shift=0), "sample_shift"),
+        (dict(solver="ddim"), "unknown sample_solver"),
+        (dict(image=Image.new("RGB", (8, 8))), "takes no image"),
+    ],
+)
+def test_bad_arguments(t2v, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        t2v("x", **{**KW, **kwargs})
+
+
+def test_task_and_checkpoint_must_agree(tmp_path):
+    root = write_official_checkpoint(tmp_path, "ti2v-5B")
+    with pytest.raises(ValueError, match="needs a t2v model"):
+        WanPipeline.from_pretrained(root, task="t2v-A14B")

@@ -1,0 +1,241 @@
+import dataclasses
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from wanflow.sampling.schedule import UNIPC_SIGMA_MAX, dpm_schedule, get_schedule
+from wanflow.sampling.solvers import SOLVERS, get_solver
+
+NAMES = ["euler", "unipc", "dpm++"]
+
+
+def _sample(name, schedule, field, x):
+    """Run ``name`` over ``schedule``; ``field(x, sigma)`` is the velocity. Returns every sample, x_0 first."""
+    solver = get_solver(name)
+    state = solver.init(schedule)
+    samples = [x]
+    for k in range(schedule.num_steps):
+        x, state = solver.step(state, field(x, schedule.sigmas[k].item()), x, k)
+        samples.append(x)
+    return samples
+
+
+# ---------------------------------------------------------------- parity with diffusers
+
+
+def _fake_velocities(steps: int, shape):
+    """A fixed fake model: nonlinear in x and t plus a per-step random field."""
+    gen = torch.Generator().manual_seed(1234)
+    noise = [torch.randn(shape, generator=gen) for _ in range(steps)]
+    return lambda x, t, k: (torch.tanh(1.3 * x.float()) * (1 + t / 1000) + 0.3 * noise[k]).to(x.dtype)
+
+
+def _unipc_reference(shift: float, n: int):
+    diffusers = pytest.importorskip("diffusers")
+    ref = diffusers.UniPCMultistepScheduler(
+        num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift,
+        solver_order=2, solver_type="bh2", lower_order_final=True, predict_x0=True, final_sigmas_type="zero",
+    )  # fmt: skip
+    # diffusers.md §6.2: the official grid, as a numpy array; diffusers applies flow_shift to it once
+    ref.set_timesteps(sigmas=np.linspace(UNIPC_SIGMA_MAX, 0.0, n + 1)[:-1])
+    return ref
+
+
+def _dpm_reference(shift: float, n: int):
+    diffusers = pytest.importorskip("diffusers")
+    ref = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift,
+        algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint", lower_order_final=True,
+        euler_at_final=False, final_sigmas_type="zero",
+    )  # fmt: skip
+    with warnings.catch_warnings():  # a numpy-2 DeprecationWarning inside diffusers
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ref.set_timesteps(n)
+    # DPMSolverMultistepScheduler.set_timesteps takes no `sigmas`, and its flow grid is 1 - linspace(1, 1/1000)
+    # (starting at shift(0.999), not 1.0). Its step reads only `sigmas` and `timesteps`, so hand it the official grid.
+    official = dpm_schedule(n, shift)
+    ref.sigmas, ref.timesteps = official.sigmas.clone(), official.timesteps.clone()
+    ref.set_begin_index(0)
+    return ref
+
+
+REFERENCES = {"unipc": _unipc_reference, "dpm++": _dpm_reference}
+
+
+@pytest.mark.parametrize("name", ["unipc", "dpm++"])
+@pytest.mark.parametrize("shift", [3.0, 5.0, 12.0])
+@pytest.mark.parametrize("n", [5, 10, 40])
+def test_matches_diffusers_step_by_step(name, shift, n):
+    ref = REFERENCES[name](shift, n)
+    schedule = get_schedule(name, n, shift)
+    assert torch.equal(schedule.timesteps, ref.timesteps)
+    torch.testing.assert_close(schedule.sigmas, ref.sigmas, atol=1e-7, rtol=0)
+
+    shape = (2, 3, 4, 5)
+    model = _fake_velocities(n, shape)
+    solver = get_solver(name)
+    state = solver.init(schedule)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    y = x.clone()
+    for k, t in enumerate(schedule.timesteps):
+        x, state = solver.step(state, model(x, t.item(), k), x, k)
+        y = ref.step(model(y, t.item(), k), t, y).prev_sample
+        assert (x - y).abs().max().item() <= 1e-6, f"step {k}"
+    # the last step lands on the data prediction, so the sample is not trivially small
+    assert x.abs().max() > 0.1
+
+
+@pytest.mark.parametrize("name", ["unipc", "dpm++"])
+def test_matches_diffusers_in_bfloat16(name):
+    n, shift = 10, 5.0
+    ref = REFERENCES[name](shift, n)
+    schedule = get_schedule(name, n, shift)
+    model = _fake_velocities(n, (2, 3, 4, 5))
+    solver = get_solver(name)
+    state = solver.init(schedule)
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0)).bfloat16()
+    y = x.clone()
+    for k, t in enumerate(schedule.timesteps):
+        x, state = solver.step(state, model(x, t.item(), k), x, k)
+        y = ref.step(model(y, t.item(), k), t, y).prev_sample
+        assert x.dtype == torch.bfloat16
+        torch.testing.assert_close(x, y, atol=2**-7 * y.abs().max().item(), rtol=0)
+
+
+# ---------------------------------------------------------------- closed forms
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shift", [1.0, 5.0, 12.0])
+def test_point_mass_is_integrated_exactly(name, shift):
+    # Data = one point x0: the field (x - x0) / sigma is v = eps - x0 along the straight line, which every solver
+    # follows exactly: each sample is (1 - sigma) x0 + sigma eps and the last one is x0.
+    gen = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(64, generator=gen), torch.randn(64, generator=gen)
+    schedule = get_schedule(name, 12, shift)
+    sigma0 = schedule.sigmas[0].item()
+    samples = _sample(name, schedule, lambda x, s: (x - x0) / s, (1 - sigma0) * x0 + sigma0 * eps)
+    for sigma, x in zip(schedule.sigmas.tolist(), samples, strict=True):
+        torch.testing.assert_close(x, (1 - sigma) * x0 + sigma * eps, atol=2e-6, rtol=0)
+    assert (samples[-1] - x0).abs().max().item() <= 1e-6
+
+
+class Gaussian:
+    """Data N(mu, s^2): the flow-matching field is affine in x and transports z = (x - (1-sigma) mu) / sqrt(V)."""
+
+    def __init__(self, mu: float, s: float):
+        self.mu, self.s = mu, s
+
+    def var(self, sigma: float) -> float:  # Var x_sigma
+        return (1 - sigma) ** 2 * self.s**2 + sigma**2
+
+    def velocity(self, x: torch.Tensor, sigma: float) -> torch.Tensor:  # E[eps - x0 | x_sigma = x]
+        dvar = -2 * (1 - sigma) * self.s**2 + 2 * sigma
+        return -self.mu + dvar / (2 * self.var(sigma)) * (x - (1 - sigma) * self.mu)
+
+    def point(self, z: torch.Tensor, sigma: float) -> torch.Tensor:  # where the standard score z sits at sigma
+        return (1 - sigma) * self.mu + math.sqrt(self.var(sigma)) * z
+
+
+# (final, whole path) max errors, about 1.3x those measured for this problem (40 steps, shift 5, |x0| up to 6.5):
+# euler 0.24 / 0.24, unipc 1.9e-2 / 2.7e-2, dpm++ 3.9e-2 / 4.6e-2.
+GAUSSIAN_TOLERANCE = {"euler": (0.32, 0.32), "unipc": (2.4e-2, 3.6e-2), "dpm++": (5e-2, 6e-2)}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gaussian_data_is_transported_to_the_exact_point(name):
+    g = Gaussian(mu=0.5, s=2.0)
+    z = torch.linspace(-3, 3, 13)
+    schedule = get_schedule(name, 40, 5.0)
+    samples = _sample(name, schedule, g.velocity, g.point(z, schedule.sigmas[0].item()))
+    final_tol, path_tol = GAUSSIAN_TOLERANCE[name]
+    assert (samples[-1] - g.point(z, 0.0)).abs().max().item() <= final_tol
+    for sigma, x in zip(schedule.sigmas.tolist(), samples, strict=True):
+        assert (x - g.point(z, sigma)).abs().max().item() <= path_tol
+
+
+@pytest.mark.parametrize(("name", "band"), [("euler", (0.85, 1.15)), ("unipc", (1.7, 2.5)), ("dpm++", (1.6, 2.3))])
+def test_order_of_accuracy(name, band):
+    # Uniform sigma grid (shift 1). DPM++(2M) measures ~1.75 here, not 2: with sigma spaced uniformly the steps in
+    # lambda do not shrink near sigma = 0 and 1, which costs a log factor; UniPC's corrector makes up for it (~2.1).
+    g = Gaussian(mu=0.5, s=2.0)
+    z = torch.linspace(-3, 3, 13)
+    steps = [20, 40, 80, 160]
+    errors = []
+    for n in steps:
+        schedule = get_schedule(name, n, 1.0)
+        final = _sample(name, schedule, g.velocity, g.point(z, schedule.sigmas[0].item()))[-1]
+        errors.append((final - g.point(z, 0.0)).abs().max().item())
+    slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
+    assert band[0] <= slope <= band[1], (errors, slope)
+
+
+# ---------------------------------------------------------------- explicit state
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_is_explicit_and_immutable(name):
+    solver = get_solver(name)
+    schedule = get_schedule(name, 6, 5.0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(8, generator=gen)
+    state = solver.init(schedule)
+    states, xs = [state], [x]
+    for k in range(schedule.num_steps):
+        x, state = solver.step(state, torch.sin(3 * x) + k, x, k)
+        states.append(state)
+        xs.append(x)
+    # replay any step from its saved state: same result, and the saved state and inputs are untouched
+    for k in range(schedule.num_steps):
+        before = [t.clone() for t in states[k].x0]
+        x_in = xs[k].clone()
+        again, new_state = solver.step(states[k], torch.sin(3 * xs[k]) + k, xs[k], k)
+        once_more, _ = solver.step(states[k], torch.sin(3 * xs[k]) + k, xs[k], k)
+        assert torch.equal(again, xs[k + 1]) and torch.equal(once_more, xs[k + 1])
+        assert new_state is not states[k] and new_state.index == k
+        assert all(torch.equal(a, b) for a, b in zip(before, states[k].x0, strict=True))
+        assert torch.equal(x_in, xs[k])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        states[1].index = 5
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_steps_must_be_consecutive_and_in_range(name):
+    solver = get_solver(name)
+    schedule = get_schedule(name, 5, 5.0)
+    x = torch.zeros(3)
+    state = solver.init(schedule)
+    _, state = solver.step(state, x, x, 0)
+    with pytest.raises(ValueError, match="consecutive"):
+        solver.step(state, x, x, 2)
+    with pytest.raises(ValueError, match="outside"):
+        solver.step(solver.init(schedule), x, x, 5)
+    # starting part-way through a schedule is allowed (fresh state, no history)
+    solver.step(solver.init(schedule), x, x, 3)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_state_carries_the_history(name):
+    # From step 2 on, the same (velocity, x) stepped from the carried state and from a fresh one (no history) agree
+    # only for the one-step Euler solver.
+    solver = get_solver(name)
+    schedule = get_schedule(name, 8, 5.0)
+    x = torch.linspace(-1, 1, 5)
+    state = solver.init(schedule)
+    for k in range(schedule.num_steps - 1):
+        v = torch.tanh(x) * (k + 1)
+        x_next, state_next = solver.step(state, v, x, k)
+        x_fresh, _ = solver.step(solver.init(schedule), v, x, k)
+        if k >= 2:
+            assert torch.equal(x_next, x_fresh) == (name == "euler")
+        x, state = x_next, state_next
+
+
+def test_solver_registry():
+    assert set(SOLVERS) == {"unipc", "dpm++", "euler"}
+    assert get_solver("dpm++").order == 2 and get_solver("euler").order == 1
+    with pytest.raises(ValueError, match=r"choose one of \['dpm\+\+', 'euler', 'unipc'\]"):
+        get_solver("heun")

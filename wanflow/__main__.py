@@ -1,0 +1,5 @@
+import sys
+
+from wanflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,164 @@
+"""``wanflow convert``: rewrite a checkpoint folder from one layout into the other, tensor for tensor.
+
+Works on state dicts only (no model is built), so dtypes and values are preserved exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from wanflow.checkpoints.io import CheckpointError, read_folder, read_weights, write_folder
+from wanflow.checkpoints.layouts import (
+    DENSE,
+    DIFFUSERS_EXPERTS,
+    OFFICIAL_EXPERTS,
+    OFFICIAL_T5,
+    OFFICIAL_TOKENIZER,
+    OFFICIAL_VAES,
+    Layout,
+    detect_layout,
+)
+from wanflow.checkpoints.load import dit_config, read_json
+from wanflow.checkpoints.maps.dit import DIT_KEYMAP, dit_config_to_diffusers, strip_prefixes
+from wanflow.checkpoints.maps.t5 import T5_KEYMAP, t5_config_from_hf, t5_config_from_state_dict, t5_config_to_hf
+from wanflow.checkpoints.maps.vae import (
+    vae_config_from_diffusers,
+    vae_config_from_state_dict,
+    vae_config_to_diffusers,
+    vae_keymap,
+)
+from wanflow.configs import TASK_BY_MODEL_TYPE
+
+SHARD_BYTES = 10 * 1024**3  # diffusers' default shard size
+
+
+def convert_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, to: str | None = None, max_shard_bytes: int = SHARD_BYTES
+) -> Layout:
+    """Convert ``src`` into ``dst`` in the other layout (or ``to`` = "official" | "diffusers"); returns dst's layout."""
+    layout = detect_layout(src)
+    to = to or ("diffusers" if layout.kind == "official" else "official")
+    if to not in ("official", "diffusers"):
+        raise ValueError(f"unknown target layout {to!r}; choose 'official' or 'diffusers'")
+    if to == layout.kind:
+        raise ValueError(f"{src} is already in the {to} layout")
+    dst = Path(dst)
+    if dst.exists() and any(dst.iterdir()):
+        raise ValueError(f"output folder {dst} is not empty; choose a new folder")
+    dst.mkdir(parents=True, exist_ok=True)
+    (_to_diffusers if to == "diffusers" else _to_official)(layout, dst, max_shard_bytes)
+    return detect_layout(dst)
+
+
+def _to_diffusers(layout: Layout, dst: Path, shard: int) -> None:
+    model_type = "t2v"
+    for name, folder in layout.experts.items():
+        cfg = dit_config(folder, "official")
+        model_type = cfg.model_type
+        out = dst / DIFFUSERS_EXPERTS["high" if name == DENSE else name]
+        write_folder(DIT_KEYMAP.forward(strip_prefixes(read_folder(folder))), out, max_shard_bytes=shard)
+        _write_json(out / "config.json", dit_config_to_diffusers(cfg))
+    if layout.vae is not None:
+        state = read_weights(layout.vae)
+        cfg = vae_config_from_state_dict(state)
+        write_folder(vae_keymap(cfg).forward(state), dst / "vae", max_shard_bytes=shard)
+        _write_json(dst / "vae" / "config.json", vae_config_to_diffusers(cfg))
+    if layout.text_encoder is not None:
+        state = read_weights(layout.text_encoder)
+        cfg = t5_config_from_state_dict(state)
+        write_folder(_untie(T5_KEYMAP.forward(state)), dst / "text_encoder", stem="model", max_shard_bytes=shard)
+        t5_config_to_hf(cfg).save_pretrained(dst / "text_encoder")
+    if layout.tokenizer is not None:
+        shutil.copytree(layout.tokenizer, dst / "tokenizer")
+    spec = TASK_BY_MODEL_TYPE[model_type]
+    _write_json(
+        dst / "scheduler" / "scheduler_config.json",
+        {
+            "_class_name": "UniPCMultistepScheduler",
+            "num_train_timesteps": 1000,
+            "prediction_type": "flow_prediction",
+            "use_flow_sigmas": True,
+            "flow_shift": spec.shift,
+            "solver_order": 2,
+            "solver_type": "bh2",
+            "lower_order_final": True,
+            "predict_x0": True,
+            "final_sigmas_type": "zero",
+        },
+    )
+    _write_json(dst / "model_index.json", _model_index(layout, model_type))
+
+
+def _model_index(layout: Layout, model_type: str) -> dict:
+    spec = TASK_BY_MODEL_TYPE[model_type]
+    index = {
+        "_class_name": "WanImageToVideoPipeline" if model_type == "i2v" else "WanPipeline",
+        "_diffusers_version": "0.35.0",
+        "boundary_ratio": spec.boundary if layout.is_moe else None,
+        "expand_timesteps": model_type == "ti2v",
+        "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+        "text_encoder": ["transformers", "UMT5EncoderModel"],
+        "tokenizer": ["transformers", "T5TokenizerFast"],
+        "transformer": ["diffusers", "WanTransformer3DModel"],
+        "transformer_2": ["diffusers", "WanTransformer3DModel"] if layout.is_moe else [None, None],
+        "vae": ["diffusers", "AutoencoderKLWan"],
+    }
+    if model_type == "i2v":
+        index.update(image_encoder=[None, None], image_processor=[None, None])
+    return index
+
+
+def _to_official(layout: Layout, dst: Path, shard: int) -> None:
+    from transformers import UMT5Config
+
+    for name, folder in layout.experts.items():
+        cfg = dit_config(folder, "diffusers")
+        out = dst if name == DENSE else dst / OFFICIAL_EXPERTS[name]
+        write_folder(DIT_KEYMAP.reverse(read_folder(folder)), out, max_shard_bytes=shard)
+        _write_json(out / "config.json", cfg.to_json())
+    if layout.vae is not None:
+        cfg = vae_config_from_diffusers(read_json(layout.vae / "config.json"))
+        _save_pth(vae_keymap(cfg).reverse(read_folder(layout.vae)), dst / OFFICIAL_VAES[cfg.version])
+    if layout.text_encoder is not None:
+        t5_config_from_hf(UMT5Config.from_pretrained(layout.text_encoder))  # validates the architecture
+        state = read_folder(layout.text_encoder, stem="model")
+        _save_pth(T5_KEYMAP.reverse(_drop_tied(state)), dst / OFFICIAL_T5)
+    if layout.tokenizer is not None:
+        shutil.copytree(layout.tokenizer, dst / OFFICIAL_TOKENIZER)
+
+
+def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses two names for one storage: keep the first name of each shared tensor."""
+    seen: dict[tuple[int, tuple[int, ...]], str] = {}
+    out = {}
+    for k, v in state.items():
+        key = (v.data_ptr(), tuple(v.shape))
+        if key not in seen:
+            seen[key] = k
+            out[k] = v
+    return out
+
+
+def _drop_tied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers may save the tied input embedding under a second name; the official layout has it once."""
+    if "shared.weight" in state:
+        return {k: v for k, v in state.items() if not k.endswith("embed_tokens.weight")}
+    return state
+
+
+def _save_pth(state: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.contiguous() for k, v in state.items()}, path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+__all__ = ["CheckpointError", "convert_checkpoint"]

@@ -1,0 +1,124 @@
+"""Where each component lives in the two checkpoint layouts people have on disk.
+
+Official (``Wan-AI/Wan2.2-*``)::
+
+    high_noise_model/ low_noise_model/     config.json + diffusion_pytorch_model*.safetensors (A14B experts)
+    config.json + diffusion_pytorch_model*  (TI2V-5B: one DiT at the root)
+    Wan2.1_VAE.pth | Wan2.2_VAE.pth         (a .safetensors with the same stem is preferred when present)
+    models_t5_umt5-xxl-enc-bf16.pth
+    google/umt5-xxl/                        tokenizer
+
+Diffusers (``Wan-AI/Wan2.2-*-Diffusers``)::
+
+    model_index.json transformer/ [transformer_2/] vae/ text_encoder/ tokenizer/ scheduler/
+
+In diffusers ``transformer`` is the high-noise expert and ``transformer_2`` the low-noise one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from wanflow.checkpoints.io import CheckpointError
+
+OFFICIAL_EXPERTS = {"high": "high_noise_model", "low": "low_noise_model"}
+DIFFUSERS_EXPERTS = {"high": "transformer", "low": "transformer_2"}
+OFFICIAL_VAES = {"2.1": "Wan2.1_VAE.pth", "2.2": "Wan2.2_VAE.pth"}
+OFFICIAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
+OFFICIAL_TOKENIZER = "google/umt5-xxl"
+DENSE = "dense"  # the key of a single (non-MoE) DiT in ``Layout.experts``
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of the components of one checkpoint folder. A component that is absent is ``None``."""
+
+    kind: str  # "official" | "diffusers"
+    root: Path
+    experts: dict[str, Path]  # {"high": folder, "low": folder} or {"dense": folder}
+    vae: Path | None  # official: a weights file; diffusers: a folder
+    text_encoder: Path | None  # official: a weights file; diffusers: a folder
+    tokenizer: Path | None
+
+    @property
+    def is_moe(self) -> bool:
+        return DENSE not in self.experts
+
+    def require(self, component: str) -> Path:
+        path = getattr(self, component)
+        if path is None:
+            names = {
+                "vae": "a VAE (Wan2.1_VAE.pth / Wan2.2_VAE.pth or vae/)",
+                "text_encoder": f"a text encoder ({OFFICIAL_T5} or text_encoder/)",
+                "tokenizer": f"a tokenizer ({OFFICIAL_TOKENIZER}/ or tokenizer/)",
+            }
+            raise CheckpointError(f"{self.root} has no {names[component]}")
+        return path
+
+
+def _is_dit_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("diffusion_pytorch_model*"))
+
+
+def _official(root: Path) -> Layout | None:
+    experts = {k: root / v for k, v in OFFICIAL_EXPERTS.items() if (root / v).is_dir()}
+    if not experts and _is_dit_folder(root):
+        experts = {DENSE: root}
+    if not experts:
+        return None
+    if len(experts) == 1 and DENSE not in experts:
+        missing = next(v for k, v in OFFICIAL_EXPERTS.items() if k not in experts)
+        raise CheckpointError(f"{root} holds one expert but not {missing}/: both A14B experts are needed")
+    vae = next(
+        (
+            root / f
+            for f in OFFICIAL_VAES.values()
+            if (root / f).exists() or (root / f).with_suffix(".safetensors").exists()
+        ),
+        None,
+    )
+    t5 = root / OFFICIAL_T5
+    t5_found = t5.exists() or t5.with_suffix(".safetensors").exists()
+    tokenizer = root / OFFICIAL_TOKENIZER
+    return Layout("official", root, experts, vae, t5 if t5_found else None, tokenizer if tokenizer.is_dir() else None)
+
+
+def _diffusers(root: Path) -> Layout | None:
+    index = root / "model_index.json"
+    if not index.is_file():
+        return None
+    try:
+        entries = json.loads(index.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{index} is not valid JSON: {e}") from None
+    present = {k: root / v for k, v in DIFFUSERS_EXPERTS.items() if (root / v).is_dir()}
+    if "high" not in present:
+        raise CheckpointError(f"{root} has a model_index.json but no transformer/ folder")
+    experts = present if "low" in present else {DENSE: present["high"]}
+    if "low" in present and not entries.get("boundary_ratio"):
+        raise CheckpointError(f"{index} lists two transformers but no boundary_ratio")
+
+    def folder(name: str) -> Path | None:
+        return root / name if (root / name).is_dir() else None
+
+    return Layout("diffusers", root, experts, folder("vae"), folder("text_encoder"), folder("tokenizer"))
+
+
+def detect_layout(root: str | os.PathLike) -> Layout:
+    """Find which layout ``root`` uses and where its components are; a clear error if it is neither."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise CheckpointError(f"checkpoint folder not found: {root}")
+    if not root.is_dir():
+        raise CheckpointError(f"checkpoint path is not a folder: {root}")
+    layout = _diffusers(root) or _official(root)
+    if layout is None:
+        raise CheckpointError(
+            f"{root} is not a Wan checkpoint folder: expected the official layout (high_noise_model/ and "
+            "low_noise_model/, or config.json + diffusion_pytorch_model*.safetensors at the root) or the diffusers "
+            "layout (model_index.json with transformer/)"
+        )
+    return layout

@@ -1,0 +1,160 @@
+"""Build each component on the meta device and load its weights strictly, from either layout.
+
+The DiT architecture comes from its ``config.json``; the T5 and VAE dimensions are inferred from tensor shapes, so
+smaller models stored in the same layout load through the same code as the published ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from wanflow.checkpoints.io import CheckpointError, load_strict, read_folder, read_weights
+from wanflow.checkpoints.layouts import Layout, detect_layout
+from wanflow.checkpoints.maps.dit import DIT_KEYMAP, dit_config_from_diffusers, strip_prefixes
+from wanflow.configs import DiTConfig
+from wanflow.models.dit import FP32_MODULES, WanDiT
+from wanflow.runtime.precision import cast_model
+
+if TYPE_CHECKING:  # the VAE and text-encoder stacks are imported when first loaded (transformers is slow to import)
+    from wanflow.models.text_encoder import TextEncoder
+    from wanflow.models.vae import WanVAE
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"config not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+
+
+def dit_config(folder: str | os.PathLike, kind: str) -> DiTConfig:
+    data = read_json(Path(folder) / "config.json")
+    try:
+        return DiTConfig.from_json(data) if kind == "official" else dit_config_from_diffusers(data)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{folder}/config.json: {e}") from None
+
+
+def load_dit(folder: str | os.PathLike, kind: str = "official", dtype: torch.dtype | None = torch.float32) -> WanDiT:
+    """One DiT (an expert or the dense TI2V model) from its folder; ``dtype=None`` keeps the stored dtype."""
+    cfg = dit_config(folder, kind)
+    state = read_folder(folder)
+    state = strip_prefixes(state) if kind == "official" else _convert(DIT_KEYMAP.reverse, state, folder)
+    with torch.device("meta"):
+        model = WanDiT(cfg)
+    load_strict(model, state, f"DiT in {folder}")
+    if dtype is not None:
+        cast_model(model, dtype, keep_fp32=FP32_MODULES)
+    return model.eval().requires_grad_(False)
+
+
+def load_vae(path: str | os.PathLike, kind: str = "official") -> WanVAE:
+    """The VAE from an official weights file or a diffusers ``vae/`` folder, in float32 as the reference."""
+    from wanflow.checkpoints.maps.vae import vae_config_from_diffusers, vae_config_from_state_dict, vae_keymap
+    from wanflow.models.vae import WanVAE
+
+    path = Path(path)
+    if kind == "official":
+        state = read_weights(path)
+        cfg = _infer(vae_config_from_state_dict, state, path)
+    else:
+        cfg = _infer(vae_config_from_diffusers, read_json(path / "config.json"), path)
+        state = _convert(vae_keymap(cfg).reverse, read_folder(path), path)
+    with torch.device("meta"):
+        model = WanVAE(cfg)
+    load_strict(model, state, f"VAE in {path}")
+    return cast_model(model, torch.float32).eval().requires_grad_(False)
+
+
+def load_text_encoder(
+    path: str | os.PathLike, tokenizer: str | os.PathLike, kind: str = "official", dtype: torch.dtype | None = None
+) -> TextEncoder:
+    """umT5 encoder and tokenizer; ``dtype=None`` keeps the stored dtype (bf16 for the published file)."""
+    from transformers import AutoTokenizer, UMT5Config
+
+    from wanflow.checkpoints.maps.t5 import T5_KEYMAP, t5_config_from_hf, t5_config_from_state_dict
+    from wanflow.models.text_encoder import TextEncoder, build_umt5
+
+    path = Path(path)
+    if kind == "official":
+        official = read_weights(path)
+        cfg = _infer(t5_config_from_state_dict, official, path)
+        state = T5_KEYMAP.forward(official)
+    else:
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"config not found: {path / 'config.json'}")
+        cfg = t5_config_from_hf(UMT5Config.from_pretrained(path))
+        state = read_folder(path, stem="model")
+    with torch.device("meta"):
+        model = build_umt5(cfg)
+    _load_hf_strict(model, state, f"text encoder in {path}")
+    if dtype is not None:
+        model.to(dtype)
+    tokenizer = Path(tokenizer)
+    if not tokenizer.is_dir():
+        raise CheckpointError(f"tokenizer folder not found: {tokenizer}")
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    except Exception as e:  # transformers raises OSError/ValueError/... for broken folders
+        raise CheckpointError(f"cannot load the tokenizer in {tokenizer}: {e}") from None
+    return TextEncoder(tok, model.eval().requires_grad_(False), text_len=cfg.text_len)
+
+
+def load_experts(layout: Layout, dtype: torch.dtype | None = torch.float32) -> dict[str, WanDiT]:
+    """All DiTs of a checkpoint: ``{"high": ..., "low": ...}`` or ``{"dense": ...}``."""
+    return {name: load_dit(folder, layout.kind, dtype) for name, folder in layout.experts.items()}
+
+
+def _load_hf_strict(model: torch.nn.Module, state: dict, what: str) -> None:
+    # transformers ties the token embedding under two names; the map yields only the saved one.
+    tied = {k for k in model.state_dict() if k not in state and k.endswith("embed_tokens.weight")}
+    load_strict(model, {**state, **{k: state["shared.weight"] for k in tied if "shared.weight" in state}}, what)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
+def _infer(fn, data, path):
+    try:
+        return fn(data)
+    except (KeyError, ValueError, IndexError) as e:
+        raise CheckpointError(f"cannot infer the architecture of {path}: {e}") from None
+
+
+def _convert(fn, state, path):
+    try:
+        return fn(state)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+@dataclass
+class Components:
+    """Everything a pipeline needs from one checkpoint folder."""
+
+    layout: Layout
+    experts: dict[str, WanDiT]  # {"high", "low"} for A14B, {"dense"} for TI2V-5B
+    vae: WanVAE
+    text_encoder: TextEncoder
+
+
+def load_components(
+    ckpt_dir: str | os.PathLike, dit_dtype: torch.dtype | None = torch.float32, t5_dtype: torch.dtype | None = None
+) -> Components:
+    """Load the DiT(s), VAE and text encoder of a checkpoint folder in either layout."""
+    layout = detect_layout(ckpt_dir)
+    return Components(
+        layout=layout,
+        experts=load_experts(layout, dit_dtype),
+        vae=load_vae(layout.require("vae"), layout.kind),
+        text_encoder=load_text_encoder(
+            layout.require("text_encoder"), layout.require("tokenizer"), layout.kind, t5_dtype
+        ),
+    )

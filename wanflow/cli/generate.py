@@ -1,0 +1,174 @@
+"""``wanflow generate``: the reference ``generate.py`` flags (and their hyphenated spellings), plus a few more."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import resource
+import sys
+import time
+from pathlib import Path
+
+from wanflow.configs import TASKS
+
+log = logging.getLogger("wanflow")
+
+EXAMPLE_PROMPT = (
+    "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a spotlighted stage."
+)
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
+
+
+def str2bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("yes", "true", "t", "y", "1"):
+        return True
+    if lowered in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*[*xX]\s*(\d+)\s*", value)
+    if not match:
+        raise argparse.ArgumentTypeError(f"size must look like WIDTH*HEIGHT (e.g. 1280*720), got {value!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def parse_guide(value: str) -> tuple[float, ...]:
+    try:
+        parts = tuple(float(v) for v in value.replace(" ", "").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"guide scale must be a number or two numbers 'low,high', got {value!r}"
+        ) from None
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"guide scale takes one value or two ('low,high'), got {value!r}")
+    return parts
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """``--frame_num`` also answers to ``--frame-num``."""
+    names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    parser.add_argument(*names, dest=name, **kwargs)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt_text", nargs="?", metavar="PROMPT", help="the prompt (or --prompt)")
+    _flag(p, "task", default="t2v-A14B", choices=sorted(TASKS), help="which model (default t2v-A14B)")
+    _flag(p, "size", type=parse_size, help="WIDTH*HEIGHT; with --image the pixel area to fill (default per task)")
+    _flag(p, "frame_num", type=int, help="frames, 4n+1 (default per task: 81, or 121 for ti2v-5B)")
+    _flag(p, "ckpt_dir", help="checkpoint folder (official or diffusers layout) or a Hugging Face repo id")
+    _flag(p, "offload_model", type=str2bool, help="keep only the active expert on the GPU (default: true)")
+    _flag(
+        p,
+        "offload",
+        choices=["resident", "model", "block"],
+        help="placement policy: all experts resident, only the active one (model), or blocks streamed (block)",
+    )
+    _flag(p, "t5_cpu", action="store_true", help="run the text encoder on the CPU")
+    _flag(p, "convert_model_dtype", action="store_true", help="DiT parameters in bfloat16 (the GPU default here)")
+    _flag(p, "dtype", choices=sorted(DTYPES), help="every component in this dtype (default: as the reference)")
+    _flag(p, "prompt", help="the prompt")
+    _flag(p, "negative_prompt", help="the negative prompt (default: the reference's)")
+    _flag(p, "image", help="input image (i2v-A14B needs one; with ti2v-5B it selects image-to-video)")
+    _flag(p, "base_seed", type=int, default=-1, help="seed; -1 draws one and reports it")
+    _flag(p, "sample_solver", default="unipc", choices=["unipc", "dpm++", "euler"], help="solver (default unipc)")
+    _flag(p, "sample_steps", type=int, help="denoising steps (default per task)")
+    _flag(p, "sample_shift", type=float, help="noise schedule shift (default per task)")
+    _flag(
+        p,
+        "sample_guide_scale",
+        type=parse_guide,
+        help="guidance scale; two values 'low,high' for the two experts (default per task)",
+    )
+    _flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")
+    _flag(p, "device", help="cuda, cuda:1, cpu ... (default: cuda if available)")
+
+
+def default_save_file(task: str, size: tuple[int, int] | None, prompt: str) -> str:
+    size_text = "x".join(map(str, size)) if size else "default"
+    stem = prompt[:50].replace(" ", "_").replace("/", "_")
+    return f"{task}_{size_text}_1_{stem}_{time.strftime('%Y%m%d_%H%M%S')}.mp4"
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from wanflow.io.video import check_writable
+    from wanflow.pipelines.pipeline import WanPipeline
+    from wanflow.pipelines.progress import TqdmProgress
+
+    prompt = args.prompt if args.prompt is not None else args.prompt_text
+    prompt = EXAMPLE_PROMPT if prompt is None else prompt
+    if args.task == "i2v-A14B" and args.image is None:
+        raise ValueError("i2v-A14B needs an input image: --image PATH")
+    preflight(args, prompt)
+    if args.ckpt_dir is None:
+        raise ValueError("--ckpt_dir is required: the folder of a downloaded Wan 2.2 checkpoint")
+    save_file = args.save_file or default_save_file(args.task, args.size, prompt)
+    check_writable(save_file)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    offload = args.offload or (None if args.offload_model is None else ("model" if args.offload_model else "resident"))
+    start = time.perf_counter()
+    pipe = WanPipeline.from_pretrained(
+        args.ckpt_dir, task=args.task, device=args.device, dtype=dtype, offload=offload, t5_cpu=args.t5_cpu
+    )
+    load_time = time.perf_counter() - start
+    guide = args.sample_guide_scale
+    video = pipe(
+        prompt,
+        negative_prompt=args.negative_prompt,
+        image=args.image,
+        size=args.size,
+        frames=args.frame_num,
+        steps=args.sample_steps,
+        shift=args.sample_shift,
+        guide_scale=guide,
+        solver=args.sample_solver,
+        seed=args.base_seed,
+        progress=TqdmProgress(),
+    )
+    if args.base_seed < 0:
+        print(f"seed: {video.seed}", file=sys.stderr)
+    path = video.save(save_file)
+    print(summary(video, load_time, time.perf_counter() - start, path))
+    return 0
+
+
+def preflight(args: argparse.Namespace, prompt: str) -> None:
+    """Check every argument against the task before minutes are spent loading weights."""
+    from wanflow.configs import VAE_CONFIGS
+    from wanflow.pipelines.request import resolve
+
+    spec = TASKS[args.task]
+    resolve(
+        spec,
+        VAE_CONFIGS[spec.vae].stride[1],
+        2,
+        prompt,
+        args.negative_prompt,
+        args.image,
+        args.size,
+        args.frame_num,
+        args.sample_steps,
+        args.sample_shift,
+        args.sample_guide_scale,
+        args.sample_solver,
+        args.base_seed,
+    )
+
+
+def summary(video, load_time: float, total: float, path: Path) -> str:
+    t = video.timings
+    peak = video.peak_memory
+    memory = (
+        f"peak GPU memory {peak / 2**30:.2f} GiB"
+        if peak is not None
+        else f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    )
+    return (
+        f"done in {total:.1f}s (load {load_time:.1f}s, text+conditioning {t['encode']:.1f}s, "
+        f"denoise {t['denoise']:.1f}s, decode {t['decode']:.1f}s), {memory}, seed {video.seed}, saved {path}"
+    )

@@ -1,0 +1,353 @@
+"""Model configurations as dataclasses, and the published Wan 2.2 variants.
+
+Conventions used across wanflow: time runs from 1 (noise) to 0 (data), ``x_t = (1 - t) x0 + t eps`` and the
+DiT predicts the velocity ``v = eps - x0``. Sizes are (width, height) at the user boundary and (T, H, W) inside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """The Wan diffusion transformer (official ``WanModel``); field names follow its ``config.json``."""
+
+    model_type: str = "t2v"  # t2v | i2v | ti2v: which conditioning the checkpoint was trained with
+    in_dim: int = 16  # input latent channels (i2v: 16 noise + 4 mask + 16 image latent = 36)
+    out_dim: int = 16  # predicted velocity channels
+    dim: int = 5120  # hidden width D
+    ffn_dim: int = 13824  # FFN inner width
+    freq_dim: int = 256  # width of the sinusoidal timestep features
+    text_dim: int = 4096  # width of the text encoder output
+    text_len: int = 512  # context tokens (zero-padded)
+    num_heads: int = 40
+    num_layers: int = 40
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # (t, h, w) patch of the latent per token
+    eps: float = 1e-6  # epsilon of every LayerNorm / RMSNorm in the DiT
+    rope_theta: float = 10000.0
+    rope_max_len: int = 1024  # positions per axis in the reference RoPE table
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head dim {self.head_dim} must be even for RoPE")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    # Keys of the official config.json that the official WanModel reads (the rest take constructor defaults).
+    # ``text_dim`` is ignored by the reference (always 4096) and absent from the published files; wanflow reads it
+    # when present so that small models with a small text encoder use the same layout.
+    _JSON_KEYS = (
+        "model_type",
+        "in_dim",
+        "out_dim",
+        "dim",
+        "ffn_dim",
+        "freq_dim",
+        "text_len",
+        "num_heads",
+        "num_layers",
+        "eps",
+        "text_dim",
+    )
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DiTConfig:
+        """Build from an official ``config.json`` (unknown keys ignored, as the reference does)."""
+        kwargs = {k: data[k] for k in cls._JSON_KEYS if k in data}
+        return cls(**kwargs)
+
+    def to_json(self) -> dict[str, Any]:
+        """The official ``config.json`` content for this config."""
+        return {
+            "_class_name": "WanModel",
+            "_diffusers_version": "0.31.0",
+            **{k: getattr(self, k) for k in self._JSON_KEYS},
+        }
+
+    def replace(self, **changes: Any) -> DiTConfig:
+        return dataclasses.replace(self, **changes)
+
+
+WAN21_LATENT_MEAN = (
+    -0.7571,
+    -0.7089,
+    -0.9113,
+    0.1075,
+    -0.1745,
+    0.9653,
+    -0.1517,
+    1.5508,
+    0.4134,
+    -0.0715,
+    0.5517,
+    -0.3632,
+    -0.1922,
+    -0.9497,
+    0.2503,
+    -0.2921,
+)
+WAN21_LATENT_STD = (
+    2.8184,
+    1.4541,
+    2.3275,
+    2.6558,
+    1.2196,
+    1.7708,
+    2.6052,
+    2.0743,
+    3.2687,
+    2.1526,
+    2.8652,
+    1.5579,
+    1.6382,
+    1.1253,
+    2.8251,
+    1.9160,
+)
+WAN22_LATENT_MEAN = (
+    -0.2289,
+    -0.0052,
+    -0.1323,
+    -0.2339,
+    -0.2799,
+    0.0174,
+    0.1838,
+    0.1557,
+    -0.1382,
+    0.0542,
+    0.2813,
+    0.0891,
+    0.1570,
+    -0.0098,
+    0.0375,
+    -0.1825,
+    -0.2246,
+    -0.1207,
+    -0.0698,
+    0.5109,
+    0.2665,
+    -0.2108,
+    -0.2158,
+    0.2502,
+    -0.2055,
+    -0.0322,
+    0.1109,
+    0.1567,
+    -0.0729,
+    0.0899,
+    -0.2799,
+    -0.1230,
+    -0.0313,
+    -0.1649,
+    0.0117,
+    0.0723,
+    -0.2839,
+    -0.2083,
+    -0.0520,
+    0.3748,
+    0.0152,
+    0.1957,
+    0.1433,
+    -0.2944,
+    0.3573,
+    -0.0548,
+    -0.1681,
+    -0.0667,
+)
+WAN22_LATENT_STD = (
+    0.4765,
+    1.0364,
+    0.4514,
+    1.1677,
+    0.5313,
+    0.4990,
+    0.4818,
+    0.5013,
+    0.8158,
+    1.0344,
+    0.5894,
+    1.0901,
+    0.6885,
+    0.6165,
+    0.8454,
+    0.4978,
+    0.5759,
+    0.3523,
+    0.7135,
+    0.6804,
+    0.5833,
+    1.4146,
+    0.8986,
+    0.5659,
+    0.7069,
+    0.5338,
+    0.4889,
+    0.4917,
+    0.4069,
+    0.4999,
+    0.6866,
+    0.4093,
+    0.5709,
+    0.6065,
+    0.6415,
+    0.4944,
+    0.5726,
+    1.2042,
+    0.5458,
+    1.6887,
+    0.3971,
+    1.0600,
+    0.3943,
+    0.5537,
+    0.5444,
+    0.4089,
+    0.7468,
+    0.7744,
+)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """The causal 3D VAE. ``version`` picks the architecture: "2.1" (4x8x8, z 16) or "2.2" (4x16x16, z 48)."""
+
+    version: str = "2.1"
+    base_dim: int = 96  # encoder base width (2.2: 160)
+    decoder_dim: int = 96  # decoder base width (2.1: same as encoder; 2.2: 256)
+    z_dim: int = 16  # latent channels
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    temporal_downsample: tuple[bool, ...] = (False, True, True)
+    patch_size: int = 1  # pixel patchify before the encoder (2.2: 2)
+    latents_mean: tuple[float, ...] = WAN21_LATENT_MEAN  # per-channel normalisation: z = (mu - mean) / std
+    latents_std: tuple[float, ...] = WAN21_LATENT_STD
+
+    def __post_init__(self) -> None:
+        if self.version not in ("2.1", "2.2"):
+            raise ValueError(f"unknown VAE version {self.version!r}; expected '2.1' or '2.2'")
+        if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
+            raise ValueError(f"latent statistics must have z_dim={self.z_dim} entries")
+
+    @property
+    def stride(self) -> tuple[int, int, int]:
+        """(t, h, w) compression from pixels to latents."""
+        t = 2 ** sum(self.temporal_downsample)
+        s = 2 ** (len(self.dim_mult) - 1) * self.patch_size
+        return (t, s, s)
+
+    def replace(self, **changes: Any) -> VAEConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class T5Config:
+    """The umT5 encoder (encoder only, per-layer relative position buckets)."""
+
+    vocab_size: int = 256384
+    dim: int = 4096
+    dim_attn: int = 4096  # num_heads * head dim
+    dim_ffn: int = 10240
+    num_heads: int = 64
+    num_layers: int = 24
+    num_buckets: int = 32
+    max_distance: int = 128
+    eps: float = 1e-6
+    text_len: int = 512  # tokens after padding / truncation
+
+    def replace(self, **changes: Any) -> T5Config:
+        return dataclasses.replace(self, **changes)
+
+
+DIT_CONFIGS: dict[str, DiTConfig] = {
+    "t2v-A14B": DiTConfig(
+        model_type="t2v", in_dim=16, out_dim=16, dim=5120, ffn_dim=13824, num_heads=40, num_layers=40
+    ),
+    "i2v-A14B": DiTConfig(
+        model_type="i2v", in_dim=36, out_dim=16, dim=5120, ffn_dim=13824, num_heads=40, num_layers=40
+    ),
+    "ti2v-5B": DiTConfig(
+        model_type="ti2v", in_dim=48, out_dim=48, dim=3072, ffn_dim=14336, num_heads=24, num_layers=30
+    ),
+}
+
+VAE_CONFIGS: dict[str, VAEConfig] = {
+    "wan2.1": VAEConfig(),
+    "wan2.2": VAEConfig(
+        version="2.2",
+        base_dim=160,
+        decoder_dim=256,
+        z_dim=48,
+        patch_size=2,
+        latents_mean=WAN22_LATENT_MEAN,
+        latents_std=WAN22_LATENT_STD,
+    ),
+}
+
+UMT5_XXL = T5Config()
+
+
+DEFAULT_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
+    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Sampling defaults of one task, as the reference configs set them (wan22.md §2.2)."""
+
+    name: str
+    model_type: str  # the DiT's model_type
+    vae: str  # key of VAE_CONFIGS
+    boundary: float | None  # MoE switch: t >= boundary * 1000 -> high-noise expert; None for a dense model
+    guide_scale: tuple[float, float] | float  # (low-noise, high-noise) for MoE tasks, a float otherwise
+    shift: float
+    steps: int
+    frames: int
+    fps: int
+    size: tuple[int, int]  # default (width, height)
+    sizes: tuple[tuple[int, int], ...]  # (width, height) the model was trained at
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+
+
+TASKS: dict[str, TaskSpec] = {
+    "t2v-A14B": TaskSpec(
+        "t2v-A14B",
+        "t2v",
+        "wan2.1",
+        0.875,
+        (3.0, 4.0),
+        12.0,
+        40,
+        81,
+        16,
+        (1280, 720),
+        ((720, 1280), (1280, 720), (480, 832), (832, 480)),
+    ),
+    "i2v-A14B": TaskSpec(
+        "i2v-A14B",
+        "i2v",
+        "wan2.1",
+        0.900,
+        (3.5, 3.5),
+        5.0,
+        40,
+        81,
+        16,
+        (1280, 720),
+        ((720, 1280), (1280, 720), (480, 832), (832, 480)),
+    ),
+    "ti2v-5B": TaskSpec(
+        "ti2v-5B", "ti2v", "wan2.2", None, 5.0, 5.0, 50, 121, 24, (1280, 704), ((704, 1280), (1280, 704))
+    ),
+}
+TASK_BY_MODEL_TYPE = {spec.model_type: spec for spec in TASKS.values()}
+
+__all__ = ["DIT_CONFIGS", "TASKS", "UMT5_XXL", "VAE_CONFIGS", "DiTConfig", "T5Config", "TaskSpec", "VAEConfig"]

@@ -1,0 +1,64 @@
+"""Reading the conditioning image and sizing it as the reference does (wan22.md §7.2, §7.4)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+
+def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
+    """An RGB PIL image from a path (or an image), with one clear error if it is missing or unreadable."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise ValueError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) float32 in [-1, 1]."""
+    array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+    return array.permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)
+
+
+def max_area_latent_size(width: int, height: int, max_area: int, stride: int, patch: int) -> tuple[int, int]:
+    """I2V-A14B: latent (h, w) with the image's aspect ratio inside ``max_area`` pixels, even for the patch."""
+    aspect = height / width
+    lat_h = round(math.sqrt(max_area * aspect) // stride // patch * patch)
+    lat_w = round(math.sqrt(max_area / aspect) // stride // patch * patch)
+    return lat_h, lat_w
+
+
+def best_output_size(width: int, height: int, dw: int, dh: int, area: int) -> tuple[int, int]:
+    """TI2V: the (width, height) multiple of (dw, dh) within ``area`` whose aspect is closest to the image's."""
+    ratio = width / height
+    ow = math.sqrt(area * ratio)
+    oh = area / ow
+    ow1 = int(ow // dw * dw)
+    oh1 = int(area / ow1 // dh * dh)
+    oh2 = int(oh // dh * dh)
+    ow2 = int(area / oh2 // dw * dw)
+
+    def deviation(w: int, h: int) -> float:
+        r = w / h
+        return max(r / ratio, ratio / r)
+
+    return (ow1, oh1) if deviation(ow1, oh1) < deviation(ow2, oh2) else (ow2, oh2)
+
+
+def resize_center_crop(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale (Lanczos) so the image covers (width, height), then crop the centre."""
+    iw, ih = image.size
+    scale = max(width / iw, height / ih)
+    image = image.resize((round(iw * scale), round(ih * scale)), Image.LANCZOS)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))

@@ -1,0 +1,51 @@
+"""3D rotary position embedding of the Wan DiT.
+
+The head dim d is read as d/2 complex pairs ``(x[2k], x[2k+1])``. The pairs are split between the frame, height
+and width axes as ``d/2 - 2*(d//6)``, ``d//6``, ``d//6`` (22/21/21 for d = 128). Axis ``a`` with ``n_a`` pairs has
+frequencies ``theta ** (-2j / (2 n_a))``; a token at (f, h, w) is rotated by ``pos_a * freq_j`` on its axis's pairs.
+Angles are computed in float64 (as the reference) and kept as float32 cos/sin tables.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def axis_pairs(head_dim: int) -> tuple[int, int, int]:
+    """Complex pairs per axis (frame, height, width)."""
+    half = head_dim // 2
+    hw = head_dim // 6
+    return half - 2 * hw, hw, hw
+
+
+def axis_frequencies(pairs: int, theta: float = 10000.0) -> torch.Tensor:
+    """Inverse frequencies (float64) of one axis with ``pairs`` complex slots."""
+    dim = 2 * pairs
+    return 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+
+
+def rope_angles(head_dim: int, grid: tuple[int, int, int], theta: float = 10000.0) -> torch.Tensor:
+    """Rotation angles (float64) for every token of a (F, H, W) grid in raster order: (F*H*W, head_dim/2)."""
+    parts = []
+    for axis, (pairs, size) in enumerate(zip(axis_pairs(head_dim), grid, strict=True)):
+        angle = torch.arange(size, dtype=torch.float64)[:, None] * axis_frequencies(pairs, theta)[None]  # (size, p)
+        shape = [1, 1, 1, pairs]
+        shape[axis] = size
+        parts.append(angle.view(shape).expand(*grid, pairs))
+    return torch.cat(parts, dim=-1).reshape(-1, head_dim // 2)
+
+
+def rope_tables(
+    head_dim: int, grid: tuple[int, int, int], theta: float = 10000.0, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 (cos, sin), each (L, head_dim/2)."""
+    angles = rope_angles(head_dim, grid, theta)
+    return angles.cos().float().to(device), angles.sin().float().to(device)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs of ``x`` (B, L, N, d) by the tables (L, d/2); math in float32, output float32."""
+    xf = x.float().unflatten(-1, (-1, 2))  # (B, L, N, d/2, 2)
+    real, imag = xf[..., 0], xf[..., 1]
+    c, s = cos[None, :, None], sin[None, :, None]
+    return torch.stack((real * c - imag * s, real * s + imag * c), dim=-1).flatten(-2)

@@ -1,0 +1,107 @@
+"""THE denoising loop, shared by every task.
+
+Per step: pick the expert and its guidance scale from the timestep (``sampling.experts``), predict the velocity with
+classifier-free guidance ``uncond + g * (cond - uncond)``, advance one solver state across the whole run (it
+continues through the expert switch), and for TI2V with an image put the image latent back into frame 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from wanflow.sampling.experts import guidance_for, select_expert
+from wanflow.sampling.schedule import Schedule
+from wanflow.sampling.solvers import Solver
+
+
+@dataclass
+class Conditioning:
+    """Everything the DiT sees besides the noisy latents; built by the task files."""
+
+    context: torch.Tensor  # (1, Lc, text_dim) prompt states
+    context_null: torch.Tensor  # (1, Lc, text_dim) negative-prompt states
+    y: torch.Tensor | None = None  # I2V: (1, 20, T, H, W) = 4 mask channels + image latent, beside the noise
+    frame0: torch.Tensor | None = None  # TI2V+image: (1, C, 1, H, W) latent that replaces frame 0 after every step
+
+
+@dataclass(frozen=True)
+class Step:
+    """Progress report after each step."""
+
+    index: int
+    total: int
+    timestep: int
+    expert: str
+    guide_scale: float
+
+
+def keep_first_frame(latents: torch.Tensor, frame0: torch.Tensor | None) -> torch.Tensor:
+    """TI2V with an image: latent frame 0 is the image latent, always (``(1 - m) z + m x`` with m = 0 on frame 0)."""
+    if frame0 is None:
+        return latents
+    return torch.cat([frame0.to(latents.dtype), latents[:, :, 1:]], dim=2)
+
+
+def model_timesteps(
+    t: int, latents: torch.Tensor, frame0: torch.Tensor | None, patch: tuple[int, int, int]
+) -> torch.Tensor:
+    """(B,) timesteps, or (B, L) per token with the tokens of a conditioning frame 0 at t = 0 (TI2V)."""
+    b = latents.shape[0]
+    if frame0 is None:
+        return torch.full((b,), t, dtype=torch.int64, device=latents.device)
+    f, h, w = (n // p for n, p in zip(latents.shape[2:], patch, strict=True))
+    per_token = torch.full((b, f, h * w), float(t), device=latents.device)
+    per_token[:, 0] = 0.0
+    return per_token.flatten(1)
+
+
+def guided_velocity(
+    model: nn.Module, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning, scale: float, batch_cfg: bool = True
+) -> torch.Tensor:
+    """Classifier-free guided velocity; both passes in one batch when ``batch_cfg``."""
+    y = cond.y
+    if scale == 1.0:  # guidance off: uncond + 1 * (cond - uncond) == cond
+        return model(latents, t, cond.context, y=y)
+    if batch_cfg:
+        both = model(
+            torch.cat([latents, latents]),
+            torch.cat([t, t]),
+            torch.cat([cond.context, cond.context_null]),
+            y=None if y is None else torch.cat([y, y]),
+        )
+        v_cond, v_uncond = both.chunk(2)
+    else:
+        v_cond = model(latents, t, cond.context, y=y)
+        v_uncond = model(latents, t, cond.context_null, y=y)
+    return v_uncond + scale * (v_cond - v_uncond)
+
+
+def denoise(
+    experts: Callable[[str], nn.Module],
+    noise: torch.Tensor,
+    cond: Conditioning,
+    schedule: Schedule,
+    solver: Solver,
+    boundary_t: float | None,
+    guide_scale: tuple[float, float] | float,
+    patch: tuple[int, int, int] = (1, 2, 2),
+    batch_cfg: bool = True,
+    callback: Callable[[Step], None] | None = None,
+) -> torch.Tensor:
+    """Integrate from noise to data latents. ``experts(name)`` returns the expert, ready on the device."""
+    latents = keep_first_frame(noise, cond.frame0)
+    state = solver.init(schedule)
+    timesteps = schedule.timesteps.tolist()  # python ints: no device syncs inside the loop
+    for i, t in enumerate(timesteps):
+        name, scale = select_expert(t, boundary_t), guidance_for(t, boundary_t, guide_scale)
+        model_t = model_timesteps(t, latents, cond.frame0, patch)
+        velocity = guided_velocity(experts(name), latents, model_t, cond, scale, batch_cfg)
+        latents, state = solver.step(state, velocity, latents, i)
+        latents = keep_first_frame(latents, cond.frame0)
+        if callback is not None:
+            callback(Step(i, len(timesteps), t, name, scale))
+    return latents

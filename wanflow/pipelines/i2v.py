@@ -1,0 +1,30 @@
+"""Image to video (I2V-A14B): 4 mask channels and the VAE latent of [image, grey frames...] beside the noise.
+
+The output size keeps the image's aspect ratio within the requested area (wan22.md §7.2); the first latent frame is
+not overwritten during sampling (the image enters only through ``y``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from wanflow.io.image import max_area_latent_size, to_tensor
+from wanflow.pipelines.core import Conditioning
+from wanflow.pipelines.request import Prepared, Request, latent_frames
+
+
+def prepare(pipe, request: Request, cond: Conditioning) -> Prepared:
+    image = request.require_image()
+    _, s, _ = pipe.vae.cfg.stride
+    width, height = request.size
+    lat_h, lat_w = max_area_latent_size(image.width, image.height, width * height, s, pipe.patch[1])
+    h, w = lat_h * s, lat_w * s
+    pixels = F.interpolate(to_tensor(image)[None], size=(h, w), mode="bicubic")  # (1, 3, h, w), no crop
+    video = torch.cat([pixels[:, :, None], torch.zeros(1, 3, request.frames - 1, h, w)], dim=2)
+    latent = pipe.encode_image(video)  # (1, 16, T', lat_h, lat_w)
+    mask = torch.zeros(1, 4, latent.shape[2], lat_h, lat_w, device=latent.device)
+    mask[:, :, 0] = 1.0  # the 4 pixel frames of latent frame 0 are known (frame 0 repeated 4x), the rest are not
+    cond.y = torch.cat([mask, latent], dim=1)
+    shape = (pipe.vae.cfg.z_dim, latent_frames(request.frames), lat_h, lat_w)
+    return Prepared(shape, cond, (w, h))

@@ -1,0 +1,54 @@
+"""Progress reporting for the pipeline stages (text, denoise, decode); the base class reports nothing."""
+
+from __future__ import annotations
+
+import sys
+from typing import ClassVar
+
+
+class Progress:
+    """Silent reporter; subclasses show bars, stream events to a server, etc."""
+
+    def start(self, stage: str, total: int) -> None:
+        pass
+
+    def advance(self, stage: str, **info: object) -> None:
+        pass
+
+    def end(self, stage: str) -> None:
+        pass
+
+
+class TqdmProgress(Progress):
+    """One tqdm bar with ETA per stage; the denoise bar shows which expert is active."""
+
+    LABELS: ClassVar[dict[str, str]] = {"text": "text encoding", "denoise": "denoising", "decode": "decoding"}
+
+    def __init__(self, file=None):
+        self.file = file or sys.stderr
+        self.bars: dict[str, object] = {}
+
+    def start(self, stage: str, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bars[stage] = tqdm(
+            total=total,
+            desc=self.LABELS.get(stage, stage),
+            file=self.file,
+            leave=True,
+            dynamic_ncols=True,
+            unit="step" if stage == "denoise" else "it",
+        )
+
+    def advance(self, stage: str, **info: object) -> None:
+        bar = self.bars.get(stage)
+        if bar is None:
+            return
+        if info:
+            bar.set_postfix(info, refresh=False)
+        bar.update(1)
+
+    def end(self, stage: str) -> None:
+        bar = self.bars.pop(stage, None)
+        if bar is not None:
+            bar.close()

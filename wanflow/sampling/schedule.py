@@ -1,0 +1,95 @@
+"""Noise schedules as data: pure functions from (steps, shift) to the sigmas the solver walks and the timesteps the
+model sees.
+
+Convention: time runs from 1 (noise) to 0 (data), ``x_sigma = (1 - sigma) x0 + sigma eps``; the DiT predicts
+``v = eps - x0``. Every schedule ends at sigma = 0, so the last solver step returns the data prediction.
+
+The reference builds its grids in numpy float64 and truncates ``sigma * 1000`` to int64; the arithmetic below keeps
+the same operations in the same order so that the integer timesteps match it exactly (wan22.md §4, §8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+NUM_TRAIN_TIMESTEPS = 1000
+# The official FlowUniPC scheduler is built with shift 1 on the grid 1 - linspace(1, 1/1000, 1000)[::-1] in float32;
+# its first sigma is float32(0.999) = 0.9990000128746033, read back as a Python float.
+UNIPC_SIGMA_MAX = float(np.float32(1.0 - 1.0 / NUM_TRAIN_TIMESTEPS))
+
+S = TypeVar("S", float, np.ndarray, torch.Tensor)
+
+
+def shift_sigmas(sigmas: S, shift: float) -> S:
+    """The resolution shift ``s*sigma / (1 + (s-1)*sigma)``: keeps 0 and 1 fixed, spends more steps at high noise."""
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Step ``k`` goes from ``sigmas[k]`` to ``sigmas[k + 1]`` with the model at ``timesteps[k]``."""
+
+    sigmas: torch.Tensor  # (n + 1,) float32, decreasing, sigmas[-1] == 0
+    timesteps: torch.Tensor  # (n,) int64, trunc(sigma * 1000): what the DiT is conditioned on
+
+    def __post_init__(self) -> None:
+        if self.sigmas.dtype != torch.float32 or self.timesteps.dtype != torch.int64:
+            raise ValueError("a Schedule needs float32 sigmas and int64 timesteps")
+        if self.sigmas.shape != (len(self.timesteps) + 1,) or self.sigmas[-1] != 0:
+            raise ValueError("a Schedule needs one sigma per timestep plus a final sigma of 0")
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+
+def _check(steps: int, shift: float) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not shift > 0:
+        raise ValueError(f"shift must be positive, got {shift!r}")
+
+
+def _from_sigmas(sigmas: np.ndarray) -> Schedule:
+    """n float64 sigmas (without the final 0) -> Schedule, as the reference ``set_timesteps`` does it."""
+    timesteps = torch.from_numpy(sigmas * NUM_TRAIN_TIMESTEPS).to(torch.int64)  # truncation toward zero
+    return Schedule(torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32)), timesteps)
+
+
+def unipc_schedule(steps: int, shift: float) -> Schedule:
+    """The official FlowUniPCMultistepScheduler grid: starts at sigma 0.999 (t = 999)."""
+    _check(steps, shift)
+    sigmas = np.linspace(UNIPC_SIGMA_MAX, 0.0, steps + 1).copy()[:-1]
+    return _from_sigmas(shift_sigmas(sigmas, float(shift)))
+
+
+def dpm_schedule(steps: int, shift: float) -> Schedule:
+    """The official DPM++ grid (``get_sampling_sigmas``): starts at sigma 1.0 (t = 1000)."""
+    _check(steps, shift)
+    sigmas = np.linspace(1, 0, steps + 1)[:steps]
+    # The reference passes these to a scheduler built with shift 1, which applies the (identity) shift once more.
+    return _from_sigmas(shift_sigmas(sigmas, float(shift)))
+
+
+def euler_schedule(steps: int, shift: float) -> Schedule:
+    """Same grid as DPM++."""
+    return dpm_schedule(steps, shift)
+
+
+SCHEDULES: dict[str, Callable[[int, float], Schedule]] = {
+    "unipc": unipc_schedule,
+    "dpm++": dpm_schedule,
+    "euler": euler_schedule,
+}
+
+
+def get_schedule(solver: str, steps: int, shift: float) -> Schedule:
+    """The schedule the reference pairs with ``solver`` (a key of ``SCHEDULES``)."""
+    if solver not in SCHEDULES:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SCHEDULES)}")
+    return SCHEDULES[solver](steps, shift)

@@ -1,0 +1,156 @@
+"""Flow-matching ODE solvers as step functions over explicit state.
+
+Convention: time runs from 1 (noise) to 0 (data), ``x_sigma = (1 - sigma) x0 + sigma eps``, the model predicts
+``v = eps - x0`` and the data prediction is ``x0_hat = x - sigma v``. In DPM/UniPC notation ``alpha = 1 - sigma``
+and ``lambda = log(alpha) - log(sigma)`` (-inf at sigma 1, +inf at sigma 0).
+
+Use::
+
+    state = solver.init(schedule)
+    for k, t in enumerate(schedule.timesteps):
+        x, state = solver.step(state, model(x, t), x, k)
+
+A step never mutates its state; it returns a new one. The math follows the reference schedulers (wan22.md §8):
+coefficients are float32 scalars from the float32 sigmas, the last step (sigma 0) returns ``x0_hat``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from wanflow.sampling.schedule import Schedule
+
+
+@dataclass(frozen=True, eq=False)
+class SolverState:
+    """What a multistep solver carries from one step to the next."""
+
+    schedule: Schedule
+    x0: tuple[torch.Tensor, ...] = ()  # data predictions of the previous steps, oldest first (at most 2 kept)
+    last_sample: torch.Tensor | None = None  # UniPC: the sample the previous predictor started from
+    last_order: int = 0  # UniPC: the previous predictor's order, reused by this step's corrector
+    index: int | None = None  # the last step taken; None before the first
+
+
+Stepped = tuple[torch.Tensor, SolverState]  # (x_next, state)
+StepFn = Callable[[SolverState, torch.Tensor, torch.Tensor, int], Stepped]
+
+
+def _lambda(sigma: torch.Tensor) -> torch.Tensor:
+    """Half log-SNR of the flow path: log(alpha) - log(sigma)."""
+    return torch.log(1 - sigma) - torch.log(sigma)
+
+
+def _check_index(state: SolverState, index: int) -> int:
+    n = state.schedule.num_steps
+    if not 0 <= index < n:
+        raise ValueError(f"step index {index} is outside the schedule's {n} steps")
+    if state.index is not None and index != state.index + 1:
+        raise ValueError(f"step {index} follows step {state.index}; multistep solvers take consecutive steps")
+    return index
+
+
+def euler_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
+    """``x + (sigma_{k+1} - sigma_k) v``, in float32, cast back to the model output's dtype."""
+    k = _check_index(state, index)
+    sigmas = state.schedule.sigmas
+    x_next = x.float() + (sigmas[k + 1] - sigmas[k]) * velocity
+    return x_next.to(velocity.dtype), SolverState(state.schedule, index=k)
+
+
+def _unipc_predict(sigmas: torch.Tensor, k: int, x0: tuple[torch.Tensor, ...], x: torch.Tensor, order: int):
+    """UniP (bh2): sigma_k -> sigma_{k+1} from ``x`` with the data predictions ``x0`` (newest last)."""
+    sigma_t, sigma_s = sigmas[k + 1], sigmas[k]
+    lambda_s = _lambda(sigma_s)
+    h = _lambda(sigma_t) - lambda_s
+    alpha_t = 1 - sigma_t
+    phi = torch.expm1(-h)  # also B(h) for bh2; -1 at the last step, where x_next = x0_hat exactly
+    m0 = x0[-1]
+    x_next = sigma_t / sigma_s * x - alpha_t * phi * m0
+    if order == 2:
+        r = (_lambda(sigmas[k - 1]) - lambda_s) / h
+        x_next = x_next - alpha_t * phi * (0.5 * ((x0[-2] - m0) / r))
+    return x_next.to(x.dtype)
+
+
+def _unipc_correct(sigmas, k: int, x0: tuple[torch.Tensor, ...], last_sample, x0_new, order: int):
+    """UniC (bh2): redo sigma_{k-1} -> sigma_k from ``last_sample`` now that ``x0_new`` (at sigma_k) is known."""
+    sigma_t, sigma_s = sigmas[k], sigmas[k - 1]
+    lambda_s = _lambda(sigma_s)
+    h = _lambda(sigma_t) - lambda_s
+    hh = -h
+    alpha_t = 1 - sigma_t
+    phi = torch.expm1(hh)  # = B(h)
+    m0 = x0[-1]
+    base = sigma_t / sigma_s * last_sample - alpha_t * phi * m0
+    if order == 1:
+        correction = 0.5 * (x0_new - m0)
+    else:
+        # Solve [[1, 1], [r, 1]] rho = [b1, b2] in closed form.
+        r = (_lambda(sigmas[k - 2]) - lambda_s) / h
+        g1 = phi / hh - 1
+        b1 = g1 / phi
+        b2 = 2 * (g1 / hh - 0.5) / phi
+        rho0 = (b1 - b2) / (1 - r)
+        rho1 = b1 - rho0
+        correction = rho0 * ((x0[-2] - m0) / r) + rho1 * (x0_new - m0)
+    return (base - alpha_t * phi * correction).to(last_sample.dtype)
+
+
+def unipc_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
+    """UniPC, bh2, order 2: corrector on every step after the first, order 1 at the first and last steps."""
+    k = _check_index(state, index)
+    sigmas = state.schedule.sigmas
+    x0_new = x - sigmas[k] * velocity  # from the uncorrected sample
+    if state.last_sample is not None:
+        x = _unipc_correct(sigmas, k, state.x0, state.last_sample, x0_new, state.last_order)
+    order = min(2, state.schedule.num_steps - k, len(state.x0) + 1)
+    x0 = (*state.x0, x0_new)[-2:]
+    x_next = _unipc_predict(sigmas, k, x0, x, order)
+    return x_next, SolverState(state.schedule, x0, last_sample=x, last_order=order, index=k)
+
+
+def dpm_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
+    """DPM-Solver++(2M), midpoint: first order at the first and last steps. Sample in float32, output in v's dtype.
+
+    On the official DPM++ grid sigma_0 = 1 (lambda = -inf), so the second step's correction term is 0 as well.
+    """
+    k = _check_index(state, index)
+    sigmas = state.schedule.sigmas
+    x0_new = x - sigmas[k] * velocity
+    sigma_t, sigma_s = sigmas[k + 1], sigmas[k]
+    lambda_s = _lambda(sigma_s)
+    h = _lambda(sigma_t) - lambda_s
+    c = (1 - sigma_t) * (torch.exp(-h) - 1.0)
+    x_next = sigma_t / sigma_s * x.float() - c * x0_new
+    if state.x0 and k < state.schedule.num_steps - 1:
+        r = (lambda_s - _lambda(sigmas[k - 1])) / h
+        x_next = x_next - 0.5 * c * ((1.0 / r) * (x0_new - state.x0[-1]))
+    x0 = (*state.x0, x0_new)[-2:]
+    return x_next.to(velocity.dtype), SolverState(state.schedule, x0, index=k)
+
+
+@dataclass(frozen=True)
+class Solver:
+    name: str
+    step: StepFn  # (state, velocity, x, index) -> (x_next, state)
+    order: int  # order of accuracy in the step size
+
+    def init(self, schedule: Schedule) -> SolverState:
+        return SolverState(schedule)
+
+
+SOLVERS: dict[str, Solver] = {
+    "unipc": Solver("unipc", unipc_step, 2),
+    "dpm++": Solver("dpm++", dpm_step, 2),
+    "euler": Solver("euler", euler_step, 1),
+}
+
+
+def get_solver(name: str) -> Solver:
+    if name not in SOLVERS:
+        raise ValueError(f"unknown solver {name!r}; choose one of {sorted(SOLVERS)}")
+    return SOLVERS[name]
