@@ -11,7 +11,7 @@ sequence at once instead (same result up to rounding, more memory). Computation 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import pairwise
 
 import torch
@@ -151,13 +151,17 @@ class Decoder(nn.Module):
         return self.head(x, cache)
 
 
-def _run_chunked(module: nn.Module, chunks: Iterable[torch.Tensor]) -> torch.Tensor:
+def _run_chunked(
+    module: nn.Module, chunks: Iterable[torch.Tensor], on_chunk: Callable[[int], None] | None = None
+) -> torch.Tensor:
     """Run ``module`` over consecutive time chunks that share one cache; concatenate the outputs in time."""
     cache = CausalCache()
     outs = []
-    for chunk in chunks:
+    for i, chunk in enumerate(chunks):
         outs.append(module(chunk, cache))
         cache.next_chunk()
+        if on_chunk is not None:
+            on_chunk(i)
     return torch.cat(outs, dim=2)
 
 
@@ -195,13 +199,16 @@ class WanVAE(nn.Module):
         mean, inv_std = self._latent_stats(mu)
         return (mu - mean) * inv_std
 
-    def decode(self, latents: torch.Tensor, chunked: bool = True) -> torch.Tensor:
-        """Video ``(B, 3, 1 + 4 (T'-1), H, W)`` clamped to [-1, 1] from normalised latents."""
+    def decode(
+        self, latents: torch.Tensor, chunked: bool = True, on_frame: Callable[[int], None] | None = None
+    ) -> torch.Tensor:
+        """Video ``(B, 3, 1 + 4 (T'-1), H, W)`` clamped to [-1, 1] from normalised latents; ``on_frame(i)`` is
+        called after latent frame ``i`` is decoded (progress)."""
         self._check_latents(latents)
         z = latents.to(self.dtype)
         mean, inv_std = self._latent_stats(z)
         x = self.conv2(z / inv_std + mean)
-        out = _run_chunked(self.decoder, x.split(1, dim=2)) if chunked else self.decoder(x)
+        out = _run_chunked(self.decoder, x.split(1, dim=2), on_frame) if chunked else self.decoder(x)
         return unpatchify(out, self.cfg.patch_size).clamp(-1.0, 1.0)
 
     def _time_chunks(self, x: torch.Tensor) -> Iterator[torch.Tensor]:

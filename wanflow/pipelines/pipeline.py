@@ -202,10 +202,10 @@ class WanPipeline:
             progress.end("denoise")
 
     def decode(self, latents: torch.Tensor, progress: Progress) -> torch.Tensor:
-        progress.start("decode", 1)
-        video = self.vae.decode(latents.to(self.vae.dtype))[0].float()
-        progress.advance("decode")
+        progress.start("decode", latents.shape[2])
+        video = self.vae.decode(latents.to(self.vae.dtype), on_frame=lambda i: progress.advance("decode"))
         progress.end("decode")
+        video = video[0].float()
         return video.cpu()
 
     def metadata(self, request: Request) -> dict[str, object]:
