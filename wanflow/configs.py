@@ -316,6 +316,21 @@ class TaskSpec:
     sizes: tuple[tuple[int, int], ...]  # (width, height) the model was trained at
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
 
+    # Fields a checkpoint may override in its ``wanflow.json`` (a model trained at other sizes, e.g. the built-ins).
+    OVERRIDABLE = ("boundary", "guide_scale", "shift", "steps", "frames", "fps", "size", "sizes", "negative_prompt")
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TaskSpec:
+        unknown = sorted(set(overrides) - set(self.OVERRIDABLE))
+        if unknown:
+            raise ValueError(f"unknown task defaults {unknown}; allowed: {list(self.OVERRIDABLE)}")
+        fixed = dict(overrides)
+        for key in ("size", "guide_scale"):
+            if isinstance(fixed.get(key), list):
+                fixed[key] = tuple(fixed[key])
+        if "sizes" in fixed:
+            fixed["sizes"] = tuple(tuple(s) for s in fixed["sizes"])
+        return dataclasses.replace(self, **fixed)
+
 
 TASKS: dict[str, TaskSpec] = {
     "t2v-A14B": TaskSpec(

@@ -112,12 +112,12 @@ def test_bad_input_one_line_exit_2(ckpts, tmp_path, capsys, args, message):
     assert not (tmp_path / "o.mp4").exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".")]
 
 
-def test_process_exit_code_and_single_line(tmp_path):
+def test_process_exit_code_and_single_line(ckpts, tmp_path):
     assert run_cli("x", "--ckpt_dir", str(tmp_path / "missing"), "--save_file", str(tmp_path / "o.mp4")) == (
         2,
         [f"wanflow: error: checkpoint folder not found: {tmp_path / 'missing'}"],
     )
-    code, lines = run_cli("x", "--frame_num", "8", "--ckpt_dir", str(tmp_path))  # checked before any loading
+    code, lines = run_cli("x", "--frame_num", "8", "--ckpt_dir", str(ckpts["t2v-A14B"]))  # before any loading
     assert code == 2 and lines == ["wanflow: error: frame_num must be 4n+1 (1, 5, 9, ..., 81, ...), got 8"]
 
 

@@ -30,6 +30,7 @@ OFFICIAL_VAES = {"2.1": "Wan2.1_VAE.pth", "2.2": "Wan2.2_VAE.pth"}
 OFFICIAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
 OFFICIAL_TOKENIZER = "google/umt5-xxl"
 DENSE = "dense"  # the key of a single (non-MoE) DiT in ``Layout.experts``
+DEFAULTS_FILE = "wanflow.json"  # optional: {"task": name, "defaults": {...TaskSpec overrides}}
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,17 @@ class Layout:
     vae: Path | None  # official: a weights file; diffusers: a folder
     text_encoder: Path | None  # official: a weights file; diffusers: a folder
     tokenizer: Path | None
+
+    def task_defaults(self) -> tuple[str | None, dict]:
+        """The task name and sampling defaults stored beside the weights (``wanflow.json``), if any."""
+        path = self.root / DEFAULTS_FILE
+        if not path.is_file():
+            return None, {}
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+        return data.get("task"), dict(data.get("defaults", {}))
 
     @property
     def is_moe(self) -> bool:

@@ -63,13 +63,19 @@ def _hub_checkpoints() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from wanflow.cli import generate
+    from wanflow.cli import evaluate, generate
 
     parser = Parser(prog="wanflow", description="Wan 2.2 video generation")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     gen = sub.add_parser("generate", help="make a video from a prompt (and an image)")
     generate.add_arguments(gen)
     gen.set_defaults(func=generate.run)
+    ev = sub.add_parser("evaluate", help="score generated videos on held-out prompts (built-in models)")
+    evaluate.add_evaluate_arguments(ev)
+    ev.set_defaults(func=evaluate.run_evaluate)
+    tb = sub.add_parser("train-builtin", help="train the built-in models from scratch")
+    evaluate.add_train_arguments(tb)
+    tb.set_defaults(func=evaluate.run_train)
     conv = sub.add_parser("convert", help="rewrite a checkpoint folder in the other layout (official <-> diffusers)")
     conv.add_argument("src", help="checkpoint folder (official or diffusers layout)")
     conv.add_argument("dst", help="new, empty output folder")

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from wanflow.configs import TASKS
+from wanflow.configs import TASKS, TaskSpec
 
 log = logging.getLogger("wanflow")
 
@@ -104,16 +104,15 @@ def run(args: argparse.Namespace) -> int:
     prompt = EXAMPLE_PROMPT if prompt is None else prompt
     if args.task == "i2v-A14B" and args.image is None:
         raise ValueError("i2v-A14B needs an input image: --image PATH")
-    preflight(args, prompt)
-    if args.ckpt_dir is None:
-        raise ValueError("--ckpt_dir is required: the folder of a downloaded Wan 2.2 checkpoint")
+    ckpt_dir, spec = checkpoint_and_task(args)
+    preflight(args, spec, prompt)
     save_file = args.save_file or default_save_file(args.task, args.size, prompt)
     check_writable(save_file)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     offload = args.offload or (None if args.offload_model is None else ("model" if args.offload_model else "resident"))
     start = time.perf_counter()
     pipe = WanPipeline.from_pretrained(
-        args.ckpt_dir, task=args.task, device=args.device, dtype=dtype, offload=offload, t5_cpu=args.t5_cpu
+        ckpt_dir, task=args.task, device=args.device, dtype=dtype, offload=offload, t5_cpu=args.t5_cpu
     )
     load_time = time.perf_counter() - start
     guide = args.sample_guide_scale
@@ -137,12 +136,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def preflight(args: argparse.Namespace, prompt: str) -> None:
+def checkpoint_and_task(args: argparse.Namespace) -> tuple[str, TaskSpec]:
+    """The checkpoint to load (the built-in model when no --ckpt_dir is given) and the task's defaults for it."""
+    from wanflow.builtin import builtin_checkpoint
+    from wanflow.checkpoints.layouts import detect_layout
+    from wanflow.pipelines.pipeline import task_spec
+
+    spec = TASKS[args.task]
+    if args.ckpt_dir is None:
+        path = builtin_checkpoint(args.task)
+        spec = task_spec(detect_layout(path), spec)
+        w, h = spec.size
+        print(
+            f"using the built-in {args.task} model ({w}x{h}, {spec.frames} frames, {spec.steps} steps); "
+            "pass --ckpt_dir for the published weights",
+            file=sys.stderr,
+        )
+        return str(path), spec
+    local = Path(args.ckpt_dir).expanduser()
+    return args.ckpt_dir, task_spec(detect_layout(local), spec) if local.is_dir() else spec
+
+
+def preflight(args: argparse.Namespace, spec: TaskSpec, prompt: str) -> None:
     """Check every argument against the task before minutes are spent loading weights."""
     from wanflow.configs import VAE_CONFIGS
     from wanflow.pipelines.request import resolve
 
-    spec = TASKS[args.task]
     resolve(
         spec,
         VAE_CONFIGS[spec.vae].stride[1],

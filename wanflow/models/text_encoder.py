@@ -12,6 +12,7 @@ import re
 
 import ftfy
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
@@ -40,11 +41,8 @@ def pad_context(contexts: list[torch.Tensor], text_len: int) -> torch.Tensor:
     too_long = [c.shape[0] for c in contexts if c.shape[0] > text_len]
     if too_long:
         raise ValueError(f"contexts of {too_long} tokens do not fit text_len={text_len}")
-    first = contexts[0]
-    out = first.new_zeros(len(contexts), text_len, first.shape[-1])
-    for row, context in zip(out, contexts, strict=True):
-        row[: context.shape[0]] = context
-    return out
+    # Out of place, so that gradients reach the encoder when it is trained.
+    return torch.stack([F.pad(c, (0, 0, 0, text_len - c.shape[0])) for c in contexts])
 
 
 class TextEncoder(nn.Module):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from wanflow.checkpoints.layouts import Layout
 from wanflow.checkpoints.load import Components, load_components
 from wanflow.configs import TASK_BY_MODEL_TYPE, TASKS, TaskSpec
 from wanflow.io.video import save_video
@@ -65,7 +66,7 @@ class WanPipeline:
     ):
         self.device = torch.device(device) if device is not None else default_device()
         dit_cfg = next(iter(components.experts.values())).cfg
-        self.task = task or TASK_BY_MODEL_TYPE[dit_cfg.model_type]
+        self.task = task_spec(components.layout, task or TASK_BY_MODEL_TYPE[dit_cfg.model_type])
         if self.task.model_type != dit_cfg.model_type:
             raise ValueError(
                 f"task {self.task.name} needs a {self.task.model_type} model, but the checkpoint holds a "
@@ -221,6 +222,12 @@ class WanPipeline:
             "frames": request.frames,
             "software": "wanflow",
         }
+
+
+def task_spec(layout: Layout, spec: TaskSpec) -> TaskSpec:
+    """The task's reference defaults, with the overrides a checkpoint stores in ``wanflow.json``."""
+    _, overrides = layout.task_defaults()
+    return spec.with_overrides(overrides) if overrides else spec
 
 
 def _task(name: str) -> TaskSpec:

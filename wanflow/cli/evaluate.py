@@ -1,0 +1,70 @@
+"""``wanflow evaluate``: accuracy of generated videos on held-out prompts; ``wanflow train-builtin``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from wanflow.evaluation.evaluate import CASES
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), help="what to evaluate")
+    p.add_argument(
+        "--ckpt_dir",
+        "--ckpt-dir",
+        dest="ckpt_dir",
+        help="checkpoint folder for a single case (default: the built-in model of each case)",
+    )
+    p.add_argument(
+        "--per_combo",
+        "--per-combo",
+        dest="per_combo",
+        type=int,
+        default=2,
+        help="videos per held-out (colour, shape, direction) combination",
+    )
+    p.add_argument("--expert", choices=["high", "low"], help="ablation: run only this expert for every step")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from wanflow.builtin import builtin_checkpoint
+    from wanflow.evaluation.detect import format_scores
+    from wanflow.evaluation.evaluate import evaluate_case, only_expert
+    from wanflow.pipelines.pipeline import WanPipeline
+
+    if args.ckpt_dir and len(args.cases) != 1:
+        raise ValueError("--ckpt_dir evaluates one case: pass --cases with a single name")
+    table, sharp = {}, {}
+    start = time.perf_counter()
+    for case in args.cases:
+        task, with_image = CASES[case]
+        pipe = WanPipeline.from_pretrained(args.ckpt_dir or builtin_checkpoint(task), task=task)
+        if args.expert:
+            if not pipe.task.boundary:
+                continue  # a dense model has no experts to ablate
+            only_expert(pipe, args.expert)
+        result = evaluate_case(pipe, with_image, args.per_combo, args.seed)
+        table[case], sharp[case] = result.scores, result.sharpness
+    print(format_scores(table))
+    print("sharpness (mean |gradient|, grey levels): " + ", ".join(f"{k} {v:.2f}" for k, v in sharp.items()))
+    print(f"{time.perf_counter() - start:.0f}s" + (f", only the {args.expert}-noise expert" if args.expert else ""))
+    return 0
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, help="where to write the models (default: the package's builtin/ folder)")
+    p.add_argument("--work", default="wanflow-train-builtin", help="checkpoints of the stages (resumable)")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from wanflow.builtin import ROOT
+    from wanflow.training.builtin import build_all
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    times = build_all(args.out or ROOT, args.work)
+    print("done: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+    return 0

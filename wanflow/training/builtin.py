@@ -1,0 +1,311 @@
+"""The recipe that trains wanflow's three built-in models from scratch on the synthetic shapes dataset.
+
+    wanflow train-builtin --out wanflow/builtin
+
+Stages (each resumes from its checkpoint under ``--work`` if interrupted):
+1. render the training clips (``wanflow.data.shapes``), held-out (colour, shape, direction) combinations excluded;
+2. a sentencepiece tokenizer on the prompt vocabulary, and a small umT5 encoder;
+3. the Wan 2.1 VAE (for t2v / i2v) and the Wan 2.2 VAE (for ti2v), then their latent statistics folded in;
+4. the DiTs with flow matching on the VAE latents: t2v's two experts (each on its own side of the boundary, as
+   Wan 2.2 trains them) together with the text encoder, then i2v's two experts, then the dense ti2v model (half
+   of its samples conditioned on the first frame);
+5. each model written in the official layout (fp16 safetensors / .pth) with its sampling defaults in
+   ``wanflow.json``, so it loads through exactly the code path of the published checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from wanflow.checkpoints.io import write_folder
+from wanflow.checkpoints.layouts import DEFAULTS_FILE, OFFICIAL_T5, OFFICIAL_TOKENIZER, OFFICIAL_VAES
+from wanflow.checkpoints.maps.t5 import T5_KEYMAP, drop_tied
+from wanflow.configs import TASKS, WAN22_LATENT_MEAN, WAN22_LATENT_STD, DiTConfig, T5Config, VAEConfig
+from wanflow.data.shapes import BACKGROUNDS, all_combos, render_batch, sample_clips
+from wanflow.models.dit import WanDiT
+from wanflow.models.text_encoder import TextEncoder, build_umt5, pad_context
+from wanflow.models.vae import WanVAE
+from wanflow.sampling.experts import HIGH, LOW
+from wanflow.training.flow import (
+    expert_range,
+    flow_matching_loss,
+    image_condition,
+    maybe_drop_context,
+    sample_timesteps,
+)
+from wanflow.training.loop import TrainConfig, train
+from wanflow.training.tokenizer import build_tokenizer
+from wanflow.training.vae import fold_latent_stats, vae_loss
+
+log = logging.getLogger(__name__)
+
+BUILTIN_TASKS = {"t2v": "t2v-A14B", "i2v": "i2v-A14B", "ti2v": "ti2v-5B"}
+
+
+VAE21 = VAEConfig(version="2.1", base_dim=16, decoder_dim=16, z_dim=16, num_res_blocks=1)
+VAE22 = VAEConfig(
+    version="2.2",
+    base_dim=16,
+    decoder_dim=16,
+    num_res_blocks=1,
+    z_dim=48,
+    patch_size=2,
+    latents_mean=WAN22_LATENT_MEAN,
+    latents_std=WAN22_LATENT_STD,
+)
+T5 = T5Config(vocab_size=0, dim=64, dim_attn=64, dim_ffn=128, num_heads=4, num_layers=2, text_len=32)
+DIT = DiTConfig(dim=128, ffn_dim=384, text_dim=64, text_len=32, num_heads=2, num_layers=4)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Sizes and training lengths of the built-in models (defaults: about 40 minutes on 2 CPU cores)."""
+
+    height: int = 64
+    width: int = 64
+    frames: int = 17
+    fps: int = 8
+    seed: int = 0
+    clips: int = 1200  # training clips rendered once
+    i2v_clips: int = 600  # of which the first ones get the I2V conditioning (one more VAE encode each)
+    vae_steps: int = 2000
+    vae_batch: int = 4
+    vae_frames: int = 5  # VAE training windows: 1 + 4 frames ...
+    vae_crop: int = 32  # ... and random 32x32 crops (the VAE is convolutional)
+    dit_steps: int = 1500
+    dit_batch: int = 32
+    lr: float = 3e-4
+    cfg_drop: float = 0.1  # probability of training on the empty prompt (classifier-free guidance)
+    sample_steps: int = 20
+    shift: float = 3.0
+    guide_scale: float = 4.0
+    vae21: VAEConfig = VAE21
+    vae22: VAEConfig = VAE22
+    t5: T5Config = T5  # vocab_size is set from the trained tokenizer
+    dit: DiTConfig = DIT  # model type and channels are set per task
+    dtype_on_disk: str = "float16"
+
+
+def prompt_corpus() -> list[str]:
+    """Every prompt the dataset can produce (held-out combinations too: their words all occur in training)."""
+    from wanflow.data.shapes import Clip
+
+    return sorted({Clip(s, c, d, b, 1.0, 0.0, (0.0, 0.0)).prompt for c, s, d in all_combos() for b in BACKGROUNDS})
+
+
+def to_video(frames: np.ndarray) -> torch.Tensor:
+    """(N, F, H, W, 3) uint8 -> (N, 3, F, H, W) float32 in [-1, 1]."""
+    return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+
+
+def _pick(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, n, (k,), generator=generator)
+
+
+def train_vae(cfg: VAEConfig, videos: torch.Tensor, recipe: Recipe, work: Path) -> WanVAE:
+    torch.manual_seed(recipe.seed)
+    vae = WanVAE(cfg)
+    with torch.no_grad():  # start with a narrow posterior: unit variance noise would drown the small initial mu
+        vae.conv1.bias[cfg.z_dim :] = -8.0
+
+    def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
+        idx = _pick(len(videos), recipe.vae_batch, generator)
+        t0 = int(torch.randint(0, recipe.frames - recipe.vae_frames + 1, (1,), generator=generator))
+        crop = recipe.vae_crop
+        y0, x0 = (int(v) for v in torch.randint(0, recipe.height - crop + 1, (2,), generator=generator))
+        clip = videos[idx, :, t0 : t0 + recipe.vae_frames, y0 : y0 + crop, x0 : x0 + crop]
+        return vae_loss(vae, clip, generator=generator)[0]
+
+    tc = TrainConfig(
+        steps=recipe.vae_steps,
+        lr=recipe.lr * 3,
+        warmup=min(50, recipe.vae_steps // 10),
+        seed=recipe.seed,
+        checkpoint_every=250,
+        log_every=25,
+        batch_size=recipe.vae_batch,
+    )
+    train(vae, loss_fn, tc, work / f"vae{cfg.version}.ckpt")
+    vae.eval().requires_grad_(False)
+    fold_latent_stats(vae, [videos[i : i + 16] for i in range(0, min(len(videos), 128), 16)])
+    return vae
+
+
+@torch.no_grad()
+def encode_all(vae: WanVAE, videos: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    return torch.cat([vae.encode(videos[i : i + batch]) for i in range(0, len(videos), batch)])
+
+
+@dataclass
+class TextTable:
+    """Contexts of every training prompt, computed by the (possibly training) text encoder on demand."""
+
+    encoder: TextEncoder
+    prompts: list[str]
+    text_len: int
+
+    def tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder.tokenize(self.prompts)
+
+    def contexts(self, index: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, text_len, dim) zero-padded states of prompts ``index``, with gradients into the encoder."""
+        hidden = self.encoder.model(input_ids=ids[index], attention_mask=mask[index]).last_hidden_state
+        lengths = mask[index].sum(1)
+        states = [h[:n] for h, n in zip(hidden, lengths.tolist(), strict=True)]
+        return pad_context(states, self.text_len)
+
+
+def train_dits(
+    experts: dict[str, WanDiT],
+    boundary: float | None,
+    latents: torch.Tensor,
+    prompt_ids: torch.Tensor,
+    table: TextTable,
+    recipe: Recipe,
+    work: Path,
+    name: str,
+    y: torch.Tensor | None = None,
+    frame0_p: float = 0.0,
+    train_text: bool = False,
+) -> None:
+    """Flow matching for ``experts`` (each on its own timestep range) on pre-encoded latents."""
+    ids, mask = table.tokens()
+    null_index = torch.tensor([len(table.prompts) - 1])  # the last prompt is the empty one
+
+    def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
+        idx = _pick(len(latents), recipe.dit_batch, generator)
+        x0 = latents[idx]
+        context = table.contexts(prompt_ids[idx], ids, mask)
+        null = table.contexts(null_index, ids, mask)
+        context = maybe_drop_context(context, null, recipe.cfg_drop, generator)
+        frame0 = torch.rand(len(idx), generator=generator) < frame0_p if frame0_p else None
+        total = 0.0
+        for expert_name, model in experts.items():
+            t = sample_timesteps(len(idx), recipe.shift, expert_range(boundary, expert_name), generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            total = total + flow_matching_loss(
+                model, x0, context, t, noise, y=None if y is None else y[idx], frame0_mask=frame0
+            )
+        return total
+
+    modules: list[nn.Module] = list(experts.values()) + ([table.encoder.model] if train_text else [])
+    table.encoder.model.requires_grad_(train_text)
+    tc = TrainConfig(
+        steps=recipe.dit_steps,
+        lr=recipe.lr,
+        warmup=min(100, recipe.dit_steps // 10),
+        seed=recipe.seed,
+        checkpoint_every=500,
+        log_every=25,
+        batch_size=recipe.dit_batch,
+    )
+    train(modules, loss_fn, tc, work / f"{name}.ckpt")
+    for module in modules:
+        module.eval().requires_grad_(False)
+
+
+def _half(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to(dtype).contiguous() for k, v in state.items()}
+
+
+def save_builtin(
+    out: Path,
+    task: str,
+    experts: dict[str, WanDiT],
+    vae: WanVAE,
+    text: TextEncoder,
+    recipe: Recipe,
+    boundary: float | None,
+) -> None:
+    """One built-in model in the official layout, plus its sampling defaults."""
+    dtype = getattr(torch, recipe.dtype_on_disk)
+    out.mkdir(parents=True, exist_ok=True)
+    folders = {"dense": out} if "dense" in experts else {HIGH: out / "high_noise_model", LOW: out / "low_noise_model"}
+    for name, model in experts.items():
+        write_folder(_half(model.state_dict(), dtype), folders[name])
+        (folders[name] / "config.json").write_text(json.dumps(model.cfg.to_json(), indent=2) + "\n")
+    torch.save(_half(vae.state_dict(), dtype), out / OFFICIAL_VAES[vae.cfg.version])
+    torch.save(_half(T5_KEYMAP.reverse(drop_tied(text.model.state_dict())), torch.float32), out / OFFICIAL_T5)
+    text.tokenizer.save_pretrained(out / OFFICIAL_TOKENIZER)
+    spec = TASKS[task]
+    defaults = {
+        "size": [recipe.width, recipe.height],
+        "sizes": [[recipe.width, recipe.height]],
+        "frames": recipe.frames,
+        "fps": recipe.fps,
+        "steps": recipe.sample_steps,
+        "shift": recipe.shift,
+        "guide_scale": [recipe.guide_scale] * 2 if spec.boundary else recipe.guide_scale,
+        "negative_prompt": "",
+    }
+    (out / DEFAULTS_FILE).write_text(json.dumps({"task": task, "defaults": defaults}, indent=2) + "\n")
+
+
+def build_all(
+    out: str | Path, work: str | Path, recipe: Recipe = Recipe(), report: Callable[[str], None] = print
+) -> dict[str, float]:
+    """Train and write the three built-in models; returns the seconds spent per stage."""
+    out, work = Path(out), Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal t0
+        times[stage] = time.perf_counter() - t0
+        report(f"{stage}: {times[stage]:.0f}s")
+        t0 = time.perf_counter()
+
+    clips = sample_clips(recipe.seed, recipe.clips, recipe.height, recipe.width, recipe.frames)
+    videos = to_video(render_batch(clips, recipe.frames, recipe.height, recipe.width))
+    prompts = [*prompt_corpus(), ""]
+    prompt_index = {p: i for i, p in enumerate(prompts)}
+    prompt_ids = torch.tensor([prompt_index[c.prompt] for c in clips])
+    tokenizer = build_tokenizer(prompts[:-1], work / "tokenizer")
+    torch.manual_seed(recipe.seed)
+    t5_cfg = T5Config(**{**asdict(recipe.t5), "vocab_size": len(tokenizer)})
+    text = TextEncoder(tokenizer, build_umt5(t5_cfg), text_len=recipe.t5.text_len)
+    table = TextTable(text, prompts, recipe.dit.text_len)
+    lap("data")
+
+    vae21 = train_vae(recipe.vae21, videos, recipe, work)
+    lap("vae2.1")
+    vae22 = train_vae(recipe.vae22, videos, recipe, work)
+    lap("vae2.2")
+    lat21, lat22 = encode_all(vae21, videos), encode_all(vae22, videos)
+    y = torch.cat([image_condition(vae21, videos[i : i + 16]) for i in range(0, recipe.i2v_clips, 16)])
+    lap("encode")
+
+    specs = {"t2v": (16, 16, None), "i2v": (36, 16, y), "ti2v": (48, 48, None)}
+    for short, task in BUILTIN_TASKS.items():
+        in_dim, out_dim, cond = specs[short]
+        spec = TASKS[task]
+        cfg = recipe.dit.replace(model_type=spec.model_type, in_dim=in_dim, out_dim=out_dim)
+        torch.manual_seed(recipe.seed + len(short))
+        experts = {HIGH: WanDiT(cfg), LOW: WanDiT(cfg)} if spec.boundary else {"dense": WanDiT(cfg)}
+        latents = lat22 if short == "ti2v" else lat21
+        train_dits(
+            experts,
+            spec.boundary,
+            latents,
+            prompt_ids,
+            table,
+            recipe,
+            work,
+            short,
+            y=cond,
+            frame0_p=0.5 if short == "ti2v" else 0.0,
+            train_text=short == "t2v",
+        )
+        save_builtin(out / short, task, experts, vae22 if short == "ti2v" else vae21, text, recipe, spec.boundary)
+        lap(short)
+    return times
