@@ -85,6 +85,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     _flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")
     _flag(p, "device", help="cuda, cuda:1, cpu ... (default: cuda if available)")
+    _flag(p, "ulysses_size", type=int, default=1, help="sequence-parallel ranks (torchrun; default 1)")
+    _flag(p, "dit_fsdp", action="store_true", help="shard the DiT experts with FSDP2 (torchrun)")
+    _flag(p, "t5_fsdp", action="store_true", help="shard the text encoder with FSDP2 (torchrun)")
+    _flag(p, "cfg_parallel", action="store_true", help="conditional and unconditional passes on 2 rank groups")
 
 
 def default_save_file(task: str, size: tuple[int, int] | None, prompt: str) -> str:
@@ -97,8 +101,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from wanflow.io.video import check_writable
-    from wanflow.pipelines.pipeline import WanPipeline
-    from wanflow.pipelines.progress import TqdmProgress
 
     prompt = args.prompt if args.prompt is not None else args.prompt_text
     prompt = EXAMPLE_PROMPT if prompt is None else prompt
@@ -110,10 +112,31 @@ def run(args: argparse.Namespace) -> int:
     check_writable(save_file)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     offload = args.offload or (None if args.offload_model is None else ("model" if args.offload_model else "resident"))
+    ctx = launch(args)
+    try:
+        return generate(args, ctx, ckpt_dir, prompt, save_file, dtype, offload)
+    finally:
+        if ctx.is_distributed:
+            from wanflow.runtime.distributed import shutdown
+
+            shutdown()
+
+
+def generate(args: argparse.Namespace, ctx, ckpt_dir: str, prompt: str, save_file: str, dtype, offload) -> int:
+    from wanflow.pipelines.pipeline import WanPipeline
+    from wanflow.pipelines.progress import Progress, TqdmProgress
+
+    if ctx.is_distributed:
+        offload = "resident"  # the reference never offloads in a distributed run
+        args.base_seed = ctx.seed
     start = time.perf_counter()
     pipe = WanPipeline.from_pretrained(
-        ckpt_dir, task=args.task, device=args.device, dtype=dtype, offload=offload, t5_cpu=args.t5_cpu
+        ckpt_dir, task=args.task, device=args.device or ctx.device, dtype=dtype, offload=offload, t5_cpu=args.t5_cpu
     )
+    if ctx.is_distributed:
+        from wanflow.runtime.distributed import parallelize_pipeline
+
+        parallelize_pipeline(pipe, ctx, args.ulysses_size, args.dit_fsdp, args.cfg_parallel, args.t5_fsdp)
     load_time = time.perf_counter() - start
     guide = args.sample_guide_scale
     video = pipe(
@@ -127,13 +150,30 @@ def run(args: argparse.Namespace) -> int:
         guide_scale=guide,
         solver=args.sample_solver,
         seed=args.base_seed,
-        progress=TqdmProgress(),
+        progress=TqdmProgress() if ctx.is_rank0 else Progress(),
     )
+    if not ctx.is_rank0:
+        return 0  # only rank 0 writes the file
     if args.base_seed < 0:
         print(f"seed: {video.seed}", file=sys.stderr)
     path = video.save(save_file)
     print(summary(video, load_time, time.perf_counter() - start, path))
     return 0
+
+
+def launch(args: argparse.Namespace):
+    """Join torchrun's process group when there is one; the parallel flags need one."""
+    import os
+
+    from wanflow.runtime.distributed import init_from_env
+
+    parallel = args.ulysses_size > 1 or args.dit_fsdp or args.t5_fsdp or args.cfg_parallel
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and parallel:
+        raise ValueError(
+            "--ulysses_size > 1, --dit_fsdp, --t5_fsdp and --cfg_parallel need several processes: "
+            "launch with torchrun --nproc_per_node N -m wanflow generate ..."
+        )
+    return init_from_env(seed=args.base_seed)
 
 
 def checkpoint_and_task(args: argparse.Namespace) -> tuple[str, TaskSpec]:

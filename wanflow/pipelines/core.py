@@ -91,15 +91,18 @@ def denoise(
     patch: tuple[int, int, int] = (1, 2, 2),
     batch_cfg: bool = True,
     callback: Callable[[Step], None] | None = None,
+    guidance: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Integrate from noise to data latents. ``experts(name)`` returns the expert, ready on the device."""
+    """Integrate from noise to data latents. ``experts(name)`` returns the expert, ready on the device.
+    ``guidance`` replaces ``guided_velocity`` (same signature), e.g. ``runtime.cfg_parallel.CfgParallel``."""
+    guidance = guidance or guided_velocity
     latents = keep_first_frame(noise, cond.frame0)
     state = solver.init(schedule)
     timesteps = schedule.timesteps.tolist()  # python ints: no device syncs inside the loop
     for i, t in enumerate(timesteps):
         name, scale = select_expert(t, boundary_t), guidance_for(t, boundary_t, guide_scale)
         model_t = model_timesteps(t, latents, cond.frame0, patch)
-        velocity = guided_velocity(experts(name), latents, model_t, cond, scale, batch_cfg)
+        velocity = guidance(experts(name), latents, model_t, cond, scale, batch_cfg)
         latents, state = solver.step(state, velocity, latents, i)
         latents = keep_first_frame(latents, cond.frame0)
         if callback is not None:

@@ -86,6 +86,7 @@ class WanPipeline:
         policy = offload or ("model" if self.device.type == "cuda" else "resident")
         self.experts = ExpertPlacement(components.experts, self.device, policy)
         self.offload = policy != "resident"
+        self.guidance = None  # replaces the guided-velocity step, e.g. runtime.cfg_parallel.CfgParallel
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, task: str | None = None, **kwargs) -> WanPipeline:
@@ -147,7 +148,9 @@ class WanPipeline:
         return Video(frames, self.task.fps, request.seed, self.metadata(request), timings, peak)
 
     def encode_prompts(self, request: Request, progress: Progress) -> Conditioning:
-        encoder = self.text_encoder.to(self.t5_device)
+        encoder = self.text_encoder
+        if next(encoder.parameters()).device != self.t5_device:  # (FSDP-sharded weights are already in place)
+            encoder.to(self.t5_device)
         progress.start("text", 2)
         contexts = []
         for text in (request.prompt, request.negative_prompt):  # two calls of batch 1, as the reference
@@ -155,7 +158,7 @@ class WanPipeline:
             progress.advance("text")
         progress.end("text")
         if self.offload and self.t5_device.type != "cpu":
-            encoder.to("cpu")
+            encoder.to("cpu")  # offload and FSDP exclude each other (parallelize_pipeline checks)
         dit = next(iter(self.experts.experts.values()))
         dtype = dit.text_embedding[0].weight.dtype
         cond, null = (pad_context([c], dit.cfg.text_len).to(self.device, dtype) for c in contexts)
@@ -197,6 +200,7 @@ class WanPipeline:
                 request.guide_scale,
                 self.patch,
                 callback=on_step,
+                guidance=self.guidance,
             )
         finally:
             self.experts.release()

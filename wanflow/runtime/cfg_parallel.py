@@ -1,0 +1,46 @@
+"""Classifier-free-guidance parallelism: the conditional pass on one rank (group), the unconditional on the other.
+
+``CfgParallel(group)`` has the signature of ``pipelines.core.guided_velocity`` and is handed to ``denoise`` as its
+``guidance``. Rank 0 of the two-rank group runs the prompt, rank 1 the negative prompt; one all-gather per step brings
+both velocities to both ranks, which combine them with the same arithmetic as the single-process loop. With a 2-D
+("cfg", "ulysses") mesh, pass ``mesh["cfg"]``: each cfg half then runs its pass sequence-parallel over its row.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+
+from wanflow.pipelines.core import Conditioning
+from wanflow.runtime.distributed import as_group
+
+
+class CfgParallel:
+    """``guided_velocity``-compatible: ``(model, latents, t, cond, scale, batch_cfg) -> velocity``."""
+
+    def __init__(self, group: dist.ProcessGroup | DeviceMesh | None = None):
+        self.group = as_group(group)
+        size = dist.get_world_size(self.group)
+        if size != 2:
+            raise ValueError(f"CFG parallelism splits the two guidance passes over exactly 2 ranks, got {size}")
+        self.rank = dist.get_rank(self.group)
+
+    def __call__(
+        self,
+        model: nn.Module,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditioning,
+        scale: float,
+        batch_cfg: bool = True,
+    ) -> torch.Tensor:
+        if scale == 1.0:  # guidance off: both ranks run the conditional pass, nothing to exchange
+            return model(latents, t, cond.context, y=cond.y)
+        context = cond.context if self.rank == 0 else cond.context_null
+        mine = model(latents, t, context, y=cond.y).contiguous()
+        both = [torch.empty_like(mine) for _ in range(2)]
+        dist.all_gather(both, mine, group=self.group)
+        v_cond, v_uncond = both
+        return v_uncond + scale * (v_cond - v_uncond)
