@@ -61,3 +61,14 @@ def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match="even width"):
         save_video(ramp_video(w=47), tmp_path / "odd.mp4")
     assert os.listdir(tmp_path) == []
+
+
+def test_best_output_size_matches_reference_examples_and_small_areas():
+    from wanflow.io.image import best_output_size
+
+    area = 1280 * 704  # wan22.md §7.4 worked sizes
+    assert best_output_size(1920, 1080, 32, 32, area) == (1248, 704)
+    assert best_output_size(1080, 1920, 32, 32, area) == (704, 1248)
+    assert best_output_size(1024, 768, 32, 32, area) == (1088, 800)
+    assert best_output_size(1000, 1000, 32, 32, area) == (960, 928)
+    assert best_output_size(40, 24, 32, 32, 32 * 32) == (32, 32)  # under one step: one step, not a crash

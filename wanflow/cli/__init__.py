@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score generated videos on held-out prompts (built-in models)")
     evaluate.add_evaluate_arguments(ev)
     ev.set_defaults(func=evaluate.run_evaluate)
+    from wanflow.server import cli as serve
+
+    srv = sub.add_parser("serve", help="HTTP server with a job queue and a web page")
+    serve.add_arguments(srv)
+    srv.set_defaults(func=serve.run)
     tb = sub.add_parser("train-builtin", help="train the built-in models from scratch")
     evaluate.add_train_arguments(tb)
     tb.set_defaults(func=evaluate.run_train)

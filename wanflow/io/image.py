@@ -43,10 +43,10 @@ def best_output_size(width: int, height: int, dw: int, dh: int, area: int) -> tu
     ratio = width / height
     ow = math.sqrt(area * ratio)
     oh = area / ow
-    ow1 = int(ow // dw * dw)
-    oh1 = int(area / ow1 // dh * dh)
-    oh2 = int(oh // dh * dh)
-    ow2 = int(area / oh2 // dw * dw)
+    ow1 = max(dw, int(ow // dw * dw))  # (at least one step: tiny areas would otherwise divide by zero)
+    oh1 = max(dh, int(area / ow1 // dh * dh))
+    oh2 = max(dh, int(oh // dh * dh))
+    ow2 = max(dw, int(area / oh2 // dw * dw))
 
     def deviation(w: int, h: int) -> float:
         r = w / h

@@ -1,0 +1,99 @@
+"""A real server process on a free localhost port, on tiny official-layout checkpoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.tiny.checkpoint import write_official_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "test-token"
+TASKS = ("t2v-A14B", "i2v-A14B", "ti2v-5B")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m tests.server.launcher`` in a subprocess; ``client`` talks to it with the token."""
+
+    def __init__(self, data: Path, checkpoints: dict[str, Path], **options):
+        self.data, self.checkpoints, self.options = data, checkpoints, options
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        import httpx
+
+        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+
+    def start(self) -> Server:
+        cmd = [sys.executable, "-m", "tests.server.launcher", "--port", str(self.port), "--data", str(self.data)]
+        cmd += ["--token", TOKEN]
+        for task, folder in self.checkpoints.items():
+            cmd += ["--ckpt", f"{task}={folder}"]
+        for name, value in self.options.items():
+            cmd += [f"--{name}", str(value)]
+        log = open(self.data / "server.log", "ab")
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        self.process = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited: {(self.data / 'server.log').read_text()[-3000:]}")
+            try:
+                if self.client.get("/health").status_code == 200:
+                    return self
+            except httpx.TransportError:  # not listening yet
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("the server did not start within 60 s")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def wait(self, job_id: str, statuses=("done", "failed", "cancelled"), timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.client.get(f"/api/jobs/{job_id}").json()
+            if job["status"] in statuses:
+                return job
+            time.sleep(0.05)
+        raise TimeoutError(f"job {job_id} still {job['status']} after {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpt")
+    return {task: write_official_checkpoint(root / task, task) for task in TASKS}
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, checkpoints):
+    """Shared by most tests: every step takes at least 0.03 s, so a 20-step job runs long enough to cancel."""
+    srv = Server(tmp_path_factory.mktemp("data"), checkpoints, step_delay=0.03).start()
+    yield srv
+    srv.stop()

@@ -1,0 +1,174 @@
+"""What a client may ask for: pydantic models with the limits a shared server enforces, and the job views it returns.
+
+Checks that depend on the loaded model (size divisible by the VAE stride, guidance per expert) are the pipeline's
+own ``resolve``; these limits only keep one request from taking the server down (huge sizes, thousands of frames).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The most one request may ask for; a server started for bigger work passes its own."""
+
+    max_prompt: int = 2000  # characters, prompt and negative prompt each
+    max_side: int = 1920  # pixels, width and height each
+    max_pixels: int = 1280 * 720  # width * height
+    max_frames: int = 121
+    max_steps: int = 100
+    max_upload: int = 10 * 1024 * 1024  # bytes of an input image
+    max_image_pixels: int = 4096 * 4096  # decoded input image (a small file can hold a huge image)
+
+
+IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp"}
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    """``"1280x720"`` or ``"1280*720"`` -> (width, height)."""
+    match = re.fullmatch(r"\s*(\d{1,5})\s*[xX*]\s*(\d{1,5})\s*", value)
+    if not match:
+        raise ValueError(f"size must look like WIDTHxHEIGHT (e.g. 1280x720), got {value!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+class GenerateRequest(BaseModel):
+    """One generation: every option of ``WanPipeline.__call__``; left out means the task's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(description="which loaded model: t2v-A14B, i2v-A14B or ti2v-5B")
+    prompt: str = Field(min_length=1, description="what the video shows")
+    negative_prompt: str | None = Field(None, description="what to avoid (default: the task's)")
+    width: int | None = Field(None, gt=0, description="pixels; with an image, width * height is the area budget")
+    height: int | None = Field(None, gt=0)
+    frames: int | None = Field(None, ge=1, description="4n+1: 1, 5, 9, ..., 81, ...")
+    steps: int | None = Field(None, ge=1, description="denoising steps")
+    shift: float | None = Field(None, gt=0, le=100, description="noise schedule shift")
+    guide_scale: list[float] | None = Field(
+        None, min_length=1, max_length=2, description="one value, or (low-noise, high-noise) for the A14B tasks"
+    )
+    solver: Literal["unipc", "dpm++", "euler"] = "unipc"
+    seed: int = Field(-1, ge=-1, le=2**63 - 1, description="-1 draws one; the job reports it")
+
+    @field_validator("guide_scale", mode="before")
+    @classmethod
+    def _guide_list(cls, value):
+        if isinstance(value, (int, float)):
+            return [value]
+        if isinstance(value, str):  # a form field: "5" or "3,4"
+            try:
+                return [float(v) for v in value.split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(f"guide_scale must be a number or two numbers 'low,high', got {value!r}") from None
+        return value
+
+    @field_validator("frames")
+    @classmethod
+    def _four_n_plus_one(cls, value):
+        if value is not None and (value - 1) % 4:
+            raise ValueError(f"frames must be 4n+1 (1, 5, 9, ..., 81, ...), got {value}")
+        return value
+
+    def size(self) -> tuple[int, int] | None:
+        if self.width is None and self.height is None:
+            return None
+        if self.width is None or self.height is None:
+            raise ValueError("give both width and height, or neither")
+        return self.width, self.height
+
+    def check(self, limits: Limits) -> None:
+        """The server's limits; ``ValueError`` with the field and the bound."""
+        for name in ("prompt", "negative_prompt"):
+            text = getattr(self, name)
+            if text is not None and len(text) > limits.max_prompt:
+                raise ValueError(f"{name} is {len(text)} characters; the limit is {limits.max_prompt}")
+        size = self.size()
+        if size is not None:
+            w, h = size
+            if max(w, h) > limits.max_side or w * h > limits.max_pixels:
+                raise ValueError(
+                    f"size {w}x{h} is over the limit ({limits.max_side} pixels a side, {limits.max_pixels} in all)"
+                )
+        if self.frames is not None and self.frames > limits.max_frames:
+            raise ValueError(f"frames {self.frames} is over the limit of {limits.max_frames}")
+        if self.steps is not None and self.steps > limits.max_steps:
+            raise ValueError(f"steps {self.steps} is over the limit of {limits.max_steps}")
+
+    def pipeline_kwargs(self) -> dict[str, object]:
+        """Keyword arguments of ``WanPipeline.__call__`` (besides prompt, image, progress, callback)."""
+        guide = self.guide_scale
+        return {
+            "negative_prompt": self.negative_prompt,
+            "size": self.size(),
+            "frames": self.frames,
+            "steps": self.steps,
+            "shift": self.shift,
+            "guide_scale": None if guide is None else (guide[0] if len(guide) == 1 else tuple(guide)),
+            "solver": self.solver,
+            "seed": self.seed,
+        }
+
+
+def openai_fields(form: dict[str, object], fps: int, default_task: str) -> dict[str, object]:
+    """OpenAI's ``POST /v1/videos`` fields (``model``, ``size`` "WxH", ``seconds``) -> ``GenerateRequest`` fields."""
+    fields = dict(form)
+    fields["task"] = fields.pop("model", None) or default_task
+    size = fields.pop("size", None)
+    if size is not None:
+        fields["width"], fields["height"] = parse_size(str(size))
+    seconds = fields.pop("seconds", None)
+    if seconds is not None:
+        if "frames" in fields:
+            raise ValueError("give seconds or frames, not both")
+        try:
+            value = float(seconds)
+        except (TypeError, ValueError):
+            raise ValueError(f"seconds must be a number, got {seconds!r}") from None
+        if not 0 < value <= 60:
+            raise ValueError(f"seconds must be in (0, 60], got {seconds!r}")
+        fields["frames"] = 4 * max(0, round(value * fps / 4)) + 1  # the nearest 4n+1
+    return fields
+
+
+class JobView(BaseModel):
+    """A job as the native API shows it."""
+
+    id: str
+    task: str
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    progress: float = Field(description="0 to 1 over text encoding, denoising and decoding")
+    stage: str | None = None
+    step: int | None = Field(None, description="denoising steps done")
+    steps: int | None = None
+    expert: str | None = Field(None, description="the active expert (high_noise / low_noise) of the A14B tasks")
+    eta_seconds: float | None = None
+    error: str | None = None
+    attempts: int = 0
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    seed: int | None = None
+    params: dict[str, object]
+    has_image: bool = False
+    video_url: str | None = None
+
+
+class VideoView(BaseModel):
+    """A job in the shape of OpenAI's video object."""
+
+    id: str
+    object: Literal["video"] = "video"
+    model: str
+    status: Literal["queued", "in_progress", "completed", "failed"]
+    progress: int = Field(description="0 to 100")
+    created_at: int
+    completed_at: int | None = None
+    size: str | None = None
+    seconds: str | None = None
+    error: dict[str, str] | None = None

@@ -1,0 +1,145 @@
+// The wanflow web page: a form, the queue with live progress (server-sent events), and a gallery.
+// Plain DOM code; user text is only ever set through textContent.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const tokenInput = $("#token");
+tokenInput.value = localStorage.getItem("wanflow-token") || "";
+tokenInput.addEventListener("change", () => { localStorage.setItem("wanflow-token", tokenInput.value); init(); });
+
+let tasks = {};
+const streams = new Map();  // job id -> EventSource
+
+function headers() {
+  return tokenInput.value ? { Authorization: "Bearer " + tokenInput.value } : {};
+}
+function withToken(url) {
+  return tokenInput.value ? url + (url.includes("?") ? "&" : "?") + "access_token=" + encodeURIComponent(tokenInput.value) : url;
+}
+async function api(path, options = {}) {
+  const res = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(body.detail || res.statusText);
+  return body;
+}
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  Object.assign(node, props);
+  for (const child of children) node.append(child);
+  return node;
+}
+
+async function loadTasks() {
+  try {
+    const health = await (await fetch("/health")).json();
+    $("#health").textContent = `${health.tasks.join(", ")} · ${health.queue} queued`;
+    tasks = (await api("/api/tasks")).tasks;
+  } catch (e) {
+    $("#form-error").textContent = e.message;
+    return false;
+  }
+  $("#form-error").textContent = "";
+  $("#task").replaceChildren(...Object.keys(tasks).map((name) => el("option", { value: name, textContent: name })));
+  showDefaults();
+  return true;
+}
+$("#task").addEventListener("change", showDefaults);
+
+function showDefaults() {
+  const d = tasks[$("#task").value];
+  if (!d) return;
+  const form = $("#form");
+  form.width.placeholder = d.size[0];
+  form.height.placeholder = d.size[1];
+  form.frames.placeholder = d.frames;
+  form.steps.placeholder = d.steps;
+  form.shift.placeholder = d.shift;
+  form.guide_scale.placeholder = d.guide_scale.join(",");
+  $("#image-row").hidden = d.image === "none";
+  form.image.required = d.image === "required";
+}
+
+$("#form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  $("#form-error").textContent = "";
+  const data = new FormData(event.target);
+  for (const [key, value] of [...data.entries()]) {
+    if (value === "" || (value instanceof File && (!value.size || $("#image-row").hidden))) data.delete(key);
+  }
+  try {
+    await api("/api/jobs", { method: "POST", body: data });
+    refresh();
+  } catch (e) {
+    $("#form-error").textContent = e.message;
+  }
+});
+
+function queueItem(job) {
+  const bar = el("progress", { max: 1, value: job.progress });
+  const info = el("span", { className: "muted" });
+  const cancel = el("button", { className: "secondary", textContent: "Cancel", type: "button" });
+  cancel.addEventListener("click", () => api(`/api/jobs/${job.id}/cancel`, { method: "POST" }).catch(alert));
+  const item = el("li", { id: "job-" + job.id },
+    el("div", { className: "line" }, el("span", { className: "prompt", textContent: job.params.prompt }), cancel), bar, info);
+  const show = (j) => {
+    bar.value = j.progress;
+    const parts = [j.status];
+    if (j.stage) parts.push(j.stage);
+    if (j.step != null) parts.push(`step ${j.step}/${j.steps}`);
+    if (j.expert) parts.push(j.expert);
+    if (j.eta_seconds != null && j.status === "running") parts.push(`ETA ${Math.ceil(j.eta_seconds)} s`);
+    info.textContent = parts.join(" · ");
+  };
+  show(job);
+  if (!streams.has(job.id)) {
+    const source = new EventSource(withToken(`/api/jobs/${job.id}/events`));
+    source.addEventListener("progress", (e) => show(JSON.parse(e.data)));
+    source.addEventListener("end", () => { source.close(); streams.delete(job.id); refresh(); });
+    source.onerror = () => { source.close(); streams.delete(job.id); };
+    streams.set(job.id, source);
+  }
+  return item;
+}
+
+function galleryCard(job) {
+  const card = el("div", { className: "card" });
+  if (job.status === "done") {
+    card.append(el("video", { src: withToken(job.video_url), controls: true, loop: true, muted: true, preload: "metadata" }));
+  } else {
+    card.append(el("p", { className: "error", textContent: `${job.status}: ${job.error || ""}` }));
+  }
+  const p = job.params;
+  const settings = { task: job.task, prompt: p.prompt, negative: p.negative_prompt, size: p.width ? `${p.width}x${p.height}` : null,
+    frames: p.frames, steps: p.steps, shift: p.shift, guidance: p.guide_scale && p.guide_scale.join(","), solver: p.solver,
+    seed: job.seed ?? p.seed, image: job.has_image ? "yes" : null };
+  const dl = el("dl");
+  for (const [key, value] of Object.entries(settings)) {
+    if (value != null && value !== "") dl.append(el("dt", { textContent: key }), el("dd", { textContent: String(value) }));
+  }
+  const remove = el("button", { className: "secondary", textContent: "Delete", type: "button" });
+  remove.addEventListener("click", () => api(`/api/jobs/${job.id}`, { method: "DELETE" }).then(refresh).catch(alert));
+  card.append(dl, remove);
+  return card;
+}
+
+async function refresh() {
+  if (!Object.keys(tasks).length) return;  // not signed in yet
+  let jobs;
+  try {
+    jobs = await api("/api/jobs");
+  } catch (e) {
+    $("#form-error").textContent = e.message;
+    return;
+  }
+  const active = jobs.filter((j) => j.status === "queued" || j.status === "running").reverse();
+  $("#queue").replaceChildren(...active.map(queueItem));
+  if (!active.length) $("#queue").append(el("li", { className: "muted", textContent: "nothing queued" }));
+  $("#gallery").replaceChildren(...jobs.filter((j) => !active.includes(j)).map(galleryCard));
+}
+
+async function init() {
+  if (await loadTasks()) refresh();
+}
+
+init();
+setInterval(refresh, 10000);
