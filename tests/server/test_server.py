@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import threading
 import time
+from pathlib import Path
 
 import av
 import pytest
@@ -302,7 +304,6 @@ CHROMIUM = "/usr/bin/chromium"
 
 def test_web_page_in_a_browser(server):
     """The page in headless Chromium: submit from the form, watch the queue, play the video in the gallery."""
-    import os
 
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no browser at {CHROMIUM} (apt-get install chromium)")
@@ -334,7 +335,9 @@ def test_web_page_in_a_browser(server):
                 arg=card.locator("video").element_handle(),
                 timeout=20_000,
             ).json_value()
-            page.screenshot(path=str(server.data / "page.png"), full_page=True)
+            artefacts = Path(os.environ.get("WANFLOW_TEST_ARTIFACTS", "test-artifacts"))
+            artefacts.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(artefacts / "web-page.png"), full_page=True)  # kept after the run
             assert loaded in ([32, 32], ["error", 4]), loaded  # 4: this Chromium build lacks H.264
             assert not errors
         finally:
