@@ -5,12 +5,11 @@ Same id layout as ``google/umt5-xxl``: pad 0, eos 1, unk 2, no bos; ``</s>`` is 
 
 from __future__ import annotations
 
-import io
 import os
-from pathlib import Path
 
-import sentencepiece as spm
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Tokenizer
+from transformers import PreTrainedTokenizerBase
+
+from wanflow.training.tokenizer import build_tokenizer
 
 # Simple English prompts of the kind the tiny pipelines are run with.
 CORPUS = (
@@ -34,29 +33,6 @@ CORPUS = (
 VOCAB_SIZE = 120
 
 
-def train_pieces(corpus: tuple[str, ...] = CORPUS, vocab_size: int = VOCAB_SIZE) -> list[tuple[str, float]]:
-    """(piece, score) for every id of a unigram model trained on ``corpus``; ids 0/1/2 are pad/eos/unk."""
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus),
-        model_writer=model,
-        model_type="unigram",
-        vocab_size=vocab_size,
-        hard_vocab_limit=False,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        num_threads=1,
-        minloglevel=2,
-    )
-    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
-    return [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
-
-
 def build_tiny_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
-    """Train, save into ``path`` (a tokenizer folder) and reload it with ``AutoTokenizer``, as the real one is."""
-    path = Path(path)
-    tokenizer = T5Tokenizer(vocab=train_pieces(), extra_ids=0)
-    tokenizer.save_pretrained(path)
-    return AutoTokenizer.from_pretrained(path)
+    """Train on ``CORPUS``, save into ``path`` (a tokenizer folder) and reload it with ``AutoTokenizer``."""
+    return build_tokenizer(CORPUS, path, vocab_size=VOCAB_SIZE)
