@@ -25,7 +25,13 @@ from wanflow.checkpoints.layouts import (
 )
 from wanflow.checkpoints.load import dit_config, read_json
 from wanflow.checkpoints.maps.dit import DIT_KEYMAP, dit_config_to_diffusers, strip_prefixes
-from wanflow.checkpoints.maps.t5 import T5_KEYMAP, t5_config_from_hf, t5_config_from_state_dict, t5_config_to_hf
+from wanflow.checkpoints.maps.t5 import (
+    T5_KEYMAP,
+    drop_tied,
+    t5_config_from_hf,
+    t5_config_from_state_dict,
+    t5_config_to_hf,
+)
 from wanflow.checkpoints.maps.vae import (
     vae_config_from_diffusers,
     vae_config_from_state_dict,
@@ -71,7 +77,7 @@ def _to_diffusers(layout: Layout, dst: Path, shard: int) -> None:
     if layout.text_encoder is not None:
         state = read_weights(layout.text_encoder)
         cfg = t5_config_from_state_dict(state)
-        write_folder(_untie(T5_KEYMAP.forward(state)), dst / "text_encoder", stem="model", max_shard_bytes=shard)
+        write_folder(T5_KEYMAP.forward(state), dst / "text_encoder", stem="model", max_shard_bytes=shard)
         t5_config_to_hf(cfg).save_pretrained(dst / "text_encoder")
     if layout.tokenizer is not None:
         shutil.copytree(layout.tokenizer, dst / "tokenizer")
@@ -127,28 +133,9 @@ def _to_official(layout: Layout, dst: Path, shard: int) -> None:
     if layout.text_encoder is not None:
         t5_config_from_hf(UMT5Config.from_pretrained(layout.text_encoder))  # validates the architecture
         state = read_folder(layout.text_encoder, stem="model")
-        _save_pth(T5_KEYMAP.reverse(_drop_tied(state)), dst / OFFICIAL_T5)
+        _save_pth(T5_KEYMAP.reverse(drop_tied(state)), dst / OFFICIAL_T5)
     if layout.tokenizer is not None:
         shutil.copytree(layout.tokenizer, dst / OFFICIAL_TOKENIZER)
-
-
-def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses two names for one storage: keep the first name of each shared tensor."""
-    seen: dict[tuple[int, tuple[int, ...]], str] = {}
-    out = {}
-    for k, v in state.items():
-        key = (v.data_ptr(), tuple(v.shape))
-        if key not in seen:
-            seen[key] = k
-            out[k] = v
-    return out
-
-
-def _drop_tied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers may save the tied input embedding under a second name; the official layout has it once."""
-    if "shared.weight" in state:
-        return {k: v for k, v in state.items() if not k.endswith("embed_tokens.weight")}
-    return state
 
 
 def _save_pth(state: dict[str, torch.Tensor], path: Path) -> None:

@@ -78,8 +78,3 @@ class KeyMap:
         """Other layout -> official layout."""
         names = self.convert_keys(state, reverse=True)
         return {names[k]: v for k, v in state.items()}
-
-
-def identity_map(name: str, templates: Iterable[str]) -> tuple[tuple[str, str], ...]:
-    """Rules that keep the given templates unchanged (for keys both layouts share)."""
-    return tuple((t, t) for t in templates)

@@ -114,11 +114,13 @@ def load_experts(layout: Layout, dtype: torch.dtype | None = torch.float32) -> d
 
 
 def _load_hf_strict(model: torch.nn.Module, state: dict, what: str) -> None:
-    # transformers ties the token embedding under two names; the map yields only the saved one.
-    tied = {k for k in model.state_dict() if k not in state and k.endswith("embed_tokens.weight")}
-    load_strict(model, {**state, **{k: state["shared.weight"] for k in tied if "shared.weight" in state}}, what)
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    """transformers ties the token embedding under two names; files hold it once (or, from some tools, twice)."""
+    from wanflow.checkpoints.maps.t5 import TIED_EMBEDDING, add_tied, drop_tied
+
+    if TIED_EMBEDDING[1] in state:
+        state = add_tied(drop_tied(state))
+    load_strict(model, state, what)
+    model.tie_weights()
 
 
 def _infer(fn, data, path):

@@ -66,18 +66,23 @@ class Attention(nn.Module):
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
 
-    def forward(
+    def project(
         self, x: torch.Tensor, context: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token-local part: q from ``x``, k and v from ``context``, normed and rotated; each (B, L, N, d)."""
         dtype = self.q.weight.dtype
         x, context = x.to(dtype), context.to(dtype)
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # (B, L, N, d)
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
         k = self.norm_k(self.k(context)).unflatten(-1, (self.num_heads, -1))
         v = self.v(context).unflatten(-1, (self.num_heads, -1))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = attention(q.to(dtype), k.to(dtype), v.to(dtype))
-        return self.o(out.flatten(2))
+        return q.to(dtype), k.to(dtype), v
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        return self.o(attention(*self.project(x, context, rope)).flatten(2))
 
 
 class Block(nn.Module):

@@ -24,7 +24,7 @@ from torch.distributed.fsdp import FSDPModule
 
 from wanflow.models.attention import attention
 from wanflow.models.dit import Attention, WanDiT
-from wanflow.models.rope import apply_rope, rope_tables
+from wanflow.models.rope import rope_tables
 from wanflow.runtime.distributed import as_group
 
 
@@ -81,13 +81,8 @@ class UlyssesAttention(Attention):
         if not isinstance(rope, SequenceShard):
             return super().forward(x, context, rope)
         # Projections, norms and RoPE are token-local: the plain module's math on this rank's tokens.
-        dtype = self.q.weight.dtype
-        x = x.to(dtype)
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # (B, s, N, d)
-        k = self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1))
-        v = self.v(x).unflatten(-1, (self.num_heads, -1))
-        q, k = apply_rope(q, rope.cos, rope.sin), apply_rope(k, rope.cos, rope.sin)
-        q, k, v = (seq_to_heads(a.to(dtype), rope.group) for a in (q, k, v))  # (B, S, N/P, d)
+        q, k, v = self.project(x, x, (rope.cos, rope.sin))  # (B, s, N, d)
+        q, k, v = (seq_to_heads(a, rope.group) for a in (q, k, v))  # (B, S, N/P, d)
         out = heads_to_seq(masked_attention(q, k, v, rope.seq_len), rope.group)  # (B, s, N, d)
         return self.o(out.flatten(2))
 
