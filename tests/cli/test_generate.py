@@ -101,6 +101,7 @@ def run_main(capsys, *args):
         (["--task", "t2v-1.3B"], "invalid choice"),
         (["--save_file", "/proc/nope/out.mp4"], "cannot write"),
         (["--save_file", "out.avi"], "unsupported output"),
+        (["--vae_tile", "-1"], "expected a whole number >= 0"),
     ],
 )
 def test_bad_input_one_line_exit_2(ckpts, tmp_path, capsys, args, message):
@@ -137,6 +138,38 @@ def test_checkpoint_and_image_errors(ckpts, tmp_path, capsys):
     code, lines = run_cli("x", "--task", "t2v-A14B", "--ckpt_dir", str(ckpts["i2v-A14B"]), *FAST, *out)
     assert code == 2 and "needs a t2v model" in lines[-1]
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_fp8_flag_quantizes_both_experts(ckpts, tmp_path, monkeypatch):
+    import torch
+
+    from wanflow.pipelines import pipeline
+    from wanflow.runtime.fp8 import block_linears
+
+    quantize, quantized = pipeline.quantize_fp8, []
+    monkeypatch.setattr(pipeline, "quantize_fp8", lambda model: quantized.append(quantize(model)))
+    out = str(tmp_path / "frames") + "/"
+    assert main(["generate", "x", "--ckpt_dir", str(ckpts["t2v-A14B"]), *FAST, "--save_file", out, "--fp8"]) == 0
+    stored = [m.parametrizations.weight.original0.dtype for model in quantized for m in block_linears(model)]
+    assert len(quantized) == 2 and set(stored) == {torch.float8_e4m3fn}
+    assert sorted(os.listdir(out)) == [f"{i:05d}.png" for i in range(9)]
+
+
+def test_vae_tile_flag_decodes_in_tiles(ckpts, tmp_path, monkeypatch):
+    from wanflow.pipelines import pipeline
+
+    decode, tiles = pipeline.decode_tiled, []
+
+    def record(vae, latents, tile, on_frame):
+        tiles.append(tile)
+        return decode(vae, latents, tile, on_frame)
+
+    monkeypatch.setattr(pipeline, "decode_tiled", record)
+    out = str(tmp_path / "frames") + "/"
+    args = ["generate", "x", "--ckpt_dir", str(ckpts["t2v-A14B"]), *FAST, "--save_file", out, "--vae_tile", "3"]
+    assert main(args) == 0
+    assert tiles == [3]
+    assert sorted(os.listdir(out)) == [f"{i:05d}.png" for i in range(9)]
 
 
 def test_i2v_from_the_command_line(ckpts, tmp_path):

@@ -4,13 +4,15 @@ import math
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
+from torch.overrides import TorchFunctionMode
 
+from tests.sync import HostTransfers
 from tests.tiny.dit import TINY_I2V, TINY_T2V, TINY_TI2V, random_dit, random_dit_state
 from wanflow.checkpoints.io import write_folder
 from wanflow.checkpoints.load import load_dit
 from wanflow.checkpoints.maps.dit import DIT_KEYMAP, dit_config_to_diffusers
 from wanflow.configs import DIT_CONFIGS
-from wanflow.models.dit import FP32_MODULES, WanDiT, sinusoid
+from wanflow.models.dit import FP32_MODULES, TokenTimesteps, WanDiT, per_token, sinusoid
 from wanflow.models.rope import apply_rope, rope_angles
 from wanflow.runtime.precision import cast_model
 
@@ -73,8 +75,16 @@ def test_matches_diffusers_loaded_from_official_layout(cfg, tmp_path):
     scale = want.abs().max().item()
     assert scale > 1.0
     assert (got - want).abs().max().item() <= 1e-6 * scale
+    if t.ndim == 2:  # TI2V: the factored timesteps the pipeline passes give the same velocity
+        with torch.no_grad():
+            assert torch.equal(ours(x, factored(t), context[:, :7], y=y), got)
     # Against stock diffusers (float32 sinusoid) the documented gap is ~1e-4 relative.
     assert (got - want32).abs().max().item() <= 1e-4 * scale
+
+
+def factored(t):
+    """The (1, L) per-token timesteps of ``inputs`` as TokenTimesteps: values [0, 937], index 0 on frame 0."""
+    return TokenTimesteps(torch.tensor([[0.0, 937.0]]), (t != 0).long())
 
 
 def test_per_token_timesteps_matter_and_frame_zero_sees_t0():
@@ -86,12 +96,75 @@ def test_per_token_timesteps_matter_and_frame_zero_sees_t0():
         uniform = model(x, torch.tensor([937.0]), context)
         zero = model(x, torch.tensor([0.0]), context)
     assert (mixed - uniform).abs().max() > 1e-3
-    # Timesteps act per token through modulation; attention mixes tokens, so only the embeddings are local:
-    e, e0 = model.embed_time(t, t.shape[1])
-    e_zero, _ = model.embed_time(torch.tensor([0.0]), t.shape[1])
-    torch.testing.assert_close(e[:, :16], e_zero.expand(1, 16, -1), rtol=1e-6, atol=1e-6)
-    assert e.shape == (1, 48, cfg.dim) and e0.shape == (1, 48, 6, cfg.dim)
     assert (mixed - zero).abs().max() > 1e-3
+    # The time MLP runs on the two distinct values; the frame-0 tokens pick the t = 0 row, the others t = 937.
+    time = model.embed_time(t, t.shape[1])
+    assert time.e.shape == (1, 2, cfg.dim) and time.e0.shape == (1, 2, 6, cfg.dim)
+    e_zero, e_t = model.embed_time(torch.tensor([0.0]), 48), model.embed_time(torch.tensor([937.0]), 48)
+    torch.testing.assert_close(per_token(time.e, time.index)[:, :16], e_zero.e.expand(1, 16, -1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        per_token(time.e0, time.index)[:, 16:], e_t.e0.expand(1, 32, 6, -1), rtol=1e-6, atol=1e-6
+    )
+    assert e_t.index is None and e_t.e.shape == (1, 1, cfg.dim)  # one value: broadcast, no index
+
+
+def test_factored_timesteps_equal_the_plain_per_token_tensor():
+    model = random_dit(TINY_TI2V, seed=4)
+    x, _, t, context = inputs(TINY_TI2V)
+    tt = factored(t)
+    assert torch.equal(tt.dense(), t)
+    with torch.no_grad():
+        plain, fast = model(x, t, context), model(x, tt, context)
+        batched = model(torch.cat([x, x]), tt.repeat(2), torch.cat([context, context.flip(-1)]))
+    assert torch.equal(plain, fast)
+    torch.testing.assert_close(batched[:1], fast, rtol=1e-5, atol=1e-5)
+    assert (batched[1] - fast[0]).abs().max() > 1e-3  # the second sample has other text: the batch is real
+
+
+def test_forward_is_sync_free():
+    """See tests/sync.py. The (B,) and factored timesteps run through; the plain (B, L) tensor needs ``unique``."""
+    cfg = TINY_TI2V
+    with torch.device("meta"):
+        model = WanDiT(cfg)
+        x, context = torch.randn(2, cfg.in_dim, 3, 8, 8), torch.randn(2, 7, cfg.text_dim)
+        tt = TokenTimesteps(torch.zeros(2, 2), torch.zeros(2, 48, dtype=torch.long))
+        t, plain = torch.zeros(2), torch.zeros(2, 48)
+    with HostTransfers() as transfers:  # (the default device is the host again)
+        assert model(x, tt, context).shape == (2, cfg.out_dim, 3, 8, 8)
+        assert model(x, t, context).shape == (2, cfg.out_dim, 3, 8, 8)
+    assert transfers.seen == []
+    with pytest.raises(NotImplementedError, match="unique"):
+        model(x, plain, context)
+    with HostTransfers() as transfers:
+        torch.ones(3).to("meta")  # the recorder sees a host tensor going to the device
+    assert transfers.seen
+
+
+class Shapes(TorchFunctionMode):
+    """Records the shape of every tensor a torch function returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for o in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(o, torch.Tensor):
+                self.seen.add(tuple(o.shape))
+        return out
+
+
+def test_per_token_modulation_is_never_materialised_six_wide():
+    cfg = TINY_TI2V
+    model = random_dit(cfg, seed=4)
+    x, _, t, context = inputs(cfg)
+    with torch.no_grad(), Shapes() as shapes:
+        model(x, factored(t), context)
+    six_wide = {s for s in shapes.seen if s[-3:] == (48, 6, cfg.dim) or s[-2:] == (48, 6 * cfg.dim)}
+    assert not six_wide
+    assert (1, 2, 6, cfg.dim) in shapes.seen  # the modulation tables, per distinct timestep
+    assert (1, 48, cfg.dim) in shapes.seen  # a per-token row, picked for one product
 
 
 def test_batch_equals_single_samples():
@@ -172,3 +245,5 @@ def test_bad_inputs_raise_clear_errors():
         model(x, t, context)  # i2v without its 20 conditioning channels
     with pytest.raises(ValueError, match="timesteps"):
         model(x, torch.zeros(1, 5), context, y=y)
+    with pytest.raises(ValueError, match=r"TokenTimesteps needs values \(B, K\) and index \(B, 48\)"):
+        model(x, TokenTimesteps(torch.zeros(1, 2), torch.zeros(1, 5, dtype=torch.long)), context, y=y)

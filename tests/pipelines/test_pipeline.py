@@ -8,6 +8,7 @@ from PIL import Image
 from tests.tiny.checkpoint import write_official_checkpoint
 from wanflow.io.video import to_uint8
 from wanflow.pipelines.pipeline import WanPipeline
+from wanflow.pipelines.progress import Progress
 
 KW = dict(size=(64, 64), frames=5, steps=4)
 
@@ -91,3 +92,20 @@ def test_task_and_checkpoint_must_agree(tmp_path):
     root = write_official_checkpoint(tmp_path, "ti2v-5B")
     with pytest.raises(ValueError, match="needs a t2v model"):
         WanPipeline.from_pretrained(root, task="t2v-A14B")
+
+
+def test_vae_tile_gives_the_same_frames_tile_by_tile(t2v, tmp_path):
+    class Count(Progress):
+        def advance(self, stage: str, **info: object) -> None:
+            decoded.append(stage == "decode")
+
+    tiled = WanPipeline.from_pretrained(write_official_checkpoint(tmp_path, "t2v-A14B"), vae_tile=3)
+    tails, decoded = [], []
+    tiled.vae.decoder.head.register_forward_hook(lambda *_: tails.append(1))
+    whole = t2v("a green square", seed=4, **KW)
+    video = tiled("a green square", seed=4, progress=Count(), **KW)
+    assert len(tails) == 3 * 3 * 2  # 3x3 tiles of the 8x8 latent frame (3 does not divide 8), 2 latent frames each
+    assert sum(decoded) == 2  # the decode bar still counts latent frames
+    assert (video.frames - whole.frames).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="vae_tile is a tile size"):
+        WanPipeline.from_pretrained(tmp_path, vae_tile=-1)

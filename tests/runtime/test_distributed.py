@@ -24,7 +24,7 @@ from wanflow.runtime.distributed import check_layout, init_from_env
 from wanflow.runtime.sequence_parallel import UlyssesAttention
 
 ROOT = Path(__file__).resolve().parents[2]
-LAUNCH_TIMEOUT_S = 150
+LAUNCH_TIMEOUT_S = 400  # two busy cores shared by 4 ranks: the 4-rank launch takes minutes
 TOL = 1e-5
 CHECKS_2 = [
     "sp_t2v",
@@ -35,11 +35,27 @@ CHECKS_2 = [
     "fsdp_sp_ti2v",
     "t5_fsdp",
     "vae",
+    "vae_split",
+    "vae_split_auto",
+    "ring",
+    "sp_t2v_heads3",
+    "sp_ti2v_heads3",
     "pipeline_t2v",
     "pipeline_ti2v",
     "errors",
 ]
-CHECKS_4 = ["sp_t2v", "cfg_sp_fsdp_t2v", "cfg_sp_ti2v"]
+CHECKS_4 = [
+    "sp_t2v",
+    "cfg_sp_fsdp_t2v",
+    "cfg_sp_ti2v",
+    "ring",
+    "sp_t2v_heads2",
+    "sp_t2v_heads3",
+    "vae_split",
+    "vae_split_auto",
+    "pipeline_t2v",  # the tiny DiT has 2 heads: Ulysses 2 x ring 2
+]
+REPORTS = {"errors", "vae_split", "vae_split_auto"}  # checks that return a dict, asserted by their own tests
 
 
 def _free_port() -> int:
@@ -87,17 +103,31 @@ def four(tmp_path_factory) -> list[dict]:
     return launch(4, CHECKS_4, tmp_path_factory.mktemp("dist4"))
 
 
-@pytest.mark.parametrize("check", [c for c in CHECKS_2 if c != "errors"])
+@pytest.mark.parametrize("check", [c for c in CHECKS_2 if c not in REPORTS])
 def test_two_ranks_match_one_process(two, check):
     results, _ = two
     for rank, res in enumerate(results):
         assert res[check] <= TOL, f"rank {rank}: {check} differs from one process by {res[check]}"
 
 
-@pytest.mark.parametrize("check", CHECKS_4)
+@pytest.mark.parametrize("check", [c for c in CHECKS_4 if c not in REPORTS])
 def test_four_ranks_match_one_process(four, check):
     for rank, res in enumerate(four):
         assert res[check] <= TOL, f"rank {rank}: {check} differs from one process by {res[check]}"
+
+
+@pytest.mark.parametrize("world", ["two", "four"])
+@pytest.mark.parametrize("check", ["vae_split", "vae_split_auto"])
+def test_vae_tiles_of_one_clip_split_over_ranks(request, world, check):
+    results = request.getfixturevalue(world)
+    results = results[0] if world == "two" else results
+    reports = [r[check] for r in results]
+    for rank, report in enumerate(reports):
+        assert report["diff"] <= TOL, f"rank {rank}: {check} differs from one process by {report['diff']}"
+        assert report["progress"] == [0, 1]  # every latent frame reported once, in order, on every rank
+    calls = [report["tail_calls"] for report in reports]
+    assert sum(calls) == reports[0]["all_calls"]  # every tile-frame decoded once, somewhere
+    assert 0 < max(calls) < sum(calls)  # each rank did only part of the work
 
 
 def test_seed_from_rank0_and_only_rank0_writes(two):
@@ -109,7 +139,6 @@ def test_seed_from_rank0_and_only_rank0_writes(two):
 
 def test_impossible_layouts_are_clear_errors(two):
     errors = two[0][0]["errors"]
-    assert "3 attention heads" in errors["heads"] and "divides 3" in errors["heads"]
     assert "needs at least 2 tokens" in errors["tokens"]
     assert "before FSDP" in errors["fsdp_first"]
     assert "WORLD_SIZE=2" in errors["ulysses_size"] and "--nproc_per_node 4" in errors["ulysses_size"]
@@ -117,11 +146,10 @@ def test_impossible_layouts_are_clear_errors(two):
 
 
 def test_check_layout():
-    check_layout(8, ulysses_size=4, cfg_size=2, num_heads=40)
+    check_layout(8, ulysses_size=4, cfg_size=2)
+    check_layout(16, ulysses_size=16)  # e.g. 24 heads: Ulysses 8 x ring 2
     with pytest.raises(ValueError, match="must equal the number of processes"):
         check_layout(8, ulysses_size=8, cfg_size=2)
-    with pytest.raises(ValueError, match="24 attention heads"):
-        check_layout(16, ulysses_size=16, num_heads=24)
     with pytest.raises(ValueError, match="cfg_size must be 1 or 2"):
         check_layout(3, ulysses_size=1, cfg_size=3)
 

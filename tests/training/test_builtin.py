@@ -14,11 +14,12 @@ MICRO = Recipe(
     height=32,
     width=32,
     frames=5,
+    clip_frames=5,
     clips=16,
     i2v_clips=16,
     vae_steps=2,
     vae_batch=2,
-    vae_crop=32,
+    vae_frames=5,
     dit_steps=2,
     dit_batch=4,
     sample_steps=2,
@@ -34,7 +35,7 @@ def built(tmp_path_factory):
 
 def test_writes_three_official_checkpoints_with_their_defaults(built):
     out, _, times = built
-    assert set(times) == {"data", "vae2.1", "vae2.2", "encode", "t2v", "i2v", "ti2v"}
+    assert set(times) == {"data", "vae2.2", "ti2v", "vae2.1", "t2v", "i2v"}
     for short, task in BUILTIN_TASKS.items():
         layout = detect_layout(out / short)
         assert layout.kind == "official" and layout.is_moe == (short != "ti2v")

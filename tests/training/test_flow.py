@@ -180,7 +180,7 @@ def test_token_timesteps_match_the_sampler():
     latents = torch.zeros(1, 48, 3, 4, 6)
     ours = token_timesteps(torch.tensor([0.5]), torch.tensor([True]), latents.shape, (1, 2, 2))
     theirs = model_timesteps(500, latents, torch.zeros(1, 48, 1, 4, 6), (1, 2, 2))
-    assert torch.equal(ours, theirs)
+    assert torch.equal(ours, theirs.dense())
     with pytest.raises(ValueError, match="temporal patch"):
         token_timesteps(torch.tensor([0.5]), torch.tensor([True]), latents.shape, (2, 2, 2))
 

@@ -62,6 +62,19 @@ def test_loss_is_reconstruction_plus_weighted_kl():
         vae_loss(vae, video, recon="lpips")
 
 
+def test_weighted_reconstruction_is_the_weighted_pixel_mean():
+    cfg, size = TINY["2.1"]
+    vae = random_vae(cfg)
+    video = toy_video(1, size)
+    out, _, _ = reconstruct(vae, video, torch.Generator().manual_seed(4))
+    per_pixel = (out - video).abs().mean(1, keepdim=True)  # (B, 1, T, H, W)
+    weight = torch.ones_like(per_pixel)
+    weight[..., : size // 2] = 9.0  # the left half counts nine times
+    _, parts = vae_loss(vae, video, kl_weight=0.0, generator=torch.Generator().manual_seed(4), weight=weight)
+    left, right = per_pixel[..., : size // 2].mean(), per_pixel[..., size // 2 :].mean()
+    assert parts["recon"] == pytest.approx(((9 * left + right) / 10).item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("version", ["2.1", "2.2"])
 def test_posterior_mean_path_is_the_models_encode_decode(version):
     cfg, size = TINY[version]

@@ -75,9 +75,14 @@ def load_vae(path: str | os.PathLike, kind: str = "official") -> WanVAE:
 
 
 def load_text_encoder(
-    path: str | os.PathLike, tokenizer: str | os.PathLike, kind: str = "official", dtype: torch.dtype | None = None
+    path: str | os.PathLike,
+    tokenizer: str | os.PathLike,
+    kind: str = "official",
+    dtype: torch.dtype | None = None,
+    text_len: int | None = None,
 ) -> TextEncoder:
-    """umT5 encoder and tokenizer; ``dtype=None`` keeps the stored dtype (bf16 for the published file)."""
+    """umT5 encoder and tokenizer; ``dtype=None`` keeps the stored dtype (bf16 for the published file). Prompts are
+    truncated to ``text_len`` tokens (default: the config's; give the DiT's, which reads that many)."""
     from transformers import AutoTokenizer, UMT5Config
 
     from wanflow.checkpoints.maps.t5 import T5_KEYMAP, t5_config_from_hf, t5_config_from_state_dict
@@ -105,7 +110,7 @@ def load_text_encoder(
         tok = AutoTokenizer.from_pretrained(tokenizer)
     except Exception as e:  # transformers raises OSError/ValueError/... for broken folders
         raise CheckpointError(f"cannot load the tokenizer in {tokenizer}: {e}") from None
-    return TextEncoder(tok, model.eval().requires_grad_(False), text_len=cfg.text_len)
+    return TextEncoder(tok, model.eval().requires_grad_(False), text_len=text_len or cfg.text_len)
 
 
 def load_experts(layout: Layout, dtype: torch.dtype | None = torch.float32) -> dict[str, WanDiT]:
@@ -152,11 +157,13 @@ def load_components(
 ) -> Components:
     """Load the DiT(s), VAE and text encoder of a checkpoint folder in either layout."""
     layout = detect_layout(ckpt_dir)
+    experts = load_experts(layout, dit_dtype)
+    text_len = min(model.cfg.text_len for model in experts.values())
     return Components(
         layout=layout,
-        experts=load_experts(layout, dit_dtype),
+        experts=experts,
         vae=load_vae(layout.require("vae"), layout.kind),
         text_encoder=load_text_encoder(
-            layout.require("text_encoder"), layout.require("tokenizer"), layout.kind, t5_dtype
+            layout.require("text_encoder"), layout.require("tokenizer"), layout.kind, t5_dtype, text_len
         ),
     )

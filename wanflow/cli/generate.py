@@ -36,6 +36,12 @@ def parse_size(value: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def nonnegative_int(value: str) -> int:
+    if not value.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
+    return int(value)
+
+
 def parse_guide(value: str) -> tuple[float, ...]:
     try:
         parts = tuple(float(v) for v in value.replace(" ", "").split(","))
@@ -70,6 +76,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "t5_cpu", action="store_true", help="run the text encoder on the CPU")
     _flag(p, "convert_model_dtype", action="store_true", help="DiT parameters in bfloat16 (the GPU default here)")
     _flag(p, "dtype", choices=sorted(DTYPES), help="every component in this dtype (default: as the reference)")
+    _flag(p, "fp8", action="store_true", help="DiT block weights stored in float8 e4m3 with per-channel scales")
+    _flag(p, "compile", action="store_true", help="torch.compile each DiT block (the first steps pay the compile)")
+    _flag(
+        p,
+        "vae_tile",
+        type=nonnegative_int,
+        default=0,
+        help="VAE decode in exact spatial tiles of N latent pixels, for less memory (default 0: whole frames)",
+    )
     _flag(p, "prompt", help="the prompt")
     _flag(p, "negative_prompt", help="the negative prompt (default: the reference's)")
     _flag(p, "image", help="input image (i2v-A14B needs one; with ti2v-5B it selects image-to-video)")
@@ -131,7 +146,15 @@ def generate(args: argparse.Namespace, ctx, ckpt_dir: str, prompt: str, save_fil
         args.base_seed = ctx.seed
     start = time.perf_counter()
     pipe = WanPipeline.from_pretrained(
-        ckpt_dir, task=args.task, device=args.device or ctx.device, dtype=dtype, offload=offload, t5_cpu=args.t5_cpu
+        ckpt_dir,
+        task=args.task,
+        device=args.device or ctx.device,
+        dtype=dtype,
+        offload=offload,
+        t5_cpu=args.t5_cpu,
+        fp8=args.fp8,
+        compile=args.compile,
+        vae_tile=args.vae_tile,
     )
     if ctx.is_distributed:
         from wanflow.runtime.distributed import parallelize_pipeline

@@ -68,5 +68,9 @@ def set_backend(name: str | None) -> None:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Scaled dot-product attention over (B, L, N, d) tensors, returns (B, Lq, N, d)."""
-    name = _forced or _backend_for(q.device.type, q.dtype)
-    return BACKENDS[name](q, k, v)
+    return BACKENDS[_backend_name(q.device.type, q.dtype)](q, k, v)
+
+
+@torch.compiler.assume_constant_result  # under torch.compile: called while tracing, a constant in the graph
+def _backend_name(device_type: str, dtype: torch.dtype) -> str:
+    return _forced or _backend_for(device_type, dtype)

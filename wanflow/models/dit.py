@@ -5,11 +5,17 @@ Module names equal the official checkpoint keys, so official weights load withou
 Precision (the reference's islands, declared once in ``FP32_MODULES``): the timestep sinusoid is float64; the time
 MLP, the modulation tables and the head run in float32; norms compute their statistics in float32; the residual
 stream is float32. Linear layers and attention run in the dtype of the block weights (float32 or bfloat16).
+
+Timesteps: the time MLP runs once per distinct timestep value, never per token, and the modulation is kept per value
+((B, K, 6, D) with K = 1 for T2V, 2 for TI2V with an image); each block picks its rows per token only for the
+product that uses them, so no (B, L, 6, D) tensor exists. (B,) and ``TokenTimesteps`` inputs need no device sync.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +29,59 @@ from wanflow.models.rope import apply_rope, rope_tables
 FP32_MODULES = ("time_embedding", "time_projection", "head", "modulation")
 
 
+@dataclass(frozen=True, eq=False)
+class TokenTimesteps:
+    """Per-token timesteps in factored form: token l of sample b sees ``values[b, index[b, l]]``.
+
+    The caller knows the distinct values on the host (TI2V with an image: 0 on the frame-0 tokens, t elsewhere), so
+    the model never has to look for them on the device. ``dense()`` is the plain (B, L) form the reference takes.
+    """
+
+    values: torch.Tensor  # (B, K) timesteps in [0, 1000]
+    index: torch.Tensor  # (B, L) int64 in [0, K)
+
+    def dense(self) -> torch.Tensor:
+        return torch.gather(self.values, 1, self.index)
+
+    def repeat(self, n: int) -> TokenTimesteps:
+        """The timesteps of ``n`` copies of the batch, concatenated (a CFG batch)."""
+        return TokenTimesteps(self.values.repeat(n, 1), self.index.repeat(n, 1))
+
+
+class TimeEmbedding(NamedTuple):
+    """The time conditioning of one forward, per distinct timestep value (K of them per sample), float32."""
+
+    e: torch.Tensor  # (B, K, D): drives the head
+    e0: torch.Tensor  # (B, K, 6, D): drives the blocks
+    index: torch.Tensor | None  # (B, L) row of each token; None when K = 1 (every token alike, broadcast)
+
+
+def per_token(rows: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """(B, K, ...) rows -> (B, L, ...) by ``index`` (B, L); as they are (broadcast over tokens) when index is None."""
+    if index is None:
+        return rows
+    index = index.view(*index.shape, *[1] * (rows.ndim - 2)).expand(*index.shape, *rows.shape[2:])
+    return torch.gather(rows, 1, index)
+
+
+def factor_timesteps(t: torch.Tensor | TokenTimesteps, seq_len: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Timesteps as (values (B, K), index (B, L) or None). Only the plain (B, L) tensor needs a device sync (to find
+    its distinct values); (B,) and ``TokenTimesteps`` are free."""
+    if isinstance(t, TokenTimesteps):
+        if t.values.ndim != 2 or t.index.shape != (t.values.shape[0], seq_len):
+            raise ValueError(
+                f"TokenTimesteps needs values (B, K) and index (B, {seq_len}), got {tuple(t.values.shape)} and "
+                f"{tuple(t.index.shape)}"
+            )
+        return t.values, t.index
+    if t.ndim == 1 or (t.ndim == 2 and t.shape[1] == 1):
+        return t.reshape(-1, 1), None
+    if t.ndim != 2 or t.shape[1] != seq_len:
+        raise ValueError(f"timesteps must have shape (B,) or (B, {seq_len}) or be TokenTimesteps, got {tuple(t.shape)}")
+    values, index = torch.unique(t, return_inverse=True)  # the reference's form: one sync; prefer TokenTimesteps
+    return values.expand(t.shape[0], -1), (index if values.numel() > 1 else None)
+
+
 def sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Timestep features ``[cos(t w), sin(t w)]`` with ``w_j = 10000^(-j/half)``, computed in float64: (..., dim)."""
     half = dim // 2
@@ -32,7 +91,8 @@ def sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    """RMS norm over the last dim; statistics in float32, result cast back before the weight."""
+    """RMS norm over the last dim; statistics in float32, result cast back before the weight. (``F.rms_norm`` of a
+    bf16 input computes in float32 and rounds once: the same values as upcasting first, without two copies.)"""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -40,7 +100,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
+        return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * self.weight
 
 
 class LayerNorm(nn.LayerNorm):
@@ -53,7 +113,8 @@ class LayerNorm(nn.LayerNorm):
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x.float() * (1 + scale) + shift
+    """``x (1 + scale) + shift`` in float32, one fused pass over x."""
+    return torch.addcmul(shift, x.float(), 1 + scale)
 
 
 class Attention(nn.Module):
@@ -100,15 +161,17 @@ class Block(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
     def forward(
-        self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+        self, x: torch.Tensor, time: TimeEmbedding, context: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
-        # e0: (B, L or 1, 6, D) float32; order: shift/scale/gate for self-attention, then for the FFN.
-        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + e0).unbind(2)
-        h = modulate(self.norm1(x), shift_sa, scale_sa)
-        x = x + self.self_attn(h, h, rope) * gate_sa
+        # Six (B, K, D) float32 rows, one per timestep value: shift/scale/gate for self-attention, then for the FFN.
+        # Each is picked per token only for the product that uses it (a transient (B, L, D), never (B, L, 6, D)).
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + time.e0).unbind(2)
+        idx = time.index
+        h = modulate(self.norm1(x), per_token(shift_sa, idx), per_token(scale_sa, idx))
+        x = torch.addcmul(x, self.self_attn(h, h, rope), per_token(gate_sa, idx))  # x + attn * gate, float32
         x = x + self.cross_attn(self.norm3(x), context)
-        h = modulate(self.norm2(x), shift_ff, scale_ff)
-        return x + self.ffn(h.to(self.ffn[0].weight.dtype)) * gate_ff
+        h = modulate(self.norm2(x), per_token(shift_ff, idx), per_token(scale_ff, idx))
+        return torch.addcmul(x, self.ffn(h.to(self.ffn[0].weight.dtype)), per_token(gate_ff, idx))
 
 
 class Head(nn.Module):
@@ -120,9 +183,9 @@ class Head(nn.Module):
         self.head = nn.Linear(cfg.dim, math.prod(cfg.patch_size) * cfg.out_dim)
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        shift, scale = (self.modulation.float() + e.unsqueeze(2)).unbind(2)  # e: (B, L or 1, D)
-        h = modulate(self.norm(x), shift, scale)
+    def forward(self, x: torch.Tensor, time: TimeEmbedding) -> torch.Tensor:
+        shift, scale = (self.modulation.float() + time.e.unsqueeze(2)).unbind(2)  # (B, K, D) each
+        h = modulate(self.norm(x), per_token(shift, time.index), per_token(scale, time.index))
         return self.head(h.to(self.head.weight.dtype)).float()
 
 
@@ -141,19 +204,24 @@ class WanDiT(nn.Module):
         self.head = Head(cfg)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | TokenTimesteps,
+        context: torch.Tensor,
+        y: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: (B, C, T, H, W) noisy latents; t: (B,) or (B, L) timesteps in [0, 1000]; context: (B, Lc, text_dim)
-        text states (zero-padded to ``text_len`` here if shorter); y: (B, C_y, T, H, W) conditioning channels
-        appended to x. Returns the velocity (B, out_dim, T, H, W) in float32."""
+        """x: (B, C, T, H, W) noisy latents; t: timesteps in [0, 1000], (B,), or per token as ``TokenTimesteps`` or a
+        plain (B, L) tensor (slower: one device sync); context: (B, Lc, text_dim) text states (zero-padded to
+        ``text_len`` here if shorter); y: (B, C_y, T, H, W) conditioning channels appended to x. Returns the velocity
+        (B, out_dim, T, H, W) in float32."""
         x = self._check_inputs(x, y)
         tokens, grid = self.embed_patches(x)
-        e, e0 = self.embed_time(t, tokens.shape[1])
+        time = self.embed_time(t, tokens.shape[1])
         context = self.embed_text(context)
         rope = rope_tables(self.cfg.head_dim, grid, self.cfg.rope_theta, device=tokens.device)
         for block in self.blocks:
-            tokens = block(tokens, e0, context, rope)
-        return self.unpatchify(self.head(tokens, e), grid)
+            tokens = block(tokens, time, context, rope)
+        return self.unpatchify(self.head(tokens, time), grid)
 
     def _check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if y is not None:
@@ -171,22 +239,15 @@ class WanDiT(nn.Module):
         """(B, C, T, H, W) -> float32 tokens (B, L, D) in raster order (frame, row, column), and the token grid."""
         h = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))
         grid = (h.shape[2], h.shape[3], h.shape[4])
-        return h.flatten(2).transpose(1, 2).float(), grid
+        return h.flatten(2).transpose(1, 2).float().contiguous(), grid  # one copy here, not one per norm
 
-    def embed_time(self, t: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Time embedding e (B, L or 1, D) and its six-way projection e0 (B, L or 1, 6, D), float32.
-
-        The MLP runs once per distinct timestep value (one for T2V, two for TI2V with an image), not per token.
-        """
-        if t.ndim == 1:
-            t = t[:, None]
-        if t.ndim != 2 or t.shape[1] not in (1, seq_len):
-            raise ValueError(f"timesteps must have shape (B,) or (B, {seq_len}), got {tuple(t.shape)}")
-        values, index = torch.unique(t, return_inverse=True)
+    def embed_time(self, t: torch.Tensor | TokenTimesteps, seq_len: int) -> TimeEmbedding:
+        """The time MLP and its six-way projection, run on the distinct timestep values only (K per sample)."""
+        values, index = factor_timesteps(t, seq_len)
         lin = self.time_embedding[0]
-        e = self.time_embedding(sinusoid(values, self.cfg.freq_dim).to(lin.weight.dtype)).float()
+        e = self.time_embedding(sinusoid(values, self.cfg.freq_dim).to(lin.weight.dtype)).float()  # (B, K, D)
         e0 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float()
-        return e[index], e0[index].unflatten(-1, (6, self.cfg.dim))
+        return TimeEmbedding(e, e0.unflatten(-1, (6, self.cfg.dim)), index)
 
     def embed_text(self, context: torch.Tensor) -> torch.Tensor:
         pad = self.cfg.text_len - context.shape[1]

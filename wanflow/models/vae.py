@@ -145,13 +145,24 @@ class Decoder(nn.Module):
         self.head = head(dims[-1], out_dim)
 
     def forward(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
+        return self.tail(self.trunk(x, cache), cache)
+
+    def trunk(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
+        """``conv1`` and the middle block, at latent resolution: the only part that sees the whole frame (the middle
+        attention attends over all positions of a frame)."""
         x = self.conv1(x, cache)
-        for layer in (*self.middle, *self.upsamples):
+        for layer in self.middle:
+            x = layer(x, cache)
+        return x
+
+    def tail(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
+        """The upsampling stages and the head: spatially local (convolutions, per-position norms, upsampling)."""
+        for layer in self.upsamples:
             x = layer(x, cache)
         return self.head(x, cache)
 
 
-def _run_chunked(
+def run_chunked(
     module: nn.Module, chunks: Iterable[torch.Tensor], on_chunk: Callable[[int], None] | None = None
 ) -> torch.Tensor:
     """Run ``module`` over consecutive time chunks that share one cache; concatenate the outputs in time."""
@@ -194,7 +205,7 @@ class WanVAE(nn.Module):
         """Normalised latent means ``(mu - mean) / std`` (no sampling) of a video in [-1, 1]."""
         self._check_video(video)
         x = patchify(video.to(self.dtype), self.cfg.patch_size)
-        h = _run_chunked(self.encoder, self._time_chunks(x)) if chunked else self.encoder(x)
+        h = run_chunked(self.encoder, self._time_chunks(x)) if chunked else self.encoder(x)
         mu = self.conv1(h)[:, : self.cfg.z_dim]
         mean, inv_std = self._latent_stats(mu)
         return (mu - mean) * inv_std
@@ -204,12 +215,16 @@ class WanVAE(nn.Module):
     ) -> torch.Tensor:
         """Video ``(B, 3, 1 + 4 (T'-1), H, W)`` clamped to [-1, 1] from normalised latents; ``on_frame(i)`` is
         called after latent frame ``i`` is decoded (progress)."""
+        x = self.decoder_input(latents)
+        out = run_chunked(self.decoder, x.split(1, dim=2), on_frame) if chunked else self.decoder(x)
+        return unpatchify(out, self.cfg.patch_size).clamp(-1.0, 1.0)
+
+    def decoder_input(self, latents: torch.Tensor) -> torch.Tensor:
+        """``conv2`` of the un-normalised latents ``latents * std + mean``: what the decoder reads."""
         self._check_latents(latents)
         z = latents.to(self.dtype)
         mean, inv_std = self._latent_stats(z)
-        x = self.conv2(z / inv_std + mean)
-        out = _run_chunked(self.decoder, x.split(1, dim=2), on_frame) if chunked else self.decoder(x)
-        return unpatchify(out, self.cfg.patch_size).clamp(-1.0, 1.0)
+        return self.conv2(z / inv_std + mean)
 
     def _time_chunks(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         """Frame 0 alone, then groups of ``stride_t`` frames (each gives one latent frame)."""

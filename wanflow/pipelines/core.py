@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from wanflow.models.dit import TokenTimesteps
 from wanflow.sampling.experts import guidance_for, select_expert
 from wanflow.sampling.schedule import Schedule
 from wanflow.sampling.solvers import Solver
@@ -48,19 +49,31 @@ def keep_first_frame(latents: torch.Tensor, frame0: torch.Tensor | None) -> torc
 
 def model_timesteps(
     t: int, latents: torch.Tensor, frame0: torch.Tensor | None, patch: tuple[int, int, int]
-) -> torch.Tensor:
-    """(B,) timesteps, or (B, L) per token with the tokens of a conditioning frame 0 at t = 0 (TI2V)."""
+) -> torch.Tensor | TokenTimesteps:
+    """(B,) timesteps, or per token with the tokens of a conditioning frame 0 at t = 0 (TI2V): values [0, t] and an
+    index that is 0 on frame 0. Fill kernels only: nothing is copied from the host, nothing waits for the device."""
     b = latents.shape[0]
     if frame0 is None:
         return torch.full((b,), t, dtype=torch.int64, device=latents.device)
     f, h, w = (n // p for n, p in zip(latents.shape[2:], patch, strict=True))
-    per_token = torch.full((b, f, h * w), float(t), device=latents.device)
-    per_token[:, 0] = 0.0
-    return per_token.flatten(1)
+    values = torch.full((b, 2), float(t), device=latents.device)
+    values[:, 0] = 0.0
+    index = (torch.arange(f * h * w, device=latents.device) >= h * w).long()  # (L,): 0 on frame 0, 1 after
+    return TokenTimesteps(values, index.expand(b, -1))
+
+
+def twice(t: torch.Tensor | TokenTimesteps) -> torch.Tensor | TokenTimesteps:
+    """The timesteps of a CFG batch (the batch twice)."""
+    return t.repeat(2) if isinstance(t, TokenTimesteps) else torch.cat([t, t])
 
 
 def guided_velocity(
-    model: nn.Module, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning, scale: float, batch_cfg: bool = True
+    model: nn.Module,
+    latents: torch.Tensor,
+    t: torch.Tensor | TokenTimesteps,
+    cond: Conditioning,
+    scale: float,
+    batch_cfg: bool = True,
 ) -> torch.Tensor:
     """Classifier-free guided velocity; both passes in one batch when ``batch_cfg``."""
     y = cond.y
@@ -69,7 +82,7 @@ def guided_velocity(
     if batch_cfg:
         both = model(
             torch.cat([latents, latents]),
-            torch.cat([t, t]),
+            twice(t),
             torch.cat([cond.context, cond.context_null]),
             y=None if y is None else torch.cat([y, y]),
         )
@@ -92,17 +105,24 @@ def denoise(
     batch_cfg: bool = True,
     callback: Callable[[Step], None] | None = None,
     guidance: Callable[..., torch.Tensor] | None = None,
+    prefetch: Callable[[str], None] | None = None,
 ) -> torch.Tensor:
     """Integrate from noise to data latents. ``experts(name)`` returns the expert, ready on the device.
-    ``guidance`` replaces ``guided_velocity`` (same signature), e.g. ``runtime.cfg_parallel.CfgParallel``."""
+    ``guidance`` replaces ``guided_velocity`` (same signature), e.g. ``runtime.cfg_parallel.CfgParallel``.
+    ``prefetch(name)`` is told the next expert one step before the switch (``ExpertPlacement.prefetch``)."""
     guidance = guidance or guided_velocity
     latents = keep_first_frame(noise, cond.frame0)
     state = solver.init(schedule)
     timesteps = schedule.timesteps.tolist()  # python ints: no device syncs inside the loop
+    names = [select_expert(t, boundary_t) for t in timesteps]
     for i, t in enumerate(timesteps):
-        name, scale = select_expert(t, boundary_t), guidance_for(t, boundary_t, guide_scale)
+        name, scale = names[i], guidance_for(t, boundary_t, guide_scale)
+        model = experts(name)
+        upcoming = names[i + 1] if i + 1 < len(names) else name
+        if prefetch is not None and upcoming != name:
+            prefetch(upcoming)  # its host->device copy overlaps this step
         model_t = model_timesteps(t, latents, cond.frame0, patch)
-        velocity = guidance(experts(name), latents, model_t, cond, scale, batch_cfg)
+        velocity = guidance(model, latents, model_t, cond, scale, batch_cfg)
         latents, state = solver.step(state, velocity, latents, i)
         latents = keep_first_frame(latents, cond.frame0)
         if callback is not None:

@@ -24,8 +24,12 @@ from wanflow.pipelines import i2v, t2v, ti2v
 from wanflow.pipelines.core import Conditioning, Step, denoise
 from wanflow.pipelines.progress import Progress
 from wanflow.pipelines.request import Request, resolve
+from wanflow.runtime.compile import compile_blocks
+from wanflow.runtime.fp8 import quantize_fp8
 from wanflow.runtime.offload import ExpertPlacement
 from wanflow.runtime.precision import cast_model
+from wanflow.runtime.vae_parallel import decode_parallel
+from wanflow.runtime.vae_tiling import decode_tiled
 from wanflow.sampling.experts import boundary_timestep
 from wanflow.sampling.schedule import get_schedule
 from wanflow.sampling.solvers import get_solver
@@ -63,7 +67,12 @@ class WanPipeline:
         dtype: torch.dtype | None = None,
         offload: str | None = None,
         t5_cpu: bool = False,
+        fp8: bool = False,  # the experts' block linears stored as e4m3 + per-channel scales (runtime.fp8)
+        compile: bool = False,  # torch.compile each DiT block (runtime.compile); traced at the first step
+        vae_tile: int = 0,  # decode in spatial tiles of this many latent pixels (runtime.vae_tiling); 0 = whole
     ):
+        if vae_tile < 0:
+            raise ValueError(f"vae_tile is a tile size in latent pixels (0 = no tiling), got {vae_tile}")
         self.device = torch.device(device) if device is not None else default_device()
         dit_cfg = next(iter(components.experts.values())).cfg
         self.task = task_spec(components.layout, task or TASK_BY_MODEL_TYPE[dit_cfg.model_type])
@@ -78,6 +87,10 @@ class WanPipeline:
         compute = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         for model in components.experts.values():
             cast_model(model, compute, keep_fp32=FP32_MODULES)
+            if fp8:
+                quantize_fp8(model)  # after the cast, before the placement pins and moves the weights
+            if compile:
+                compile_blocks(model)
         self.vae = components.vae.to(self.device, dtype or torch.float32)
         self.text_encoder = components.text_encoder
         if dtype is not None:
@@ -87,6 +100,8 @@ class WanPipeline:
         self.experts = ExpertPlacement(components.experts, self.device, policy)
         self.offload = policy != "resident"
         self.guidance = None  # replaces the guided-velocity step, e.g. runtime.cfg_parallel.CfgParallel
+        self.vae_tile = vae_tile
+        self.vae_group = None  # ranks that share the decode's tiles (runtime.vae_parallel), set by parallelize_pipeline
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, task: str | None = None, **kwargs) -> WanPipeline:
@@ -201,6 +216,7 @@ class WanPipeline:
                 self.patch,
                 callback=on_step,
                 guidance=self.guidance,
+                prefetch=self.experts.prefetch,
             )
         finally:
             self.experts.release()
@@ -208,7 +224,13 @@ class WanPipeline:
 
     def decode(self, latents: torch.Tensor, progress: Progress) -> torch.Tensor:
         progress.start("decode", latents.shape[2])
-        video = self.vae.decode(latents.to(self.vae.dtype), on_frame=lambda i: progress.advance("decode"))
+        z, on_frame = latents.to(self.vae.dtype), lambda i: progress.advance("decode")
+        if self.vae_group is not None:
+            video = decode_parallel(self.vae, z, self.vae_group, self.vae_tile, on_frame)
+        elif self.vae_tile:
+            video = decode_tiled(self.vae, z, self.vae_tile, on_frame)
+        else:
+            video = self.vae.decode(z, on_frame=on_frame)
         progress.end("decode")
         video = video[0].float()
         return video.cpu()

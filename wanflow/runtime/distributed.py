@@ -64,8 +64,10 @@ class DistContext:
         return self._meshes[(shape, names)]
 
 
-def check_layout(world_size: int, ulysses_size: int = 1, cfg_size: int = 1, num_heads: int | None = None) -> None:
-    """The reference's launch checks: the parallel sizes must tile the world; heads must split over Ulysses."""
+def check_layout(world_size: int, ulysses_size: int = 1, cfg_size: int = 1) -> None:
+    """The parallel sizes must tile the world. Any head count fits any ``ulysses_size``: the heads split over
+    gcd(heads, ulysses_size) ranks and a ring covers the rest (``ring_attention``); a video needs at least one token
+    per sequence-parallel rank, which ``SequenceParallelDiT`` checks when it sees one."""
     if ulysses_size < 1 or cfg_size < 1:
         raise ValueError(f"ulysses_size and cfg_size must be >= 1, got {ulysses_size} and {cfg_size}")
     if cfg_size not in (1, 2):
@@ -75,11 +77,6 @@ def check_layout(world_size: int, ulysses_size: int = 1, cfg_size: int = 1, num_
             f"ulysses_size ({ulysses_size}) x cfg_size ({cfg_size}) must equal the number of processes "
             f"(WORLD_SIZE={world_size}); launch with torchrun --nproc_per_node {ulysses_size * cfg_size} "
             f"or change --ulysses_size"
-        )
-    if num_heads is not None and num_heads % ulysses_size:
-        raise ValueError(
-            f"the DiT has {num_heads} attention heads, which do not split over ulysses_size={ulysses_size}; "
-            f"choose a divisor of {num_heads}"
         )
 
 
@@ -160,20 +157,20 @@ def parallelize_pipeline(
     dit_fsdp: bool = False,
     cfg_parallel: bool = False,
     t5_fsdp: bool = False,
+    vae_parallel: bool = True,
 ) -> WanPipeline:
     """Apply the launch flags to a loaded ``WanPipeline`` in place: CFG parallelism over 2 groups (``--cfg_parallel``),
     Ulysses over ``ulysses_size`` ranks in each, FSDP2 of each expert (``--dit_fsdp``) and of umT5 (``--t5_fsdp``)
-    over the whole world. Every rank runs the same call with the same seed and gets the same video; only rank 0
-    should save it (``on_rank0``)."""
+    over the whole world, and the VAE decode's spatial tiles over the whole world (``vae_parallel``). Every rank
+    runs the same call with the same seed and gets the same video; only rank 0 should save it (``on_rank0``)."""
     from wanflow.runtime.cfg_parallel import CfgParallel
     from wanflow.runtime.fsdp import shard_dit, shard_text_encoder
     from wanflow.runtime.sequence_parallel import parallelize_sequence
 
     cfg_size = 2 if cfg_parallel else 1
-    dit = next(iter(pipe.experts.experts.values()))
     split = ulysses_size > 1 or cfg_parallel  # FSDP alone may run on any world size
     if split:
-        check_layout(ctx.world_size, ulysses_size=ulysses_size, cfg_size=cfg_size, num_heads=dit.cfg.num_heads)
+        check_layout(ctx.world_size, ulysses_size=ulysses_size, cfg_size=cfg_size)
     if (dit_fsdp or t5_fsdp) and pipe.offload:
         raise ValueError("FSDP keeps the shards on the device; load the pipeline with offload='resident'")
     if ctx.world_size == 1:
@@ -189,4 +186,6 @@ def parallelize_pipeline(
         pipe.guidance = CfgParallel(mesh["cfg"])
     if t5_fsdp:
         shard_text_encoder(pipe.text_encoder, ctx.flat_mesh())
+    if vae_parallel:
+        pipe.vae_group = ctx.flat_mesh()
     return pipe

@@ -3,8 +3,9 @@
 Each of the P ranks of a group holds ``s = S / P`` consecutive tokens (S = the token count padded up to a multiple of
 P). Everything in a block is token-local except self-attention, where an all-to-all turns (B, s, N, d) sequence
 shards into (B, S, N/P, d) head shards, attention runs over the full sequence with the padding keys masked, and a
-second all-to-all turns the result back. The head runs on the shard; the velocity tokens are gathered before
-unpatchify, so every rank returns the full velocity.
+second all-to-all turns the result back. When P does not divide the head count N, Ulysses runs over gcd(N, P)
+ranks and a ring over the rest (``ring_attention``). The head runs on the shard; the velocity tokens are gathered
+before unpatchify, so every rank returns the full velocity.
 
 The plain ``WanDiT`` code is untouched. The transform swaps each block's ``self_attn`` for a ``UlyssesAttention``
 that shares its parameters (same state-dict keys) and behaves exactly as the plain module when given plain RoPE
@@ -26,6 +27,7 @@ from wanflow.models.attention import attention
 from wanflow.models.dit import Attention, WanDiT
 from wanflow.models.rope import rope_tables
 from wanflow.runtime.distributed import as_group
+from wanflow.runtime.ring_attention import ulysses_ring_attention
 
 
 class SequenceShard(NamedTuple):
@@ -82,6 +84,8 @@ class UlyssesAttention(Attention):
             return super().forward(x, context, rope)
         # Projections, norms and RoPE are token-local: the plain module's math on this rank's tokens.
         q, k, v = self.project(x, x, (rope.cos, rope.sin))  # (B, s, N, d)
+        if self.num_heads % dist.get_world_size(rope.group):  # the heads do not split over the group: add a ring
+            return self.o(ulysses_ring_attention(q, k, v, rope.seq_len, rope.group).flatten(2))
         q, k, v = (seq_to_heads(a, rope.group) for a in (q, k, v))  # (B, S, N/P, d)
         out = heads_to_seq(masked_attention(q, k, v, rope.seq_len), rope.group)  # (B, s, N, d)
         return self.o(out.flatten(2))
@@ -122,7 +126,7 @@ class SequenceParallelDiT(nn.Module):
                 f"use a larger video or a smaller ulysses_size"
             )
         s = -(-seq_len // p)  # tokens per rank
-        e, e0 = model.embed_time(t, seq_len)
+        time = model.embed_time(t, seq_len)
         context = model.embed_text(context)
         cos, sin = rope_tables(self.cfg.head_dim, grid, self.cfg.rope_theta, device=tokens.device)
         local = slice(rank * s, (rank + 1) * s)
@@ -131,13 +135,13 @@ class SequenceParallelDiT(nn.Module):
             return _pad_rows(a, s * p, 1, value)[:, local]
 
         tokens = shard(tokens)
-        if e.shape[1] > 1:  # per-token timesteps (TI2V with an image)
-            e, e0 = shard(e), shard(e0)
+        if time.index is not None:  # per-token timesteps (TI2V with an image): the tables stay whole, tokens shard
+            time = time._replace(index=shard(time.index))
         # Padding rows rotate by the identity (cos 1, sin 0); they are masked as keys and dropped as outputs.
         rope = SequenceShard(_pad_rows(cos, s * p, 0, 1.0)[local], _pad_rows(sin, s * p, 0)[local], seq_len, group)
         for block in model.blocks:
-            tokens = block(tokens, e0, context, rope)
-        out = model.head(tokens, e)  # (B, s, patch * C) float32
+            tokens = block(tokens, time, context, rope)
+        out = model.head(tokens, time)  # (B, s, patch * C) float32
         gathered = [torch.empty_like(out) for _ in range(p)]
         dist.all_gather(gathered, out.contiguous(), group=group)
         return model.unpatchify(torch.cat(gathered, dim=1)[:, :seq_len], grid)
@@ -149,12 +153,6 @@ def parallelize_sequence(model: WanDiT, group: dist.ProcessGroup | DeviceMesh | 
     if isinstance(model, FSDPModule):
         raise ValueError("apply parallelize_sequence before FSDP: shard_dit(parallelize_sequence(model, group), mesh)")
     group = as_group(group)
-    p = dist.get_world_size(group)
-    if model.cfg.num_heads % p:
-        raise ValueError(
-            f"the DiT has {model.cfg.num_heads} attention heads, which do not split over {p} sequence-parallel "
-            f"ranks; use a ulysses_size that divides {model.cfg.num_heads}"
-        )
     for block in model.blocks:
         if not isinstance(block.self_attn, UlyssesAttention):
             block.self_attn = UlyssesAttention(block.self_attn)

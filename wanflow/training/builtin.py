@@ -3,13 +3,13 @@
     wanflow train-builtin --out wanflow/builtin
 
 Stages (each resumes from its checkpoint under ``--work`` if interrupted):
-1. render the training clips (``wanflow.data.shapes``), held-out (colour, shape, direction) combinations excluded;
-2. a sentencepiece tokenizer on the prompt vocabulary, and a small umT5 encoder;
-3. the Wan 2.1 VAE (for t2v / i2v) and the Wan 2.2 VAE (for ti2v), then their latent statistics folded in;
-4. the DiTs with flow matching on the VAE latents: t2v's two experts (each on its own side of the boundary, as
-   Wan 2.2 trains them) together with the text encoder, then i2v's two experts, then the dense ti2v model (half
-   of its samples conditioned on the first frame);
-5. each model written in the official layout (fp16 safetensors / .pth) with its sampling defaults in
+1. render the training clips (``wanflow.data.shapes``), held-out (colour, shape, direction) combinations excluded,
+   and a word-level sentencepiece tokenizer of the prompt vocabulary;
+2. the Wan 2.2 VAE (for ti2v) and the Wan 2.1 VAE (for t2v / i2v), then their latent statistics folded in;
+3. the DiTs with flow matching on the VAE latents of each clip's two 9-frame ends, each model with its own small
+   umT5 encoder trained jointly: the dense ti2v model (half of its samples conditioned on the first frame), t2v's
+   two experts (each on its own side of the boundary, as Wan 2.2 trains them), i2v's two experts;
+4. each model written in the official layout (fp16 safetensors / .pth) with its sampling defaults in
    ``wanflow.json``, so it loads through exactly the code path of the published checkpoints.
 """
 
@@ -72,18 +72,22 @@ class Recipe:
 
     height: int = 64
     width: int = 64
-    frames: int = 17
+    frames: int = 17  # rendered clip length; training windows are cut from these clips
+    clip_frames: int = 9  # length of the generated videos: the DiTs train on each clip's first and last 9 frames
     fps: int = 8
     seed: int = 0
     clips: int = 1200  # training clips rendered once
-    i2v_clips: int = 600  # of which the first ones get the I2V conditioning (one more VAE encode each)
-    vae_steps: int = 2000
-    vae_batch: int = 4
-    vae_frames: int = 5  # VAE training windows: 1 + 4 frames ...
-    vae_crop: int = 32  # ... and random 32x32 crops (the VAE is convolutional)
-    dit_steps: int = 1500
+    i2v_clips: int = 1200  # the first ones also train i2v (each window's first frame is the I2V condition)
+    vae_steps: int = 4000
+    vae_batch: int = 2  # >= 2 also keeps CPU conv3d on oneDNN (batch 1 falls back to a slow kernel)
+    vae_frames: int = 9  # VAE training windows: 1 + 2 x 4 frames (the length generated), random starts
+    vae21_crop: int = 32  # Wan 2.1 VAE windows cropped around the object (0: full frames); 4x cheaper at 64x64
+    vae22_crop: int = 0  # the Wan 2.2 VAE patchifies first, so full frames already cost as little
+    vae_lr: float = 1e-3
+    vae_object_weight: float = 9.0  # extra loss weight of the object's pixels (see vae_loss)
+    dit_steps: int = 4000
     dit_batch: int = 32
-    lr: float = 3e-4
+    lr: float = 5e-4
     cfg_drop: float = 0.1  # probability of training on the empty prompt (classifier-free guidance)
     sample_steps: int = 20
     shift: float = 3.0
@@ -107,6 +111,29 @@ def to_video(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
 
 
+def object_mask(video: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """(B, 1, T, H, W): 1 where a pixel differs from the clip's background, read at its top-left pixel (objects keep
+    a margin from the border)."""
+    return ((video - video[..., :1, :1]).abs().sum(1, keepdim=True) > threshold).float()
+
+
+def object_crop(video: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """``size`` x ``size`` crops (B, C, T, size, size) of clips whose last channel is their object mask, each around
+    its object (the mask's centroid over the window, jittered by up to a quarter crop): no crop is only background."""
+    mask = video[:, -1].sum(1)  # (B, H, W) the last channel is the object mask
+    height, width = video.shape[-2:]
+    crops = []
+    for clip, m in zip(video, mask, strict=True):
+        total = m.sum().clamp(min=1.0)
+        cy = float((m.sum(1) * torch.arange(height)).sum() / total) if m.any() else height / 2
+        cx = float((m.sum(0) * torch.arange(width)).sum() / total) if m.any() else width / 2
+        jy, jx = ((torch.rand(2, generator=generator) - 0.5) * size / 2).tolist()
+        y0 = min(max(round(cy + jy - size / 2), 0), height - size)
+        x0 = min(max(round(cx + jx - size / 2), 0), width - size)
+        crops.append(clip[..., y0 : y0 + size, x0 : x0 + size])
+    return torch.stack(crops)
+
+
 def _pick(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(0, n, (k,), generator=generator)
 
@@ -120,14 +147,16 @@ def train_vae(cfg: VAEConfig, videos: torch.Tensor, recipe: Recipe, work: Path) 
     def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
         idx = _pick(len(videos), recipe.vae_batch, generator)
         t0 = int(torch.randint(0, recipe.frames - recipe.vae_frames + 1, (1,), generator=generator))
-        crop = recipe.vae_crop
-        y0, x0 = (int(v) for v in torch.randint(0, recipe.height - crop + 1, (2,), generator=generator))
-        clip = videos[idx, :, t0 : t0 + recipe.vae_frames, y0 : y0 + crop, x0 : x0 + crop]
-        return vae_loss(vae, clip, generator=generator)[0]
+        clip = videos[idx, :, t0 : t0 + recipe.vae_frames]
+        mask = object_mask(clip)  # before cropping: a crop's corner may lie inside the object
+        crop = recipe.vae21_crop if cfg.version == "2.1" else recipe.vae22_crop
+        if crop:
+            clip, mask = object_crop(torch.cat([clip, mask], 1), crop, generator).split([3, 1], dim=1)
+        return vae_loss(vae, clip, generator=generator, weight=1.0 + recipe.vae_object_weight * mask)[0]
 
     tc = TrainConfig(
         steps=recipe.vae_steps,
-        lr=recipe.lr * 3,
+        lr=recipe.vae_lr,
         warmup=min(50, recipe.vae_steps // 10),
         seed=recipe.seed,
         checkpoint_every=250,
@@ -240,7 +269,7 @@ def save_builtin(
     defaults = {
         "size": [recipe.width, recipe.height],
         "sizes": [[recipe.width, recipe.height]],
-        "frames": recipe.frames,
+        "frames": recipe.clip_frames,
         "fps": recipe.fps,
         "steps": recipe.sample_steps,
         "shift": recipe.shift,
@@ -251,9 +280,22 @@ def save_builtin(
 
 
 def build_all(
-    out: str | Path, work: str | Path, recipe: Recipe = Recipe(), report: Callable[[str], None] = print
+    out: str | Path,
+    work: str | Path,
+    recipe: Recipe = Recipe(),
+    report: Callable[[str], None] = print,
+    tasks: tuple[str, ...] = tuple(BUILTIN_TASKS),
 ) -> dict[str, float]:
-    """Train and write the three built-in models; returns the seconds spent per stage."""
+    """Train and write the built-in models of ``tasks``; returns the seconds spent per stage.
+
+    Each task's stage trains its DiT(s) together with its own text encoder. Every stage resumes from (or reloads)
+    its checkpoint under ``work``, so separate processes may train different ``tasks`` at once (each trains the
+    VAE it needs, or reloads it when another process has finished it), and a final call with every task writes all
+    models from the finished checkpoints.
+    """
+    unknown = set(tasks) - set(BUILTIN_TASKS)
+    if unknown:
+        raise ValueError(f"unknown built-in tasks {sorted(unknown)}; choose from {sorted(BUILTIN_TASKS)}")
     out, work = Path(out), Path(work)
     work.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
@@ -267,32 +309,23 @@ def build_all(
 
     clips = sample_clips(recipe.seed, recipe.clips, recipe.height, recipe.width, recipe.frames)
     videos = to_video(render_batch(clips, recipe.frames, recipe.height, recipe.width))
+    n = recipe.clip_frames
+    windows = torch.cat([videos[:, :, :n], videos[:, :, -n:]])  # the DiTs' clips: each clip's two ends
     prompts = [*prompt_corpus(), ""]
     prompt_index = {p: i for i, p in enumerate(prompts)}
-    prompt_ids = torch.tensor([prompt_index[c.prompt] for c in clips])
-    tokenizer = build_tokenizer(prompts[:-1], work / "tokenizer")
-    torch.manual_seed(recipe.seed)
+    prompt_ids = torch.tensor([prompt_index[c.prompt] for c in clips]).repeat(2)
+    tokenizer = build_tokenizer(prompts[:-1], work / "tokenizer", model_type="word")
     t5_cfg = T5Config(**{**asdict(recipe.t5), "vocab_size": len(tokenizer)})
-    text = TextEncoder(tokenizer, build_umt5(t5_cfg), text_len=recipe.t5.text_len)
-    table = TextTable(text, prompts, recipe.dit.text_len)
     lap("data")
 
-    vae21 = train_vae(recipe.vae21, videos, recipe, work)
-    lap("vae2.1")
-    vae22 = train_vae(recipe.vae22, videos, recipe, work)
-    lap("vae2.2")
-    lat21, lat22 = encode_all(vae21, videos), encode_all(vae22, videos)
-    y = torch.cat([image_condition(vae21, videos[i : i + 16]) for i in range(0, recipe.i2v_clips, 16)])
-    lap("encode")
-
-    specs = {"t2v": (16, 16, None), "i2v": (36, 16, y), "ti2v": (48, 48, None)}
-    for short, task in BUILTIN_TASKS.items():
-        in_dim, out_dim, cond = specs[short]
-        spec = TASKS[task]
-        cfg = recipe.dit.replace(model_type=spec.model_type, in_dim=in_dim, out_dim=out_dim)
+    def stage(short: str, vae: WanVAE, latents: torch.Tensor, cond: torch.Tensor | None) -> None:
+        spec = TASKS[BUILTIN_TASKS[short]]
+        in_dim = {"t2v": vae.cfg.z_dim, "i2v": 2 * vae.cfg.z_dim + 4, "ti2v": vae.cfg.z_dim}[short]
+        cfg = recipe.dit.replace(model_type=spec.model_type, in_dim=in_dim, out_dim=vae.cfg.z_dim)
         torch.manual_seed(recipe.seed + len(short))
         experts = {HIGH: WanDiT(cfg), LOW: WanDiT(cfg)} if spec.boundary else {"dense": WanDiT(cfg)}
-        latents = lat22 if short == "ti2v" else lat21
+        text = TextEncoder(tokenizer, build_umt5(t5_cfg), text_len=recipe.t5.text_len)  # each model trains its own
+        table = TextTable(text, prompts, recipe.dit.text_len)
         train_dits(
             experts,
             spec.boundary,
@@ -304,8 +337,23 @@ def build_all(
             short,
             y=cond,
             frame0_p=0.5 if short == "ti2v" else 0.0,
-            train_text=short == "t2v",
+            train_text=True,
         )
-        save_builtin(out / short, task, experts, vae22 if short == "ti2v" else vae21, text, recipe, spec.boundary)
+        save_builtin(out / short, BUILTIN_TASKS[short], experts, vae, text, recipe, spec.boundary)
         lap(short)
+
+    if "ti2v" in tasks:
+        vae22 = train_vae(recipe.vae22, videos, recipe, work)
+        lap("vae2.2")
+        stage("ti2v", vae22, encode_all(vae22, windows), None)
+    if {"t2v", "i2v"} & set(tasks):
+        vae21 = train_vae(recipe.vae21, videos, recipe, work)
+        lap("vae2.1")
+        lat21 = encode_all(vae21, windows)
+        if "t2v" in tasks:
+            stage("t2v", vae21, lat21, None)
+        if "i2v" in tasks:
+            k = 2 * recipe.i2v_clips
+            y = torch.cat([image_condition(vae21, windows[i : min(i + 16, k)]) for i in range(0, k, 16)])
+            stage("i2v", vae21, lat21[:k], y)
     return times

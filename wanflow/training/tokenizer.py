@@ -19,7 +19,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Tokenizer
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
 
-def train_unigram(corpus: list[str], vocab_size: int, seed: int = 0) -> list[tuple[str, float]]:
+def train_pieces(
+    corpus: list[str], vocab_size: int, seed: int = 0, model_type: str = "unigram"
+) -> list[tuple[str, float]]:
     """``(piece, log-probability score)`` for every id of a unigram model trained on ``corpus``.
 
     ``vocab_size`` is an upper bound: a small corpus yields fewer pieces (``hard_vocab_limit=False``).
@@ -29,7 +31,7 @@ def train_unigram(corpus: list[str], vocab_size: int, seed: int = 0) -> list[tup
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus),
         model_writer=proto,
-        model_type="unigram",
+        model_type=model_type,
         vocab_size=vocab_size,
         hard_vocab_limit=False,
         pad_id=PAD_ID,
@@ -44,14 +46,22 @@ def train_unigram(corpus: list[str], vocab_size: int, seed: int = 0) -> list[tup
 
 
 def build_tokenizer(
-    corpus: Iterable[str], path: str | os.PathLike, vocab_size: int = 8000, seed: int = 0
+    corpus: Iterable[str],
+    path: str | os.PathLike,
+    vocab_size: int = 8000,
+    seed: int = 0,
+    model_type: str = "unigram",
 ) -> PreTrainedTokenizerBase:
-    """Train on ``corpus``, save into the folder ``path`` and return it reloaded with ``AutoTokenizer``."""
+    """Train on ``corpus``, save into the folder ``path`` and return it reloaded with ``AutoTokenizer``.
+
+    ``model_type="word"`` gives one piece per corpus word (a closed vocabulary, as the built-in models' prompts are);
+    on a small corpus the default unigram model falls back to near-character pieces, which a tiny text encoder must
+    then learn to compose into words."""
     corpus = [line for line in corpus if line.strip()]
     if not corpus:
         raise ValueError("build_tokenizer needs a corpus with at least one non-empty line")
     if vocab_size < 4:
         raise ValueError(f"vocab_size must leave room beyond pad/eos/unk, got {vocab_size}")
-    tokenizer = T5Tokenizer(vocab=train_unigram(corpus, vocab_size, seed), extra_ids=0)
+    tokenizer = T5Tokenizer(vocab=train_pieces(corpus, vocab_size, seed, model_type), extra_ids=0)
     tokenizer.save_pretrained(Path(path))
     return AutoTokenizer.from_pretrained(Path(path))

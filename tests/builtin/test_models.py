@@ -1,0 +1,93 @@
+"""The shipped built-in models (``wanflow/builtin/``): they load through the code path of the published checkpoints,
+fit the size budget, generate at their own defaults, and the videos follow the prompt (checked with the same
+detector as ``wanflow evaluate``)."""
+
+import numpy as np
+import pytest
+
+from wanflow.builtin import FOLDERS, ROOT, builtin_checkpoint
+from wanflow.checkpoints.layouts import detect_layout
+from wanflow.data.shapes import combo_clips, first_frame
+from wanflow.evaluation.detect import detect
+from wanflow.io.video import to_uint8
+from wanflow.pipelines.pipeline import WanPipeline
+
+# Combinations seen in training (the held-out ones are `wanflow evaluate`'s business): every colour and direction.
+PROMPTED = [
+    ("red", "circle", "right"),
+    ("green", "square", "left"),
+    ("blue", "circle", "up"),
+    ("yellow", "square", "right"),
+    ("white", "circle", "down"),
+    ("cyan", "circle", "left"),
+    ("magenta", "square", "down"),
+    ("green", "triangle", "still"),
+    ("red", "triangle", "up"),
+    ("white", "square", "left"),
+]
+
+# Floors per (task, with an image): the accuracy measured on PROMPTED when the models were trained (README, "Built-in
+# models") less one video, each above chance (colour 1/7, direction 1/5). Generation is seeded, so these move only
+# when the models or the sampler change.
+MIN_ACCURACY = {
+    ("t2v-A14B", False): {"colour": 0.5, "direction": 0.3},
+    ("i2v-A14B", True): {"colour": 0.5, "direction": 0.3},
+    ("ti2v-5B", False): {"colour": 0.4, "direction": 0.3},
+    ("ti2v-5B", True): {"colour": 0.8, "direction": 0.7},
+}
+
+
+def test_all_models_fit_the_size_budget():
+    files = [f for f in ROOT.rglob("*") if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".py"]
+    assert len(files) > 10
+    assert sum(f.stat().st_size for f in files) <= 30 * 2**20
+
+
+@pytest.mark.parametrize("task", list(FOLDERS))
+def test_is_an_official_layout_checkpoint(task):
+    layout = detect_layout(builtin_checkpoint(task))
+    assert layout.kind == "official" and layout.is_moe == (task != "ti2v-5B")
+    name, defaults = layout.task_defaults()
+    assert name == task and defaults["size"] == [64, 64] and (defaults["frames"] - 1) % 4 == 0
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    return {task: WanPipeline.from_pretrained(builtin_checkpoint(task), task=task) for task in FOLDERS}
+
+
+def generate(pipe, combo, with_image: bool, seed: int):
+    width, height = pipe.task.size
+    clip = combo_clips(seed, [combo], 1, height, width, pipe.task.frames)[0]
+    image = None
+    if with_image:
+        from PIL import Image
+
+        image = Image.fromarray(first_frame(clip, height, width))
+    video = pipe(clip.prompt, image=image, seed=seed)
+    return clip, to_uint8(video.frames)
+
+
+@pytest.mark.parametrize(
+    ("task", "with_image"), [("t2v-A14B", False), ("i2v-A14B", True), ("ti2v-5B", False), ("ti2v-5B", True)]
+)
+def test_videos_follow_the_prompt(pipes, task, with_image):
+    pipe = pipes[task]
+    hits = {"colour": 0, "direction": 0}
+    for seed, combo in enumerate(PROMPTED):
+        clip, frames = generate(pipe, combo, with_image, seed)
+        assert frames.shape == (pipe.task.frames, 64, 64, 3)
+        found = detect(frames)
+        hits["colour"] += found.colour == clip.colour
+        hits["direction"] += found.direction == clip.direction
+    accuracy = {k: v / len(PROMPTED) for k, v in hits.items()}
+    assert accuracy["colour"] >= MIN_ACCURACY[task, with_image]["colour"], accuracy
+    assert accuracy["direction"] >= MIN_ACCURACY[task, with_image]["direction"], accuracy
+
+
+def test_generation_is_seeded(pipes):
+    pipe = pipes["t2v-A14B"]
+    _, a = generate(pipe, PROMPTED[0], False, 3)
+    _, b = generate(pipe, PROMPTED[0], False, 3)
+    _, c = generate(pipe, PROMPTED[0], False, 4)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
