@@ -18,6 +18,7 @@ MICRO = Recipe(
     clips=16,
     i2v_clips=16,
     vae_steps=2,
+    vae21_decoder_steps=2,
     vae_batch=2,
     vae_frames=5,
     dit_steps=2,
@@ -61,7 +62,7 @@ def test_each_builtin_loads_and_generates(built, short):
 def test_resume_skips_finished_stages(built, tmp_path):
     _, work, _ = built
     ckpts = sorted(p.name for p in work.glob("*.ckpt"))
-    assert ckpts == ["i2v.ckpt", "t2v.ckpt", "ti2v.ckpt", "vae2.1.ckpt", "vae2.2.ckpt"]
+    assert ckpts == ["i2v.ckpt", "t2v.ckpt", "ti2v.ckpt", "vae2.1-decoder.ckpt", "vae2.1.ckpt", "vae2.2.ckpt"]
 
 
 def test_prompt_corpus_covers_held_out_words():
@@ -86,3 +87,23 @@ def test_evaluation_runs_on_a_builtin_and_ablates_experts(built):
     assert pipe.experts("high") is pipe.experts("low")
     ramp = np.tile(np.arange(8, dtype=np.uint8)[None, None, :, None] * 10, (2, 8, 1, 3))  # +10 per column
     assert sharpness(ramp) == 5.0  # mean of |d/dx| = 10 and |d/dy| = 0
+
+
+def test_polish_decoder_keeps_the_encoder(tmp_path):
+    from wanflow.data.shapes import render_batch, sample_clips
+    from wanflow.models.vae import WanVAE
+    from wanflow.training.builtin import VAE21, polish_decoder, to_video
+
+    torch.manual_seed(0)
+    vae = WanVAE(VAE21).eval()
+    videos = to_video(render_batch(sample_clips(0, 4, 32, 32, 5), 5, 32, 32))
+    with torch.no_grad():
+        z = vae.encode(videos[:2])
+        before = vae.decode(z)
+        encoder = {k: v.clone() for k, v in vae.state_dict().items() if not k.startswith(("decoder.", "conv2."))}
+    polish_decoder(vae, videos, MICRO, tmp_path / "decoder.ckpt")
+    with torch.no_grad():
+        assert torch.equal(vae.encode(videos[:2]), z)  # the DiTs' latents stay valid
+        assert not torch.allclose(vae.decode(z), before)
+    assert all(torch.equal(vae.state_dict()[k], v) for k, v in encoder.items())
+    assert not any(p.requires_grad for p in vae.parameters())

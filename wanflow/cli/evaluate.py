@@ -56,6 +56,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="where to write the models (default: the package's builtin/ folder)")
     p.add_argument("--work", default="wanflow-train-builtin", help="checkpoints of the stages (resumable)")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=["t2v", "i2v", "ti2v"],
+        default=["t2v", "i2v", "ti2v"],
+        help="models to train (processes given different tasks and the same --work may run at once)",
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -65,6 +72,6 @@ def run_train(args: argparse.Namespace) -> int:
     from wanflow.training.builtin import build_all
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    times = build_all(args.out or ROOT, args.work)
+    times = build_all(args.out or ROOT, args.work, tasks=tuple(args.tasks))
     print("done: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
     return 0

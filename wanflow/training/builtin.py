@@ -82,6 +82,7 @@ class Recipe:
     vae_batch: int = 2  # >= 2 also keeps CPU conv3d on oneDNN (batch 1 falls back to a slow kernel)
     vae_frames: int = 9  # VAE training windows: 1 + 2 x 4 frames (the length generated), random starts
     vae21_crop: int = 32  # Wan 2.1 VAE windows cropped around the object (0: full frames); 4x cheaper at 64x64
+    vae21_decoder_steps: int = 1500  # then its decoder alone on full frames (the encoder, so the latents, frozen)
     vae22_crop: int = 0  # the Wan 2.2 VAE patchifies first, so full frames already cost as little
     vae_lr: float = 1e-3
     vae_object_weight: float = 9.0  # extra loss weight of the object's pixels (see vae_loss)
@@ -138,35 +139,55 @@ def _pick(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(0, n, (k,), generator=generator)
 
 
-def train_vae(cfg: VAEConfig, videos: torch.Tensor, recipe: Recipe, work: Path) -> WanVAE:
-    torch.manual_seed(recipe.seed)
-    vae = WanVAE(cfg)
-    with torch.no_grad():  # start with a narrow posterior: unit variance noise would drown the small initial mu
-        vae.conv1.bias[cfg.z_dim :] = -8.0
+def _window_loss(vae: WanVAE, videos: torch.Tensor, recipe: Recipe, crop: int, generator: torch.Generator):
+    """The VAE loss on a batch of random ``vae_frames`` windows, the object's pixels weighted up."""
+    idx = _pick(len(videos), recipe.vae_batch, generator)
+    t0 = int(torch.randint(0, recipe.frames - recipe.vae_frames + 1, (1,), generator=generator))
+    clip = videos[idx, :, t0 : t0 + recipe.vae_frames]
+    mask = object_mask(clip)  # before cropping: a crop's corner may lie inside the object
+    if crop:
+        clip, mask = object_crop(torch.cat([clip, mask], 1), crop, generator).split([3, 1], dim=1)
+    return vae_loss(vae, clip, generator=generator, weight=1.0 + recipe.vae_object_weight * mask)[0]
 
-    def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
-        idx = _pick(len(videos), recipe.vae_batch, generator)
-        t0 = int(torch.randint(0, recipe.frames - recipe.vae_frames + 1, (1,), generator=generator))
-        clip = videos[idx, :, t0 : t0 + recipe.vae_frames]
-        mask = object_mask(clip)  # before cropping: a crop's corner may lie inside the object
-        crop = recipe.vae21_crop if cfg.version == "2.1" else recipe.vae22_crop
-        if crop:
-            clip, mask = object_crop(torch.cat([clip, mask], 1), crop, generator).split([3, 1], dim=1)
-        return vae_loss(vae, clip, generator=generator, weight=1.0 + recipe.vae_object_weight * mask)[0]
 
-    tc = TrainConfig(
-        steps=recipe.vae_steps,
-        lr=recipe.vae_lr,
-        warmup=min(50, recipe.vae_steps // 10),
+def _vae_train_config(recipe: Recipe, steps: int, lr: float) -> TrainConfig:
+    return TrainConfig(
+        steps=steps,
+        lr=lr,
+        warmup=min(50, steps // 10),
         seed=recipe.seed,
         checkpoint_every=250,
         log_every=25,
         batch_size=recipe.vae_batch,
     )
-    train(vae, loss_fn, tc, work / f"vae{cfg.version}.ckpt")
+
+
+def train_vae(cfg: VAEConfig, videos: torch.Tensor, recipe: Recipe, work: Path) -> WanVAE:
+    """A VAE trained on ``videos`` windows, its latent statistics folded in; for the Wan 2.1 VAE, trained on crops,
+    then its decoder fine-tuned on full frames (see polish_decoder)."""
+    torch.manual_seed(recipe.seed)
+    vae = WanVAE(cfg)
+    with torch.no_grad():  # start with a narrow posterior: unit variance noise would drown the small initial mu
+        vae.conv1.bias[cfg.z_dim :] = -8.0
+    crop = recipe.vae21_crop if cfg.version == "2.1" else recipe.vae22_crop
+    tc = _vae_train_config(recipe, recipe.vae_steps, recipe.vae_lr)
+    train(vae, lambda step, g: _window_loss(vae, videos, recipe, crop, g), tc, work / f"vae{cfg.version}.ckpt")
     vae.eval().requires_grad_(False)
     fold_latent_stats(vae, [videos[i : i + 16] for i in range(0, min(len(videos), 128), 16)])
+    if crop and cfg.version == "2.1" and recipe.vae21_decoder_steps:
+        polish_decoder(vae, videos, recipe, work / f"vae{cfg.version}-decoder.ckpt")
     return vae
+
+
+def polish_decoder(vae: WanVAE, videos: torch.Tensor, recipe: Recipe, checkpoint: Path) -> None:
+    """Fine-tune ``conv2`` and the decoder on full-frame windows with the encoder frozen: ``encode`` (so every latent
+    the DiTs learn) is unchanged, and the decoder, trained on crops so far, learns whole frames (the first one too)."""
+    vae.requires_grad_(False)
+    for part in (vae.conv2, vae.decoder):
+        part.requires_grad_(True)
+    tc = _vae_train_config(recipe, recipe.vae21_decoder_steps, recipe.vae_lr / 4)
+    train(vae, lambda step, g: _window_loss(vae, videos, recipe, 0, g), tc, checkpoint)
+    vae.eval().requires_grad_(False)
 
 
 @torch.no_grad()
