@@ -18,6 +18,7 @@ MICRO = Recipe(
     clips=16,
     i2v_clips=16,
     vae_steps=2,
+    vae21_refine_steps=2,
     vae21_decoder_steps=2,
     vae_batch=2,
     vae_frames=5,
@@ -62,7 +63,15 @@ def test_each_builtin_loads_and_generates(built, short):
 def test_resume_skips_finished_stages(built, tmp_path):
     _, work, _ = built
     ckpts = sorted(p.name for p in work.glob("*.ckpt"))
-    assert ckpts == ["i2v.ckpt", "t2v.ckpt", "ti2v.ckpt", "vae2.1-decoder.ckpt", "vae2.1.ckpt", "vae2.2.ckpt"]
+    assert ckpts == [
+        "i2v.ckpt",
+        "t2v.ckpt",
+        "ti2v.ckpt",
+        "vae2.1-decoder.ckpt",
+        "vae2.1-refine.ckpt",
+        "vae2.1.ckpt",
+        "vae2.2.ckpt",
+    ]
 
 
 def test_prompt_corpus_covers_held_out_words():
