@@ -32,8 +32,8 @@ PROMPTED = [
 MIN_ACCURACY = {
     ("t2v-A14B", False): {"colour": 0.7, "direction": 0.4},
     ("i2v-A14B", True): {"colour": 0.9, "direction": 0.9},
-    ("ti2v-5B", False): {"colour": 0.4, "direction": 0.3},
-    ("ti2v-5B", True): {"colour": 0.8, "direction": 0.7},
+    ("ti2v-5B", False): {"colour": 0.5, "direction": 0.3},
+    ("ti2v-5B", True): {"colour": 0.9, "direction": 0.8},
 }
 
 

@@ -23,6 +23,7 @@ MICRO = Recipe(
     vae_batch=2,
     vae_frames=5,
     dit_steps=2,
+    dense_steps=2,
     dit_batch=4,
     sample_steps=2,
 )

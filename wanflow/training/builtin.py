@@ -68,7 +68,7 @@ DIT = DiTConfig(dim=128, ffn_dim=384, text_dim=64, text_len=32, num_heads=2, num
 
 @dataclass(frozen=True)
 class Recipe:
-    """Sizes and training lengths of the built-in models (defaults: about 40 minutes on 2 CPU cores)."""
+    """Sizes and training lengths of the built-in models (the stage times are in the README)."""
 
     height: int = 64
     width: int = 64
@@ -88,6 +88,7 @@ class Recipe:
     vae_lr: float = 1e-3
     vae_object_weight: float = 9.0  # extra loss weight of the object's pixels (see vae_loss)
     dit_steps: int = 4000
+    dense_steps: int = 8000  # the dense DiT covers both experts' ranges: twice the steps, the same compute
     dit_batch: int = 32
     lr: float = 5e-4
     cfg_drop: float = 0.1  # probability of training on the empty prompt (classifier-free guidance)
@@ -254,10 +255,11 @@ def train_dits(
 
     modules: list[nn.Module] = list(experts.values()) + ([table.encoder.model] if train_text else [])
     table.encoder.model.requires_grad_(train_text)
+    steps = recipe.dit_steps if len(experts) > 1 else recipe.dense_steps
     tc = TrainConfig(
-        steps=recipe.dit_steps,
+        steps=steps,
         lr=recipe.lr,
-        warmup=min(100, recipe.dit_steps // 10),
+        warmup=min(100, steps // 10),
         seed=recipe.seed,
         checkpoint_every=500,
         log_every=25,
