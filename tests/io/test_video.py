@@ -72,3 +72,17 @@ def test_best_output_size_matches_reference_examples_and_small_areas():
     assert best_output_size(1024, 768, 32, 32, area) == (1088, 800)
     assert best_output_size(1000, 1000, 32, 32, area) == (960, 928)
     assert best_output_size(40, 24, 32, 32, 32 * 32) == (32, 32)  # under one step: one step, not a crash
+
+
+@pytest.mark.parametrize("name", ["out.mp4", "out.gif", "frames/"])
+def test_outputs_get_the_permissions_of_a_plain_open(tmp_path, name):
+    old = os.umask(0o027)
+    try:
+        path = save_video(ramp_video(), f"{tmp_path}/{name}")
+    finally:
+        os.umask(old)
+    if name.endswith("/"):
+        assert path.stat().st_mode & 0o777 == 0o750
+        assert all(f.stat().st_mode & 0o777 == 0o640 for f in path.iterdir())
+    else:
+        assert path.stat().st_mode & 0o777 == 0o640

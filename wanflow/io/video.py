@@ -70,6 +70,7 @@ def save_video(
     os.close(fd)
     try:
         (_write_mp4 if fmt == ".mp4" else _write_gif)(frames, Path(tmp), fps, meta)
+        _as_created(tmp, 0o666)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -121,6 +122,29 @@ def _write_pngs(frames: np.ndarray, folder: Path, meta: dict[str, str]) -> None:
             for f in sorted(tmp.iterdir()):
                 os.replace(f, folder / f.name)
         else:
+            for f in tmp.iterdir():
+                _as_created(f, 0o666)
+            _as_created(tmp, 0o777)
             os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _as_created(path: str | os.PathLike, mode: int) -> None:
+    """Give a file made by ``tempfile`` (0600, a folder 0700) the permissions ``open`` would have: ``mode`` less the
+    umask (read without changing it: ``os.umask`` swaps it process-wide)."""
+    umask = _umask()
+    os.chmod(path, mode & ~umask)
+
+
+def _umask() -> int:
+    try:  # Linux 4.7+: the umask without the swap
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
