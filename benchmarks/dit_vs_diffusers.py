@@ -6,7 +6,7 @@
 
 A step is one classifier-free-guided velocity: wanflow batches the two passes into one forward; diffusers' pipeline
 calls its transformer twice, which is what is timed for it (``--same-batch`` times diffusers on the batch of 2 too).
-FLOPs follow the matmul count of the model (2 per multiply-add); the fraction of peak uses ``--peak-tflops``.
+FLOPs from the model of ``benchmarks/flops.py``; the fraction of peak uses ``--peak-tflops``.
 """
 
 from __future__ import annotations
@@ -15,25 +15,12 @@ import argparse
 import time
 
 import torch
+from flops import dit_forward
 
 from wanflow.checkpoints.maps.dit import DIT_KEYMAP, dit_config_to_diffusers
 from wanflow.configs import DIT_CONFIGS, DiTConfig
 from wanflow.models.dit import FP32_MODULES, WanDiT
 from wanflow.runtime.precision import cast_model
-
-
-def step_flops(cfg: DiTConfig, tokens: int, text: int, batch: int) -> float:
-    """Matmul FLOPs of one forward over ``batch`` samples of ``tokens`` tokens and ``text`` context tokens."""
-    d, f = cfg.dim, cfg.ffn_dim
-    per_block = (
-        2 * tokens * 4 * d * d  # self-attention q, k, v, o
-        + 2 * 2 * tokens * tokens * d  # scores and weighted values
-        + 2 * tokens * 2 * d * d
-        + 2 * text * 2 * d * d  # cross-attention q, o and k, v
-        + 2 * 2 * tokens * text * d
-        + 2 * tokens * 2 * d * f  # FFN
-    )
-    return batch * cfg.num_layers * per_block
 
 
 def timed(fns: dict, repeats: int, device: torch.device) -> dict[str, float]:
@@ -111,7 +98,7 @@ def main() -> None:
     with torch.inference_mode():
         best = timed(fns, args.repeats, device)
     ours_s, theirs_s, same = best["ours"], best["theirs"], best.get("same")
-    flops = step_flops(cfg, tokens, cfg.text_len, 2)
+    flops = 2 * dit_forward(cfg, tokens)  # the CFG batch
     print(
         f"config: dim {cfg.dim}, layers {cfg.num_layers}, heads {cfg.num_heads}, latent {lat}, tokens {tokens}, "
         f"{args.dtype} on {args.device}, {args.threads} threads"

@@ -37,6 +37,7 @@ from wanflow.checkpoints.layouts import Layout
 from wanflow.checkpoints.load import Components
 from wanflow.checkpoints.maps.dit import DIT_KEYMAP, dit_config_to_diffusers
 from wanflow.checkpoints.maps.vae import vae_config_to_diffusers, vae_keymap
+from wanflow.cli.generate import parse_size
 from wanflow.configs import DIT_CONFIGS, TASKS, UMT5_XXL, VAE_CONFIGS, T5Config
 from wanflow.models import attention
 from wanflow.models.dit import FP32_MODULES, WanDiT
@@ -289,11 +290,6 @@ def report(times, memory, flops, args, latents) -> None:
         print(f"{'':<12} {'diffusers / wanflow':<21} {ratio:.2f}x   ({flops[stage] / 1e12:.4g} TFLOP)")
     for side, peak_bytes in memory.items():
         print(f"peak memory ({side}, end to end): {peak_bytes / 2**30:.2f} GiB")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    w, h = text.lower().replace("x", "*").split("*")
-    return int(w), int(h)
 
 
 def main() -> None:

@@ -94,8 +94,9 @@ def conv3d(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     ``torch.backends.mkldnn.flags(enabled=False)`` turns this off (the parity tests compare identical kernels)."""
     onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
     if x.device.type == "cpu" and x.dtype in CPU_ONEDNN_DTYPES and onednn:
-        weight, bias = conv.weight, conv.bias
-        return torch.mkldnn_convolution(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
+        return torch.mkldnn_convolution(
+            x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups
+        )
     return conv._conv_forward(x, conv.weight, conv.bias)
 
 

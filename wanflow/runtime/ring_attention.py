@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from wanflow.runtime.head_exchange import heads_to_seq, seq_to_heads
+
 
 def attention_layout(num_heads: int, ranks: int) -> tuple[int, int]:
     """(Ulysses size, ring size) for ``num_heads`` heads on ``ranks`` sequence-parallel ranks."""
@@ -105,31 +107,6 @@ def ring_attention(
     return out.to(q.dtype)
 
 
-def _exchange_within(send: torch.Tensor, group: dist.ProcessGroup, size: int) -> torch.Tensor:
-    """All-to-all inside this rank's block of ``size`` consecutive ranks: chunk i of ``send`` (size, ...) goes to the
-    block's i-th rank; chunk i of the result came from it. One collective over the group, zero rows elsewhere."""
-    first = dist.get_rank(group) // size * size
-    splits = [1 if first <= i < first + size else 0 for i in range(dist.get_world_size(group))]
-    send = send.contiguous()
-    recv = torch.empty_like(send)
-    dist.all_to_all_single(recv, send, splits, splits, group=group)
-    return recv
-
-
-def seq_to_heads_within(x: torch.Tensor, group: dist.ProcessGroup, size: int) -> torch.Tensor:
-    """(B, s, N, d) sequence shard -> (B, size * s, N / size, d): the block's tokens, this rank's slice of heads."""
-    b, s, n, d = x.shape
-    recv = _exchange_within(x.reshape(b, s, size, n // size, d).permute(2, 0, 1, 3, 4), group, size)
-    return recv.permute(1, 0, 2, 3, 4).reshape(b, size * s, n // size, d)
-
-
-def heads_to_seq_within(x: torch.Tensor, group: dist.ProcessGroup, size: int) -> torch.Tensor:
-    """(B, size * s, h, d) head shard -> (B, s, size * h, d): this rank's tokens, all heads."""
-    b, block, h, d = x.shape
-    recv = _exchange_within(x.reshape(b, size, block // size, h, d).permute(1, 0, 2, 3, 4), group, size)
-    return recv.permute(1, 2, 0, 3, 4).reshape(b, block // size, size * h, d)
-
-
 def ulysses_ring_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_len: int, group: dist.ProcessGroup
 ) -> torch.Tensor:
@@ -138,6 +115,6 @@ def ulysses_ring_attention(
     p, rank = dist.get_world_size(group), dist.get_rank(group)
     u, r = attention_layout(q.shape[2], p)
     if u > 1:
-        q, k, v = (seq_to_heads_within(a, group, u) for a in (q, k, v))  # (B, u s, N / u, d)
+        q, k, v = (seq_to_heads(a, group, u) for a in (q, k, v))  # (B, u s, N / u, d)
     out = ring_attention(q, k, v, seq_len, group, ring=[rank % u + j * u for j in range(r)])
-    return heads_to_seq_within(out, group, u) if u > 1 else out
+    return heads_to_seq(out, group, u) if u > 1 else out

@@ -27,6 +27,7 @@ from wanflow.models.attention import attention
 from wanflow.models.dit import Attention, WanDiT
 from wanflow.models.rope import rope_tables
 from wanflow.runtime.distributed import as_group
+from wanflow.runtime.head_exchange import heads_to_seq, seq_to_heads
 from wanflow.runtime.ring_attention import ulysses_ring_attention
 
 
@@ -37,26 +38,6 @@ class SequenceShard(NamedTuple):
     sin: torch.Tensor  # (s, d/2)
     seq_len: int  # true token count L; keys at positions >= L are padding
     group: dist.ProcessGroup
-
-
-def seq_to_heads(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    """(B, s, N, d) sequence shard -> (B, S, N/P, d): the full sequence, this rank's slice of heads."""
-    p = dist.get_world_size(group)
-    b, s, n, d = x.shape
-    send = x.reshape(b, s, p, n // p, d).permute(2, 0, 1, 3, 4).contiguous()  # (P, B, s, N/P, d) by head chunk
-    recv = torch.empty_like(send)
-    dist.all_to_all_single(recv, send, group=group)  # now (P, B, s, N/P, d) by sequence chunk
-    return recv.permute(1, 0, 2, 3, 4).reshape(b, p * s, n // p, d)
-
-
-def heads_to_seq(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    """(B, S, N/P, d) head shard -> (B, s, N, d): this rank's tokens, all heads."""
-    p = dist.get_world_size(group)
-    b, big_s, h, d = x.shape
-    send = x.reshape(b, p, big_s // p, h, d).permute(1, 0, 2, 3, 4).contiguous()  # by sequence chunk
-    recv = torch.empty_like(send)
-    dist.all_to_all_single(recv, send, group=group)  # by head chunk
-    return recv.permute(1, 2, 0, 3, 4).reshape(b, big_s // p, p * h, d)
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_len: int) -> torch.Tensor:

@@ -75,8 +75,8 @@ def decode_parallel(
     owners = assign_tiles(tiles, p)
     trunk = decode_trunk(vae, latents)
     batch, _, frames = video_shape(vae, latents)[:3]
-    s = vae.cfg.stride[1]
-    shapes = [(batch, 3, frames, (t.rows.stop - t.rows.start) * s, (t.cols.stop - t.cols.start) * s) for t in tiles]
+    spans = [pixels(vae, t) for t in tiles]
+    shapes = [(batch, 3, frames, rows.stop - rows.start, cols.stop - cols.start) for rows, cols in spans]
     sizes = [math.prod(shape) for shape in shapes]
     mine = [i for i, r in enumerate(owners) if r == rank]
     most = max(sum(n for n, r in zip(sizes, owners, strict=True) if r == q) for q in range(p))

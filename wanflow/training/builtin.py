@@ -172,16 +172,20 @@ def train_vae(cfg: VAEConfig, videos: torch.Tensor, recipe: Recipe, work: Path) 
     vae = WanVAE(cfg)
     with torch.no_grad():  # start with a narrow posterior: unit variance noise would drown the small initial mu
         vae.conv1.bias[cfg.z_dim :] = -8.0
-    crop = recipe.vae21_crop if cfg.version == "2.1" else recipe.vae22_crop
-    tc = _vae_train_config(recipe, recipe.vae_steps, recipe.vae_lr)
-    train(vae, lambda step, g: _window_loss(vae, videos, recipe, crop, g), tc, work / f"vae{cfg.version}.ckpt")
-    if cfg.version == "2.1" and recipe.vae21_refine_steps:
+    wan21 = cfg.version == "2.1"
+    crop = recipe.vae21_crop if wan21 else recipe.vae22_crop
+
+    def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
+        return _window_loss(vae, videos, recipe, crop, generator)
+
+    train(vae, loss_fn, _vae_train_config(recipe, recipe.vae_steps, recipe.vae_lr), work / f"vae{cfg.version}.ckpt")
+    if wan21 and recipe.vae21_refine_steps:
         tc = _vae_train_config(recipe, recipe.vae21_refine_steps, recipe.vae_lr / 2)
-        train(vae, lambda step, g: _window_loss(vae, videos, recipe, crop, g), tc, work / "vae2.1-refine.ckpt")
+        train(vae, loss_fn, tc, work / "vae2.1-refine.ckpt")
     vae.eval().requires_grad_(False)
     fold_latent_stats(vae, [videos[i : i + 16] for i in range(0, min(len(videos), 128), 16)])
-    if crop and cfg.version == "2.1" and recipe.vae21_decoder_steps:
-        polish_decoder(vae, videos, recipe, work / f"vae{cfg.version}-decoder.ckpt")
+    if wan21 and recipe.vae21_decoder_steps:
+        polish_decoder(vae, videos, recipe, work / "vae2.1-decoder.ckpt")
     return vae
 
 
@@ -317,9 +321,9 @@ def build_all(
     """Train and write the built-in models of ``tasks``; returns the seconds spent per stage.
 
     Each task's stage trains its DiT(s) together with its own text encoder. Every stage resumes from (or reloads)
-    its checkpoint under ``work``, so separate processes may train different ``tasks`` at once (each trains the
-    VAE it needs, or reloads it when another process has finished it), and a final call with every task writes all
-    models from the finished checkpoints.
+    its checkpoint under ``work``, so separate processes may train different ``tasks`` at once: each trains the
+    VAE it needs, or reloads it when another process has finished it (t2v and i2v share the Wan 2.1 VAE: start the
+    second once the first is past it, or both train it into the same checkpoint).
     """
     unknown = set(tasks) - set(BUILTIN_TASKS)
     if unknown:

@@ -22,7 +22,8 @@ PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 def train_pieces(
     corpus: list[str], vocab_size: int, seed: int = 0, model_type: str = "unigram"
 ) -> list[tuple[str, float]]:
-    """``(piece, log-probability score)`` for every id of a unigram model trained on ``corpus``.
+    """``(piece, log-probability score)`` for every id of a sentencepiece model (``model_type``: "unigram", "word",
+    "bpe" or "char") trained on ``corpus``.
 
     ``vocab_size`` is an upper bound: a small corpus yields fewer pieces (``hard_vocab_limit=False``).
     """
