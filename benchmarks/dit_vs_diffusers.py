@@ -17,6 +17,7 @@ import time
 import torch
 from flops import dit_forward
 
+from wanflow.checkpoints.maps import init_kwargs
 from wanflow.checkpoints.maps.dit import DIT_KEYMAP, dit_config_to_diffusers
 from wanflow.configs import DIT_CONFIGS, DiTConfig
 from wanflow.models.dit import FP32_MODULES, WanDiT
@@ -48,7 +49,7 @@ def build(cfg: DiTConfig, dtype: torch.dtype, device: torch.device):
     cast_model(ours.eval().requires_grad_(False), dtype, keep_fp32=FP32_MODULES)
     from diffusers import WanTransformer3DModel
 
-    kwargs = {k: v for k, v in dit_config_to_diffusers(cfg).items() if not k.startswith("_")}
+    kwargs = init_kwargs(dit_config_to_diffusers(cfg))
     with torch.device(device):
         theirs = WanTransformer3DModel(**kwargs).eval().requires_grad_(False)
     theirs.load_state_dict(DIT_KEYMAP.forward({k: v.float() for k, v in ours.state_dict().items()}))

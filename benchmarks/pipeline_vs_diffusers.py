@@ -35,6 +35,7 @@ from flops import dit_forward, dit_tokens, t5_encode, vae_decode
 
 from wanflow.checkpoints.layouts import Layout
 from wanflow.checkpoints.load import Components
+from wanflow.checkpoints.maps import init_kwargs
 from wanflow.checkpoints.maps.dit import DIT_KEYMAP, dit_config_to_diffusers
 from wanflow.checkpoints.maps.vae import vae_config_to_diffusers, vae_keymap
 from wanflow.cli.generate import parse_size
@@ -109,8 +110,8 @@ def build_theirs(ours: WanPipeline, args):
 
     dit = next(iter(ours.experts.experts.values()))
     with init_empty_weights():  # parameters on meta, buffers (RoPE tables) real
-        transformer = WanTransformer3DModel(**_kwargs(dit_config_to_diffusers(dit.cfg)))
-        vae = AutoencoderKLWan(**_kwargs(vae_config_to_diffusers(ours.vae.cfg)))
+        transformer = WanTransformer3DModel(**init_kwargs(dit_config_to_diffusers(dit.cfg)))
+        vae = AutoencoderKLWan(**init_kwargs(vae_config_to_diffusers(ours.vae.cfg)))
     transformer.load_state_dict(DIT_KEYMAP.forward(dit.state_dict()), strict=True, assign=True)
     compute = dit.blocks[0].self_attn.q.weight.dtype
     cast_model(transformer, compute, keep_fp32=tuple(WanTransformer3DModel._keep_in_fp32_modules))
@@ -131,10 +132,6 @@ def build_theirs(ours: WanPipeline, args):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(ours.device)
-
-
-def _kwargs(config: dict) -> dict:
-    return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
 def sync(device: torch.device) -> None:

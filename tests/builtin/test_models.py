@@ -27,13 +27,14 @@ PROMPTED = [
 ]
 
 # Floors per (task, with an image): the accuracy measured on PROMPTED when the models were trained (README, "Built-in
-# models") less one video, each above chance (colour 1/7, direction 1/5). Generation is seeded, so these move only
-# when the models or the sampler change.
+# models") less one video, where that is above chance (colour 1/7, shape 1/3, direction 1/5). Generation is seeded,
+# so these move only when the models or the sampler change. Measured 2026-11-22 (hits of 10): t2v colour 9, shape 6,
+# direction 8; i2v 10, 8, 10; ti2v from text 9, 4, 6; ti2v with the image 10, 6, 10.
 MIN_ACCURACY = {
-    ("t2v-A14B", False): {"colour": 0.7, "direction": 0.4},
-    ("i2v-A14B", True): {"colour": 0.9, "direction": 0.9},
-    ("ti2v-5B", False): {"colour": 0.5, "direction": 0.3},
-    ("ti2v-5B", True): {"colour": 0.9, "direction": 0.8},
+    ("t2v-A14B", False): {"colour": 0.8, "shape": 0.5, "direction": 0.7},
+    ("i2v-A14B", True): {"colour": 0.9, "shape": 0.7, "direction": 0.9},
+    ("ti2v-5B", False): {"colour": 0.8, "direction": 0.5},
+    ("ti2v-5B", True): {"colour": 0.9, "shape": 0.5, "direction": 0.9},
 }
 
 
@@ -73,16 +74,16 @@ def generate(pipe, combo, with_image: bool, seed: int):
 )
 def test_videos_follow_the_prompt(pipes, task, with_image):
     pipe = pipes[task]
-    hits = {"colour": 0, "direction": 0}
+    hits = {"colour": 0, "shape": 0, "direction": 0}
     for seed, combo in enumerate(PROMPTED):
         clip, frames = generate(pipe, combo, with_image, seed)
         assert frames.shape == (pipe.task.frames, 64, 64, 3)
         found = detect(frames)
-        hits["colour"] += found.colour == clip.colour
-        hits["direction"] += found.direction == clip.direction
+        for attribute in hits:
+            hits[attribute] += getattr(found, attribute) == getattr(clip, attribute)
     accuracy = {k: v / len(PROMPTED) for k, v in hits.items()}
-    assert accuracy["colour"] >= MIN_ACCURACY[task, with_image]["colour"], accuracy
-    assert accuracy["direction"] >= MIN_ACCURACY[task, with_image]["direction"], accuracy
+    for attribute, floor in MIN_ACCURACY[task, with_image].items():
+        assert accuracy[attribute] >= floor, (attribute, accuracy)
 
 
 def test_generation_is_seeded(pipes):

@@ -52,12 +52,13 @@ def test_every_dit_key_mapped_exactly_once(tmp_path):
     from diffusers import WanTransformer3DModel
 
     from tests.models.test_dit import TINY_I2V
+    from wanflow.checkpoints.maps import init_kwargs
     from wanflow.checkpoints.maps.dit import dit_config_to_diffusers
     from wanflow.models.dit import WanDiT
 
     with torch.device("meta"):
         ours = WanDiT(TINY_I2V).state_dict()
-        kwargs = {k: v for k, v in dit_config_to_diffusers(TINY_I2V).items() if not k.startswith("_")}
+        kwargs = init_kwargs(dit_config_to_diffusers(TINY_I2V))
         theirs = WanTransformer3DModel(**kwargs).state_dict()
     names = DIT_KEYMAP.convert_keys(ours)
     assert sorted(names.values()) == sorted(theirs)  # onto diffusers' keys, one each

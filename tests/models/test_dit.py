@@ -10,6 +10,7 @@ from tests.sync import HostTransfers
 from tests.tiny.dit import TINY_I2V, TINY_T2V, TINY_TI2V, random_dit, random_dit_state
 from wanflow.checkpoints.io import write_folder
 from wanflow.checkpoints.load import load_dit
+from wanflow.checkpoints.maps import init_kwargs
 from wanflow.checkpoints.maps.dit import DIT_KEYMAP, dit_config_to_diffusers
 from wanflow.configs import DIT_CONFIGS
 from wanflow.models.dit import FP32_MODULES, TokenTimesteps, WanDiT, per_token, sinusoid
@@ -34,7 +35,7 @@ class Float64Timesteps(torch.nn.Module):
 
 
 def diffusers_dit(cfg, state, float64_sinusoid=True):
-    kwargs = {k: v for k, v in dit_config_to_diffusers(cfg).items() if not k.startswith("_")}
+    kwargs = init_kwargs(dit_config_to_diffusers(cfg))
     model = WanTransformer3DModel(**kwargs).eval()
     model.load_state_dict(DIT_KEYMAP.forward(state), strict=True)
     if float64_sinusoid:

@@ -5,6 +5,7 @@ from safetensors.torch import save_file
 
 from tests.tiny.vae import TINY_VAE21, TINY_VAE22, random_vae, random_vae_state
 from wanflow.checkpoints.io import load_strict, read_weights
+from wanflow.checkpoints.maps import init_kwargs
 from wanflow.checkpoints.maps.vae import (
     vae_config_from_diffusers,
     vae_config_from_state_dict,
@@ -25,7 +26,7 @@ TINY = {"2.1": TINY_VAE21, "2.2": TINY_VAE22}
 
 
 def diffusers_vae(cfg: VAEConfig) -> AutoencoderKLWan:
-    kwargs = {k: v for k, v in vae_config_to_diffusers(cfg).items() if not k.startswith("_")}
+    kwargs = init_kwargs(vae_config_to_diffusers(cfg))
     return AutoencoderKLWan(**kwargs).eval()
 
 

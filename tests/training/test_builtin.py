@@ -20,10 +20,13 @@ MICRO = Recipe(
     vae_steps=2,
     vae21_refine_steps=2,
     vae21_decoder_steps=2,
+    vae22_refine_steps=2,
+    vae22_decoder_steps=2,
     vae_batch=2,
     vae_frames=5,
     dit_steps=2,
     dense_steps=2,
+    dit_refine_steps=(("t2v", 2), ("i2v", 2), ("ti2v", 2)),
     dit_batch=4,
     sample_steps=2,
 )
@@ -62,17 +65,33 @@ def test_each_builtin_loads_and_generates(built, short):
 
 
 def test_resume_skips_finished_stages(built, tmp_path):
-    _, work, _ = built
-    ckpts = sorted(p.name for p in work.glob("*.ckpt"))
-    assert ckpts == [
+    out, work, _ = built
+    ckpts = sorted(work.glob("*.ckpt"))
+    assert [p.name for p in ckpts] == [
+        "i2v-refine.ckpt",
         "i2v.ckpt",
+        "t2v-refine.ckpt",
         "t2v.ckpt",
+        "ti2v-refine.ckpt",
         "ti2v.ckpt",
         "vae2.1-decoder.ckpt",
         "vae2.1-refine.ckpt",
         "vae2.1.ckpt",
+        "vae2.2-decoder.ckpt",
+        "vae2.2-refine.ckpt",
         "vae2.2.ckpt",
     ]
+    stamps = {p: p.stat().st_mtime_ns for p in ckpts}
+    build_all(tmp_path, work, MICRO, report=lambda line: None)  # a second run over the same work folder
+    assert {p: p.stat().st_mtime_ns for p in ckpts} == stamps  # no stage trained again or re-saved its checkpoint
+    files = sorted(f.relative_to(out) for f in out.rglob("*") if f.is_file())
+    assert files == sorted(f.relative_to(tmp_path) for f in tmp_path.rglob("*") if f.is_file())
+    for name in files:  # the same models, written again from the checkpoints
+        if name.suffix == ".pth":
+            first, second = (torch.load(root / name, weights_only=True) for root in (out, tmp_path))
+            assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+        else:
+            assert (out / name).read_bytes() == (tmp_path / name).read_bytes(), name
 
 
 def test_prompt_corpus_covers_held_out_words():
@@ -99,19 +118,20 @@ def test_evaluation_runs_on_a_builtin_and_ablates_experts(built):
     assert sharpness(ramp) == 5.0  # mean of |d/dx| = 10 and |d/dy| = 0
 
 
-def test_polish_decoder_keeps_the_encoder(tmp_path):
+@pytest.mark.parametrize("version", ["2.1", "2.2"])
+def test_polish_decoder_keeps_the_encoder(tmp_path, version):
     from wanflow.data.shapes import render_batch, sample_clips
     from wanflow.models.vae import WanVAE
-    from wanflow.training.builtin import VAE21, polish_decoder, to_video
+    from wanflow.training.builtin import VAE21, VAE22, polish_decoder, to_video
 
     torch.manual_seed(0)
-    vae = WanVAE(VAE21).eval()
+    vae = WanVAE(VAE21 if version == "2.1" else VAE22).eval()
     videos = to_video(render_batch(sample_clips(0, 4, 32, 32, 5), 5, 32, 32))
     with torch.no_grad():
         z = vae.encode(videos[:2])
         before = vae.decode(z)
         encoder = {k: v.clone() for k, v in vae.state_dict().items() if not k.startswith(("decoder.", "conv2."))}
-    polish_decoder(vae, videos, MICRO, tmp_path / "decoder.ckpt")
+    polish_decoder(vae, videos, MICRO, 2, tmp_path / "decoder.ckpt")
     with torch.no_grad():
         assert torch.equal(vae.encode(videos[:2]), z)  # the DiTs' latents stay valid
         assert not torch.allclose(vae.decode(z), before)

@@ -21,21 +21,30 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         "--per-combo",
         dest="per_combo",
         type=int,
-        default=2,
-        help="videos per held-out (colour, shape, direction) combination",
+        default=6,
+        help="videos per held-out (colour, shape, direction) combination (6: 54 videos per case, one is 1.9 points)",
     )
     p.add_argument("--expert", choices=["high", "low"], help="ablation: run only this expert for every step")
+    p.add_argument(
+        "--vae_only",
+        "--vae-only",
+        dest="vae_only",
+        action="store_true",
+        help="score the held-out clips encoded and decoded by the model's VAE (no DiT): the ceiling through that VAE",
+    )
     p.add_argument("--seed", type=int, default=0)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from wanflow.builtin import builtin_checkpoint
     from wanflow.evaluation.detect import format_scores
-    from wanflow.evaluation.evaluate import evaluate_case, only_expert
+    from wanflow.evaluation.evaluate import evaluate_case, evaluate_reconstruction, only_expert
     from wanflow.pipelines.pipeline import WanPipeline
 
     if args.ckpt_dir and len(args.cases) != 1:
         raise ValueError("--ckpt_dir evaluates one case: pass --cases with a single name")
+    if args.vae_only and args.expert:
+        raise ValueError("--vae_only runs no DiT, so no expert to choose: pass one of --vae_only and --expert")
     table, sharp = {}, {}
     start = time.perf_counter()
     for case in args.cases:
@@ -45,11 +54,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
             if not pipe.task.boundary:
                 continue  # a dense model has no experts to ablate
             only_expert(pipe, args.expert)
-        result = evaluate_case(pipe, with_image, args.per_combo, args.seed)
+        if args.vae_only:
+            result = evaluate_reconstruction(pipe, args.per_combo, args.seed)
+        else:
+            result = evaluate_case(pipe, with_image, args.per_combo, args.seed)
         table[case], sharp[case] = result.scores, result.sharpness
     print(format_scores(table))
     print("sharpness (mean |gradient|, grey levels): " + ", ".join(f"{k} {v:.2f}" for k, v in sharp.items()))
-    print(f"{time.perf_counter() - start:.0f}s" + (f", only the {args.expert}-noise expert" if args.expert else ""))
+    what = f", only the {args.expert}-noise expert" if args.expert else ", VAE reconstructions" if args.vae_only else ""
+    print(f"{time.perf_counter() - start:.0f}s{what}")
     return 0
 
 

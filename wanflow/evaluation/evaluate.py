@@ -1,13 +1,18 @@
 """Generate videos for prompts whose (colour, shape, direction) was held out of training, find the object in each with
-``detect``, and score colour, shape and direction per task. Also a sharpness figure (mean gradient magnitude)."""
+``detect``, and score colour, shape and direction per task. Also a sharpness figure (mean gradient magnitude).
+
+``evaluate_reconstruction`` scores the same clips passed through the model's VAE alone (encode, decode): the most a
+DiT can reach through that VAE, which tells apart what the VAE loses from what the DiT gets wrong."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from wanflow.data.shapes import HELD_OUT, combo_clips, first_frame
+from wanflow.data.shapes import HELD_OUT, Clip, combo_clips, first_frame, render
 from wanflow.evaluation.detect import detect, score
 from wanflow.io.video import to_uint8
 
@@ -39,16 +44,41 @@ def only_expert(pipe, name: str) -> None:
 
 
 def evaluate_case(
-    pipe, with_image: bool, per_combo: int = 2, seed: int = 0, combos: list[tuple[str, str, str]] | None = None
+    pipe, with_image: bool, per_combo: int = 6, seed: int = 0, combos: list[tuple[str, str, str]] | None = None
 ) -> Result:
     """Score one pipeline on ``per_combo`` clips of every held-out combination."""
+    width, height = pipe.task.size
+
+    def generated(i: int, clip: Clip) -> np.ndarray:
+        image = _pil(first_frame(clip, height, width)) if with_image else None
+        return to_uint8(pipe(clip.prompt, image=image, seed=seed + i).frames)
+
+    return _score(pipe, generated, per_combo, seed, combos)
+
+
+@torch.no_grad()
+def evaluate_reconstruction(
+    pipe, per_combo: int = 6, seed: int = 0, combos: list[tuple[str, str, str]] | None = None
+) -> Result:
+    """Score the clips of ``evaluate_case`` themselves, encoded and decoded by ``pipe.vae`` (no DiT, no prompt)."""
+    width, height = pipe.task.size
+    device = next(pipe.vae.parameters()).device
+
+    def reconstructed(i: int, clip: Clip) -> np.ndarray:
+        pixels = torch.from_numpy(render(clip, pipe.task.frames, height, width)).permute(3, 0, 1, 2)
+        video = pixels[None].to(device, torch.float32).div(127.5).sub(1.0)
+        return to_uint8(pipe.vae.decode(pipe.vae.encode(video))[0])
+
+    return _score(pipe, reconstructed, per_combo, seed, combos)
+
+
+def _score(pipe, video_of: Callable[[int, Clip], np.ndarray], per_combo: int, seed: int, combos: list | None) -> Result:
+    """Detect the object in ``video_of(i, clip)`` for ``per_combo`` clips of each combination and score them."""
     width, height = pipe.task.size
     clips = combo_clips(seed, sorted(combos or HELD_OUT), per_combo, height, width, pipe.task.frames)
     detections, sharp = [], []
     for i, clip in enumerate(clips):
-        image = first_frame(clip, height, width) if with_image else None
-        video = pipe(clip.prompt, image=None if image is None else _pil(image), seed=seed + i)
-        frames = to_uint8(video.frames)
+        frames = video_of(i, clip)
         detections.append(detect(frames))
         sharp.append(sharpness(frames))
     return Result(score(detections, clips), float(np.mean(sharp)))

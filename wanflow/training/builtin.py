@@ -5,10 +5,12 @@
 Stages (each resumes from its checkpoint under ``--work`` if interrupted):
 1. render the training clips (``wanflow.data.shapes``), held-out (colour, shape, direction) combinations excluded,
    and a word-level sentencepiece tokenizer of the prompt vocabulary;
-2. the Wan 2.2 VAE (for ti2v) and the Wan 2.1 VAE (for t2v / i2v), then their latent statistics folded in;
+2. the Wan 2.2 VAE (for ti2v) and the Wan 2.1 VAE (for t2v / i2v), each in two cosine cycles, then their latent
+   statistics folded in, then their decoders alone with the encoders (so the latents) frozen;
 3. the DiTs with flow matching on the VAE latents of each clip's two 9-frame ends, each model with its own small
    umT5 encoder trained jointly: the dense ti2v model (half of its samples conditioned on the first frame), t2v's
-   two experts (each on its own side of the boundary, as Wan 2.2 trains them), i2v's two experts;
+   two experts (each on its own side of the boundary, as Wan 2.2 trains them), i2v's two experts; the two-expert
+   models get a second cosine cycle at half the rate;
 4. each model written in the official layout (fp16 safetensors / .pth) with its sampling defaults in
    ``wanflow.json``, so it loads through exactly the code path of the published checkpoints.
 """
@@ -85,10 +87,14 @@ class Recipe:
     vae21_refine_steps: int = 2000  # then a second cosine cycle at half the rate (it still tells colours apart)
     vae21_decoder_steps: int = 1500  # then its decoder alone on full frames (the encoder, so the latents, frozen)
     vae22_crop: int = 0  # the Wan 2.2 VAE patchifies first, so full frames already cost as little
+    vae22_refine_steps: int = 4000  # a second cycle at half the rate (its loss still fell fast after the first)
+    vae22_decoder_steps: int = 3000  # then its decoder alone (encoder frozen), at a quarter of the rate
     vae_lr: float = 1e-3
     vae_object_weight: float = 9.0  # extra loss weight of the object's pixels (see vae_loss)
     dit_steps: int = 4000
     dense_steps: int = 8000  # the dense DiT covers both experts' ranges: twice the steps, the same compute
+    # then a second cosine cycle at half the rate, per task (the loss was still falling after the first)
+    dit_refine_steps: tuple[tuple[str, int], ...] = (("t2v", 12000), ("i2v", 6000))
     dit_batch: int = 32
     lr: float = 5e-4
     cfg_drop: float = 0.1  # probability of training on the empty prompt (classifier-free guidance)
@@ -165,9 +171,11 @@ def _vae_train_config(recipe: Recipe, steps: int, lr: float) -> TrainConfig:
 
 
 def train_vae(cfg: VAEConfig, videos: torch.Tensor, recipe: Recipe, work: Path) -> WanVAE:
-    """A VAE trained on ``videos`` windows, its latent statistics folded in. The Wan 2.1 VAE, trained on crops, gets a
-    second, gentler cycle (4000 steps leave cyan and magenta decoded as blue) and then its decoder is fine-tuned on
-    full frames (see polish_decoder)."""
+    """A VAE trained on ``videos`` windows, its latent statistics folded in. Each gets a second, gentler cycle (after
+    4000 steps the Wan 2.1 VAE, trained on crops, decodes cyan and magenta as blue; the Wan 2.2 VAE's loss is still
+    falling fast). Then the decoder of each is fine-tuned alone on full frames (see polish_decoder): the Wan 2.1 one
+    has only seen crops, and the Wan 2.2 one, whose 4x4 latents of a 64x64 frame hold an object in about one latent
+    pixel, decodes most shapes as blobs."""
     torch.manual_seed(recipe.seed)
     vae = WanVAE(cfg)
     with torch.no_grad():  # start with a narrow posterior: unit variance noise would drown the small initial mu
@@ -179,23 +187,25 @@ def train_vae(cfg: VAEConfig, videos: torch.Tensor, recipe: Recipe, work: Path) 
         return _window_loss(vae, videos, recipe, crop, generator)
 
     train(vae, loss_fn, _vae_train_config(recipe, recipe.vae_steps, recipe.vae_lr), work / f"vae{cfg.version}.ckpt")
-    if wan21 and recipe.vae21_refine_steps:
-        tc = _vae_train_config(recipe, recipe.vae21_refine_steps, recipe.vae_lr / 2)
-        train(vae, loss_fn, tc, work / "vae2.1-refine.ckpt")
+    refine_steps = recipe.vae21_refine_steps if wan21 else recipe.vae22_refine_steps
+    if refine_steps:
+        tc = _vae_train_config(recipe, refine_steps, recipe.vae_lr / 2)
+        train(vae, loss_fn, tc, work / f"vae{cfg.version}-refine.ckpt")
     vae.eval().requires_grad_(False)
     fold_latent_stats(vae, [videos[i : i + 16] for i in range(0, min(len(videos), 128), 16)])
-    if wan21 and recipe.vae21_decoder_steps:
-        polish_decoder(vae, videos, recipe, work / "vae2.1-decoder.ckpt")
+    decoder_steps = recipe.vae21_decoder_steps if wan21 else recipe.vae22_decoder_steps
+    if decoder_steps:
+        polish_decoder(vae, videos, recipe, decoder_steps, work / f"vae{cfg.version}-decoder.ckpt")
     return vae
 
 
-def polish_decoder(vae: WanVAE, videos: torch.Tensor, recipe: Recipe, checkpoint: Path) -> None:
+def polish_decoder(vae: WanVAE, videos: torch.Tensor, recipe: Recipe, steps: int, checkpoint: Path) -> None:
     """Fine-tune ``conv2`` and the decoder on full-frame windows with the encoder frozen: ``encode`` (so every latent
     the DiTs learn) is unchanged, and the decoder, trained on crops so far, learns whole frames (the first one too)."""
     vae.requires_grad_(False)
     for part in (vae.conv2, vae.decoder):
         part.requires_grad_(True)
-    tc = _vae_train_config(recipe, recipe.vae21_decoder_steps, recipe.vae_lr / 4)
+    tc = _vae_train_config(recipe, steps, recipe.vae_lr / 4)
     train(vae, lambda step, g: _window_loss(vae, videos, recipe, 0, g), tc, checkpoint)
     vae.eval().requires_grad_(False)
 
@@ -259,17 +269,22 @@ def train_dits(
 
     modules: list[nn.Module] = list(experts.values()) + ([table.encoder.model] if train_text else [])
     table.encoder.model.requires_grad_(train_text)
-    steps = recipe.dit_steps if len(experts) > 1 else recipe.dense_steps
-    tc = TrainConfig(
-        steps=steps,
-        lr=recipe.lr,
-        warmup=min(100, steps // 10),
-        seed=recipe.seed,
-        checkpoint_every=500,
-        log_every=25,
-        batch_size=recipe.dit_batch,
-    )
-    train(modules, loss_fn, tc, work / f"{name}.ckpt")
+    cycles = [
+        (recipe.dit_steps if len(experts) > 1 else recipe.dense_steps, recipe.lr, name),
+        (dict(recipe.dit_refine_steps).get(name, 0), recipe.lr / 2, f"{name}-refine"),
+    ]
+    for cycle, (steps, lr, checkpoint) in enumerate(cycles):
+        if steps:
+            tc = TrainConfig(
+                steps=steps,
+                lr=lr,
+                warmup=min(100, steps // 10),
+                seed=recipe.seed + cycle,  # the second cycle draws other batches than the first
+                checkpoint_every=500,
+                log_every=25,
+                batch_size=recipe.dit_batch,
+            )
+            train(modules, loss_fn, tc, work / f"{checkpoint}.ckpt")
     for module in modules:
         module.eval().requires_grad_(False)
 

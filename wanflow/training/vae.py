@@ -71,7 +71,8 @@ def vae_loss(
     generator: torch.Generator | None = None,
     weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``(loss, {"recon", "kl", "loss"})`` for a video batch (B, 3, 1 + 4k, H, W) in [-1, 1]; see the module doc."""
+    """``(loss, {"recon", "kl", "loss"})`` for a video batch (B, 3, 1 + 4k, H, W) in [-1, 1]; see the module doc.
+    The parts are detached 0-d tensors (no host sync per step; ``float()`` one to print it)."""
     if recon not in RECON_LOSSES:
         raise ValueError(f"unknown reconstruction loss {recon!r}; choose one of {sorted(RECON_LOSSES)}")
     out, mu, logvar = reconstruct(vae, video, generator)
@@ -82,7 +83,7 @@ def vae_loss(
         rec = (per_pixel * weight).sum() / weight.expand_as(per_pixel).sum()
     kl = kl_divergence(mu, logvar)
     loss = rec + kl_weight * kl
-    return loss, {"recon": rec.item(), "kl": kl.item(), "loss": loss.item()}
+    return loss, {"recon": rec.detach(), "kl": kl.detach(), "loss": loss.detach()}
 
 
 @torch.no_grad()
