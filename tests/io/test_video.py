@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from wanflow.io.video import check_writable, save_video, to_uint8
+from wanflow.io.video import check_writable, from_uint8, save_video, to_uint8
 
 
 def ramp_video(frames=5, h=32, w=48):
@@ -86,3 +86,12 @@ def test_outputs_get_the_permissions_of_a_plain_open(tmp_path, name):
         assert all(f.stat().st_mode & 0o777 == 0o640 for f in path.iterdir())
     else:
         assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_from_uint8_maps_pixels_to_the_vae_range_channels_first():
+    frames = np.zeros((2, 5, 4, 6, 3), dtype=np.uint8)  # (N, F, H, W, 3)
+    frames[0, 1, 2, 3] = (0, 255, 51)
+    video = from_uint8(frames)
+    assert video.shape == (2, 3, 5, 4, 6) and video.dtype == torch.float32
+    assert video[0, :, 1, 2, 3].tolist() == pytest.approx([-1.0, 1.0, 51 / 127.5 - 1])
+    assert video[1].eq(-1.0).all()

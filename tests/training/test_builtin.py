@@ -121,12 +121,13 @@ def test_evaluation_runs_on_a_builtin_and_ablates_experts(built):
 @pytest.mark.parametrize("version", ["2.1", "2.2"])
 def test_polish_decoder_keeps_the_encoder(tmp_path, version):
     from wanflow.data.shapes import render_batch, sample_clips
+    from wanflow.io.video import from_uint8
     from wanflow.models.vae import WanVAE
-    from wanflow.training.builtin import VAE21, VAE22, polish_decoder, to_video
+    from wanflow.training.builtin import VAE21, VAE22, polish_decoder
 
     torch.manual_seed(0)
     vae = WanVAE(VAE21 if version == "2.1" else VAE22).eval()
-    videos = to_video(render_batch(sample_clips(0, 4, 32, 32, 5), 5, 32, 32))
+    videos = from_uint8(render_batch(sample_clips(0, 4, 32, 32, 5), 5, 32, 32))
     with torch.no_grad():
         z = vae.encode(videos[:2])
         before = vae.decode(z)

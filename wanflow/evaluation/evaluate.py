@@ -14,7 +14,7 @@ import torch
 
 from wanflow.data.shapes import HELD_OUT, Clip, combo_clips, first_frame, render
 from wanflow.evaluation.detect import detect, score
-from wanflow.io.video import to_uint8
+from wanflow.io.video import from_uint8, to_uint8
 
 # What is evaluated per task: (task, use the clip's first frame as the input image)
 CASES = {
@@ -62,11 +62,9 @@ def evaluate_reconstruction(
 ) -> Result:
     """Score the clips of ``evaluate_case`` themselves, encoded and decoded by ``pipe.vae`` (no DiT, no prompt)."""
     width, height = pipe.task.size
-    device = next(pipe.vae.parameters()).device
 
     def reconstructed(i: int, clip: Clip) -> np.ndarray:
-        pixels = torch.from_numpy(render(clip, pipe.task.frames, height, width)).permute(3, 0, 1, 2)
-        video = pixels[None].to(device, torch.float32).div(127.5).sub(1.0)
+        video = from_uint8(render(clip, pipe.task.frames, height, width))[None].to(pipe.device)
         return to_uint8(pipe.vae.decode(pipe.vae.encode(video))[0])
 
     return _score(pipe, reconstructed, per_combo, seed, combos)

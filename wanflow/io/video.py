@@ -26,6 +26,11 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
     return pixels.to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
 
 
+def from_uint8(frames: np.ndarray) -> torch.Tensor:
+    """(..., F, H, W, 3) uint8 -> (..., 3, F, H, W) float32 in [-1, 1]: what the VAE encodes."""
+    return torch.from_numpy(np.asarray(frames)).movedim(-1, -4).float().div(127.5).sub(1.0)
+
+
 def output_format(path: str | os.PathLike) -> str:
     text = os.fspath(path)
     if text.endswith(("/", os.sep)):
@@ -70,7 +75,7 @@ def save_video(
     os.close(fd)
     try:
         (_write_mp4 if fmt == ".mp4" else _write_gif)(frames, Path(tmp), fps, meta)
-        _as_created(tmp, 0o666)
+        _as_created(0o666, tmp)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -122,19 +127,19 @@ def _write_pngs(frames: np.ndarray, folder: Path, meta: dict[str, str]) -> None:
             for f in sorted(tmp.iterdir()):
                 os.replace(f, folder / f.name)
         else:
-            for f in tmp.iterdir():
-                _as_created(f, 0o666)
-            _as_created(tmp, 0o777)
+            _as_created(0o666, *tmp.iterdir())
+            _as_created(0o777, tmp)
             os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _as_created(path: str | os.PathLike, mode: int) -> None:
-    """Give a file made by ``tempfile`` (0600, a folder 0700) the permissions ``open`` would have: ``mode`` less the
-    umask (read without changing it: ``os.umask`` swaps it process-wide)."""
-    umask = _umask()
-    os.chmod(path, mode & ~umask)
+def _as_created(mode: int, *paths: str | os.PathLike) -> None:
+    """Give files made by ``tempfile`` (0600, a folder 0700) the permissions ``open`` would have: ``mode`` less the
+    umask (read once, without changing it: ``os.umask`` swaps it process-wide)."""
+    allowed = mode & ~_umask()
+    for path in paths:
+        os.chmod(path, allowed)
 
 
 def _umask() -> int:

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -33,6 +32,7 @@ from wanflow.checkpoints.layouts import DEFAULTS_FILE, OFFICIAL_T5, OFFICIAL_TOK
 from wanflow.checkpoints.maps.t5 import T5_KEYMAP, drop_tied
 from wanflow.configs import TASKS, WAN22_LATENT_MEAN, WAN22_LATENT_STD, DiTConfig, T5Config, VAEConfig
 from wanflow.data.shapes import BACKGROUNDS, all_combos, render_batch, sample_clips
+from wanflow.io.video import from_uint8
 from wanflow.models.dit import WanDiT
 from wanflow.models.text_encoder import TextEncoder, build_umt5, pad_context
 from wanflow.models.vae import WanVAE
@@ -113,11 +113,6 @@ def prompt_corpus() -> list[str]:
     from wanflow.data.shapes import Clip
 
     return sorted({Clip(s, c, d, b, 1.0, 0.0, (0.0, 0.0)).prompt for c, s, d in all_combos() for b in BACKGROUNDS})
-
-
-def to_video(frames: np.ndarray) -> torch.Tensor:
-    """(N, F, H, W, 3) uint8 -> (N, 3, F, H, W) float32 in [-1, 1]."""
-    return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
 
 
 def object_mask(video: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
@@ -355,7 +350,7 @@ def build_all(
         t0 = time.perf_counter()
 
     clips = sample_clips(recipe.seed, recipe.clips, recipe.height, recipe.width, recipe.frames)
-    videos = to_video(render_batch(clips, recipe.frames, recipe.height, recipe.width))
+    videos = from_uint8(render_batch(clips, recipe.frames, recipe.height, recipe.width))
     n = recipe.clip_frames
     windows = torch.cat([videos[:, :, :n], videos[:, :, -n:]])  # the DiTs' clips: each clip's two ends
     prompts = [*prompt_corpus(), ""]

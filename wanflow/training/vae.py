@@ -70,7 +70,7 @@ def vae_loss(
     recon: str = "l1",
     generator: torch.Generator | None = None,
     weight: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(loss, {"recon", "kl", "loss"})`` for a video batch (B, 3, 1 + 4k, H, W) in [-1, 1]; see the module doc.
     The parts are detached 0-d tensors (no host sync per step; ``float()`` one to print it)."""
     if recon not in RECON_LOSSES:
