@@ -29,13 +29,13 @@ PROMPTED = [
 # Floors per (task, with an image): the accuracy that test_videos_follow_the_prompt's own loop (generate, detect)
 # measured on PROMPTED when the models were trained, less one video, where that is above chance (colour 1/7, shape
 # 1/3, direction 1/5). Generation is seeded, so these move only when the models or the sampler change. Measured
-# 2026-11-22 (hits of 10): t2v colour 9, shape 6, direction 8; i2v 10, 8, 10; ti2v from text 9, 4, 6; ti2v with the
-# image 10, 6, 10.
+# 2026-11-22, third training round (hits of 10): t2v colour 10, shape 6, direction 9; i2v 10, 9, 10; ti2v from text
+# 10, 5, 8; ti2v with the image 10, 7, 10.
 MIN_ACCURACY = {
-    ("t2v-A14B", False): {"colour": 0.8, "shape": 0.5, "direction": 0.7},
-    ("i2v-A14B", True): {"colour": 0.9, "shape": 0.7, "direction": 0.9},
-    ("ti2v-5B", False): {"colour": 0.8, "direction": 0.5},
-    ("ti2v-5B", True): {"colour": 0.9, "shape": 0.5, "direction": 0.9},
+    ("t2v-A14B", False): {"colour": 0.9, "shape": 0.5, "direction": 0.8},
+    ("i2v-A14B", True): {"colour": 0.9, "shape": 0.8, "direction": 0.9},
+    ("ti2v-5B", False): {"colour": 0.9, "shape": 0.4, "direction": 0.7},
+    ("ti2v-5B", True): {"colour": 0.9, "shape": 0.6, "direction": 0.9},
 }
 
 

@@ -8,7 +8,7 @@ import torch
 
 from wanflow.checkpoints.layouts import detect_layout
 from wanflow.pipelines.pipeline import WanPipeline
-from wanflow.training.builtin import BUILTIN_TASKS, Recipe, build_all, prompt_corpus
+from wanflow.training.builtin import BUILTIN_TASKS, Recipe, build_all, dit_cycles, prompt_corpus
 
 MICRO = Recipe(
     height=32,
@@ -19,14 +19,14 @@ MICRO = Recipe(
     i2v_clips=16,
     vae_steps=2,
     vae21_refine_steps=2,
-    vae21_decoder_steps=2,
+    vae21_decoder_cycles=((2, 0.0), (1, 0.3)),
     vae22_refine_steps=2,
-    vae22_decoder_steps=2,
+    vae22_decoder_cycles=((2, 0.0),),
     vae_batch=2,
     vae_frames=5,
     dit_steps=2,
     dense_steps=2,
-    dit_refine_steps=(("t2v", 2), ("i2v", 2), ("ti2v", 2)),
+    dit_refine_steps=(("t2v", 2), ("i2v", 2), ("ti2v", 2), ("t2v", 1)),
     dit_batch=4,
     sample_steps=2,
 )
@@ -71,10 +71,12 @@ def test_resume_skips_finished_stages(built, tmp_path):
         "i2v-refine.ckpt",
         "i2v.ckpt",
         "t2v-refine.ckpt",
+        "t2v-refine2.ckpt",
         "t2v.ckpt",
         "ti2v-refine.ckpt",
         "ti2v.ckpt",
         "vae2.1-decoder.ckpt",
+        "vae2.1-decoder2.ckpt",
         "vae2.1-refine.ckpt",
         "vae2.1.ckpt",
         "vae2.2-decoder.ckpt",
@@ -92,6 +94,13 @@ def test_resume_skips_finished_stages(built, tmp_path):
             assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
         else:
             assert (out / name).read_bytes() == (tmp_path / name).read_bytes(), name
+
+
+def test_dit_cycles_halve_the_rate_per_refine_of_the_task():
+    recipe = Recipe(dit_steps=10, dense_steps=20, lr=1e-3, dit_refine_steps=(("t2v", 5), ("i2v", 7), ("t2v", 3)))
+    assert dit_cycles(recipe, "t2v", True) == [(10, 1e-3, "t2v"), (5, 5e-4, "t2v-refine"), (3, 2.5e-4, "t2v-refine2")]
+    assert dit_cycles(recipe, "i2v", True) == [(10, 1e-3, "i2v"), (7, 5e-4, "i2v-refine")]
+    assert dit_cycles(recipe, "ti2v", False) == [(20, 1e-3, "ti2v")]
 
 
 def test_prompt_corpus_covers_held_out_words():

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.tiny.vae import TINY_VAE21, TINY_VAE22, random_vae
-from wanflow.training.vae import fold_latent_stats, kl_divergence, posterior, reconstruct, vae_loss
+from wanflow.training.vae import decode_raw, fold_latent_stats, kl_divergence, posterior, reconstruct, vae_loss
 
 TINY = {"2.1": (TINY_VAE21, 16), "2.2": (TINY_VAE22, 32)}  # config, smallest frame size it takes
 
@@ -73,6 +73,22 @@ def test_weighted_reconstruction_is_the_weighted_pixel_mean():
     _, parts = vae_loss(vae, video, kl_weight=0.0, generator=torch.Generator().manual_seed(4), weight=weight)
     left, right = per_pixel[..., : size // 2].mean(), per_pixel[..., size // 2 :].mean()
     assert float(parts["recon"]) == pytest.approx(((9 * left + right) / 10).item(), rel=1e-5)
+
+
+def test_latent_noise_decodes_the_mean_plus_noise_in_published_stds():
+    cfg, size = TINY["2.2"]
+    vae = random_vae(cfg)
+    video = toy_video(2, size)
+    _, parts = vae_loss(vae, video, kl_weight=0.0, generator=torch.Generator().manual_seed(5), latent_noise=0.5)
+    g = torch.Generator().manual_seed(5)
+    level = 0.5 * torch.rand(2, generator=g)  # one level per clip, then the noise
+    mu, _ = posterior(vae, video)
+    noise = torch.randn(mu.shape, generator=g)
+    std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
+    out = decode_raw(vae, mu + level.view(-1, 1, 1, 1, 1) * std * noise)
+    assert float(parts["recon"]) == pytest.approx(F.l1_loss(out, video).item(), rel=1e-5)
+    _, clean = vae_loss(vae, video, kl_weight=0.0, generator=torch.Generator().manual_seed(5))
+    assert abs(float(clean["recon"]) - float(parts["recon"])) > 1e-4  # the noise reaches the decoder
 
 
 @pytest.mark.parametrize("version", ["2.1", "2.2"])

@@ -9,8 +9,8 @@ Stages (each resumes from its checkpoint under ``--work`` if interrupted):
    statistics folded in, then their decoders alone with the encoders (so the latents) frozen;
 3. the DiTs with flow matching on the VAE latents of each clip's two 9-frame ends, each model with its own small
    umT5 encoder trained jointly: the dense ti2v model (half of its samples conditioned on the first frame), t2v's
-   two experts (each on its own side of the boundary, as Wan 2.2 trains them), i2v's two experts; the two-expert
-   models get a second cosine cycle at half the rate;
+   two experts (each on its own side of the boundary, as Wan 2.2 trains them), i2v's two experts; then further
+   cosine cycles, each at half the rate of the one before (``dit_refine_steps``);
 4. each model written in the official layout (fp16 safetensors / .pth) with its sampling defaults in
    ``wanflow.json``, so it loads through exactly the code path of the published checkpoints.
 """
@@ -85,16 +85,26 @@ class Recipe:
     vae_frames: int = 9  # VAE training windows: 1 + 2 x 4 frames (the length generated), random starts
     vae21_crop: int = 32  # Wan 2.1 VAE windows cropped around the object (0: full frames); 4x cheaper at 64x64
     vae21_refine_steps: int = 2000  # then a second cosine cycle at half the rate (it still tells colours apart)
-    vae21_decoder_steps: int = 1500  # then its decoder alone on full frames (the encoder, so the latents, frozen)
+    # then its decoder alone on full frames (the encoder, so the latents, frozen), one cosine cycle at a quarter of
+    # the rate per (steps, latent noise) entry; the noise (see vae_loss) makes it render a DiT's latents cleanly
+    vae21_decoder_cycles: tuple[tuple[int, float], ...] = ((1500, 0.0), (3000, 0.3))
     vae22_crop: int = 0  # the Wan 2.2 VAE patchifies first, so full frames already cost as little
     vae22_refine_steps: int = 4000  # a second cycle at half the rate (its loss still fell fast after the first)
-    vae22_decoder_steps: int = 3000  # then its decoder alone (encoder frozen), at a quarter of the rate
+    vae22_decoder_cycles: tuple[tuple[int, float], ...] = ((3000, 0.0), (3000, 0.0))  # the same for Wan 2.2
     vae_lr: float = 1e-3
     vae_object_weight: float = 9.0  # extra loss weight of the object's pixels (see vae_loss)
     dit_steps: int = 4000
     dense_steps: int = 8000  # the dense DiT covers both experts' ranges: twice the steps, the same compute
-    # then a second cosine cycle at half the rate, per task (the loss was still falling after the first)
-    dit_refine_steps: tuple[tuple[str, int], ...] = (("t2v", 12000), ("i2v", 6000))
+    # then further cosine cycles per task, each at half the rate of the one before (the loss was still falling)
+    dit_refine_steps: tuple[tuple[str, int], ...] = (
+        ("t2v", 12000),
+        ("t2v", 5000),
+        ("i2v", 6000),
+        ("i2v", 4000),
+        ("ti2v", 12000),
+        ("ti2v", 10000),
+        ("ti2v", 10000),
+    )
     dit_batch: int = 32
     lr: float = 5e-4
     cfg_drop: float = 0.1  # probability of training on the empty prompt (classifier-free guidance)
@@ -142,7 +152,9 @@ def _pick(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(0, n, (k,), generator=generator)
 
 
-def _window_loss(vae: WanVAE, videos: torch.Tensor, recipe: Recipe, crop: int, generator: torch.Generator):
+def _window_loss(
+    vae: WanVAE, videos: torch.Tensor, recipe: Recipe, crop: int, generator: torch.Generator, latent_noise: float = 0.0
+):
     """The VAE loss on a batch of random ``vae_frames`` windows, the object's pixels weighted up."""
     idx = _pick(len(videos), recipe.vae_batch, generator)
     t0 = int(torch.randint(0, recipe.frames - recipe.vae_frames + 1, (1,), generator=generator))
@@ -150,7 +162,8 @@ def _window_loss(vae: WanVAE, videos: torch.Tensor, recipe: Recipe, crop: int, g
     mask = object_mask(clip)  # before cropping: a crop's corner may lie inside the object
     if crop:
         clip, mask = object_crop(torch.cat([clip, mask], 1), crop, generator).split([3, 1], dim=1)
-    return vae_loss(vae, clip, generator=generator, weight=1.0 + recipe.vae_object_weight * mask)[0]
+    weight = 1.0 + recipe.vae_object_weight * mask
+    return vae_loss(vae, clip, generator=generator, weight=weight, latent_noise=latent_noise)[0]
 
 
 def _vae_train_config(recipe: Recipe, steps: int, lr: float) -> TrainConfig:
@@ -168,9 +181,9 @@ def _vae_train_config(recipe: Recipe, steps: int, lr: float) -> TrainConfig:
 def train_vae(cfg: VAEConfig, videos: torch.Tensor, recipe: Recipe, work: Path) -> WanVAE:
     """A VAE trained on ``videos`` windows, its latent statistics folded in. Each gets a second, gentler cycle (after
     4000 steps the Wan 2.1 VAE, trained on crops, decodes cyan and magenta as blue; the Wan 2.2 VAE's loss is still
-    falling fast). Then the decoder of each is fine-tuned alone on full frames (see polish_decoder): the Wan 2.1 one
-    has only seen crops, and the Wan 2.2 one, whose 4x4 latents of a 64x64 frame hold an object in about one latent
-    pixel, decodes most shapes as blobs."""
+    falling fast). Then the decoder of each is fine-tuned alone on full frames (see polish_decoder), one cosine cycle
+    per ``vae2x_decoder_cycles`` entry: the Wan 2.1 one has only seen crops, and the Wan 2.2 one, whose 4x4 latents of
+    a 64x64 frame hold an object in about one latent pixel, decodes most shapes as blobs."""
     torch.manual_seed(recipe.seed)
     vae = WanVAE(cfg)
     with torch.no_grad():  # start with a narrow posterior: unit variance noise would drown the small initial mu
@@ -188,20 +201,23 @@ def train_vae(cfg: VAEConfig, videos: torch.Tensor, recipe: Recipe, work: Path) 
         train(vae, loss_fn, tc, work / f"vae{cfg.version}-refine.ckpt")
     vae.eval().requires_grad_(False)
     fold_latent_stats(vae, [videos[i : i + 16] for i in range(0, min(len(videos), 128), 16)])
-    decoder_steps = recipe.vae21_decoder_steps if wan21 else recipe.vae22_decoder_steps
-    if decoder_steps:
-        polish_decoder(vae, videos, recipe, decoder_steps, work / f"vae{cfg.version}-decoder.ckpt")
+    for k, (steps, noise) in enumerate(recipe.vae21_decoder_cycles if wan21 else recipe.vae22_decoder_cycles, 1):
+        checkpoint = work / f"vae{cfg.version}-decoder{k if k > 1 else ''}.ckpt"
+        polish_decoder(vae, videos, recipe, steps, checkpoint, noise)
     return vae
 
 
-def polish_decoder(vae: WanVAE, videos: torch.Tensor, recipe: Recipe, steps: int, checkpoint: Path) -> None:
+def polish_decoder(
+    vae: WanVAE, videos: torch.Tensor, recipe: Recipe, steps: int, checkpoint: Path, latent_noise: float = 0.0
+) -> None:
     """Fine-tune ``conv2`` and the decoder on full-frame windows with the encoder frozen: ``encode`` (so every latent
-    the DiTs learn) is unchanged, and the decoder, trained on crops so far, learns whole frames (the first one too)."""
+    the DiTs learn) is unchanged, and the decoder, trained on crops so far, learns whole frames (the first one too);
+    with ``latent_noise`` (see vae_loss) it also learns to render latents a little off the encoder's."""
     vae.requires_grad_(False)
     for part in (vae.conv2, vae.decoder):
         part.requires_grad_(True)
     tc = _vae_train_config(recipe, steps, recipe.vae_lr / 4)
-    train(vae, lambda step, g: _window_loss(vae, videos, recipe, 0, g), tc, checkpoint)
+    train(vae, lambda step, g: _window_loss(vae, videos, recipe, 0, g, latent_noise), tc, checkpoint)
     vae.eval().requires_grad_(False)
 
 
@@ -264,17 +280,13 @@ def train_dits(
 
     modules: list[nn.Module] = list(experts.values()) + ([table.encoder.model] if train_text else [])
     table.encoder.model.requires_grad_(train_text)
-    cycles = [
-        (recipe.dit_steps if len(experts) > 1 else recipe.dense_steps, recipe.lr, name),
-        (dict(recipe.dit_refine_steps).get(name, 0), recipe.lr / 2, f"{name}-refine"),
-    ]
-    for cycle, (steps, lr, checkpoint) in enumerate(cycles):
+    for cycle, (steps, lr, checkpoint) in enumerate(dit_cycles(recipe, name, len(experts) > 1)):
         if steps:
             tc = TrainConfig(
                 steps=steps,
                 lr=lr,
                 warmup=min(100, steps // 10),
-                seed=recipe.seed + cycle,  # the second cycle draws other batches than the first
+                seed=recipe.seed + cycle,  # each cycle draws other batches than the one before
                 checkpoint_every=500,
                 log_every=25,
                 batch_size=recipe.dit_batch,
@@ -282,6 +294,16 @@ def train_dits(
             train(modules, loss_fn, tc, work / f"{checkpoint}.ckpt")
     for module in modules:
         module.eval().requires_grad_(False)
+
+
+def dit_cycles(recipe: Recipe, name: str, two_experts: bool) -> list[tuple[int, float, str]]:
+    """``(steps, lr, checkpoint name)`` of each cosine cycle of a task's DiT: the first, then one per
+    ``dit_refine_steps`` entry of the task, each at half the rate of the cycle before."""
+    cycles = [(recipe.dit_steps if two_experts else recipe.dense_steps, recipe.lr, name)]
+    refines = [steps for task, steps in recipe.dit_refine_steps if task == name]
+    for k, steps in enumerate(refines, start=1):
+        cycles.append((steps, recipe.lr / 2**k, f"{name}-refine" if k == 1 else f"{name}-refine{k}"))
+    return cycles
 
 
 def _half(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -7,6 +7,9 @@ rounding), a latent is sampled from the diagonal Gaussian posterior ``N(mu, exp(
   latent-video VAEs train with; it keeps edges sharper than MSE. Optional per-pixel ``weight`` (B, 1, T, H, W)
   gives a weighted mean: on data where a small object sits on a flat background (the built-in models' shapes),
   weighting the object's pixels keeps L1 from settling on the background colour (its median) everywhere.
+- ``latent_noise`` (decoder fine-tuning): the decoder gets the posterior mean plus Gaussian noise at a level drawn
+  per clip uniformly from ``[0, latent_noise]`` published latent stds (the unit of the latents a DiT denoises), so
+  it learns to render the slightly-off latents a DiT ends on instead of overfitting to the encoder's exact ones.
 - ``kl``: ``KL(N(mu, sigma^2) || N(0, 1))`` averaged per latent element, with a small weight (default 1e-6, the
   weight of Stable Diffusion's KL-f8 autoencoder). It only keeps the posterior from collapsing to a point or drifting
   in scale; the latent scale the DiT sees is fixed afterwards by ``fold_latent_stats``.
@@ -70,12 +73,16 @@ def vae_loss(
     recon: str = "l1",
     generator: torch.Generator | None = None,
     weight: torch.Tensor | None = None,
+    latent_noise: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(loss, {"recon", "kl", "loss"})`` for a video batch (B, 3, 1 + 4k, H, W) in [-1, 1]; see the module doc.
     The parts are detached 0-d tensors (no host sync per step; ``float()`` one to print it)."""
     if recon not in RECON_LOSSES:
         raise ValueError(f"unknown reconstruction loss {recon!r}; choose one of {sorted(RECON_LOSSES)}")
-    out, mu, logvar = reconstruct(vae, video, generator)
+    if latent_noise:
+        out, mu, logvar = _noisy_reconstruct(vae, video, latent_noise, generator)
+    else:
+        out, mu, logvar = reconstruct(vae, video, generator)
     if weight is None:
         rec = RECON_LOSSES[recon](out.float(), video.float())
     else:
@@ -84,6 +91,18 @@ def vae_loss(
     kl = kl_divergence(mu, logvar)
     loss = rec + kl_weight * kl
     return loss, {"recon": rec.detach(), "kl": kl.detach(), "loss": loss.detach()}
+
+
+def _noisy_reconstruct(
+    vae: WanVAE, video: torch.Tensor, latent_noise: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(reconstruction, mu, logvar)`` of ``mu`` plus noise of ``U(0, latent_noise)`` published stds per clip."""
+    mu, logvar = posterior(vae, video)
+    device = generator.device if generator is not None else mu.device
+    level = latent_noise * torch.rand(len(mu), 1, 1, 1, 1, generator=generator, device=device)
+    noise = torch.randn(mu.shape, generator=generator, device=device)
+    std = _published(vae, mu)[1]
+    return decode_raw(vae, mu + level.to(mu) * std * noise.to(mu)), mu, logvar
 
 
 @torch.no_grad()
