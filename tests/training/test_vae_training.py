@@ -89,6 +89,8 @@ def test_latent_noise_decodes_the_mean_plus_noise_in_published_stds():
     assert float(parts["recon"]) == pytest.approx(F.l1_loss(out, video).item(), rel=1e-5)
     _, clean = vae_loss(vae, video, kl_weight=0.0, generator=torch.Generator().manual_seed(5))
     assert abs(float(clean["recon"]) - float(parts["recon"])) > 1e-4  # the noise reaches the decoder
+    with pytest.raises(ValueError, match="latent_noise"):
+        vae_loss(vae, video, latent_noise=-0.1)
 
 
 @pytest.mark.parametrize("version", ["2.1", "2.2"])

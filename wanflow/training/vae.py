@@ -79,6 +79,8 @@ def vae_loss(
     The parts are detached 0-d tensors (no host sync per step; ``float()`` one to print it)."""
     if recon not in RECON_LOSSES:
         raise ValueError(f"unknown reconstruction loss {recon!r}; choose one of {sorted(RECON_LOSSES)}")
+    if latent_noise < 0:
+        raise ValueError(f"latent_noise is a noise level in latent stds, >= 0; got {latent_noise}")
     if latent_noise:
         out, mu, logvar = _noisy_reconstruct(vae, video, latent_noise, generator)
     else:
