@@ -202,8 +202,8 @@ def train_vae(cfg: VAEConfig, videos: torch.Tensor, recipe: Recipe, work: Path) 
     vae.eval().requires_grad_(False)
     fold_latent_stats(vae, [videos[i : i + 16] for i in range(0, min(len(videos), 128), 16)])
     for k, (steps, noise) in enumerate(recipe.vae21_decoder_cycles if wan21 else recipe.vae22_decoder_cycles, 1):
-        checkpoint = work / f"vae{cfg.version}-decoder{k if k > 1 else ''}.ckpt"
-        polish_decoder(vae, videos, recipe, steps, checkpoint, noise)
+        stage = _cycle_name(f"vae{cfg.version}-decoder", k)
+        polish_decoder(vae, videos, recipe, steps, work / f"{stage}.ckpt", noise)
     return vae
 
 
@@ -302,8 +302,13 @@ def dit_cycles(recipe: Recipe, name: str, two_experts: bool) -> list[tuple[int, 
     cycles = [(recipe.dit_steps if two_experts else recipe.dense_steps, recipe.lr, name)]
     refines = [steps for task, steps in recipe.dit_refine_steps if task == name]
     for k, steps in enumerate(refines, start=1):
-        cycles.append((steps, recipe.lr / 2**k, f"{name}-refine" if k == 1 else f"{name}-refine{k}"))
+        cycles.append((steps, recipe.lr / 2**k, _cycle_name(f"{name}-refine", k)))
     return cycles
+
+
+def _cycle_name(stage: str, k: int) -> str:
+    """The checkpoint name of a stage's ``k``-th cycle (from 1): ``stage``, then ``stage2``, ``stage3``..."""
+    return stage if k == 1 else f"{stage}{k}"
 
 
 def _half(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -49,16 +49,29 @@ def decode_raw(vae: WanVAE, mu: torch.Tensor) -> torch.Tensor:
 
 
 def reconstruct(
-    vae: WanVAE, video: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+    vae: WanVAE,
+    video: torch.Tensor,
+    generator: torch.Generator | None = None,
+    sample: bool = True,
+    latent_noise: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(reconstruction, mu, logvar)``; the latent is a posterior sample (``sample``) or its mean."""
+    """``(reconstruction, mu, logvar)``; the decoder sees a posterior sample (``sample``), the mean, or with
+    ``latent_noise`` > 0 the mean plus noise of ``U(0, latent_noise)`` published latent stds per clip (see the
+    module doc)."""
     mu, logvar = posterior(vae, video)
     z = mu
-    if sample:
-        device = generator.device if generator is not None else mu.device
-        eps = torch.randn(mu.shape, generator=generator, device=device, dtype=mu.dtype).to(mu.device)
-        z = mu + torch.exp(0.5 * logvar) * eps
+    if latent_noise:
+        level = latent_noise * _draw(torch.rand, (len(mu), 1, 1, 1, 1), generator, mu)
+        z = mu + level * _published(vae, mu)[1] * _draw(torch.randn, mu.shape, generator, mu)
+    elif sample:
+        z = mu + torch.exp(0.5 * logvar) * _draw(torch.randn, mu.shape, generator, mu)
     return decode_raw(vae, z), mu, logvar
+
+
+def _draw(fn, shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """``fn`` (torch.rand / randn) numbers from ``generator``, on its device, moved to ``like``'s device and dtype."""
+    device = generator.device if generator is not None else like.device
+    return fn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -81,10 +94,7 @@ def vae_loss(
         raise ValueError(f"unknown reconstruction loss {recon!r}; choose one of {sorted(RECON_LOSSES)}")
     if latent_noise < 0:
         raise ValueError(f"latent_noise is a noise level in latent stds, >= 0; got {latent_noise}")
-    if latent_noise:
-        out, mu, logvar = _noisy_reconstruct(vae, video, latent_noise, generator)
-    else:
-        out, mu, logvar = reconstruct(vae, video, generator)
+    out, mu, logvar = reconstruct(vae, video, generator, latent_noise=latent_noise)
     if weight is None:
         rec = RECON_LOSSES[recon](out.float(), video.float())
     else:
@@ -93,18 +103,6 @@ def vae_loss(
     kl = kl_divergence(mu, logvar)
     loss = rec + kl_weight * kl
     return loss, {"recon": rec.detach(), "kl": kl.detach(), "loss": loss.detach()}
-
-
-def _noisy_reconstruct(
-    vae: WanVAE, video: torch.Tensor, latent_noise: float, generator: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(reconstruction, mu, logvar)`` of ``mu`` plus noise of ``U(0, latent_noise)`` published stds per clip."""
-    mu, logvar = posterior(vae, video)
-    device = generator.device if generator is not None else mu.device
-    level = latent_noise * torch.rand(len(mu), 1, 1, 1, 1, generator=generator, device=device)
-    noise = torch.randn(mu.shape, generator=generator, device=device)
-    std = _published(vae, mu)[1]
-    return decode_raw(vae, mu + level.to(mu) * std * noise.to(mu)), mu, logvar
 
 
 @torch.no_grad()
