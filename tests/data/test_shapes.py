@@ -31,6 +31,7 @@ def test_prompts_read_as_plain_english():
     assert clip(colour="green", direction="up").prompt == "a green square moving up on a black background"
     still = clip(shape="circle", direction="still", background="navy", speed=0.0)
     assert still.prompt == "a red circle staying still on a navy background"
+    assert still.short_prompt == "a red circle staying still"
     assert clip().combo == ("red", "square", "right")
 
 

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from wanflow.cli.evaluate import add_evaluate_arguments, run_evaluate
-from wanflow.data.shapes import HELD_OUT
-from wanflow.evaluation.evaluate import evaluate_reconstruction
+from wanflow.data.shapes import HELD_OUT, combo_clips, render
+from wanflow.evaluation.evaluate import evaluate_case, evaluate_reconstruction
+from wanflow.io.video import from_uint8
 
 
 class PassThroughVAE(nn.Module):
@@ -40,6 +41,38 @@ def test_a_vae_that_loses_colour_loses_only_colour():
     result = evaluate_reconstruction(fake_pipe(PassThroughVAE(grey=True)), per_combo=1)
     assert result.scores["colour"] < 0.5
     assert result.scores["direction"] == 1.0
+
+
+class ReadingPipe:
+    """A text-to-video 'model' that reads the colour, shape and motion words of its prompt and draws them."""
+
+    task = SimpleNamespace(size=(48, 48), frames=9)
+
+    def __init__(self):
+        self.prompts = []
+
+    def __call__(self, prompt, image=None, seed=0):
+        self.prompts.append(prompt)
+        words = prompt.split()
+        combo = (words[1], words[2], "still" if words[3] == "staying" else words[4])
+        clip = combo_clips(seed, [combo], 1, 48, 48, 9)[0]
+        return SimpleNamespace(frames=from_uint8(render(clip, 9, 48, 48)))
+
+
+@pytest.mark.parametrize("short", [False, True])
+def test_cases_prompt_with_or_without_the_background(short):
+    pipe = ReadingPipe()
+    result = evaluate_case(pipe, with_image=False, per_combo=1, short_prompts=short)
+    assert result.scores == {"colour": 1.0, "shape": 1.0, "direction": 1.0, "all": 1.0, "n": len(HELD_OUT)}
+    assert len(pipe.prompts) == len(HELD_OUT)
+    assert all(("background" in prompt) != short for prompt in pipe.prompts), pipe.prompts
+
+
+def test_vae_only_and_short_prompts_together_are_refused():
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    with pytest.raises(ValueError, match="--vae_only uses no prompt"):
+        run_evaluate(parser.parse_args(["--vae_only", "--short_prompts"]))
 
 
 def test_vae_only_and_expert_together_are_refused():

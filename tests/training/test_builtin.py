@@ -27,6 +27,7 @@ MICRO = Recipe(
     dit_steps=2,
     dense_steps=2,
     dit_refine_steps=(("t2v", 2), ("i2v", 2), ("ti2v", 2), ("t2v", 1)),
+    dit_prompt_steps=(("t2v", 2), ("ti2v", 1)),
     dit_batch=4,
     sample_steps=2,
 )
@@ -72,8 +73,10 @@ def test_resume_skips_finished_stages(built, tmp_path):
         "i2v.ckpt",
         "t2v-refine.ckpt",
         "t2v-refine2.ckpt",
+        "t2v-refine3.ckpt",
         "t2v.ckpt",
         "ti2v-refine.ckpt",
+        "ti2v-refine2.ckpt",
         "ti2v.ckpt",
         "vae2.1-decoder.ckpt",
         "vae2.1-decoder2.ckpt",
@@ -97,10 +100,60 @@ def test_resume_skips_finished_stages(built, tmp_path):
 
 
 def test_dit_cycles_halve_the_rate_per_refine_of_the_task():
-    recipe = Recipe(dit_steps=10, dense_steps=20, lr=1e-3, dit_refine_steps=(("t2v", 5), ("i2v", 7), ("t2v", 3)))
-    assert dit_cycles(recipe, "t2v", True) == [(10, 1e-3, "t2v"), (5, 5e-4, "t2v-refine"), (3, 2.5e-4, "t2v-refine2")]
-    assert dit_cycles(recipe, "i2v", True) == [(10, 1e-3, "i2v"), (7, 5e-4, "i2v-refine")]
-    assert dit_cycles(recipe, "ti2v", False) == [(20, 1e-3, "ti2v")]
+    recipe = Recipe(
+        dit_steps=10,
+        dense_steps=20,
+        lr=1e-3,
+        dit_refine_steps=(("t2v", 5), ("i2v", 7), ("t2v", 3)),
+        dit_prompt_steps=(("t2v", 4),),
+        short_prompt_p=0.25,
+    )
+    assert dit_cycles(recipe, "t2v", True) == [
+        (10, 1e-3, "t2v", 0.0),
+        (5, 5e-4, "t2v-refine", 0.0),
+        (3, 2.5e-4, "t2v-refine2", 0.0),
+        (4, 1.25e-4, "t2v-refine3", 0.25),  # the prompt cycles come last and go on halving
+    ]
+    assert dit_cycles(recipe, "i2v", True) == [(10, 1e-3, "i2v", 0.0), (7, 5e-4, "i2v-refine", 0.0)]
+    assert dit_cycles(recipe, "ti2v", False) == [(20, 1e-3, "ti2v", 0.0)]
+
+
+@pytest.mark.parametrize("short_p", [0.0, 1.0])
+def test_prompt_cycles_train_on_the_prompts_without_background(tmp_path, short_p):
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from wanflow.configs import DiTConfig
+    from wanflow.models.dit import WanDiT
+    from wanflow.training.builtin import train_dits
+
+    prompts = ["a red circle moving up on a black background", "a red circle moving up", ""]
+    seen = []
+
+    def contexts(index, ids, mask):
+        seen.append(index.tolist())
+        return torch.zeros(len(index), 4, 8)
+
+    table = SimpleNamespace(
+        encoder=SimpleNamespace(model=nn.Linear(1, 1)),
+        prompts=prompts,
+        tokens=lambda: (torch.zeros(3, 4, dtype=torch.long), torch.ones(3, 4, dtype=torch.long)),
+        contexts=contexts,
+    )
+    cfg = DiTConfig(dim=16, ffn_dim=32, text_dim=8, text_len=4, num_heads=2, num_layers=1, in_dim=4, out_dim=4)
+    recipe = Recipe(
+        dit_steps=0, dit_refine_steps=(), dit_prompt_steps=(("t2v", 3),), short_prompt_p=short_p, dit_batch=5
+    )
+    experts = {"high": WanDiT(cfg), "low": WanDiT(cfg)}
+    latents, full, short = torch.randn(6, 4, 1, 4, 4), torch.zeros(6, dtype=torch.long), torch.ones(6, dtype=torch.long)
+    train_dits(experts, 0.9, latents, full, table, recipe, tmp_path, "t2v", short_ids=short)
+    batches = seen[::2]  # each step asks for the batch's contexts, then for the empty prompt's
+    assert len(batches) == 3 and seen[1::2] == [[2]] * 3
+    assert batches == [[1 if short_p else 0] * 5] * 3  # prompt 1 is prompt 0 without its background
+    if short_p:
+        with pytest.raises(ValueError, match="short prompts"):
+            train_dits(experts, 0.9, latents, full, table, recipe, tmp_path / "again", "t2v")  # no short_ids
 
 
 def test_prompt_corpus_covers_held_out_words():

@@ -82,9 +82,14 @@ class Clip:
         return (self.colour, self.shape, self.direction)
 
     @property
-    def prompt(self) -> str:
+    def short_prompt(self) -> str:
+        """The prompt without its background: "a red circle moving right", as people write it."""
         motion = "staying still" if self.direction == "still" else f"moving {self.direction}"
-        return f"a {self.colour} {self.shape} {motion} on a {self.background} background"
+        return f"a {self.colour} {self.shape} {motion}"
+
+    @property
+    def prompt(self) -> str:
+        return f"{self.short_prompt} on a {self.background} background"
 
     def centres(self, frames: int) -> np.ndarray:
         """(frames, 2) float (x, y) centre per frame."""

@@ -44,21 +44,28 @@ def only_expert(pipe, name: str) -> None:
 
 
 def evaluate_case(
-    pipe, with_image: bool, per_combo: int = 6, seed: int = 0, combos: list[tuple[str, str, str]] | None = None
+    pipe,
+    with_image: bool,
+    per_combo: int = 18,
+    seed: int = 0,
+    combos: list[tuple[str, str, str]] | None = None,
+    short_prompts: bool = False,
 ) -> Result:
-    """Score one pipeline on ``per_combo`` clips of every held-out combination."""
+    """Score one pipeline on ``per_combo`` clips of every held-out combination, prompted with each clip's prompt
+    or, with ``short_prompts``, its prompt without the background ("a red circle moving right")."""
     width, height = pipe.task.size
 
     def generated(i: int, clip: Clip) -> np.ndarray:
         image = _pil(first_frame(clip, height, width)) if with_image else None
-        return to_uint8(pipe(clip.prompt, image=image, seed=seed + i).frames)
+        prompt = clip.short_prompt if short_prompts else clip.prompt
+        return to_uint8(pipe(prompt, image=image, seed=seed + i).frames)
 
     return _score(pipe, generated, per_combo, seed, combos)
 
 
 @torch.no_grad()
 def evaluate_reconstruction(
-    pipe, per_combo: int = 6, seed: int = 0, combos: list[tuple[str, str, str]] | None = None
+    pipe, per_combo: int = 18, seed: int = 0, combos: list[tuple[str, str, str]] | None = None
 ) -> Result:
     """Score the clips of ``evaluate_case`` themselves, encoded and decoded by ``pipe.vae`` (no DiT, no prompt)."""
     width, height = pipe.task.size

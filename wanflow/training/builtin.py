@@ -10,7 +10,8 @@ Stages (each resumes from its checkpoint under ``--work`` if interrupted):
 3. the DiTs with flow matching on the VAE latents of each clip's two 9-frame ends, each model with its own small
    umT5 encoder trained jointly: the dense ti2v model (half of its samples conditioned on the first frame), t2v's
    two experts (each on its own side of the boundary, as Wan 2.2 trains them), i2v's two experts; then further
-   cosine cycles, each at half the rate of the one before (``dit_refine_steps``);
+   cosine cycles, each at half the rate of the one before (``dit_refine_steps``), the last ones with prompts that
+   often leave out the background (``dit_prompt_steps``);
 4. each model written in the official layout (fp16 safetensors / .pth) with its sampling defaults in
    ``wanflow.json``, so it loads through exactly the code path of the published checkpoints.
 """
@@ -22,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -105,6 +107,16 @@ class Recipe:
         ("ti2v", 10000),
         ("ti2v", 10000),
     )
+    # then cycles (continuing the halving) in which a sample's prompt leaves out its background phrase with probability
+    # short_prompt_p: people write "a red circle moving right", and every prompt before named the background
+    dit_prompt_steps: tuple[tuple[str, int], ...] = (
+        ("t2v", 3000),
+        ("i2v", 3000),
+        ("ti2v", 5000),
+        ("t2v", 3000),
+        ("t2v", 3000),
+    )
+    short_prompt_p: float = 0.5
     dit_batch: int = 32
     lr: float = 5e-4
     cfg_drop: float = 0.1  # probability of training on the empty prompt (classifier-free guidance)
@@ -118,11 +130,13 @@ class Recipe:
     dtype_on_disk: str = "float16"
 
 
-def prompt_corpus() -> list[str]:
-    """Every prompt the dataset can produce (held-out combinations too: their words all occur in training)."""
+def prompt_corpus(short: bool = False) -> list[str]:
+    """Every prompt the dataset can produce (held-out combinations too: their words all occur in training); with
+    ``short``, their forms without the background (the tokenizer is built from the long ones alone)."""
     from wanflow.data.shapes import Clip
 
-    return sorted({Clip(s, c, d, b, 1.0, 0.0, (0.0, 0.0)).prompt for c, s, d in all_combos() for b in BACKGROUNDS})
+    clips = [Clip(s, c, d, b, 1.0, 0.0, (0.0, 0.0)) for c, s, d in all_combos() for b in BACKGROUNDS]
+    return sorted({clip.short_prompt if short else clip.prompt for clip in clips})
 
 
 def object_mask(video: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
@@ -257,15 +271,21 @@ def train_dits(
     y: torch.Tensor | None = None,
     frame0_p: float = 0.0,
     train_text: bool = False,
+    short_ids: torch.Tensor | None = None,
 ) -> None:
-    """Flow matching for ``experts`` (each on its own timestep range) on pre-encoded latents."""
+    """Flow matching for ``experts`` (each on its own timestep range) on pre-encoded latents. ``prompt_ids`` index
+    ``table.prompts`` per latent; ``short_ids`` the same prompts without their background, used by the cycles
+    that ask for them (``dit_prompt_steps``)."""
     ids, mask = table.tokens()
     null_index = torch.tensor([len(table.prompts) - 1])  # the last prompt is the empty one
 
-    def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
+    def loss_fn(step: int, generator: torch.Generator, short_p: float) -> torch.Tensor:
         idx = _pick(len(latents), recipe.dit_batch, generator)
         x0 = latents[idx]
-        context = table.contexts(prompt_ids[idx], ids, mask)
+        index = prompt_ids[idx]
+        if short_p:
+            index = torch.where(torch.rand(len(idx), generator=generator) < short_p, short_ids[idx], index)
+        context = table.contexts(index, ids, mask)
         null = table.contexts(null_index, ids, mask)
         context = maybe_drop_context(context, null, recipe.cfg_drop, generator)
         frame0 = torch.rand(len(idx), generator=generator) < frame0_p if frame0_p else None
@@ -280,7 +300,9 @@ def train_dits(
 
     modules: list[nn.Module] = list(experts.values()) + ([table.encoder.model] if train_text else [])
     table.encoder.model.requires_grad_(train_text)
-    for cycle, (steps, lr, checkpoint) in enumerate(dit_cycles(recipe, name, len(experts) > 1)):
+    for cycle, (steps, lr, checkpoint, short_p) in enumerate(dit_cycles(recipe, name, len(experts) > 1)):
+        if short_p and short_ids is None:
+            raise ValueError(f"the {checkpoint} cycle asks for short prompts, but no short_ids were given")
         if steps:
             tc = TrainConfig(
                 steps=steps,
@@ -291,18 +313,20 @@ def train_dits(
                 log_every=25,
                 batch_size=recipe.dit_batch,
             )
-            train(modules, loss_fn, tc, work / f"{checkpoint}.ckpt")
+            train(modules, partial(loss_fn, short_p=short_p), tc, work / f"{checkpoint}.ckpt")
     for module in modules:
         module.eval().requires_grad_(False)
 
 
-def dit_cycles(recipe: Recipe, name: str, two_experts: bool) -> list[tuple[int, float, str]]:
-    """``(steps, lr, checkpoint name)`` of each cosine cycle of a task's DiT: the first, then one per
-    ``dit_refine_steps`` entry of the task, each at half the rate of the cycle before."""
-    cycles = [(recipe.dit_steps if two_experts else recipe.dense_steps, recipe.lr, name)]
-    refines = [steps for task, steps in recipe.dit_refine_steps if task == name]
-    for k, steps in enumerate(refines, start=1):
-        cycles.append((steps, recipe.lr / 2**k, _cycle_name(f"{name}-refine", k)))
+def dit_cycles(recipe: Recipe, name: str, two_experts: bool) -> list[tuple[int, float, str, float]]:
+    """``(steps, lr, checkpoint name, short-prompt probability)`` of each cosine cycle of a task's DiT: the first,
+    then one per ``dit_refine_steps`` and then per ``dit_prompt_steps`` entry of the task, each at half the rate of
+    the cycle before."""
+    cycles = [(recipe.dit_steps if two_experts else recipe.dense_steps, recipe.lr, name, 0.0)]
+    refines = [(steps, 0.0) for task, steps in recipe.dit_refine_steps if task == name]
+    refines += [(steps, recipe.short_prompt_p) for task, steps in recipe.dit_prompt_steps if task == name]
+    for k, (steps, short_p) in enumerate(refines, start=1):
+        cycles.append((steps, recipe.lr / 2**k, _cycle_name(f"{name}-refine", k), short_p))
     return cycles
 
 
@@ -380,10 +404,11 @@ def build_all(
     videos = from_uint8(render_batch(clips, recipe.frames, recipe.height, recipe.width))
     n = recipe.clip_frames
     windows = torch.cat([videos[:, :, :n], videos[:, :, -n:]])  # the DiTs' clips: each clip's two ends
-    prompts = [*prompt_corpus(), ""]
+    prompts = [*prompt_corpus(), *prompt_corpus(short=True), ""]
     prompt_index = {p: i for i, p in enumerate(prompts)}
     prompt_ids = torch.tensor([prompt_index[c.prompt] for c in clips]).repeat(2)
-    tokenizer = build_tokenizer(prompts[:-1], work / "tokenizer", model_type="word")
+    short_ids = torch.tensor([prompt_index[c.short_prompt] for c in clips]).repeat(2)
+    tokenizer = build_tokenizer(prompt_corpus(), work / "tokenizer", model_type="word")
     t5_cfg = T5Config(**{**asdict(recipe.t5), "vocab_size": len(tokenizer)})
     lap("data")
 
@@ -407,6 +432,7 @@ def build_all(
             y=cond,
             frame0_p=0.5 if short == "ti2v" else 0.0,
             train_text=True,
+            short_ids=short_ids,
         )
         save_builtin(out / short, BUILTIN_TASKS[short], experts, vae, text, recipe, spec.boundary)
         lap(short)
