@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -318,15 +319,23 @@ def train_dits(
         module.eval().requires_grad_(False)
 
 
-def dit_cycles(recipe: Recipe, name: str, two_experts: bool) -> list[tuple[int, float, str, float]]:
-    """``(steps, lr, checkpoint name, short-prompt probability)`` of each cosine cycle of a task's DiT: the first,
-    then one per ``dit_refine_steps`` and then per ``dit_prompt_steps`` entry of the task, each at half the rate of
-    the cycle before."""
-    cycles = [(recipe.dit_steps if two_experts else recipe.dense_steps, recipe.lr, name, 0.0)]
+class Cycle(NamedTuple):
+    """One cosine cycle of a task's DiT."""
+
+    steps: int
+    lr: float
+    checkpoint: str  # file name under the work folder, without ``.ckpt``
+    short_p: float  # probability that a sample's prompt leaves out its background
+
+
+def dit_cycles(recipe: Recipe, name: str, two_experts: bool) -> list[Cycle]:
+    """The cosine cycles of a task's DiT: the first, then one per ``dit_refine_steps`` and then per
+    ``dit_prompt_steps`` entry of the task, each at half the rate of the cycle before."""
+    cycles = [Cycle(recipe.dit_steps if two_experts else recipe.dense_steps, recipe.lr, name, 0.0)]
     refines = [(steps, 0.0) for task, steps in recipe.dit_refine_steps if task == name]
     refines += [(steps, recipe.short_prompt_p) for task, steps in recipe.dit_prompt_steps if task == name]
     for k, (steps, short_p) in enumerate(refines, start=1):
-        cycles.append((steps, recipe.lr / 2**k, _cycle_name(f"{name}-refine", k), short_p))
+        cycles.append(Cycle(steps, recipe.lr / 2**k, _cycle_name(f"{name}-refine", k), short_p))
     return cycles
 
 
