@@ -154,6 +154,10 @@ def test_prompt_cycles_train_on_the_prompts_without_background(tmp_path, short_p
     if short_p:
         with pytest.raises(ValueError, match="short prompts"):
             train_dits(experts, 0.9, latents, full, table, recipe, tmp_path / "again", "t2v")  # no short_ids
+        first_too = Recipe(dit_steps=2, dit_refine_steps=(), dit_prompt_steps=(("t2v", 3),), short_prompt_p=short_p)
+        with pytest.raises(ValueError, match="short prompts"):
+            train_dits(experts, 0.9, latents, full, table, first_too, tmp_path / "first", "t2v")
+        assert not (tmp_path / "first" / "t2v.ckpt").exists()  # refused before the first cycle trained
 
 
 def test_prompt_corpus_covers_held_out_words():

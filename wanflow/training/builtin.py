@@ -203,23 +203,28 @@ def train_vae(cfg: VAEConfig, videos: torch.Tensor, recipe: Recipe, work: Path) 
     vae = WanVAE(cfg)
     with torch.no_grad():  # start with a narrow posterior: unit variance noise would drown the small initial mu
         vae.conv1.bias[cfg.z_dim :] = -8.0
-    wan21 = cfg.version == "2.1"
-    crop = recipe.vae21_crop if wan21 else recipe.vae22_crop
+    crop, refine_steps, decoder_cycles = _vae_plan(recipe, cfg.version)
 
     def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
         return _window_loss(vae, videos, recipe, crop, generator)
 
     train(vae, loss_fn, _vae_train_config(recipe, recipe.vae_steps, recipe.vae_lr), work / f"vae{cfg.version}.ckpt")
-    refine_steps = recipe.vae21_refine_steps if wan21 else recipe.vae22_refine_steps
     if refine_steps:
         tc = _vae_train_config(recipe, refine_steps, recipe.vae_lr / 2)
         train(vae, loss_fn, tc, work / f"vae{cfg.version}-refine.ckpt")
     vae.eval().requires_grad_(False)
     fold_latent_stats(vae, [videos[i : i + 16] for i in range(0, min(len(videos), 128), 16)])
-    for k, (steps, noise) in enumerate(recipe.vae21_decoder_cycles if wan21 else recipe.vae22_decoder_cycles, 1):
+    for k, (steps, noise) in enumerate(decoder_cycles, 1):
         stage = _cycle_name(f"vae{cfg.version}-decoder", k)
         polish_decoder(vae, videos, recipe, steps, work / f"{stage}.ckpt", noise)
     return vae
+
+
+def _vae_plan(recipe: Recipe, version: str) -> tuple[int, int, tuple[tuple[int, float], ...]]:
+    """``(crop, refine steps, decoder cycles)`` of the Wan ``version`` VAE in ``recipe``."""
+    if version == "2.1":
+        return recipe.vae21_crop, recipe.vae21_refine_steps, recipe.vae21_decoder_cycles
+    return recipe.vae22_crop, recipe.vae22_refine_steps, recipe.vae22_decoder_cycles
 
 
 def polish_decoder(
@@ -299,11 +304,13 @@ def train_dits(
             )
         return total
 
+    cycles = dit_cycles(recipe, name, len(experts) > 1)
+    asking = [c.checkpoint for c in cycles if c.short_p and c.steps]
+    if asking and short_ids is None:  # before any training, not after hours of the earlier cycles
+        raise ValueError(f"the {', '.join(asking)} cycles ask for short prompts, but no short_ids were given")
     modules: list[nn.Module] = list(experts.values()) + ([table.encoder.model] if train_text else [])
     table.encoder.model.requires_grad_(train_text)
-    for cycle, (steps, lr, checkpoint, short_p) in enumerate(dit_cycles(recipe, name, len(experts) > 1)):
-        if short_p and short_ids is None:
-            raise ValueError(f"the {checkpoint} cycle asks for short prompts, but no short_ids were given")
+    for cycle, (steps, lr, checkpoint, short_p) in enumerate(cycles):
         if steps:
             tc = TrainConfig(
                 steps=steps,
@@ -413,11 +420,12 @@ def build_all(
     videos = from_uint8(render_batch(clips, recipe.frames, recipe.height, recipe.width))
     n = recipe.clip_frames
     windows = torch.cat([videos[:, :, :n], videos[:, :, -n:]])  # the DiTs' clips: each clip's two ends
-    prompts = [*prompt_corpus(), *prompt_corpus(short=True), ""]
+    long_prompts = prompt_corpus()
+    prompts = [*long_prompts, *prompt_corpus(short=True), ""]
     prompt_index = {p: i for i, p in enumerate(prompts)}
     prompt_ids = torch.tensor([prompt_index[c.prompt] for c in clips]).repeat(2)
     short_ids = torch.tensor([prompt_index[c.short_prompt] for c in clips]).repeat(2)
-    tokenizer = build_tokenizer(prompt_corpus(), work / "tokenizer", model_type="word")
+    tokenizer = build_tokenizer(long_prompts, work / "tokenizer", model_type="word")
     t5_cfg = T5Config(**{**asdict(recipe.t5), "vocab_size": len(tokenizer)})
     lap("data")
 
