@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from wanflow.cli.evaluate import add_evaluate_arguments, run_evaluate
-from wanflow.data.shapes import HELD_OUT, combo_clips, render
-from wanflow.evaluation.evaluate import evaluate_case, evaluate_reconstruction
+from wanflow.data.shapes import HELD_OUT, all_combos, combo_clips, render
+from wanflow.evaluation.evaluate import evaluate_case, evaluate_reconstruction, seen_combos
 from wanflow.io.video import from_uint8
 
 
@@ -81,3 +81,43 @@ def test_vae_only_and_expert_together_are_refused():
     args = parser.parse_args(["--vae_only", "--expert", "high"])
     with pytest.raises(ValueError, match="--vae_only runs no DiT"):
         run_evaluate(args)
+
+
+def test_seen_combos_are_a_fixed_set_of_training_combinations():
+    combos = seen_combos()
+    assert len(set(combos)) == 9 and not set(combos) & HELD_OUT
+    assert combos == seen_combos() and combos != seen_combos(seed=1)
+    with pytest.raises(ValueError, match="between 1 and"):
+        seen_combos(n=len(all_combos()))
+
+
+class RecordingPipe(ReadingPipe):
+    """A ReadingPipe that also records the sampler keywords it was called with."""
+
+    def __init__(self):
+        super().__init__()
+        self.sampling = []
+
+    def __call__(self, prompt, image=None, seed=0, **sampling):
+        self.sampling.append(sampling)
+        return super().__call__(prompt, image=image, seed=seed)
+
+
+def test_command_line_scores_seen_combinations_with_given_sampler_settings(monkeypatch, capsys):
+    pipe = RecordingPipe()
+    monkeypatch.setattr("wanflow.pipelines.pipeline.WanPipeline.from_pretrained", lambda *a, **k: pipe)
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    args = ["--cases", "t2v", "--per_combo", "1", "--seen", "--sample_guide_scale", "3,5", "--sample_steps", "7"]
+    assert run_evaluate(parser.parse_args(args)) == 0
+    assert pipe.prompts == [clip.prompt for clip in combo_clips(0, seen_combos(), 1, 48, 48, 9)]
+    assert pipe.sampling == [{"steps": 7, "guide_scale": (3.0, 5.0)}] * 9
+    out = capsys.readouterr().out
+    assert "100.0%" in out and "combinations seen in training, steps 7, guide_scale 3.0,5.0" in out
+
+
+def test_vae_only_and_sampler_settings_together_are_refused():
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    with pytest.raises(ValueError, match="no sampler"):
+        run_evaluate(parser.parse_args(["--vae_only", "--sample_steps", "4"]))

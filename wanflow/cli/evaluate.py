@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from wanflow.cli.generate import parse_guide
 from wanflow.evaluation.evaluate import CASES
 
 
@@ -40,21 +41,39 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help='prompts without the background, as people write them ("a red circle moving right")',
     )
+    p.add_argument(
+        "--seen",
+        action="store_true",
+        help="score 9 combinations seen in training instead (fresh clips): a validation set to choose settings on, "
+        "so that the held-out figure is measured once, not tuned on",
+    )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample_solver", "--sample-solver", dest="sample_solver", choices=["unipc", "dpm++", "euler"])
+    p.add_argument("--sample_steps", "--sample-steps", dest="sample_steps", type=int, help="default: the model's")
+    p.add_argument("--sample_shift", "--sample-shift", dest="sample_shift", type=float, help="default: the model's")
+    p.add_argument(
+        "--sample_guide_scale",
+        "--sample-guide-scale",
+        dest="sample_guide_scale",
+        type=parse_guide,
+        help="one value, or 'low,high' for the two experts (default: the model's)",
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from wanflow.builtin import builtin_checkpoint
     from wanflow.evaluation.detect import format_scores
-    from wanflow.evaluation.evaluate import evaluate_case, evaluate_reconstruction, only_expert
+    from wanflow.evaluation.evaluate import evaluate_case, evaluate_reconstruction, only_expert, seen_combos
     from wanflow.pipelines.pipeline import WanPipeline
 
     if args.ckpt_dir and len(args.cases) != 1:
         raise ValueError("--ckpt_dir evaluates one case: pass --cases with a single name")
     if args.vae_only and args.expert:
         raise ValueError("--vae_only runs no DiT, so no expert to choose: pass one of --vae_only and --expert")
-    if args.vae_only and args.short_prompts:
-        raise ValueError("--vae_only uses no prompt: pass one of --vae_only and --short_prompts")
+    sampling = _sampling(args)
+    if args.vae_only and (args.short_prompts or sampling):
+        raise ValueError("--vae_only uses no prompt and no sampler: pass no --short_prompts or --sample_* with it")
+    combos = seen_combos() if args.seen else None
     table, sharp = {}, {}
     start = time.perf_counter()
     for case in args.cases:
@@ -65,16 +84,31 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 continue  # a dense model has no experts to ablate
             only_expert(pipe, args.expert)
         if args.vae_only:
-            result = evaluate_reconstruction(pipe, args.per_combo, args.seed)
+            result = evaluate_reconstruction(pipe, args.per_combo, args.seed, combos)
         else:
-            result = evaluate_case(pipe, with_image, args.per_combo, args.seed, short_prompts=args.short_prompts)
+            result = evaluate_case(
+                pipe, with_image, args.per_combo, args.seed, combos, short_prompts=args.short_prompts, sampling=sampling
+            )
         table[case], sharp[case] = result.scores, result.sharpness
     print(format_scores(table))
     print("sharpness (mean |gradient|, grey levels): " + ", ".join(f"{k} {v:.2f}" for k, v in sharp.items()))
     what = f", only the {args.expert}-noise expert" if args.expert else ", VAE reconstructions" if args.vae_only else ""
     what += ", prompts without the background" if args.short_prompts else ""
+    what += ", combinations seen in training" if args.seen else ", held-out combinations"
+    what += "".join(f", {k} {','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in sampling.items())
     print(f"{time.perf_counter() - start:.0f}s{what}")
     return 0
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    """The sampler settings given on the command line, as pipeline keywords."""
+    given = {
+        "steps": args.sample_steps,
+        "shift": args.sample_shift,
+        "guide_scale": args.sample_guide_scale,
+        "solver": args.sample_solver,
+    }
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:

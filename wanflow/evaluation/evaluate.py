@@ -2,7 +2,10 @@
 ``detect``, and score colour, shape and direction per task. Also a sharpness figure (mean gradient magnitude).
 
 ``evaluate_reconstruction`` scores the same clips passed through the model's VAE alone (encode, decode): the most a
-DiT can reach through that VAE, which tells apart what the VAE loses from what the DiT gets wrong."""
+DiT can reach through that VAE, which tells apart what the VAE loses from what the DiT gets wrong.
+
+``seen_combos`` is a validation set: combinations seen in training, on fresh clips and seeds. Choose settings there
+and report them once on the held-out combinations, so the held-out figure is not tuned on."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from wanflow.data.shapes import HELD_OUT, Clip, combo_clips, first_frame, render
+from wanflow.data.shapes import HELD_OUT, Clip, all_combos, combo_clips, first_frame, render
 from wanflow.evaluation.detect import detect, score
 from wanflow.io.video import from_uint8, to_uint8
 
@@ -23,6 +26,15 @@ CASES = {
     "ti2v": ("ti2v-5B", False),
     "ti2v+image": ("ti2v-5B", True),
 }
+
+
+def seen_combos(n: int = 9, seed: int = 123) -> list[tuple[str, str, str]]:
+    """``n`` (colour, shape, direction) combinations that training shows, the same ones for the same ``seed``."""
+    seen = [combo for combo in all_combos() if combo not in HELD_OUT]
+    if not 0 < n <= len(seen):
+        raise ValueError(f"n must be between 1 and {len(seen)} (the combinations seen in training), got {n}")
+    picks = np.random.default_rng(seed).choice(len(seen), n, replace=False)
+    return sorted(seen[i] for i in picks)
 
 
 def sharpness(frames: np.ndarray) -> float:
@@ -50,15 +62,17 @@ def evaluate_case(
     seed: int = 0,
     combos: list[tuple[str, str, str]] | None = None,
     short_prompts: bool = False,
+    sampling: dict | None = None,
 ) -> Result:
-    """Score one pipeline on ``per_combo`` clips of every held-out combination, prompted with each clip's prompt
-    or, with ``short_prompts``, its prompt without the background ("a red circle moving right")."""
+    """Score one pipeline on ``per_combo`` clips of every held-out combination (or of ``combos``), prompted with
+    each clip's prompt or, with ``short_prompts``, its prompt without the background ("a red circle moving right");
+    ``sampling`` overrides the model's defaults (``steps``, ``shift``, ``guide_scale``, ``solver``)."""
     width, height = pipe.task.size
 
     def generated(i: int, clip: Clip) -> np.ndarray:
         image = _pil(first_frame(clip, height, width)) if with_image else None
         prompt = clip.short_prompt if short_prompts else clip.prompt
-        return to_uint8(pipe(prompt, image=image, seed=seed + i).frames)
+        return to_uint8(pipe(prompt, image=image, seed=seed + i, **(sampling or {})).frames)
 
     return _score(pipe, generated, per_combo, seed, combos)
 
