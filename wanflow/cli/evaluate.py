@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from wanflow.cli.generate import parse_guide
+from wanflow.cli.generate import add_sampler_arguments
 from wanflow.evaluation.evaluate import CASES
 
 
@@ -48,16 +48,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         "so that the held-out figure is measured once, not tuned on",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sample_solver", "--sample-solver", dest="sample_solver", choices=["unipc", "dpm++", "euler"])
-    p.add_argument("--sample_steps", "--sample-steps", dest="sample_steps", type=int, help="default: the model's")
-    p.add_argument("--sample_shift", "--sample-shift", dest="sample_shift", type=float, help="default: the model's")
-    p.add_argument(
-        "--sample_guide_scale",
-        "--sample-guide-scale",
-        dest="sample_guide_scale",
-        type=parse_guide,
-        help="one value, or 'low,high' for the two experts (default: the model's)",
-    )
+    add_sampler_arguments(p, solver=None)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

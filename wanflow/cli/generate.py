@@ -60,6 +60,20 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
     parser.add_argument(*names, dest=name, **kwargs)
 
 
+def add_sampler_arguments(p: argparse.ArgumentParser, solver: str | None) -> None:
+    """``--sample_solver/steps/shift/guide_scale``, shared by generate and evaluate; left out, the solver is ``solver``
+    (None: not given, so the pipeline's unipc) and the others None (the model's defaults)."""
+    _flag(p, "sample_solver", default=solver, choices=["unipc", "dpm++", "euler"], help="solver (default unipc)")
+    _flag(p, "sample_steps", type=int, help="denoising steps (default per task)")
+    _flag(p, "sample_shift", type=float, help="noise schedule shift (default per task)")
+    _flag(
+        p,
+        "sample_guide_scale",
+        type=parse_guide,
+        help="guidance scale; two values 'low,high' for the two experts (default per task)",
+    )
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt_text", nargs="?", metavar="PROMPT", help="the prompt (or --prompt)")
     _flag(p, "task", default="t2v-A14B", choices=sorted(TASKS), help="which model (default t2v-A14B)")
@@ -89,15 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "negative_prompt", help="the negative prompt (default: the reference's)")
     _flag(p, "image", help="input image (i2v-A14B needs one; with ti2v-5B it selects image-to-video)")
     _flag(p, "base_seed", type=int, default=-1, help="seed; -1 draws one and reports it")
-    _flag(p, "sample_solver", default="unipc", choices=["unipc", "dpm++", "euler"], help="solver (default unipc)")
-    _flag(p, "sample_steps", type=int, help="denoising steps (default per task)")
-    _flag(p, "sample_shift", type=float, help="noise schedule shift (default per task)")
-    _flag(
-        p,
-        "sample_guide_scale",
-        type=parse_guide,
-        help="guidance scale; two values 'low,high' for the two experts (default per task)",
-    )
+    add_sampler_arguments(p, solver="unipc")
     _flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")
     _flag(p, "device", help="cuda, cuda:1, cpu ... (default: cuda if available)")
     _flag(p, "ulysses_size", type=int, default=1, help="sequence-parallel ranks (torchrun; default 1)")
