@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from wanflow.cli.generate import add_sampler_arguments
+from wanflow.cli.generate import add_sampler_arguments, sampler_keywords
 from wanflow.evaluation.evaluate import CASES
 
 
@@ -61,7 +61,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ValueError("--ckpt_dir evaluates one case: pass --cases with a single name")
     if args.vae_only and args.expert:
         raise ValueError("--vae_only runs no DiT, so no expert to choose: pass one of --vae_only and --expert")
-    sampling = _sampling(args)
+    sampling = sampler_keywords(args)
     if args.vae_only and (args.short_prompts or sampling):
         raise ValueError("--vae_only uses no prompt and no sampler: pass no --short_prompts or --sample_* with it")
     combos = seen_combos() if args.seen else None
@@ -89,17 +89,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     what += "".join(f", {k} {','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in sampling.items())
     print(f"{time.perf_counter() - start:.0f}s{what}")
     return 0
-
-
-def _sampling(args: argparse.Namespace) -> dict:
-    """The sampler settings given on the command line, as pipeline keywords."""
-    given = {
-        "steps": args.sample_steps,
-        "shift": args.sample_shift,
-        "guide_scale": args.sample_guide_scale,
-        "solver": args.sample_solver,
-    }
-    return {k: v for k, v in given.items() if v is not None}
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:

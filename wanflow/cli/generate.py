@@ -74,6 +74,17 @@ def add_sampler_arguments(p: argparse.ArgumentParser, solver: str | None) -> Non
     )
 
 
+def sampler_keywords(args: argparse.Namespace) -> dict:
+    """The ``--sample_*`` flags that were given, as the pipeline's keywords (the others keep the model's defaults)."""
+    given = {
+        "steps": args.sample_steps,
+        "shift": args.sample_shift,
+        "guide_scale": args.sample_guide_scale,
+        "solver": args.sample_solver,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt_text", nargs="?", metavar="PROMPT", help="the prompt (or --prompt)")
     _flag(p, "task", default="t2v-A14B", choices=sorted(TASKS), help="which model (default t2v-A14B)")
@@ -167,18 +178,14 @@ def generate(args: argparse.Namespace, ctx, ckpt_dir: str, prompt: str, save_fil
 
         parallelize_pipeline(pipe, ctx, args.ulysses_size, args.dit_fsdp, args.cfg_parallel, args.t5_fsdp)
     load_time = time.perf_counter() - start
-    guide = args.sample_guide_scale
     video = pipe(
         prompt,
         negative_prompt=args.negative_prompt,
         image=args.image,
         size=args.size,
         frames=args.frame_num,
-        steps=args.sample_steps,
-        shift=args.sample_shift,
-        guide_scale=guide,
-        solver=args.sample_solver,
         seed=args.base_seed,
+        **sampler_keywords(args),
         progress=TqdmProgress() if ctx.is_rank0 else Progress(),
     )
     if not ctx.is_rank0:
