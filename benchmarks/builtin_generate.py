@@ -20,8 +20,8 @@ import av
 
 from wanflow.builtin import FOLDERS, builtin_checkpoint
 from wanflow.checkpoints.layouts import detect_layout
-from wanflow.configs import TASKS
-from wanflow.pipelines.pipeline import task_spec
+from wanflow.pipelines.pipeline import checkpoint_task
+from wanflow.tasks import TASKS
 
 PROMPT = "a red circle moving right"
 
@@ -62,9 +62,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for task in args.tasks:
-            spec = task_spec(detect_layout(builtin_checkpoint(task)), TASKS[task])
+            spec = checkpoint_task(detect_layout(builtin_checkpoint(task)), TASKS[task])
             image = None
-            if spec.model_type == "i2v":  # the I2V task needs a first frame
+            if spec.image == "required":  # the I2V task needs a first frame
                 image = tmp / "first.png"
                 first_frame_png(image, spec.size)
             times = []

@@ -82,7 +82,7 @@ def main() -> None:
         if cfg_group is not None:
             from wanflow.runtime.cfg_parallel import CfgParallel
 
-            step = CfgParallel(cfg_group)
+            step = CfgParallel(cfg_group).velocity
         times = []
         with torch.inference_mode():
             for i in range(args.steps + 1):  # the first one warms up

@@ -40,7 +40,7 @@ def compare(ckpt: str, args: argparse.Namespace) -> None:
     videos, sizes = {}, {}
     for fp8 in (False, True):
         pipe = WanPipeline.from_pretrained(ckpt, dtype=torch.bfloat16, offload=args.offload, fp8=fp8)
-        sizes[fp8] = sum(parameter_bytes(m) for m in pipe.experts.experts.values())
+        sizes[fp8] = sum(parameter_bytes(m) for m in pipe.experts.values())
         kw = dict(size=args.size, frames=args.frames, steps=args.steps, seed=args.seed)
         videos[fp8] = pipe(args.prompt, **kw)
         del pipe

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from wanflow.checkpoints.maps import init_kwargs
 from wanflow.checkpoints.maps.dit import DIT_KEYMAP, dit_config_to_diffusers
 from wanflow.checkpoints.maps.vae import vae_config_to_diffusers, vae_keymap
 from wanflow.cli.generate import parse_size
-from wanflow.configs import DIT_CONFIGS, TASKS, UMT5_XXL, VAE_CONFIGS, T5Config
+from wanflow.configs import DIT_CONFIGS, UMT5_XXL, VAE_CONFIGS, T5Config
 from wanflow.models import attention
 from wanflow.models.dit import FP32_MODULES, WanDiT
 from wanflow.models.text_encoder import TextEncoder, build_umt5
@@ -47,9 +48,10 @@ from wanflow.models.vae import WanVAE
 from wanflow.pipelines.core import guided_velocity, model_timesteps
 from wanflow.pipelines.pipeline import WanPipeline
 from wanflow.pipelines.progress import Progress
-from wanflow.pipelines.request import resolve
+from wanflow.pipelines.request import GenerateOptions, resolve
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.precision import cast_model
+from wanflow.tasks import TASKS
 from wanflow.training.tokenizer import build_tokenizer
 
 PROMPT = "a white cat wearing sunglasses sits on a surfboard at the beach"
@@ -108,7 +110,7 @@ def build_theirs(ours: WanPipeline, args):
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from diffusers import WanPipeline as DiffusersPipeline
 
-    dit = next(iter(ours.experts.experts.values()))
+    dit = next(iter(ours.experts.values()))
     with init_empty_weights():  # parameters on meta, buffers (RoPE tables) real
         transformer = WanTransformer3DModel(**init_kwargs(dit_config_to_diffusers(dit.cfg)))
         vae = AutoencoderKLWan(**init_kwargs(vae_config_to_diffusers(ours.vae.cfg)))
@@ -176,9 +178,9 @@ def _status_bytes(key: str) -> int:
 
 def stage_fns(ours: WanPipeline, theirs, args, latents: torch.Tensor) -> dict[str, dict[str, Callable[[], object]]]:
     """The calls that are timed, per stage and side."""
-    request = resolve(ours.task, ours.vae.cfg.stride[1], ours.patch[1], PROMPT, size=args.size, frames=args.frames)
+    request = resolve(GenerateOptions(PROMPT, size=args.size, frames=args.frames), ours.task, ours.size_multiple)
     cond = ours.encode_prompts(request, Progress())
-    dit = next(iter(ours.experts.experts.values()))
+    dit = next(iter(ours.experts.values()))
     t = model_timesteps(900, latents, None, ours.patch)
     with torch.no_grad():
         embeds = theirs.encode_prompt(PROMPT, ours.task.negative_prompt, device=ours.device, max_sequence_length=512)
@@ -258,7 +260,7 @@ def profile_step(sides: dict[str, Callable[[], object]], device: torch.device) -
 
 
 def stage_flops(ours: WanPipeline, args, latents: torch.Tensor) -> dict[str, float]:
-    dit = next(iter(ours.experts.experts.values()))
+    dit = next(iter(ours.experts.values()))
     t5 = ours.text_encoder.model.config
     t5_cfg = T5Config(dim=t5.d_model, dim_attn=t5.num_heads * t5.d_kv, dim_ffn=t5.d_ff, num_layers=t5.num_layers)
     step = 2 * dit_forward(dit.cfg, dit_tokens(dit.cfg, latents.shape[2:]))
@@ -316,7 +318,7 @@ def main() -> None:
         args.peak_tflops = 989.4
     if args.threads:
         torch.set_num_threads(args.threads)
-    attention.set_backend(args.attention)
+    os.environ[attention.ENV] = args.attention  # before the first attention call: the backend is chosen once
     with tempfile.TemporaryDirectory() as tmp:
         ours = build_ours(args, device, getattr(torch, args.dtype), Path(tmp))
         theirs = build_theirs(ours, args)

@@ -10,6 +10,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+# The experts of a checkpoint, by the noise levels they serve: the two of an A14B model, or the one of a dense model.
+HIGH, LOW, DENSE = "high", "low", "dense"
+EXPERTS = (HIGH, LOW)
+
 
 @dataclass(frozen=True)
 class DiTConfig:
@@ -75,141 +79,38 @@ class DiTConfig:
         return dataclasses.replace(self, **changes)
 
 
-WAN21_LATENT_MEAN = (
-    -0.7571,
-    -0.7089,
-    -0.9113,
-    0.1075,
-    -0.1745,
-    0.9653,
-    -0.1517,
-    1.5508,
-    0.4134,
-    -0.0715,
-    0.5517,
-    -0.3632,
-    -0.1922,
-    -0.9497,
-    0.2503,
-    -0.2921,
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split())
+
+
+# Per-channel statistics of the published VAEs' latents (the normalisation z = (mu - mean) / std).
+WAN21_LATENT_MEAN = _floats(
+    """
+    -0.7571 -0.7089 -0.9113 0.1075 -0.1745 0.9653 -0.1517 1.5508 0.4134 -0.0715 0.5517 -0.3632 -0.1922
+    -0.9497 0.2503 -0.2921
+    """
 )
-WAN21_LATENT_STD = (
-    2.8184,
-    1.4541,
-    2.3275,
-    2.6558,
-    1.2196,
-    1.7708,
-    2.6052,
-    2.0743,
-    3.2687,
-    2.1526,
-    2.8652,
-    1.5579,
-    1.6382,
-    1.1253,
-    2.8251,
-    1.9160,
+WAN21_LATENT_STD = _floats(
+    """
+    2.8184 1.4541 2.3275 2.6558 1.2196 1.7708 2.6052 2.0743 3.2687 2.1526 2.8652 1.5579 1.6382 1.1253 2.8251
+    1.9160
+    """
 )
-WAN22_LATENT_MEAN = (
-    -0.2289,
-    -0.0052,
-    -0.1323,
-    -0.2339,
-    -0.2799,
-    0.0174,
-    0.1838,
-    0.1557,
-    -0.1382,
-    0.0542,
-    0.2813,
-    0.0891,
-    0.1570,
-    -0.0098,
-    0.0375,
-    -0.1825,
-    -0.2246,
-    -0.1207,
-    -0.0698,
-    0.5109,
-    0.2665,
-    -0.2108,
-    -0.2158,
-    0.2502,
-    -0.2055,
-    -0.0322,
-    0.1109,
-    0.1567,
-    -0.0729,
-    0.0899,
-    -0.2799,
-    -0.1230,
-    -0.0313,
-    -0.1649,
-    0.0117,
-    0.0723,
-    -0.2839,
-    -0.2083,
-    -0.0520,
-    0.3748,
-    0.0152,
-    0.1957,
-    0.1433,
-    -0.2944,
-    0.3573,
-    -0.0548,
-    -0.1681,
-    -0.0667,
+WAN22_LATENT_MEAN = _floats(
+    """
+    -0.2289 -0.0052 -0.1323 -0.2339 -0.2799 0.0174 0.1838 0.1557 -0.1382 0.0542 0.2813 0.0891 0.1570 -0.0098
+    0.0375 -0.1825 -0.2246 -0.1207 -0.0698 0.5109 0.2665 -0.2108 -0.2158 0.2502 -0.2055 -0.0322 0.1109
+    0.1567 -0.0729 0.0899 -0.2799 -0.1230 -0.0313 -0.1649 0.0117 0.0723 -0.2839 -0.2083 -0.0520 0.3748
+    0.0152 0.1957 0.1433 -0.2944 0.3573 -0.0548 -0.1681 -0.0667
+    """
 )
-WAN22_LATENT_STD = (
-    0.4765,
-    1.0364,
-    0.4514,
-    1.1677,
-    0.5313,
-    0.4990,
-    0.4818,
-    0.5013,
-    0.8158,
-    1.0344,
-    0.5894,
-    1.0901,
-    0.6885,
-    0.6165,
-    0.8454,
-    0.4978,
-    0.5759,
-    0.3523,
-    0.7135,
-    0.6804,
-    0.5833,
-    1.4146,
-    0.8986,
-    0.5659,
-    0.7069,
-    0.5338,
-    0.4889,
-    0.4917,
-    0.4069,
-    0.4999,
-    0.6866,
-    0.4093,
-    0.5709,
-    0.6065,
-    0.6415,
-    0.4944,
-    0.5726,
-    1.2042,
-    0.5458,
-    1.6887,
-    0.3971,
-    1.0600,
-    0.3943,
-    0.5537,
-    0.5444,
-    0.4089,
-    0.7468,
-    0.7744,
+WAN22_LATENT_STD = _floats(
+    """
+    0.4765 1.0364 0.4514 1.1677 0.5313 0.4990 0.4818 0.5013 0.8158 1.0344 0.5894 1.0901 0.6885 0.6165 0.8454
+    0.4978 0.5759 0.3523 0.7135 0.6804 0.5833 1.4146 0.8986 0.5659 0.7069 0.5338 0.4889 0.4917 0.4069 0.4999
+    0.6866 0.4093 0.5709 0.6065 0.6415 0.4944 0.5726 1.2042 0.5458 1.6887 0.3971 1.0600 0.3943 0.5537 0.5444
+    0.4089 0.7468 0.7744
+    """
 )
 
 
@@ -291,78 +192,15 @@ VAE_CONFIGS: dict[str, VAEConfig] = {
 
 UMT5_XXL = T5Config()
 
-
-DEFAULT_NEGATIVE_PROMPT = (
-    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
-    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
-    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
-)
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """Sampling defaults of one task, as the reference configs set them (wan22.md §2.2)."""
-
-    name: str
-    model_type: str  # the DiT's model_type
-    vae: str  # key of VAE_CONFIGS
-    boundary: float | None  # MoE switch: t >= boundary * 1000 -> high-noise expert; None for a dense model
-    guide_scale: tuple[float, float] | float  # (low-noise, high-noise) for MoE tasks, a float otherwise
-    shift: float
-    steps: int
-    frames: int
-    fps: int
-    size: tuple[int, int]  # default (width, height)
-    sizes: tuple[tuple[int, int], ...]  # (width, height) the model was trained at
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
-
-    # Fields a checkpoint may override in its ``wanflow.json`` (a model trained at other sizes, e.g. the built-ins).
-    OVERRIDABLE = ("boundary", "guide_scale", "shift", "steps", "frames", "fps", "size", "sizes", "negative_prompt")
-
-    def with_overrides(self, overrides: dict[str, Any]) -> TaskSpec:
-        unknown = sorted(set(overrides) - set(self.OVERRIDABLE))
-        if unknown:
-            raise ValueError(f"unknown task defaults {unknown}; allowed: {list(self.OVERRIDABLE)}")
-        fixed = dict(overrides)
-        for key in ("size", "guide_scale"):
-            if isinstance(fixed.get(key), list):
-                fixed[key] = tuple(fixed[key])
-        if "sizes" in fixed:
-            fixed["sizes"] = tuple(tuple(s) for s in fixed["sizes"])
-        return dataclasses.replace(self, **fixed)
-
-
-TASKS: dict[str, TaskSpec] = {
-    "t2v-A14B": TaskSpec(
-        "t2v-A14B",
-        "t2v",
-        "wan2.1",
-        0.875,
-        (3.0, 4.0),
-        12.0,
-        40,
-        81,
-        16,
-        (1280, 720),
-        ((720, 1280), (1280, 720), (480, 832), (832, 480)),
-    ),
-    "i2v-A14B": TaskSpec(
-        "i2v-A14B",
-        "i2v",
-        "wan2.1",
-        0.900,
-        (3.5, 3.5),
-        5.0,
-        40,
-        81,
-        16,
-        (1280, 720),
-        ((720, 1280), (1280, 720), (480, 832), (832, 480)),
-    ),
-    "ti2v-5B": TaskSpec(
-        "ti2v-5B", "ti2v", "wan2.2", None, 5.0, 5.0, 50, 121, 24, (1280, 704), ((704, 1280), (1280, 704))
-    ),
-}
-TASK_BY_MODEL_TYPE = {spec.model_type: spec for spec in TASKS.values()}
-
-__all__ = ["DIT_CONFIGS", "TASKS", "UMT5_XXL", "VAE_CONFIGS", "DiTConfig", "T5Config", "TaskSpec", "VAEConfig"]
+__all__ = [
+    "DENSE",
+    "DIT_CONFIGS",
+    "EXPERTS",
+    "HIGH",
+    "LOW",
+    "UMT5_XXL",
+    "VAE_CONFIGS",
+    "DiTConfig",
+    "T5Config",
+    "VAEConfig",
+]

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from wanflow.cli.evaluate import add_evaluate_arguments, run_evaluate
+from wanflow.cli.evaluate import add_arguments as add_evaluate_arguments
+from wanflow.cli.evaluate import run as run_evaluate
 from wanflow.data.shapes import HELD_OUT, all_combos, combo_clips, render
 from wanflow.evaluation.evaluate import evaluate_case, evaluate_reconstruction, seen_combos
 from wanflow.io.video import from_uint8

@@ -3,7 +3,7 @@ import torch
 from tests.sync import HostTransfers
 from tests.tiny.dit import TINY_TI2V
 from wanflow.models.dit import TokenTimesteps, WanDiT
-from wanflow.pipelines.core import Conditioning, denoise, model_timesteps, twice
+from wanflow.pipelines.core import Conditioning, Sampler, denoise, model_timesteps, twice
 from wanflow.sampling.schedule import get_schedule
 from wanflow.sampling.solvers import get_solver
 
@@ -44,6 +44,6 @@ def test_denoise_loop_never_waits_for_the_device():
     cond = Conditioning(context, context, frame0=frame0)
     schedule = get_schedule("unipc", 3, 5.0)
     with HostTransfers() as transfers:
-        out = denoise(lambda name: model, noise, cond, schedule, get_solver("unipc"), None, 5.0)
+        out = denoise(lambda name: model, noise, cond, Sampler(schedule, get_solver("unipc"), None, 5.0))
     assert out.shape == noise.shape and out.device.type == "meta"
     assert transfers.seen == []

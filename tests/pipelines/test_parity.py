@@ -11,9 +11,9 @@ from PIL import Image
 
 from tests.tiny.checkpoint import write_official_checkpoint
 from wanflow.checkpoints.convert import convert_checkpoint
-from wanflow.configs import TASKS
 from wanflow.pipelines.pipeline import WanPipeline as Ours
 from wanflow.sampling.schedule import UNIPC_SIGMA_MAX
+from wanflow.tasks import TASKS
 
 PROMPT = "a red circle moving right on a black background"
 

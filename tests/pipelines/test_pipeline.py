@@ -109,3 +109,15 @@ def test_vae_tile_gives_the_same_frames_tile_by_tile(t2v, tmp_path):
     assert (video.frames - whole.frames).abs().max().item() <= 1e-5
     with pytest.raises(ValueError, match="vae_tile is a tile size"):
         WanPipeline.from_pretrained(tmp_path, vae_tile=-1)
+
+
+def test_convert_model_dtype_stores_the_dit_in_bf16_with_the_fp32_islands(tmp_path):
+    """The reference's --convert_model_dtype: DiT parameters in bfloat16 (on a GPU the default already); the
+    time MLP, modulation and head stay float32 as everywhere in wanflow."""
+    ckpt = write_official_checkpoint(tmp_path, "ti2v-5B")
+    plain = WanPipeline.from_pretrained(ckpt).experts["dense"]
+    converted = WanPipeline.from_pretrained(ckpt, convert_model_dtype=True).experts["dense"]
+    assert {p.dtype for p in plain.parameters()} == {torch.float32}
+    assert converted.blocks[0].ffn[0].weight.dtype == torch.bfloat16
+    assert converted.blocks[0].modulation.dtype == converted.head.head.weight.dtype == torch.float32
+    assert torch.equal(converted.blocks[0].ffn[0].weight, plain.blocks[0].ffn[0].weight.bfloat16())

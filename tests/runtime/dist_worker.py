@@ -24,9 +24,9 @@ from tests.tiny.dit import TINY_T2V, TINY_TI2V, random_dit
 from tests.tiny.t5 import TINY_T5
 from tests.tiny.vae import TINY_VAE21, random_vae
 from wanflow.models.text_encoder import build_umt5
-from wanflow.pipelines.core import Conditioning, denoise
+from wanflow.pipelines.core import Conditioning, Sampler, denoise
+from wanflow.pipelines.parallel import parallelize_pipeline
 from wanflow.pipelines.pipeline import WanPipeline
-from wanflow.pipelines.request import draw_seed
 from wanflow.runtime.cfg_parallel import CfgParallel
 from wanflow.runtime.distributed import (
     DistContext,
@@ -34,14 +34,14 @@ from wanflow.runtime.distributed import (
     check_layout,
     init_from_env,
     on_rank0,
-    parallelize_pipeline,
     shutdown,
 )
 from wanflow.runtime.fsdp import shard_dit, shard_text_encoder
 from wanflow.runtime.ring_attention import ulysses_ring_attention
-from wanflow.runtime.sequence_parallel import SequenceParallelDiT, parallelize_sequence
+from wanflow.runtime.sequence_parallel import UlyssesSequence, parallelize_sequence
 from wanflow.runtime.vae_parallel import decode_parallel, split_tile
 from wanflow.runtime.vae_tiling import plan_tiles
+from wanflow.sampling.noise import draw_seed
 from wanflow.sampling.schedule import get_schedule
 from wanflow.sampling.solvers import get_solver
 
@@ -75,15 +75,14 @@ def _sample(task: str, ctx: DistContext, heads: int, sp: bool = False, cfg: bool
             model = parallelize_sequence(model, mesh["ulysses"])
             # The blocks must see this rank's tokens only: ceil(L / P) of them.
             tokens = math.prod(n // p for n, p in zip(noise.shape[2:], dit_cfg.patch_size, strict=True))
-            model.model.blocks[0].register_forward_pre_hook(partial(_expect_tokens, -(-tokens // ulysses)))
+            model.blocks[0].register_forward_pre_hook(partial(_expect_tokens, -(-tokens // ulysses)))
         if fsdp:
             model = shard_dit(model, ctx.flat_mesh())
         experts[name] = model
-    guidance = CfgParallel(mesh["cfg"]) if cfg else None
-    schedule = get_schedule("unipc", STEPS, 5.0)
-    args = (experts.__getitem__, noise, cond, schedule, get_solver("unipc"), boundary_t, guide)
+    hooks = [CfgParallel(mesh["cfg"])] if cfg else []
+    sampler = Sampler(get_schedule("unipc", STEPS, 5.0), get_solver("unipc"), boundary_t, guide, batch_cfg=False)
     with torch.no_grad():
-        return denoise(*args, batch_cfg=False, guidance=guidance)
+        return denoise(experts, noise, cond, sampler, hooks)
 
 
 def _expect_tokens(count: int, module, args) -> None:
@@ -130,7 +129,7 @@ def check_pipeline(ctx: DistContext, task: str, out: Path) -> float:
         kw["image"] = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
     serial = pipe("a red circle", **kw).frames
     parallelize_pipeline(pipe, ctx, ulysses_size=ctx.world_size, dit_fsdp=True)
-    assert all(isinstance(m, SequenceParallelDiT) for m in pipe.experts.experts.values())
+    assert all(isinstance(m.sequence, UlyssesSequence) for m in pipe.experts.values())
     return (pipe("a red circle", **kw).frames - serial).abs().max().item()
 
 

@@ -71,7 +71,7 @@ def test_pipeline_compiles_the_blocks_of_every_expert_and_the_cli_asks_for_it(tm
     ckpt = write_official_checkpoint(tmp_path / "t2v", "t2v-A14B")
     for flag in (True, False):
         pipe = WanPipeline.from_pretrained(ckpt, compile=flag)
-        blocks = [block for expert in pipe.experts.experts.values() for block in expert.blocks]
+        blocks = [block for expert in pipe.experts.values() for block in expert.blocks]
         assert len(blocks) == 4 and all((block._compiled_call_impl is not None) == flag for block in blocks)
     seen = {}
 

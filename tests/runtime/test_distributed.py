@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from tests.tiny.dit import TINY_T2V, random_dit
-from wanflow.models.dit import Attention
-from wanflow.models.rope import rope_tables
 from wanflow.runtime.distributed import check_layout, init_from_env
-from wanflow.runtime.sequence_parallel import UlyssesAttention
+from wanflow.runtime.sequence_parallel import parallelize_sequence
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_TIMEOUT_S = 400  # two busy cores shared by 4 ranks: the 4-rank launch takes minutes
@@ -161,11 +160,17 @@ def test_single_process_context_without_torchrun(monkeypatch):
     assert (ctx.rank, ctx.world_size, ctx.is_distributed, ctx.is_rank0, ctx.seed) == (0, 1, False, True, 7)
 
 
-def test_ulysses_attention_is_the_plain_module_when_serial():
-    plain = random_dit(TINY_T2V).blocks[0].self_attn
-    swapped = UlyssesAttention(plain)
-    assert isinstance(swapped, Attention)
-    assert swapped.state_dict().keys() == plain.state_dict().keys()
-    x = torch.randn(1, 12, TINY_T2V.dim)
-    rope = rope_tables(TINY_T2V.head_dim, (1, 3, 4))
-    assert torch.equal(swapped(x, x, rope), plain(x, x, rope))
+def test_sequence_parallel_model_is_the_plain_model_on_one_rank(tmp_path):
+    """The transform swaps no module and keeps every key; over one rank its forward is the plain forward."""
+    plain, sharded = random_dit(TINY_T2V, 5), random_dit(TINY_T2V, 5)
+    modules = dict(sharded.named_modules())
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert parallelize_sequence(sharded) is sharded
+        assert dict(sharded.named_modules()) == modules and sharded.state_dict().keys() == plain.state_dict().keys()
+        x, t = torch.randn(1, 16, 2, 4, 6), torch.tensor([700])
+        context = torch.randn(1, 5, TINY_T2V.text_dim)
+        with torch.no_grad():
+            assert torch.equal(sharded(x, t, context), plain(x, t, context))
+    finally:
+        dist.destroy_process_group()

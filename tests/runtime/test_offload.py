@@ -3,8 +3,9 @@ import torch
 
 from tests.tiny.checkpoint import write_official_checkpoint
 from tests.tiny.dit import TINY_T2V, random_dit
-from wanflow.pipelines.core import Conditioning, denoise
+from wanflow.pipelines.core import Conditioning, Sampler, denoise
 from wanflow.pipelines.pipeline import WanPipeline
+from wanflow.pipelines.progress import Callback
 from wanflow.runtime import offload
 from wanflow.runtime.offload import ExpertPlacement, stream_blocks
 from wanflow.sampling.experts import select_expert
@@ -75,14 +76,15 @@ def test_denoise_prefetches_the_next_expert_one_step_before_the_switch(monkeypat
     assert 1 < k < len(names) and set(names[k:]) == {"low"}
 
     def run(experts_at, **kw):
-        args = (noise, cond, schedule, get_solver("unipc"), boundary, (3.0, 4.0))
-        return denoise(experts_at, *args, callback=lambda s: events.append(("step", s.index)), **kw)
+        sampler = Sampler(schedule, get_solver("unipc"), boundary, (3.0, 4.0))
+        steps = Callback(lambda s: events.append(("step", s.index)))
+        return denoise(experts_at, noise, cond, sampler, [*kw.get("hooks", []), steps])
 
     events = []
     want = run(experts.__getitem__)  # both resident
     placement = ExpertPlacement(experts, "cpu", "model")
     events = record_moves(monkeypatch, experts)
-    got = run(placement, prefetch=placement.prefetch)
+    got = run(placement, hooks=[placement])
     steps = [("step", i) for i in range(len(names))]
     assert events == [("move", "high"), *steps[: k - 1], ("move", "low"), *steps[k - 1 :]]
     assert torch.equal(got, want)

@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wanflow.runtime.ring_attention import attention_layout, block_attention, math_attention, merge
+from wanflow.models.attention import attention_lse as block_attention
+from wanflow.models.attention import math_attention
+from wanflow.runtime.ring_attention import attention_layout, merge
 
 
 def qkv(dtype: torch.dtype, lq: int = 9, lk: int = 40) -> tuple[torch.Tensor, ...]:

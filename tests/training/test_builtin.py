@@ -8,7 +8,9 @@ import torch
 
 from wanflow.checkpoints.layouts import detect_layout
 from wanflow.pipelines.pipeline import WanPipeline
-from wanflow.training.builtin import BUILTIN_TASKS, Recipe, build_all, dit_cycles, prompt_corpus
+from wanflow.training.builtin import build_all
+from wanflow.training.builtin_dit import dit_cycles
+from wanflow.training.recipe import BUILTIN_TASKS, Recipe, prompt_corpus
 
 MICRO = Recipe(
     height=32,
@@ -126,7 +128,7 @@ def test_prompt_cycles_train_on_the_prompts_without_background(tmp_path, short_p
 
     from wanflow.configs import DiTConfig
     from wanflow.models.dit import WanDiT
-    from wanflow.training.builtin import train_dits
+    from wanflow.training.builtin_dit import train_dits
 
     prompts = ["a red circle moving up on a black background", "a red circle moving up", ""]
     seen = []
@@ -179,7 +181,7 @@ def test_evaluation_runs_on_a_builtin_and_ablates_experts(built):
     result = evaluate_case(pipe, with_image=False, per_combo=1, combos=combos)
     assert result.scores["n"] == 2 and all(0 <= result.scores[k] <= 1 for k in ("colour", "shape", "direction"))
     only_expert(pipe, "low")
-    assert pipe.experts("high") is pipe.experts("low")
+    assert pipe.experts["high"] is pipe.experts["low"]
     ramp = np.tile(np.arange(8, dtype=np.uint8)[None, None, :, None] * 10, (2, 8, 1, 3))  # +10 per column
     assert sharpness(ramp) == 5.0  # mean of |d/dx| = 10 and |d/dy| = 0
 
@@ -189,7 +191,8 @@ def test_polish_decoder_keeps_the_encoder(tmp_path, version):
     from wanflow.data.shapes import render_batch, sample_clips
     from wanflow.io.video import from_uint8
     from wanflow.models.vae import WanVAE
-    from wanflow.training.builtin import VAE21, VAE22, polish_decoder
+    from wanflow.training.builtin_vae import polish_decoder
+    from wanflow.training.recipe import VAE21, VAE22
 
     torch.manual_seed(0)
     vae = WanVAE(VAE21 if version == "2.1" else VAE22).eval()

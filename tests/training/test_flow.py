@@ -9,8 +9,8 @@ from torch import nn
 
 from tests.tiny.dit import TINY_T2V, TINY_TI2V, random_dit
 from tests.tiny.vae import TINY_VAE21, random_vae
-from wanflow.configs import TASKS
 from wanflow.pipelines.core import model_timesteps
+from wanflow.tasks import TASKS
 from wanflow.training.flow import (
     expert_range,
     flow_matching_loss,

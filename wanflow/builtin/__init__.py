@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wanflow.tasks import TASKS
+
 ROOT = Path(__file__).parent
-FOLDERS = {"t2v-A14B": "t2v", "i2v-A14B": "i2v", "ti2v-5B": "ti2v"}
+FOLDERS = {name: task.builtin for name, task in TASKS.items()}  # task name -> folder under ROOT
 
 
 def builtin_checkpoint(task: str) -> Path:

@@ -14,7 +14,6 @@ import torch
 
 from wanflow.checkpoints.io import CheckpointError, read_folder, read_weights, write_folder
 from wanflow.checkpoints.layouts import (
-    DENSE,
     DIFFUSERS_EXPERTS,
     OFFICIAL_EXPERTS,
     OFFICIAL_T5,
@@ -38,7 +37,8 @@ from wanflow.checkpoints.maps.vae import (
     vae_config_to_diffusers,
     vae_keymap,
 )
-from wanflow.configs import TASK_BY_MODEL_TYPE
+from wanflow.configs import DENSE, HIGH
+from wanflow.tasks import Task, task_for_model
 
 SHARD_BYTES = 10 * 1024**3  # diffusers' default shard size
 
@@ -66,7 +66,7 @@ def _to_diffusers(layout: Layout, dst: Path, shard: int) -> None:
     for name, folder in layout.experts.items():
         cfg = dit_config(folder, "official")
         model_type = cfg.model_type
-        out = dst / DIFFUSERS_EXPERTS["high" if name == DENSE else name]
+        out = dst / DIFFUSERS_EXPERTS[HIGH if name == DENSE else name]
         write_folder(DIT_KEYMAP.forward(strip_prefixes(read_folder(folder))), out, max_shard_bytes=shard)
         _write_json(out / "config.json", dit_config_to_diffusers(cfg))
     if layout.vae is not None:
@@ -81,7 +81,7 @@ def _to_diffusers(layout: Layout, dst: Path, shard: int) -> None:
         t5_config_to_hf(cfg).save_pretrained(dst / "text_encoder")
     if layout.tokenizer is not None:
         shutil.copytree(layout.tokenizer, dst / "tokenizer")
-    spec = TASK_BY_MODEL_TYPE[model_type]
+    task = task_for_model(model_type)
     _write_json(
         dst / "scheduler" / "scheduler_config.json",
         {
@@ -89,7 +89,7 @@ def _to_diffusers(layout: Layout, dst: Path, shard: int) -> None:
             "num_train_timesteps": 1000,
             "prediction_type": "flow_prediction",
             "use_flow_sigmas": True,
-            "flow_shift": spec.shift,
+            "flow_shift": task.shift,
             "solver_order": 2,
             "solver_type": "bh2",
             "lower_order_final": True,
@@ -97,16 +97,15 @@ def _to_diffusers(layout: Layout, dst: Path, shard: int) -> None:
             "final_sigmas_type": "zero",
         },
     )
-    _write_json(dst / "model_index.json", _model_index(layout, model_type))
+    _write_json(dst / "model_index.json", _model_index(layout, task))
 
 
-def _model_index(layout: Layout, model_type: str) -> dict:
-    spec = TASK_BY_MODEL_TYPE[model_type]
+def _model_index(layout: Layout, task: Task) -> dict:
     index = {
-        "_class_name": "WanImageToVideoPipeline" if model_type == "i2v" else "WanPipeline",
+        "_class_name": task.diffusers_pipeline,
         "_diffusers_version": "0.35.0",
-        "boundary_ratio": spec.boundary if layout.is_moe else None,
-        "expand_timesteps": model_type == "ti2v",
+        "boundary_ratio": task.boundary if layout.is_moe else None,
+        "expand_timesteps": task.expand_timesteps,
         "scheduler": ["diffusers", "UniPCMultistepScheduler"],
         "text_encoder": ["transformers", "UMT5EncoderModel"],
         "tokenizer": ["transformers", "T5TokenizerFast"],
@@ -114,7 +113,7 @@ def _model_index(layout: Layout, model_type: str) -> dict:
         "transformer_2": ["diffusers", "WanTransformer3DModel"] if layout.is_moe else [None, None],
         "vae": ["diffusers", "AutoencoderKLWan"],
     }
-    if model_type == "i2v":
+    if task.diffusers_pipeline == "WanImageToVideoPipeline":  # its Wan 2.1 CLIP image encoder: unused by Wan 2.2
         index.update(image_encoder=[None, None], image_processor=[None, None])
     return index
 

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wanflow.checkpoints.io import CheckpointError
+from wanflow.configs import DENSE, HIGH, LOW
 
-OFFICIAL_EXPERTS = {"high": "high_noise_model", "low": "low_noise_model"}
-DIFFUSERS_EXPERTS = {"high": "transformer", "low": "transformer_2"}
+OFFICIAL_EXPERTS = {HIGH: "high_noise_model", LOW: "low_noise_model"}
+DIFFUSERS_EXPERTS = {HIGH: "transformer", LOW: "transformer_2"}
 OFFICIAL_VAES = {"2.1": "Wan2.1_VAE.pth", "2.2": "Wan2.2_VAE.pth"}
 OFFICIAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
 OFFICIAL_TOKENIZER = "google/umt5-xxl"
-DENSE = "dense"  # the key of a single (non-MoE) DiT in ``Layout.experts``
 DEFAULTS_FILE = "wanflow.json"  # optional: {"task": name, "defaults": {...TaskSpec overrides}}
 
 
@@ -107,10 +107,10 @@ def _diffusers(root: Path) -> Layout | None:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{index} is not valid JSON: {e}") from None
     present = {k: root / v for k, v in DIFFUSERS_EXPERTS.items() if (root / v).is_dir()}
-    if "high" not in present:
+    if HIGH not in present:
         raise CheckpointError(f"{root} has a model_index.json but no transformer/ folder")
-    experts = present if "low" in present else {DENSE: present["high"]}
-    if "low" in present and not entries.get("boundary_ratio"):
+    experts = present if LOW in present else {DENSE: present[HIGH]}
+    if LOW in present and not entries.get("boundary_ratio"):
         raise CheckpointError(f"{index} lists two transformers but no boundary_ratio")
 
     def folder(name: str) -> Path | None:

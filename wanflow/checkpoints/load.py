@@ -114,7 +114,7 @@ def load_text_encoder(
 
 
 def load_experts(layout: Layout, dtype: torch.dtype | None = torch.float32) -> dict[str, WanDiT]:
-    """All DiTs of a checkpoint: ``{"high": ..., "low": ...}`` or ``{"dense": ...}``."""
+    """All DiTs of a checkpoint: ``{HIGH: ..., LOW: ...}`` or ``{DENSE: ...}`` (``configs``' expert names)."""
     return {name: load_dit(folder, layout.kind, dtype) for name, folder in layout.experts.items()}
 
 
@@ -147,16 +147,18 @@ class Components:
     """Everything a pipeline needs from one checkpoint folder."""
 
     layout: Layout
-    experts: dict[str, WanDiT]  # {"high", "low"} for A14B, {"dense"} for TI2V-5B
+    experts: dict[str, WanDiT]  # {HIGH, LOW} for A14B, {DENSE} for TI2V-5B
     vae: WanVAE
     text_encoder: TextEncoder
 
 
 def load_components(
-    ckpt_dir: str | os.PathLike, dit_dtype: torch.dtype | None = torch.float32, t5_dtype: torch.dtype | None = None
+    ckpt: str | os.PathLike | Layout,
+    dit_dtype: torch.dtype | None = torch.float32,
+    t5_dtype: torch.dtype | None = None,
 ) -> Components:
-    """Load the DiT(s), VAE and text encoder of a checkpoint folder in either layout."""
-    layout = detect_layout(ckpt_dir)
+    """Load the DiT(s), VAE and text encoder of a checkpoint folder in either layout (or of its ``Layout``)."""
+    layout = ckpt if isinstance(ckpt, Layout) else detect_layout(ckpt)
     experts = load_experts(layout, dit_dtype)
     text_len = min(model.cfg.text_len for model in experts.values())
     return Components(

@@ -1,4 +1,4 @@
-"""``wanflow evaluate``: accuracy of generated videos on held-out prompts; ``wanflow train-builtin``."""
+"""``wanflow evaluate``: accuracy of generated videos on held-out prompts (built-in models)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import argparse
 import time
 
 from wanflow.cli.generate import add_sampler_arguments, sampler_keywords
+from wanflow.configs import EXPERTS
 from wanflow.evaluation.evaluate import CASES
 
 
-def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), help="what to evaluate")
     p.add_argument(
         "--ckpt_dir",
@@ -26,7 +27,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         help="videos per held-out (colour, shape, direction) combination (18: 162 videos per case, one is 0.6 "
         "points; with 54, two seed sets of the same model differed by up to 9 points)",
     )
-    p.add_argument("--expert", choices=["high", "low"], help="ablation: run only this expert for every step")
+    p.add_argument("--expert", choices=EXPERTS, help="ablation: run only this expert for every step")
     p.add_argument(
         "--vae_only",
         "--vae-only",
@@ -51,7 +52,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     add_sampler_arguments(p, solver=None)
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from wanflow.builtin import builtin_checkpoint
     from wanflow.evaluation.detect import format_scores
     from wanflow.evaluation.evaluate import evaluate_case, evaluate_reconstruction, only_expert, seen_combos
@@ -88,28 +89,4 @@ def run_evaluate(args: argparse.Namespace) -> int:
     what += ", combinations seen in training" if args.seen else ", held-out combinations"
     what += "".join(f", {k} {','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in sampling.items())
     print(f"{time.perf_counter() - start:.0f}s{what}")
-    return 0
-
-
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=None, help="where to write the models (default: the package's builtin/ folder)")
-    p.add_argument("--work", default="wanflow-train-builtin", help="checkpoints of the stages (resumable)")
-    p.add_argument(
-        "--tasks",
-        nargs="+",
-        choices=["t2v", "i2v", "ti2v"],
-        default=["t2v", "i2v", "ti2v"],
-        help="models to train (processes given different tasks and the same --work may run at once)",
-    )
-
-
-def run_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from wanflow.builtin import ROOT
-    from wanflow.training.builtin import build_all
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    times = build_all(args.out or ROOT, args.work, tasks=tuple(args.tasks))
-    print("done: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
     return 0

@@ -1,4 +1,9 @@
-"""``wanflow generate``: the reference ``generate.py`` flags (and their hyphenated spellings), plus a few more."""
+"""``wanflow generate``: the reference ``generate.py`` flags (and their hyphenated spellings), plus a few more.
+
+The flags map onto the pipeline's two option objects, ``GenerateOptions`` (what to make) and ``RuntimeOptions`` (how
+to run the models), through the tables below; their choices come from the registries (tasks, solvers, memory
+policies). Every value is checked by the pipeline's own ``resolve`` before any weights are loaded.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,30 @@ import sys
 import time
 from pathlib import Path
 
-from wanflow.configs import TASKS, TaskSpec
+from wanflow.pipelines.pipeline import DTYPES, RuntimeOptions
+from wanflow.pipelines.request import GenerateOptions, resolve
+from wanflow.runtime.offload import POLICIES
+from wanflow.sampling.solvers import SOLVERS
+from wanflow.tasks import TASKS, Task, get_task
 
 log = logging.getLogger("wanflow")
 
 EXAMPLE_PROMPT = (
     "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a spotlighted stage."
 )
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
+
+# The flags of the request, by ``GenerateOptions`` field: the reference's names outside, one name inside.
+SAMPLER_FLAGS = {"sample_steps": "steps", "sample_shift": "shift", "sample_guide_scale": "guide_scale"}
+OPTION_FLAGS = {
+    "negative_prompt": "negative_prompt",
+    "image": "image",
+    "size": "size",
+    "frame_num": "frames",
+    "sample_solver": "solver",
+    **SAMPLER_FLAGS,
+    "base_seed": "seed",
+}
+RUNTIME_FLAGS = ("device", "dtype", "convert_model_dtype", "t5_cpu", "fp8", "compile", "vae_tile")
 
 
 def str2bool(value: str) -> bool:
@@ -63,7 +84,7 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
 def add_sampler_arguments(p: argparse.ArgumentParser, solver: str | None) -> None:
     """``--sample_solver/steps/shift/guide_scale``, shared by generate and evaluate; left out, the solver is ``solver``
     (None: not given, so the pipeline's unipc) and the others None (the model's defaults)."""
-    _flag(p, "sample_solver", default=solver, choices=["unipc", "dpm++", "euler"], help="solver (default unipc)")
+    _flag(p, "sample_solver", default=solver, choices=sorted(SOLVERS), help="solver (default unipc)")
     _flag(p, "sample_steps", type=int, help="denoising steps (default per task)")
     _flag(p, "sample_shift", type=float, help="noise schedule shift (default per task)")
     _flag(
@@ -75,14 +96,10 @@ def add_sampler_arguments(p: argparse.ArgumentParser, solver: str | None) -> Non
 
 
 def sampler_keywords(args: argparse.Namespace) -> dict:
-    """The ``--sample_*`` flags that were given, as the pipeline's keywords (the others keep the model's defaults)."""
-    given = {
-        "steps": args.sample_steps,
-        "shift": args.sample_shift,
-        "guide_scale": args.sample_guide_scale,
-        "solver": args.sample_solver,
-    }
-    return {k: v for k, v in given.items() if v is not None}
+    """The ``--sample_*`` flags that were given, as ``GenerateOptions`` keywords (the others keep the model's
+    defaults)."""
+    flags = {**SAMPLER_FLAGS, "sample_solver": "solver"}
+    return {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag) is not None}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,11 +112,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(
         p,
         "offload",
-        choices=["resident", "model", "block"],
+        choices=POLICIES,
         help="placement policy: all experts resident, only the active one (model), or blocks streamed (block)",
     )
     _flag(p, "t5_cpu", action="store_true", help="run the text encoder on the CPU")
-    _flag(p, "convert_model_dtype", action="store_true", help="DiT parameters in bfloat16 (the GPU default here)")
+    _flag(
+        p,
+        "convert_model_dtype",
+        action="store_true",
+        help="DiT parameters in bfloat16, as the reference's flag (a GPU's default here, so it changes nothing there; "
+        "on the CPU it replaces float32)",
+    )
     _flag(p, "dtype", choices=sorted(DTYPES), help="every component in this dtype (default: as the reference)")
     _flag(p, "fp8", action="store_true", help="DiT block weights stored in float8 e4m3 with per-channel scales")
     _flag(p, "compile", action="store_true", help="torch.compile each DiT block (the first steps pay the compile)")
@@ -123,6 +146,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "cfg_parallel", action="store_true", help="conditional and unconditional passes on 2 rank groups")
 
 
+def generate_options(args: argparse.Namespace) -> GenerateOptions:
+    prompt = args.prompt if args.prompt is not None else args.prompt_text
+    given = {field: getattr(args, flag) for flag, field in OPTION_FLAGS.items() if getattr(args, flag) is not None}
+    return GenerateOptions(EXAMPLE_PROMPT if prompt is None else prompt, **given)
+
+
+def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
+    offload = args.offload
+    if offload is None and args.offload_model is not None:
+        offload = "model" if args.offload_model else "resident"
+    return RuntimeOptions(offload=offload, **{name: getattr(args, name) for name in RUNTIME_FLAGS})
+
+
 def default_save_file(task: str, size: tuple[int, int] | None, prompt: str) -> str:
     size_text = "x".join(map(str, size)) if size else "default"
     stem = prompt[:50].replace(" ", "_").replace("/", "_")
@@ -130,23 +166,19 @@ def default_save_file(task: str, size: tuple[int, int] | None, prompt: str) -> s
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from wanflow.io.video import check_writable
 
-    prompt = args.prompt if args.prompt is not None else args.prompt_text
-    prompt = EXAMPLE_PROMPT if prompt is None else prompt
-    if args.task == "i2v-A14B" and args.image is None:
-        raise ValueError("i2v-A14B needs an input image: --image PATH")
-    ckpt_dir, spec = checkpoint_and_task(args)
-    preflight(args, spec, prompt)
-    save_file = args.save_file or default_save_file(args.task, args.size, prompt)
+    options = generate_options(args)
+    runtime = runtime_options(args)
+    layout, task = checkpoint_and_task(args)
+    resolve(options, task, image_hint="an input image: --image PATH")  # every value checked before minutes of loading
+    save_file = args.save_file or default_save_file(args.task, args.size, options.prompt)
     check_writable(save_file)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    offload = args.offload or (None if args.offload_model is None else ("model" if args.offload_model else "resident"))
     ctx = launch(args)
     try:
-        return generate(args, ctx, ckpt_dir, prompt, save_file, dtype, offload)
+        if layout is None:  # a Hub repository, downloaded after the checks
+            layout, task = _download(args.ckpt_dir, task)
+        return generate(args, ctx, layout, task, options, runtime, save_file)
     finally:
         if ctx.is_distributed:
             from wanflow.runtime.distributed import shutdown
@@ -154,43 +186,29 @@ def run(args: argparse.Namespace) -> int:
             shutdown()
 
 
-def generate(args: argparse.Namespace, ctx, ckpt_dir: str, prompt: str, save_file: str, dtype, offload) -> int:
+def generate(args, ctx, layout, task: Task, options: GenerateOptions, runtime: RuntimeOptions, save_file: str) -> int:
+    from dataclasses import replace
+
     from wanflow.pipelines.pipeline import WanPipeline
     from wanflow.pipelines.progress import Progress, TqdmProgress
+    from wanflow.runtime.offload import choose_policy
 
     if ctx.is_distributed:
-        offload = "resident"  # the reference never offloads in a distributed run
-        args.base_seed = ctx.seed
+        runtime = replace(runtime, offload=choose_policy(runtime.offload, ctx.device, distributed=True))
+        options = replace(options, seed=ctx.seed)
+    runtime = replace(runtime, device=runtime.device or ctx.device)
     start = time.perf_counter()
-    pipe = WanPipeline.from_pretrained(
-        ckpt_dir,
-        task=args.task,
-        device=args.device or ctx.device,
-        dtype=dtype,
-        offload=offload,
-        t5_cpu=args.t5_cpu,
-        fp8=args.fp8,
-        compile=args.compile,
-        vae_tile=args.vae_tile,
-    )
+    pipe = WanPipeline.from_pretrained(layout, task=task, **vars(runtime))
     if ctx.is_distributed:
-        from wanflow.runtime.distributed import parallelize_pipeline
+        from wanflow.pipelines.parallel import parallelize_pipeline
 
-        parallelize_pipeline(pipe, ctx, args.ulysses_size, args.dit_fsdp, args.cfg_parallel, args.t5_fsdp)
+        flags = ("ulysses_size", "dit_fsdp", "cfg_parallel", "t5_fsdp")
+        parallelize_pipeline(pipe, ctx, **{name: getattr(args, name) for name in flags})
     load_time = time.perf_counter() - start
-    video = pipe(
-        prompt,
-        negative_prompt=args.negative_prompt,
-        image=args.image,
-        size=args.size,
-        frames=args.frame_num,
-        seed=args.base_seed,
-        **sampler_keywords(args),
-        progress=TqdmProgress() if ctx.is_rank0 else Progress(),
-    )
+    video = pipe(options, progress=TqdmProgress() if ctx.is_rank0 else Progress())
     if not ctx.is_rank0:
         return 0  # only rank 0 writes the file
-    if args.base_seed < 0:
+    if options.seed is None or options.seed < 0:
         print(f"seed: {video.seed}", file=sys.stderr)
     path = video.save(save_file)
     print(summary(video, load_time, time.perf_counter() - start, path))
@@ -212,47 +230,34 @@ def launch(args: argparse.Namespace):
     return init_from_env(seed=args.base_seed)
 
 
-def checkpoint_and_task(args: argparse.Namespace) -> tuple[str, TaskSpec]:
-    """The checkpoint to load (the built-in model when no --ckpt_dir is given) and the task's defaults for it."""
+def checkpoint_and_task(args: argparse.Namespace):
+    """The checkpoint's layout (the built-in model when no --ckpt_dir is given; None for a Hub repo not downloaded
+    yet) and the task with the defaults the checkpoint stores, each found once."""
     from wanflow.builtin import builtin_checkpoint
     from wanflow.checkpoints.layouts import detect_layout
-    from wanflow.pipelines.pipeline import task_spec
+    from wanflow.pipelines.pipeline import checkpoint_task, is_hub_id
 
-    spec = TASKS[args.task]
+    task = get_task(args.task)
+    if args.ckpt_dir is not None and is_hub_id(args.ckpt_dir):
+        return None, task  # checked with the task's own defaults, downloaded after the checks
+    layout = detect_layout(args.ckpt_dir or builtin_checkpoint(args.task))
+    task = checkpoint_task(layout, task)
     if args.ckpt_dir is None:
-        path = builtin_checkpoint(args.task)
-        spec = task_spec(detect_layout(path), spec)
-        w, h = spec.size
+        w, h = task.size
         print(
-            f"using the built-in {args.task} model ({w}x{h}, {spec.frames} frames, {spec.steps} steps); "
+            f"using the built-in {args.task} model ({w}x{h}, {task.frames} frames, {task.steps} steps); "
             "pass --ckpt_dir for the published weights",
             file=sys.stderr,
         )
-        return str(path), spec
-    local = Path(args.ckpt_dir).expanduser()
-    return args.ckpt_dir, task_spec(detect_layout(local), spec) if local.is_dir() else spec
+    return layout, task
 
 
-def preflight(args: argparse.Namespace, spec: TaskSpec, prompt: str) -> None:
-    """Check every argument against the task before minutes are spent loading weights."""
-    from wanflow.configs import VAE_CONFIGS
-    from wanflow.pipelines.request import resolve
+def _download(repo_id: str, task: Task):
+    from wanflow.checkpoints.layouts import detect_layout
+    from wanflow.pipelines.pipeline import checkpoint_task, local_checkpoint
 
-    resolve(
-        spec,
-        VAE_CONFIGS[spec.vae].stride[1],
-        2,
-        prompt,
-        args.negative_prompt,
-        args.image,
-        args.size,
-        args.frame_num,
-        args.sample_steps,
-        args.sample_shift,
-        args.sample_guide_scale,
-        args.sample_solver,
-        args.base_seed,
-    )
+    layout = detect_layout(local_checkpoint(repo_id))
+    return layout, checkpoint_task(layout, task)
 
 
 def summary(video, load_time: float, total: float, path: Path) -> str:

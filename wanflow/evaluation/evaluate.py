@@ -51,8 +51,8 @@ class Result:
 
 def only_expert(pipe, name: str) -> None:
     """Ablation: use one expert (``high`` or ``low``) for every step."""
-    chosen = pipe.experts.experts[name]
-    pipe.experts.experts = {key: chosen for key in pipe.experts.experts}
+    chosen = pipe.experts[name]
+    pipe.map_experts(lambda key, model: chosen)
 
 
 def evaluate_case(

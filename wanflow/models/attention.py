@@ -1,7 +1,13 @@
-"""One attention entry point for the whole package; the backend is chosen once and logged.
+"""The one attention entry point of the package: the DiT, Ulysses, ring attention and the VAE all call it.
 
-Layout everywhere: (B, L, heads, head_dim). Softmax scale 1/sqrt(head_dim), no mask, non-causal (the Wan DiT
-attends over all tokens of a sample and over all 512 zero-padded text positions).
+Layout everywhere: (B, L, heads, head_dim). Softmax scale 1/sqrt(head_dim), non-causal (the Wan DiT attends over all
+tokens of a sample and over all 512 zero-padded text positions). ``key_len`` marks the keys past it as padding (the
+sequence-parallel shards pad the sequence to a multiple of the ranks): they are cut off, not masked, so every backend
+takes them. ``attention_lse`` also returns the log-sum-exp of the scores, which ring attention merges blocks with.
+
+The backend is chosen once per (device, dtype, head size) and logged: FlashAttention 3 or 2 on a GPU in half precision
+when installed and the head fits their kernels, PyTorch SDPA otherwise. Pass ``backend=`` to choose it explicitly, or
+set ``WANFLOW_ATTENTION`` (read at the first choice) for a whole process.
 """
 
 from __future__ import annotations
@@ -9,6 +15,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import math
+import os
 from collections.abc import Callable
 
 import torch
@@ -17,6 +25,7 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+FLASH_MAX_HEAD_DIM = 256  # the flash kernels' largest head (the VAE's single head is wider)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -39,6 +48,7 @@ def _flash2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 BACKENDS: dict[str, AttentionFn] = {"sdpa": _sdpa, "flash3": _flash3, "flash2": _flash2}
 _MODULES = {"flash3": "flash_attn_interface", "flash2": "flash_attn"}
+ENV = "WANFLOW_ATTENTION"
 
 
 def available_backends() -> list[str]:
@@ -46,31 +56,60 @@ def available_backends() -> list[str]:
     return ["sdpa"] + [name for name, mod in _MODULES.items() if importlib.util.find_spec(mod) is not None]
 
 
-@functools.cache
-def _backend_for(device_type: str, dtype: torch.dtype) -> str:
-    name = "sdpa"
-    if device_type == "cuda" and dtype in (torch.float16, torch.bfloat16):
-        name = next((b for b in ("flash3", "flash2") if b in available_backends()), "sdpa")
-    log.info("attention backend for %s/%s: %s", device_type, dtype, name)
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(BACKENDS)}")
     return name
 
 
-_forced: str | None = None
-
-
-def set_backend(name: str | None) -> None:
-    """Force a backend (``None`` returns to automatic choice)."""
-    global _forced
-    if name is not None and name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(BACKENDS)}")
-    _forced = name
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Scaled dot-product attention over (B, L, N, d) tensors, returns (B, Lq, N, d)."""
-    return BACKENDS[_backend_name(q.device.type, q.dtype)](q, k, v)
+@functools.cache
+def _backend_for(device_type: str, dtype: torch.dtype, head_dim: int) -> str:
+    name = os.environ.get(ENV) or "sdpa"
+    if ENV not in os.environ and device_type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        if head_dim <= FLASH_MAX_HEAD_DIM:
+            name = next((b for b in ("flash3", "flash2") if b in available_backends()), "sdpa")
+    log.info("attention backend for %s/%s, head %d: %s", device_type, dtype, head_dim, name)
+    return check_backend(name)
 
 
 @torch.compiler.assume_constant_result  # under torch.compile: called while tracing, a constant in the graph
-def _backend_name(device_type: str, dtype: torch.dtype) -> str:
-    return _forced or _backend_for(device_type, dtype)
+def _backend_name(device_type: str, dtype: torch.dtype, head_dim: int) -> str:
+    return _backend_for(device_type, dtype, head_dim)
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_len: int | None = None, backend: str | None = None
+) -> torch.Tensor:
+    """Scaled dot-product attention over (B, L, N, d) tensors, returns (B, Lq, N, d); keys at positions >=
+    ``key_len`` are padding."""
+    if key_len is not None and key_len < k.shape[1]:
+        k, v = k[:, :key_len], v[:, :key_len]
+    name = check_backend(backend) if backend else _backend_name(q.device.type, q.dtype, q.shape[-1])
+    return BACKENDS[name](q, k, v)
+
+
+def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of (B, Lq, H, d) queries over (B, Lk, H, d) keys: the output (B, Lq, H, d) and the log-sum-exp of
+    the scaled scores, (B, Lq, H) in float32 (float64 for float64 inputs). PyTorch's kernels that return it."""
+    q, k, v = (a.transpose(1, 2) for a in (q, k, v))  # (B, H, L, d), as the kernels take them
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+    elif q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[:2]
+    elif q.device.type == "cuda":
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
+    else:
+        out, lse = math_attention(q, k, v)
+    return out.transpose(1, 2), lse[..., : q.shape[2]].transpose(1, 2).to(accumulation_dtype(q.dtype))
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, L, d) attention and log-sum-exp in plain math (other devices): materialises the (Lq, Lk) scores."""
+    acc = accumulation_dtype(q.dtype)
+    scores = (q.to(acc) @ k.transpose(-1, -2).to(acc)) / math.sqrt(q.shape[-1])
+    lse = scores.logsumexp(dim=-1)
+    return (scores - lse[..., None]).exp().to(v.dtype) @ v, lse
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)

@@ -22,11 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from wanflow.configs import DiTConfig
-from wanflow.models.attention import attention
+from wanflow.models.attention import AttentionFn, attention
 from wanflow.models.rope import apply_rope, rope_tables
 
-# Parameters that stay float32 when the model is cast to a low-precision dtype.
+# The reference's float32 islands: parameters under these names stay float32 when the model is cast to a low-precision
+# dtype (``runtime.precision.cast_model``), and the top-level ones get float32 FSDP units (``runtime.fsdp``).
 FP32_MODULES = ("time_embedding", "time_projection", "head", "modulation")
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin) tables, (L, head_dim / 2) each
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,7 +131,7 @@ class Attention(nn.Module):
         self.norm_k = RMSNorm(dim, eps)
 
     def project(
-        self, x: torch.Tensor, context: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self, x: torch.Tensor, context: torch.Tensor, rope: Rope | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token-local part: q from ``x``, k and v from ``context``, normed and rotated; each (B, L, N, d)."""
         dtype = self.q.weight.dtype
@@ -141,9 +144,9 @@ class Attention(nn.Module):
         return q.to(dtype), k.to(dtype), v
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self, x: torch.Tensor, context: torch.Tensor, rope: Rope | None = None, attend: AttentionFn = attention
     ) -> torch.Tensor:
-        return self.o(attention(*self.project(x, context, rope)).flatten(2))
+        return self.o(attend(*self.project(x, context, rope)).flatten(2))
 
 
 class Block(nn.Module):
@@ -161,14 +164,14 @@ class Block(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
     def forward(
-        self, x: torch.Tensor, time: TimeEmbedding, context: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+        self, x: torch.Tensor, time: TimeEmbedding, context: torch.Tensor, rope: Rope, attend: AttentionFn = attention
     ) -> torch.Tensor:
         # Six (B, K, D) float32 rows, one per timestep value: shift/scale/gate for self-attention, then for the FFN.
         # Each is picked per token only for the product that uses it (a transient (B, L, D), never (B, L, 6, D)).
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + time.e0).unbind(2)
         idx = time.index
         h = modulate(self.norm1(x), per_token(shift_sa, idx), per_token(scale_sa, idx))
-        x = torch.addcmul(x, self.self_attn(h, h, rope), per_token(gate_sa, idx))  # x + attn * gate, float32
+        x = torch.addcmul(x, self.self_attn(h, h, rope, attend), per_token(gate_sa, idx))  # x + attn * gate, float32
         x = x + self.cross_attn(self.norm3(x), context)
         h = modulate(self.norm2(x), per_token(shift_ff, idx), per_token(scale_ff, idx))
         return torch.addcmul(x, self.ffn(h.to(self.ffn[0].weight.dtype)), per_token(gate_ff, idx))
@@ -189,6 +192,24 @@ class Head(nn.Module):
         return self.head(h.to(self.head.weight.dtype)).float()
 
 
+class WholeSequence:
+    """How a forward spreads its tokens: here, not at all (one process holds every token). A plan is asked for each
+    forward's share (``shard``), splits the tokens, the per-token timesteps and the RoPE rows (``split``), provides the
+    self-attention over the whole sequence (``attend``) and brings the head's output back whole (``gather``).
+    ``runtime.sequence_parallel`` replaces it with a plan that shards the tokens over ranks; the forward is the same."""
+
+    attend = staticmethod(attention)
+
+    def shard(self, seq_len: int) -> WholeSequence:
+        return self
+
+    def split(self, tokens: torch.Tensor, time: TimeEmbedding, rope: Rope) -> tuple[torch.Tensor, TimeEmbedding, Rope]:
+        return tokens, time, rope
+
+    def gather(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+
 class WanDiT(nn.Module):
     """Velocity model ``v(x_t, t, text[, y])`` for every Wan 2.2 variant (t2v / i2v / ti2v)."""
 
@@ -202,6 +223,7 @@ class WanDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
+        self.sequence = WholeSequence()  # the token plan; a transform may shard the tokens (runtime.sequence_parallel)
 
     def forward(
         self,
@@ -219,9 +241,11 @@ class WanDiT(nn.Module):
         time = self.embed_time(t, tokens.shape[1])
         context = self.embed_text(context)
         rope = rope_tables(self.cfg.head_dim, grid, self.cfg.rope_theta, device=tokens.device)
+        shard = self.sequence.shard(tokens.shape[1])  # this forward's share of the tokens
+        tokens, time, rope = shard.split(tokens, time, rope)
         for block in self.blocks:
-            tokens = block(tokens, time, context, rope)
-        return self.unpatchify(self.head(tokens, time), grid)
+            tokens = block(tokens, time, context, rope, shard.attend)
+        return self.unpatchify(shard.gather(self.head(tokens, time)), grid)
 
     def _check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if y is not None:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wanflow.models.attention import attention
+
 
 class CausalCache:
     """What each causal module keeps between time chunks of one encode or decode call.
@@ -159,8 +161,8 @@ class AttentionBlock(nn.Module):
     def _attend(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W), N = B * T
         n, c, h, w = x.shape
         qkv = self.to_qkv(self.norm(x)).reshape(n, 1, 3 * c, h * w).permute(0, 1, 3, 2).contiguous()
-        q, k, v = qkv.chunk(3, dim=-1)  # (N, 1, H*W, C) each
-        out = F.scaled_dot_product_attention(q, k, v)
+        q, k, v = (a.transpose(1, 2) for a in qkv.chunk(3, dim=-1))  # (N, H*W, 1, C) views
+        out = attention(q, k, v).transpose(1, 2)  # (N, 1, H*W, C)
         return self.proj(out.squeeze(1).permute(0, 2, 1).reshape(n, c, h, w))
 
 

@@ -3,11 +3,14 @@
 Per step: pick the expert and its guidance scale from the timestep (``sampling.experts``), predict the velocity with
 classifier-free guidance ``uncond + g * (cond - uncond)``, advance one solver state across the whole run (it
 continues through the expert switch), and for TI2V with an image put the image latent back into frame 0.
+
+Everything else a run needs around the steps is a ``StepHook`` (``sampling/hooks.py``): progress, expert prefetch,
+CFG parallelism (which replaces the velocity computation), a step cache, per-step LoRA strengths.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -15,13 +18,14 @@ from torch import nn
 
 from wanflow.models.dit import TokenTimesteps
 from wanflow.sampling.experts import guidance_for, select_expert
+from wanflow.sampling.hooks import Step, StepHook, Velocity
 from wanflow.sampling.schedule import Schedule
 from wanflow.sampling.solvers import Solver
 
 
 @dataclass
 class Conditioning:
-    """Everything the DiT sees besides the noisy latents; built by the task files."""
+    """Everything the DiT sees besides the noisy latents; built by the task's conditioning file."""
 
     context: torch.Tensor  # (1, Lc, text_dim) prompt states
     context_null: torch.Tensor  # (1, Lc, text_dim) negative-prompt states
@@ -29,15 +33,31 @@ class Conditioning:
     frame0: torch.Tensor | None = None  # TI2V+image: (1, C, 1, H, W) latent that replaces frame 0 after every step
 
 
-@dataclass(frozen=True)
-class Step:
-    """Progress report after each step."""
+@dataclass
+class Prepared:
+    """What a task's conditioning file hands to the shared loop: the noise shape and the conditioning."""
 
-    index: int
-    total: int
-    timestep: int
-    expert: str
-    guide_scale: float
+    shape: tuple[int, int, int, int]  # (C, T', H', W') of the noise
+    cond: Conditioning
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How a run integrates: the schedule, the solver, the expert boundary and the guidance."""
+
+    schedule: Schedule
+    solver: Solver
+    boundary_t: float | None  # the timestep of the expert switch; None for a dense model
+    guide_scale: tuple[float, float] | float
+    batch_cfg: bool = True  # both guidance passes in one batch
+
+    def steps(self) -> list[Step]:
+        timesteps = self.schedule.timesteps.tolist()  # python ints: no device syncs inside the loop
+        names = [select_expert(t, self.boundary_t) for t in timesteps]
+        return [
+            Step(i, len(timesteps), t, names[i], guidance_for(t, self.boundary_t, self.guide_scale), nxt)
+            for i, (t, nxt) in enumerate(zip(timesteps, [*names[1:], None], strict=True))
+        ]
 
 
 def keep_first_frame(latents: torch.Tensor, frame0: torch.Tensor | None) -> torch.Tensor:
@@ -93,38 +113,41 @@ def guided_velocity(
     return v_uncond + scale * (v_cond - v_uncond)
 
 
+def _base_velocity(batch_cfg: bool) -> Velocity:
+    if batch_cfg:
+        return guided_velocity
+    return lambda model, latents, t, cond, scale: guided_velocity(model, latents, t, cond, scale, batch_cfg=False)
+
+
 def denoise(
-    experts: Callable[[str], nn.Module],
+    experts: Callable[[str], nn.Module] | Mapping[str, nn.Module],
     noise: torch.Tensor,
     cond: Conditioning,
-    schedule: Schedule,
-    solver: Solver,
-    boundary_t: float | None,
-    guide_scale: tuple[float, float] | float,
-    patch: tuple[int, int, int] = (1, 2, 2),
-    batch_cfg: bool = True,
-    callback: Callable[[Step], None] | None = None,
-    guidance: Callable[..., torch.Tensor] | None = None,
-    prefetch: Callable[[str], None] | None = None,
+    sampler: Sampler,
+    hooks: Iterable[StepHook] = (),
 ) -> torch.Tensor:
-    """Integrate from noise to data latents. ``experts(name)`` returns the expert, ready on the device.
-    ``guidance`` replaces ``guided_velocity`` (same signature), e.g. ``runtime.cfg_parallel.CfgParallel``.
-    ``prefetch(name)`` is told the next expert one step before the switch (``ExpertPlacement.prefetch``)."""
-    guidance = guidance or guided_velocity
+    """Integrate from noise to data latents. ``experts(name)`` returns the expert ready on the device (a placement
+    policy, ``runtime.offload.ExpertPlacement``), or ``experts`` is a mapping of them."""
+    get = experts.__getitem__ if isinstance(experts, Mapping) else experts
+    hooks, steps = list(hooks), sampler.steps()
     latents = keep_first_frame(noise, cond.frame0)
-    state = solver.init(schedule)
-    timesteps = schedule.timesteps.tolist()  # python ints: no device syncs inside the loop
-    names = [select_expert(t, boundary_t) for t in timesteps]
-    for i, t in enumerate(timesteps):
-        name, scale = names[i], guidance_for(t, boundary_t, guide_scale)
-        model = experts(name)
-        upcoming = names[i + 1] if i + 1 < len(names) else name
-        if prefetch is not None and upcoming != name:
-            prefetch(upcoming)  # its host->device copy overlaps this step
-        model_t = model_timesteps(t, latents, cond.frame0, patch)
-        velocity = guidance(model, latents, model_t, cond, scale, batch_cfg)
-        latents, state = solver.step(state, velocity, latents, i)
-        latents = keep_first_frame(latents, cond.frame0)
-        if callback is not None:
-            callback(Step(i, len(timesteps), t, name, scale))
+    state = sampler.solver.init(sampler.schedule)
+    try:
+        for hook in hooks:
+            hook.begin(steps)
+        for step in steps:
+            model = get(step.expert)
+            velocity = _base_velocity(sampler.batch_cfg)
+            for hook in hooks:
+                hook.before(step, model)
+                velocity = hook.wrap(velocity, step)
+            t = model_timesteps(step.timestep, latents, cond.frame0, model.cfg.patch_size)
+            v = velocity(model, latents, t, cond, step.guide_scale)
+            latents, state = sampler.solver.step(state, v, latents, step.index)
+            latents = keep_first_frame(latents, cond.frame0)
+            for hook in hooks:
+                hook.after(step, latents)
+    finally:
+        for hook in hooks:
+            hook.end()
     return latents

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from wanflow.io.image import max_area_latent_size, to_tensor
-from wanflow.pipelines.core import Conditioning
-from wanflow.pipelines.request import Prepared, Request, latent_frames
+from wanflow.pipelines.core import Conditioning, Prepared
+from wanflow.pipelines.request import Request, latent_frames
 
 
 def prepare(pipe, request: Request, cond: Conditioning) -> Prepared:
@@ -27,4 +27,4 @@ def prepare(pipe, request: Request, cond: Conditioning) -> Prepared:
     mask[:, :, 0] = 1.0  # the 4 pixel frames of latent frame 0 are known (frame 0 repeated 4x), the rest are not
     cond.y = torch.cat([mask, latent], dim=1)
     shape = (pipe.vae.cfg.z_dim, latent_frames(request.frames), lat_h, lat_w)
-    return Prepared(shape, cond, (w, h))
+    return Prepared(shape, cond)

@@ -1,40 +1,77 @@
 """``WanPipeline``: load a checkpoint once, then prompt (and image) in, frames out, for every Wan 2.2 task.
 
-The stages: encode the prompts, let the task file build the latent shape and conditioning, draw the noise, run the
-shared denoising loop, decode. Device placement and dtypes are policies chosen here, applied to plain models.
+The stages: encode the prompts, let the task's conditioning file build the latent shape and inputs, draw the noise,
+run the shared denoising loop, decode. How the models run (device, precision, memory policy, compilation) is a
+``RuntimeOptions``, applied here to plain models; the transforms that come later (parallelism, hooks) go through the
+pipeline's methods (``map_experts``, ``add_hook``, ``decode_over``; ``pipelines.parallel`` uses them).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from wanflow.checkpoints.layouts import Layout
+from wanflow.checkpoints.layouts import Layout, detect_layout
 from wanflow.checkpoints.load import Components, load_components
-from wanflow.configs import TASK_BY_MODEL_TYPE, TASKS, TaskSpec
 from wanflow.io.video import save_video
 from wanflow.models.dit import FP32_MODULES
 from wanflow.models.text_encoder import pad_context
-from wanflow.pipelines import i2v, t2v, ti2v
-from wanflow.pipelines.core import Conditioning, Step, denoise
-from wanflow.pipelines.progress import Progress
-from wanflow.pipelines.request import Request, resolve
+from wanflow.pipelines.core import Conditioning, Sampler, denoise
+from wanflow.pipelines.progress import Callback, DenoiseProgress, Progress
+from wanflow.pipelines.request import GenerateOptions, Request, resolve
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.fp8 import quantize_fp8
-from wanflow.runtime.offload import ExpertPlacement
+from wanflow.runtime.offload import POLICIES, ExpertPlacement, choose_policy
 from wanflow.runtime.precision import cast_model
-from wanflow.runtime.vae_parallel import decode_parallel
 from wanflow.runtime.vae_tiling import decode_tiled
 from wanflow.sampling.experts import boundary_timestep
+from wanflow.sampling.hooks import Step, StepHook
+from wanflow.sampling.noise import initial_noise
 from wanflow.sampling.schedule import get_schedule
 from wanflow.sampling.solvers import get_solver
+from wanflow.tasks import Task, get_task, task_for_model
 
-TASK_FILES = {"t2v": t2v.prepare, "i2v": i2v.prepare, "ti2v": ti2v.prepare}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How a pipeline runs its models, whatever the request."""
+
+    device: torch.device | str | None = None  # default: cuda when available
+    dtype: torch.dtype | str | None = None  # every component in this dtype; default: bf16 DiT and T5 on a GPU
+    convert_model_dtype: bool = False  # the reference's flag: DiT parameters in bf16 (a GPU's default already)
+    offload: str | None = None  # a memory policy of ``runtime.offload.POLICIES``; default per device
+    t5_cpu: bool = False  # the text encoder on the CPU
+    fp8: bool = False  # the experts' block linears stored as e4m3 + per-channel scales (``runtime.fp8``)
+    compile: bool = False  # torch.compile each DiT block (``runtime.compile``); traced at the first step
+    vae_tile: int = 0  # decode in spatial tiles of this many latent pixels (``runtime.vae_tiling``); 0 = whole
+
+    def __post_init__(self) -> None:
+        if self.vae_tile < 0:
+            raise ValueError(f"vae_tile is a tile size in latent pixels (0 = no tiling), got {self.vae_tile}")
+        if self.offload is not None and self.offload not in POLICIES:
+            raise ValueError(f"unknown offload policy {self.offload!r}; choose one of {POLICIES}")
+        if isinstance(self.dtype, str) and self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {sorted(DTYPES)}")
+
+    def resolved_device(self) -> torch.device:
+        return torch.device(self.device) if self.device is not None else default_device()
+
+    def torch_dtype(self) -> torch.dtype | None:
+        return DTYPES[self.dtype] if isinstance(self.dtype, str) else self.dtype
+
+    def dit_dtype(self, device: torch.device) -> torch.dtype:
+        """bf16 on a GPU or when converted (the reference's islands kept float32), float32 on the CPU."""
+        if self.convert_model_dtype:
+            return torch.bfloat16
+        return self.torch_dtype() or (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
 
 @dataclass
@@ -60,101 +97,120 @@ class WanPipeline:
     """One task's models, kept loaded between calls."""
 
     def __init__(
-        self,
-        components: Components,
-        task: TaskSpec | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        offload: str | None = None,
-        t5_cpu: bool = False,
-        fp8: bool = False,  # the experts' block linears stored as e4m3 + per-channel scales (runtime.fp8)
-        compile: bool = False,  # torch.compile each DiT block (runtime.compile); traced at the first step
-        vae_tile: int = 0,  # decode in spatial tiles of this many latent pixels (runtime.vae_tiling); 0 = whole
+        self, components: Components, task: Task | None = None, runtime: RuntimeOptions | None = None, **options
     ):
-        if vae_tile < 0:
-            raise ValueError(f"vae_tile is a tile size in latent pixels (0 = no tiling), got {vae_tile}")
-        self.device = torch.device(device) if device is not None else default_device()
+        """``task``: the task with its final defaults (default: the checkpoint's model type, with the defaults its
+        ``wanflow.json`` stores); ``runtime`` or ``options`` (its fields): how the models run."""
+        runtime = runtime or RuntimeOptions(**options)
+        self.device = runtime.resolved_device()
         dit_cfg = next(iter(components.experts.values())).cfg
-        self.task = task_spec(components.layout, task or TASK_BY_MODEL_TYPE[dit_cfg.model_type])
+        self.task = task or checkpoint_task(components.layout, task_for_model(dit_cfg.model_type))
         if self.task.model_type != dit_cfg.model_type:
             raise ValueError(
                 f"task {self.task.name} needs a {self.task.model_type} model, but the checkpoint holds a "
                 f"{dit_cfg.model_type} model"
             )
-        if (self.task.boundary is not None) != components.layout.is_moe:
+        if self.task.is_moe != components.layout.is_moe:
             raise ValueError(f"task {self.task.name} and the checkpoint disagree on the number of experts")
         self.patch = dit_cfg.patch_size
-        compute = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        for model in components.experts.values():
-            cast_model(model, compute, keep_fp32=FP32_MODULES)
-            if fp8:
-                quantize_fp8(model)  # after the cast, before the placement pins and moves the weights
-            if compile:
-                compile_blocks(model)
+        self.runtime = runtime
+        dtype = runtime.torch_dtype()
         self.vae = components.vae.to(self.device, dtype or torch.float32)
         self.text_encoder = components.text_encoder
         if dtype is not None:
             self.text_encoder.to(dtype)
-        self.t5_device = torch.device("cpu") if t5_cpu else self.device
-        policy = offload or ("model" if self.device.type == "cuda" else "resident")
-        self.experts = ExpertPlacement(components.experts, self.device, policy)
-        self.offload = policy != "resident"
-        self.guidance = None  # replaces the guided-velocity step, e.g. runtime.cfg_parallel.CfgParallel
-        self.vae_tile = vae_tile
-        self.vae_group = None  # ranks that share the decode's tiles (runtime.vae_parallel), set by parallelize_pipeline
+        self.t5_device = torch.device("cpu") if runtime.t5_cpu else self.device
+        self.offload = choose_policy(runtime.offload, self.device)
+        experts = {name: self._prepare_expert(model) for name, model in components.experts.items()}
+        self._placement = ExpertPlacement(experts, self.device, self.offload)
+        self._hooks: list[StepHook] = []
+        self._decode_group = None  # ranks that share the decode's tiles (``decode_over``)
+
+    def _prepare_expert(self, model: nn.Module) -> nn.Module:
+        cast_model(model, self.runtime.dit_dtype(self.device), keep_fp32=FP32_MODULES)
+        if self.runtime.fp8:
+            quantize_fp8(model)  # after the cast, before the placement pins and moves the weights
+        if self.runtime.compile:
+            compile_blocks(model)
+        return model
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, task: str | None = None, **kwargs) -> WanPipeline:
-        """Load from a local folder in either layout, or a Hugging Face repo id (downloaded with huggingface_hub)."""
-        spec = None if task is None else _task(task)
-        return cls(load_components(_local(path)), spec, **kwargs)
+    def from_pretrained(
+        cls, path: str | os.PathLike | Layout, task: str | Task | None = None, **options
+    ) -> WanPipeline:
+        """Load from a local folder in either layout (or its ``Layout``), or a Hugging Face repo id (downloaded with
+        huggingface_hub). ``task``: a name, whose defaults the checkpoint's ``wanflow.json`` completes (default: the
+        checkpoint's model type), or a ``Task`` used as given. ``options`` are the fields of ``RuntimeOptions``."""
+        layout = path if isinstance(path, Layout) else detect_layout(local_checkpoint(path))
+        components = load_components(layout)
+        if not isinstance(task, Task):
+            name = task or task_for_model(next(iter(components.experts.values())).cfg.model_type).name
+            task = checkpoint_task(layout, get_task(name))
+        return cls(components, task, RuntimeOptions(**options))
+
+    # --- transforms: how outside code changes the pipeline ---
+
+    @property
+    def experts(self) -> dict[str, nn.Module]:
+        """The DiT experts by name (``high`` / ``low``, or ``dense``); a copy: change them with ``map_experts``."""
+        return dict(self._placement.experts)
+
+    def map_experts(self, fn: Callable[[str, nn.Module], nn.Module]) -> None:
+        """Replace each expert by ``fn(name, expert)`` (a parallelism or another transform); the memory policy is
+        applied again to what comes back."""
+        self._placement.release()
+        experts = {name: fn(name, model) for name, model in self._placement.experts.items()}
+        self._placement = ExpertPlacement(experts, self.device, self.offload)
+
+    def add_hook(self, hook: StepHook) -> None:
+        """A step hook for every later call (e.g. ``runtime.cfg_parallel.CfgParallel``)."""
+        self._hooks.append(hook)
+
+    def remove_hook(self, hook: StepHook) -> None:
+        self._hooks.remove(hook)
+
+    def decode_over(self, group) -> None:
+        """Decode each clip's tiles over the ranks of ``group`` (``runtime.vae_parallel``); None decodes alone."""
+        self._decode_group = group
+
+    # --- generation ---
+
+    @property
+    def size_multiple(self) -> int:
+        return self.vae.cfg.stride[1] * self.patch[1]
 
     def __call__(
         self,
-        prompt: str,
+        prompt: str | GenerateOptions,
         *,
-        negative_prompt: str | None = None,
-        image=None,
-        size: tuple[int, int] | None = None,
-        frames: int | None = None,
-        steps: int | None = None,
-        shift: float | None = None,
-        guide_scale=None,
-        solver: str = "unipc",
-        seed: int | None = -1,
-        batch_cfg: bool = True,
         progress: Progress | None = None,
         callback: Callable[[Step], None] | None = None,
+        hooks: Iterable[StepHook] = (),
         latents: torch.Tensor | None = None,
+        **options,
     ) -> Video:
-        """Generate one video. ``latents`` replaces the seeded initial noise (for exact comparisons)."""
-        request = resolve(
-            self.task,
-            self.vae.cfg.stride[1],
-            self.patch[1],
-            prompt,
-            negative_prompt,
-            image,
-            size,
-            frames,
-            steps,
-            shift,
-            guide_scale,
-            solver,
-            seed,
-        )
+        """Generate one video. ``options`` are the fields of ``GenerateOptions`` (negative_prompt, image, size, frames,
+        steps, shift, guide_scale, solver, seed), or ``prompt`` is a whole ``GenerateOptions``; ``callback(step)``
+        after every step, ``hooks`` for this call only; ``latents`` replaces the seeded initial noise (for exact
+        comparisons)."""
+        if isinstance(prompt, GenerateOptions):
+            if options:
+                raise ValueError("pass a GenerateOptions or keyword options, not both")
+            request = resolve(prompt, self.task, self.size_multiple)
+        else:
+            request = resolve(GenerateOptions.from_keywords(prompt, **options), self.task, self.size_multiple)
         progress = progress or Progress()
+        hooks = [DenoiseProgress(progress), *hooks, *([Callback(callback)] if callback else [])]
         timings: dict[str, float] = {}
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         with torch.inference_mode():
             t0 = time.perf_counter()
-            cond = self.encode_prompts(request, progress)
-            prepared = TASK_FILES[self.task.model_type](self, request, cond)
+            prepared = self.task.prepare(self, request, self.encode_prompts(request, progress))
             timings["encode"] = time.perf_counter() - t0
             noise = self.noise(prepared.shape, request.seed) if latents is None else latents.to(self.device)
             t0 = time.perf_counter()
-            out = self.sample(noise, prepared.cond, request, progress, callback)
+            out = self.sample(noise, prepared.cond, request, hooks)
             timings["denoise"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             frames = self.decode(out, progress)
@@ -172,9 +228,9 @@ class WanPipeline:
             contexts.append(encoder.encode([text])[0])
             progress.advance("text")
         progress.end("text")
-        if self.offload and self.t5_device.type != "cpu":
+        if self.offload != "resident" and self.t5_device.type != "cpu":
             encoder.to("cpu")  # offload and FSDP exclude each other (parallelize_pipeline checks)
-        dit = next(iter(self.experts.experts.values()))
+        dit = next(iter(self._placement.experts.values()))
         dtype = dit.text_embedding[0].weight.dtype
         cond, null = (pad_context([c], dit.cfg.text_len).to(self.device, dtype) for c in contexts)
         return Conditioning(cond, null)
@@ -184,56 +240,33 @@ class WanPipeline:
         return self.vae.encode(video.to(self.device, self.vae.dtype)).float()
 
     def noise(self, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-        """One float32 randn of the full latent shape from a generator on the device, as the reference draws it."""
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        return torch.randn(shape, generator=generator, dtype=torch.float32, device=self.device)[None]
+        return initial_noise(shape, seed, self.device)
 
     def sample(
-        self,
-        noise: torch.Tensor,
-        cond: Conditioning,
-        request: Request,
-        progress: Progress,
-        callback: Callable[[Step], None] | None = None,
+        self, noise: torch.Tensor, cond: Conditioning, request: Request, hooks: Iterable[StepHook] = ()
     ) -> torch.Tensor:
-        schedule = get_schedule(request.solver, request.steps, request.shift)
-        progress.start("denoise", request.steps)
-
-        def on_step(step: Step) -> None:
-            progress.advance("denoise", expert=step.expert)
-            if callback is not None:
-                callback(step)
-
-        try:
-            return denoise(
-                self.experts,
-                noise,
-                cond,
-                schedule,
-                get_solver(request.solver),
-                boundary_timestep(self.task.boundary),
-                request.guide_scale,
-                self.patch,
-                callback=on_step,
-                guidance=self.guidance,
-                prefetch=self.experts.prefetch,
-            )
-        finally:
-            self.experts.release()
-            progress.end("denoise")
+        """The shared loop with this pipeline's experts and hooks, then ``hooks``."""
+        sampler = Sampler(
+            get_schedule(request.solver, request.steps, request.shift),
+            get_solver(request.solver),
+            boundary_timestep(self.task.boundary),
+            request.guide_scale,
+        )
+        return denoise(self._placement, noise, cond, sampler, [self._placement, *self._hooks, *hooks])
 
     def decode(self, latents: torch.Tensor, progress: Progress) -> torch.Tensor:
         progress.start("decode", latents.shape[2])
         z, on_frame = latents.to(self.vae.dtype), lambda i: progress.advance("decode")
-        if self.vae_group is not None:
-            video = decode_parallel(self.vae, z, self.vae_group, self.vae_tile, on_frame)
-        elif self.vae_tile:
-            video = decode_tiled(self.vae, z, self.vae_tile, on_frame)
+        if self._decode_group is not None:
+            from wanflow.runtime.vae_parallel import decode_parallel
+
+            video = decode_parallel(self.vae, z, self._decode_group, self.runtime.vae_tile, on_frame)
+        elif self.runtime.vae_tile:
+            video = decode_tiled(self.vae, z, self.runtime.vae_tile, on_frame)
         else:
             video = self.vae.decode(z, on_frame=on_frame)
         progress.end("decode")
-        video = video[0].float()
-        return video.cpu()
+        return video[0].float().cpu()
 
     def metadata(self, request: Request) -> dict[str, object]:
         return {
@@ -250,24 +283,22 @@ class WanPipeline:
         }
 
 
-def task_spec(layout: Layout, spec: TaskSpec) -> TaskSpec:
+def checkpoint_task(layout: Layout, task: Task) -> Task:
     """The task's reference defaults, with the overrides a checkpoint stores in ``wanflow.json``."""
     _, overrides = layout.task_defaults()
-    return spec.with_overrides(overrides) if overrides else spec
+    return task.with_overrides(overrides) if overrides else task
 
 
-def _task(name: str) -> TaskSpec:
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
-    return TASKS[name]
-
-
-def _local(path: str | os.PathLike) -> Path:
-    """A local folder as is; ``org/name`` that is not a local folder is fetched from the Hugging Face Hub."""
-    local = Path(path).expanduser()
+def is_hub_id(path: str | os.PathLike) -> bool:
+    """``org/name`` that is not a local path: a Hugging Face Hub repository."""
     text = os.fspath(path)
-    if local.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
-        return local
+    return not Path(text).expanduser().exists() and text.count("/") == 1 and not text.startswith((".", "/", "~"))
+
+
+def local_checkpoint(path: str | os.PathLike) -> Path:
+    """A local folder as is; a Hub repository id is fetched with huggingface_hub (or found in its cache)."""
+    if not is_hub_id(path):
+        return Path(path).expanduser()
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(text))
+    return Path(snapshot_download(os.fspath(path)))

@@ -1,9 +1,15 @@
-"""Progress reporting for the pipeline stages (text, denoise, decode); the base class reports nothing."""
+"""Progress reporting for the pipeline stages (text, denoise, decode); the base class reports nothing. The denoising
+loop reports through step hooks (``DenoiseProgress``, ``Callback``)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from typing import ClassVar
+
+import torch
+
+from wanflow.sampling.hooks import Step, StepHook
 
 
 class Progress:
@@ -52,3 +58,29 @@ class TqdmProgress(Progress):
         bar = self.bars.pop(stage, None)
         if bar is not None:
             bar.close()
+
+
+class DenoiseProgress(StepHook):
+    """The loop's steps as the "denoise" stage of a ``Progress``, with the active expert."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+
+    def begin(self, steps: Sequence[Step]) -> None:
+        self.progress.start("denoise", len(steps))
+
+    def after(self, step: Step, latents: torch.Tensor) -> None:
+        self.progress.advance("denoise", expert=step.expert)
+
+    def end(self) -> None:
+        self.progress.end("denoise")
+
+
+class Callback(StepHook):
+    """Calls ``fn(step)`` after every step; raising from it stops the run (the server's cancel)."""
+
+    def __init__(self, fn: Callable[[Step], None]):
+        self.fn = fn
+
+    def after(self, step: Step, latents: torch.Tensor) -> None:
+        self.fn(step)

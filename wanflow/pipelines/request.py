@@ -1,18 +1,23 @@
-"""One generation request: the user's arguments, filled with the task's defaults and validated at the boundary."""
+"""One generation request: ``GenerateOptions`` holds what the user asked for (None = the task's default), and
+``resolve`` fills the defaults and checks every value once, at the boundary, into a ``Request``.
+
+The Python API takes the options as keywords, the CLI maps its flags onto them (``cli/generate.py``), and the
+server's schema maps its fields onto them (``server/schemas.py``); none of them checks a value itself.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import random
-import sys
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
-from wanflow.configs import TaskSpec
 from wanflow.io.image import load_image
-from wanflow.pipelines.core import Conditioning
+from wanflow.sampling.noise import draw_seed
 from wanflow.sampling.solvers import SOLVERS
+from wanflow.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +30,38 @@ def latent_frames(frames: int) -> int:
 
 
 @dataclass(frozen=True)
+class GenerateOptions:
+    """What one generation asks for, with the same names for every task; None means the task's default."""
+
+    prompt: str
+    negative_prompt: str | None = None  # None or "": the task's
+    image: Any = None  # a path or a PIL image (I2V needs one; with TI2V it selects image-to-video)
+    size: tuple[int, int] | None = None  # (width, height); with an image: the pixel-area budget
+    frames: int | None = None  # 4n + 1
+    steps: int | None = None
+    shift: float | None = None
+    guide_scale: float | tuple[float, ...] | list[float] | None = None  # one value, or (low-noise, high-noise)
+    solver: str = "unipc"  # a key of ``sampling.solvers.SOLVERS``
+    seed: int | None = -1  # negative: draw one (reported in the result)
+
+    @classmethod
+    def from_keywords(cls, prompt: str, **keywords: Any) -> GenerateOptions:
+        """Options from keyword arguments, with a clear error for a name that is not an option."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(keywords) - names)
+        if unknown:
+            raise ValueError(f"unknown generation options {unknown}; the options are {sorted(names - {'prompt'})}")
+        return cls(prompt, **keywords)
+
+
+@dataclass(frozen=True)
 class Request:
-    """Resolved arguments of one generation (same names for every task)."""
+    """Resolved options of one generation: every default filled, every value checked."""
 
     prompt: str
     negative_prompt: str
     image: Image.Image | None
-    size: tuple[int, int]  # (width, height); with an image: the pixel-area budget (width * height)
+    size: tuple[int, int]
     frames: int
     steps: int
     shift: float
@@ -45,103 +75,92 @@ class Request:
         return self.image
 
 
-@dataclass
-class Prepared:
-    """What a task file hands to the shared loop: the latent shape, the conditioning, the output (width, height)."""
+def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, image_hint: str = "") -> Request:
+    """Fill defaults from ``task`` and check every option. ``multiple``: what width and height must be multiples of
+    (default the task's: VAE stride x patch); ``image_hint``: what a missing image is called on the caller's surface
+    ("an input image: --image PATH")."""
+    o = options
+    if not isinstance(o.prompt, str):
+        raise ValueError("prompt must be a string")
+    task.check_image(o.image is not None, image_hint or "an image: pass image=... (CLI: --image PATH)")
+    frames = _frames(task.frames if o.frames is None else o.frames)
+    steps = _steps(task.steps if o.steps is None else o.steps)
+    shift = _shift(task.shift if o.shift is None else o.shift)
+    solver = _solver(o.solver)
+    width, height = task.size if o.size is None else (int(o.size[0]), int(o.size[1]))
+    if width <= 0 or height <= 0:
+        raise ValueError(f"size must be positive, got {width}*{height}")
+    image = None if o.image is None else load_image(o.image)
+    if image is None:
+        _check_size(task, width, height, multiple or task.size_multiple)
+    return Request(
+        prompt=o.prompt,
+        negative_prompt=o.negative_prompt or task.negative_prompt,
+        image=image,
+        size=(width, height),
+        frames=frames,
+        steps=steps,
+        shift=shift,
+        guide_scale=_guide(task.guide_scale if o.guide_scale is None else o.guide_scale, task),
+        solver=solver,
+        seed=draw_seed(o.seed),
+    )
 
-    shape: tuple[int, int, int, int]  # (C, T', H', W') of the noise
-    cond: Conditioning
-    size: tuple[int, int]
+
+def _frames(frames: int) -> int:
+    frames = int(frames)
+    if frames < 1 or (frames - 1) % 4:
+        raise ValueError(f"frame_num must be 4n+1 (1, 5, 9, ..., 81, ...), got {frames}")
+    return frames
 
 
-def draw_seed(seed: int | None) -> int:
-    """The reference's rule: a negative seed draws one at random."""
-    if seed is None or seed < 0:
-        return random.randint(0, sys.maxsize)
-    return int(seed)
+def _steps(steps: int) -> int:
+    if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"sample_steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
+    return steps
 
 
-def _guide(value: float | tuple[float, float] | list[float], spec: TaskSpec) -> tuple[float, float] | float:
+def _shift(shift: float) -> float:
+    shift = float(shift)
+    if not 0 < shift <= 100:
+        raise ValueError(f"sample_shift must be in (0, 100], got {shift}")
+    return shift
+
+
+def _solver(solver: str) -> str:
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown sample_solver {solver!r}; choose one of {sorted(SOLVERS)}")
+    return solver
+
+
+def _guide(value: float | tuple[float, ...] | list[float], task: Task) -> tuple[float, float] | float:
     values = [float(v) for v in (value if isinstance(value, (tuple, list)) else [value])]
     if len(values) not in (1, 2):
         raise ValueError(f"guide_scale takes one value, or two for (low-noise, high-noise); got {value!r}")
     if any(not 0.0 <= v <= MAX_GUIDE for v in values):
         raise ValueError(f"guide_scale must be between 0 and {MAX_GUIDE:g}, got {value!r}")
-    if spec.boundary is None:
+    if not task.is_moe:
         if len(values) == 2 and values[0] != values[1]:
-            raise ValueError(f"{spec.name} has one expert and takes one guide_scale, got {value!r}")
+            raise ValueError(f"{task.name} has one expert and takes one guide_scale, got {value!r}")
         return values[0]
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
 
 
-def resolve(
-    spec: TaskSpec,
-    stride: int,
-    patch: int,
-    prompt: str,
-    negative_prompt: str | None = None,
-    image=None,
-    size: tuple[int, int] | None = None,
-    frames: int | None = None,
-    steps: int | None = None,
-    shift: float | None = None,
-    guide_scale=None,
-    solver: str = "unipc",
-    seed: int | None = -1,
-) -> Request:
-    """Fill defaults from ``spec`` and check every argument; ``stride`` is the VAE's spatial stride."""
-    if not isinstance(prompt, str):
-        raise ValueError("prompt must be a string")
-    if spec.model_type == "i2v" and image is None:
-        raise ValueError(f"{spec.name} needs an image: pass image=... (CLI: --image PATH)")
-    if spec.model_type == "t2v" and image is not None:
-        raise ValueError(f"{spec.name} takes no image; use an i2v or ti2v model for image-to-video")
-    frames = spec.frames if frames is None else int(frames)
-    if frames < 1 or (frames - 1) % 4:
-        raise ValueError(f"frame_num must be 4n+1 (1, 5, 9, ..., 81, ...), got {frames}")
-    steps = spec.steps if steps is None else steps
-    if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"sample_steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
-    shift = spec.shift if shift is None else float(shift)
-    if not 0 < shift <= 100:
-        raise ValueError(f"sample_shift must be in (0, 100], got {shift}")
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown sample_solver {solver!r}; choose one of {sorted(SOLVERS)}")
-    width, height = spec.size if size is None else (int(size[0]), int(size[1]))
-    if width <= 0 or height <= 0:
-        raise ValueError(f"size must be positive, got {width}*{height}")
-    image = None if image is None else load_image(image)
-    if image is None:
-        _check_size(spec, width, height, stride * patch)
-    return Request(
-        prompt,
-        spec.negative_prompt if not negative_prompt else negative_prompt,
-        image,
-        (width, height),
-        frames,
-        steps,
-        shift,
-        _guide(spec.guide_scale if guide_scale is None else guide_scale, spec),
-        solver,
-        draw_seed(seed),
-    )
-
-
-def _check_size(spec: TaskSpec, width: int, height: int, multiple: int) -> None:
+def _check_size(task: Task, width: int, height: int, multiple: int) -> None:
     if width % multiple or height % multiple:
         fit_w, fit_h = (max(multiple, n // multiple * multiple) for n in (width, height))
         raise ValueError(
             f"size {width}*{height} is not divisible by {multiple} (VAE stride x patch); try {fit_w}*{fit_h}"
         )
-    if spec.sizes and (width, height) not in spec.sizes:
-        trained = ", ".join(f"{w}*{h}" for w, h in spec.sizes)
+    if task.sizes and (width, height) not in task.sizes:
+        trained = ", ".join(f"{w}*{h}" for w, h in task.sizes)
         log.warning(
             "size %d*%d is outside the sizes %s was trained at (%s); quality may suffer",
             width,
             height,
-            spec.name,
+            task.name,
             trained,
         )
 
 
-__all__ = ["Prepared", "Request", "draw_seed", "latent_frames", "resolve"]
+__all__ = ["GenerateOptions", "Request", "latent_frames", "resolve"]

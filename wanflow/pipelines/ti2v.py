@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from wanflow.io.image import best_output_size, resize_center_crop, to_tensor
 from wanflow.pipelines import t2v
-from wanflow.pipelines.core import Conditioning
-from wanflow.pipelines.request import Prepared, Request, latent_frames
+from wanflow.pipelines.core import Conditioning, Prepared
+from wanflow.pipelines.request import Request, latent_frames
 
 
 def prepare(pipe, request: Request, cond: Conditioning) -> Prepared:
@@ -19,4 +19,4 @@ def prepare(pipe, request: Request, cond: Conditioning) -> Prepared:
     image = to_tensor(resize_center_crop(request.image, ow, oh))
     cond.frame0 = pipe.encode_image(image[None, :, None])  # (1, 48, 1, oh/s, ow/s)
     shape = (pipe.vae.cfg.z_dim, latent_frames(request.frames), oh // s, ow // s)
-    return Prepared(shape, cond, (ow, oh))
+    return Prepared(shape, cond)

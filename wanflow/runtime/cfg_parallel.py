@@ -1,9 +1,9 @@
 """Classifier-free-guidance parallelism: the conditional pass on one rank (group), the unconditional on the other.
 
-``CfgParallel(group)`` has the signature of ``pipelines.core.guided_velocity`` and is handed to ``denoise`` as its
-``guidance``. Rank 0 of the two-rank group runs the prompt, rank 1 the negative prompt; one all-gather per step brings
-both velocities to both ranks, which combine them with the same arithmetic as the single-process loop. With a 2-D
-("cfg", "ulysses") mesh, pass ``mesh["cfg"]``: each cfg half then runs its pass sequence-parallel over its row.
+``CfgParallel(group)`` is a step hook of the denoising loop that replaces its velocity computation. Rank 0 of the
+two-rank group runs the prompt, rank 1 the negative prompt; one all-gather per step brings both velocities to both
+ranks, which combine them with the same arithmetic as the single-process loop. With a 2-D ("cfg", "ulysses") mesh,
+pass ``mesh["cfg"]``: each cfg half then runs its pass sequence-parallel over its row.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from wanflow.pipelines.core import Conditioning
 from wanflow.runtime.distributed import as_group
+from wanflow.sampling.hooks import Step, StepHook, Velocity
 
 
-class CfgParallel:
-    """``guided_velocity``-compatible: ``(model, latents, t, cond, scale, batch_cfg) -> velocity``."""
+class CfgParallel(StepHook):
+    """The guided velocity with its two passes on the two ranks of ``group``."""
 
     def __init__(self, group: dist.ProcessGroup | DeviceMesh | None = None):
         self.group = as_group(group)
@@ -27,15 +27,11 @@ class CfgParallel:
             raise ValueError(f"CFG parallelism splits the two guidance passes over exactly 2 ranks, got {size}")
         self.rank = dist.get_rank(self.group)
 
-    def __call__(
-        self,
-        model: nn.Module,
-        latents: torch.Tensor,
-        t: torch.Tensor,
-        cond: Conditioning,
-        scale: float,
-        batch_cfg: bool = True,
-    ) -> torch.Tensor:
+    def wrap(self, velocity: Velocity, step: Step) -> Velocity:
+        return self.velocity
+
+    def velocity(self, model: nn.Module, latents: torch.Tensor, t, cond, scale: float) -> torch.Tensor:
+        """``uncond + scale * (cond - uncond)``; ``cond`` is the loop's ``Conditioning``."""
         if scale == 1.0:  # guidance off: both ranks run the conditional pass, nothing to exchange
             return model(latents, t, cond.context, y=cond.y)
         context = cond.context if self.rank == 0 else cond.context_null

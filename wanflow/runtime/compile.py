@@ -6,8 +6,8 @@ loop stay eager, so a new resolution or step count recompiles only the block. ``
 state-dict keys, hooks and parameters are those of the plain model (no ``_orig_mod.`` wrapper), so checkpoints,
 offload policies and FSDP see the same modules.
 
-Choose the attention backend (``attention.set_backend``) before the first compiled call: the choice is a constant in
-the graph. The block has no graph breaks (``tests/runtime/test_compile.py``); hooks added by offload or FSDP run
+The attention backend is a constant in the graph (chosen once per device, dtype and head size; ``WANFLOW_ATTENTION``
+forces one). The block has no graph breaks (``tests/runtime/test_compile.py``); hooks added by offload or FSDP run
 inside the compiled region and may add some.
 """
 
@@ -17,11 +17,10 @@ from torch import nn
 
 
 def compile_blocks(model: nn.Module, **options) -> nn.Module:
-    """Compile each block of a ``WanDiT`` (or of the DiT inside a ``SequenceParallelDiT``) in place; ``options`` go to
-    ``torch.compile`` (``mode="max-autotune-no-cudagraphs"``, ``backend="aot_eager"``, ...). Returns ``model``."""
-    dit = getattr(model, "model", model)  # SequenceParallelDiT keeps the plain model as .model
-    if not isinstance(getattr(dit, "blocks", None), nn.ModuleList):
+    """Compile each block of a ``WanDiT`` in place; ``options`` go to ``torch.compile``
+    (``mode="max-autotune-no-cudagraphs"``, ``backend="aot_eager"``, ...). Returns ``model``."""
+    if not isinstance(getattr(model, "blocks", None), nn.ModuleList):
         raise ValueError(f"compile_blocks needs a WanDiT (a model with .blocks), got {type(model).__name__}")
-    for block in dit.blocks:
+    for block in model.blocks:
         block.compile(**options)
     return model

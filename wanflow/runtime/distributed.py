@@ -1,7 +1,8 @@
 """Process groups for multi-GPU / multi-machine inference, from the environment ``torchrun`` sets.
 
 Every rank runs the whole sampling loop with the same seed (identical noise, as the reference); the parallel
-transforms (``sequence_parallel``, ``cfg_parallel``, ``fsdp``, ``vae_parallel``) split the work inside a step.
+transforms (``sequence_parallel``, ``cfg_parallel``, ``fsdp``, ``vae_parallel``) split the work inside a step, and
+``pipelines.parallel`` applies them to a pipeline.
 Only rank 0 writes files. Collectives carry a timeout so that a lost rank fails the run instead of hanging it.
 """
 
@@ -11,16 +12,13 @@ import datetime
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from wanflow.pipelines.request import draw_seed
-
-if TYPE_CHECKING:
-    from wanflow.pipelines.pipeline import WanPipeline
+from wanflow.sampling.noise import draw_seed
 
 T = TypeVar("T")
 
@@ -148,44 +146,3 @@ def as_group(group: dist.ProcessGroup | DeviceMesh | None) -> dist.ProcessGroup:
             raise ValueError(f"expected a 1-D device mesh, got {group.ndim} dims; pass mesh['<dim name>']")
         return group.get_group()
     return group if group is not None else dist.group.WORLD
-
-
-def parallelize_pipeline(
-    pipe: WanPipeline,
-    ctx: DistContext,
-    ulysses_size: int = 1,
-    dit_fsdp: bool = False,
-    cfg_parallel: bool = False,
-    t5_fsdp: bool = False,
-    vae_parallel: bool = True,
-) -> WanPipeline:
-    """Apply the launch flags to a loaded ``WanPipeline`` in place: CFG parallelism over 2 groups (``--cfg_parallel``),
-    Ulysses over ``ulysses_size`` ranks in each, FSDP2 of each expert (``--dit_fsdp``) and of umT5 (``--t5_fsdp``)
-    over the whole world, and the VAE decode's spatial tiles over the whole world (``vae_parallel``). Every rank
-    runs the same call with the same seed and gets the same video; only rank 0 should save it (``on_rank0``)."""
-    from wanflow.runtime.cfg_parallel import CfgParallel
-    from wanflow.runtime.fsdp import shard_dit, shard_text_encoder
-    from wanflow.runtime.sequence_parallel import parallelize_sequence
-
-    cfg_size = 2 if cfg_parallel else 1
-    split = ulysses_size > 1 or cfg_parallel  # FSDP alone may run on any world size
-    if split:
-        check_layout(ctx.world_size, ulysses_size=ulysses_size, cfg_size=cfg_size)
-    if (dit_fsdp or t5_fsdp) and pipe.offload:
-        raise ValueError("FSDP keeps the shards on the device; load the pipeline with offload='resident'")
-    if ctx.world_size == 1:
-        return pipe
-    mesh = ctx.mesh(cfg_size=cfg_size, ulysses_size=ulysses_size) if split else None
-    for name, model in pipe.experts.experts.items():
-        if ulysses_size > 1:
-            model = parallelize_sequence(model, mesh["ulysses"])
-        if dit_fsdp:
-            model = shard_dit(model, ctx.flat_mesh())
-        pipe.experts.experts[name] = model
-    if cfg_parallel:
-        pipe.guidance = CfgParallel(mesh["cfg"])
-    if t5_fsdp:
-        shard_text_encoder(pipe.text_encoder, ctx.flat_mesh())
-    if vae_parallel:
-        pipe.vae_group = ctx.flat_mesh()
-    return pipe

@@ -15,10 +15,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from wanflow.models.dit import WanDiT
-from wanflow.runtime.sequence_parallel import SequenceParallelDiT
-
-FP32_UNITS = ("time_embedding", "time_projection", "head")
+from wanflow.models.dit import FP32_MODULES, WanDiT
 
 
 def default_policy(device_type: str) -> MixedPrecisionPolicy:
@@ -29,20 +26,23 @@ def default_policy(device_type: str) -> MixedPrecisionPolicy:
     return MixedPrecisionPolicy(cast_forward_inputs=False)
 
 
-def shard_dit(
-    model: WanDiT | SequenceParallelDiT, mesh: DeviceMesh, policy: MixedPrecisionPolicy | None = None
-) -> WanDiT | SequenceParallelDiT:
-    """Shard a DiT (plain, or already wrapped by ``parallelize_sequence``) per block, then at the root; in place."""
+def shard_dit(model: WanDiT, mesh: DeviceMesh, policy: MixedPrecisionPolicy | None = None) -> WanDiT:
+    """Shard a DiT (plain, or sequence-parallel already) per block, then at the root; in place."""
     policy = policy or default_policy(mesh.device_type)
-    dit = model.model if isinstance(model, SequenceParallelDiT) else model
-    for block in dit.blocks:
+    for block in model.blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     if policy.param_dtype not in (None, torch.float32):
         fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
-        for name in FP32_UNITS:
-            fully_shard(getattr(dit, name), mesh=mesh, mp_policy=fp32)
-    fully_shard(model, mesh=mesh, mp_policy=policy)  # the wrapper's forward is what runs, so it is the root
+        for name in fp32_units(model):
+            fully_shard(getattr(model, name), mesh=mesh, mp_policy=fp32)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
+
+
+def fp32_units(model: WanDiT) -> list[str]:
+    """The float32 islands that are whole child modules of the DiT (time MLP, time projection, head); the block
+    modulation tables are gathered with their block, in bfloat16, as in the reference."""
+    return [name for name in FP32_MODULES if isinstance(getattr(model, name, None), nn.Module)]
 
 
 def shard_text_encoder(encoder: nn.Module, mesh: DeviceMesh, policy: MixedPrecisionPolicy | None = None) -> nn.Module:

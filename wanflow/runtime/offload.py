@@ -17,10 +17,24 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from wanflow.sampling.hooks import Step, StepHook
+
 log = logging.getLogger(__name__)
 
 POLICIES = ("resident", "model", "block")
 HOST = torch.device("cpu")
+
+
+def choose_policy(policy: str | None, device: torch.device, distributed: bool = False) -> str:
+    """The placement policy of a run: the one asked for, else ``model`` on a GPU (as the reference on one GPU) and
+    ``resident`` elsewhere; a distributed run keeps its shards resident (the reference never offloads there)."""
+    if policy is not None and policy not in POLICIES:
+        raise ValueError(f"unknown offload policy {policy!r}; choose one of {POLICIES}")
+    if distributed:
+        if policy not in (None, "resident"):
+            log.warning("a distributed run keeps every expert resident (offload %r is ignored)", policy)
+        return "resident"
+    return policy or ("model" if torch.device(device).type == "cuda" else "resident")
 
 
 def _pin(module: nn.Module) -> None:
@@ -72,8 +86,9 @@ def stream_blocks(model: nn.Module, device: torch.device) -> list[torch.utils.ho
     return handles
 
 
-class ExpertPlacement:
-    """Callable ``placement(name) -> expert ready on the device`` implementing one of ``POLICIES``."""
+class ExpertPlacement(StepHook):
+    """Callable ``placement(name) -> expert ready on the device`` implementing one of ``POLICIES``; as a step hook of
+    the denoising loop it prefetches the next expert one step before the switch and releases the device at the end."""
 
     def __init__(self, experts: Mapping[str, nn.Module], device: torch.device | str, policy: str = "model"):
         if policy not in POLICIES:
@@ -108,6 +123,13 @@ class ExpertPlacement:
             log.debug("expert %s on %s", name, self.device)
             self.active = name
         return self.experts[name]
+
+    def before(self, step: Step, model: nn.Module) -> None:
+        if step.next_expert is not None and step.next_expert != step.expert:
+            self.prefetch(step.next_expert)  # its host->device copy overlaps this step
+
+    def end(self) -> None:
+        self.release()
 
     def prefetch(self, name: str) -> None:
         """Under ``model`` offload, start copying expert ``name`` to the device, to be used from a later call.

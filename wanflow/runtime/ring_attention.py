@@ -6,10 +6,10 @@ it) and a ring over the ``r = P / u`` blocks such groups form: ranks ``i, i + u,
 different stretches of the sequence and pass their keys and values around (``ring_attention``). ``u = 1`` is a pure
 ring. E.g. 40 heads on 16 ranks: Ulysses 8 x ring 2; 24 heads on 16: 8 x 2; 2 heads on 4: 2 x 2.
 
-Each ring step attends this rank's queries to one block of keys with a kernel that also returns the log-sum-exp of
-the scores, and merges the partial outputs in float32 (online softmax), so the result is the full attention up to
-rounding. Padding keys (positions >= the true sequence length, all at the end) are cut off their block, not masked.
-The next block's transfer runs while the current one is attended.
+Each ring step attends this rank's queries to one block of keys with ``attention_lse`` (which also returns the
+log-sum-exp of the scores), and merges the partial outputs in float32 (online softmax), so the result is the full
+attention up to rounding. Padding keys (positions >= the true sequence length, all at the end) are cut off their
+block, not masked. The next block's transfer runs while the current one is attended.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from wanflow.models.attention import attention_lse
 from wanflow.runtime.head_exchange import heads_to_seq, seq_to_heads
 
 
@@ -28,32 +29,6 @@ def attention_layout(num_heads: int, ranks: int) -> tuple[int, int]:
     """(Ulysses size, ring size) for ``num_heads`` heads on ``ranks`` sequence-parallel ranks."""
     ulysses = math.gcd(num_heads, ranks)
     return ulysses, ranks // ulysses
-
-
-def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of (B, Lq, H, d) queries over one block of (B, Lk, H, d) keys, scale 1/sqrt(d): the output
-    (B, Lq, H, d) and the log-sum-exp of the scaled scores, (B, Lq, H) in float32 (float64 for float64 inputs)."""
-    q, k, v = (a.transpose(1, 2) for a in (q, k, v))  # (B, H, L, d), as the kernels take them
-    if q.device.type == "cpu":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
-    elif q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16):
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[:2]
-    elif q.device.type == "cuda":
-        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
-    else:
-        out, lse = math_attention(q, k, v)
-    return out.transpose(1, 2), lse[..., : q.shape[2]].transpose(1, 2).to(_accumulation(q.dtype))
-
-
-def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, H, L, d) attention and log-sum-exp in plain math (other devices): materialises the (Lq, Lk) scores."""
-    scores = (q.to(_accumulation(q.dtype)) @ k.transpose(-1, -2).to(_accumulation(q.dtype))) / math.sqrt(q.shape[-1])
-    lse = scores.logsumexp(dim=-1)
-    return (scores - lse[..., None]).exp().to(v.dtype) @ v, lse
-
-
-def _accumulation(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
 
 
 def merge(
@@ -95,7 +70,7 @@ def ring_attention(
             requests, incoming = _pass_on(kv, group, ring[(pos + 1) % size], ring[(pos - 1) % size])
         valid = min(max(key_len - (pos - step) % size * block_len, 0), block_len)
         if valid:
-            block_out, block_lse = block_attention(q, kv[0, :, :valid], kv[1, :, :valid])
+            block_out, block_lse = attention_lse(q, kv[0, :, :valid], kv[1, :, :valid])
             if out is None:
                 out, lse = block_out.to(block_lse.dtype), block_lse
             else:

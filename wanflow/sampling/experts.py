@@ -7,7 +7,7 @@ of the experts is someone else's job; this module only decides.
 
 from __future__ import annotations
 
-HIGH, LOW, DENSE = "high", "low", "dense"  # the keys of the experts, as in ``Layout.experts``
+from wanflow.configs import DENSE, HIGH, LOW
 
 
 def boundary_timestep(boundary: float | None, num_train_timesteps: int = 1000) -> float | None:

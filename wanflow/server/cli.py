@@ -7,7 +7,8 @@ import ipaddress
 import logging
 from pathlib import Path
 
-from wanflow.configs import TASKS
+from wanflow.runtime.offload import POLICIES
+from wanflow.tasks import TASKS
 
 log = logging.getLogger("wanflow")
 
@@ -20,9 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", help="bearer token clients must send; required when --host is not a loopback address")
     p.add_argument("--data", default="wanflow-data", help="folder for the job database and the videos")
     p.add_argument("--max_queue", "--max-queue", dest="max_queue", type=int, default=100, help="jobs waiting at most")
-    p.add_argument(
-        "--offload", choices=["resident", "model", "block"], help="expert placement policy (default per device)"
-    )
+    p.add_argument("--offload", choices=POLICIES, help="expert placement policy (default per device)")
 
 
 def is_loopback(host: str) -> bool:

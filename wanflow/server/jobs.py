@@ -16,8 +16,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from wanflow.pipelines.core import Step
 from wanflow.pipelines.progress import Progress
+from wanflow.sampling.hooks import Step
 
 log = logging.getLogger(__name__)
 
@@ -377,4 +377,4 @@ class Worker(threading.Thread):
         if job["has_image"]:
             with Image.open(self.files.image(job["id"])) as im:
                 image = im.convert("RGB")
-        return pipe(request.prompt, image=image, progress=progress, callback=callback, **request.pipeline_kwargs())
+        return pipe(request.options(image), progress=progress, callback=callback)

@@ -12,6 +12,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from wanflow.pipelines.request import GenerateOptions
+from wanflow.sampling.solvers import SOLVERS
+from wanflow.tasks import TASKS
+
+SolverName = Literal[tuple(SOLVERS)]  # the solver registry's names
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -42,7 +48,7 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field(description="which loaded model: t2v-A14B, i2v-A14B or ti2v-5B")
+    task: str = Field(description=f"which loaded model: one of {', '.join(TASKS)}")
     prompt: str = Field(min_length=1, description="what the video shows")
     negative_prompt: str | None = Field(None, description="what to avoid (default: the task's)")
     width: int | None = Field(None, gt=0, description="pixels; with an image, width * height is the area budget")
@@ -53,7 +59,7 @@ class GenerateRequest(BaseModel):
     guide_scale: list[float] | None = Field(
         None, min_length=1, max_length=2, description="one value, or (low-noise, high-noise) for the A14B tasks"
     )
-    solver: Literal["unipc", "dpm++", "euler"] = "unipc"
+    solver: SolverName = "unipc"
     seed: int = Field(-1, ge=-1, le=2**63 - 1, description="-1 draws one; the job reports it")
 
     @field_validator("guide_scale", mode="before")
@@ -100,19 +106,20 @@ class GenerateRequest(BaseModel):
         if self.steps is not None and self.steps > limits.max_steps:
             raise ValueError(f"steps {self.steps} is over the limit of {limits.max_steps}")
 
-    def pipeline_kwargs(self) -> dict[str, object]:
-        """Keyword arguments of ``WanPipeline.__call__`` (besides prompt, image, progress, callback)."""
-        guide = self.guide_scale
-        return {
-            "negative_prompt": self.negative_prompt,
-            "size": self.size(),
-            "frames": self.frames,
-            "steps": self.steps,
-            "shift": self.shift,
-            "guide_scale": None if guide is None else (guide[0] if len(guide) == 1 else tuple(guide)),
-            "solver": self.solver,
-            "seed": self.seed,
-        }
+    def options(self, image=None) -> GenerateOptions:
+        """The pipeline's options for this request (its own ``resolve`` checks them against the model)."""
+        return GenerateOptions(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            image=image,
+            size=self.size(),
+            frames=self.frames,
+            steps=self.steps,
+            shift=self.shift,
+            guide_scale=None if self.guide_scale is None else tuple(self.guide_scale),
+            solver=self.solver,
+            seed=self.seed,
+        )
 
 
 def openai_fields(form: dict[str, object], fps: int, default_task: str) -> dict[str, object]:

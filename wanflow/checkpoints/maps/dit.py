@@ -6,6 +6,7 @@ from typing import Any
 
 from wanflow.checkpoints.keymap import KeyMap
 from wanflow.configs import DiTConfig
+from wanflow.tasks import task_for_channels
 
 _ATTN = (
     ("q.", "to_q."),
@@ -76,7 +77,7 @@ def dit_config_from_diffusers(data: dict[str, Any]) -> DiTConfig:
     if data.get("image_dim") or data.get("added_kv_proj_dim"):
         raise ValueError("this transformer has a CLIP image branch (Wan 2.1 I2V/FLF2V), which Wan 2.2 does not use")
     in_dim, out_dim = data.get("in_channels", 16), data.get("out_channels", 16)
-    model_type = "ti2v" if out_dim == 48 else ("i2v" if in_dim == 36 else "t2v")
+    model_type = task_for_channels(in_dim, out_dim).model_type
     heads, head_dim = data.get("num_attention_heads", 40), data.get("attention_head_dim", 128)
     return DiTConfig(
         model_type=model_type,

@@ -1,0 +1,86 @@
+"""What the route functions share: the app's store and worker, the loaded models, the limits, and submitting a job."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from fastapi import HTTPException
+from PIL import Image
+from pydantic import ValidationError
+
+from wanflow.pipelines.request import resolve
+from wanflow.server.errors import validation_message
+from wanflow.server.jobs import Files, JobStore, Models, QueueFull, Worker, new_id
+from wanflow.server.schemas import GenerateRequest, Limits, VideoView
+from wanflow.server.views import video_view
+from wanflow.tasks import TASKS, Task
+
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+IMAGE_HINT = "an image: upload one as 'image' (or 'input_reference')"
+
+
+class Context:
+    """What the route functions share."""
+
+    def __init__(self, app, models: Models, files: Files, limits: Limits, max_queue: int, interval: float):
+        self.app, self.models, self.files, self.limits = app, models, files, limits
+        self.max_queue, self.interval = max_queue, interval
+
+    @property
+    def store(self) -> JobStore:
+        return self.app.state.store
+
+    @property
+    def worker(self) -> Worker:
+        return self.app.state.worker
+
+    def job(self, job_id: str) -> dict:
+        job = self.store.get(job_id) if JOB_ID.fullmatch(job_id) else None
+        if job is None:
+            raise HTTPException(404, f"no job {job_id!r}")
+        return job
+
+    def task(self, name: str) -> Task | None:
+        """The task of a loaded pipeline (with its checkpoint's defaults), else the registry's entry."""
+        return getattr(self.models.peek(name), "task", None) or TASKS.get(name)
+
+    def fps(self, task: str) -> int:
+        spec = self.task(task)
+        return spec.fps if spec is not None else 16
+
+    def video_view(self, job: dict) -> VideoView:
+        return video_view(job, self.fps(job["task"]))
+
+    async def submit(self, fields: dict, image: Image.Image | None) -> dict:
+        """Validate, store the image, queue the job."""
+        try:
+            req = GenerateRequest.model_validate(fields)
+        except ValidationError as e:
+            raise HTTPException(422, validation_message(e.errors())) from None
+        if req.task not in self.models.tasks:
+            raise HTTPException(422, f"unknown task {req.task!r}; this server runs {self.models.tasks}")
+        try:
+            req.check(self.limits)
+            self.check_with_model(req, image)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        job_id = new_id()
+        if image is not None:
+            image.save(self.files.image(job_id), format="PNG")
+        try:
+            job = self.store.add(req.task, req.model_dump(exclude_none=True), image is not None, self.max_queue, job_id)
+        except QueueFull as e:
+            self.files.remove(job_id)
+            raise HTTPException(429, str(e), headers={"Retry-After": "30"}) from None
+        self.worker.wake()
+        return job
+
+    def check_with_model(self, req: GenerateRequest, image: Image.Image | None) -> None:
+        """The pipeline's own checks (``resolve``), with the loaded model's task and size rule when it is loaded."""
+        task = self.task(req.task)
+        if task is None:
+            return  # a task outside the registry: its pipeline checks the request when the job runs
+        multiple = getattr(self.models.peek(req.task), "size_multiple", None)
+        options = dataclasses.replace(req.options(image), seed=0)  # the seed is drawn when the job runs
+        resolve(options, task, multiple, image_hint=IMAGE_HINT)

@@ -1,0 +1,171 @@
+"""The endpoints: the native job API (``/api``), OpenAI's video API shape (``/v1``), and the service routes (the
+page, health, metrics). They read and write the job store; the worker thread does the generating."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
+
+from wanflow.server.context import Context
+from wanflow.server.jobs import TERMINAL
+from wanflow.server.schemas import GenerateRequest, JobView, VideoView, openai_fields
+from wanflow.server.uploads import read_submission
+from wanflow.server.views import job_view, openai_body, request_body, task_defaults
+
+STATIC = Path(__file__).parent / "static"
+
+
+def native_routes(api: APIRouter, ctx: Context) -> None:
+    @api.get("/tasks")
+    def tasks() -> dict:
+        """The tasks this server runs, with their defaults (for the web form)."""
+        out = {}
+        for task in ctx.models.tasks:
+            spec = ctx.task(task)
+            out[task] = None if spec is None else task_defaults(spec)
+        return {"tasks": out, "limits": dataclasses.asdict(ctx.limits)}
+
+    @api.post("/jobs", status_code=202, response_model=JobView, openapi_extra=request_body(GenerateRequest))
+    async def submit(request: Request) -> JobView:
+        """Queue a generation: JSON, or multipart form fields with an ``image`` file (I2V, TI2V)."""
+        fields, image = await read_submission(request, ctx.limits)
+        return job_view(await ctx.submit(fields, image))
+
+    @api.get("/jobs", response_model=list[JobView])
+    def list_jobs(status: str | None = None, limit: int = 200) -> list[JobView]:
+        """Newest first."""
+        return [job_view(job) for job in ctx.store.list(status, max(1, min(limit, 1000)))]
+
+    @api.get("/jobs/{job_id}", response_model=JobView)
+    def get_job(job_id: str) -> JobView:
+        return job_view(ctx.job(job_id))
+
+    @api.get("/jobs/{job_id}/events")
+    async def events(job_id: str, request: Request) -> StreamingResponse:
+        """Server-sent events: ``progress`` with the job on every change, then ``end`` when it has finished."""
+        ctx.job(job_id)
+        return StreamingResponse(
+            _event_stream(ctx, job_id, request),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @api.post("/jobs/{job_id}/cancel", response_model=JobView)
+    def cancel(job_id: str) -> JobView:
+        """A queued job is cancelled at once; a running one stops at its next step."""
+        job = ctx.job(job_id)
+        if job["status"] in TERMINAL:
+            raise HTTPException(409, f"job {job_id} has finished already ({job['status']})")
+        ctx.worker.cancel(job_id)
+        return job_view(ctx.job(job_id))
+
+    @api.get("/jobs/{job_id}/video", response_class=FileResponse)
+    def video(job_id: str) -> FileResponse:
+        return _video_file(ctx, job_id)
+
+    @api.delete("/jobs/{job_id}")
+    def delete(job_id: str) -> dict:
+        """Removes a finished or queued job and its files; a running job must be cancelled first."""
+        _delete(ctx, job_id)
+        return {"id": job_id, "deleted": True}
+
+
+def openai_routes(v1: APIRouter, ctx: Context) -> None:
+    @v1.post("/videos", response_model=VideoView, openapi_extra=openai_body())
+    async def create(request: Request) -> VideoView:
+        """OpenAI's create video: ``prompt``, ``model`` (a task), ``size`` "WxH", ``seconds``, ``input_reference``."""
+        fields, image = await read_submission(request, ctx.limits)
+        task = str(fields.get("model") or ctx.models.tasks[0])
+        try:
+            fields = openai_fields(fields, ctx.fps(task), ctx.models.tasks[0])
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        return ctx.video_view(await ctx.submit(fields, image))
+
+    @v1.get("/videos")
+    def list_videos(limit: int = 100) -> dict:
+        jobs = ctx.store.list(None, max(1, min(limit, 1000)))
+        return {"object": "list", "data": [ctx.video_view(job) for job in jobs]}
+
+    @v1.get("/videos/{video_id}", response_model=VideoView)
+    def retrieve(video_id: str) -> VideoView:
+        return ctx.video_view(ctx.job(video_id))
+
+    @v1.get("/videos/{video_id}/content", response_class=FileResponse)
+    def content(video_id: str) -> FileResponse:
+        return _video_file(ctx, video_id)
+
+    @v1.delete("/videos/{video_id}")
+    def delete(video_id: str) -> dict:
+        _delete(ctx, video_id)
+        return {"id": video_id, "object": "video.deleted", "deleted": True}
+
+
+def service_routes(app: FastAPI, ctx: Context, auth: list) -> None:
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/health", tags=["service"])
+    def health() -> dict:
+        return {"status": "ok", "tasks": ctx.models.tasks, "queue": ctx.store.counts()["queued"]}
+
+    @app.get("/metrics", response_class=PlainTextResponse, dependencies=auth, tags=["service"])
+    def metrics() -> str:
+        """Prometheus text format."""
+        counts = ctx.store.counts()
+        total, count = ctx.store.generation_seconds()
+        lines = ["# HELP wanflow_jobs Jobs by status.", "# TYPE wanflow_jobs gauge"]
+        lines += [f'wanflow_jobs{{status="{status}"}} {n}' for status, n in counts.items()]
+        lines += [
+            "# HELP wanflow_queue_length Jobs waiting to run.",
+            "# TYPE wanflow_queue_length gauge",
+            f"wanflow_queue_length {counts['queued']}",
+            "# HELP wanflow_generation_seconds Run time of the jobs that finished.",
+            "# TYPE wanflow_generation_seconds summary",
+            f"wanflow_generation_seconds_sum {total:.3f}",
+            f"wanflow_generation_seconds_count {count}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+async def _event_stream(ctx: Context, job_id: str, request: Request):
+    last, quiet = None, 0.0
+    while True:
+        job = ctx.store.get(job_id)
+        if job is None:
+            yield "event: deleted\ndata: {}\n\n"
+            return
+        view = job_view(job).model_dump_json()
+        if view != last:
+            yield f"event: progress\ndata: {view}\n\n"
+            last, quiet = view, 0.0
+        if job["status"] in TERMINAL:
+            yield f"event: end\ndata: {view}\n\n"
+            return
+        if await request.is_disconnected() or ctx.worker.stopping.is_set():
+            return
+        await asyncio.sleep(ctx.interval)
+        quiet += ctx.interval
+        if quiet >= 15:  # a comment keeps proxies from closing an idle stream
+            yield ": keep-alive\n\n"
+            quiet = 0.0
+
+
+def _video_file(ctx: Context, job_id: str) -> FileResponse:
+    job = ctx.job(job_id)
+    path = ctx.files.video(job["id"])
+    if job["status"] != "done" or not path.is_file():
+        raise HTTPException(409, f"job {job_id} has no video ({job['status']})")
+    return FileResponse(path, media_type="video/mp4", filename=f"{job['id']}.mp4")
+
+
+def _delete(ctx: Context, job_id: str) -> None:
+    job = ctx.job(job_id)
+    if not ctx.store.delete(job["id"]):
+        raise HTTPException(409, f"job {job_id} is running; cancel it first")
+    ctx.files.remove(job["id"])

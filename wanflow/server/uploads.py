@@ -1,0 +1,132 @@
+"""Reading a submission: JSON or a multipart form, one image at most, decoded within the server's limits; and the
+middleware that caps a request body's size."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+
+from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse
+from PIL import Image, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+
+from wanflow.server.schemas import IMAGE_TYPES, Limits
+
+IMAGE_FIELDS = ("image", "input_reference")
+MAX_FORM_BYTES = 1024 * 1024  # everything in a request besides the image
+
+
+class BodyLimit:
+    """Answers 413 once a request body passes ``max_bytes``, with or without a Content-Length header."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        received, started = 0, False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise TooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except TooLarge:
+            if started:
+                raise
+            response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, 413)
+            await response(scope, receive, send)
+
+
+class TooLarge(Exception):
+    pass
+
+
+async def read_submission(request: Request, limits: Limits) -> tuple[dict, Image.Image | None]:
+    """Form fields (multipart, with one image file) or a JSON object (image as base64), and the decoded image."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    length = int(request.headers.get("content-length") or 0)
+    if length > limits.max_upload * 4 // 3 + MAX_FORM_BYTES:
+        raise HTTPException(413, f"request too large; images may be up to {limits.max_upload} bytes")
+    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return await _read_form(request, limits)
+    if ctype == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(400, "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise HTTPException(422, "the body must be a JSON object")
+        data = next((body.pop(k) for k in IMAGE_FIELDS if body.get(k) is not None), None)
+        return body, None if data is None else decode_image(_base64(data, limits), limits)
+    raise HTTPException(415, "send JSON (application/json) or a form (multipart/form-data, for an image upload)")
+
+
+async def _read_form(request: Request, limits: Limits) -> tuple[dict, Image.Image | None]:
+    try:
+        form = await request.form(max_files=1, max_fields=40)
+    except (HTTPException, TooLarge):
+        raise
+    except Exception:
+        raise HTTPException(400, "the form could not be read (one image file at most)") from None
+    fields, image = {}, None
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if key not in IMAGE_FIELDS:
+                raise HTTPException(422, f"unexpected file field {key!r}; upload the image as 'image'")
+            image = await _read_upload(value, limits)
+        elif value != "":
+            if key in fields:
+                raise HTTPException(422, f"field {key!r} given twice")
+            fields[key] = value
+    return fields, image
+
+
+async def _read_upload(upload: UploadFile, limits: Limits) -> Image.Image:
+    if (upload.content_type or "").lower() not in IMAGE_TYPES:
+        raise HTTPException(415, f"image type {upload.content_type!r} not accepted; send one of {sorted(IMAGE_TYPES)}")
+    data = await upload.read(limits.max_upload + 1)
+    if len(data) > limits.max_upload:
+        raise HTTPException(413, f"the image is over the limit of {limits.max_upload} bytes")
+    return decode_image(data, limits)
+
+
+def _base64(data: object, limits: Limits) -> bytes:
+    if not isinstance(data, str):
+        raise HTTPException(422, "image must be a base64 string (or a data: URL)")
+    if data.startswith("data:"):
+        header, _, data = data.partition(",")
+        if header.split(";")[0][5:].lower() not in IMAGE_TYPES:
+            raise HTTPException(415, f"image type {header[5:]!r} not accepted; send one of {sorted(IMAGE_TYPES)}")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(422, "image is not valid base64") from None
+    if len(raw) > limits.max_upload:
+        raise HTTPException(413, f"the image is over the limit of {limits.max_upload} bytes")
+    return raw
+
+
+def decode_image(data: bytes, limits: Limits) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format not in ("PNG", "JPEG", "WEBP"):
+                raise HTTPException(415, f"image format {im.format} not accepted; send PNG, JPEG or WebP")
+            if im.width * im.height > limits.max_image_pixels:
+                raise HTTPException(413, f"the image is {im.width}x{im.height}, over {limits.max_image_pixels} pixels")
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise HTTPException(422, "the image could not be decoded; send a PNG, JPEG or WebP file") from None
