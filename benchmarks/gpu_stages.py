@@ -136,12 +136,12 @@ def shared_fraction(model: nn.Module, twin: nn.Module) -> float:
 
 def build_pair(suite: Suite, cfg: DiTConfig) -> tuple[WanDiT, nn.Module | None, str]:
     """wanflow's DiT and diffusers' twin on the same weights; the twin is None (with the reason) where diffusers
-    cannot be imported, so wanflow's figures are still measured."""
+    cannot be imported or built, so wanflow's figures are still measured."""
     model = random_dit(cfg, suite.device, suite.dtype)
     try:
         return model, diffusers_twin(model, suite.device), ""
-    except ImportError as e:
-        return model, None, f"diffusers unavailable: {e}"
+    except Exception as e:  # a missing wheel, or a diffusers that does not fit this torch
+        return model, None, f"diffusers unavailable: {type(e).__name__}: {e}"[:300]
 
 
 # ---------------------------------------------------------------- timing
@@ -228,7 +228,12 @@ def compare_sides(suite: Suite, stage: str, work: Workload, pair: tuple, warmup:
     if twin is None:
         suite.add(stage, f"{work.label}: diffusers CFG step", status="error", note=why)
         return min(ours.seconds)
-    theirs = measure(suite, diffusers_step(twin, work, x, context), repeats, warmup)
+    try:
+        theirs = measure(suite, diffusers_step(twin, work, x, context), repeats, warmup)
+    except Exception as e:  # wanflow's row stands; the caller's figures (stage 1's rate) too
+        note = f"{type(e).__name__}: {e}"[:300]
+        suite.add(stage, f"{work.label}: diffusers CFG step", status="error", note=note)
+        return min(ours.seconds)
     speed, shared = min(theirs.seconds) / min(ours.seconds), shared_fraction(model, twin)
     note = f"wanflow {speed:.2f}x diffusers' speed; {shared:.1%} of diffusers' weight bytes are wanflow's tensors"
     err = rel_err(theirs.output, ours.output)

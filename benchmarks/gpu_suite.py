@@ -201,9 +201,10 @@ def run_stages(suite: Suite, todo: list[Stage]) -> None:
     for i, stage in enumerate(todo):
         need, left = stage.estimate(suite), suite.remaining()
         if need > left:
-            suite.add(
-                stage.key, stage.title, status="skipped", note=f"needs about {need:.0f} s, {max(left, 0):.0f} s left"
-            )
+            note = f"needs about {need:.0f} s, {max(left, 0):.0f} s left"
+            suite.add(stage.key, stage.title, status="skipped", note=note)
+            suite.keep.clear()  # what an earlier stage left was for this one
+            suite.free()
             continue
         start = time.monotonic()
         try:
