@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -318,7 +317,9 @@ def main() -> None:
         args.peak_tflops = 989.4
     if args.threads:
         torch.set_num_threads(args.threads)
-    os.environ[attention.ENV] = args.attention  # before the first attention call: the backend is chosen once
+    ours_backend = attention.default_backend(device.type, getattr(torch, args.dtype), 128)
+    if ours_backend != args.attention:  # wanflow reads the choice once, at import
+        raise SystemExit(f"wanflow attends with {ours_backend} here: run with {attention.ENV}={args.attention}")
     with tempfile.TemporaryDirectory() as tmp:
         ours = build_ours(args, device, getattr(torch, args.dtype), Path(tmp))
         theirs = build_theirs(ours, args)

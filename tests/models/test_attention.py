@@ -47,3 +47,18 @@ def test_the_vae_attends_through_the_entry_point(monkeypatch):
     with torch.no_grad():
         block(torch.randn(1, 8, 2, 3, 4))  # (B, C, T, H, W): one attention per frame batch
     assert seen == [(2, 12, 1, 8)]  # (frames, H * W, one head, C)
+
+
+def test_default_follows_device_dtype_and_head_and_the_environment_forces_one():
+    import subprocess
+    import sys
+
+    assert attn.default_backend("cpu", torch.bfloat16, 64) == "sdpa"
+    assert attn.default_backend("cuda", torch.float32, 64) == "sdpa"  # flash kernels take half precision only
+    probe = "from wanflow.models.attention import default_backend as d; import torch; print(d('cpu', torch.float32, 8))"
+    env = {"WANFLOW_ATTENTION": "flash2", "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "flash2"
+    env["WANFLOW_ATTENTION"] = "nope"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert "unknown attention backend 'nope'" in out.stderr

@@ -5,24 +5,21 @@ tokens of a sample and over all 512 zero-padded text positions). ``key_len`` mar
 sequence-parallel shards pad the sequence to a multiple of the ranks): they are cut off, not masked, so every backend
 takes them. ``attention_lse`` also returns the log-sum-exp of the scores, which ring attention merges blocks with.
 
-The backend is chosen once per (device, dtype, head size) and logged: FlashAttention 3 or 2 on a GPU in half precision
-when installed and the head fits their kernels, PyTorch SDPA otherwise. Pass ``backend=`` to choose it explicitly, or
-set ``WANFLOW_ATTENTION`` (read at the first choice) for a whole process.
+The backend follows from the device, the dtype and the head size, with what is installed read once, at import:
+FlashAttention 3 or 2 on a GPU in half precision when installed and the head fits their kernels, PyTorch SDPA
+otherwise; ``WANFLOW_ATTENTION=name`` in the environment forces one for the whole process. Pass ``backend=`` to
+choose it for one call. The choice is plain constant logic, so under ``torch.compile`` it folds into the graph.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
-import logging
 import math
 import os
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-
-log = logging.getLogger(__name__)
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 FLASH_MAX_HEAD_DIM = 256  # the flash kernels' largest head (the VAE's single head is wider)
@@ -62,19 +59,17 @@ def check_backend(name: str) -> str:
     return name
 
 
-@functools.cache
-def _backend_for(device_type: str, dtype: torch.dtype, head_dim: int) -> str:
-    name = os.environ.get(ENV) or "sdpa"
-    if ENV not in os.environ and device_type == "cuda" and dtype in (torch.float16, torch.bfloat16):
-        if head_dim <= FLASH_MAX_HEAD_DIM:
-            name = next((b for b in ("flash3", "flash2") if b in available_backends()), "sdpa")
-    log.info("attention backend for %s/%s, head %d: %s", device_type, dtype, head_dim, name)
-    return check_backend(name)
+_FLASH = next((name for name in ("flash3", "flash2") if name in available_backends()), None)  # read once
+_FORCED = check_backend(os.environ[ENV]) if os.environ.get(ENV) else None
 
 
-@torch.compiler.assume_constant_result  # under torch.compile: called while tracing, a constant in the graph
-def _backend_name(device_type: str, dtype: torch.dtype, head_dim: int) -> str:
-    return _backend_for(device_type, dtype, head_dim)
+def default_backend(device_type: str, dtype: torch.dtype, head_dim: int) -> str:
+    """The backend ``attention`` uses for these inputs when none is named."""
+    if _FORCED is not None:
+        return _FORCED
+    if _FLASH and device_type == "cuda" and dtype in (torch.float16, torch.bfloat16) and head_dim <= FLASH_MAX_HEAD_DIM:
+        return _FLASH
+    return "sdpa"
 
 
 def attention(
@@ -84,7 +79,7 @@ def attention(
     ``key_len`` are padding."""
     if key_len is not None and key_len < k.shape[1]:
         k, v = k[:, :key_len], v[:, :key_len]
-    name = check_backend(backend) if backend else _backend_name(q.device.type, q.dtype, q.shape[-1])
+    name = check_backend(backend) if backend else default_backend(q.device.type, q.dtype, q.shape[-1])
     return BACKENDS[name](q, k, v)
 
 

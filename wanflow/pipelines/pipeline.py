@@ -8,6 +8,7 @@ pipeline's methods (``map_experts``, ``add_hook``, ``decode_over``; ``pipelines.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -20,6 +21,7 @@ from torch import nn
 from wanflow.checkpoints.layouts import Layout, detect_layout
 from wanflow.checkpoints.load import Components, load_components
 from wanflow.io.video import save_video
+from wanflow.models.attention import default_backend
 from wanflow.models.dit import FP32_MODULES
 from wanflow.models.text_encoder import pad_context
 from wanflow.pipelines.core import Conditioning, Sampler, denoise
@@ -36,6 +38,8 @@ from wanflow.sampling.noise import initial_noise
 from wanflow.sampling.schedule import get_schedule
 from wanflow.sampling.solvers import get_solver
 from wanflow.tasks import Task, get_task, task_for_model
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -122,6 +126,9 @@ class WanPipeline:
         self.t5_device = torch.device("cpu") if runtime.t5_cpu else self.device
         self.offload = choose_policy(runtime.offload, self.device)
         experts = {name: self._prepare_expert(model) for name, model in components.experts.items()}
+        dit_dtype = runtime.dit_dtype(self.device)
+        backend = default_backend(self.device.type, dit_dtype, dit_cfg.head_dim)
+        log.info("%s on %s: DiT in %s, attention %s", self.task.name, self.device, dit_dtype, backend)
         self._placement = ExpertPlacement(experts, self.device, self.offload)
         self._hooks: list[StepHook] = []
         self._decode_group = None  # ranks that share the decode's tiles (``decode_over``)

@@ -6,9 +6,9 @@ loop stay eager, so a new resolution or step count recompiles only the block. ``
 state-dict keys, hooks and parameters are those of the plain model (no ``_orig_mod.`` wrapper), so checkpoints,
 offload policies and FSDP see the same modules.
 
-The attention backend is a constant in the graph (chosen once per device, dtype and head size; ``WANFLOW_ATTENTION``
-forces one). The block has no graph breaks (``tests/runtime/test_compile.py``); hooks added by offload or FSDP run
-inside the compiled region and may add some.
+The attention backend folds into the graph as a constant (``models.attention.default_backend``). The block has no
+graph breaks (``tests/runtime/test_compile.py``); hooks added by offload or FSDP run inside the compiled region and
+may add some.
 """
 
 from __future__ import annotations
