@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
+from wanflow.checkpoints.convert_files import files_to_official
 from wanflow.checkpoints.io import CheckpointError, read_folder, read_weights, write_folder
 from wanflow.checkpoints.layouts import (
     DIFFUSERS_EXPERTS,
@@ -44,10 +46,17 @@ SHARD_BYTES = 10 * 1024**3  # diffusers' default shard size
 
 
 def convert_checkpoint(
-    src: str | os.PathLike, dst: str | os.PathLike, to: str | None = None, max_shard_bytes: int = SHARD_BYTES
+    src: str | os.PathLike | Layout,
+    dst: str | os.PathLike,
+    to: str | None = None,
+    max_shard_bytes: int = SHARD_BYTES,
+    dtype: torch.dtype = torch.bfloat16,
 ) -> Layout:
-    """Convert ``src`` into ``dst`` in the other layout (or ``to`` = "official" | "diffusers"); returns dst's layout."""
-    layout = detect_layout(src)
+    """Convert ``src`` into ``dst`` in the other layout (or ``to`` = "official" | "diffusers"); returns dst's layout.
+    Single files (``kind == "files"``) are dequantised to ``dtype`` on the way."""
+    layout = src if isinstance(src, Layout) else detect_layout(src)
+    if layout.kind == "files":
+        return _convert_files(layout, Path(dst), to or "official", max_shard_bytes, dtype)
     to = to or ("diffusers" if layout.kind == "official" else "official")
     if to not in ("official", "diffusers"):
         raise ValueError(f"unknown target layout {to!r}; choose 'official' or 'diffusers'")
@@ -59,6 +68,20 @@ def convert_checkpoint(
     dst.mkdir(parents=True, exist_ok=True)
     (_to_diffusers if to == "diffusers" else _to_official)(layout, dst, max_shard_bytes)
     return detect_layout(dst)
+
+
+def _convert_files(layout: Layout, dst: Path, to: str, shard: int, dtype: torch.dtype) -> Layout:
+    """Single files -> the official layout (dequantised), then the diffusers one if asked."""
+    if to not in ("official", "diffusers"):
+        raise ValueError(f"unknown target layout {to!r}; choose 'official' or 'diffusers'")
+    if dst.exists() and any(dst.iterdir()):
+        raise ValueError(f"output folder {dst} is not empty; choose a new folder")
+    if to == "official":
+        files_to_official(layout, dst, dtype, shard)
+        return detect_layout(dst)
+    with tempfile.TemporaryDirectory(dir=dst.parent if dst.parent.exists() else None) as tmp:
+        files_to_official(layout, Path(tmp) / "official", dtype, shard)
+        return convert_checkpoint(Path(tmp) / "official", dst, "diffusers", shard)
 
 
 def _to_diffusers(layout: Layout, dst: Path, shard: int) -> None:

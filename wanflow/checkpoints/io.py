@@ -137,3 +137,13 @@ def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what
     if bad:
         raise CheckpointError(f"{what}: shape mismatch for " + "; ".join(bad[:5]))
     module.load_state_dict(dict(state), strict=True, assign=True)
+
+
+def load_umt5_strict(model: torch.nn.Module, state: dict, what: str) -> None:
+    """transformers ties the token embedding under two names; files hold it once (or, from some tools, twice)."""
+    from wanflow.checkpoints.maps.t5 import TIED_EMBEDDING, add_tied, drop_tied  # (maps import no loading code)
+
+    if TIED_EMBEDDING[1] in state:
+        state = add_tied(drop_tied(state))
+    load_strict(model, state, what)
+    model.tie_weights()

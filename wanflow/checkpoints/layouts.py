@@ -37,12 +37,12 @@ DEFAULTS_FILE = "wanflow.json"  # optional: {"task": name, "defaults": {...TaskS
 class Layout:
     """Paths of the components of one checkpoint folder. A component that is absent is ``None``."""
 
-    kind: str  # "official" | "diffusers"
+    kind: str  # "official" | "diffusers" | "files" (single files, each component a file or a folder)
     root: Path
-    experts: dict[str, Path]  # {"high": folder, "low": folder} or {"dense": folder}
+    experts: dict[str, Path]  # {"high": folder, "low": folder} or {"dense": folder}; "files": a file each
     vae: Path | None  # official: a weights file; diffusers: a folder
     text_encoder: Path | None  # official: a weights file; diffusers: a folder
-    tokenizer: Path | None
+    tokenizer: Path | str | None  # a folder; "files" may name a Hugging Face repo id
 
     def task_defaults(self) -> tuple[str | None, dict]:
         """The task name and sampling defaults stored beside the weights (``wanflow.json``), if any."""
@@ -126,11 +126,86 @@ def detect_layout(root: str | os.PathLike) -> Layout:
         raise CheckpointError(f"checkpoint folder not found: {root}")
     if not root.is_dir():
         raise CheckpointError(f"checkpoint path is not a folder: {root}")
-    layout = _diffusers(root) or _official(root)
+    layout = _diffusers(root) or _official(root) or _single_files(root)
     if layout is None:
         raise CheckpointError(
             f"{root} is not a Wan checkpoint folder: expected the official layout (high_noise_model/ and "
-            "low_noise_model/, or config.json + diffusion_pytorch_model*.safetensors at the root) or the diffusers "
-            "layout (model_index.json with transformer/)"
+            "low_noise_model/, or config.json + diffusion_pytorch_model*.safetensors at the root), the diffusers "
+            "layout (model_index.json with transformer/), or single files (.safetensors / .gguf: a DiT, a VAE, a "
+            "umT5)"
         )
     return layout
+
+
+# --- single files ---
+
+FILE_SUFFIXES = (".safetensors", ".gguf", ".pth", ".pt")
+COMFY_FOLDERS = ("diffusion_models", "unet", "vae", "text_encoders", "clip")  # ComfyUI's models/ subfolders
+DEFAULT_TOKENIZER = "google/umt5-xxl"  # the umT5 tokenizer on the Hugging Face Hub
+
+
+def files_layout(
+    dit: Path | None = None,
+    dit_low: Path | None = None,
+    vae: Path | None = None,
+    t5: Path | None = None,
+    tokenizer: Path | str | None = None,
+    base: Layout | None = None,
+) -> Layout:
+    """Components given one by one (``--dit``, ``--dit_low``, ``--vae``, ``--t5``, ``--tokenizer``), the rest taken
+    from ``base`` (a checkpoint folder). ``dit`` is the dense DiT, or the high-noise expert when there are two."""
+    experts = dict(base.experts) if base else {}
+    if dit_low is not None or (dit is not None and base is not None and base.is_moe):
+        experts.pop(DENSE, None)
+        experts.update({k: Path(v) for k, v in ((HIGH, dit), (LOW, dit_low)) if v is not None})
+    elif dit is not None:
+        experts = {DENSE: Path(dit)}
+    if set(experts) not in ({DENSE}, {HIGH, LOW}):
+        raise CheckpointError("give the DiT (--dit), or both A14B experts (--dit for high noise, --dit_low for low)")
+    root = base.root if base else Path(next(iter(experts.values()))).parent
+    return Layout(
+        "files",
+        root,
+        experts,
+        Path(vae) if vae else (base.vae if base else None),
+        Path(t5) if t5 else (base.text_encoder if base else None),
+        tokenizer or (base.tokenizer if base else None) or _tokenizer_beside(t5) or DEFAULT_TOKENIZER,
+    )
+
+
+def _tokenizer_beside(t5: Path | None) -> Path | None:
+    """A tokenizer folder next to the umT5 file (``google/umt5-xxl/`` or ``tokenizer/``), if there is one."""
+    if t5 is None:
+        return None
+    for name in (OFFICIAL_TOKENIZER, "tokenizer"):
+        if (Path(t5).parent / name / "tokenizer_config.json").is_file():
+            return Path(t5).parent / name
+    return None
+
+
+def _single_files(root: Path) -> Layout | None:
+    """A folder holding single files (or ComfyUI's models/ subfolders), each told apart by its keys; the two A14B
+    experts by their names (``high`` / ``low``)."""
+    from wanflow.checkpoints.single_file import peek_kind
+
+    files = [p for d in (root, *(root / f for f in COMFY_FOLDERS)) if d.is_dir() for p in sorted(d.iterdir())]
+    found: dict[str, list[Path]] = {}
+    for path in files:
+        if path.suffix in FILE_SUFFIXES and path.is_file():
+            found.setdefault(peek_kind(path), []).append(path)
+    dits = found.get("dit", [])
+    if not dits:
+        return None
+    one = {"vae": found.get("vae", []), "t5": found.get("t5", [])}
+    for kind, paths in one.items():
+        if len(paths) > 1:
+            raise CheckpointError(f"{root} holds more than one {kind} file ({', '.join(p.name for p in paths)})")
+    high = [p for p in dits if "high" in p.name.lower()]
+    low = [p for p in dits if "low" in p.name.lower()]
+    if len(dits) == 1:
+        experts = {"dit": dits[0]}
+    elif len(dits) == 2 and len(high) == 1 and len(low) == 1:
+        experts = {"dit": high[0], "dit_low": low[0]}
+    else:
+        raise CheckpointError(f"{root}: cannot tell the DiT files apart ({', '.join(p.name for p in dits)})")
+    return files_layout(**experts, vae=next(iter(one["vae"]), None), t5=next(iter(one["t5"]), None))

@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from wanflow.checkpoints.io import CheckpointError, load_strict, read_folder, read_weights
+from wanflow.checkpoints.io import CheckpointError, load_strict, load_umt5_strict, read_folder, read_weights
 from wanflow.checkpoints.layouts import Layout, detect_layout
+from wanflow.checkpoints.load_file import load_dit_file, load_t5_file, load_vae_file
 from wanflow.checkpoints.maps.dit import DIT_KEYMAP, dit_config_from_diffusers, strip_prefixes
-from wanflow.configs import DiTConfig
+from wanflow.checkpoints.tokenizer import load_tokenizer
+from wanflow.configs import LOW, DiTConfig
 from wanflow.models.dit import FP32_MODULES, WanDiT
 from wanflow.runtime.precision import cast_model
 
@@ -83,7 +85,7 @@ def load_text_encoder(
 ) -> TextEncoder:
     """umT5 encoder and tokenizer; ``dtype=None`` keeps the stored dtype (bf16 for the published file). Prompts are
     truncated to ``text_len`` tokens (default: the config's; give the DiT's, which reads that many)."""
-    from transformers import AutoTokenizer, UMT5Config
+    from transformers import UMT5Config
 
     from wanflow.checkpoints.maps.t5 import T5_KEYMAP, t5_config_from_hf, t5_config_from_state_dict
     from wanflow.models.text_encoder import TextEncoder, build_umt5
@@ -100,32 +102,15 @@ def load_text_encoder(
         state = read_folder(path, stem="model")
     with torch.device("meta"):
         model = build_umt5(cfg)
-    _load_hf_strict(model, state, f"text encoder in {path}")
+    load_umt5_strict(model, state, f"text encoder in {path}")
     if dtype is not None:
         model.to(dtype)
-    tokenizer = Path(tokenizer)
-    if not tokenizer.is_dir():
-        raise CheckpointError(f"tokenizer folder not found: {tokenizer}")
-    try:
-        tok = AutoTokenizer.from_pretrained(tokenizer)
-    except Exception as e:  # transformers raises OSError/ValueError/... for broken folders
-        raise CheckpointError(f"cannot load the tokenizer in {tokenizer}: {e}") from None
-    return TextEncoder(tok, model.eval().requires_grad_(False), text_len=text_len or cfg.text_len)
+    return TextEncoder(load_tokenizer(tokenizer), model.eval().requires_grad_(False), text_len=text_len or cfg.text_len)
 
 
 def load_experts(layout: Layout, dtype: torch.dtype | None = torch.float32) -> dict[str, WanDiT]:
     """All DiTs of a checkpoint: ``{HIGH: ..., LOW: ...}`` or ``{DENSE: ...}`` (``configs``' expert names)."""
     return {name: load_dit(folder, layout.kind, dtype) for name, folder in layout.experts.items()}
-
-
-def _load_hf_strict(model: torch.nn.Module, state: dict, what: str) -> None:
-    """transformers ties the token embedding under two names; files hold it once (or, from some tools, twice)."""
-    from wanflow.checkpoints.maps.t5 import TIED_EMBEDDING, add_tied, drop_tied
-
-    if TIED_EMBEDDING[1] in state:
-        state = add_tied(drop_tied(state))
-    load_strict(model, state, what)
-    model.tie_weights()
 
 
 def _infer(fn, data, path):
@@ -157,8 +142,10 @@ def load_components(
     dit_dtype: torch.dtype | None = torch.float32,
     t5_dtype: torch.dtype | None = None,
 ) -> Components:
-    """Load the DiT(s), VAE and text encoder of a checkpoint folder in either layout (or of its ``Layout``)."""
+    """Load the DiT(s), VAE and text encoder of a checkpoint folder in any layout (or of its ``Layout``)."""
     layout = ckpt if isinstance(ckpt, Layout) else detect_layout(ckpt)
+    if layout.kind == "files":
+        return load_file_components(layout, dit_dtype, t5_dtype)
     experts = load_experts(layout, dit_dtype)
     text_len = min(model.cfg.text_len for model in experts.values())
     return Components(
@@ -169,3 +156,27 @@ def load_components(
             layout.require("text_encoder"), layout.require("tokenizer"), layout.kind, t5_dtype, text_len
         ),
     )
+
+
+def load_file_components(layout: Layout, dit_dtype: torch.dtype | None, t5_dtype: torch.dtype | None) -> Components:
+    """Components given one by one: each a single file, or a folder of the checkpoint they complete."""
+    experts = {name: _load_expert(path, name, dit_dtype) for name, path in layout.experts.items()}
+    text_len = min(model.cfg.text_len for model in experts.values())
+    vae, t5, tokenizer = (layout.require(c) for c in ("vae", "text_encoder", "tokenizer"))
+    return Components(
+        layout=layout,
+        experts=experts,
+        vae=load_vae(vae, "diffusers") if vae.is_dir() else load_vae_file(vae),  # a folder is diffusers' vae/
+        text_encoder=(
+            load_text_encoder(t5, tokenizer, "diffusers", t5_dtype, text_len)
+            if t5.is_dir()
+            else load_t5_file(t5, tokenizer, text_len, dtype=t5_dtype)
+        ),
+    )
+
+
+def _load_expert(path: Path, name: str, dtype: torch.dtype | None) -> WanDiT:
+    if path.is_dir():  # an expert folder of the checkpoint the files complete
+        official = read_json(path / "config.json").get("_class_name") == "WanModel"
+        return load_dit(path, "official" if official else "diffusers", dtype)
+    return load_dit_file(path, "--dit_low" if name == LOW else "--dit", dtype or torch.float32)

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from wanflow.cli.single_files import add_file_arguments, files_layout_from_args, given_files
 from wanflow.pipelines.pipeline import DTYPES, RuntimeOptions
 from wanflow.pipelines.request import GenerateOptions, resolve
 from wanflow.runtime.offload import POLICIES
@@ -107,7 +108,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "task", default="t2v-A14B", choices=sorted(TASKS), help="which model (default t2v-A14B)")
     _flag(p, "size", type=parse_size, help="WIDTH*HEIGHT; with --image the pixel area to fill (default per task)")
     _flag(p, "frame_num", type=int, help="frames, 4n+1 (default per task: 81, or 121 for ti2v-5B)")
-    _flag(p, "ckpt_dir", help="checkpoint folder (official or diffusers layout) or a Hugging Face repo id")
+    _flag(p, "ckpt_dir", help="checkpoint folder (official, diffusers, or single files) or a Hugging Face repo id")
+    add_file_arguments(p)
     _flag(p, "offload_model", type=str2bool, help="keep only the active expert on the GPU (default: true)")
     _flag(
         p,
@@ -234,10 +236,15 @@ def checkpoint_and_task(args: argparse.Namespace):
     """The checkpoint's layout (the built-in model when no --ckpt_dir is given; None for a Hub repo not downloaded
     yet) and the task with the defaults the checkpoint stores, each found once."""
     from wanflow.builtin import builtin_checkpoint
+    from wanflow.checkpoints.hub import is_hub_id, local_checkpoint
     from wanflow.checkpoints.layouts import detect_layout
-    from wanflow.pipelines.pipeline import checkpoint_task, is_hub_id
+    from wanflow.pipelines.pipeline import checkpoint_task
 
     task = get_task(args.task)
+    if given_files(args):  # components one by one, completing --ckpt_dir if given
+        base = detect_layout(local_checkpoint(args.ckpt_dir)) if args.ckpt_dir else None
+        layout = files_layout_from_args(args, base)
+        return layout, checkpoint_task(layout, task)
     if args.ckpt_dir is not None and is_hub_id(args.ckpt_dir):
         return None, task  # checked with the task's own defaults, downloaded after the checks
     layout = detect_layout(args.ckpt_dir or builtin_checkpoint(args.task))
@@ -253,8 +260,9 @@ def checkpoint_and_task(args: argparse.Namespace):
 
 
 def _download(repo_id: str, task: Task):
+    from wanflow.checkpoints.hub import local_checkpoint
     from wanflow.checkpoints.layouts import detect_layout
-    from wanflow.pipelines.pipeline import checkpoint_task, local_checkpoint
+    from wanflow.pipelines.pipeline import checkpoint_task
 
     layout = detect_layout(local_checkpoint(repo_id))
     return layout, checkpoint_task(layout, task)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("ckpt_dir", nargs="*", help="checkpoint folders to inspect")
+    p.add_argument("ckpt_dir", nargs="*", help="checkpoint folders or single files (.safetensors, .gguf) to inspect")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,6 +24,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"devices: {', '.join(devices)}")
     print(f"attention backends: {', '.join(available_backends())}")
     for folder in [*(args.ckpt_dir or []), *hub_checkpoints()]:
+        if Path(folder).is_file():
+            print(describe_file(folder))
+            continue
         try:
             layout = detect_layout(folder)
             print(
@@ -45,3 +49,28 @@ def hub_checkpoints() -> list[str]:
     return [
         str(rev.snapshot_path) for repo in repos if repo.repo_id.startswith("Wan-AI/Wan2.2") for rev in repo.revisions
     ]
+
+
+def describe_file(path: str) -> str:
+    """What a single file is: component, format, storage types and size, and for a DiT its architecture and task."""
+    from wanflow.checkpoints.io import CheckpointError
+    from wanflow.checkpoints.single_file import dit_config_from_file, read_single_file
+    from wanflow.tasks import task_for_model
+
+    try:
+        file = read_single_file(path)
+    except CheckpointError as e:
+        return f"{path}: {e}"
+    storage = ", ".join(f"{n} {kind}" for kind, n in file.storage().items())
+    line = f"{path}: {file.kind}, {file.format}, {len(file.state)} tensors ({storage}), {file.nbytes() / 2**20:.1f} MiB"
+    if file.kind != "dit":
+        return line
+    try:
+        cfg = dit_config_from_file(file)
+    except CheckpointError as e:
+        return f"{line}\n  {e}"
+    task = task_for_model(cfg.model_type).name
+    return (
+        f"{line}\n  DiT for {task}: dim {cfg.dim}, {cfg.num_layers} layers, {cfg.num_heads} heads, "
+        f"in/out channels {cfg.in_dim}/{cfg.out_dim}, ffn {cfg.ffn_dim}, text {cfg.text_dim}"
+    )

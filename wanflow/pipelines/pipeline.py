@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from wanflow.checkpoints.layouts import Layout, detect_layout
+from wanflow.checkpoints.hub import local_checkpoint
+from wanflow.checkpoints.layouts import Layout, detect_layout, files_layout
 from wanflow.checkpoints.load import Components, load_components
 from wanflow.io.video import save_video
 from wanflow.models.attention import default_backend
@@ -122,7 +123,7 @@ class WanPipeline:
         self.vae = components.vae.to(self.device, dtype or torch.float32)
         self.text_encoder = components.text_encoder
         if dtype is not None:
-            self.text_encoder.to(dtype)
+            cast_model(self.text_encoder, dtype)  # (stored FP8 / GGUF weights keep their storage)
         self.t5_device = torch.device("cpu") if runtime.t5_cpu else self.device
         self.offload = choose_policy(runtime.offload, self.device)
         experts = {name: self._prepare_expert(model) for name, model in components.experts.items()}
@@ -154,6 +155,24 @@ class WanPipeline:
             name = task or task_for_model(next(iter(components.experts.values())).cfg.model_type).name
             task = checkpoint_task(layout, get_task(name))
         return cls(components, task, RuntimeOptions(**options))
+
+    @classmethod
+    def from_single_files(
+        cls,
+        dit: str | os.PathLike,
+        dit_low: str | os.PathLike | None = None,
+        vae: str | os.PathLike | None = None,
+        t5: str | os.PathLike | None = None,
+        tokenizer: str | os.PathLike | None = None,
+        task: str | Task | None = None,
+        base: str | os.PathLike | None = None,
+        **options,
+    ) -> WanPipeline:
+        """Components as single files (safetensors in any float dtype or FP8, GGUF; ``dit_low`` for the A14B
+        low-noise expert), the ones not given taken from the checkpoint folder ``base``; quantised weights stay
+        quantised in memory. ``task`` and ``options`` as in ``from_pretrained``."""
+        layout = files_layout(dit, dit_low, vae, t5, tokenizer, base=detect_layout(base) if base else None)
+        return cls.from_pretrained(layout, task, **options)
 
     # --- transforms: how outside code changes the pipeline ---
 
@@ -294,18 +313,3 @@ def checkpoint_task(layout: Layout, task: Task) -> Task:
     """The task's reference defaults, with the overrides a checkpoint stores in ``wanflow.json``."""
     _, overrides = layout.task_defaults()
     return task.with_overrides(overrides) if overrides else task
-
-
-def is_hub_id(path: str | os.PathLike) -> bool:
-    """``org/name`` that is not a local path: a Hugging Face Hub repository."""
-    text = os.fspath(path)
-    return not Path(text).expanduser().exists() and text.count("/") == 1 and not text.startswith((".", "/", "~"))
-
-
-def local_checkpoint(path: str | os.PathLike) -> Path:
-    """A local folder as is; a Hub repository id is fetched with huggingface_hub (or found in its cache)."""
-    if not is_hub_id(path):
-        return Path(path).expanduser()
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(os.fspath(path)))
