@@ -9,10 +9,12 @@ import time
 import torch
 import uvicorn
 
-from wanflow.pipelines.pipeline import WanPipeline
+from wanflow.checkpoints.layouts import detect_layout
+from wanflow.pipelines.pipeline import WanPipeline, checkpoint_task
 from wanflow.sampling.hooks import StepHook
 from wanflow.server.app import create_app
 from wanflow.server.schemas import Limits
+from wanflow.tasks import TASKS
 
 
 class SlowBlocks(StepHook):
@@ -76,10 +78,11 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO)
-    pipelines = {}
+    pipelines, tasks = {}, {}
     for item in args.ckpt:
         task, folder = item.split("=", 1)
         pipelines[task] = loader(folder, args.step_delay, args.block_delay)
+        tasks[task] = checkpoint_task(detect_layout(folder), TASKS[task])  # as `wanflow serve` does for the built-ins
     limits = Limits(max_side=256, max_pixels=128 * 128, max_frames=9, max_steps=20, max_upload=200_000)
     app = create_app(
         pipelines,
@@ -90,6 +93,7 @@ def main() -> None:
         limits=limits,
         max_attempts=args.max_attempts,
         event_interval=0.05,
+        tasks=tasks,
     )
     level = "info" if args.access_log else "warning"
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level=level, timeout_graceful_shutdown=2)

@@ -14,7 +14,7 @@ import av
 import pytest
 from PIL import Image
 
-for _name in ("httpx", "fastapi", "uvicorn", "multipart"):
+for _name in ("httpx", "fastapi", "uvicorn", "multipart", "fastapi_offline"):
     pytest.importorskip(
         _name, reason="the server tests need the server extra and httpx (pip install wanflow[server] httpx)"
     )

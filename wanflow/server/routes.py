@@ -113,7 +113,8 @@ def service_routes(app: FastAPI, ctx: Context, auth: list) -> None:
 
     @app.get("/health", tags=["service"])
     def health() -> dict:
-        return {"status": "ok", "tasks": ctx.models.tasks, "queue": ctx.store.counts()["queued"]}
+        counts = ctx.store.counts()
+        return {"status": "ok", "tasks": ctx.models.tasks, "queue": counts["queued"], "running": counts["running"]}
 
     @app.get("/metrics", response_class=PlainTextResponse, dependencies=auth, tags=["service"])
     def metrics() -> str:
