@@ -23,12 +23,13 @@ for _name in ("httpx", "fastapi", "uvicorn", "multipart", "fastapi_offline"):
 
 import httpx  # noqa: E402
 import torch  # noqa: E402
+from starlette.datastructures import Headers  # noqa: E402
 from torch import nn  # noqa: E402
 
 from tests.server.conftest import ROOT, TOKEN, free_port  # noqa: E402
 from wanflow.sampling.hooks import Step  # noqa: E402
-from wanflow.server.cli import add_arguments, check_exposure  # noqa: E402
-from wanflow.server.guard import Hosts  # noqa: E402
+from wanflow.server.cli import add_arguments, builtin_models, check_exposure  # noqa: E402
+from wanflow.server.guard import Guard, Hosts  # noqa: E402
 from wanflow.server.jobs import BlockCheck  # noqa: E402
 from wanflow.server.schemas import Limits  # noqa: E402
 from wanflow.tasks import TASKS  # noqa: E402
@@ -97,6 +98,11 @@ def test_allowed_hosts():
     every = Hosts.for_bind("0.0.0.0", ["GPUbox.lan"])
     assert every.allows("192.168.1.5") and every.allows("gpubox.lan") and not every.allows("evil.example")
     assert Hosts.for_bind("127.0.0.1", ["*"]).allows("anything.example")
+    proxied = Guard(None, Hosts.for_bind("127.0.0.1", ["videos.example.com"]))
+    post = {"host": "127.0.0.1:8000", "origin": "https://videos.example.com"}  # a proxy that rewrites Host
+    assert proxied.refusal(Headers(post), "POST") is None
+    assert proxied.refusal(Headers(post | {"origin": "https://evil.example"}), "POST")[0] == 403
+    assert Guard(None, local).refusal(Headers(post), "POST")[0] == 403
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--allowed_hosts", "a.lan", "b.lan"])
@@ -290,6 +296,14 @@ def test_the_task_may_be_left_out_only_on_a_server_of_one(server):
     detail = r.json()["detail"]
     assert r.status_code == 422 and "task: Field required (this server runs t2v-A14B, i2v-A14B, ti2v-5B)" in detail
     assert "4n+1" in detail and "colour" in detail  # the other errors too
+
+
+def test_builtin_models_are_declared_before_they_load():
+    loaders, tasks = builtin_models(None, {})
+    assert list(loaders) == list(tasks) == ["t2v-A14B", "i2v-A14B", "ti2v-5B"]
+    assert all((task.sizes, task.frames) == (((64, 64),), 9) for task in tasks.values())
+    loaders, tasks = builtin_models("ti2v-5B", {})  # --task: that one only
+    assert list(loaders) == ["ti2v-5B"] and tasks["ti2v-5B"].fps == 8
 
 
 def test_serve_without_ckpt_dir_runs_the_builtin_models(tmp_path):

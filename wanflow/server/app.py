@@ -53,6 +53,31 @@ def create_app(
     models = Models(pipelines, tasks)
     files = Files(output_dir)
     limits = limits or Limits()
+    app = FastAPIOffline(
+        title="wanflow",
+        summary="Wan 2.2 video generation server",
+        lifespan=_lifespan(models, files, db_path, max_attempts, limits),
+        static_url="/docs-static",
+    )
+    install_error_handlers(app)
+    auth = [Depends(bearer(token))]
+    api = APIRouter(prefix="/api", dependencies=auth, tags=["jobs"])
+    openai = APIRouter(prefix="/v1", dependencies=auth, tags=["OpenAI videos"])
+    ctx = Context(app, models, files, limits, max_queue, event_interval)
+    native_routes(api, ctx)
+    openai_routes(openai, ctx)
+    service_routes(app, ctx, auth)
+    app.include_router(api)
+    app.include_router(openai)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodyLimit, max_bytes=limits.max_upload * 4 // 3 + MAX_FORM_BYTES)
+    app.add_middleware(Guard, hosts=allowed_hosts or Hosts.for_bind("127.0.0.1"))  # the outermost: checked first
+    return app
+
+
+def _lifespan(models: Models, files: Files, db_path: str | Path, max_attempts: int, limits: Limits):
+    """Start: the job store (recovering the jobs a crash left running), the worker thread, the decode slots and the
+    quiet access log; stop: the worker (at its next check), then the store."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -73,20 +98,4 @@ def create_app(
             store.close()
             logging.getLogger("uvicorn.access").removeFilter(access)
 
-    app = FastAPIOffline(
-        title="wanflow", summary="Wan 2.2 video generation server", lifespan=lifespan, static_url="/docs-static"
-    )
-    install_error_handlers(app)
-    auth = [Depends(bearer(token))]
-    api = APIRouter(prefix="/api", dependencies=auth, tags=["jobs"])
-    openai = APIRouter(prefix="/v1", dependencies=auth, tags=["OpenAI videos"])
-    ctx = Context(app, models, files, limits, max_queue, event_interval)
-    native_routes(api, ctx)
-    openai_routes(openai, ctx)
-    service_routes(app, ctx, auth)
-    app.include_router(api)
-    app.include_router(openai)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(BodyLimit, max_bytes=limits.max_upload * 4 // 3 + MAX_FORM_BYTES)
-    app.add_middleware(Guard, hosts=allowed_hosts or Hosts.for_bind("127.0.0.1"))  # the outermost: checked first
-    return app
+    return lifespan

@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME",
         help="host names clients may reach the server by, besides its address and localhost (e.g. a proxy's "
-        "name; '*' for any). Other names are refused: a web page could reach this server through one (DNS rebinding)",
+        "name, whose pages may then also submit jobs; '*' for any). Other names are refused: a web page could reach "
+        "this server through one (DNS rebinding)",
     )
     p.add_argument("--data", default="wanflow-data", help="folder for the job database and the videos")
     p.add_argument("--max_queue", "--max-queue", dest="max_queue", type=int, default=100, help="jobs waiting at most")

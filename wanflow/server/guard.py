@@ -41,6 +41,7 @@ class Hosts:
     names: frozenset[str] = LOOPBACK_NAMES
     any_address: bool = False  # any IP literal (a server bound to every interface does not know its addresses)
     anything: bool = False  # ``--allowed_hosts '*'``: the check is off (e.g. behind a proxy that checks it)
+    pages: frozenset[str] = frozenset()  # names given by the operator: a page there may change jobs (a proxy's name)
 
     @classmethod
     def for_bind(cls, host: str, extra: Iterable[str] = ()) -> Hosts:
@@ -48,7 +49,8 @@ class Hosts:
         extra = [name.strip().lower().strip("[]") for name in extra if name.strip()]
         bound = host.strip().lower().strip("[]")
         names = LOOPBACK_NAMES | {bound} | set(extra)
-        return cls(frozenset(names - {"*"}), any_address=bound in WILDCARDS, anything="*" in extra)
+        pages = frozenset(extra) - {"*"}
+        return cls(frozenset(names - {"*"}), any_address=bound in WILDCARDS, anything="*" in extra, pages=pages)
 
     def allows(self, name: str) -> bool:
         return self.anything or name in self.names or (self.any_address and _is_address(name))
@@ -92,6 +94,7 @@ class Guard:
             if headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none"):
                 return None
             return 403, "cross-site request refused: send it from the server's own page, or without a browser"
-        if urlsplit(origin).netloc.lower() != host.lower():
+        page = urlsplit(origin)
+        if page.netloc.lower() != host.lower() and (page.hostname or "") not in self.hosts.pages:
             return 403, f"cross-origin request from {origin!r} refused: only the server's own page may change jobs"
         return None
