@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny.checkpoint import write_official_checkpoint
+from tests.tiny.checkpoint import TINY_DITS, write_dit, write_official_checkpoint
+from tests.tiny.dit import random_dit_state
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-token"
@@ -93,7 +96,31 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, checkpoints):
-    """Shared by most tests: every step takes at least 0.03 s, so a 20-step job runs long enough to cancel."""
-    srv = Server(tmp_path_factory.mktemp("data"), checkpoints, step_delay=0.03).start()
+    """Shared by most tests: every step takes at least 0.03 s, so a 20-step job runs long enough to cancel. Its
+    access log is on (in ``data/server.log``), for the tests of what it shows."""
+    srv = Server(tmp_path_factory.mktemp("data"), checkpoints, step_delay=0.03, access_log=1).start()
+    yield srv
+    srv.stop()
+
+
+def write_deep_small_t2v(root: Path, layers: int = 8) -> Path:
+    """A tiny t2v checkpoint whose experts have ``layers`` blocks (the usual tiny ones have 2), and which says, as a
+    built-in one does, that its model was trained at 32x32 and 5 frames."""
+    write_official_checkpoint(root, "t2v-A14B")
+    cfg = TINY_DITS["t2v-A14B"].replace(num_layers=layers)
+    for seed, expert in enumerate(("high_noise_model", "low_noise_model")):
+        shutil.rmtree(root / expert)
+        write_dit(cfg, random_dit_state(cfg, seed), root / expert)
+    defaults = {"size": [32, 32], "sizes": [[32, 32]], "frames": 5, "steps": 3}
+    (root / "wanflow.json").write_text(json.dumps({"task": "t2v-A14B", "defaults": defaults}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def slow_server(tmp_path_factory):
+    """One task (t2v) on a model of 8 blocks, each taking at least 0.25 s: a step takes over 2 s. Trained (its
+    ``wanflow.json`` says) at 32x32 and 5 frames."""
+    checkpoint = write_deep_small_t2v(tmp_path_factory.mktemp("ckpt-deep"))
+    srv = Server(tmp_path_factory.mktemp("data-slow"), {"t2v-A14B": checkpoint}, block_delay=0.25).start()
     yield srv
     srv.stop()

@@ -9,9 +9,31 @@ import time
 import torch
 import uvicorn
 
-from wanflow.pipelines.pipeline import WanPipeline
+from wanflow.checkpoints.layouts import detect_layout
+from wanflow.pipelines.pipeline import WanPipeline, checkpoint_task
+from wanflow.sampling.hooks import StepHook
 from wanflow.server.app import create_app
 from wanflow.server.schemas import Limits
+from wanflow.tasks import TASKS
+
+
+class SlowBlocks(StepHook):
+    """Every DiT block of a run takes at least ``delay`` seconds more (so a test can cancel in the middle of a step)."""
+
+    def __init__(self, delay: float):
+        self.delay, self.handles = delay, []
+
+    def before(self, step, model) -> None:
+        self.end()
+        self.handles = [block.register_forward_hook(self._sleep) for block in model.blocks]
+
+    def _sleep(self, block, args, output) -> None:
+        time.sleep(self.delay)
+
+    def end(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
 
 
 class Slowed:
@@ -32,9 +54,11 @@ class Slowed:
         return getattr(self.pipe, name)
 
 
-def loader(folder: str, delay: float):
+def loader(folder: str, delay: float, block_delay: float = 0.0):
     def load():
         pipe = WanPipeline.from_pretrained(folder)
+        if block_delay:
+            pipe.add_hook(SlowBlocks(block_delay))
         return Slowed(pipe, delay) if delay else pipe
 
     return load
@@ -49,13 +73,16 @@ def main() -> None:
     p.add_argument("--token")
     p.add_argument("--max_queue", type=int, default=100)
     p.add_argument("--max_attempts", type=int, default=2)
+    p.add_argument("--block_delay", type=float, default=0.0)
+    p.add_argument("--access_log", type=int, default=0, help="1: uvicorn's access log on (log level info)")
     args = p.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO)
-    pipelines = {}
+    pipelines, tasks = {}, {}
     for item in args.ckpt:
         task, folder = item.split("=", 1)
-        pipelines[task] = loader(folder, args.step_delay)
+        pipelines[task] = loader(folder, args.step_delay, args.block_delay)
+        tasks[task] = checkpoint_task(detect_layout(folder), TASKS[task])  # as `wanflow serve` does for the built-ins
     limits = Limits(max_side=256, max_pixels=128 * 128, max_frames=9, max_steps=20, max_upload=200_000)
     app = create_app(
         pipelines,
@@ -66,8 +93,10 @@ def main() -> None:
         limits=limits,
         max_attempts=args.max_attempts,
         event_interval=0.05,
+        tasks=tasks,
     )
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", timeout_graceful_shutdown=2)
+    level = "info" if args.access_log else "warning"
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level=level, timeout_graceful_shutdown=2)
 
 
 if __name__ == "__main__":

@@ -1,31 +1,34 @@
 """The HTTP server: a native job API, OpenAI's video API shape beside it, metrics, and the web page at ``/``.
 
 ``create_app`` wires the pieces: the job store and the one worker thread (``jobs``), the routes (``routes``), the
-request reading (``uploads``), the views (``views``) and the error answers (``errors``).
+request reading (``uploads``), the views (``views``), the error answers and the token (``errors``), the checks that
+keep other web pages out (``guard``) and the access log (``access_log``). The API docs at ``/docs`` are served from
+this machine (``fastapi_offline`` ships Swagger UI's files), so they work without internet.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from anyio import CapacityLimiter
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
+from wanflow.server.access_log import quiet_access_log
 from wanflow.server.context import Context
 from wanflow.server.errors import bearer, install_error_handlers
+from wanflow.server.guard import Guard, Hosts
 from wanflow.server.jobs import Files, JobStore, Models, Worker
 from wanflow.server.routes import STATIC, native_routes, openai_routes, service_routes
 from wanflow.server.schemas import Limits
 from wanflow.server.uploads import MAX_FORM_BYTES, BodyLimit
+from wanflow.tasks import Task
 
 log = logging.getLogger(__name__)
-
-JOB_ID = re.compile(r"[0-9a-f]{32}")
-IMAGE_HINT = "upload one as 'image' (or 'input_reference')"
 
 
 def create_app(
@@ -37,33 +40,25 @@ def create_app(
     limits: Limits | None = None,
     max_attempts: int = 2,
     event_interval: float = 0.25,
+    allowed_hosts: Hosts | None = None,
+    tasks: Mapping[str, Task] | None = None,
 ) -> FastAPI:
-    """The app. ``pipelines`` maps a task name to a loaded pipeline, or to a zero-argument loader called on first use.
+    """The app. ``pipelines`` maps a task name to a loaded pipeline, or to a zero-argument loader called on first use
+    (``tasks``: the task each loader's model runs, with its checkpoint's defaults, to check requests before it loads).
 
     Jobs persist in the SQLite file ``db_path``; videos and input images are stored under ``output_dir``. With a
     ``token`` every API call needs ``Authorization: Bearer <token>`` (or ``?access_token=`` for <video> and SSE).
+    ``allowed_hosts``: the names the ``Host`` header may carry (default: those of a server bound to 127.0.0.1).
     """
-    models = Models(pipelines)
+    models = Models(pipelines, tasks)
     files = Files(output_dir)
     limits = limits or Limits()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        files.prepare()
-        store = JobStore(db_path, max_attempts=max_attempts)
-        requeued = store.recover()
-        if requeued:
-            log.warning("recovered %d jobs that were running when the server stopped", len(requeued))
-        worker = Worker(store, models, files)
-        app.state.store, app.state.worker = store, worker
-        worker.start()
-        try:
-            yield
-        finally:
-            worker.stop()
-            store.close()
-
-    app = FastAPI(title="wanflow", summary="Wan 2.2 video generation server", lifespan=lifespan)
+    app = FastAPIOffline(
+        title="wanflow",
+        summary="Wan 2.2 video generation server",
+        lifespan=_lifespan(models, files, db_path, max_attempts, limits),
+        static_url="/docs-static",
+    )
     install_error_handlers(app)
     auth = [Depends(bearer(token))]
     api = APIRouter(prefix="/api", dependencies=auth, tags=["jobs"])
@@ -76,4 +71,31 @@ def create_app(
     app.include_router(openai)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload * 4 // 3 + MAX_FORM_BYTES)
+    app.add_middleware(Guard, hosts=allowed_hosts or Hosts.for_bind("127.0.0.1"))  # the outermost: checked first
     return app
+
+
+def _lifespan(models: Models, files: Files, db_path: str | Path, max_attempts: int, limits: Limits):
+    """Start: the job store (recovering the jobs a crash left running), the worker thread, the decode slots and the
+    quiet access log; stop: the worker (at its next check), then the store."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        files.prepare()
+        store = JobStore(db_path, max_attempts=max_attempts)
+        requeued = store.recover()
+        if requeued:
+            log.warning("recovered %d jobs that were running when the server stopped", len(requeued))
+        worker = Worker(store, models, files)
+        app.state.store, app.state.worker = store, worker
+        app.state.decodes = CapacityLimiter(limits.max_decodes)
+        access = quiet_access_log()  # (uvicorn has configured its loggers by now)
+        worker.start()
+        try:
+            yield
+        finally:
+            worker.stop()
+            store.close()
+            logging.getLogger("uvicorn.access").removeFilter(access)
+
+    return lifespan

@@ -1,4 +1,8 @@
-"""``wanflow serve --ckpt_dir DIR``: load the model once and serve it (web page at ``/``, API docs at ``/docs``)."""
+"""``wanflow serve [--ckpt_dir DIR]``: serve a model, loaded once (web page at ``/``, API docs at ``/docs``).
+
+Without ``--ckpt_dir`` the server runs the built-in models, one per task (or the one of ``--task``), each loaded on
+its first job, as ``wanflow generate`` does without one.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +18,26 @@ log = logging.getLogger("wanflow")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt_dir", "--ckpt-dir", dest="ckpt_dir", required=True, help="checkpoint folder or repo id")
-    p.add_argument("--task", choices=sorted(TASKS), help="the task (default: the one the checkpoint holds)")
+    p.add_argument(
+        "--ckpt_dir", "--ckpt-dir", dest="ckpt_dir", help="checkpoint folder or repo id (default: the built-in models)"
+    )
+    p.add_argument(
+        "--task", choices=sorted(TASKS), help="the task (default: the one the checkpoint holds; all built-ins)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--token", help="bearer token clients must send; required when --host is not a loopback address")
+    p.add_argument(
+        "--allowed_hosts",
+        "--allowed-hosts",
+        dest="allowed_hosts",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="host names clients may reach the server by, besides its address and localhost (e.g. a proxy's "
+        "name, whose pages may then also submit jobs; '*' for any). Other names are refused: a web page could reach "
+        "this server through one (DNS rebinding)",
+    )
     p.add_argument("--data", default="wanflow-data", help="folder for the job database and the videos")
     p.add_argument("--max_queue", "--max-queue", dest="max_queue", type=int, default=100, help="jobs waiting at most")
     p.add_argument("--offload", choices=POLICIES, help="expert placement policy (default per device)")
@@ -34,9 +53,26 @@ def is_loopback(host: str) -> bool:
 
 
 def check_exposure(host: str, token: str | None) -> None:
-    """Refuse to serve other machines without a token."""
+    """Refuse to serve other machines without a token, and a token no header can carry."""
+    from wanflow.server.errors import check_token
+
+    check_token(token)
     if not is_loopback(host) and not token:
         raise ValueError(f"--host {host} lets other machines in: set --token (clients send 'Authorization: Bearer')")
+
+
+def builtin_models(only: str | None, runtime: dict) -> tuple[dict, dict]:
+    """Loaders of the built-in models (of every task, or of ``only``) and their tasks, read from their folders now."""
+    from wanflow.builtin import FOLDERS, builtin_checkpoint
+    from wanflow.checkpoints.layouts import detect_layout
+    from wanflow.pipelines.pipeline import WanPipeline, checkpoint_task
+
+    loaders, tasks = {}, {}
+    for name in [only] if only else list(FOLDERS):
+        layout = detect_layout(builtin_checkpoint(name))
+        tasks[name] = checkpoint_task(layout, TASKS[name])
+        loaders[name] = lambda layout=layout, task=tasks[name]: WanPipeline.from_pretrained(layout, task, **runtime)
+    return loaders, tasks
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,13 +81,24 @@ def run(args: argparse.Namespace) -> int:
 
     from wanflow.pipelines.pipeline import WanPipeline
     from wanflow.server.app import create_app
+    from wanflow.server.guard import Hosts
 
     logging.getLogger("wanflow").setLevel(logging.INFO)
-    kwargs = {"offload": args.offload} if args.offload else {}
-    pipe = WanPipeline.from_pretrained(args.ckpt_dir, task=args.task, **kwargs)  # loaded once, kept warm
+    runtime = {"offload": args.offload} if args.offload else {}
+    if args.ckpt_dir is None:
+        pipelines, tasks = builtin_models(args.task, runtime)
+        log.info("no --ckpt_dir: serving the built-in models (%s), each loaded on its first job", ", ".join(tasks))
+    else:
+        pipe = WanPipeline.from_pretrained(args.ckpt_dir, task=args.task, **runtime)  # loaded once, kept warm
+        pipelines, tasks = {pipe.task.name: pipe}, None
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
-    app = create_app({pipe.task.name: pipe}, data / "jobs.sqlite", data, token=args.token, max_queue=args.max_queue)
-    log.info("serving %s on http://%s:%d (web page at /, API docs at /docs)", pipe.task.name, args.host, args.port)
+    hosts = Hosts.for_bind(args.host, args.allowed_hosts)
+    app = create_app(
+        pipelines, data / "jobs.sqlite", data, args.token, args.max_queue, allowed_hosts=hosts, tasks=tasks
+    )
+    log.info(
+        "serving %s on http://%s:%d (web page at /, API docs at /docs)", ", ".join(pipelines), args.host, args.port
+    )
     uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=5, log_level="info")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import HTTPException
 from PIL import Image
 from pydantic import ValidationError
@@ -14,7 +15,7 @@ from wanflow.server.errors import validation_message
 from wanflow.server.jobs import Files, JobStore, Models, QueueFull, Worker, new_id
 from wanflow.server.schemas import GenerateRequest, Limits, VideoView
 from wanflow.server.views import video_view
-from wanflow.tasks import TASKS, Task
+from wanflow.tasks import Task
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 IMAGE_HINT = "an image: upload one as 'image' (or 'input_reference')"
@@ -35,6 +36,11 @@ class Context:
     def worker(self) -> Worker:
         return self.app.state.worker
 
+    @property
+    def decodes(self) -> CapacityLimiter:
+        """How many input images are decoded (or checked and saved) at once, in worker threads."""
+        return self.app.state.decodes
+
     def job(self, job_id: str) -> dict:
         job = self.store.get(job_id) if JOB_ID.fullmatch(job_id) else None
         if job is None:
@@ -42,8 +48,12 @@ class Context:
         return job
 
     def task(self, name: str) -> Task | None:
-        """The task of a loaded pipeline (with its checkpoint's defaults), else the registry's entry."""
-        return getattr(self.models.peek(name), "task", None) or TASKS.get(name)
+        """The task of a pipeline (with its checkpoint's defaults), loaded or declared, else the registry's entry."""
+        return self.models.task(name)
+
+    def limits_for(self, name: str) -> Limits:
+        """The server's limits, within what the task's model was trained for (``Limits.for_task``)."""
+        return self.limits.for_task(self.task(name))
 
     def fps(self, task: str) -> int:
         spec = self.task(task)
@@ -54,20 +64,12 @@ class Context:
 
     async def submit(self, fields: dict, image: Image.Image | None) -> dict:
         """Validate, store the image, queue the job."""
-        try:
-            req = GenerateRequest.model_validate(fields)
-        except ValidationError as e:
-            raise HTTPException(422, validation_message(e.errors())) from None
-        if req.task not in self.models.tasks:
-            raise HTTPException(422, f"unknown task {req.task!r}; this server runs {self.models.tasks}")
-        try:
-            req.check(self.limits)
-            self.check_with_model(req, image)
-        except ValueError as e:
-            raise HTTPException(422, str(e)) from None
+        req = self.parse(fields)
         job_id = new_id()
-        if image is not None:
-            image.save(self.files.image(job_id), format="PNG")
+        if image is None:
+            self.check(req, None)
+        else:  # a big image takes a while to check (a copy) and to write: not on the event loop
+            await to_thread.run_sync(self.check_and_save, req, image, job_id, limiter=self.decodes)
         try:
             job = self.store.add(req.task, req.model_dump(exclude_none=True), image is not None, self.max_queue, job_id)
         except QueueFull as e:
@@ -75,6 +77,41 @@ class Context:
             raise HTTPException(429, str(e), headers={"Retry-After": "30"}) from None
         self.worker.wake()
         return job
+
+    def parse(self, fields: dict) -> GenerateRequest:
+        """The request; ``task`` may be left out on a server of one task. Every error is reported at once."""
+        tasks = self.models.tasks
+        if fields.get("task") is None and len(tasks) == 1:
+            fields = dict(fields, task=tasks[0])
+        errors = []
+        if fields.get("task") is None:
+            errors.append(f"task: Field required (this server runs {', '.join(tasks)})")
+        elif fields["task"] not in tasks:
+            errors.append(f"unknown task {fields['task']!r}; this server runs {tasks}")
+        try:
+            req = GenerateRequest.model_validate(fields)
+        except ValidationError as e:
+            errors.append(validation_message(e.errors()))
+        if errors:
+            raise HTTPException(422, "; ".join(errors))
+        return req
+
+    def check(self, req: GenerateRequest, image: Image.Image | None) -> None:
+        """The server's limits for the task's model, then the model's own checks; 422 with what is wrong."""
+        limits, why = self.limits_for(req.task), ""
+        if limits != self.limits:
+            spec = self.task(req.task)
+            sizes = ", ".join(f"{w}x{h}" for w, h in spec.sizes)
+            why = f"; the {req.task} model here was trained at {sizes} and {spec.frames} frames"
+        try:
+            req.check(limits, why)
+            self.check_with_model(req, image)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+
+    def check_and_save(self, req: GenerateRequest, image: Image.Image, job_id: str) -> None:
+        self.check(req, image)
+        image.save(self.files.image(job_id), format="PNG")
 
     def check_with_model(self, req: GenerateRequest, image: Image.Image | None) -> None:
         """The pipeline's own checks (``resolve``), with the loaded model's task and size rule when it is loaded."""

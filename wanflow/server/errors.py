@@ -1,5 +1,9 @@
 """Errors as the API answers them: ``{"detail": message}`` (with OpenAI's ``{"error": {...}}`` on ``/v1``), never a
-stack trace; and the bearer-token check."""
+stack trace; and the bearer-token check.
+
+The token travels in the ``Authorization`` header. Only where a browser cannot send a header (an ``EventSource``, a
+``<video src>``) may it come as ``?access_token=``: a URL ends up in logs, histories and ``Referer`` headers, so
+every other route refuses it there, and the access log never shows it (``access_log``)."""
 
 from __future__ import annotations
 
@@ -13,13 +17,36 @@ from fastapi.responses import JSONResponse
 log = logging.getLogger(__name__)
 
 
+# The routes a browser element reads by URL alone: server-sent events, and the video of <video src>.
+QUERY_TOKEN_ROUTES = frozenset(
+    {"/api/jobs/{job_id}/events", "/api/jobs/{job_id}/video", "/v1/videos/{video_id}/content"}
+)
+
+
+def check_token(token: str | None) -> None:
+    """A token must be something a header can carry: not blank, no spaces at its ends, printable ASCII."""
+    if token is None:
+        return
+    if not token.strip():
+        raise ValueError(
+            "--token is blank: give a secret (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
+        )
+    if token != token.strip() or not token.isascii() or not token.isprintable():
+        raise ValueError("--token must be printable ASCII without spaces at its ends (a header carries it)")
+
+
 def bearer(token: str | None):
+    check_token(token)
+
     def check(request: Request) -> None:
         if token is None:
             return
         header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("access_token", "")
-        if not secrets.compare_digest(given.encode(), token.encode()):
+        given = header[7:] if header.lower().startswith("bearer ") else None
+        route = getattr(request.scope.get("route"), "path", None)
+        if given is None and route in QUERY_TOKEN_ROUTES:
+            given = request.query_params.get("access_token")
+        if given is None or not secrets.compare_digest(given.encode(), token.encode()):
             raise HTTPException(
                 401, "missing or wrong token: send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
             )
@@ -35,7 +62,7 @@ def validation_message(errors: list) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def _error_body(request: Request, status: int, message: str) -> dict:
+def error_body(request: Request, status: int, message: str) -> dict:
     body = {"detail": message}
     if request.url.path.startswith("/v1/"):
         kind = "invalid_request_error" if status < 500 else "server_error"
@@ -48,13 +75,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(_error_body(request, exc.status_code, str(exc.detail)), exc.status_code, exc.headers)
+        return JSONResponse(error_body(request, exc.status_code, str(exc.detail)), exc.status_code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(_error_body(request, 422, validation_message(exc.errors())), 422)
+        return JSONResponse(error_body(request, 422, validation_message(exc.errors())), 422)
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(_error_body(request, 500, "internal server error"), 500)
+        return JSONResponse(error_body(request, 500, "internal server error"), 500)

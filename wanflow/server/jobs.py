@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from wanflow.pipelines.progress import Progress
-from wanflow.sampling.hooks import Step
+from wanflow.sampling.hooks import Step, StepHook
+from wanflow.tasks import TASKS, Task
 
 log = logging.getLogger(__name__)
 
@@ -229,13 +230,15 @@ class Files:
 
 
 class Models:
-    """One pipeline per task, loaded once (lazily, from a loader) and kept warm."""
+    """One pipeline per task, loaded once (lazily, from a loader) and kept warm. ``tasks``: the task (with its
+    checkpoint's defaults) of a pipeline not loaded yet, so that requests are checked against it before it loads."""
 
-    def __init__(self, pipelines: Mapping[str, object]):
+    def __init__(self, pipelines: Mapping[str, object], tasks: Mapping[str, Task] | None = None):
         if not pipelines:
             raise ValueError("the server needs at least one pipeline")
         self.sources = dict(pipelines)
         self.loaded: dict[str, object] = {k: v for k, v in pipelines.items() if hasattr(v, "task")}
+        self.declared = dict(tasks or {})
         self.lock = threading.Lock()
 
     @property
@@ -244,6 +247,10 @@ class Models:
 
     def peek(self, task: str) -> object | None:
         return self.loaded.get(task)
+
+    def task(self, name: str) -> Task | None:
+        """The task of the loaded pipeline, else the one declared for it, else the registry's entry."""
+        return getattr(self.peek(name), "task", None) or self.declared.get(name) or TASKS.get(name)
 
     def get(self, task: str) -> object:
         with self.lock:
@@ -283,6 +290,31 @@ class JobProgress(Progress):
         self.check()
 
 
+class BlockCheck(StepHook):
+    """Runs ``check`` before every DiT block, so that a cancel (or a shutdown) stops a run within one block: a step of
+    a big request takes over a minute, and the progress callback only runs between steps."""
+
+    def __init__(self, check: Callable[[], None]):
+        self.check = check
+        self.model = None
+        self.handles: list = []
+
+    def before(self, step: Step, model) -> None:
+        if model is self.model:
+            return
+        self.end()  # the expert changed: move the checks to the new one
+        self.model = model
+        self.handles = [block.register_forward_pre_hook(self._check) for block in getattr(model, "blocks", ())]
+
+    def _check(self, block, args) -> None:
+        self.check()
+
+    def end(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.model, self.handles = None, []
+
+
 class Worker(threading.Thread):
     """The one thread that runs jobs, oldest first."""
 
@@ -305,7 +337,7 @@ class Worker(threading.Thread):
             self.join(timeout)
 
     def cancel(self, job_id: str) -> bool:
-        """Cancel a queued job now, or a running one at its next step; False if it is finished already."""
+        """Cancel a queued job now, or a running one at its next check (``BlockCheck``); False if it has finished."""
         with self.lock:
             if self.store.cancel_queued(job_id):
                 return True
@@ -341,7 +373,7 @@ class Worker(threading.Thread):
         check = lambda: self.check(job_id)  # noqa: E731
         started = time.perf_counter()
         try:
-            video = self.generate(job, JobProgress(self.store, job_id, check), lambda step: check())
+            video = self.generate(job, JobProgress(self.store, job_id, check), check)
             video.save(self.files.video(job_id))  # written under a temporary name, then renamed
         except Cancelled:
             log.info("job %s cancelled", job_id)
@@ -366,7 +398,8 @@ class Worker(threading.Thread):
                 metadata=json.dumps(video.metadata, default=str),
             )
 
-    def generate(self, job: dict, progress: Progress, callback: Callable[[Step], None]):
+    def generate(self, job: dict, progress: Progress, check: Callable[[], None]):
+        """Runs the job's request; ``check`` raises to stop it, and runs after every step and before every block."""
         from PIL import Image
 
         from wanflow.server.schemas import GenerateRequest
@@ -377,4 +410,5 @@ class Worker(threading.Thread):
         if job["has_image"]:
             with Image.open(self.files.image(job["id"])) as im:
                 image = im.convert("RGB")
-        return pipe(request.options(image), progress=progress, callback=callback)
+        options = request.options(image)
+        return pipe(options, progress=progress, callback=lambda step: check(), hooks=[BlockCheck(check)])

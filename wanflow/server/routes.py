@@ -22,17 +22,18 @@ STATIC = Path(__file__).parent / "static"
 def native_routes(api: APIRouter, ctx: Context) -> None:
     @api.get("/tasks")
     def tasks() -> dict:
-        """The tasks this server runs, with their defaults (for the web form)."""
+        """The tasks this server runs, with their defaults and limits (for the web form); ``limits``: the server's."""
         out = {}
         for task in ctx.models.tasks:
             spec = ctx.task(task)
-            out[task] = None if spec is None else task_defaults(spec)
+            limits = dataclasses.asdict(ctx.limits_for(task))
+            out[task] = None if spec is None else task_defaults(spec) | {"limits": limits}
         return {"tasks": out, "limits": dataclasses.asdict(ctx.limits)}
 
     @api.post("/jobs", status_code=202, response_model=JobView, openapi_extra=request_body(GenerateRequest))
     async def submit(request: Request) -> JobView:
         """Queue a generation: JSON, or multipart form fields with an ``image`` file (I2V, TI2V)."""
-        fields, image = await read_submission(request, ctx.limits)
+        fields, image = await read_submission(request, ctx.limits, ctx.decodes)
         return job_view(await ctx.submit(fields, image))
 
     @api.get("/jobs", response_model=list[JobView])
@@ -56,7 +57,7 @@ def native_routes(api: APIRouter, ctx: Context) -> None:
 
     @api.post("/jobs/{job_id}/cancel", response_model=JobView)
     def cancel(job_id: str) -> JobView:
-        """A queued job is cancelled at once; a running one stops at its next step."""
+        """A queued job is cancelled at once; a running one stops within one block of the model."""
         job = ctx.job(job_id)
         if job["status"] in TERMINAL:
             raise HTTPException(409, f"job {job_id} has finished already ({job['status']})")
@@ -78,7 +79,7 @@ def openai_routes(v1: APIRouter, ctx: Context) -> None:
     @v1.post("/videos", response_model=VideoView, openapi_extra=openai_body())
     async def create(request: Request) -> VideoView:
         """OpenAI's create video: ``prompt``, ``model`` (a task), ``size`` "WxH", ``seconds``, ``input_reference``."""
-        fields, image = await read_submission(request, ctx.limits)
+        fields, image = await read_submission(request, ctx.limits, ctx.decodes)
         task = str(fields.get("model") or ctx.models.tasks[0])
         try:
             fields = openai_fields(fields, ctx.fps(task), ctx.models.tasks[0])
@@ -112,7 +113,8 @@ def service_routes(app: FastAPI, ctx: Context, auth: list) -> None:
 
     @app.get("/health", tags=["service"])
     def health() -> dict:
-        return {"status": "ok", "tasks": ctx.models.tasks, "queue": ctx.store.counts()["queued"]}
+        counts = ctx.store.counts()
+        return {"status": "ok", "tasks": ctx.models.tasks, "queue": counts["queued"], "running": counts["running"]}
 
     @app.get("/metrics", response_class=PlainTextResponse, dependencies=auth, tags=["service"])
     def metrics() -> str:

@@ -6,6 +6,7 @@ own ``resolve``; these limits only keep one request from taking the server down 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -14,14 +15,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from wanflow.pipelines.request import GenerateOptions
 from wanflow.sampling.solvers import SOLVERS
-from wanflow.tasks import TASKS
+from wanflow.tasks import TASKS, Task
 
 SolverName = Literal[tuple(SOLVERS)]  # the solver registry's names
 
 
+# How far past what a model was trained at a request may go: twice the side, twice the length. The published models
+# (trained up to 1280x720 and 81 or 121 frames) keep the server's limits; a built-in one (64x64, 9 frames) gets
+# 128x128 and 17 frames, not the minutes of work a 1280x704x121 request would cost it for noise.
+TRAINED_SIZE_FACTOR = 2
+
+
 @dataclass(frozen=True)
 class Limits:
-    """The most one request may ask for; a server started for bigger work passes its own."""
+    """The most one request may ask for; a server started for bigger work passes its own. ``for_task`` narrows them
+    to what one model was trained for."""
 
     max_prompt: int = 2000  # characters, prompt and negative prompt each
     max_side: int = 1920  # pixels, width and height each
@@ -30,6 +38,21 @@ class Limits:
     max_steps: int = 100
     max_upload: int = 10 * 1024 * 1024  # bytes of an input image
     max_image_pixels: int = 4096 * 4096  # decoded input image (a small file can hold a huge image)
+    max_decodes: int = 2  # input images decoded at once (each in a worker thread)
+
+    def for_task(self, task: Task | None) -> Limits:
+        """These limits, within ``TRAINED_SIZE_FACTOR`` times the sizes and length ``task``'s model was trained at."""
+        if task is None:
+            return self
+        k = TRAINED_SIZE_FACTOR
+        side = k * max(max(size) for size in (task.size, *task.sizes))
+        pixels = k * k * max(w * h for w, h in (task.size, *task.sizes))
+        return dataclasses.replace(
+            self,
+            max_side=min(self.max_side, side),
+            max_pixels=min(self.max_pixels, pixels),
+            max_frames=min(self.max_frames, k * (task.frames - 1) + 1),
+        )
 
 
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp"}
@@ -48,7 +71,9 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field(description=f"which loaded model: one of {', '.join(TASKS)}")
+    task: str | None = Field(
+        None, description=f"which loaded model: one of {', '.join(TASKS)} (may be left out when the server runs one)"
+    )
     prompt: str = Field(min_length=1, description="what the video shows")
     negative_prompt: str | None = Field(None, description="what to avoid (default: the task's)")
     width: int | None = Field(None, gt=0, description="pixels; with an image, width * height is the area budget")
@@ -60,7 +85,9 @@ class GenerateRequest(BaseModel):
         None, min_length=1, max_length=2, description="one value, or (low-noise, high-noise) for the A14B tasks"
     )
     solver: SolverName = "unipc"
-    seed: int = Field(-1, ge=-1, le=2**63 - 1, description="-1 draws one; the job reports it")
+    seed: int = Field(
+        -1, ge=-1, le=2**63 - 1, description="-1 draws one; the job reports it (a number, or a string of one)"
+    )
 
     @field_validator("guide_scale", mode="before")
     @classmethod
@@ -88,8 +115,8 @@ class GenerateRequest(BaseModel):
             raise ValueError("give both width and height, or neither")
         return self.width, self.height
 
-    def check(self, limits: Limits) -> None:
-        """The server's limits; ``ValueError`` with the field and the bound."""
+    def check(self, limits: Limits, why: str = "") -> None:
+        """The server's limits; ``ValueError`` with the field and the bound, and ``why`` after it."""
         for name in ("prompt", "negative_prompt"):
             text = getattr(self, name)
             if text is not None and len(text) > limits.max_prompt:
@@ -99,10 +126,10 @@ class GenerateRequest(BaseModel):
             w, h = size
             if max(w, h) > limits.max_side or w * h > limits.max_pixels:
                 raise ValueError(
-                    f"size {w}x{h} is over the limit ({limits.max_side} pixels a side, {limits.max_pixels} in all)"
+                    f"size {w}x{h} is over the limit ({limits.max_side} pixels a side, {limits.max_pixels} in all){why}"
                 )
         if self.frames is not None and self.frames > limits.max_frames:
-            raise ValueError(f"frames {self.frames} is over the limit of {limits.max_frames}")
+            raise ValueError(f"frames {self.frames} is over the limit of {limits.max_frames}{why}")
         if self.steps is not None and self.steps > limits.max_steps:
             raise ValueError(f"steps {self.steps} is over the limit of {limits.max_steps}")
 
@@ -160,8 +187,8 @@ class JobView(BaseModel):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
-    seed: int | None = None
-    params: dict[str, object]
+    seed: str | None = Field(None, description="a string: seeds go up to 2^63, past what JavaScript numbers hold")
+    params: dict[str, object] = Field(description="the request, its seed as a string")
     has_image: bool = False
     video_url: str | None = None
 

@@ -1,5 +1,8 @@
 """Reading a submission: JSON or a multipart form, one image at most, decoded within the server's limits; and the
-middleware that caps a request body's size."""
+middleware that caps a request body's size.
+
+Decoding runs in a worker thread, at most ``Limits.max_decodes`` at once: a 50 KB PNG may hold 4096x4096 pixels
+(a second of work), and on the event loop a few of them would stall every other request, ``/health`` included."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import base64
 import binascii
 import io
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
@@ -55,53 +59,65 @@ class TooLarge(Exception):
     pass
 
 
-async def read_submission(request: Request, limits: Limits) -> tuple[dict, Image.Image | None]:
+async def read_submission(
+    request: Request, limits: Limits, decodes: CapacityLimiter
+) -> tuple[dict, Image.Image | None]:
     """Form fields (multipart, with one image file) or a JSON object (image as base64), and the decoded image."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     length = int(request.headers.get("content-length") or 0)
     if length > limits.max_upload * 4 // 3 + MAX_FORM_BYTES:
         raise HTTPException(413, f"request too large; images may be up to {limits.max_upload} bytes")
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        return await _read_form(request, limits)
-    if ctype == "application/json":
-        try:
-            body = await request.json()
-        except ValueError:
-            raise HTTPException(400, "the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise HTTPException(422, "the body must be a JSON object")
-        data = next((body.pop(k) for k in IMAGE_FIELDS if body.get(k) is not None), None)
-        return body, None if data is None else decode_image(_base64(data, limits), limits)
-    raise HTTPException(415, "send JSON (application/json) or a form (multipart/form-data, for an image upload)")
+        fields, data = await _read_form(request, limits)
+    elif ctype == "application/json":
+        fields, data = await _read_json(request, limits)
+    else:
+        raise HTTPException(415, "send JSON (application/json) or a form (multipart/form-data, for an image upload)")
+    if data is None:
+        return fields, None
+    return fields, await to_thread.run_sync(decode_image, data, limits, limiter=decodes)
 
 
-async def _read_form(request: Request, limits: Limits) -> tuple[dict, Image.Image | None]:
+async def _read_json(request: Request, limits: Limits) -> tuple[dict, bytes | None]:
+    try:
+        body = await request.json()
+    except RecursionError:  # json's own depth limit: nothing this API takes is nested more than twice
+        raise HTTPException(400, "the JSON body is nested too deeply") from None
+    except ValueError:
+        raise HTTPException(400, "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise HTTPException(422, "the body must be a JSON object")
+    data = next((body.pop(k) for k in IMAGE_FIELDS if body.get(k) is not None), None)
+    return body, None if data is None else _base64(data, limits)
+
+
+async def _read_form(request: Request, limits: Limits) -> tuple[dict, bytes | None]:
     try:
         form = await request.form(max_files=1, max_fields=40)
     except (HTTPException, TooLarge):
         raise
     except Exception:
         raise HTTPException(400, "the form could not be read (one image file at most)") from None
-    fields, image = {}, None
+    fields, data = {}, None
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
             if key not in IMAGE_FIELDS:
                 raise HTTPException(422, f"unexpected file field {key!r}; upload the image as 'image'")
-            image = await _read_upload(value, limits)
+            data = await _read_upload(value, limits)
         elif value != "":
             if key in fields:
                 raise HTTPException(422, f"field {key!r} given twice")
             fields[key] = value
-    return fields, image
+    return fields, data
 
 
-async def _read_upload(upload: UploadFile, limits: Limits) -> Image.Image:
+async def _read_upload(upload: UploadFile, limits: Limits) -> bytes:
     if (upload.content_type or "").lower() not in IMAGE_TYPES:
         raise HTTPException(415, f"image type {upload.content_type!r} not accepted; send one of {sorted(IMAGE_TYPES)}")
     data = await upload.read(limits.max_upload + 1)
     if len(data) > limits.max_upload:
         raise HTTPException(413, f"the image is over the limit of {limits.max_upload} bytes")
-    return decode_image(data, limits)
+    return data
 
 
 def _base64(data: object, limits: Limits) -> bytes:
@@ -121,12 +137,16 @@ def _base64(data: object, limits: Limits) -> bytes:
 
 
 def decode_image(data: bytes, limits: Limits) -> Image.Image:
+    """The RGB image in ``data`` (blocking: call it in a worker thread); the pixel limit is checked on the header."""
+    over = f"over the limit of {limits.max_image_pixels} pixels (width x height)"
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.format not in ("PNG", "JPEG", "WEBP"):
                 raise HTTPException(415, f"image format {im.format} not accepted; send PNG, JPEG or WebP")
             if im.width * im.height > limits.max_image_pixels:
-                raise HTTPException(413, f"the image is {im.width}x{im.height}, over {limits.max_image_pixels} pixels")
+                raise HTTPException(413, f"the image is {im.width}x{im.height}, {over}")
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # Pillow's own, far higher limit: refused before its size is known
+        raise HTTPException(413, f"the image is {over}") from None
+    except (UnidentifiedImageError, OSError, ValueError):
         raise HTTPException(422, "the image could not be decoded; send a PNG, JPEG or WebP file") from None

@@ -5,10 +5,15 @@
 const $ = (sel) => document.querySelector(sel);
 const tokenInput = $("#token");
 tokenInput.value = localStorage.getItem("wanflow-token") || "";
-tokenInput.addEventListener("change", () => { localStorage.setItem("wanflow-token", tokenInput.value); init(); });
-
 let tasks = {};
 const streams = new Map();  // job id -> EventSource
+const cards = new Map();  // job id -> [status, gallery card]: kept, not rebuilt (its video reloaded) on every refresh
+
+tokenInput.addEventListener("change", () => {
+  localStorage.setItem("wanflow-token", tokenInput.value);
+  cards.clear();  // their video URLs carry the old token
+  init();
+});
 
 function headers() {
   return tokenInput.value ? { Authorization: "Bearer " + tokenInput.value } : {};
@@ -29,10 +34,15 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
+// The header's queue count: read again on every refresh (read once, it stayed at what it was when the page loaded).
+async function showHealth() {
+  const health = await (await fetch("/health")).json();
+  $("#health").textContent = `${health.tasks.join(", ")} · ${health.queue} queued · ${health.running} running`;
+}
+
 async function loadTasks() {
   try {
-    const health = await (await fetch("/health")).json();
-    $("#health").textContent = `${health.tasks.join(", ")} · ${health.queue} queued`;
+    await showHealth();
     tasks = (await api("/api/tasks")).tasks;
   } catch (e) {
     $("#form-error").textContent = e.message;
@@ -101,17 +111,28 @@ function queueItem(job) {
   return item;
 }
 
+// A video shows no frame until it is played or seeked (Chromium paints black), and the first frame of a generated
+// video is often its darkest: show the middle one.
+function thumbnail(url) {
+  const video = el("video", { src: withToken(url), controls: true, loop: true, muted: true, preload: "metadata" });
+  video.addEventListener("loadedmetadata", () => { video.currentTime = video.duration / 2; }, { once: true });
+  return video;
+}
+
 function galleryCard(job) {
+  const kept = cards.get(job.id);
+  if (kept && kept[0] === job.status) return kept[1];
   const card = el("div", { className: "card" });
+  cards.set(job.id, [job.status, card]);
   if (job.status === "done") {
-    card.append(el("video", { src: withToken(job.video_url), controls: true, loop: true, muted: true, preload: "metadata" }));
+    card.append(thumbnail(job.video_url));
   } else {
     card.append(el("p", { className: "error", textContent: `${job.status}: ${job.error || ""}` }));
   }
   const p = job.params;
   const settings = { task: job.task, prompt: p.prompt, negative: p.negative_prompt, size: p.width ? `${p.width}x${p.height}` : null,
     frames: p.frames, steps: p.steps, shift: p.shift, guidance: p.guide_scale && p.guide_scale.join(","), solver: p.solver,
-    seed: job.seed ?? p.seed, image: job.has_image ? "yes" : null };
+    seed: job.seed ?? p.seed, image: job.has_image ? "yes" : null };  // seeds come as strings: exact past 2^53
   const dl = el("dl");
   for (const [key, value] of Object.entries(settings)) {
     if (value != null && value !== "") dl.append(el("dt", { textContent: key }), el("dd", { textContent: String(value) }));
@@ -131,10 +152,13 @@ async function refresh() {
     $("#form-error").textContent = e.message;
     return;
   }
+  showHealth().catch(() => {});
   const active = jobs.filter((j) => j.status === "queued" || j.status === "running").reverse();
   $("#queue").replaceChildren(...active.map(queueItem));
   if (!active.length) $("#queue").append(el("li", { className: "muted", textContent: "nothing queued" }));
-  $("#gallery").replaceChildren(...jobs.filter((j) => !active.includes(j)).map(galleryCard));
+  const finished = jobs.filter((j) => !active.includes(j));
+  for (const id of cards.keys()) if (!finished.some((j) => j.id === id)) cards.delete(id);
+  $("#gallery").replaceChildren(...finished.map(galleryCard));
 }
 
 async function init() {

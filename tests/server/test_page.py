@@ -1,0 +1,133 @@
+"""Issue 21, the web page in headless Chromium: seeds exact past 2^53, the queue count kept current, thumbnails that
+show a frame, and the API docs without internet."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+for _name in ("httpx", "fastapi", "uvicorn", "multipart", "fastapi_offline"):
+    pytest.importorskip(_name, reason="the server tests need the server extra and httpx (pip install wanflow[server])")
+
+from tests.server.conftest import TOKEN  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+BIG_SEED = "1697222650902034796"  # a JavaScript number would make it 1697222650902034700
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no browser at {CHROMIUM} (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright for the browser test")
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, server, errors: list):
+    """The page, signed in; only the server itself can be reached (no internet, as on an offline machine)."""
+    page = browser.new_page()
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.route("**/*", lambda route: _local_only(route, server.url, errors))
+    page.goto(server.url + "/")
+    page.fill("#token", TOKEN)
+    page.dispatch_event("#token", "change")
+    page.wait_for_selector("#task option", state="attached")
+    return page
+
+
+def _local_only(route, url: str, errors: list) -> None:
+    if route.request.url.startswith(url):
+        route.continue_()
+    else:
+        errors.append(f"asked for {route.request.url}")
+        route.abort()
+
+
+def test_seeds_round_trip_exactly(browser, server):
+    """A seed typed in the form comes back exact from the job, and the gallery shows it exact; so does one sent
+    as a JSON string or number through the API."""
+    api = server.client.post("/api/jobs", json={**_T2V, "prompt": "api seed", "seed": int(BIG_SEED) + 1}).json()
+    assert api["seed"] is None and api["params"]["seed"] == str(int(BIG_SEED) + 1)
+    as_text = server.client.post("/api/jobs", json={**_T2V, "prompt": "text seed", "seed": "9007199254740993"})
+    assert as_text.json()["params"]["seed"] == "9007199254740993"  # 2^53 + 1
+    errors: list = []
+    page = open_page(browser, server, errors)
+    page.select_option("#task", "t2v-A14B")
+    page.fill("textarea[name=prompt]", "a seeded fox")
+    for name, value in {"width": "32", "height": "32", "frames": "5", "steps": "2", "seed": BIG_SEED}.items():
+        page.fill(f"input[name={name}]", value)
+    page.click("button[type=submit]")
+    card = page.locator("#gallery .card", has_text="a seeded fox")
+    card.wait_for(timeout=60_000)
+    assert BIG_SEED in card.text_content()
+    job = next(j for j in server.client.get("/api/jobs").json() if j["params"]["prompt"] == "a seeded fox")
+    assert job["seed"] == BIG_SEED and job["status"] == "done"
+    for prompt, seed in (("api seed", str(int(BIG_SEED) + 1)), ("text seed", "9007199254740993")):
+        server.wait(next(j["id"] for j in server.client.get("/api/jobs").json() if j["params"]["prompt"] == prompt))
+        page.evaluate("refresh()")
+        other = page.locator("#gallery .card", has_text=prompt)
+        other.wait_for(timeout=20_000)
+        assert seed in other.text_content()
+    assert not errors, errors
+
+
+_T2V = {"task": "t2v-A14B", "width": 32, "height": 32, "frames": 5, "steps": 2}
+
+
+def test_thumbnails_show_the_middle_frame(browser, server):
+    """Chromium shows no frame of a video that was neither played nor seeked (a black box): the page seeks to the
+    middle, and the frame there is painted."""
+    server.wait(server.client.post("/api/jobs", json={**_T2V, "prompt": "thumbnail"}).json()["id"])
+    errors: list = []
+    page = open_page(browser, server, errors)
+    video = page.locator("#gallery .card", has_text="thumbnail").locator("video")
+    video.wait_for(timeout=20_000)
+    state = page.wait_for_function(
+        "v => v.error ? ['error', v.error.code] : (v.readyState >= 2 && !v.seeking && v.currentTime > 0 ? "
+        "[v.currentTime, v.duration] : null)",
+        arg=video.element_handle(),
+        timeout=20_000,
+    ).json_value()
+    if state == ["error", 4]:
+        pytest.skip("this Chromium build lacks H.264")
+    assert state[0] == pytest.approx(state[1] / 2)
+    painted = page.evaluate(
+        """v => { const c = document.createElement('canvas'); c.width = c.height = 16;
+        const x = c.getContext('2d'); x.drawImage(v, 0, 0, 16, 16);
+        return x.getImageData(0, 0, 16, 16).data.some((value, i) => i % 4 !== 3 && value > 0); }""",
+        video.element_handle(),
+    )
+    assert painted
+    assert not errors, errors
+
+
+def test_the_header_counts_the_queue(browser, slow_server):
+    """Two jobs submitted from the page (a step of this model takes 2 s): one runs, one waits, and the header says
+    so (it used to keep the count of when the page was loaded: '0 queued')."""
+    errors: list = []
+    page = open_page(browser, slow_server, errors)
+    page.wait_for_function("() => document.querySelector('#health').textContent.includes('0 queued')")
+    for prompt in ("first", "second"):
+        page.fill("textarea[name=prompt]", prompt)
+        page.click("button[type=submit]")
+    page.wait_for_function("() => document.querySelector('#health').textContent.includes('1 queued · 1 running')")
+    for job in slow_server.client.get("/api/jobs").json():
+        slow_server.client.post(f"/api/jobs/{job['id']}/cancel")
+    assert not errors, errors
+
+
+def test_the_api_docs_render_offline(browser, server):
+    errors: list = []
+    page = browser.new_page()
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.route("**/*", lambda route: _local_only(route, server.url, errors))
+    page.goto(server.url + "/docs")
+    page.wait_for_selector(".swagger-ui .opblock", timeout=20_000)
+    paths = page.locator(".swagger-ui .opblock-summary-path").all_text_contents()
+    assert "/api/jobs" in paths and "/v1/videos" in paths
+    assert not errors, errors  # nothing was asked of another host
