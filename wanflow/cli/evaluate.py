@@ -53,10 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wanflow.builtin import builtin_checkpoint
     from wanflow.evaluation.detect import format_scores
-    from wanflow.evaluation.evaluate import evaluate_case, evaluate_reconstruction, only_expert, seen_combos
-    from wanflow.pipelines.pipeline import WanPipeline
+    from wanflow.evaluation.evaluate import seen_combos
 
     if args.ckpt_dir and len(args.cases) != 1:
         raise ValueError("--ckpt_dir evaluates one case: pass --cases with a single name")
@@ -66,27 +64,41 @@ def run(args: argparse.Namespace) -> int:
     if args.vae_only and (args.short_prompts or sampling):
         raise ValueError("--vae_only uses no prompt and no sampler: pass no --short_prompts or --sample_* with it")
     combos = seen_combos() if args.seen else None
-    table, sharp = {}, {}
     start = time.perf_counter()
-    for case in args.cases:
-        task, with_image = CASES[case]
-        pipe = WanPipeline.from_pretrained(args.ckpt_dir or builtin_checkpoint(task), task=task)
-        if args.expert:
-            if not pipe.task.boundary:
-                continue  # a dense model has no experts to ablate
-            only_expert(pipe, args.expert)
-        if args.vae_only:
-            result = evaluate_reconstruction(pipe, args.per_combo, args.seed, combos)
-        else:
-            result = evaluate_case(
-                pipe, with_image, args.per_combo, args.seed, combos, short_prompts=args.short_prompts, sampling=sampling
-            )
-        table[case], sharp[case] = result.scores, result.sharpness
-    print(format_scores(table))
-    print("sharpness (mean |gradient|, grey levels): " + ", ".join(f"{k} {v:.2f}" for k, v in sharp.items()))
+    results = evaluate_cases(args, combos, sampling)
+    print(format_scores({case: result.scores for case, result in results.items()}))
+    sharp = ", ".join(f"{case} {result.sharpness:.2f}" for case, result in results.items())
+    print("sharpness (mean |gradient|, grey levels): " + sharp)
     what = f", only the {args.expert}-noise expert" if args.expert else ", VAE reconstructions" if args.vae_only else ""
     what += ", prompts without the background" if args.short_prompts else ""
     what += ", combinations seen in training" if args.seen else ", held-out combinations"
     what += "".join(f", {k} {','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in sampling.items())
     print(f"{time.perf_counter() - start:.0f}s{what}")
     return 0
+
+
+def evaluate_cases(args: argparse.Namespace, combos: list | None, sampling: dict) -> dict:
+    """Each case's ``Result``, with one progress bar over every video of the run."""
+    from wanflow.builtin import builtin_checkpoint
+    from wanflow.evaluation.evaluate import evaluate_case, evaluate_reconstruction, only_expert, video_count
+    from wanflow.pipelines.pipeline import WanPipeline
+    from wanflow.pipelines.progress import TqdmProgress
+    from wanflow.tasks import get_task
+
+    # A dense model has no experts to ablate: --expert skips it.
+    cases = [case for case in args.cases if not args.expert or get_task(CASES[case][0]).is_moe]
+    progress = TqdmProgress()
+    progress.start("videos", len(cases) * video_count(args.per_combo, combos))
+    results = {}
+    for case in cases:
+        task, with_image = CASES[case]
+        pipe = WanPipeline.from_pretrained(args.ckpt_dir or builtin_checkpoint(task), task=task)
+        if args.expert:
+            only_expert(pipe, args.expert)
+        if args.vae_only:
+            results[case] = evaluate_reconstruction(pipe, args.per_combo, args.seed, combos, progress)
+        else:
+            kwargs = dict(short_prompts=args.short_prompts, sampling=sampling, progress=progress)
+            results[case] = evaluate_case(pipe, with_image, args.per_combo, args.seed, combos, **kwargs)
+    progress.end("videos")
+    return results

@@ -18,6 +18,7 @@ import torch
 from wanflow.data.shapes import HELD_OUT, Clip, all_combos, combo_clips, first_frame, render
 from wanflow.evaluation.detect import detect, score
 from wanflow.io.video import from_uint8, to_uint8
+from wanflow.pipelines.progress import Progress, quiet_calls
 
 # What is evaluated per task: (task, use the clip's first frame as the input image)
 CASES = {
@@ -63,10 +64,12 @@ def evaluate_case(
     combos: list[tuple[str, str, str]] | None = None,
     short_prompts: bool = False,
     sampling: dict | None = None,
+    progress: Progress | None = None,
 ) -> Result:
     """Score one pipeline on ``per_combo`` clips of every held-out combination (or of ``combos``), prompted with
     each clip's prompt or, with ``short_prompts``, its prompt without the background ("a red circle moving right");
-    ``sampling`` overrides the model's defaults (``steps``, ``shift``, ``guide_scale``, ``solver``)."""
+    ``sampling`` overrides the model's defaults (``steps``, ``shift``, ``guide_scale``, ``solver``). ``progress``:
+    each video advances its "videos" stage, and the generations then draw no bars of their own."""
     width, height = pipe.task.size
 
     def generated(i: int, clip: Clip) -> np.ndarray:
@@ -74,30 +77,52 @@ def evaluate_case(
         prompt = clip.short_prompt if short_prompts else clip.prompt
         return to_uint8(pipe(prompt, image=image, seed=seed + i, **(sampling or {})).frames)
 
-    return _score(pipe, generated, per_combo, seed, combos)
+    return _score(pipe, generated, per_combo, seed, combos, progress)
 
 
 @torch.no_grad()
 def evaluate_reconstruction(
-    pipe, per_combo: int = 18, seed: int = 0, combos: list[tuple[str, str, str]] | None = None
+    pipe,
+    per_combo: int = 18,
+    seed: int = 0,
+    combos: list[tuple[str, str, str]] | None = None,
+    progress: Progress | None = None,
 ) -> Result:
-    """Score the clips of ``evaluate_case`` themselves, encoded and decoded by ``pipe.vae`` (no DiT, no prompt)."""
+    """Score the clips of ``evaluate_case`` themselves, encoded and decoded by ``pipe.vae`` (no DiT, no prompt);
+    ``progress`` as there."""
     width, height = pipe.task.size
 
     def reconstructed(i: int, clip: Clip) -> np.ndarray:
         video = from_uint8(render(clip, pipe.task.frames, height, width))[None].to(pipe.device)
         return to_uint8(pipe.vae.decode(pipe.vae.encode(video))[0])
 
-    return _score(pipe, reconstructed, per_combo, seed, combos)
+    return _score(pipe, reconstructed, per_combo, seed, combos, progress)
 
 
-def _score(pipe, video_of: Callable[[int, Clip], np.ndarray], per_combo: int, seed: int, combos: list | None) -> Result:
+def video_count(per_combo: int, combos: list[tuple[str, str, str]] | None = None) -> int:
+    """How many videos one case scores: ``per_combo`` per combination (default: the held-out ones)."""
+    return per_combo * len(combos or HELD_OUT)
+
+
+def _score(
+    pipe,
+    video_of: Callable[[int, Clip], np.ndarray],
+    per_combo: int,
+    seed: int,
+    combos: list | None,
+    progress: Progress | None = None,
+) -> Result:
     """Detect the object in ``video_of(i, clip)`` for ``per_combo`` clips of each combination and score them."""
     width, height = pipe.task.size
     clips = combo_clips(seed, sorted(combos or HELD_OUT), per_combo, height, width, pipe.task.frames)
     detections, sharp = [], []
     for i, clip in enumerate(clips):
-        frames = video_of(i, clip)
+        if progress is None:
+            frames = video_of(i, clip)
+        else:
+            with quiet_calls():  # the run's bar reports the video
+                frames = video_of(i, clip)
+            progress.advance("videos")
         detections.append(detect(frames))
         sharp.append(sharpness(frames))
     return Result(score(detections, clips), float(np.mean(sharp)))

@@ -8,6 +8,7 @@ pipeline's methods (``map_experts``, ``add_hook``, ``decode_over``; ``pipelines.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from wanflow.builtin import builtin_checkpoint
 from wanflow.checkpoints.hub import local_checkpoint
 from wanflow.checkpoints.layouts import Layout, detect_layout, files_layout
 from wanflow.checkpoints.load import Components, load_components
@@ -26,8 +28,9 @@ from wanflow.models.attention import default_backend
 from wanflow.models.dit import FP32_MODULES
 from wanflow.models.text_encoder import pad_context
 from wanflow.pipelines.core import Conditioning, Sampler, denoise
-from wanflow.pipelines.progress import Callback, DenoiseProgress, Progress
-from wanflow.pipelines.request import GenerateOptions, Request, resolve
+from wanflow.pipelines.diffusers_api import WanPipelineOutput, check_output_type, diffusers_output
+from wanflow.pipelines.progress import Callback, DenoiseProgress, Progress, default_progress
+from wanflow.pipelines.request import DIFFUSERS_NAMES, GenerateOptions, Request, resolve
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.fp8 import quantize_fp8
 from wanflow.runtime.offload import POLICIES, ExpertPlacement, choose_policy
@@ -65,6 +68,19 @@ class RuntimeOptions:
             raise ValueError(f"unknown offload policy {self.offload!r}; choose one of {POLICIES}")
         if isinstance(self.dtype, str) and self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {sorted(DTYPES)}")
+
+    @classmethod
+    def from_keywords(cls, **options) -> RuntimeOptions:
+        """Options from keyword arguments; diffusers' ``torch_dtype`` is ``dtype`` (every component in it)."""
+        if "torch_dtype" in options:
+            if options.get("dtype") is not None:
+                raise ValueError("dtype is given twice, as dtype and as torch_dtype: pass one of them")
+            options["dtype"] = options.pop("torch_dtype")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise ValueError(f"unknown runtime options {unknown}; the options are {sorted(names)} (or torch_dtype)")
+        return cls(**options)
 
     def resolved_device(self) -> torch.device:
         return torch.device(self.device) if self.device is not None else default_device()
@@ -106,7 +122,7 @@ class WanPipeline:
     ):
         """``task``: the task with its final defaults (default: the checkpoint's model type, with the defaults its
         ``wanflow.json`` stores); ``runtime`` or ``options`` (its fields): how the models run."""
-        runtime = runtime or RuntimeOptions(**options)
+        runtime = runtime or RuntimeOptions.from_keywords(**options)
         self.device = runtime.resolved_device()
         dit_cfg = next(iter(components.experts.values())).cfg
         self.task = task or checkpoint_task(components.layout, task_for_model(dit_cfg.model_type))
@@ -148,13 +164,21 @@ class WanPipeline:
     ) -> WanPipeline:
         """Load from a local folder in either layout (or its ``Layout``), or a Hugging Face repo id (downloaded with
         huggingface_hub). ``task``: a name, whose defaults the checkpoint's ``wanflow.json`` completes (default: the
-        checkpoint's model type), or a ``Task`` used as given. ``options`` are the fields of ``RuntimeOptions``."""
+        checkpoint's model type), or a ``Task`` used as given. ``options`` are the fields of ``RuntimeOptions``, or
+        diffusers' ``torch_dtype`` for ``dtype``."""
+        runtime = RuntimeOptions.from_keywords(**options)  # checked before the weights are read
         layout = path if isinstance(path, Layout) else detect_layout(local_checkpoint(path))
         components = load_components(layout)
         if not isinstance(task, Task):
             name = task or task_for_model(next(iter(components.experts.values())).cfg.model_type).name
             task = checkpoint_task(layout, get_task(name))
-        return cls(components, task, RuntimeOptions(**options))
+        return cls(components, task, runtime)
+
+    @classmethod
+    def from_builtin(cls, task: str = "t2v-A14B", **options) -> WanPipeline:
+        """The small model of ``task`` that ships with wanflow (``wanflow/builtin``; 64x64, 9 frames, CPU-sized), as
+        ``wanflow generate`` uses it without ``--ckpt_dir``. ``options`` as ``from_pretrained``."""
+        return cls.from_pretrained(builtin_checkpoint(task), task=task, **options)
 
     @classmethod
     def from_single_files(
@@ -199,6 +223,31 @@ class WanPipeline:
         """Decode each clip's tiles over the ranks of ``group`` (``runtime.vae_parallel``); None decodes alone."""
         self._decode_group = group
 
+    def set_offload(self, policy: str | None) -> None:
+        """Place the experts by memory policy ``policy`` (``runtime.offload.POLICIES``; None: the device's default)
+        from the next call on; the text encoder follows it as at load (off the device between calls unless
+        ``resident``)."""
+        self.runtime = dataclasses.replace(self.runtime, offload=policy)  # (checks the name)
+        self.offload = choose_policy(policy, self.device)
+        self.map_experts(lambda name, expert: expert)
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None) -> None:
+        """diffusers' name for the ``model`` policy: only the active expert on the device. ``device`` (or ``gpu_id``,
+        meaning ``cuda:N``) moves the run there first."""
+        if device is not None or gpu_id is not None:
+            self.to(device if device is not None else f"cuda:{gpu_id}")
+        self.set_offload("model")
+
+    def to(self, device: torch.device | str) -> WanPipeline:
+        """Run on ``device`` from now on (diffusers' ``pipe.to("cuda")``; dtypes are chosen at load, ``torch_dtype``):
+        the VAE moves now, the text encoder at its next use, the experts as the memory policy places them there."""
+        self.device = torch.device(device)
+        self.runtime = dataclasses.replace(self.runtime, device=self.device)
+        self.vae.to(self.device)
+        self.t5_device = torch.device("cpu") if self.runtime.t5_cpu else self.device
+        self.set_offload(self.runtime.offload)
+        return self
+
     # --- generation ---
 
     @property
@@ -213,20 +262,40 @@ class WanPipeline:
         callback: Callable[[Step], None] | None = None,
         hooks: Iterable[StepHook] = (),
         latents: torch.Tensor | None = None,
+        output_type: str | None = None,
+        return_dict: bool = True,
         **options,
-    ) -> Video:
+    ) -> Video | WanPipelineOutput | tuple:
         """Generate one video. ``options`` are the fields of ``GenerateOptions`` (negative_prompt, image, size, frames,
-        steps, shift, guide_scale, solver, seed), or ``prompt`` is a whole ``GenerateOptions``; ``callback(step)``
-        after every step, ``hooks`` for this call only; ``latents`` replaces the seeded initial noise (for exact
-        comparisons)."""
+        steps, shift, guide_scale, solver, seed) or diffusers' names for them (``request.DIFFUSERS_NAMES``: height,
+        width, num_frames, num_inference_steps, guidance_scale, guidance_scale_2, generator), or ``prompt`` is a whole
+        ``GenerateOptions``; ``progress``: default bars on stderr when it is a terminal, none otherwise;
+        ``callback(step)`` after every step, ``hooks`` for this call only; ``latents`` replaces the seeded initial
+        noise (for exact comparisons).
+
+        Returns a ``Video``; a call that uses diffusers' names, ``output_type`` or ``return_dict=False`` returns what
+        diffusers' ``WanPipeline`` does: ``WanPipelineOutput`` with ``frames`` as ``output_type`` asks (default
+        "np": (1, F, H, W, 3) in [0, 1]), or the tuple ``(frames,)``."""
+        diffusers_call = output_type is not None or not return_dict or not set(options).isdisjoint(DIFFUSERS_NAMES)
+        if diffusers_call:
+            check_output_type(output_type or "np")
         if isinstance(prompt, GenerateOptions):
             if options:
                 raise ValueError("pass a GenerateOptions or keyword options, not both")
             request = resolve(prompt, self.task, self.size_multiple)
         else:
             request = resolve(GenerateOptions.from_keywords(prompt, **options), self.task, self.size_multiple)
-        progress = progress or Progress()
+        progress = progress or default_progress()
         hooks = [DenoiseProgress(progress), *hooks, *([Callback(callback)] if callback else [])]
+        video = self.generate(request, progress, hooks, latents)
+        if not diffusers_call:
+            return video
+        return diffusers_output(video.frames, output_type or "np", return_dict, video.seed)
+
+    def generate(
+        self, request: Request, progress: Progress, hooks: Iterable[StepHook], latents: torch.Tensor | None = None
+    ) -> Video:
+        """The stages of one resolved request: encode, condition, noise, denoise (with ``hooks``), decode."""
         timings: dict[str, float] = {}
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -1,10 +1,13 @@
 """Progress reporting for the pipeline stages (text, denoise, decode); the base class reports nothing. The denoising
-loop reports through step hooks (``DenoiseProgress``, ``Callback``)."""
+loop reports through step hooks (``DenoiseProgress``, ``Callback``). A pipeline call without ``progress=`` gets
+``default_progress()``: bars in a terminal, silence in logs, pipes and tests."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import ClassVar
 
 import torch
@@ -29,6 +32,7 @@ class TqdmProgress(Progress):
     """One tqdm bar with ETA per stage; the denoise bar shows which expert is active."""
 
     LABELS: ClassVar[dict[str, str]] = {"text": "text encoding", "denoise": "denoising", "decode": "decoding"}
+    UNITS: ClassVar[dict[str, str]] = {"denoise": "step", "videos": "video"}
 
     def __init__(self, file=None):
         self.file = file or sys.stderr
@@ -43,7 +47,7 @@ class TqdmProgress(Progress):
             file=self.file,
             leave=True,
             dynamic_ncols=True,
-            unit="step" if stage == "denoise" else "it",
+            unit=self.UNITS.get(stage, "it"),
         )
 
     def advance(self, stage: str, **info: object) -> None:
@@ -58,6 +62,26 @@ class TqdmProgress(Progress):
         bar = self.bars.pop(stage, None)
         if bar is not None:
             bar.close()
+
+
+_QUIET: ContextVar[bool] = ContextVar("wanflow_quiet_progress", default=False)
+
+
+def default_progress() -> Progress:
+    """tqdm bars on stderr when it is a terminal (someone is watching), else nothing (read when called, so a
+    redirected stderr counts); nothing inside ``quiet_calls``."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    return TqdmProgress(sys.stderr) if not _QUIET.get() and isatty is not None and isatty() else Progress()
+
+
+@contextmanager
+def quiet_calls() -> Iterator[None]:
+    """Pipeline calls in this block draw no bars by default: an outer bar reports them (``wanflow evaluate``)."""
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
 
 
 class DenoiseProgress(StepHook):

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from PIL import Image
 
 from wanflow.io.image import load_image
@@ -46,12 +47,89 @@ class GenerateOptions:
 
     @classmethod
     def from_keywords(cls, prompt: str, **keywords: Any) -> GenerateOptions:
-        """Options from keyword arguments, with a clear error for a name that is not an option."""
+        """Options from keyword arguments, wanflow's names or diffusers' (``DIFFUSERS_NAMES``), with a clear error for
+        a name that is neither."""
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(keywords) - names)
+        unknown = sorted(set(keywords) - names - set(DIFFUSERS_NAMES))
         if unknown:
-            raise ValueError(f"unknown generation options {unknown}; the options are {sorted(names - {'prompt'})}")
-        return cls(prompt, **keywords)
+            raise ValueError(
+                f"unknown generation options {unknown}; the options are {sorted(names - {'prompt'})}, or diffusers' "
+                f"names {list(DIFFUSERS_NAMES)}"
+            )
+        return cls(prompt, **from_diffusers_names(keywords))
+
+
+# diffusers' ``WanPipeline`` / ``WanImageToVideoPipeline`` argument names, mapped onto the fields above by
+# ``from_diffusers_names`` and nowhere else (docs/python-api.md). ``negative_prompt``, ``image`` and ``latents`` have
+# the same name on both sides.
+DIFFUSERS_NAMES = (
+    "height",
+    "width",
+    "num_frames",
+    "num_inference_steps",
+    "guidance_scale",
+    "guidance_scale_2",
+    "generator",
+    "num_videos_per_prompt",
+)
+
+
+def from_diffusers_names(keywords: dict[str, Any]) -> dict[str, Any]:
+    """Keywords with diffusers' names replaced by wanflow's (a None value counts as not given, as in diffusers):
+
+    - ``height`` + ``width`` -> ``size=(width, height)`` (both or neither);
+    - ``num_frames`` -> ``frames``, ``num_inference_steps`` -> ``steps``;
+    - ``guidance_scale`` is the scale of diffusers' ``transformer``, the high-noise expert (or the only model), and
+      ``guidance_scale_2`` that of ``transformer_2``, the low-noise expert (default: ``guidance_scale``), so
+      ``guide_scale=(guidance_scale_2, guidance_scale)``: (low-noise, high-noise), the reference's order;
+    - ``generator`` -> ``seed=generator.initial_seed()``: the seed is what counts, not the generator's device or state;
+    - ``num_videos_per_prompt``: 1 only (one video per call).
+    """
+    given = {k: v for k, v in keywords.items() if k in DIFFUSERS_NAMES and v is not None}
+    out = {k: v for k, v in keywords.items() if k not in DIFFUSERS_NAMES}
+    renamed = {
+        "size": _diffusers_size(given),
+        "frames": given.get("num_frames"),
+        "steps": given.get("num_inference_steps"),
+        "guide_scale": _diffusers_guidance(given),
+        "seed": _diffusers_seed(given),
+    }
+    for name, value in renamed.items():
+        if value is None:
+            continue
+        if out.get(name) is not None:
+            alias = {"size": "height/width", "guide_scale": "guidance_scale"}.get(name, "its diffusers name")
+            raise ValueError(f"{name} is given twice, as {name} and as {alias}: pass one of them")
+        out[name] = value
+    if given.get("num_videos_per_prompt", 1) != 1:
+        raise ValueError("wanflow makes one video per call: call it once per video (with another seed)")
+    return out
+
+
+def _diffusers_size(given: dict[str, Any]) -> tuple[int, int] | None:
+    if ("height" in given) != ("width" in given):
+        raise ValueError("pass height and width together (or size=(width, height)); the default size is the task's")
+    return (given["width"], given["height"]) if "height" in given else None
+
+
+def _diffusers_guidance(given: dict[str, Any]) -> float | tuple[float, float] | None:
+    high, low = given.get("guidance_scale"), given.get("guidance_scale_2")
+    if high is None:
+        if low is not None:
+            raise ValueError("guidance_scale_2 (the low-noise expert's scale) needs guidance_scale (the high-noise's)")
+        return None
+    return high if low is None else (low, high)
+
+
+def _diffusers_seed(given: dict[str, Any]) -> int | None:
+    generator = given.get("generator")
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(
+            f"generator must be one torch.Generator (wanflow makes one video per call), got {type(generator).__name__}"
+        )
+    return generator.initial_seed()
 
 
 @dataclass(frozen=True)
@@ -163,4 +241,4 @@ def _check_size(task: Task, width: int, height: int, multiple: int) -> None:
         )
 
 
-__all__ = ["GenerateOptions", "Request", "latent_frames", "resolve"]
+__all__ = ["DIFFUSERS_NAMES", "GenerateOptions", "Request", "from_diffusers_names", "latent_frames", "resolve"]

@@ -32,7 +32,7 @@ DIT = DiTConfig(dim=128, ffn_dim=384, text_dim=64, text_len=32, num_heads=2, num
 
 @dataclass(frozen=True)
 class Recipe:
-    """Sizes and training lengths of the built-in models (the stage times are in the README)."""
+    """Sizes and training lengths of the built-in models (the stage times are in docs/builtin-models.md)."""
 
     height: int = 64
     width: int = 64

@@ -1,0 +1,249 @@
+"""The Python API in diffusers' shape: its argument names are aliases of wanflow's (the built-in models give the very
+frames of the native call), its output is diffusers' (``.frames`` in "np", "pt" or "pil"; checked against diffusers'
+own ``WanPipeline`` given the same call), and ``torch_dtype``, ``generator``, ``enable_model_cpu_offload``,
+``export_to_video`` and the built-in loader do what docs/python-api.md says."""
+
+import io
+import sys
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.pipelines.test_parity import ReferenceUniPC
+from tests.tiny.checkpoint import write_official_checkpoint
+from wanflow.checkpoints.convert import convert_checkpoint
+from wanflow.data.shapes import combo_clips, first_frame
+from wanflow.io.video import to_uint8
+from wanflow.pipelines.diffusers_api import export_to_video
+from wanflow.pipelines.pipeline import RuntimeOptions, Video, WanPipeline
+from wanflow.pipelines.progress import Progress, TqdmProgress, default_progress
+from wanflow.pipelines.request import GenerateOptions
+from wanflow.tasks import TASKS
+
+PROMPT = "a red circle moving right"
+
+
+@pytest.fixture(scope="module")
+def t2v():
+    return WanPipeline.from_builtin("t2v-A14B")
+
+
+@pytest.fixture(scope="module")
+def ti2v():
+    return WanPipeline.from_builtin("ti2v-5B")
+
+
+def unit_range(frames: torch.Tensor) -> torch.Tensor:
+    """wanflow's (3, F, H, W) in [-1, 1] -> [0, 1], written independently of the code under test."""
+    return ((frames + 1) / 2).clamp(0, 1)
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_t2v_diffusers_call_gives_the_native_frames(t2v):
+    native = t2v(PROMPT, size=(64, 64), frames=9, steps=6, guide_scale=(3.0, 5.0), seed=11)
+    steps = []
+    out = t2v(
+        prompt=PROMPT,
+        height=64,
+        width=64,
+        num_frames=9,
+        num_inference_steps=6,
+        guidance_scale=5.0,
+        guidance_scale_2=3.0,
+        generator=seeded(11),
+        output_type="pt",
+        callback=steps.append,
+    )
+    assert isinstance(native, Video)  # the native call is unchanged
+    assert out.frames.shape == (1, 9, 3, 64, 64) and out.seed == 11
+    assert torch.equal(out.frames[0], unit_range(native.frames).permute(1, 0, 2, 3))
+    # diffusers: guidance_scale is transformer's (the high-noise expert), guidance_scale_2 transformer_2's (low noise)
+    assert {(s.expert, s.guide_scale) for s in steps} == {("high", 5.0), ("low", 3.0)}
+    swapped = t2v(PROMPT, size=(64, 64), frames=9, steps=6, guide_scale=(5.0, 3.0), seed=11)
+    assert not torch.equal(swapped.frames, native.frames)
+
+
+def test_ti2v_with_an_image_diffusers_call_gives_the_native_frames(ti2v, tmp_path):
+    clip = combo_clips(0, [("red", "circle", "right")], 1, 64, 64, 9)[0]
+    image = Image.fromarray(first_frame(clip, 64, 64))
+    native = ti2v(PROMPT, image=image, size=(64, 64), frames=9, steps=5, guide_scale=4.0, seed=5)
+    out = ti2v(
+        prompt=PROMPT,
+        image=image,
+        height=64,
+        width=64,
+        num_frames=9,
+        num_inference_steps=5,
+        guidance_scale=4.0,
+        generator=seeded(5),
+    )
+    assert out.frames.shape == (1, 9, 64, 64, 3) and out.frames.dtype == np.float32  # diffusers' default: "np"
+    assert np.array_equal(out.frames[0], unit_range(native.frames).permute(1, 2, 3, 0).numpy())
+    # export_to_video writes the pixels Video.save writes (PNG frames: lossless)
+    ours = export_to_video(out.frames[0], str(tmp_path / "exported") + "/")
+    native.save(str(tmp_path / "saved") + "/")
+    for i, frame in enumerate(to_uint8(native.frames)):
+        assert np.array_equal(np.asarray(Image.open(f"{ours}/{i:05d}.png")), frame)
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "saved" / f"{i:05d}.png")), frame)
+
+
+def test_the_same_call_as_diffusers_gives_diffusers_frames(tmp_path):
+    from diffusers import WanPipeline as DiffusersWanPipeline
+
+    write_official_checkpoint(tmp_path / "official", "t2v-A14B", seed=11)
+    convert_checkpoint(tmp_path / "official", tmp_path / "diffusers")
+    ours = WanPipeline.from_pretrained(tmp_path / "official")
+    theirs = DiffusersWanPipeline.from_pretrained(tmp_path / "diffusers")
+    theirs.scheduler = ReferenceUniPC.from_config(theirs.scheduler.config, flow_shift=TASKS["t2v-A14B"].shift)
+    theirs.set_progress_bar_config(disable=True)
+    call = dict(
+        prompt=PROMPT,
+        negative_prompt=TASKS["t2v-A14B"].negative_prompt,  # diffusers' default is none, the reference's is this
+        height=64,
+        width=64,
+        num_frames=9,
+        num_inference_steps=8,  # 6 steps on the high-noise expert, 2 on the low-noise one
+        guidance_scale=4.5,
+        guidance_scale_2=3.0,
+    )
+    a = ours(generator=seeded(3), **call).frames  # the seed's noise on the CPU is diffusers' draw from the generator
+    with torch.no_grad():
+        b = theirs(generator=seeded(3), **call).frames
+    assert a.shape == b.shape == (1, 9, 64, 64, 3)
+    assert np.abs(a - b).max() <= 1e-4 and a.std() > 0.05
+
+
+def test_output_types_and_return_dict(t2v):
+    call = dict(num_inference_steps=2, generator=seeded(4))
+    pt = t2v(PROMPT, output_type="pt", **call).frames
+    pil = t2v(PROMPT, output_type="pil", **call).frames
+    assert len(pil) == 1 and len(pil[0]) == 9 and pil[0][0].size == (64, 64) and pil[0][0].mode == "RGB"
+    want = (pt[0].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # diffusers rounds to PIL
+    assert np.array_equal(np.stack([np.asarray(image) for image in pil[0]]), want)
+    (frames,) = t2v(PROMPT, return_dict=False, **call)
+    assert frames.shape == (1, 9, 64, 64, 3)
+
+
+def test_a_bad_output_type_is_refused_before_any_work(t2v):
+    steps = []
+    with pytest.raises(ValueError, match=r"output_type 'latent'.*\['np', 'pt', 'pil'\]"):
+        t2v(PROMPT, output_type="latent", callback=steps.append)
+    assert steps == []
+
+
+def test_diffusers_names_map_onto_generate_options():
+    generator = seeded(5)
+    torch.randn(3, generator=generator)  # a used generator: its seed is what counts, not its state
+    options = GenerateOptions.from_keywords(
+        "x",
+        height=480,
+        width=832,
+        num_frames=81,
+        num_inference_steps=30,
+        guidance_scale=4.0,
+        guidance_scale_2=3.0,
+        generator=generator,
+        num_videos_per_prompt=1,
+        negative_prompt="blurry",
+    )
+    assert options == GenerateOptions(
+        "x", negative_prompt="blurry", size=(832, 480), frames=81, steps=30, guide_scale=(3.0, 4.0), seed=5
+    )
+    assert GenerateOptions.from_keywords("x", guidance_scale=4.0, guidance_scale_2=None).guide_scale == 4.0
+
+
+@pytest.mark.parametrize(
+    ("keywords", "match"),
+    [
+        (dict(height=480), "height and width together"),
+        (dict(size=(832, 480), height=480, width=832), "size is given twice"),
+        (dict(guide_scale=3.0, guidance_scale=4.0), "guide_scale is given twice"),
+        (dict(steps=4, num_inference_steps=4), "steps is given twice"),
+        (dict(seed=1, generator=torch.Generator()), "seed is given twice"),
+        (dict(guidance_scale_2=3.0), "needs guidance_scale"),
+        (dict(generator=[torch.Generator()]), "one torch.Generator"),
+        (dict(num_videos_per_prompt=2), "one video per call"),
+        (dict(num_step=4), r"unknown generation options \['num_step'\].*num_inference_steps"),
+    ],
+)
+def test_diffusers_names_clear_errors(keywords, match):
+    with pytest.raises(ValueError, match=match):
+        GenerateOptions.from_keywords("x", **keywords)
+
+
+def test_generator_seed_gives_diffusers_initial_noise(t2v):
+    from diffusers.utils.torch_utils import randn_tensor
+
+    shape = (16, 3, 8, 8)
+    want = randn_tensor((1, *shape), generator=seeded(21), device=torch.device("cpu"), dtype=torch.float32)
+    assert torch.equal(t2v.noise(shape, GenerateOptions.from_keywords("x", generator=seeded(21)).seed), want)
+
+
+def test_torch_dtype_at_load():
+    pipe = WanPipeline.from_builtin("ti2v-5B", torch_dtype=torch.bfloat16)
+    assert pipe.runtime.dtype is torch.bfloat16
+    assert {p.dtype for p in pipe.vae.parameters()} == {torch.bfloat16}
+    assert torch.bfloat16 in {p.dtype for p in pipe.experts["dense"].parameters()}
+    with pytest.raises(ValueError, match="dtype is given twice"):
+        RuntimeOptions.from_keywords(torch_dtype=torch.bfloat16, dtype="float32")
+    with pytest.raises(ValueError, match=r"unknown runtime options \['variant'\]"):
+        WanPipeline.from_builtin("ti2v-5B", variant="fp16")
+
+
+def test_enable_model_cpu_offload_is_the_model_policy():
+    pipe = WanPipeline.from_builtin("t2v-A14B")
+    assert pipe.offload == "resident"  # the CPU's default
+    before = pipe(PROMPT, steps=3, seed=1)
+    experts = pipe.experts
+    pipe.enable_model_cpu_offload()
+    assert pipe.offload == pipe.runtime.offload == pipe._placement.policy == "model"
+    assert all(pipe.experts[name] is model for name, model in experts.items())
+    assert torch.equal(pipe(PROMPT, steps=3, seed=1).frames, before.frames)
+    assert pipe.to("cpu") is pipe and pipe._placement.policy == "model"  # a move keeps the chosen policy
+    pipe.set_offload(None)
+    assert pipe._placement.policy == "resident"
+    with pytest.raises(ValueError, match="unknown offload policy"):
+        pipe.set_offload("sequential")
+
+
+def test_from_builtin_loads_the_shipped_model_of_a_task(ti2v):
+    assert ti2v.task.name == "ti2v-5B" and ti2v.task.size == (64, 64)  # the built-in's own defaults
+    with pytest.raises(ValueError, match="no built-in model for task 'x2v'"):
+        WanPipeline.from_builtin("x2v")
+
+
+def test_export_to_video_takes_diffusers_frames(t2v, tmp_path):
+    out = t2v(PROMPT, num_inference_steps=2, generator=seeded(6), output_type="pt")
+    path = export_to_video(out.frames[0], fps=8)  # (F, 3, H, W) in [0, 1]; a temporary .mp4 as in diffusers
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height, stream.average_rate) == (64, 64, 8)
+        assert sum(1 for _ in container.decode(stream)) == 9
+    pil = t2v(PROMPT, num_inference_steps=2, generator=seeded(6), output_type="pil").frames[0]
+    folder = export_to_video(pil, str(tmp_path / "pil") + "/")
+    assert np.array_equal(np.asarray(Image.open(f"{folder}/00003.png")), np.asarray(pil[3]))
+    with pytest.raises(ValueError, match=r"pass output.frames\[0\]"):
+        export_to_video(t2v(PROMPT, num_inference_steps=1).frames, str(tmp_path / "x.mp4"))
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_by_default_only_in_a_terminal(t2v, monkeypatch):
+    terminal, pipe = Terminal(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert isinstance(default_progress(), TqdmProgress)
+    t2v(PROMPT, steps=2, seed=0)
+    assert all(label in terminal.getvalue() for label in ("text encoding", "denoising", "decoding"))
+    monkeypatch.setattr(sys, "stderr", pipe)
+    assert type(default_progress()) is Progress
+    t2v(PROMPT, steps=2, seed=0)
+    assert pipe.getvalue() == ""
