@@ -176,9 +176,10 @@ def run(args: argparse.Namespace) -> int:
     resolve(options, task, image_hint="an input image: --image PATH")  # every value checked before minutes of loading
     save_file = args.save_file or default_save_file(args.task, args.size, options.prompt)
     check_writable(save_file)
-    remove_stale_temps(save_file)  # what a killed run left beside the same output
     ctx = launch(args)
     try:
+        if ctx.is_rank0:  # the one writer: what a killed run left beside the same output goes
+            remove_stale_temps(save_file)
         if layout is None:  # a Hub repository, downloaded after the checks
             layout, task = _download(args.ckpt_dir, task)
         return generate(args, ctx, layout, task, options, runtime, save_file)
