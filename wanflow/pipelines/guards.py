@@ -11,15 +11,15 @@ request of F frames of W x H pixels (for an image-to-video request, W x H is the
   float32 modulated input (4 bytes x dim each) are alive while the FFN's hidden layer exists before and after its
   GELU (e bytes x ffn_dim each, e the DiT's element size); B = 2 with classifier-free guidance (both passes in one
   batch), 1 when every guidance scale is 1. Plus the weights a ``model`` offload policy still has to bring onto the
-  device (the largest expert's parameters that are not there yet). Measured on the CPU in float32, a whole step
-  peaks at 1.1-1.3x this (about ``16 * dim + 8 * ffn_dim`` bytes a token against ``8 * dim + 8 * ffn_dim``).
+  device (the largest expert, less the experts there now, which it drops). Measured on the CPU in float32, a whole step
+  peaks at 1.1-2.2x this (``benchmarks/memory_bound.py``; nearer 1.2x on long sequences).
 - the VAE decode: the decoded clip, ``3 * F * H * W`` values of the VAE's dtype, held twice (the decoded chunks and
   their concatenation; once when decoding in tiles, which write into the clip), plus, at the decoder's finest stage
   (``decoder_dim * dim_mult[0]`` channels at ``(H / p, W / p)``, before the 2.2 VAE's pixel unpatchify ``p``), the
   input and output of one convolution over the ``st`` frames of one latent frame and the causal cache: the last 2
   input frames of each of its ``2 * (num_res_blocks + 1) + 1`` temporal convolutions (its residual blocks and the
   head). With ``vae_tile`` the stage runs on one tile of that many latent pixels a side at a time. Measured on the
-  CPU, the decode peaks at 2.5-4x this (the CPU's convolutions unfold their inputs).
+  CPU, the decode peaks at 2.6-3.9x this (same script).
 - host memory for writing the video: the float32 clip and one float32 temporary of the uint8 conversion.
 
 On the CPU the three share the RAM (the largest counts); on a GPU the first two are compared with the device's free
