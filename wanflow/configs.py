@@ -7,12 +7,43 @@ DiT predicts the velocity ``v = eps - x0``. Sizes are (width, height) at the use
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 # The experts of a checkpoint, by the noise levels they serve: the two of an A14B model, or the one of a dense model.
 HIGH, LOW, DENSE = "high", "low", "dense"
 EXPERTS = (HIGH, LOW)
+
+
+def check_fields(cfg: object, counts: tuple[str, ...] = (), positives: tuple[str, ...] = ()) -> None:
+    """Types and ranges of a config's fields, with the field's name in the message: a ``config.json`` may hold
+    anything (``num_heads: 0``, ``eps: "x"``), and a checkpoint loader adds the file's name. ``counts`` are whole
+    numbers >= 1; ``positives`` are finite real numbers > 0."""
+    for name in counts:
+        check_count(name, getattr(cfg, name))
+    for name in positives:
+        value = getattr(cfg, name)
+        if not _is_real(value) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def check_count(name: str, value: object, least: int = 1) -> int:
+    """``value`` when it is a whole number >= ``least``; else a ValueError that names the field."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    return value
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_tuple(name: str, value: object, length: int | None = None) -> None:
+    """A tuple (of ``length`` items when given); the items are checked by the caller."""
+    if not isinstance(value, tuple) or (length is not None and len(value) != length):
+        size = f" of {length}" if length is not None else ""
+        raise ValueError(f"{name} must be a list{size}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -35,6 +66,13 @@ class DiTConfig:
     rope_max_len: int = 1024  # positions per axis in the reference RoPE table
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model_type, str):
+            raise ValueError(f"model_type must be a string (t2v, i2v or ti2v), got {self.model_type!r}")
+        counts = ("in_dim", "out_dim", "dim", "ffn_dim", "freq_dim", "text_dim", "text_len", "num_heads", "num_layers")
+        check_fields(self, (*counts, "rope_max_len"), ("eps", "rope_theta"))
+        _check_tuple("patch_size", self.patch_size, 3)
+        for i, n in enumerate(self.patch_size):
+            check_count(f"patch_size[{i}]", n)
         if self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if self.head_dim % 2:
@@ -64,6 +102,8 @@ class DiTConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DiTConfig:
         """Build from an official ``config.json`` (unknown keys ignored, as the reference does)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a DiT config must be a JSON object, got {type(data).__name__}")
         kwargs = {k: data[k] for k in cls._JSON_KEYS if k in data}
         return cls(**kwargs)
 
@@ -132,8 +172,23 @@ class VAEConfig:
     def __post_init__(self) -> None:
         if self.version not in ("2.1", "2.2"):
             raise ValueError(f"unknown VAE version {self.version!r}; expected '2.1' or '2.2'")
-        if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
-            raise ValueError(f"latent statistics must have z_dim={self.z_dim} entries")
+        check_fields(self, ("base_dim", "decoder_dim", "z_dim", "num_res_blocks", "patch_size"))
+        _check_tuple("dim_mult", self.dim_mult)
+        if not self.dim_mult:
+            raise ValueError("dim_mult must list at least one stage")
+        for i, m in enumerate(self.dim_mult):
+            check_count(f"dim_mult[{i}]", m)
+        _check_tuple("temporal_downsample", self.temporal_downsample, len(self.dim_mult) - 1)
+        if not all(isinstance(t, bool) for t in self.temporal_downsample):
+            raise ValueError(f"temporal_downsample must hold true/false values, got {self.temporal_downsample!r}")
+        for name in ("latents_mean", "latents_std"):
+            values = getattr(self, name)
+            if not isinstance(values, tuple) or len(values) != self.z_dim:
+                raise ValueError(f"latent statistics must have z_dim={self.z_dim} entries ({name})")
+            if not all(_is_real(v) and math.isfinite(v) for v in values):
+                raise ValueError(f"{name} must hold z_dim={self.z_dim} finite numbers")
+        if min(self.latents_std) <= 0:
+            raise ValueError(f"latents_std must be positive, got {min(self.latents_std)}")
 
     @property
     def stride(self) -> tuple[int, int, int]:
@@ -160,6 +215,13 @@ class T5Config:
     max_distance: int = 128
     eps: float = 1e-6
     text_len: int = 512  # tokens after padding / truncation
+
+    def __post_init__(self) -> None:
+        check_count("vocab_size", self.vocab_size, least=0)  # 0: a recipe's placeholder until its tokenizer is built
+        counts = ("dim", "num_heads", "dim_attn", "dim_ffn", "num_layers", "num_buckets", "max_distance", "text_len")
+        check_fields(self, counts, ("eps",))
+        if self.dim_attn % self.num_heads:
+            raise ValueError(f"dim_attn {self.dim_attn} is not divisible by num_heads {self.num_heads}")
 
     def replace(self, **changes: Any) -> T5Config:
         return dataclasses.replace(self, **changes)

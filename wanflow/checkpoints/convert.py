@@ -16,6 +16,7 @@ import torch
 from wanflow.checkpoints.convert_files import files_to_official
 from wanflow.checkpoints.io import CheckpointError, read_folder, read_weights, write_folder
 from wanflow.checkpoints.layouts import (
+    DEFAULTS_FILE,
     DIFFUSERS_EXPERTS,
     OFFICIAL_EXPERTS,
     OFFICIAL_T5,
@@ -67,6 +68,8 @@ def convert_checkpoint(
         raise ValueError(f"output folder {dst} is not empty; choose a new folder")
     dst.mkdir(parents=True, exist_ok=True)
     (_to_diffusers if to == "diffusers" else _to_official)(layout, dst, max_shard_bytes)
+    if (layout.root / DEFAULTS_FILE).is_file():  # the sampling defaults the weights were trained with (built-ins)
+        shutil.copyfile(layout.root / DEFAULTS_FILE, dst / DEFAULTS_FILE)
     return detect_layout(dst)
 
 

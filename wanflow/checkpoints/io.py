@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -41,12 +43,25 @@ def read_pth(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # torch raises many types for corrupt or unsafe files
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+            raise CheckpointError(_unsafe_pickle(path, e)) from None
         raise CheckpointError(f"cannot read {path} (truncated, corrupt, or not a plain state dict): {e}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
     return state
+
+
+def _unsafe_pickle(path: Path, error: pickle.UnpicklingError) -> str:
+    """What to say about a ``.pth`` that the weights-only unpickler refused: it holds Python objects besides tensors,
+    that is code that unpickling would run. Not torch's own advice (to load it with ``weights_only=False``)."""
+    found = re.search(r"GLOBAL (\S+) was not an allowed global", str(error))
+    what = f" such as {found.group(1)}" if found else ""
+    return (
+        f"cannot read {path}: besides tensors it holds pickled Python objects{what}, that is code which loading "
+        "would run, so wanflow will not load it; use weights saved as safetensors or as a plain state dict of tensors"
+    )
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -136,6 +151,14 @@ def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what
     ]
     if bad:
         raise CheckpointError(f"{what}: shape mismatch for " + "; ".join(bad[:5]))
+    # A float parameter must get float values (an int32 tensor is a broken file); a layer stored quantised
+    # (runtime.quantized: GGML blocks) expects its integer blocks.
+    stored = next(
+        ((k, v.dtype) for k, v in state.items() if expected[k].is_floating_point() and not v.is_floating_point()), None
+    )
+    if stored is not None:
+        key, dtype = stored
+        raise CheckpointError(f"{what}: {key} is stored as {dtype}; only floating-point weights can be loaded")
     module.load_state_dict(dict(state), strict=True, assign=True)
 
 

@@ -32,9 +32,12 @@ def read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"config not found: {path}")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object of config fields, got {type(data).__name__}")
+    return data
 
 
 def dit_config(folder: str | os.PathLike, kind: str) -> DiTConfig:
@@ -85,9 +88,7 @@ def load_text_encoder(
 ) -> TextEncoder:
     """umT5 encoder and tokenizer; ``dtype=None`` keeps the stored dtype (bf16 for the published file). Prompts are
     truncated to ``text_len`` tokens (default: the config's; give the DiT's, which reads that many)."""
-    from transformers import UMT5Config
-
-    from wanflow.checkpoints.maps.t5 import T5_KEYMAP, t5_config_from_hf, t5_config_from_state_dict
+    from wanflow.checkpoints.maps.t5 import T5_KEYMAP, t5_config_from_state_dict
     from wanflow.models.text_encoder import TextEncoder, build_umt5
 
     path = Path(path)
@@ -96,9 +97,7 @@ def load_text_encoder(
         cfg = _infer(t5_config_from_state_dict, official, path)
         state = T5_KEYMAP.forward(official)
     else:
-        if not (path / "config.json").is_file():
-            raise CheckpointError(f"config not found: {path / 'config.json'}")
-        cfg = t5_config_from_hf(UMT5Config.from_pretrained(path))
+        cfg = _hf_t5_config(path)
         state = read_folder(path, stem="model")
     with torch.device("meta"):
         model = build_umt5(cfg)
@@ -116,8 +115,22 @@ def load_experts(layout: Layout, dtype: torch.dtype | None = torch.float32) -> d
 def _infer(fn, data, path):
     try:
         return fn(data)
-    except (KeyError, ValueError, IndexError) as e:
+    except (KeyError, ValueError, IndexError, TypeError) as e:
         raise CheckpointError(f"cannot infer the architecture of {path}: {e}") from None
+
+
+def _hf_t5_config(path: Path):
+    """The text encoder's ``config.json`` (diffusers layout), read by transformers and checked; errors name it."""
+    from transformers import UMT5Config
+
+    from wanflow.checkpoints.maps.t5 import t5_config_from_hf
+
+    config = path / "config.json"
+    read_json(config)  # present, and a JSON object
+    try:
+        return t5_config_from_hf(UMT5Config.from_pretrained(path))
+    except (OSError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{config}: {e}") from None
 
 
 def _convert(fn, state, path):

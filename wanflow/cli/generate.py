@@ -13,6 +13,7 @@ import re
 import resource
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from wanflow.cli.single_files import add_file_arguments, files_layout_from_args, given_files
@@ -136,7 +137,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="VAE decode in exact spatial tiles of N latent pixels, for less memory (default 0: whole frames)",
     )
     _flag(p, "prompt", help="the prompt")
-    _flag(p, "negative_prompt", help="the negative prompt (default: the reference's)")
+    _flag(p, "negative_prompt", help='the negative prompt (default: the task\'s); --negative_prompt "" for none')
     _flag(p, "image", help="input image (i2v-A14B needs one; with ti2v-5B it selects image-to-video)")
     _flag(p, "base_seed", type=int, default=-1, help="seed; -1 draws one and reports it")
     add_sampler_arguments(p, solver="unipc")
@@ -168,16 +169,19 @@ def default_save_file(task: str, size: tuple[int, int] | None, prompt: str) -> s
 
 
 def run(args: argparse.Namespace) -> int:
-    from wanflow.io.video import check_writable
+    from wanflow.io.video import check_writable, remove_stale_temps
 
     options = generate_options(args)
     runtime = runtime_options(args)
+    runtime.resolved_device()  # a device this machine lacks: one line now, not a traceback after the loading
     layout, task = checkpoint_and_task(args)
     resolve(options, task, image_hint="an input image: --image PATH")  # every value checked before minutes of loading
     save_file = args.save_file or default_save_file(args.task, args.size, options.prompt)
     check_writable(save_file)
     ctx = launch(args)
     try:
+        if ctx.is_rank0:  # the one writer: what a killed run left beside the same output goes
+            remove_stale_temps(save_file)
         if layout is None:  # a Hub repository, downloaded after the checks
             layout, task = _download(args.ckpt_dir, task)
         return generate(args, ctx, layout, task, options, runtime, save_file)
@@ -207,14 +211,33 @@ def generate(args, ctx, layout, task: Task, options: GenerateOptions, runtime: R
         flags = ("ulysses_size", "dit_fsdp", "cfg_parallel", "t5_fsdp")
         parallelize_pipeline(pipe, ctx, **{name: getattr(args, name) for name in flags})
     load_time = time.perf_counter() - start
-    video = pipe(options, progress=TqdmProgress() if ctx.is_rank0 else Progress())
+    with out_of_memory_as_error():
+        video = pipe(options, progress=TqdmProgress() if ctx.is_rank0 else Progress())
     if not ctx.is_rank0:
         return 0  # only rank 0 writes the file
     if options.seed is None or options.seed < 0:
         print(f"seed: {video.seed}", file=sys.stderr)
-    path = video.save(save_file)
+    with out_of_memory_as_error():
+        path = video.save(save_file)
     print(summary(video, load_time, time.perf_counter() - start, path))
     return 0
+
+
+@contextmanager
+def out_of_memory_as_error():
+    """Running out of memory past the pipeline's estimate (a lower bound) is a one-line error too, with what to try."""
+    import torch
+
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        memory = isinstance(e, (torch.OutOfMemoryError, MemoryError))
+        if not memory and not any(text in str(e) for text in ("can't allocate memory", "out of memory")):
+            raise
+        raise ValueError(
+            f"out of memory ({str(e).splitlines()[0][:200]}); try a smaller --size or --frame_num, --offload block, "
+            "or --vae_tile"
+        ) from None
 
 
 def launch(args: argparse.Namespace):

@@ -1,12 +1,18 @@
 """Writing videos: H.264 MP4 (yuv420p) through PyAV, GIF, or lossless PNG frames when the path ends in ``/``.
 
 Pixels follow the reference: clamp to [-1, 1], then ``(x + 1) / 2 * 255`` truncated to uint8. Files are written
-under a temporary name and renamed at the end, so a failure never leaves a half-written output behind.
+under a temporary name beside the output and renamed at the end, so a failure never leaves a half-written output
+behind. A PNG folder is written whole into a temporary folder, then swapped with the old one in one step (Linux
+``renameat2``), so a reader, or a kill, sees either every old frame or every new one. A run killed while writing
+leaves its hidden temporary (``.NAME.XXXXXXXX[.mp4]``) behind: ``remove_stale_temps`` removes them.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -16,6 +22,8 @@ import numpy as np
 import torch
 
 FORMATS = (".mp4", ".gif", "/")
+FRAME = re.compile(r"\d{5}\.png")  # a frame of a PNG folder: 00000.png, 00001.png, ...
+_RANDOM = r"[a-z0-9_]{8}"  # the random part of ``tempfile``'s names
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -45,7 +53,9 @@ def check_writable(path: str | os.PathLike) -> None:
     """Fail early (before any generation work) when the output cannot be written."""
     fmt = output_format(path)
     target = Path(path)
-    parent = target if fmt == "/" else target.parent
+    parent = target.parent  # a PNG folder too: its frames are written into a temporary folder beside it
+    if fmt == "/" and not _replaceable(target.resolve()):
+        parent = target  # ... or inside it, for the working directory
     existing = next((p for p in [parent, *parent.parents] if p.exists()), None)
     try:
         if existing is None or not existing.is_dir():
@@ -114,24 +124,129 @@ def _write_gif(frames: np.ndarray, path: Path, fps: int, meta: dict[str, str]) -
 def _write_pngs(frames: np.ndarray, folder: Path, meta: dict[str, str]) -> None:
     from PIL import Image, PngImagePlugin
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    folder = folder.resolve()  # the folder itself, not a link to it; "./" by its name
+    swap = _replaceable(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent if swap else folder))
     try:
         info = PngImagePlugin.PngInfo()
         for k, v in meta.items():
             info.add_itxt(k, v)
         for i, frame in enumerate(frames):
             Image.fromarray(frame).save(tmp / f"{i:05d}.png", pnginfo=info)
-        if folder.exists():
-            for old in folder.glob("[0-9][0-9][0-9][0-9][0-9].png"):
-                old.unlink()
-            for f in sorted(tmp.iterdir()):
-                os.replace(f, folder / f.name)
-        else:
-            _as_created(0o666, *tmp.iterdir())
+        _as_created(0o666, *tmp.iterdir())
+        if not folder.exists():
             _as_created(0o777, tmp)
             os.replace(tmp, folder)
+        elif swap:
+            os.chmod(tmp, folder.stat().st_mode & 0o7777)
+            _carry_over(folder, tmp)
+            _swap(tmp, folder)  # tmp now holds the old folder
+        else:
+            _replace_frames(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replaceable(folder: Path) -> bool:
+    """Whether a PNG folder can be swapped for a new one: not the working directory (or a folder above it), which a
+    shell may be in, and not a mount point."""
+    cwd = Path.cwd()
+    return not (folder == cwd or folder in cwd.parents or os.path.ismount(folder))
+
+
+def _replace_frames(new: Path, folder: Path) -> None:
+    """The frames of ``new`` in place of those of ``folder``, one rename at a time: not atomic (the folders that
+    cannot be swapped only)."""
+    for old in folder.iterdir():
+        if FRAME.fullmatch(old.name):
+            old.unlink()
+    for frame in sorted(new.iterdir()):
+        os.replace(frame, folder / frame.name)
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """Whatever the old folder holds besides its frames goes into the new one, as hard links (copies where links are
+    refused): the old folder stays whole until the swap."""
+    for entry in old.iterdir():
+        if FRAME.fullmatch(entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=_link_or_copy)
+        elif entry.is_symlink():
+            os.symlink(os.readlink(entry), new / entry.name)
+        else:
+            _link_or_copy(entry, new / entry.name)
+
+
+def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _swap(new: Path, target: Path) -> None:
+    """``target`` becomes ``new`` and ``new`` the old ``target``, in one step where the system can. Elsewhere two
+    renames, with the old folder kept whole under a hidden ``.NAME.old.XXXXXXXX`` between them (a kill there leaves
+    no ``target``; ``remove_stale_temps`` puts the old folder back)."""
+    if _exchange(new, target):
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    os.replace(target, old)  # onto an empty folder: allowed
+    os.replace(new, target)
+    os.replace(old, new)  # where the caller removes it
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux ``renameat2(RENAME_EXCHANGE)``; False where it is not available."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not Linux, or a C library without it (glibc < 2.28)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_cwd, exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):  # a kernel or file system without it
+        return False
+    raise OSError(error, os.strerror(error), os.fspath(b))
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the hidden temporaries that killed writers of the output ``path`` left beside it (a PNG folder lost
+    between the two renames of ``_swap`` is put back first); returns what was removed. Only for an output that
+    nothing is writing now: a live writer's temporary would go too."""
+    target = Path(path).resolve()
+    if not target.parent.is_dir():
+        return []
+    _restore_lost_folder(target)
+    inside = [target] if target.is_dir() and not _replaceable(target) else []  # where "./" writes its temporary
+    return [p for place in [target.parent, *inside] for p in _remove_temps(place, re.escape(target.name))]
+
+
+def remove_all_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """``remove_stale_temps`` for every output in ``folder`` (a folder of outputs that nothing is writing now)."""
+    return _remove_temps(Path(folder), r".+") if Path(folder).is_dir() else []
+
+
+def _remove_temps(folder: Path, name: str) -> list[Path]:
+    pattern = re.compile(rf"\.{name}\.(old\.)?{_RANDOM}(\.mp4|\.gif)?")
+    stale = [p for p in folder.iterdir() if pattern.fullmatch(p.name)]
+    for entry in stale:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    return stale
+
+
+def _restore_lost_folder(target: Path) -> None:
+    """The old PNG folder, back in its place, when a kill took it away between the two renames of ``_swap``."""
+    old = re.compile(rf"\.{re.escape(target.name)}\.old\.{_RANDOM}")
+    found = [p for p in target.parent.iterdir() if old.fullmatch(p.name)]
+    if found and not target.exists():
+        os.replace(max(found, key=os.path.getmtime), target)
 
 
 def _as_created(mode: int, *paths: str | os.PathLike) -> None:

@@ -29,6 +29,7 @@ from wanflow.models.dit import FP32_MODULES
 from wanflow.models.text_encoder import pad_context
 from wanflow.pipelines.core import Conditioning, Sampler, denoise
 from wanflow.pipelines.diffusers_api import WanPipelineOutput, check_output_type, diffusers_output
+from wanflow.pipelines.guards import FiniteLatents, check_memory, memory_need
 from wanflow.pipelines.progress import Callback, DenoiseProgress, Progress, default_progress
 from wanflow.pipelines.request import DIFFUSERS_NAMES, GenerateOptions, Request, resolve
 from wanflow.runtime.compile import compile_blocks
@@ -83,7 +84,7 @@ class RuntimeOptions:
         return cls(**options)
 
     def resolved_device(self) -> torch.device:
-        return torch.device(self.device) if self.device is not None else default_device()
+        return check_device(self.device) if self.device is not None else default_device()
 
     def torch_dtype(self) -> torch.dtype | None:
         return DTYPES[self.dtype] if isinstance(self.dtype, str) else self.dtype
@@ -112,6 +113,22 @@ class Video:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch device, when this machine has it; a one-line ValueError that says what to use when not."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N (CLI: --device)") from None
+    backend = getattr(torch, device.type, None) if device.type != "cpu" else None
+    if backend is not None and hasattr(backend, "is_available") and not backend.is_available():
+        no_cuda = device.type == "cuda" and torch.version.cuda is None and torch.version.hip is None
+        why = "was built without CUDA" if no_cuda else f"finds no {device.type} device here"
+        raise ValueError(f"device {device} is not available: torch {torch.__version__} {why}; use cpu (--device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device} is not available: this machine has {torch.cuda.device_count()} CUDA GPUs")
+    return device
 
 
 class WanPipeline:
@@ -285,6 +302,7 @@ class WanPipeline:
             request = resolve(prompt, self.task, self.size_multiple)
         else:
             request = resolve(GenerateOptions.from_keywords(prompt, **options), self.task, self.size_multiple)
+        self.check_memory(request)
         progress = progress or default_progress()
         hooks = [DenoiseProgress(progress), *hooks, *([Callback(callback)] if callback else [])]
         video = self.generate(request, progress, hooks, latents)
@@ -312,6 +330,39 @@ class WanPipeline:
             timings["decode"] = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
         return Video(frames, self.task.fps, request.seed, self.metadata(request), timings, peak)
+
+    def check_memory(self, request: Request) -> None:
+        """Refuse, in one line, a request that cannot fit in the memory free now (``pipelines.guards``); a distributed
+        run's share of the work is not estimated."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return
+        dit = next(iter(self._placement.experts.values()))
+        scales = request.guide_scale if isinstance(request.guide_scale, tuple) else (request.guide_scale,)
+        need = memory_need(
+            dit.cfg,
+            self.vae.cfg,
+            request.size,
+            request.frames,
+            batch=1 if all(g == 1.0 for g in scales) else 2,
+            dit_bytes=self.runtime.dit_dtype(self.device).itemsize,
+            vae_bytes=self.vae.dtype.itemsize,
+            vae_tile=self.runtime.vae_tile,
+            pending_weights=self._pending_weights(),
+        )
+        check_memory(need, self.device)
+
+    def _pending_weights(self) -> int:
+        """Bytes the ``model`` policy has yet to bring onto the device: the largest expert, less the experts there now
+        (dropped when it comes, so the free memory does not count them)."""
+        if self.offload != "model":
+            return 0
+        sizes = [sum(p.nbytes for p in m.parameters()) for m in self._placement.experts.values()]
+        here = sum(p.nbytes for m in self._placement.experts.values() for p in m.parameters() if self._on_device(p))
+        return max(max(sizes) - here, 0)
+
+    def _on_device(self, tensor: torch.Tensor) -> bool:
+        d = tensor.device
+        return d.type == self.device.type and (self.device.index is None or d.index == self.device.index)
 
     def encode_prompts(self, request: Request, progress: Progress) -> Conditioning:
         encoder = self.text_encoder
@@ -347,7 +398,8 @@ class WanPipeline:
             boundary_timestep(self.task.boundary),
             request.guide_scale,
         )
-        return denoise(self._placement, noise, cond, sampler, [self._placement, *self._hooks, *hooks])
+        hooks = [self._placement, FiniteLatents(), *self._hooks, *hooks]  # NaN weights: an error, not a black video
+        return denoise(self._placement, noise, cond, sampler, hooks)
 
     def decode(self, latents: torch.Tensor, progress: Progress) -> torch.Tensor:
         progress.start("decode", latents.shape[2])

@@ -35,7 +35,7 @@ class GenerateOptions:
     """What one generation asks for, with the same names for every task; None means the task's default."""
 
     prompt: str
-    negative_prompt: str | None = None  # None or "": the task's
+    negative_prompt: str | None = None  # None: the task's; "": none (an empty negative prompt)
     image: Any = None  # a path or a PIL image (I2V needs one; with TI2V it selects image-to-video)
     size: tuple[int, int] | None = None  # (width, height); with an image: the pixel-area budget
     frames: int | None = None  # 4n + 1
@@ -160,6 +160,8 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
     o = options
     if not isinstance(o.prompt, str):
         raise ValueError("prompt must be a string")
+    if o.negative_prompt is not None and not isinstance(o.negative_prompt, str):
+        raise ValueError('negative_prompt must be a string ("" for none) or None for the task\'s default')
     task.check_image(o.image is not None, image_hint or "an image: pass image=... (CLI: --image PATH)")
     frames = _frames(task.frames if o.frames is None else o.frames)
     steps = _steps(task.steps if o.steps is None else o.steps)
@@ -173,7 +175,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         _check_size(task, width, height, multiple or task.size_multiple)
     return Request(
         prompt=o.prompt,
-        negative_prompt=o.negative_prompt or task.negative_prompt,
+        negative_prompt=task.negative_prompt if o.negative_prompt is None else o.negative_prompt,
         image=image,
         size=(width, height),
         frames=frames,

@@ -215,8 +215,14 @@ class Files:
         self.root = Path(root)
 
     def prepare(self) -> None:
+        """The folders, without the temporaries of videos whose writing a killed server left unfinished."""
+        from wanflow.io.video import remove_all_stale_temps
+
         for sub in ("videos", "inputs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        removed = remove_all_stale_temps(self.root / "videos")
+        if removed:
+            log.info("removed %d unfinished video files of an earlier run", len(removed))
 
     def video(self, job_id: str) -> Path:
         return self.root / "videos" / f"{job_id}.mp4"
@@ -225,8 +231,12 @@ class Files:
         return self.root / "inputs" / f"{job_id}.png"
 
     def remove(self, job_id: str) -> None:
+        """The job's files, and the temporaries an interrupted write of its video left."""
+        from wanflow.io.video import remove_stale_temps
+
         for path in (self.video(job_id), self.image(job_id)):
             path.unlink(missing_ok=True)
+        remove_stale_temps(self.video(job_id))
 
 
 class Models:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from wanflow.checkpoints.keymap import KeyMap
-from wanflow.configs import DiTConfig
+from wanflow.configs import DiTConfig, check_count
 from wanflow.tasks import task_for_channels
 
 _ATTN = (
@@ -49,6 +49,11 @@ def strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+# The DiT's context length, which ``WanTransformer3DModel`` does not store (it pads to whatever it is given): wanflow's
+# own key. Private (a leading "_"), so diffusers drops it without the "not expected" warning it gives other keys.
+TEXT_LEN_KEY = "_wanflow_text_len"
+
+
 def dit_config_to_diffusers(cfg: DiTConfig) -> dict[str, Any]:
     """``WanTransformer3DModel`` config for this DiT."""
     return {
@@ -69,16 +74,19 @@ def dit_config_to_diffusers(cfg: DiTConfig) -> dict[str, Any]:
         "added_kv_proj_dim": None,
         "rope_max_seq_len": cfg.rope_max_len,
         "pos_embed_seq_len": None,
+        TEXT_LEN_KEY: cfg.text_len,
     }
 
 
 def dit_config_from_diffusers(data: dict[str, Any]) -> DiTConfig:
-    """Inverse of ``dit_config_to_diffusers``; the model type follows from the channel counts."""
+    """Inverse of ``dit_config_to_diffusers``; the model type follows from the channel counts. The published configs
+    have no ``TEXT_LEN_KEY`` and take the official 512 context tokens."""
     if data.get("image_dim") or data.get("added_kv_proj_dim"):
         raise ValueError("this transformer has a CLIP image branch (Wan 2.1 I2V/FLF2V), which Wan 2.2 does not use")
-    in_dim, out_dim = data.get("in_channels", 16), data.get("out_channels", 16)
+    sizes = {"in_channels": 16, "out_channels": 16, "num_attention_heads": 40, "attention_head_dim": 128}
+    in_dim, out_dim, heads, head_dim = (check_count(key, data.get(key, default)) for key, default in sizes.items())
     model_type = task_for_channels(in_dim, out_dim).model_type
-    heads, head_dim = data.get("num_attention_heads", 40), data.get("attention_head_dim", 128)
+    patch = data.get("patch_size", (1, 2, 2))
     return DiTConfig(
         model_type=model_type,
         in_dim=in_dim,
@@ -89,7 +97,8 @@ def dit_config_from_diffusers(data: dict[str, Any]) -> DiTConfig:
         text_dim=data.get("text_dim", 4096),
         num_heads=heads,
         num_layers=data.get("num_layers", 40),
-        patch_size=tuple(data.get("patch_size", (1, 2, 2))),
+        patch_size=tuple(patch) if isinstance(patch, list) else patch,
         eps=data.get("eps", 1e-6),
         rope_max_len=data.get("rope_max_seq_len", 1024),
+        text_len=data.get(TEXT_LEN_KEY, 512),
     )

@@ -14,7 +14,14 @@ from typing import Any
 import torch
 
 from wanflow.checkpoints.keymap import KeyMap
-from wanflow.configs import WAN21_LATENT_MEAN, WAN21_LATENT_STD, WAN22_LATENT_MEAN, WAN22_LATENT_STD, VAEConfig
+from wanflow.configs import (
+    WAN21_LATENT_MEAN,
+    WAN21_LATENT_STD,
+    WAN22_LATENT_MEAN,
+    WAN22_LATENT_STD,
+    VAEConfig,
+    check_count,
+)
 
 Rules = list[tuple[str, str]]
 
@@ -197,9 +204,9 @@ def vae_config_from_diffusers(data: Mapping[str, Any]) -> VAEConfig:
     """Inverse of ``vae_config_to_diffusers``; missing keys take ``AutoencoderKLWan``'s defaults."""
     if data.get("attn_scales"):
         raise ValueError(f"attention at scales {data['attn_scales']} is not part of any Wan VAE; not supported")
-    base = data.get("base_dim", 96)
-    z_dim = data.get("z_dim", 16)
-    patch = data.get("patch_size") or 1
+    base = check_count("base_dim", data.get("base_dim", 96))
+    z_dim = check_count("z_dim", data.get("z_dim", 16))
+    patch = check_count("patch_size", data.get("patch_size") or 1)
     for key in ("in_channels", "out_channels"):
         if data.get(key, 3 * patch * patch) != 3 * patch * patch:
             raise ValueError(f"{key}={data[key]} does not match RGB with patch_size {patch} ({3 * patch * patch})")
@@ -209,10 +216,15 @@ def vae_config_from_diffusers(data: Mapping[str, Any]) -> VAEConfig:
         base_dim=base,
         decoder_dim=data.get("decoder_base_dim") or base,
         z_dim=z_dim,
-        dim_mult=tuple(data.get("dim_mult", (1, 2, 4, 4))),
+        dim_mult=_tuple(data.get("dim_mult", (1, 2, 4, 4))),
         num_res_blocks=data.get("num_res_blocks", 2),
-        temporal_downsample=tuple(data.get("temperal_downsample", (False, True, True))),
+        temporal_downsample=_tuple(data.get("temperal_downsample", (False, True, True))),
         patch_size=patch,
-        latents_mean=tuple(data.get("latents_mean", mean)),
-        latents_std=tuple(data.get("latents_std", std)),
+        latents_mean=_tuple(data.get("latents_mean", mean)),
+        latents_std=_tuple(data.get("latents_std", std)),
     )
+
+
+def _tuple(value: Any) -> Any:
+    """A JSON list as a tuple; anything else as it is, for ``VAEConfig`` to name the field that is wrong."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
