@@ -1,4 +1,5 @@
-"""``wanflow info``: versions, devices, attention backends, and the checkpoints given or in the Hub cache."""
+"""``wanflow info``: versions, devices, attention backends, and the checkpoints (or LoRA files) given or in the Hub
+cache."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("ckpt_dir", nargs="*", help="checkpoint folders to inspect")
+    p.add_argument("ckpt_dir", nargs="*", help="checkpoint folders or LoRA files to inspect")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -16,6 +17,7 @@ def run(args: argparse.Namespace) -> int:
     import wanflow
     from wanflow.checkpoints.io import CheckpointError
     from wanflow.checkpoints.layouts import detect_layout
+    from wanflow.cli.lora import describe_lora, is_lora
     from wanflow.models.attention import available_backends
 
     print(f"wanflow {wanflow.__version__}  torch {torch.__version__}  python {sys.version.split()[0]}")
@@ -23,6 +25,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"devices: {', '.join(devices)}")
     print(f"attention backends: {', '.join(available_backends())}")
     for folder in [*(args.ckpt_dir or []), *hub_checkpoints()]:
+        if is_lora(folder):
+            print(describe_lora(folder))  # an unreadable LoRA is an error (exit 2), as everywhere
+            continue
         try:
             layout = detect_layout(folder)
             print(

@@ -24,6 +24,7 @@ from wanflow.io.video import save_video
 from wanflow.models.attention import default_backend
 from wanflow.models.dit import FP32_MODULES
 from wanflow.models.text_encoder import pad_context
+from wanflow.pipelines import lora
 from wanflow.pipelines.core import Conditioning, Sampler, denoise
 from wanflow.pipelines.progress import Callback, DenoiseProgress, Progress
 from wanflow.pipelines.request import GenerateOptions, Request, resolve
@@ -180,6 +181,35 @@ class WanPipeline:
         """Decode each clip's tiles over the ranks of ``group`` (``runtime.vae_parallel``); None decodes alone."""
         self._decode_group = group
 
+    # --- LoRAs (``pipelines.lora``, ``runtime.lora``) ---
+
+    def load_lora(
+        self,
+        path: str | os.PathLike,
+        strength: float = 1.0,
+        expert: str | None = None,
+        *,
+        merge: bool = False,
+        name: str | None = None,
+    ) -> str:
+        """Load a LoRA file (any dialect) on every expert, or on ``expert`` ("high" / "low"), or a folder of
+        per-expert files each on its expert; returns its name. Beside the weights by default (strength changeable
+        per call with ``set_lora_strength`` or per step with ``runtime.lora.LoraSchedule``, FP8 weights included);
+        ``merge=True`` merges it into the weights (fastest; the originals are kept so unloading is exact)."""
+        return lora.load_lora(self, path, strength, expert, merge=merge, name=name)
+
+    def unload_lora(self, name: str | None = None) -> None:
+        """Take LoRA ``name`` off (None: every LoRA); the weights come back bit for bit."""
+        lora.unload_lora(self, name)
+
+    def set_lora_strength(self, name: str, strength: float, expert: str | None = None) -> None:
+        lora.set_lora_strength(self, name, strength, expert)
+
+    @property
+    def loras(self) -> list[dict[str, object]]:
+        """The loaded LoRAs: name, strength per expert, merged or not."""
+        return lora.describe_loaded(self._placement.experts)
+
     # --- generation ---
 
     @property
@@ -254,7 +284,7 @@ class WanPipeline:
     ) -> torch.Tensor:
         """The shared loop with this pipeline's experts and hooks, then ``hooks``."""
         sampler = Sampler(
-            get_schedule(request.solver, request.steps, request.shift),
+            get_schedule(request.solver, request.steps, request.shift, request.float_timesteps),
             get_solver(request.solver),
             boundary_timestep(self.task.boundary),
             request.guide_scale,
@@ -287,6 +317,8 @@ class WanPipeline:
             "solver": request.solver,
             "frames": request.frames,
             "software": "wanflow",
+            **({"float_timesteps": True} if request.float_timesteps else {}),
+            **lora.lora_metadata(self._placement.experts),
         }
 
 
