@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from pathlib import Path
 
 from wanflow.configs import HIGH, LOW
@@ -133,16 +134,24 @@ def describe_lora(path: str) -> str:
         ranks = ", ".join(map(str, lora.ranks)) or "none (full deltas only)"
         blocks = sorted({int(m.split(".")[1]) for m in lora.modules if m.startswith("blocks.")})
         span = f"blocks {blocks[0]}-{blocks[-1]}" if blocks else "no blocks"
-        kinds = sorted(
-            {m.split(".", 2)[2] if m.startswith("blocks.") and m.count(".") >= 2 else m for m in lora.modules}
-        )
+        kinds = sorted({re.sub(r"^blocks\.\d+\.|\.(weight|bias)$", "", name) for name in lora.deltas})
         lines += [
             f"{lora.source}: LoRA, {lora.format}",
-            f"  rank {ranks}; made for a DiT {lora_width(lora) or '?'} wide; {where}",
+            f"  rank {ranks}; made for a DiT {_model_for(lora_width(lora))}; {where}",
             f"  {len(lora.deltas)} parameters in {len(lora.modules)} modules ({span}): {', '.join(kinds)}",
             f"  keys skipped (Wan 2.1 image branch): {len(lora.skipped)}",
         ]
     return "\n".join(lines)
+
+
+def _model_for(width: int | None) -> str:
+    """``5120 wide (t2v-A14B, i2v-A14B)``: which published models have this width."""
+    from wanflow.configs import DIT_CONFIGS
+
+    if width is None:
+        return "of unknown width (no self-attention factors)"
+    names = [name for name, cfg in DIT_CONFIGS.items() if cfg.dim == width]
+    return f"{width} wide ({', '.join(names) or 'not a published Wan 2.2 size'})"
 
 
 def _expert_hint(filename: str) -> str:
