@@ -49,6 +49,7 @@ def main() -> None:
     p.add_argument("--token")
     p.add_argument("--max_queue", type=int, default=100)
     p.add_argument("--max_attempts", type=int, default=2)
+    p.add_argument("--lora_dir")
     args = p.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO)
@@ -66,6 +67,7 @@ def main() -> None:
         limits=limits,
         max_attempts=args.max_attempts,
         event_interval=0.05,
+        lora_dir=args.lora_dir,
     )
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", timeout_graceful_shutdown=2)
 

@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from wanflow.server.context import Context
 from wanflow.server.errors import bearer, install_error_handlers
 from wanflow.server.jobs import Files, JobStore, Models, Worker
+from wanflow.server.loras import LoraLibrary, lora_routes
 from wanflow.server.routes import STATIC, native_routes, openai_routes, service_routes
 from wanflow.server.schemas import Limits
 from wanflow.server.uploads import MAX_FORM_BYTES, BodyLimit
@@ -37,15 +38,18 @@ def create_app(
     limits: Limits | None = None,
     max_attempts: int = 2,
     event_interval: float = 0.25,
+    lora_dir: str | Path | None = None,
 ) -> FastAPI:
     """The app. ``pipelines`` maps a task name to a loaded pipeline, or to a zero-argument loader called on first use.
 
     Jobs persist in the SQLite file ``db_path``; videos and input images are stored under ``output_dir``. With a
     ``token`` every API call needs ``Authorization: Bearer <token>`` (or ``?access_token=`` for <video> and SSE).
+    ``lora_dir``: the folder of the LoRAs requests may name (``server.loras``).
     """
     models = Models(pipelines)
     files = Files(output_dir)
     limits = limits or Limits()
+    loras = LoraLibrary(lora_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -54,7 +58,7 @@ def create_app(
         requeued = store.recover()
         if requeued:
             log.warning("recovered %d jobs that were running when the server stopped", len(requeued))
-        worker = Worker(store, models, files)
+        worker = Worker(store, models, files, loras=loras)
         app.state.store, app.state.worker = store, worker
         worker.start()
         try:
@@ -65,11 +69,13 @@ def create_app(
 
     app = FastAPI(title="wanflow", summary="Wan 2.2 video generation server", lifespan=lifespan)
     install_error_handlers(app)
+    app.state.loras = loras
     auth = [Depends(bearer(token))]
     api = APIRouter(prefix="/api", dependencies=auth, tags=["jobs"])
     openai = APIRouter(prefix="/v1", dependencies=auth, tags=["OpenAI videos"])
     ctx = Context(app, models, files, limits, max_queue, event_interval)
     native_routes(api, ctx)
+    lora_routes(api, loras)
     openai_routes(openai, ctx)
     service_routes(app, ctx, auth)
     app.include_router(api)

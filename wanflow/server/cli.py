@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="wanflow-data", help="folder for the job database and the videos")
     p.add_argument("--max_queue", "--max-queue", dest="max_queue", type=int, default=100, help="jobs waiting at most")
     p.add_argument("--offload", choices=POLICIES, help="expert placement policy (default per device)")
+    p.add_argument("--lora_dir", "--lora-dir", dest="lora_dir", help="folder of the LoRAs requests may name")
 
 
 def is_loopback(host: str) -> bool:
@@ -41,6 +42,9 @@ def check_exposure(host: str, token: str | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_exposure(args.host, args.token)
+    from wanflow.server.loras import LoraLibrary
+
+    LoraLibrary(args.lora_dir)  # a wrong --lora_dir fails before the model loads
     import uvicorn
 
     from wanflow.pipelines.pipeline import WanPipeline
@@ -51,7 +55,14 @@ def run(args: argparse.Namespace) -> int:
     pipe = WanPipeline.from_pretrained(args.ckpt_dir, task=args.task, **kwargs)  # loaded once, kept warm
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
-    app = create_app({pipe.task.name: pipe}, data / "jobs.sqlite", data, token=args.token, max_queue=args.max_queue)
+    app = create_app(
+        {pipe.task.name: pipe},
+        data / "jobs.sqlite",
+        data,
+        token=args.token,
+        max_queue=args.max_queue,
+        lora_dir=args.lora_dir,
+    )
     log.info("serving %s on http://%s:%d (web page at /, API docs at /docs)", pipe.task.name, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=5, log_level="info")
     return 0

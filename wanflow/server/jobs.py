@@ -286,9 +286,10 @@ class JobProgress(Progress):
 class Worker(threading.Thread):
     """The one thread that runs jobs, oldest first."""
 
-    def __init__(self, store: JobStore, models: Models, files: Files, poll: float = 1.0):
+    def __init__(self, store: JobStore, models: Models, files: Files, poll: float = 1.0, loras=None):
         super().__init__(name="wanflow-worker", daemon=True)
         self.store, self.models, self.files, self.poll = store, models, files, poll
+        self.loras = loras  # a ``server.loras.LoraLibrary``: the LoRAs jobs may name
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
         self.current: str | None = None
@@ -369,6 +370,7 @@ class Worker(threading.Thread):
     def generate(self, job: dict, progress: Progress, callback: Callable[[Step], None]):
         from PIL import Image
 
+        from wanflow.server.loras import loras_applied
         from wanflow.server.schemas import GenerateRequest
 
         request = GenerateRequest.model_validate(job["params"])
@@ -377,4 +379,5 @@ class Worker(threading.Thread):
         if job["has_image"]:
             with Image.open(self.files.image(job["id"])) as im:
                 image = im.convert("RGB")
-        return pipe(request.options(image), progress=progress, callback=callback)
+        with loras_applied(self.loras, request.loras, pipe):  # beside the weights for this job only
+            return pipe(request.options(image), progress=progress, callback=callback)
