@@ -58,6 +58,7 @@ def test_loras_by_name_for_one_job_only(lora_server):
     styled = run(lora_server, loras=loras, preset="lightning", steps=None)
     params = styled["params"]
     assert params["loras"][0] == {"name": "style", "strength": 0.5} and params["preset"] == "lightning"
+    assert params["solver"] == "euler"  # the preset's: the schema's default does not hide it
     again = run(lora_server)
     assert np.array_equal(frames(lora_server, again), frames(lora_server, plain))  # nothing left behind
     assert not np.array_equal(frames(lora_server, styled), frames(lora_server, plain))

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from wanflow.pipelines.presets import PRESETS
 from wanflow.pipelines.request import GenerateOptions
@@ -61,7 +61,7 @@ class GenerateRequest(BaseModel):
     guide_scale: list[float] | None = Field(
         None, min_length=1, max_length=2, description="one value, or (low-noise, high-noise) for the A14B tasks"
     )
-    solver: SolverName | None = Field(None, description="default: the preset's, else unipc")
+    solver: SolverName = Field("unipc", description="left out: the preset's solver, else unipc")
     seed: int = Field(-1, ge=-1, le=2**63 - 1, description="-1 draws one; the job reports it")
     preset: Literal[tuple(PRESETS)] | None = Field(None, description="sampling preset (lightning: 4 steps, no CFG)")
     float_timesteps: bool | None = Field(None, description="the DiT sees 1000 * sigma unrounded (distilled LoRAs)")
@@ -80,6 +80,13 @@ class GenerateRequest(BaseModel):
         return value
 
     _loras = field_validator("loras", mode="before")(parse_choices)
+
+    @model_validator(mode="after")
+    def _preset_solver(self):
+        """A preset's solver when none was given (the schema's default would hide it); stored with the job."""
+        if self.preset and "solver" not in self.model_fields_set:
+            self.solver = PRESETS[self.preset].get("solver", self.solver)
+        return self
 
     @field_validator("frames")
     @classmethod
