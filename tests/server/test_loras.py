@@ -87,3 +87,9 @@ def test_a_lora_for_another_model_size_is_422_once_the_model_is_loaded(lora_serv
     run(lora_server)  # the pipeline is loaded: its shapes are known at submission
     r = lora_server.client.post("/api/jobs", json=T2V | {"loras": "wide:0.5"})  # the form-field spelling
     assert r.status_code == 422 and "another model size" in r.json()["detail"], r.text
+
+
+def test_a_server_without_lora_dir_takes_none(server):
+    assert server.client.get("/api/loras").json() == {"loras": []}
+    r = server.client.post("/api/jobs", json=T2V | {"loras": [{"name": "style"}]})
+    assert r.status_code == 422 and "takes no LoRAs" in r.json()["detail"], r.text

@@ -85,4 +85,4 @@ class Context:
         multiple = getattr(self.models.peek(req.task), "size_multiple", None)
         options = dataclasses.replace(req.options(image), seed=0)  # the seed is drawn when the job runs
         resolve(options, task, multiple, image_hint=IMAGE_HINT)
-        check_loras(self.app.state.loras, req.loras, self.models.peek(req.task))
+        check_loras(getattr(self.app.state, "loras", None), req.loras, self.models.peek(req.task))

@@ -102,10 +102,11 @@ def _per_expert(folder: Path) -> bool:
     return any((folder / f).is_file() for f in EXPERT_FILES.values())
 
 
-def check_loras(library: LoraLibrary, choices: Sequence[LoraChoice], pipe) -> None:
+def check_loras(library: LoraLibrary | None, choices: Sequence[LoraChoice], pipe) -> None:
     """Every choice against the library and, when its pipeline is loaded, against the experts' weights."""
     from wanflow.pipelines.lora import assign_experts, check_on
 
+    library = library or LoraLibrary(None)
     if len(choices) > MAX_LORAS:
         raise ValueError(f"at most {MAX_LORAS} LoRAs per request, got {len(choices)}")
     for choice in choices:
@@ -123,8 +124,7 @@ def loras_applied(library: LoraLibrary | None, choices: Sequence[LoraChoice], pi
         return
     from wanflow.pipelines.lora import assign_experts, load_lora, unload_lora
 
-    if library is None:
-        raise ValueError("this server takes no LoRAs (start it with --lora_dir DIR)")
+    library = library or LoraLibrary(None)
     names = []
     try:
         for i, choice in enumerate(choices):
