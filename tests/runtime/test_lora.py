@@ -106,13 +106,19 @@ def test_fp8_with_an_unmerged_lora_is_within_the_fp8_tolerance_of_bf16_merged():
 
 
 @torch.no_grad()
-def test_merged_without_originals_cannot_be_undone():
-    model = random_dit(TINY_T2V, 1)
-    apply_lora(model, lora(), "l", 1.0, merge=True, keep_originals=False)
+def test_merged_without_originals_cannot_be_undone_but_stays_under_an_unmerged_lora():
+    model, x = random_dit(TINY_T2V, 1), inputs()
+    apply_lora(model, lora("lightx2v", 5), "beside", 1.0)  # rebuilds biases and modulation from kept originals
+    apply_lora(model, lora("lightx2v", 6), "l", 1.0, merge=True, keep_originals=False)
     with pytest.raises(ValueError, match="without keeping the original weights"):
         remove_lora(model, "l")
     with pytest.raises(ValueError, match="without keeping the original weights"):
         set_strength(model, "l", 0.5)
+    set_strength(model, "beside", 0.5)  # rebuilt from the originals, which now hold the merged LoRA
+    reference = random_dit(TINY_T2V, 1)
+    apply_lora(reference, lora("lightx2v", 5), "beside", 0.5, merge=True)
+    apply_lora(reference, lora("lightx2v", 6), "l", 1.0, merge=True)
+    torch.testing.assert_close(model(*x), reference(*x), rtol=1e-5, atol=1e-5)
 
 
 @torch.no_grad()

@@ -101,8 +101,8 @@ def apply_lora(
     if merge:
         state.keep_originals = state.keep_originals and keep_originals  # once dropped, the originals are gone
         _rebuild(model, state, applied.params)
-        if not state.keep_originals:
-            applied.deltas = {}  # in the weights for good
+        if not state.keep_originals:  # in the weights for good, and in the originals kept for unmerged LoRAs
+            _fold(state, applied)
         return model
     device = torch.device(device) if device is not None else next(model.parameters()).device
     with torch.inference_mode(False):  # a normal tensor: it may change later, in or out of inference mode
@@ -137,6 +137,18 @@ def set_strength(model: nn.Module, name: str, strength: float) -> None:
     if applied.scale is not None:
         applied.scale.fill_(applied.strength)
     _rebuild(model, state, list(applied.deltas))
+
+
+def _fold(state: LoraState, applied: Applied) -> None:
+    """A LoRA merged for good: its deltas join the originals still kept (of parameters an unmerged LoRA rebuilds)."""
+    for pname in applied.params:
+        base = state.originals.get(pname)
+        if base is not None:
+            value = dequantize(*base) if len(base) == 2 else base[0]
+            deltas = [applied.strength * d.delta(tuple(value.shape), value.device) for d in applied.deltas[pname]]
+            total = (value.float() + sum(deltas)).to(value.dtype)
+            state.originals[pname] = list(quantize(total)) if len(base) == 2 else [total]
+    applied.deltas = {}
 
 
 def _get(state: LoraState, name: str, undo: bool = False) -> Applied:
