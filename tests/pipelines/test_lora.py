@@ -16,7 +16,7 @@ from tests.tiny.checkpoint import TINY_DITS, write_dit, write_official_checkpoin
 from tests.tiny.lora import FORMATS, diffusers_subset, make_lora, merge_by_hand
 from wanflow.checkpoints.convert import convert_checkpoint
 from wanflow.checkpoints.io import read_folder
-from wanflow.checkpoints.lora import LoraError
+from wanflow.checkpoints.lora import LoraError, read_lora
 from wanflow.pipelines.pipeline import WanPipeline
 from wanflow.tasks import TASKS
 
@@ -177,3 +177,28 @@ def test_bad_loras_are_clear_errors(ckpt, pipe, tmp_path):
     assert pipe.loras == []  # nothing half-loaded
     with pytest.raises(ValueError, match="no LoRA named"):
         pipe.unload_lora("nope")
+
+
+def test_peft_alpha_in_the_header_as_diffusers_reads_it(ckpt, pipe, tmp_path):
+    """A diffusers-saved LoRA keeps PEFT's lora_alpha / alpha_pattern in the safetensors header, not in the keys."""
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    torch.manual_seed(0)
+    maker = diffusers_pipe(DiffusersWan, ckpt / "diffusers", TASKS[TASK].shift)
+    config = LoraConfig(r=4, lora_alpha=8, alpha_pattern={"attn2.to_k": 2}, init_lora_weights=False,
+                        target_modules=["to_q", "to_k", "to_v", "to_out.0", "net.0.proj", "net.2"])  # fmt: skip
+    maker.transformer.add_adapter(config)
+    layers = get_peft_model_state_dict(maker.transformer)
+    DiffusersWan.save_lora_weights(tmp_path, transformer_lora_layers=layers,
+                                   transformer_lora_adapter_metadata=config.to_dict())  # fmt: skip
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    noise = pipe.noise((16, 2, 8, 8), seed=3)
+    base = pipe(PROMPT, **{**RUN, "seed": None}, latents=noise).frames
+    pipe.load_lora(path, expert="high")
+    ours = pipe(PROMPT, **{**RUN, "seed": None}, latents=noise).frames
+    scales = {n: d[0].scale for n, d in read_lora(path)[None].deltas.items()}
+    pipe.unload_lora()
+    assert scales["blocks.0.self_attn.q.weight"] == 2.0 and scales["blocks.1.cross_attn.k.weight"] == 0.5
+    theirs = diffusers_frames(ckpt, path, ("high",), noise)
+    assert (ours - theirs).abs().max() <= 1e-4 and (ours - base).abs().max() > 0.1

@@ -5,7 +5,8 @@ the keys, each key is split into module and role, the module is renamed to its o
 tensors become deltas:
 
 - ``LowRank(down, up, scale)``: ``delta = scale * up @ down`` with ``scale = alpha / rank`` when the file has an
-  ``alpha``, else 1 (kohya, musubi, Wan native, diffusers / PEFT, ComfyUI);
+  ``alpha`` (kohya, musubi, Wan native, ComfyUI), or the ``lora_alpha`` / ``alpha_pattern`` / ``use_rslora`` of the
+  PEFT config diffusers writes into the file's header, else 1 (diffusers / PEFT);
 - ``Full(delta)``: a dense delta: LoHa ``(w1a @ w1b) * (w2a @ w2b) * alpha / rank``, LoKr ``kron(w1, w2) * scale``,
   and the full-weight deltas ``diff`` (weight), ``diff_b`` (bias) and ``diff_m`` (modulation) of the LightX2V files.
 
@@ -15,11 +16,13 @@ Files are read with safetensors, never unpickled.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import re
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from wanflow.checkpoints.io import CheckpointError
+from wanflow.checkpoints.maps.dit import DIT_KEYMAP
 from wanflow.checkpoints.maps.lora import (
     DELTA_PARAMS,
     DOTTED_PREFIXES,
@@ -122,13 +126,42 @@ def read_lora_file(path: str | os.PathLike) -> LoraFile:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise LoraError(f"cannot read LoRA {path}: not a safetensors file, or a truncated one ({e})") from None
-    lora = parse_lora(state, str(path))
+    lora = parse_lora(state, str(path), metadata)
     lora.metadata = dict(metadata)
     return lora
 
 
-def parse_lora(state: Mapping[str, torch.Tensor], source: str = "LoRA") -> LoraFile:
-    """The canonical form of a LoRA state dict; ``LoraError`` naming the keys that match nothing."""
+Scale = Callable[[str, int], float]  # (official module, rank) -> the scale of a low-rank pair without an alpha key
+
+
+def peft_scale(metadata: Mapping[str, str] | None, source: str = "LoRA") -> Scale:
+    """The scale PEFT gives a module: ``lora_alpha`` (or its ``alpha_pattern`` entry) over the rank, or over its square
+    root with ``use_rslora``, from the config diffusers saves in the header (``lora_adapter_metadata``); else 1."""
+    raw = (metadata or {}).get("lora_adapter_metadata")
+    if not raw:
+        return lambda module, rank: 1.0
+    try:
+        config = {k.removeprefix("transformer."): v for k, v in json.loads(raw).items()}
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise LoraError(f"{source}: its lora_adapter_metadata is not a JSON object ({e})") from None
+    alpha, patterns = config.get("lora_alpha"), config.get("alpha_pattern") or {}
+    root = bool(config.get("use_rslora"))
+    if alpha is None:
+        return lambda module, rank: 1.0
+
+    def scale(module: str, rank: int) -> float:
+        names = (module, (DIT_KEYMAP.lookup(module + ".weight") or module).removesuffix(".weight"))
+        hits = [v for k, v in patterns.items() if any(re.fullmatch(rf"(.*\.)?({k})", n) for n in names)]
+        return float(hits[0] if hits else alpha) / (math.sqrt(rank) if root else rank)
+
+    return scale
+
+
+def parse_lora(
+    state: Mapping[str, torch.Tensor], source: str = "LoRA", metadata: Mapping[str, str] | None = None
+) -> LoraFile:
+    """The canonical form of a LoRA state dict (``metadata``: its safetensors header, for PEFT's alpha); ``LoraError``
+    naming the keys that match nothing."""
     if not state:
         raise LoraError(f"{source} holds no tensors")
     modules: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
@@ -155,8 +188,9 @@ def parse_lora(state: Mapping[str, torch.Tensor], source: str = "LoRA") -> LoraF
     if skipped:
         log.warning("%s: skipped %d keys of modules Wan 2.2 does not have (%s)", source, len(skipped), skipped[0])
     deltas: dict[str, list[Delta]] = defaultdict(list)
+    scale = peft_scale(metadata, source)
     for module, slots in modules.items():
-        for name, delta in module_deltas(module, slots, source):
+        for name, delta in module_deltas(module, slots, source, scale):
             deltas[name].append(delta)
     return LoraFile(dict(deltas), _describe(namings, families), skipped, source)
 
@@ -188,8 +222,10 @@ def split_key(key: str) -> tuple[str | None, str, str] | None:
     return None
 
 
-def module_deltas(module: str, slots: dict[str, torch.Tensor], source: str) -> list[tuple[str, Delta]]:
-    """The (parameter name, delta) pairs of one module's tensors."""
+def module_deltas(
+    module: str, slots: dict[str, torch.Tensor], source: str, scale: Scale = lambda module, rank: 1.0
+) -> list[tuple[str, Delta]]:
+    """The (parameter name, delta) pairs of one module's tensors; ``scale``: of a low-rank pair without alpha."""
     slots = dict(slots)
     if "dora_scale" in slots:
         raise LoraError(f"{source}: {module} is a DoRA (dora_scale), which wanflow does not apply")
@@ -200,7 +236,7 @@ def module_deltas(module: str, slots: dict[str, torch.Tensor], source: str) -> l
         if kind in slots:
             out.append((f"{module}.{param}", Full(slots.pop(kind))))
     if "down" in slots or "up" in slots or "bias" in slots:
-        out += _low_rank(module, slots, alpha, source)
+        out += _low_rank(module, slots, alpha, source, scale)
     elif any(s.startswith(("hada_", "lokr_")) for s in slots):
         full, rank = (_loha if any(s.startswith("hada_") for s in slots) else _lokr)(module, slots, alpha, source)
         out.append((f"{module}.weight", Full(full, rank)))
@@ -211,7 +247,7 @@ def module_deltas(module: str, slots: dict[str, torch.Tensor], source: str) -> l
     return out
 
 
-def _low_rank(module: str, slots: dict, alpha: float | None, source: str) -> list[tuple[str, Delta]]:
+def _low_rank(module: str, slots: dict, alpha: float | None, source: str, scale: Scale) -> list[tuple[str, Delta]]:
     down, up, bias = slots.pop("down", None), slots.pop("up", None), slots.pop("bias", None)
     if down is None or up is None:
         have, missing = ("up", "down") if down is None else ("down", "up")
@@ -221,10 +257,10 @@ def _low_rank(module: str, slots: dict, alpha: float | None, source: str) -> lis
             f"{source}: {module}: rank mismatch, down {tuple(down.shape)} and up {tuple(up.shape)} (expected "
             "down (r, in) and up (out, r))"
         )
-    scale = 1.0 if alpha is None else alpha / down.shape[0]
-    out: list[tuple[str, Delta]] = [(f"{module}.weight", LowRank(down, up, scale))]
+    factor = scale(module, down.shape[0]) if alpha is None else alpha / down.shape[0]
+    out: list[tuple[str, Delta]] = [(f"{module}.weight", LowRank(down, up, factor))]
     if bias is not None:  # PEFT's lora_B bias, scaled like lora_B
-        out.append((f"{module}.bias", Full(bias.float() * scale)))
+        out.append((f"{module}.bias", Full(bias.float() * factor)))
     return out
 
 
