@@ -41,9 +41,12 @@ def record_calls(pipe):
     return calls
 
 
-def test_guidance_1_runs_one_dit_pass_per_step_on_the_float_timesteps(pipe):
-    calls = record_calls(pipe)
+def test_guidance_1_runs_one_dit_pass_per_step_on_the_float_timesteps(pipe, monkeypatch):
+    calls, texts = record_calls(pipe), []
+    encode = pipe.text_encoder.encode
+    monkeypatch.setattr(pipe.text_encoder, "encode", lambda t: texts.append(t) or encode(t))
     video = pipe("a red circle", preset="lightning", size=(64, 64), frames=5, seed=1)
+    assert texts == [["a red circle"]]  # nor is the negative prompt encoded
     assert [(name, batch) for name, batch, _ in calls] == [("high", 1), ("high", 1), ("low", 1), ("low", 1)]
     assert all(t.dtype == torch.float32 for _, _, t in calls)
     assert [t.item() for _, _, t in calls] == [1000.0, 937.5, torch.tensor(2500 / 3).item(), 625.0]
@@ -51,3 +54,4 @@ def test_guidance_1_runs_one_dit_pass_per_step_on_the_float_timesteps(pipe):
     calls.clear()
     pipe("a red circle", preset="lightning", guide_scale=3.0, size=(64, 64), frames=5, seed=1)
     assert [batch for _, batch, _ in calls] == [2, 2, 2, 2]  # with guidance, both passes (one CFG batch) a step
+    assert len(texts) == 3  # and the negative prompt encoded

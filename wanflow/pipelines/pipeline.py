@@ -259,9 +259,12 @@ class WanPipeline:
         encoder = self.text_encoder
         if next(encoder.parameters()).device != self.t5_device:  # (FSDP-sharded weights are already in place)
             encoder.to(self.t5_device)
-        progress.start("text", 2)
+        texts = (request.prompt, request.negative_prompt)
+        if set(request.guide_scale if isinstance(request.guide_scale, tuple) else (request.guide_scale,)) == {1.0}:
+            texts = texts[:1]  # guidance 1 everywhere: no unconditional pass reads the negative prompt
+        progress.start("text", len(texts))
         contexts = []
-        for text in (request.prompt, request.negative_prompt):  # two calls of batch 1, as the reference
+        for text in texts:  # two calls of batch 1, as the reference
             contexts.append(encoder.encode([text])[0])
             progress.advance("text")
         progress.end("text")
@@ -269,8 +272,8 @@ class WanPipeline:
             encoder.to("cpu")  # offload and FSDP exclude each other (parallelize_pipeline checks)
         dit = next(iter(self._placement.experts.values()))
         dtype = dit.text_embedding[0].weight.dtype
-        cond, null = (pad_context([c], dit.cfg.text_len).to(self.device, dtype) for c in contexts)
-        return Conditioning(cond, null)
+        cond, *null = (pad_context([c], dit.cfg.text_len).to(self.device, dtype) for c in contexts)
+        return Conditioning(cond, null[0] if null else cond)
 
     def encode_image(self, video: torch.Tensor) -> torch.Tensor:
         """VAE latent of a conditioning clip (1, 3, F, H, W) in [-1, 1]."""
