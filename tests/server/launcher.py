@@ -75,6 +75,7 @@ def main() -> None:
     p.add_argument("--max_attempts", type=int, default=2)
     p.add_argument("--block_delay", type=float, default=0.0)
     p.add_argument("--access_log", type=int, default=0, help="1: uvicorn's access log on (log level info)")
+    p.add_argument("--lora_dir")
     args = p.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO)
@@ -94,6 +95,7 @@ def main() -> None:
         max_attempts=args.max_attempts,
         event_interval=0.05,
         tasks=tasks,
+        lora_dir=args.lora_dir,
     )
     level = "info" if args.access_log else "warning"
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level=level, timeout_graceful_shutdown=2)

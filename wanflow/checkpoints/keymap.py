@@ -52,6 +52,13 @@ class KeyMap:
         dst = self.rules[i][0 if reverse else 1]
         return _fill(dst, groups[:-1], groups[-1])
 
+    def lookup(self, key: str, reverse: bool = False) -> str | None:
+        """The new name of one key, or None when no rule (or more than one) maps it."""
+        try:
+            return self._convert_key(key, reverse)
+        except KeyMapError:
+            return None
+
     def convert_keys(self, keys: Iterable[str], reverse: bool = False) -> dict[str, str]:
         """Map each key to its new name; raises ``KeyMapError`` naming every key that does not map once."""
         out: dict[str, str] = {}

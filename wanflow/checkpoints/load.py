@@ -190,6 +190,24 @@ def load_file_components(layout: Layout, dit_dtype: torch.dtype | None, t5_dtype
 
 def _load_expert(path: Path, name: str, dtype: torch.dtype | None) -> WanDiT:
     if path.is_dir():  # an expert folder of the checkpoint the files complete
-        official = read_json(path / "config.json").get("_class_name") == "WanModel"
-        return load_dit(path, "official" if official else "diffusers", dtype)
+        return load_dit(path, _folder_kind(path), dtype)
     return load_dit_file(path, "--dit_low" if name == LOW else "--dit", dtype or torch.float32)
+
+
+def _folder_kind(folder: Path) -> str:
+    return "official" if read_json(folder / "config.json").get("_class_name") == "WanModel" else "diffusers"
+
+
+def expert_configs(layout: Layout) -> dict[str, DiTConfig]:
+    """Each expert's architecture, read without its weights (a folder's config.json, a single file's header)."""
+    from wanflow.checkpoints.single_file import dit_config_from_file, peek_shapes
+
+    configs = {}
+    for name, path in layout.experts.items():
+        if layout.kind != "files":
+            configs[name] = dit_config(path, layout.kind)
+        elif path.is_dir():
+            configs[name] = dit_config(path, _folder_kind(path))
+        else:
+            configs[name] = dit_config_from_file(peek_shapes(path))
+    return configs

@@ -16,6 +16,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from wanflow.cli.lora import add_lora_arguments, cli_loras, load_cli_loras
 from wanflow.cli.single_files import add_file_arguments, files_layout_from_args, given_files
 from wanflow.pipelines.pipeline import DTYPES, RuntimeOptions
 from wanflow.pipelines.request import GenerateOptions, resolve
@@ -39,6 +40,8 @@ OPTION_FLAGS = {
     "sample_solver": "solver",
     **SAMPLER_FLAGS,
     "base_seed": "seed",
+    "preset": "preset",
+    "float_timesteps": "float_timesteps",
 }
 RUNTIME_FLAGS = ("device", "dtype", "convert_model_dtype", "t5_cpu", "fp8", "compile", "vae_tile")
 
@@ -140,13 +143,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "negative_prompt", help='the negative prompt (default: the task\'s); --negative_prompt "" for none')
     _flag(p, "image", help="input image (i2v-A14B needs one; with ti2v-5B it selects image-to-video)")
     _flag(p, "base_seed", type=int, default=-1, help="seed; -1 draws one and reports it")
-    add_sampler_arguments(p, solver="unipc")
+    add_sampler_arguments(p, solver=None)  # None: the preset's solver, else unipc
     _flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")
     _flag(p, "device", help="cuda, cuda:1, cpu ... (default: cuda if available)")
     _flag(p, "ulysses_size", type=int, default=1, help="sequence-parallel ranks (torchrun; default 1)")
     _flag(p, "dit_fsdp", action="store_true", help="shard the DiT experts with FSDP2 (torchrun)")
     _flag(p, "t5_fsdp", action="store_true", help="shard the text encoder with FSDP2 (torchrun)")
     _flag(p, "cfg_parallel", action="store_true", help="conditional and unconditional passes on 2 rank groups")
+    add_lora_arguments(p)
 
 
 def generate_options(args: argparse.Namespace) -> GenerateOptions:
@@ -203,8 +207,10 @@ def generate(args, ctx, layout, task: Task, options: GenerateOptions, runtime: R
         runtime = replace(runtime, offload=choose_policy(runtime.offload, ctx.device, distributed=True))
         options = replace(options, seed=ctx.seed)
     runtime = replace(runtime, device=runtime.device or ctx.device)
+    loras = cli_loras(args, layout)  # read and checked against the DiT configs before the weights load
     start = time.perf_counter()
     pipe = WanPipeline.from_pretrained(layout, task=task, **vars(runtime))
+    load_cli_loras(pipe, loras, getattr(args, "lora_merge", False))
     if ctx.is_distributed:
         from wanflow.pipelines.parallel import parallelize_pipeline
 

@@ -1,4 +1,5 @@
-"""``wanflow info``: versions, devices, attention backends, and the checkpoints given or in the Hub cache."""
+"""``wanflow info``: versions, devices, attention backends, and the checkpoints (or LoRA files) given or in the Hub
+cache."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("ckpt_dir", nargs="*", help="checkpoint folders or single files (.safetensors, .gguf) to inspect")
+    p.add_argument("ckpt_dir", nargs="*", help="checkpoint folders, single files (.safetensors, .gguf) or LoRA files")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -17,6 +18,8 @@ def run(args: argparse.Namespace) -> int:
     import wanflow
     from wanflow.checkpoints.io import CheckpointError
     from wanflow.checkpoints.layouts import detect_layout
+    from wanflow.checkpoints.single_file import peek_kind
+    from wanflow.cli.lora import describe_lora, is_lora
     from wanflow.models.attention import available_backends
 
     print(f"wanflow {wanflow.__version__}  torch {torch.__version__}  python {sys.version.split()[0]}")
@@ -24,6 +27,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"devices: {', '.join(devices)}")
     print(f"attention backends: {', '.join(available_backends())}")
     for folder in [*(args.ckpt_dir or []), *hub_checkpoints()]:
+        if Path(folder).is_file() and peek_kind(Path(folder)) not in ("lora", "unknown"):
+            print(describe_file(folder))  # a DiT, VAE or umT5 file
+            continue
+        if is_lora(folder):
+            print(describe_lora(folder))  # an unreadable LoRA is an error (exit 2), as everywhere
+            continue
         if Path(folder).is_file():
             print(describe_file(folder))
             continue

@@ -52,7 +52,7 @@ class Sampler:
     batch_cfg: bool = True  # both guidance passes in one batch
 
     def steps(self) -> list[Step]:
-        timesteps = self.schedule.timesteps.tolist()  # python ints: no device syncs inside the loop
+        timesteps = self.schedule.timesteps.tolist()  # python ints (floats): no device syncs inside the loop
         names = [select_expert(t, self.boundary_t) for t in timesteps]
         return [
             Step(i, len(timesteps), t, names[i], guidance_for(t, self.boundary_t, self.guide_scale), nxt)
@@ -68,13 +68,15 @@ def keep_first_frame(latents: torch.Tensor, frame0: torch.Tensor | None) -> torc
 
 
 def model_timesteps(
-    t: int, latents: torch.Tensor, frame0: torch.Tensor | None, patch: tuple[int, int, int]
+    t: int | float, latents: torch.Tensor, frame0: torch.Tensor | None, patch: tuple[int, int, int]
 ) -> torch.Tensor | TokenTimesteps:
-    """(B,) timesteps, or per token with the tokens of a conditioning frame 0 at t = 0 (TI2V): values [0, t] and an
-    index that is 0 on frame 0. Fill kernels only: nothing is copied from the host, nothing waits for the device."""
+    """(B,) timesteps (int64 for an int ``t``, float32 for a float one), or per token with the tokens of a
+    conditioning frame 0 at t = 0 (TI2V): values [0, t] and an index that is 0 on frame 0. Fill kernels only: nothing
+    is copied from the host, nothing waits for the device."""
     b = latents.shape[0]
     if frame0 is None:
-        return torch.full((b,), t, dtype=torch.int64, device=latents.device)
+        dtype = torch.int64 if isinstance(t, int) else torch.float32
+        return torch.full((b,), t, dtype=dtype, device=latents.device)
     f, h, w = (n // p for n, p in zip(latents.shape[2:], patch, strict=True))
     values = torch.full((b, 2), float(t), device=latents.device)
     values[:, 0] = 0.0

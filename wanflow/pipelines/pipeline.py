@@ -27,6 +27,7 @@ from wanflow.io.video import save_video
 from wanflow.models.attention import default_backend
 from wanflow.models.dit import FP32_MODULES
 from wanflow.models.text_encoder import pad_context
+from wanflow.pipelines import lora
 from wanflow.pipelines.core import Conditioning, Sampler, denoise
 from wanflow.pipelines.diffusers_api import WanPipelineOutput, check_output_type, diffusers_output
 from wanflow.pipelines.guards import FiniteLatents, check_memory, memory_need
@@ -265,6 +266,35 @@ class WanPipeline:
         self.set_offload(self.runtime.offload)
         return self
 
+    # --- LoRAs (``pipelines.lora``, ``runtime.lora``) ---
+
+    def load_lora(
+        self,
+        path: str | os.PathLike,
+        strength: float = 1.0,
+        expert: str | None = None,
+        *,
+        merge: bool = False,
+        name: str | None = None,
+    ) -> str:
+        """Load a LoRA file (any dialect) on every expert, or on ``expert`` ("high" / "low"), or a folder of
+        per-expert files each on its expert; returns its name. Beside the weights by default (strength changeable
+        per call with ``set_lora_strength`` or per step with ``runtime.lora.LoraSchedule``, FP8 weights included);
+        ``merge=True`` merges it into the weights (fastest; the originals are kept so unloading is exact)."""
+        return lora.load_lora(self, path, strength, expert, merge=merge, name=name)
+
+    def unload_lora(self, name: str | None = None) -> None:
+        """Take LoRA ``name`` off (None: every LoRA); the weights come back bit for bit."""
+        lora.unload_lora(self, name)
+
+    def set_lora_strength(self, name: str, strength: float, expert: str | None = None) -> None:
+        lora.set_lora_strength(self, name, strength, expert)
+
+    @property
+    def loras(self) -> list[dict[str, object]]:
+        """The loaded LoRAs: name, strength per expert, merged or not."""
+        return lora.describe_loaded(self._placement.experts)
+
     # --- generation ---
 
     @property
@@ -368,9 +398,12 @@ class WanPipeline:
         encoder = self.text_encoder
         if next(encoder.parameters()).device != self.t5_device:  # (FSDP-sharded weights are already in place)
             encoder.to(self.t5_device)
-        progress.start("text", 2)
+        texts = (request.prompt, request.negative_prompt)
+        if set(request.guide_scale if isinstance(request.guide_scale, tuple) else (request.guide_scale,)) == {1.0}:
+            texts = texts[:1]  # guidance 1 everywhere: no unconditional pass reads the negative prompt
+        progress.start("text", len(texts))
         contexts = []
-        for text in (request.prompt, request.negative_prompt):  # two calls of batch 1, as the reference
+        for text in texts:  # two calls of batch 1, as the reference
             contexts.append(encoder.encode([text])[0])
             progress.advance("text")
         progress.end("text")
@@ -378,8 +411,8 @@ class WanPipeline:
             encoder.to("cpu")  # offload and FSDP exclude each other (parallelize_pipeline checks)
         dit = next(iter(self._placement.experts.values()))
         dtype = dit.text_embedding[0].weight.dtype
-        cond, null = (pad_context([c], dit.cfg.text_len).to(self.device, dtype) for c in contexts)
-        return Conditioning(cond, null)
+        cond, *null = (pad_context([c], dit.cfg.text_len).to(self.device, dtype) for c in contexts)
+        return Conditioning(cond, null[0] if null else cond)
 
     def encode_image(self, video: torch.Tensor) -> torch.Tensor:
         """VAE latent of a conditioning clip (1, 3, F, H, W) in [-1, 1]."""
@@ -393,7 +426,7 @@ class WanPipeline:
     ) -> torch.Tensor:
         """The shared loop with this pipeline's experts and hooks, then ``hooks``."""
         sampler = Sampler(
-            get_schedule(request.solver, request.steps, request.shift),
+            get_schedule(request.solver, request.steps, request.shift, request.float_timesteps),
             get_solver(request.solver),
             boundary_timestep(self.task.boundary),
             request.guide_scale,
@@ -427,6 +460,8 @@ class WanPipeline:
             "solver": request.solver,
             "frames": request.frames,
             "software": "wanflow",
+            **({"float_timesteps": True} if request.float_timesteps else {}),
+            **lora.lora_metadata(self._placement.experts),
         }
 
 

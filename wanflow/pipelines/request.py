@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from wanflow.io.image import load_image
+from wanflow.pipelines.presets import apply_preset
 from wanflow.sampling.noise import draw_seed
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.tasks import Task
@@ -42,8 +43,10 @@ class GenerateOptions:
     steps: int | None = None
     shift: float | None = None
     guide_scale: float | tuple[float, ...] | list[float] | None = None  # one value, or (low-noise, high-noise)
-    solver: str = "unipc"  # a key of ``sampling.solvers.SOLVERS``
+    solver: str | None = None  # a key of ``sampling.solvers.SOLVERS``; None: the preset's, else unipc
     seed: int | None = -1  # negative: draw one (reported in the result)
+    preset: str | None = None  # a key of ``pipelines.presets.PRESETS``: values for the options left None
+    float_timesteps: bool | None = None  # the DiT sees 1000 * sigma unrounded (step-distilled LoRAs); default False
 
     @classmethod
     def from_keywords(cls, prompt: str, **keywords: Any) -> GenerateOptions:
@@ -146,6 +149,7 @@ class Request:
     guide_scale: tuple[float, float] | float
     solver: str
     seed: int
+    float_timesteps: bool = False
 
     def require_image(self) -> Image.Image:
         if self.image is None:
@@ -157,7 +161,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
     """Fill defaults from ``task`` and check every option. ``multiple``: what width and height must be multiples of
     (default the task's: VAE stride x patch); ``image_hint``: what a missing image is called on the caller's surface
     ("an input image: --image PATH")."""
-    o = options
+    o = apply_preset(options, options.preset)
     if not isinstance(o.prompt, str):
         raise ValueError("prompt must be a string")
     if o.negative_prompt is not None and not isinstance(o.negative_prompt, str):
@@ -166,7 +170,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
     frames = _frames(task.frames if o.frames is None else o.frames)
     steps = _steps(task.steps if o.steps is None else o.steps)
     shift = _shift(task.shift if o.shift is None else o.shift)
-    solver = _solver(o.solver)
+    solver = _solver(o.solver or "unipc")
     width, height = task.size if o.size is None else (int(o.size[0]), int(o.size[1]))
     if width <= 0 or height <= 0:
         raise ValueError(f"size must be positive, got {width}*{height}")
@@ -184,6 +188,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         guide_scale=_guide(task.guide_scale if o.guide_scale is None else o.guide_scale, task),
         solver=solver,
         seed=draw_seed(o.seed),
+        float_timesteps=bool(o.float_timesteps),
     )
 
 

@@ -7,6 +7,8 @@
   costs nothing: its device copy is dropped. This is what the reference does on one GPU, minus the stalls.
 - ``block``: the expert stays in host memory and each transformer block is copied to the device just before it
   runs (forward hooks); only the small embeddings and head stay resident.
+
+Buffers travel with the parameters (an unmerged LoRA keeps its factors as buffers of the layers it changes).
 """
 
 from __future__ import annotations
@@ -37,18 +39,24 @@ def choose_policy(policy: str | None, device: torch.device, distributed: bool = 
     return policy or ("model" if torch.device(device).type == "cuda" else "resident")
 
 
+def _tensors(module: nn.Module, recurse: bool = True) -> list[torch.Tensor]:
+    """What moves with a module: its parameters and its buffers."""
+    return [*module.parameters(recurse=recurse), *module.buffers(recurse=recurse)]
+
+
 def _pin(module: nn.Module) -> None:
-    """Page-lock host parameters so host->device copies can run asynchronously."""
+    """Page-lock host parameters and buffers so host->device copies can run asynchronously."""
     if not torch.cuda.is_available():
         return
-    for p in module.parameters():
+    for p in _tensors(module):
         if p.device.type == "cpu" and not p.is_pinned():
             p.data = p.data.pin_memory()
 
 
 def _to(module: nn.Module, device: torch.device, stream: torch.cuda.Stream | None = None) -> None:
-    """Move the parameters of ``module`` to ``device``; with ``stream``, the copies run on that side stream."""
-    for p in module.parameters():
+    """Move the parameters and buffers of ``module`` to ``device``; with ``stream``, the copies run on that side
+    stream."""
+    for p in _tensors(module):
         if p.device == device:
             continue
         if stream is None:
@@ -67,22 +75,26 @@ def _room_for(module: nn.Module, device: torch.device) -> bool:
     allocated = torch.cuda.memory_allocated(device)
     cached = torch.cuda.memory_reserved(device) - allocated
     headroom = torch.cuda.max_memory_allocated(device) - allocated
-    need = sum(p.numel() * p.element_size() for p in module.parameters())
+    need = sum(p.numel() * p.element_size() for p in _tensors(module))
     return free + cached >= need + headroom
 
 
 def stream_blocks(model: nn.Module, device: torch.device) -> list[torch.utils.hooks.RemovableHandle]:
-    """Keep ``model.blocks`` in host memory and move each block to ``device`` only while it runs."""
+    """Keep ``model.blocks`` in host memory and move each block to ``device`` only while it runs. Applied again (the
+    pipeline re-applies its policy after a transform), it replaces its hooks instead of adding a second set."""
     for name, child in model.named_children():
         if name != "blocks":
             _to(child, device)
-    for p in model.parameters(recurse=False):
+    for p in _tensors(model, recurse=False):
         p.data = p.data.to(device)
     _pin(model.blocks)
+    for handle in getattr(model, "block_streaming", ()):
+        handle.remove()
     handles = []
     for block in model.blocks:
         handles.append(block.register_forward_pre_hook(lambda m, args: _to(m, device)))
         handles.append(block.register_forward_hook(lambda m, args, out: _to(m, HOST)))
+    model.block_streaming = handles
     return handles
 
 
@@ -108,7 +120,7 @@ class ExpertPlacement(StepHook):
                 _to(model, HOST)
                 _pin(model)
             # (parameter, host tensor) pairs: inference never changes the weights, so the host copies stay valid.
-            self.host = {name: [(p, p.data) for p in model.parameters()] for name, model in self.experts.items()}
+            self.host = {name: [(p, p.data) for p in _tensors(model)] for name, model in self.experts.items()}
 
     def __call__(self, name: str) -> nn.Module:
         if self.policy == "model" and name != self.active:

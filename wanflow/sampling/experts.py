@@ -19,14 +19,15 @@ def boundary_timestep(boundary: float | None, num_train_timesteps: int = 1000) -
     return boundary * num_train_timesteps
 
 
-def select_expert(t: int, boundary_t: float | None) -> str:
-    """``"high"`` while ``t >= boundary_t``, then ``"low"``; ``"dense"`` when there is no boundary."""
+def select_expert(t: int | float, boundary_t: float | None) -> str:
+    """``"high"`` while ``t >= boundary_t``, then ``"low"``; ``"dense"`` when there is no boundary. A float timestep
+    (``float_timesteps``) is compared as it is, as Wan2.2-Lightning does."""
     if boundary_t is None:
         return DENSE
-    return HIGH if int(t) >= boundary_t else LOW
+    return HIGH if (t if isinstance(t, float) else int(t)) >= boundary_t else LOW
 
 
-def guidance_for(t: int, boundary_t: float | None, guide_scale: tuple[float, float] | float) -> float:
+def guidance_for(t: int | float, boundary_t: float | None, guide_scale: tuple[float, float] | float) -> float:
     """The classifier-free guidance scale at timestep ``t``.
 
     ``guide_scale`` is one float, or a ``(low_noise, high_noise)`` pair (the reference config order) picked by the

@@ -21,7 +21,7 @@ class Step:
 
     index: int
     total: int
-    timestep: int
+    timestep: int | float  # int on the reference grids, float with ``float_timesteps``
     expert: str
     guide_scale: float
     next_expert: str | None = None  # the expert of the following step; None after the last

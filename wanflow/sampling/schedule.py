@@ -5,7 +5,8 @@ Convention: time runs from 1 (noise) to 0 (data), ``x_sigma = (1 - sigma) x0 + s
 ``v = eps - x0``. Every schedule ends at sigma = 0, so the last solver step returns the data prediction.
 
 The reference builds its grids in numpy float64 and truncates ``sigma * 1000`` to int64; the arithmetic below keeps
-the same operations in the same order so that the integer timesteps match it exactly (wan22.md §4, §8).
+the same operations in the same order so that the integer timesteps match it exactly (wan22.md §4, §8). The
+step-distilled LoRAs (Wan2.2-Lightning, LightX2V) were trained on float timesteps instead (``float_timesteps``).
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ class Schedule:
     """Step ``k`` goes from ``sigmas[k]`` to ``sigmas[k + 1]`` with the model at ``timesteps[k]``."""
 
     sigmas: torch.Tensor  # (n + 1,) float32, decreasing, sigmas[-1] == 0
-    timesteps: torch.Tensor  # (n,) int64, trunc(sigma * 1000): what the DiT is conditioned on
+    timesteps: torch.Tensor  # (n,) int64 trunc(sigma * 1000), or float32 sigma * 1000: what the DiT sees
 
     def __post_init__(self) -> None:
-        if self.sigmas.dtype != torch.float32 or self.timesteps.dtype != torch.int64:
-            raise ValueError("a Schedule needs float32 sigmas and int64 timesteps")
+        if self.sigmas.dtype != torch.float32 or self.timesteps.dtype not in (torch.int64, torch.float32):
+            raise ValueError("a Schedule needs float32 sigmas and int64 or float32 timesteps")
         if self.sigmas.shape != (len(self.timesteps) + 1,) or self.sigmas[-1] != 0:
             raise ValueError("a Schedule needs one sigma per timestep plus a final sigma of 0")
 
@@ -55,41 +56,47 @@ def _check(steps: int, shift: float) -> None:
         raise ValueError(f"shift must be positive, got {shift!r}")
 
 
-def _from_sigmas(sigmas: np.ndarray) -> Schedule:
-    """n float64 sigmas (without the final 0) -> Schedule, as the reference ``set_timesteps`` does it."""
-    timesteps = torch.from_numpy(sigmas * NUM_TRAIN_TIMESTEPS).to(torch.int64)  # truncation toward zero
+def _from_sigmas(sigmas: np.ndarray, float_timesteps: bool = False) -> Schedule:
+    """n float64 sigmas (without the final 0) -> Schedule, as the reference ``set_timesteps`` does it; with
+    ``float_timesteps``, ``sigma * 1000`` rounded to float32 instead of truncated to int64."""
+    scaled = torch.from_numpy(sigmas * NUM_TRAIN_TIMESTEPS)
+    timesteps = scaled.to(torch.float32) if float_timesteps else scaled.to(torch.int64)  # int64: toward zero
     return Schedule(torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32)), timesteps)
 
 
-def unipc_schedule(steps: int, shift: float) -> Schedule:
+def unipc_schedule(steps: int, shift: float, float_timesteps: bool = False) -> Schedule:
     """The official FlowUniPCMultistepScheduler grid: starts at sigma 0.999 (t = 999)."""
     _check(steps, shift)
     sigmas = np.linspace(UNIPC_SIGMA_MAX, 0.0, steps + 1).copy()[:-1]
-    return _from_sigmas(shift_sigmas(sigmas, float(shift)))
+    return _from_sigmas(shift_sigmas(sigmas, float(shift)), float_timesteps)
 
 
-def dpm_schedule(steps: int, shift: float) -> Schedule:
+def dpm_schedule(steps: int, shift: float, float_timesteps: bool = False) -> Schedule:
     """The official DPM++ grid (``get_sampling_sigmas``): starts at sigma 1.0 (t = 1000)."""
     _check(steps, shift)
     sigmas = np.linspace(1, 0, steps + 1)[:steps]
     # The reference passes these to a scheduler built with shift 1, which applies the (identity) shift once more.
-    return _from_sigmas(shift_sigmas(sigmas, float(shift)))
+    return _from_sigmas(shift_sigmas(sigmas, float(shift)), float_timesteps)
 
 
-def euler_schedule(steps: int, shift: float) -> Schedule:
-    """Same grid as DPM++."""
-    return dpm_schedule(steps, shift)
+def euler_schedule(steps: int, shift: float, float_timesteps: bool = False) -> Schedule:
+    """Same grid as DPM++. With ``float_timesteps`` it is the grid the step-distilled LoRAs were trained on:
+    ``linspace(1, 0, N + 1)[:N]`` shifted, the DiT fed ``1000 * sigma`` as floats (N = 4, shift 5: 1000, 937.5,
+    833.33, 625), as Wan2.2-Lightning's ``EulerScheduler`` and LightX2V's step-distill scheduler (whose
+    ``[1000, 750, 500, 250]`` indexes the same shifted grid) condition the DiT."""
+    return dpm_schedule(steps, shift, float_timesteps)
 
 
-SCHEDULES: dict[str, Callable[[int, float], Schedule]] = {
+SCHEDULES: dict[str, Callable[..., Schedule]] = {
     "unipc": unipc_schedule,
     "dpm++": dpm_schedule,
     "euler": euler_schedule,
 }
 
 
-def get_schedule(solver: str, steps: int, shift: float) -> Schedule:
-    """The schedule the reference pairs with ``solver`` (a key of ``SCHEDULES``)."""
+def get_schedule(solver: str, steps: int, shift: float, float_timesteps: bool = False) -> Schedule:
+    """The schedule the reference pairs with ``solver`` (a key of ``SCHEDULES``); ``float_timesteps``: the DiT sees
+    ``1000 * sigma`` unrounded (the step-distilled LoRAs' convention) instead of the reference's truncated integers."""
     if solver not in SCHEDULES:
         raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SCHEDULES)}")
-    return SCHEDULES[solver](steps, shift)
+    return SCHEDULES[solver](steps, shift, float_timesteps)

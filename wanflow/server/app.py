@@ -23,6 +23,7 @@ from wanflow.server.context import Context
 from wanflow.server.errors import bearer, install_error_handlers
 from wanflow.server.guard import Guard, Hosts
 from wanflow.server.jobs import Files, JobStore, Models, Worker
+from wanflow.server.loras import LoraLibrary, lora_routes
 from wanflow.server.routes import STATIC, native_routes, openai_routes, service_routes
 from wanflow.server.schemas import Limits
 from wanflow.server.uploads import MAX_FORM_BYTES, BodyLimit
@@ -42,6 +43,7 @@ def create_app(
     event_interval: float = 0.25,
     allowed_hosts: Hosts | None = None,
     tasks: Mapping[str, Task] | None = None,
+    lora_dir: str | Path | None = None,
 ) -> FastAPI:
     """The app. ``pipelines`` maps a task name to a loaded pipeline, or to a zero-argument loader called on first use
     (``tasks``: the task each loader's model runs, with its checkpoint's defaults, to check requests before it loads).
@@ -49,22 +51,26 @@ def create_app(
     Jobs persist in the SQLite file ``db_path``; videos and input images are stored under ``output_dir``. With a
     ``token`` every API call needs ``Authorization: Bearer <token>`` (or ``?access_token=`` for <video> and SSE).
     ``allowed_hosts``: the names the ``Host`` header may carry (default: those of a server bound to 127.0.0.1).
+    ``lora_dir``: the folder of the LoRAs requests may name (``server.loras``).
     """
     models = Models(pipelines, tasks)
     files = Files(output_dir)
     limits = limits or Limits()
+    loras = LoraLibrary(lora_dir)
     app = FastAPIOffline(
         title="wanflow",
         summary="Wan 2.2 video generation server",
-        lifespan=_lifespan(models, files, db_path, max_attempts, limits),
+        lifespan=_lifespan(models, files, db_path, max_attempts, limits, loras),
         static_url="/docs-static",
     )
     install_error_handlers(app)
+    app.state.loras = loras
     auth = [Depends(bearer(token))]
     api = APIRouter(prefix="/api", dependencies=auth, tags=["jobs"])
     openai = APIRouter(prefix="/v1", dependencies=auth, tags=["OpenAI videos"])
     ctx = Context(app, models, files, limits, max_queue, event_interval)
     native_routes(api, ctx)
+    lora_routes(api, loras)
     openai_routes(openai, ctx)
     service_routes(app, ctx, auth)
     app.include_router(api)
@@ -75,7 +81,7 @@ def create_app(
     return app
 
 
-def _lifespan(models: Models, files: Files, db_path: str | Path, max_attempts: int, limits: Limits):
+def _lifespan(models: Models, files: Files, db_path: str | Path, max_attempts: int, limits: Limits, loras: LoraLibrary):
     """Start: the job store (recovering the jobs a crash left running), the worker thread, the decode slots and the
     quiet access log; stop: the worker (at its next check), then the store."""
 
@@ -86,7 +92,7 @@ def _lifespan(models: Models, files: Files, db_path: str | Path, max_attempts: i
         requeued = store.recover()
         if requeued:
             log.warning("recovered %d jobs that were running when the server stopped", len(requeued))
-        worker = Worker(store, models, files)
+        worker = Worker(store, models, files, loras=loras)
         app.state.store, app.state.worker = store, worker
         app.state.decodes = CapacityLimiter(limits.max_decodes)
         access = quiet_access_log()  # (uvicorn has configured its loggers by now)

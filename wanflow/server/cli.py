@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="wanflow-data", help="folder for the job database and the videos")
     p.add_argument("--max_queue", "--max-queue", dest="max_queue", type=int, default=100, help="jobs waiting at most")
     p.add_argument("--offload", choices=POLICIES, help="expert placement policy (default per device)")
+    p.add_argument("--lora_dir", "--lora-dir", dest="lora_dir", help="folder of the LoRAs requests may name")
 
 
 def is_loopback(host: str) -> bool:
@@ -77,6 +78,9 @@ def builtin_models(only: str | None, runtime: dict) -> tuple[dict, dict]:
 
 def run(args: argparse.Namespace) -> int:
     check_exposure(args.host, args.token)
+    from wanflow.server.loras import LoraLibrary
+
+    LoraLibrary(args.lora_dir)  # a wrong --lora_dir fails before the model loads
     import uvicorn
 
     from wanflow.pipelines.pipeline import WanPipeline
@@ -95,7 +99,14 @@ def run(args: argparse.Namespace) -> int:
     data.mkdir(parents=True, exist_ok=True)
     hosts = Hosts.for_bind(args.host, args.allowed_hosts)
     app = create_app(
-        pipelines, data / "jobs.sqlite", data, args.token, args.max_queue, allowed_hosts=hosts, tasks=tasks
+        pipelines,
+        data / "jobs.sqlite",
+        data,
+        args.token,
+        args.max_queue,
+        allowed_hosts=hosts,
+        tasks=tasks,
+        lora_dir=args.lora_dir,
     )
     log.info(
         "serving %s on http://%s:%d (web page at /, API docs at /docs)", ", ".join(pipelines), args.host, args.port

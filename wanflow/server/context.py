@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from wanflow.pipelines.request import resolve
 from wanflow.server.errors import validation_message
 from wanflow.server.jobs import Files, JobStore, Models, QueueFull, Worker, new_id
+from wanflow.server.loras import check_loras
 from wanflow.server.schemas import GenerateRequest, Limits, VideoView
 from wanflow.server.views import video_view
 from wanflow.tasks import Task
@@ -121,3 +122,4 @@ class Context:
         multiple = getattr(self.models.peek(req.task), "size_multiple", None)
         options = dataclasses.replace(req.options(image), seed=0)  # the seed is drawn when the job runs
         resolve(options, task, multiple, image_hint=IMAGE_HINT)
+        check_loras(getattr(self.app.state, "loras", None), req.loras, self.models.peek(req.task))

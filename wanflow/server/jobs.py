@@ -328,9 +328,10 @@ class BlockCheck(StepHook):
 class Worker(threading.Thread):
     """The one thread that runs jobs, oldest first."""
 
-    def __init__(self, store: JobStore, models: Models, files: Files, poll: float = 1.0):
+    def __init__(self, store: JobStore, models: Models, files: Files, poll: float = 1.0, loras=None):
         super().__init__(name="wanflow-worker", daemon=True)
         self.store, self.models, self.files, self.poll = store, models, files, poll
+        self.loras = loras  # a ``server.loras.LoraLibrary``: the LoRAs jobs may name
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
         self.current: str | None = None
@@ -412,6 +413,7 @@ class Worker(threading.Thread):
         """Runs the job's request; ``check`` raises to stop it, and runs after every step and before every block."""
         from PIL import Image
 
+        from wanflow.server.loras import loras_applied
         from wanflow.server.schemas import GenerateRequest
 
         request = GenerateRequest.model_validate(job["params"])
@@ -420,5 +422,6 @@ class Worker(threading.Thread):
         if job["has_image"]:
             with Image.open(self.files.image(job["id"])) as im:
                 image = im.convert("RGB")
-        options = request.options(image)
-        return pipe(options, progress=progress, callback=lambda step: check(), hooks=[BlockCheck(check)])
+        with loras_applied(self.loras, request.loras, pipe):  # beside the weights for this job only
+            options = request.options(image)
+            return pipe(options, progress=progress, callback=lambda step: check(), hooks=[BlockCheck(check)])

@@ -11,10 +11,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from wanflow.pipelines.presets import PRESETS
 from wanflow.pipelines.request import GenerateOptions
 from wanflow.sampling.solvers import SOLVERS
+from wanflow.server.loras import MAX_LORAS, LoraChoice, parse_choices
 from wanflow.tasks import TASKS, Task
 
 SolverName = Literal[tuple(SOLVERS)]  # the solver registry's names
@@ -84,10 +86,13 @@ class GenerateRequest(BaseModel):
     guide_scale: list[float] | None = Field(
         None, min_length=1, max_length=2, description="one value, or (low-noise, high-noise) for the A14B tasks"
     )
-    solver: SolverName = "unipc"
+    solver: SolverName = Field("unipc", description="left out: the preset's solver, else unipc")
     seed: int = Field(
         -1, ge=-1, le=2**63 - 1, description="-1 draws one; the job reports it (a number, or a string of one)"
     )
+    preset: Literal[tuple(PRESETS)] | None = Field(None, description="sampling preset (lightning: 4 steps, no CFG)")
+    float_timesteps: bool | None = Field(None, description="the DiT sees 1000 * sigma unrounded (distilled LoRAs)")
+    loras: list[LoraChoice] = Field(default_factory=list, max_length=MAX_LORAS, description="by name (GET /api/loras)")
 
     @field_validator("guide_scale", mode="before")
     @classmethod
@@ -100,6 +105,15 @@ class GenerateRequest(BaseModel):
             except ValueError:
                 raise ValueError(f"guide_scale must be a number or two numbers 'low,high', got {value!r}") from None
         return value
+
+    _loras = field_validator("loras", mode="before")(parse_choices)
+
+    @model_validator(mode="after")
+    def _preset_solver(self):
+        """A preset's solver when none was given (the schema's default would hide it); stored with the job."""
+        if self.preset and "solver" not in self.model_fields_set:
+            self.solver = PRESETS[self.preset].get("solver", self.solver)
+        return self
 
     @field_validator("frames")
     @classmethod
@@ -146,6 +160,8 @@ class GenerateRequest(BaseModel):
             guide_scale=None if self.guide_scale is None else tuple(self.guide_scale),
             solver=self.solver,
             seed=self.seed,
+            preset=self.preset,
+            float_timesteps=self.float_timesteps,
         )
 
 
