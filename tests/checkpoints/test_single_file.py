@@ -220,3 +220,23 @@ def test_from_single_files_in_python(ckpt, tmp_path):
     )
     folder = WanPipeline.from_pretrained(m, task="t2v-A14B")
     assert torch.equal(pipe("a red circle", **KW).frames, folder("a red circle", **KW).frames)
+
+
+@torch.no_grad()
+def test_a_lora_applies_beside_quantised_weights(tmp_path):
+    """Unmerged on a GGUF expert (its blocks stay stored): the same as on the float weights the file decodes to."""
+    from tests.tiny.lora import make_lora
+    from wanflow.checkpoints.lora import parse_lora
+    from wanflow.runtime.lora import apply_lora
+
+    state = random_dit_state(SMALL_T2V, 4, scale=0.05)
+    decoded = write_gguf(state, tmp_path / "dit.gguf", SMALL_T2V, "Q4_K")
+    quantised, plain = load_dit_file(tmp_path / "dit.gguf"), float_dit(SMALL_T2V, decoded)
+    lora = parse_lora(make_lora("wan", SMALL_T2V, 6)[0], "wan")
+    for model in (quantised, plain):
+        apply_lora(model, lora, "style", 0.8)
+    assert set(stored_layers(quantised).values()) == {"Q4_K"}
+    got, want = quantised(*dit_inputs(SMALL_T2V)), plain(*dit_inputs(SMALL_T2V))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="Q4_K layer cannot take new float weights"):
+        apply_lora(load_dit_file(tmp_path / "dit.gguf"), lora, "style", 0.8, merge=True)

@@ -30,6 +30,7 @@ from torch.nn.utils import parametrize
 
 from wanflow.checkpoints.lora import Delta, LoraFile, LowRank, check_fits
 from wanflow.runtime.fp8 import FP8Weight, dequantize, quantize
+from wanflow.runtime.quantized import GGMLWeight
 from wanflow.sampling.hooks import Step, StepHook
 
 
@@ -75,10 +76,18 @@ def param_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
             continue
         names = [*module._parameters, *(module.parametrizations.keys() if parametrize.is_parametrized(module) else ())]
         for leaf in names:
-            stored = _storage(module, leaf)
-            if stored:
-                shapes[f"{prefix}.{leaf}" if prefix else leaf] = tuple(stored[0].shape)
+            shape = _shape(module, leaf)
+            if shape is not None:
+                shapes[f"{prefix}.{leaf}" if prefix else leaf] = shape
     return shapes
+
+
+def _shape(module: nn.Module, leaf: str) -> tuple[int, ...] | None:
+    """The shape of parameter ``leaf`` as the model uses it (a GGUF layer's blocks have another)."""
+    if parametrize.is_parametrized(module, leaf) and isinstance(module.parametrizations[leaf][0], GGMLWeight):
+        return module.parametrizations[leaf][0].shape
+    stored = _storage(module, leaf)
+    return tuple(stored[0].shape) if stored else None
 
 
 def apply_lora(
@@ -96,6 +105,8 @@ def apply_lora(
     if name in state.applied:
         raise ValueError(f"a LoRA named {name!r} is already loaded; unload it first or pick another name")
     check_fits(lora, param_shapes(model), len(model.blocks))
+    if merge:
+        _check_mergeable(model, lora)
     applied = Applied(name, float(strength), merge, sorted(lora.deltas), dict(lora.deltas))
     state.applied[name] = applied
     if merge:
@@ -165,15 +176,28 @@ def _owner(model: nn.Module, pname: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(path) if path else model), leaf
 
 
+def _check_mergeable(model: nn.Module, lora: LoraFile) -> None:
+    """GGUF blocks cannot take a merged delta (wanflow writes no GGML type): such a LoRA goes beside the weights."""
+    for pname in lora.deltas:
+        module, leaf = _owner(model, pname)
+        if parametrize.is_parametrized(module, leaf) and isinstance(module.parametrizations[leaf][0], GGMLWeight):
+            qtype = module.parametrizations[leaf][0].qtype
+            raise ValueError(
+                f"{pname}: a {qtype} layer cannot take new float weights; load the LoRA unmerged (beside the weights)"
+            )
+
+
 def _beside(module: nn.Module, leaf: str) -> bool:
     """Whether an unmerged delta of this parameter runs beside it (a linear's weight) rather than rebuilt into it."""
     return isinstance(module, nn.Linear) and leaf == "weight"
 
 
 def _storage(module: nn.Module, leaf: str) -> list[torch.Tensor]:
-    """The tensors that store parameter ``leaf``: FP8 values and scales, or the parameter itself."""
+    """The tensors that store parameter ``leaf``: FP8 values and scales, GGUF blocks, or the parameter itself."""
     if parametrize.is_parametrized(module, leaf):
         plist = module.parametrizations[leaf]
+        if isinstance(plist[0], GGMLWeight):
+            return [plist.original0]
         return [plist.original0, plist.original1] if isinstance(plist[0], FP8Weight) else [plist.original]
     param = module._parameters.get(leaf)
     return [] if param is None else [param]
@@ -262,10 +286,17 @@ def _attach(module: nn.Linear, deltas: list[Delta], applied: Applied) -> None:
     if side is None:
         side = module.lora = LinearLora()
         side.handle = module.register_forward_hook(_add_lora_output)
-    stored = _storage(module, "weight")
-    like = stored[-1]  # FP8: the scales hold the compute dtype
+    like = _compute_like(module)
     for delta in deltas:
         side.add(applied.key, delta, applied.scale, (module.out_features, module.in_features), like)
+
+
+def _compute_like(module: nn.Linear) -> torch.Tensor:
+    """A tensor on the layer's device in its compute dtype: the weight, FP8's scales, or a GGUF layer's dtype."""
+    stored = _storage(module, "weight")
+    if parametrize.is_parametrized(module, "weight") and isinstance(module.parametrizations.weight[0], GGMLWeight):
+        return torch.empty(0, dtype=module.parametrizations.weight[0].compute_dtype, device=stored[0].device)
+    return stored[-1]  # FP8: the scales hold the compute dtype
 
 
 def _detach(module: nn.Linear, key: str) -> None:
