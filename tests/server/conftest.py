@@ -9,11 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.server import postgres
 from tests.tiny.checkpoint import TINY_DITS, write_dit, write_official_checkpoint
 from tests.tiny.dit import random_dit_state
 
@@ -124,3 +127,28 @@ def slow_server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("data-slow"), {"t2v-A14B": checkpoint}, block_delay=0.25).start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The URL of a PostgreSQL server for the session: ``WANFLOW_TEST_POSTGRES`` (``.ci/run`` starts one), else a
+    throwaway one started here; skipped with the reason when neither psycopg nor the binaries are installed."""
+    pytest.importorskip("psycopg", reason="the PostgreSQL tests need psycopg (pip install 'wanflow[queue]')")
+    url = os.environ.get("WANFLOW_TEST_POSTGRES")
+    if url:
+        yield url
+        return
+    if postgres.bin_dir() is None:
+        pytest.skip("no PostgreSQL binaries (apt-get install postgresql, or set WANFLOW_PG_BIN); .ci/run installs them")
+    # Not under pytest's 0700 folders: the server runs as the postgres user.
+    folder = Path(tempfile.mkdtemp(prefix="wanflow-pg-"))
+    try:
+        yield postgres.start(folder)
+    finally:
+        postgres.stop(folder)
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A new, empty database of the session's server."""
+    return postgres.new_database(postgres_server, f"test_{uuid.uuid4().hex[:12]}")

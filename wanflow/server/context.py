@@ -1,4 +1,4 @@
-"""What the route functions share: the app's store and worker, the loaded models, the limits, and submitting a job."""
+"""What the route functions share: the app's store and worker, the models offered, the limits, and submitting a job."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ from PIL import Image
 from pydantic import ValidationError
 
 from wanflow.pipelines.request import resolve
+from wanflow.server.catalog import Catalog
 from wanflow.server.errors import validation_message
-from wanflow.server.jobs import Files, JobStore, Models, QueueFull, Worker, new_id
+from wanflow.server.jobs import Files, QueueFull, new_id
 from wanflow.server.loras import check_loras
-from wanflow.server.schemas import GenerateRequest, Limits, VideoView
-from wanflow.server.views import video_view
+from wanflow.server.schemas import GenerateRequest, JobView, Limits, VideoView
+from wanflow.server.store import JobStore
+from wanflow.server.views import job_view, video_view
+from wanflow.server.worker import Worker
 from wanflow.tasks import Task
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -25,8 +28,8 @@ IMAGE_HINT = "an image: upload one as 'image' (or 'input_reference')"
 class Context:
     """What the route functions share."""
 
-    def __init__(self, app, models: Models, files: Files, limits: Limits, max_queue: int, interval: float):
-        self.app, self.models, self.files, self.limits = app, models, files, limits
+    def __init__(self, app, catalog: Catalog, files: Files, limits: Limits, max_queue: int, interval: float):
+        self.app, self.catalog, self.files, self.limits = app, catalog, files, limits
         self.max_queue, self.interval = max_queue, interval
 
     @property
@@ -34,8 +37,13 @@ class Context:
         return self.app.state.store
 
     @property
-    def worker(self) -> Worker:
+    def worker(self) -> Worker | None:
+        """This server's own worker; None on an API server whose jobs the workers run."""
         return self.app.state.worker
+
+    @property
+    def stopping(self) -> bool:
+        return self.app.state.stopping.is_set()
 
     @property
     def decodes(self) -> CapacityLimiter:
@@ -49,8 +57,8 @@ class Context:
         return job
 
     def task(self, name: str) -> Task | None:
-        """The task of a pipeline (with its checkpoint's defaults), loaded or declared, else the registry's entry."""
-        return self.models.task(name)
+        """The task of a model (with its checkpoint's defaults): this server's, or one a worker registered."""
+        return self.catalog.task(name)
 
     def limits_for(self, name: str) -> Limits:
         """The server's limits, within what the task's model was trained for (``Limits.for_task``)."""
@@ -61,7 +69,16 @@ class Context:
         return spec.fps if spec is not None else 16
 
     def video_view(self, job: dict) -> VideoView:
-        return video_view(job, self.fps(job["task"]))
+        return video_view(job, self.fps(job.get("model") or job["task"]))
+
+    def job_view(self, job: dict) -> JobView:
+        return job_view(job, self.catalog.waiting(job))
+
+    def cancel(self, job_id: str) -> None:
+        """Through the store, which any worker reads (and a PostgreSQL one is told at once); this server's own worker
+        is told directly."""
+        if self.store.request_cancel(job_id) == "requested" and self.worker is not None:
+            self.worker.cancel(job_id)
 
     async def submit(self, fields: dict, image: Image.Image | None) -> dict:
         """Validate, store the image, queue the job."""
@@ -71,24 +88,30 @@ class Context:
             self.check(req, None)
         else:  # a big image takes a while to check (a copy) and to write: not on the event loop
             await to_thread.run_sync(self.check_and_save, req, image, job_id, limiter=self.decodes)
+        spec, params = self.task(req.task), req.model_dump(exclude_none=True)
+        task = spec.name if spec is not None else req.task
         try:
-            job = self.store.add(req.task, req.model_dump(exclude_none=True), image is not None, self.max_queue, job_id)
+            job = self.store.add(task, params, image is not None, self.max_queue, job_id, model=req.task)
         except QueueFull as e:
             self.files.remove(job_id)
             raise HTTPException(429, str(e), headers={"Retry-After": "30"}) from None
-        self.worker.wake()
+        if self.worker is not None:
+            self.worker.wake()
         return job
 
     def parse(self, fields: dict) -> GenerateRequest:
-        """The request; ``task`` may be left out on a server of one task. Every error is reported at once."""
-        tasks = self.models.tasks
+        """The request, its ``task`` the name of the model that runs it (a task's name means its first model); ``task``
+        may be left out on a server of one model. Every error is reported at once."""
+        tasks = self.catalog.names()
         if fields.get("task") is None and len(tasks) == 1:
             fields = dict(fields, task=tasks[0])
         errors = []
         if fields.get("task") is None:
             errors.append(f"task: Field required (this server runs {', '.join(tasks)})")
-        elif fields["task"] not in tasks:
+        elif self.catalog.model_for(str(fields["task"])) is None:
             errors.append(f"unknown task {fields['task']!r}; this server runs {tasks}")
+        else:
+            fields = dict(fields, task=self.catalog.model_for(str(fields["task"])))
         try:
             req = GenerateRequest.model_validate(fields)
         except ValidationError as e:
@@ -119,7 +142,7 @@ class Context:
         task = self.task(req.task)
         if task is None:
             return  # a task outside the registry: its pipeline checks the request when the job runs
-        multiple = getattr(self.models.peek(req.task), "size_multiple", None)
+        multiple = getattr(self.catalog.peek(req.task), "size_multiple", None)
         options = dataclasses.replace(req.options(image), seed=0)  # the seed is drawn when the job runs
         resolve(options, task, multiple, image_hint=IMAGE_HINT)
-        check_loras(getattr(self.app.state, "loras", None), req.loras, self.models.peek(req.task))
+        check_loras(getattr(self.app.state, "loras", None), req.loras, self.catalog.peek(req.task))

@@ -14,7 +14,7 @@ from wanflow.server.context import Context
 from wanflow.server.jobs import TERMINAL
 from wanflow.server.schemas import GenerateRequest, JobView, VideoView, openai_fields
 from wanflow.server.uploads import read_submission
-from wanflow.server.views import job_view, openai_body, request_body, task_defaults
+from wanflow.server.views import openai_body, request_body, task_defaults
 
 STATIC = Path(__file__).parent / "static"
 
@@ -24,7 +24,7 @@ def native_routes(api: APIRouter, ctx: Context) -> None:
     def tasks() -> dict:
         """The tasks this server runs, with their defaults and limits (for the web form); ``limits``: the server's."""
         out = {}
-        for task in ctx.models.tasks:
+        for task in ctx.catalog.names():
             spec = ctx.task(task)
             limits = dataclasses.asdict(ctx.limits_for(task))
             out[task] = None if spec is None else task_defaults(spec) | {"limits": limits}
@@ -34,16 +34,16 @@ def native_routes(api: APIRouter, ctx: Context) -> None:
     async def submit(request: Request) -> JobView:
         """Queue a generation: JSON, or multipart form fields with an ``image`` file (I2V, TI2V)."""
         fields, image = await read_submission(request, ctx.limits, ctx.decodes)
-        return job_view(await ctx.submit(fields, image))
+        return ctx.job_view(await ctx.submit(fields, image))
 
     @api.get("/jobs", response_model=list[JobView])
     def list_jobs(status: str | None = None, limit: int = 200) -> list[JobView]:
         """Newest first."""
-        return [job_view(job) for job in ctx.store.list(status, max(1, min(limit, 1000)))]
+        return [ctx.job_view(job) for job in ctx.store.list(status, max(1, min(limit, 1000)))]
 
     @api.get("/jobs/{job_id}", response_model=JobView)
     def get_job(job_id: str) -> JobView:
-        return job_view(ctx.job(job_id))
+        return ctx.job_view(ctx.job(job_id))
 
     @api.get("/jobs/{job_id}/events")
     async def events(job_id: str, request: Request) -> StreamingResponse:
@@ -61,8 +61,8 @@ def native_routes(api: APIRouter, ctx: Context) -> None:
         job = ctx.job(job_id)
         if job["status"] in TERMINAL:
             raise HTTPException(409, f"job {job_id} has finished already ({job['status']})")
-        ctx.worker.cancel(job_id)
-        return job_view(ctx.job(job_id))
+        ctx.cancel(job_id)
+        return ctx.job_view(ctx.job(job_id))
 
     @api.get("/jobs/{job_id}/video", response_class=FileResponse)
     def video(job_id: str) -> FileResponse:
@@ -80,9 +80,10 @@ def openai_routes(v1: APIRouter, ctx: Context) -> None:
     async def create(request: Request) -> VideoView:
         """OpenAI's create video: ``prompt``, ``model`` (a task), ``size`` "WxH", ``seconds``, ``input_reference``."""
         fields, image = await read_submission(request, ctx.limits, ctx.decodes)
-        task = str(fields.get("model") or ctx.models.tasks[0])
+        default = ctx.catalog.names()[0] if ctx.catalog.names() else ""
+        task = str(fields.get("model") or default)
         try:
-            fields = openai_fields(fields, ctx.fps(task), ctx.models.tasks[0])
+            fields = openai_fields(fields, ctx.fps(task), default)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
         return ctx.video_view(await ctx.submit(fields, image))
@@ -114,7 +115,7 @@ def service_routes(app: FastAPI, ctx: Context, auth: list) -> None:
     @app.get("/health", tags=["service"])
     def health() -> dict:
         counts = ctx.store.counts()
-        return {"status": "ok", "tasks": ctx.models.tasks, "queue": counts["queued"], "running": counts["running"]}
+        return {"status": "ok", "tasks": ctx.catalog.names(), "queue": counts["queued"], "running": counts["running"]}
 
     @app.get("/metrics", response_class=PlainTextResponse, dependencies=auth, tags=["service"])
     def metrics() -> str:
@@ -142,14 +143,14 @@ async def _event_stream(ctx: Context, job_id: str, request: Request):
         if job is None:
             yield "event: deleted\ndata: {}\n\n"
             return
-        view = job_view(job).model_dump_json()
+        view = ctx.job_view(job).model_dump_json()
         if view != last:
             yield f"event: progress\ndata: {view}\n\n"
             last, quiet = view, 0.0
         if job["status"] in TERMINAL:
             yield f"event: end\ndata: {view}\n\n"
             return
-        if await request.is_disconnected() or ctx.worker.stopping.is_set():
+        if await request.is_disconnected() or ctx.stopping:
             return
         await asyncio.sleep(ctx.interval)
         quiet += ctx.interval
@@ -160,7 +161,7 @@ async def _event_stream(ctx: Context, job_id: str, request: Request):
 
 def _video_file(ctx: Context, job_id: str) -> FileResponse:
     job = ctx.job(job_id)
-    path = ctx.files.video(job["id"])
+    path = ctx.files.output(job)
     if job["status"] != "done" or not path.is_file():
         raise HTTPException(409, f"job {job_id} has no video ({job['status']})")
     return FileResponse(path, media_type="video/mp4", filename=f"{job['id']}.mp4")

@@ -191,6 +191,7 @@ class JobView(BaseModel):
 
     id: str
     task: str
+    model: str | None = Field(None, description="the model that runs it (a built-in one is named as its task)")
     status: Literal["queued", "running", "done", "failed", "cancelled"]
     progress: float = Field(description="0 to 1 over text encoding, denoising and decoding")
     stage: str | None = None
@@ -207,6 +208,8 @@ class JobView(BaseModel):
     params: dict[str, object] = Field(description="the request, its seed as a string")
     has_image: bool = False
     video_url: str | None = None
+    worker: str | None = Field(None, description="the worker running it, or that ran it")
+    waiting: str | None = Field(None, description="why a queued job does not start, e.g. 'no worker for model X'")
 
 
 class VideoView(BaseModel):

@@ -1,0 +1,71 @@
+"""The models an API server offers: its own (``jobs.Models``, loaded or declared) and those the workers registered in
+the store, live or not. A job names one; a job for a model that no live worker holds is taken and waits, and its view
+says so ("no worker for model X") until a worker holding it starts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from wanflow.server.jobs import Models
+from wanflow.server.store import JobStore
+from wanflow.tasks import TASKS, Task
+
+
+class Catalog:
+    """Model names, their tasks (with their checkpoints' defaults) and how many live workers hold each; the store's
+    registry is read at most once per ``ttl`` seconds."""
+
+    def __init__(self, local: Models, store: Callable[[], JobStore | None], serves: bool = True, ttl: float = 1.0):
+        self.local, self.store, self.ttl = local, store, ttl
+        self.serves = serves  # this process runs its own worker, on the local models
+        self.cached: tuple[float, dict[str, dict]] = (-float("inf"), {})
+        self.lock = threading.Lock()
+
+    def registry(self) -> dict[str, dict]:
+        """{model: {"task", "overrides", "workers"}} from the store."""
+        with self.lock:
+            stamp, models = self.cached
+            store = self.store()
+            if store is not None and time.monotonic() - stamp > self.ttl:
+                models = store.models()
+                self.cached = (time.monotonic(), models)
+            return models
+
+    def names(self) -> list[str]:
+        """This server's own models first, in their order, then the other registered ones by name."""
+        own = self.local.names
+        return own + sorted(set(self.registry()) - set(own))
+
+    def task(self, name: str) -> Task | None:
+        """The task of model ``name`` with its checkpoint's defaults, else the registry's entry of that name."""
+        if name in self.local.sources:
+            return self.local.task(name)
+        declared = self.registry().get(name)
+        if declared is not None and declared["task"] in TASKS:
+            return TASKS[declared["task"]].with_overrides(declared["overrides"])
+        return TASKS.get(name)
+
+    def peek(self, name: str) -> object | None:
+        """The model's pipeline when it is loaded in this process."""
+        return self.local.peek(name)
+
+    def workers(self, name: str) -> int:
+        """How many live workers hold model ``name`` (this process's own counts from its start)."""
+        count = self.registry().get(name, {}).get("workers", 0)
+        return max(count, 1) if self.serves and name in self.local.sources else count
+
+    def model_for(self, name: str) -> str | None:
+        """The model a request means by ``name``: a model of that name, else the first one that runs task ``name``."""
+        names = self.names()
+        if name in names:
+            return name
+        return next((model for model in names if (spec := self.task(model)) is not None and spec.name == name), None)
+
+    def waiting(self, job: dict) -> str | None:
+        """Why a queued job does not run: no live worker holds its model."""
+        model = job.get("model") or job["task"]
+        if job["status"] != "queued" or self.workers(model):
+            return None
+        return f"no worker for model {model}"
