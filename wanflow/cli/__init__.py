@@ -16,6 +16,7 @@ COMMANDS = {
     "generate": ("wanflow.cli.generate", "make a video from a prompt (and an image)"),
     "evaluate": ("wanflow.cli.evaluate", "score generated videos on held-out prompts (built-in models)"),
     "serve": ("wanflow.server.cli", "HTTP server with a job queue and a web page"),
+    "worker": ("wanflow.server.worker_cli", "run the jobs of a queue shared with API servers (wanflow serve --queue)"),
     "train-builtin": ("wanflow.cli.train_builtin", "train the built-in models from scratch"),
     "convert": ("wanflow.cli.convert", "rewrite a checkpoint folder in the other layout (official <-> diffusers)"),
     "info": ("wanflow.cli.info", "versions, devices, attention backends, checkpoints found"),

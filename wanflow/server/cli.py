@@ -2,6 +2,10 @@
 
 Without ``--ckpt_dir`` the server runs the built-in models, one per task (or the one of ``--task``), each loaded on
 its first job, as ``wanflow generate`` does without one.
+
+Past one machine: ``wanflow serve --queue postgresql://... --no_worker --data SHARED`` is a stateless API server (run
+several behind a load balancer) and ``wanflow worker --queue postgresql://... --data SHARED`` runs the jobs on each GPU
+machine; they share the PostgreSQL queue and the ``SHARED`` folder.
 """
 
 from __future__ import annotations
@@ -42,6 +46,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max_queue", "--max-queue", dest="max_queue", type=int, default=100, help="jobs waiting at most")
     p.add_argument("--offload", choices=POLICIES, help="expert placement policy (default per device)")
     p.add_argument("--lora_dir", "--lora-dir", dest="lora_dir", help="folder of the LoRAs requests may name")
+    p.add_argument(
+        "--queue",
+        help="the job store: postgresql://USER@HOST/DB, shared with other servers and workers (default: "
+        "DATA/jobs.sqlite, this server's own)",
+    )
+    p.add_argument(
+        "--no_worker",
+        "--no-worker",
+        dest="no_worker",
+        action="store_true",
+        help="run no jobs here: an API server of the models the workers of --queue hold (wanflow worker)",
+    )
+    p.add_argument(
+        "--lease_seconds",
+        "--lease-seconds",
+        dest="lease_seconds",
+        type=float,
+        default=60.0,
+        help="with a shared --queue: a job of this server's worker goes back to the queue this long after it stopped",
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -76,8 +100,16 @@ def builtin_models(only: str | None, runtime: dict) -> tuple[dict, dict]:
     return loaders, tasks
 
 
+def check_queue(args: argparse.Namespace) -> None:
+    if args.no_worker and not args.queue:
+        raise ValueError("--no_worker needs a --queue shared with workers (wanflow worker --queue URL)")
+    if args.no_worker and (args.ckpt_dir or args.task):
+        raise ValueError("--no_worker serves the models the workers hold: give --ckpt_dir and --task to wanflow worker")
+
+
 def run(args: argparse.Namespace) -> int:
     check_exposure(args.host, args.token)
+    check_queue(args)
     from wanflow.server.loras import LoraLibrary
 
     LoraLibrary(args.lora_dir)  # a wrong --lora_dir fails before the model loads
@@ -89,7 +121,10 @@ def run(args: argparse.Namespace) -> int:
 
     logging.getLogger("wanflow").setLevel(logging.INFO)
     runtime = {"offload": args.offload} if args.offload else {}
-    if args.ckpt_dir is None:
+    if args.no_worker:
+        pipelines, tasks = {}, None
+        log.info("no worker here: serving the models the workers of the queue hold")
+    elif args.ckpt_dir is None:
         pipelines, tasks = builtin_models(args.task, runtime)
         log.info("no --ckpt_dir: serving the built-in models (%s), each loaded on its first job", ", ".join(tasks))
     else:
@@ -100,16 +135,21 @@ def run(args: argparse.Namespace) -> int:
     hosts = Hosts.for_bind(args.host, args.allowed_hosts)
     app = create_app(
         pipelines,
-        data / "jobs.sqlite",
+        args.queue or data / "jobs.sqlite",
         data,
         args.token,
         args.max_queue,
         allowed_hosts=hosts,
         tasks=tasks,
         lora_dir=args.lora_dir,
+        run_jobs=not args.no_worker,
+        lease_seconds=args.lease_seconds,
     )
     log.info(
-        "serving %s on http://%s:%d (web page at /, API docs at /docs)", ", ".join(pipelines), args.host, args.port
+        "serving %s on http://%s:%d (web page at /, API docs at /docs)",
+        ", ".join(pipelines) or "the workers' models",
+        args.host,
+        args.port,
     )
     uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=5, log_level="info")
     return 0

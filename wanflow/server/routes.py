@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 
 from wanflow.server.context import Context
 from wanflow.server.jobs import TERMINAL
+from wanflow.server.metrics import metrics_text
 from wanflow.server.schemas import GenerateRequest, JobView, VideoView, openai_fields
 from wanflow.server.uploads import read_submission
 from wanflow.server.views import openai_body, request_body, task_defaults
@@ -119,21 +120,9 @@ def service_routes(app: FastAPI, ctx: Context, auth: list) -> None:
 
     @app.get("/metrics", response_class=PlainTextResponse, dependencies=auth, tags=["service"])
     def metrics() -> str:
-        """Prometheus text format."""
-        counts = ctx.store.counts()
-        total, count = ctx.store.generation_seconds()
-        lines = ["# HELP wanflow_jobs Jobs by status.", "# TYPE wanflow_jobs gauge"]
-        lines += [f'wanflow_jobs{{status="{status}"}} {n}' for status, n in counts.items()]
-        lines += [
-            "# HELP wanflow_queue_length Jobs waiting to run.",
-            "# TYPE wanflow_queue_length gauge",
-            f"wanflow_queue_length {counts['queued']}",
-            "# HELP wanflow_generation_seconds Run time of the jobs that finished.",
-            "# TYPE wanflow_generation_seconds summary",
-            f"wanflow_generation_seconds_sum {total:.3f}",
-            f"wanflow_generation_seconds_count {count}",
-        ]
-        return "\n".join(lines) + "\n"
+        """Prometheus text format: jobs by status; per model and worker the queue, running jobs, run times, lease
+        expiries; the live workers."""
+        return metrics_text(ctx.store)
 
 
 async def _event_stream(ctx: Context, job_id: str, request: Request):
