@@ -60,7 +60,9 @@ class Api(Process):
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
 
     def start(self) -> Api:
-        super().start()
+        return super().start().ready()
+
+    def ready(self) -> Api:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log.read_text()[-3000:]
@@ -107,7 +109,9 @@ def cluster(postgres_url, tmp_path):
     workers = {name: worker(postgres_url, tmp_path, name) for name in ("w1", "w2", "w3")}
     started += [w.start() for w in workers.values()]
     apis = [Api(postgres_url, tmp_path, "api-a"), Api(postgres_url, tmp_path, "api-b")]
-    started += [api.start() for api in apis]
+    started += [Process.start(api) for api in apis]  # all five start at once
+    for api in apis:
+        api.ready()
     wait_for(lambda: live_workers(apis[0]) == 3, 90, "three live workers")
     yield apis, workers, started
     for process in started:
@@ -122,16 +126,40 @@ def done_lines(data: Path) -> Counter:
     return found
 
 
-def test_sixty_jobs_survive_a_killed_worker_and_a_restarted_server(cluster, postgres_url, tmp_path):
-    apis, workers, started = cluster
-    bodies = [LONG if i % 30 == 0 else QUICK | {"seed": i} for i in range(60)]  # jobs 0 and 30 run long
-    with ThreadPoolExecutor(8) as pool:  # submitted at once, alternately to the two servers
+def cancel_and_events_through_the_other_server(a: Api, b: Api) -> str:
+    """A cancel sent to ``b`` stops, within a few blocks, the job submitted to ``a`` that a worker runs; the event
+    stream from ``b`` of a job submitted to ``a`` shows its progress to the end. The finished job's id."""
+    long = a.client.post("/api/jobs", json=LONG).json()
+    wait_for(lambda: (b.get(f"/api/jobs/{long['id']}").json()["step"] or 0) >= 1, 60, "the long job running")
+    asked = time.monotonic()
+    assert b.client.post(f"/api/jobs/{long['id']}/cancel").status_code == 200
+    cancelled = wait_for(lambda: (v := a.get(f"/api/jobs/{long['id']}").json())["status"] != "running" and v, 30, "")
+    assert cancelled["status"] == "cancelled" and cancelled["error"] == "cancelled while running"
+    assert time.monotonic() - asked < 5 and cancelled["step"] < LONG["steps"]
+
+    medium = a.client.post("/api/jobs", json=LONG | {"steps": 8}).json()
+    seen = events(b.client, medium["id"])
+    progress = [body["progress"] for name, body in seen]
+    assert progress == sorted(progress) and any(body["status"] == "running" for name, body in seen)
+    assert seen[-1][0] == "end" and seen[-1][1]["status"] == "done" and seen[-1][1]["worker"] in ("w1", "w2", "w3")
+    assert seen[-1][1]["step"] == 8 and seen[-1][1]["progress"] == 1.0
+    return medium["id"]
+
+
+def sixty_jobs(apis: list[Api]) -> list[str]:
+    """Submitted at once, alternately to the two servers; jobs 0 and 30 run long."""
+    bodies = [LONG if i % 30 == 0 else QUICK | {"seed": i} for i in range(60)]
+    with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda i: apis[i % 2].client.post("/api/jobs", json=bodies[i]), range(60)))
     assert [a.status_code for a in answers] == [202] * 60
     ids = [a.json()["id"] for a in answers]
     assert len(set(ids)) == 60
+    return ids
 
-    # A long job runs: its worker is killed mid-run (SIGKILL: no shutdown code runs).
+
+def kill_a_worker_mid_job(apis: list[Api], workers: dict, ids: list[str], queue: str) -> tuple[str, dict, float]:
+    """SIGKILL (no shutdown code runs) to the worker of a long job that has begun; (its name, the job it ran, when)."""
+
     def running_long():
         views = [apis[1].get(f"/api/jobs/{ids[i]}").json() for i in (0, 30)]
         return next((v for v in views if v["status"] == "running" and (v["step"] or 0) >= 1), None)
@@ -139,9 +167,30 @@ def test_sixty_jobs_survive_a_killed_worker_and_a_restarted_server(cluster, post
     killed = wait_for(running_long, 60, "a long job running")["worker"]
     workers[killed].signal(signal.SIGKILL)
     killed_at = time.time()
-    store = open_store(postgres_url)
-    (victim,) = [job for job in store.list("running") if job["worker"] == killed]  # what it ran when it died
+    store = open_store(queue)
+    (victim,) = [job for job in store.list("running") if job["worker"] == killed]  # the row as it died
     store.close()
+    return killed, victim, killed_at
+
+
+def a_job_waits_for_a_worker(apis: list[Api], workers: dict, queue: str, data: Path, started: list) -> str:
+    """With every worker of its model stopped, a job waits and says why; a new worker runs it. Its id."""
+    for process in workers.values():
+        process.signal(signal.SIGTERM)
+    orphan = apis[1].client.post("/api/jobs", json=QUICK).json()
+    view = wait_for(lambda: (v := apis[0].get(f"/api/jobs/{orphan['id']}").json())["waiting"] and v, 10, "waiting")
+    assert view["status"] == "queued" and view["waiting"] == "no worker for model t2v-A14B"
+    started.append(worker(queue, data, "w4").start())
+    done = wait_for(lambda: (v := apis[1].get(f"/api/jobs/{orphan['id']}").json())["status"] == "done" and v, 90, "")
+    assert done["worker"] == "w4" and done["waiting"] is None and done["attempts"] == 1
+    return orphan["id"]
+
+
+def test_two_servers_three_workers_a_killed_worker_and_a_restarted_server(cluster, postgres_url, tmp_path):
+    apis, workers, started = cluster
+    medium = cancel_and_events_through_the_other_server(apis[0], apis[1])
+    ids = sixty_jobs(apis)
+    killed, victim, killed_at = kill_a_worker_mid_job(apis, workers, ids, postgres_url)
 
     # Server A is killed and started again on its port while the jobs run; clients retry meanwhile.
     apis[0].signal(signal.SIGKILL)
@@ -154,61 +203,60 @@ def test_sixty_jobs_survive_a_killed_worker_and_a_restarted_server(cluster, post
 
     views = wait_for(finished, 120, "every job finished")
     by_id = {v["id"]: v for v in views}
-
-    # Every job ended exactly once, done: one row each, one "done" report each, one video each, nothing else.
     assert [v["status"] for v in views] == ["done"] * 60, [(v["status"], v["error"]) for v in views]
-    listed = apis[0].get("/api/jobs?limit=1000").json()
-    assert sorted(job["id"] for job in listed) == sorted(ids)
-    assert done_lines(tmp_path) == Counter(ids)
-    videos = sorted(p.name for p in (tmp_path / "videos").iterdir())
-    assert videos == sorted(f"{job_id}.mp4" for job_id in ids)  # no temporaries left, no strays
-    assert all((tmp_path / "videos" / name).stat().st_size > 0 for name in videos)
 
     # The killed worker's job went back to the queue after the lease and finished on another worker.
     again = by_id[victim["id"]]
     assert again["worker"] != killed and again["attempts"] == 2
     assert victim["lease_until"] <= killed_at + LEASE  # the lease it held when it died (renewed up to then)
     assert again["started_at"] >= victim["lease_until"]  # taken again only once that lease had run out
-    assert (
-        apis[1].get(f"/api/jobs/{victim['id']}/video").content
-        == (tmp_path / "videos" / f"{victim['id']}.mp4").read_bytes()
-    )
+    video = apis[1].get(f"/api/jobs/{victim['id']}/video").content
+    assert video == (tmp_path / "videos" / f"{victim['id']}.mp4").read_bytes()
     metrics = apis[1].get("/metrics").text
     assert f'wanflow_lease_expiries_total{{worker="{killed}",model="t2v-A14B"}} 1' in metrics
 
+    orphan = a_job_waits_for_a_worker(
+        apis, {k: w for k, w in workers.items() if k != killed}, postgres_url, tmp_path, started
+    )
 
-def test_cancel_progress_and_a_missing_worker_through_any_server(postgres_url, tmp_path):
-    """A cancel sent to one server stops the job a worker runs; the event stream of a job submitted elsewhere shows
-    its progress; a job whose model no live worker holds waits, saying so, and runs once a worker holding it starts."""
-    started = [worker(postgres_url, tmp_path, "w1").start()]
-    a, b = Api(postgres_url, tmp_path, "api-a"), Api(postgres_url, tmp_path, "api-b")
-    started += [a.start(), b.start()]
-    try:
-        wait_for(lambda: live_workers(a) == 1, 90, "a live worker")
-        long = a.client.post("/api/jobs", json=LONG).json()
-        wait_for(lambda: (b.get(f"/api/jobs/{long['id']}").json()["step"] or 0) >= 1, 60, "the long job running")
-        asked = time.monotonic()
-        assert b.client.post(f"/api/jobs/{long['id']}/cancel").status_code == 200
-        cancelled = wait_for(
-            lambda: (v := a.get(f"/api/jobs/{long['id']}").json())["status"] != "running" and v, 30, ""
+    # Every job ended exactly once: one row each, one "done" report each, one video each, nothing else.
+    finished_ids = [*ids, medium, orphan]
+    listed = apis[0].get("/api/jobs?limit=1000").json()
+    assert sorted(job["id"] for job in listed if job["status"] == "done") == sorted(finished_ids)
+    assert len(listed) == len(finished_ids) + 1  # and the cancelled one
+    assert done_lines(tmp_path) == Counter(finished_ids)
+    videos = sorted(p.name for p in (tmp_path / "videos").iterdir())
+    assert videos == sorted(f"{job_id}.mp4" for job_id in finished_ids)  # no temporaries left, no strays
+    assert all((tmp_path / "videos" / name).stat().st_size > 0 for name in videos)
+
+
+def test_a_torchrun_group_is_one_worker(postgres_url, tmp_path):
+    """Two ranks (gloo, Ulysses over 2): one worker in the registry, rank 0 claims and reports, both ranks run each
+    job, and a cancel stops both at the same block (else the group would hang in a collective)."""
+    cmd = ["torchrun", "--nproc_per_node", "2", "-m", "wanflow", "worker", "--queue", postgres_url, "--data"]
+    cmd += [str(tmp_path), "--tasks", "t2v-A14B", "--name", "group", "--ulysses_size", "2"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    with open(tmp_path / "group.log", "wb") as log:
+        group = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", *cmd[1:]], cwd=ROOT, stdout=log, stderr=log, env=env
         )
-        assert cancelled["status"] == "cancelled" and cancelled["error"] == "cancelled while running"
-        assert time.monotonic() - asked < 5 and cancelled["step"] < LONG["steps"]
-
-        medium = a.client.post("/api/jobs", json=LONG | {"steps": 8}).json()
-        seen = events(b.client, medium["id"])  # the stream of a job submitted to the other server
-        progress = [body["progress"] for name, body in seen]
-        assert progress == sorted(progress) and any(body["status"] == "running" for name, body in seen)
-        assert seen[-1][0] == "end" and seen[-1][1]["status"] == "done" and seen[-1][1]["worker"] == "w1"
-        assert seen[-1][1]["step"] == 8 and seen[-1][1]["progress"] == 1.0
-
-        started[0].signal(signal.SIGTERM)  # the only worker of t2v-A14B stops
-        orphan = b.client.post("/api/jobs", json=QUICK).json()
-        view = wait_for(lambda: (v := a.get(f"/api/jobs/{orphan['id']}").json())["waiting"] and v, 10, "waiting")
-        assert view["status"] == "queued" and view["waiting"] == "no worker for model t2v-A14B"
-        started.append(worker(postgres_url, tmp_path, "w2").start())
-        done = wait_for(lambda: (v := b.get(f"/api/jobs/{orphan['id']}").json())["status"] == "done" and v, 90, "")
-        assert done["worker"] == "w2" and done["waiting"] is None and done["attempts"] == 1
+    store = open_store(postgres_url)
+    try:
+        wait_for(lambda: any(w["live"] for w in store.workers()), 120, "the group registered")
+        body = {"task": "t2v-A14B", "prompt": "a red circle moving right", "steps": 4, "seed": 5}
+        quick = store.add("t2v-A14B", body, False, 10)["id"]
+        long = store.add("t2v-A14B", body | {"steps": 60, "frames": 9}, False, 10)["id"]
+        wait_for(lambda: (store.get(long)["step"] or 0) >= 2, 120, "the long job running")
+        assert store.request_cancel(long) == "requested"
+        wait_for(lambda: store.get(long)["status"] == "cancelled", 30, "the long job cancelled")
+        done = store.get(quick)
+        assert done["status"] == "done" and done["worker"] == "group" and done["seed"] == 5
+        assert (tmp_path / done["output"]).stat().st_size > 0
+        assert store.get(long)["step"] < 60
+        assert [w["name"] for w in store.workers()] == ["group"]  # rank 1 never registered nor claimed
+        again = store.add("t2v-A14B", body, False, 10)["id"]  # both ranks left the cancelled job together
+        wait_for(lambda: store.get(again)["status"] == "done", 60, "a job after the cancel")
     finally:
-        for process in started:
-            process.signal(signal.SIGKILL)
+        store.close()
+        group.send_signal(signal.SIGTERM)
+        group.wait(30)

@@ -94,6 +94,7 @@ function queueItem(job) {
   const show = (j) => {
     bar.value = j.progress;
     const parts = [j.status];
+    if (j.waiting) parts.push(j.waiting);  // e.g. "no worker for model X"
     if (j.stage) parts.push(j.stage);
     if (j.step != null) parts.push(`step ${j.step}/${j.steps}`);
     if (j.expert) parts.push(j.expert);
