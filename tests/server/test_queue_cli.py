@@ -76,3 +76,15 @@ def test_an_unreachable_database_is_one_line_without_the_password(tmp_path):
 def test_metric_labels_are_escaped():
     assert render({}) == ""
     assert render({"worker": 'gpu"1\\a\nb', "model": "m"}) == '{worker="gpu\\"1\\\\a\\nb",model="m"}'
+
+
+def test_a_worker_names_its_checkpoints(tmp_path):
+    from tests.tiny.checkpoint import write_official_checkpoint
+
+    t2v = write_official_checkpoint(tmp_path / "t2v", "t2v-A14B")
+    ti2v = write_official_checkpoint(tmp_path / "ti2v", "ti2v-5B")
+    pipelines, tasks = worker_cli.checkpoint_models([f"small={t2v}", str(ti2v)], {}, lambda pipe: pipe)
+    assert list(pipelines) == ["small", "ti2v-5B"]
+    assert tasks["small"].name == "t2v-A14B" and tasks["ti2v-5B"].name == "ti2v-5B"
+    with pytest.raises(ValueError, match="two --ckpt_dir models are named 't2v-A14B': name them"):
+        worker_cli.checkpoint_models([str(t2v), str(t2v)], {}, lambda pipe: pipe)
