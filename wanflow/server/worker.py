@@ -99,6 +99,8 @@ class Worker(threading.Thread):
                     continue
                 try:
                     self.execute(job)
+                except Exception:  # the store failed while reporting: the lease runs out, the job is run again
+                    log.exception("job %s: could not report its end; it goes back to the queue", job["id"])
                 finally:
                     with self.lock:
                         self.current = None

@@ -154,4 +154,4 @@ def serve_jobs(args, ctx, store, models, files, loras) -> int:
         pass
     worker.stop(timeout=None)
     store.close()
-    return 0
+    return 0 if stop.is_set() else 1  # else the worker thread died (its error is in the log)
