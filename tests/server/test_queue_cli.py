@@ -62,10 +62,11 @@ def test_worker_flags(argv, message):
     assert args.lease_seconds == 60.0 and args.tasks == ["t2v-A14B", "ti2v-5B"] and args.max_attempts == 2
 
 
-def test_an_unreachable_database_is_one_line_without_the_password(tmp_path):
+@pytest.mark.parametrize("command", [["worker", "--tasks", "t2v-A14B"], ["serve", "--no_worker"]])
+def test_an_unreachable_database_is_one_line_without_the_password(tmp_path, command):
     pytest.importorskip("psycopg", reason="needs psycopg (pip install 'wanflow[queue]')")
     url = f"postgresql://wanflow:hunter2@127.0.0.1:{free_port()}/jobs"  # nothing listens there
-    cmd = [sys.executable, "-m", "wanflow", "worker", "--queue", url, "--data", str(tmp_path), "--tasks", "t2v-A14B"]
+    cmd = [sys.executable, "-m", "wanflow", *command, "--queue", url, "--data", str(tmp_path)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]

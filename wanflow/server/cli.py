@@ -110,6 +110,10 @@ def check_queue(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     check_exposure(args.host, args.token)
     check_queue(args)
+    if args.queue:
+        from wanflow.server.engines import open_store
+
+        open_store(args.queue).close()  # a wrong URL or a database out of reach: one line, before any model loads
     from wanflow.server.loras import LoraLibrary
 
     LoraLibrary(args.lora_dir)  # a wrong --lora_dir fails before the model loads
