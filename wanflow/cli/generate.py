@@ -35,6 +35,7 @@ SAMPLER_FLAGS = {"sample_steps": "steps", "sample_shift": "shift", "sample_guide
 OPTION_FLAGS = {
     "negative_prompt": "negative_prompt",
     "image": "image",
+    "last_image": "last_image",
     "size": "size",
     "frame_num": "frames",
     "sample_solver": "solver",
@@ -142,6 +143,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "prompt", help="the prompt")
     _flag(p, "negative_prompt", help='the negative prompt (default: the task\'s); --negative_prompt "" for none')
     _flag(p, "image", help="input image (i2v-A14B needs one; with ti2v-5B it selects image-to-video)")
+    _flag(p, "last_image", help="the last frame beside --image's first (first-last frame; i2v-A14B), same aspect ratio")
     _flag(p, "base_seed", type=int, default=-1, help="seed; -1 draws one and reports it")
     add_sampler_arguments(p, solver=None)  # None: the preset's solver, else unipc
     _flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")

@@ -461,6 +461,7 @@ class WanPipeline:
             "frames": request.frames,
             "software": "wanflow",
             **({"float_timesteps": True} if request.float_timesteps else {}),
+            **request.metadata(),
             **lora.lora_metadata(self._placement.experts),
         }
 

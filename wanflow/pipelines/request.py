@@ -47,6 +47,7 @@ class GenerateOptions:
     seed: int | None = -1  # negative: draw one (reported in the result)
     preset: str | None = None  # a key of ``pipelines.presets.PRESETS``: values for the options left None
     float_timesteps: bool | None = None  # the DiT sees 1000 * sigma unrounded (step-distilled LoRAs); default False
+    last_image: Any = None  # a path or a PIL image: the last frame (first-last frame; tasks with ``Task.last_image``)
 
     @classmethod
     def from_keywords(cls, prompt: str, **keywords: Any) -> GenerateOptions:
@@ -150,6 +151,11 @@ class Request:
     solver: str
     seed: int
     float_timesteps: bool = False
+    last_image: Image.Image | None = None
+
+    def metadata(self) -> dict[str, object]:
+        """What a last image adds to the output's metadata."""
+        return {"last_image": True} if self.last_image is not None else {}
 
     def require_image(self) -> Image.Image:
         if self.image is None:
@@ -189,7 +195,32 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         solver=solver,
         seed=draw_seed(o.seed),
         float_timesteps=bool(o.float_timesteps),
+        last_image=_last_image(o.last_image, image, task, frames),
     )
+
+
+ASPECT_TOLERANCE = 0.01  # relative: a last image is resized to the first's size, so their shapes must agree
+
+
+def _last_image(source: Any, first: Image.Image | None, task: Task, frames: int) -> Image.Image | None:
+    """The last frame, checked: a task that takes one, a first image beside it, the same aspect ratio."""
+    if source is None:
+        return None
+    if not task.last_image:
+        raise ValueError(f"{task.name} takes no last image (first-last frame is an i2v-A14B feature)")
+    if first is None:
+        raise ValueError("a last image needs a first image too (CLI: --image FIRST --last_image LAST)")
+    if frames < 5:
+        raise ValueError(f"a first and a last frame need at least 5 frames, got {frames}")
+    last = load_image(source)
+    a, b = first.width / first.height, last.width / last.height
+    if abs(a / b - 1) > ASPECT_TOLERANCE:
+        raise ValueError(
+            f"the last image is {last.width}x{last.height} (aspect {b:.3f}) but the first is {first.width}x"
+            f"{first.height} (aspect {a:.3f}): give a last image of the same aspect ratio (it is resized to the "
+            "first's size)"
+        )
+    return last
 
 
 def _frames(frames: int) -> int:
