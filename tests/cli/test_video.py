@@ -6,6 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from tests.tiny.chat import write_chat_model
 from wanflow.cli import main
 
 FAST = ["--size", "64*64", "--frame_num", "9", "--sample_steps", "2", "--base_seed", "3"]
@@ -46,3 +47,23 @@ def test_a_last_image_of_another_aspect_ratio_is_one_line(tmp_path, capsys):
     first, last = picture(tmp_path / "a.png", 64, 64, 30), picture(tmp_path / "b.png", 96, 64, 220)
     line = refused(capsys, tmp_path, "--task", "i2v-A14B", "--image", first, "--last_image", last, *FAST)
     assert line.startswith("wanflow: error: the last image is 96x64 (aspect 1.500) but the first is 64x64")
+
+
+def test_prompt_extension_from_the_command_line(tmp_path, capsys):
+    chat = write_chat_model(tmp_path / "chat")
+    out = tmp_path / "x.gif"
+    extend = ["--use_prompt_extend", "--prompt_extend_model", str(chat), "--prompt_extend_target_lang", "en"]
+    code = main(["generate", "a red ball", *extend, "--prompt_extend_seed", "4", *FAST, "--save_file", str(out)])
+    assert code == 0
+    printed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("extended prompt")]
+    assert len(printed) == 1 and printed[0].startswith(f"extended prompt (local:{chat}): ")
+    with Image.open(out) as im:
+        comment = im.info["comment"].decode()
+    assert "original_prompt=a red ball" in comment and "prompt_extended=True" in comment
+    assert f"prompt={printed[0].split(': ', 1)[1]}" in comment
+
+
+def test_a_prompt_extension_model_that_cannot_be_loaded_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    line = refused(capsys, tmp_path, "--use_prompt_extend", "--prompt_extend_model", str(tmp_path / "empty"), *FAST)
+    assert line.startswith(f"wanflow: error: cannot load the prompt extension model '{tmp_path / 'empty'}'")

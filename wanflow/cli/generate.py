@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from wanflow.cli.lora import add_lora_arguments, cli_loras, load_cli_loras
+from wanflow.cli.prompt_extend import EXTEND_FLAGS, add_prompt_extend_arguments, cli_extender
 from wanflow.cli.single_files import add_file_arguments, files_layout_from_args, given_files
 from wanflow.pipelines.pipeline import DTYPES, RuntimeOptions
 from wanflow.pipelines.request import GenerateOptions, resolve
@@ -43,6 +44,7 @@ OPTION_FLAGS = {
     "base_seed": "seed",
     "preset": "preset",
     "float_timesteps": "float_timesteps",
+    **EXTEND_FLAGS,
 }
 RUNTIME_FLAGS = ("device", "dtype", "convert_model_dtype", "t5_cpu", "fp8", "compile", "vae_tile")
 
@@ -153,6 +155,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "t5_fsdp", action="store_true", help="shard the text encoder with FSDP2 (torchrun)")
     _flag(p, "cfg_parallel", action="store_true", help="conditional and unconditional passes on 2 rank groups")
     add_lora_arguments(p)
+    add_prompt_extend_arguments(p, _flag)
 
 
 def generate_options(args: argparse.Namespace) -> GenerateOptions:
@@ -210,9 +213,11 @@ def generate(args, ctx, layout, task: Task, options: GenerateOptions, runtime: R
         options = replace(options, seed=ctx.seed)
     runtime = replace(runtime, device=runtime.device or ctx.device)
     loras = cli_loras(args, layout)  # read and checked against the DiT configs before the weights load
+    extender = cli_extender(args, options.image is not None, ctx.is_rank0)  # before the video models, as loras
     start = time.perf_counter()
     pipe = WanPipeline.from_pretrained(layout, task=task, **vars(runtime))
     load_cli_loras(pipe, loras, getattr(args, "lora_merge", False))
+    pipe.set_prompt_extender(extender)
     if ctx.is_distributed:
         from wanflow.pipelines.parallel import parallelize_pipeline
 

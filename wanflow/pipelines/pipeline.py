@@ -32,6 +32,7 @@ from wanflow.pipelines.core import Conditioning, Sampler, denoise
 from wanflow.pipelines.diffusers_api import WanPipelineOutput, check_output_type, diffusers_output
 from wanflow.pipelines.guards import FiniteLatents, check_memory, memory_need
 from wanflow.pipelines.progress import Callback, DenoiseProgress, Progress, default_progress
+from wanflow.pipelines.prompt_extension import extend_prompts
 from wanflow.pipelines.request import DIFFUSERS_NAMES, GenerateOptions, Request, resolve
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.fp8 import quantize_fp8
@@ -167,6 +168,7 @@ class WanPipeline:
         self._placement = ExpertPlacement(experts, self.device, self.offload)
         self._hooks: list[StepHook] = []
         self._decode_group = None  # ranks that share the decode's tiles (``decode_over``)
+        self._prompt_extender = None  # what rewrites prompts asked to be extended (``set_prompt_extender``)
 
     def _prepare_expert(self, model: nn.Module) -> nn.Module:
         cast_model(model, self.runtime.dit_dtype(self.device), keep_fp32=FP32_MODULES)
@@ -236,6 +238,11 @@ class WanPipeline:
 
     def remove_hook(self, hook: StepHook) -> None:
         self._hooks.remove(hook)
+
+    def set_prompt_extender(self, extender) -> None:
+        """The model that rewrites a prompt when a request asks (``extend_prompt``): a ``prompts.extend`` extender
+        (a local chat model, or DashScope), or None."""
+        self._prompt_extender = extender
 
     def decode_over(self, group) -> None:
         """Decode each clip's tiles over the ranks of ``group`` (``runtime.vae_parallel``); None decodes alone."""
@@ -348,6 +355,7 @@ class WanPipeline:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         with torch.inference_mode():
+            request = extend_prompts(request, self._prompt_extender, progress, timings)
             t0 = time.perf_counter()
             prepared = self.task.prepare(self, request, self.encode_prompts(request, progress))
             timings["encode"] = time.perf_counter() - t0

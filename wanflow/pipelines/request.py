@@ -17,6 +17,7 @@ from PIL import Image
 
 from wanflow.io.image import load_image
 from wanflow.pipelines.presets import apply_preset
+from wanflow.prompts.system import LANGUAGES
 from wanflow.sampling.noise import draw_seed
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.tasks import Task
@@ -48,6 +49,9 @@ class GenerateOptions:
     preset: str | None = None  # a key of ``pipelines.presets.PRESETS``: values for the options left None
     float_timesteps: bool | None = None  # the DiT sees 1000 * sigma unrounded (step-distilled LoRAs); default False
     last_image: Any = None  # a path or a PIL image: the last frame (first-last frame; tasks with ``Task.last_image``)
+    extend_prompt: bool | None = None  # rewrite the prompt with the pipeline's prompt extender first; default False
+    prompt_extend_lang: str | None = None  # "zh" (the reference's default) or "en": the extended prompt's language
+    prompt_extend_seed: int | None = None  # the extender's sampling seed; None: the run's seed
 
     @classmethod
     def from_keywords(cls, prompt: str, **keywords: Any) -> GenerateOptions:
@@ -137,6 +141,26 @@ def _diffusers_seed(given: dict[str, Any]) -> int | None:
 
 
 @dataclass(frozen=True)
+class Extension:
+    """How the prompt is to be extended, and (once it ran) how it was."""
+
+    lang: str  # one of ``prompts.system.LANGUAGES``
+    seed: int
+    original: str | None = None  # the prompt as given
+    extender: str = ""  # which model extended it ("local:Qwen/...", "dashscope:qwen-plus")
+    extended: bool = False  # False: it failed, and the original prompt was used
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "original_prompt": self.original,
+            "prompt_extender": self.extender,
+            "prompt_extended": self.extended,
+            "prompt_extend_lang": self.lang,
+            "prompt_extend_seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
 class Request:
     """Resolved options of one generation: every default filled, every value checked."""
 
@@ -152,10 +176,14 @@ class Request:
     seed: int
     float_timesteps: bool = False
     last_image: Image.Image | None = None
+    extension: Extension | None = None  # rewrite the prompt first (``pipelines.prompt_extension``)
 
     def metadata(self) -> dict[str, object]:
-        """What a last image adds to the output's metadata."""
-        return {"last_image": True} if self.last_image is not None else {}
+        """What a last image and an extended prompt add to the output's metadata."""
+        return {
+            **({"last_image": True} if self.last_image is not None else {}),
+            **(self.extension.metadata() if self.extension is not None else {}),
+        }
 
     def require_image(self) -> Image.Image:
         if self.image is None:
@@ -183,6 +211,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
     image = None if o.image is None else load_image(o.image)
     if image is None:
         _check_size(task, width, height, multiple or task.size_multiple)
+    seed = draw_seed(o.seed)
     return Request(
         prompt=o.prompt,
         negative_prompt=task.negative_prompt if o.negative_prompt is None else o.negative_prompt,
@@ -193,9 +222,10 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         shift=shift,
         guide_scale=_guide(task.guide_scale if o.guide_scale is None else o.guide_scale, task),
         solver=solver,
-        seed=draw_seed(o.seed),
+        seed=seed,
         float_timesteps=bool(o.float_timesteps),
         last_image=_last_image(o.last_image, image, task, frames),
+        extension=_extension(o, seed),
     )
 
 
@@ -221,6 +251,16 @@ def _last_image(source: Any, first: Image.Image | None, task: Task, frames: int)
             "first's size)"
         )
     return last
+
+
+def _extension(o: GenerateOptions, seed: int) -> Extension | None:
+    if not o.extend_prompt:
+        return None
+    lang = o.prompt_extend_lang or LANGUAGES[0]
+    if lang not in LANGUAGES:
+        raise ValueError(f"unknown prompt_extend_lang {lang!r}; choose one of {list(LANGUAGES)}")
+    extend_seed = seed if o.prompt_extend_seed is None else int(o.prompt_extend_seed)
+    return Extension(lang, extend_seed if extend_seed >= 0 else draw_seed(extend_seed))
 
 
 def _frames(frames: int) -> int:
@@ -279,4 +319,12 @@ def _check_size(task: Task, width: int, height: int, multiple: int) -> None:
         )
 
 
-__all__ = ["DIFFUSERS_NAMES", "GenerateOptions", "Request", "from_diffusers_names", "latent_frames", "resolve"]
+__all__ = [
+    "DIFFUSERS_NAMES",
+    "Extension",
+    "GenerateOptions",
+    "Request",
+    "from_diffusers_names",
+    "latent_frames",
+    "resolve",
+]

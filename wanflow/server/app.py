@@ -44,6 +44,7 @@ def create_app(
     allowed_hosts: Hosts | None = None,
     tasks: Mapping[str, Task] | None = None,
     lora_dir: str | Path | None = None,
+    prompt_extender=None,
 ) -> FastAPI:
     """The app. ``pipelines`` maps a task name to a loaded pipeline, or to a zero-argument loader called on first use
     (``tasks``: the task each loader's model runs, with its checkpoint's defaults, to check requests before it loads).
@@ -51,9 +52,10 @@ def create_app(
     Jobs persist in the SQLite file ``db_path``; videos and input images are stored under ``output_dir``. With a
     ``token`` every API call needs ``Authorization: Bearer <token>`` (or ``?access_token=`` for <video> and SSE).
     ``allowed_hosts``: the names the ``Host`` header may carry (default: those of a server bound to 127.0.0.1).
-    ``lora_dir``: the folder of the LoRAs requests may name (``server.loras``).
+    ``lora_dir``: the folder of the LoRAs requests may name (``server.loras``). ``prompt_extender``: what extends
+    the prompts of requests with ``extend_prompt`` (``prompts.extend``); without one they are refused.
     """
-    models = Models(pipelines, tasks)
+    models = Models(pipelines, tasks, prompt_extender)
     files = Files(output_dir)
     limits = limits or Limits()
     loras = LoraLibrary(lora_dir)

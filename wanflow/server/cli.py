@@ -11,6 +11,7 @@ import ipaddress
 import logging
 from pathlib import Path
 
+from wanflow.prompts.extend import METHODS
 from wanflow.runtime.offload import POLICIES
 from wanflow.tasks import TASKS
 
@@ -42,6 +43,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max_queue", "--max-queue", dest="max_queue", type=int, default=100, help="jobs waiting at most")
     p.add_argument("--offload", choices=POLICIES, help="expert placement policy (default per device)")
     p.add_argument("--lora_dir", "--lora-dir", dest="lora_dir", help="folder of the LoRAs requests may name")
+    p.add_argument(
+        "--prompt_extend_model",
+        "--prompt-extend-model",
+        dest="prompt_extend_model",
+        help="a chat model (folder or repo id) that extends the prompts of requests with extend_prompt",
+    )
+    p.add_argument(
+        "--prompt_extend_method",
+        "--prompt-extend-method",
+        dest="prompt_extend_method",
+        choices=METHODS,
+        help="local (default with --prompt_extend_model) or dashscope (DASH_API_KEY)",
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -76,11 +90,22 @@ def builtin_models(only: str | None, runtime: dict) -> tuple[dict, dict]:
     return loaders, tasks
 
 
+def server_extender(args: argparse.Namespace):
+    """The prompt extender ``--prompt_extend_model`` / ``--prompt_extend_method`` ask for, loaded; None without them."""
+    if args.prompt_extend_model is None and args.prompt_extend_method is None:
+        return None
+    from wanflow.prompts.extend import make_extender
+
+    extender = make_extender(args.prompt_extend_method or "local", args.prompt_extend_model)
+    return extender.load() if hasattr(extender, "load") else extender
+
+
 def run(args: argparse.Namespace) -> int:
     check_exposure(args.host, args.token)
     from wanflow.server.loras import LoraLibrary
 
     LoraLibrary(args.lora_dir)  # a wrong --lora_dir fails before the model loads
+    extender = server_extender(args)  # as does a prompt extension model that cannot be loaded
     import uvicorn
 
     from wanflow.pipelines.pipeline import WanPipeline
@@ -107,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         allowed_hosts=hosts,
         tasks=tasks,
         lora_dir=args.lora_dir,
+        prompt_extender=extender,
     )
     log.info(
         "serving %s on http://%s:%d (web page at /, API docs at /docs)", ", ".join(pipelines), args.host, args.port

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from wanflow.pipelines.presets import PRESETS
 from wanflow.pipelines.request import GenerateOptions
+from wanflow.prompts.system import LANGUAGES
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.server.loras import MAX_LORAS, LoraChoice, parse_choices
 from wanflow.tasks import TASKS, Task
@@ -93,6 +94,9 @@ class GenerateRequest(BaseModel):
     preset: Literal[tuple(PRESETS)] | None = Field(None, description="sampling preset (lightning: 4 steps, no CFG)")
     float_timesteps: bool | None = Field(None, description="the DiT sees 1000 * sigma unrounded (distilled LoRAs)")
     loras: list[LoraChoice] = Field(default_factory=list, max_length=MAX_LORAS, description="by name (GET /api/loras)")
+    extend_prompt: bool | None = Field(None, description="rewrite the prompt with the server's prompt extender first")
+    prompt_extend_lang: Literal[LANGUAGES] | None = Field(None, description="the extended prompt's language (zh)")
+    prompt_extend_seed: int | None = Field(None, ge=0, le=2**63 - 1, description="default: the run's seed")
 
     @field_validator("guide_scale", mode="before")
     @classmethod
@@ -162,6 +166,9 @@ class GenerateRequest(BaseModel):
             seed=self.seed,
             preset=self.preset,
             float_timesteps=self.float_timesteps,
+            extend_prompt=self.extend_prompt,
+            prompt_extend_lang=self.prompt_extend_lang,
+            prompt_extend_seed=self.prompt_extend_seed,
         )
 
 
@@ -207,6 +214,7 @@ class JobView(BaseModel):
     params: dict[str, object] = Field(description="the request, its seed as a string")
     has_image: bool = False
     video_url: str | None = None
+    extended_prompt: str | None = Field(None, description="the prompt the video was made from, when it was extended")
 
 
 class VideoView(BaseModel):

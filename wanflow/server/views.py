@@ -15,6 +15,9 @@ def job_view(job: dict) -> JobView:
     fields = {k: job[k] for k in JobView.model_fields if k in job}
     fields["video_url"] = f"/api/jobs/{job['id']}/video" if job["status"] == "done" else None
     fields["seed"] = None if job.get("seed") is None else str(job["seed"])
+    meta = job.get("metadata") or {}
+    if meta.get("prompt_extended"):
+        fields["extended_prompt"] = meta["prompt"]
     if "seed" in job["params"]:
         fields["params"] = dict(job["params"], seed=str(job["params"]["seed"]))
     return JobView(**fields)
