@@ -67,3 +67,25 @@ def test_a_prompt_extension_model_that_cannot_be_loaded_is_one_line(tmp_path, ca
     (tmp_path / "empty").mkdir()
     line = refused(capsys, tmp_path, "--use_prompt_extend", "--prompt_extend_model", str(tmp_path / "empty"), *FAST)
     assert line.startswith(f"wanflow: error: cannot load the prompt extension model '{tmp_path / 'empty'}'")
+
+
+def test_a_longer_video_from_the_command_line_with_a_prompt_file(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving right\n\na red circle moving down\n")
+    out = tmp_path / "long.gif"
+    args = ["--prompt_file", str(prompts), "--frame_num", "17", "--window_frames", "9", "--window_overlap", "4"]
+    assert run_main(capsys, *args, "--sample_steps", "2", "--window_anchor", "0.5", "--save_file", str(out))[0] == 0
+    with Image.open(out) as im:
+        comment = im.info["comment"].decode()
+        assert im.n_frames == 17
+    assert "windows=3" in comment and "window_anchor=0.5" in comment
+    assert "window_prompts=['a red circle moving right', 'a red circle moving down', 'a red circle moving down']" in (
+        comment
+    )
+
+
+def test_a_window_overlap_larger_than_the_window_is_one_line(tmp_path, capsys):
+    args = ["--frame_num", "33", "--window_frames", "9", "--window_overlap", "12", "--sample_steps", "2"]
+    line = refused(capsys, tmp_path, *args)
+    expected = "window_overlap 12 leaves no new frame in a window of 9 frames: use at most 4, or longer windows"
+    assert line == f"wanflow: error: {expected}"

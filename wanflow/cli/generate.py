@@ -37,6 +37,9 @@ OPTION_FLAGS = {
     "negative_prompt": "negative_prompt",
     "image": "image",
     "last_image": "last_image",
+    "window_frames": "window_frames",
+    "window_overlap": "window_overlap",
+    "window_anchor": "window_anchor",
     "size": "size",
     "frame_num": "frames",
     "sample_solver": "solver",
@@ -146,6 +149,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "negative_prompt", help='the negative prompt (default: the task\'s); --negative_prompt "" for none')
     _flag(p, "image", help="input image (i2v-A14B needs one; with ti2v-5B it selects image-to-video)")
     _flag(p, "last_image", help="the last frame beside --image's first (first-last frame; i2v-A14B), same aspect ratio")
+    _flag(p, "window_frames", type=int, help="frames per window of a longer video (default: 81, or 121 for ti2v-5B)")
+    _flag(p, "window_overlap", type=int, help="frames each window takes from the one before, a multiple of 4 (16)")
+    _flag(p, "window_anchor", type=float, help="0..1: grade each window's colours towards the first's (default 0)")
+    _flag(p, "prompt_file", help="one prompt per line, one per window of a longer video (instead of 'a | b | c')")
     _flag(p, "base_seed", type=int, default=-1, help="seed; -1 draws one and reports it")
     add_sampler_arguments(p, solver=None)  # None: the preset's solver, else unipc
     _flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")
@@ -160,8 +167,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def generate_options(args: argparse.Namespace) -> GenerateOptions:
     prompt = args.prompt if args.prompt is not None else args.prompt_text
+    if args.prompt_file is not None:
+        if prompt is not None:
+            raise ValueError("give the prompt or --prompt_file, not both")
+        prompt = window_prompts(args.prompt_file)
     given = {field: getattr(args, flag) for flag, field in OPTION_FLAGS.items() if getattr(args, flag) is not None}
     return GenerateOptions(EXAMPLE_PROMPT if prompt is None else prompt, **given)
+
+
+def window_prompts(path: str) -> list[str]:
+    """The prompts of a prompt file: one per non-empty line."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read the prompt file {path}: {e}") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError(f"the prompt file {path} holds no prompt")
+    return prompts
 
 
 def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
@@ -171,8 +194,9 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
     return RuntimeOptions(offload=offload, **{name: getattr(args, name) for name in RUNTIME_FLAGS})
 
 
-def default_save_file(task: str, size: tuple[int, int] | None, prompt: str) -> str:
+def default_save_file(task: str, size: tuple[int, int] | None, prompt: str | list[str]) -> str:
     size_text = "x".join(map(str, size)) if size else "default"
+    prompt = prompt if isinstance(prompt, str) else prompt[0]
     stem = prompt[:50].replace(" ", "_").replace("/", "_")
     return f"{task}_{size_text}_1_{stem}_{time.strftime('%Y%m%d_%H%M%S')}.mp4"
 

@@ -31,6 +31,7 @@ from wanflow.pipelines import lora
 from wanflow.pipelines.core import Conditioning, Sampler, denoise
 from wanflow.pipelines.diffusers_api import WanPipelineOutput, check_output_type, diffusers_output
 from wanflow.pipelines.guards import FiniteLatents, check_memory, memory_need
+from wanflow.pipelines.long_video import decode_windows, sample_windows
 from wanflow.pipelines.progress import Callback, DenoiseProgress, Progress, default_progress
 from wanflow.pipelines.prompt_extension import extend_prompts
 from wanflow.pipelines.request import DIFFUSERS_NAMES, GenerateOptions, Request, resolve
@@ -356,18 +357,35 @@ class WanPipeline:
             torch.cuda.reset_peak_memory_stats(self.device)
         with torch.inference_mode():
             request = extend_prompts(request, self._prompt_extender, progress, timings)
-            t0 = time.perf_counter()
-            prepared = self.task.prepare(self, request, self.encode_prompts(request, progress))
-            timings["encode"] = time.perf_counter() - t0
-            noise = self.noise(prepared.shape, request.seed) if latents is None else latents.to(self.device)
-            t0 = time.perf_counter()
-            out = self.sample(noise, prepared.cond, request, hooks)
-            timings["denoise"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            frames = self.decode(out, progress)
+            if request.windows is None:
+                out = self.denoised(request, progress, hooks, latents, timings)
+                t0 = time.perf_counter()
+                frames = self.decode(out, progress)
+            else:  # a longer video: window after window (``pipelines.long_video``)
+                windows = sample_windows(self, request, progress, hooks, latents, timings)
+                t0 = time.perf_counter()
+                frames = decode_windows(self, windows, progress, request.windows.anchor)
             timings["decode"] = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
         return Video(frames, self.task.fps, request.seed, self.metadata(request), timings, peak)
+
+    def denoised(
+        self,
+        request: Request,
+        progress: Progress,
+        hooks: Iterable[StepHook],
+        latents: torch.Tensor | None,
+        timings: dict[str, float],
+    ) -> torch.Tensor:
+        """The latents of a one-window request: encode, condition, noise, denoise."""
+        t0 = time.perf_counter()
+        prepared = self.task.prepare(self, request, self.encode_prompts(request, progress))
+        timings["encode"] = time.perf_counter() - t0
+        noise = self.noise(prepared.shape, request.seed) if latents is None else latents.to(self.device)
+        t0 = time.perf_counter()
+        out = self.sample(noise, prepared.cond, request, hooks)
+        timings["denoise"] = time.perf_counter() - t0
+        return out
 
     def check_memory(self, request: Request) -> None:
         """Refuse, in one line, a request that cannot fit in the memory free now (``pipelines.guards``); a distributed
@@ -386,6 +404,7 @@ class WanPipeline:
             vae_bytes=self.vae.dtype.itemsize,
             vae_tile=self.runtime.vae_tile,
             pending_weights=self._pending_weights(),
+            dit_frames=request.window_frames,  # (a longer video is denoised window by window, decoded whole)
         )
         check_memory(need, self.device)
 
