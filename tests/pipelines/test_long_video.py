@@ -127,3 +127,17 @@ def test_three_windows_of_a_builtin_model_are_continuous(task):
     for anchor, bound in SEAM_BOUND.items():
         assert max(seams[anchor]) <= bound, (anchor, seams[anchor])
     assert np.mean(seams[1.0]) < np.mean(seams[0.0])  # the anchoring makes the seams smaller
+
+
+def test_each_window_prompt_is_extended_once(tiny, monkeypatch):
+    pipe = tiny["t2v-A14B"]
+    windows, _ = recorded(pipe, monkeypatch)
+    asked = []
+    upper = lambda self, system, prompt, image, seed: asked.append(prompt) or prompt.upper()  # noqa: E731
+    pipe.set_prompt_extender(type("Upper", (), {"name": "upper", "__call__": upper})())
+    try:
+        video = pipe("a | b", frames=21, window_frames=9, window_overlap=4, extend_prompt=True, **FAST)
+    finally:
+        pipe.set_prompt_extender(None)
+    assert asked == ["a", "b"] and [w[3] for w in windows] == ["A", "B", "B", "B"]
+    assert video.metadata["window_prompts"] == ["A", "B", "B", "B"] and video.metadata["original_prompt"] == "a | b"
