@@ -1,5 +1,6 @@
 """``extend_prompt`` on a real server: a server started with a prompt extension model extends the prompt of a job
-that asks (the job's metadata holds both prompts); one without refuses such a job with 422."""
+that asks (the job shows the extended prompt); one without refuses such a job with 422. The window options of a
+longer video are checked at submission (422)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,13 @@ def test_a_server_without_an_extender_refuses_extend_prompt(server):
     r = server.client.post("/api/jobs", json=T2V | {"extend_prompt": True})
     assert r.status_code == 422
     assert r.json()["detail"] == "this server extends no prompts: start it with --prompt_extend_model MODEL"
+
+
+def test_window_options_are_checked_at_submission(server):
+    fields = T2V | {"frames": 9, "window_frames": 5, "window_overlap": 4}
+    r = server.client.post("/api/jobs", json=fields)
+    assert r.status_code == 422
+    assert r.json()["detail"] == "window_overlap 4 leaves no new frame in a window of 5 frames: use longer windows"
+    r = server.client.post("/api/jobs", json=fields | {"window_overlap": None})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "window_frames 5 is too short to continue from: use at least 9"
