@@ -89,3 +89,10 @@ def test_a_window_overlap_larger_than_the_window_is_one_line(tmp_path, capsys):
     line = refused(capsys, tmp_path, *args)
     expected = "window_overlap 12 leaves no new frame in a window of 9 frames: use at most 4, or longer windows"
     assert line == f"wanflow: error: {expected}"
+
+
+def test_an_extension_model_without_use_prompt_extend_is_one_line(tmp_path, capsys):
+    line = refused(capsys, tmp_path, "--prompt_extend_model", str(tmp_path), *FAST)
+    assert line == (
+        "wanflow: error: --prompt_extend_model is used with --use_prompt_extend: add it, or leave the model out"
+    )

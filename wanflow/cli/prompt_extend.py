@@ -40,6 +40,8 @@ def cli_extender(args: argparse.Namespace, with_image: bool, is_rank0: bool):
     """The extender ``--use_prompt_extend`` asks for (None without it), loaded on rank 0: a ``ValueError`` when it
     cannot be."""
     if not args.use_prompt_extend:
+        if args.prompt_extend_model is not None:
+            raise ValueError("--prompt_extend_model is used with --use_prompt_extend: add it, or leave the model out")
         return None
     from wanflow.runtime.distributed import broadcast_object
 
