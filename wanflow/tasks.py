@@ -50,6 +50,7 @@ class Task:
     size: tuple[int, int]  # default (width, height)
     sizes: tuple[tuple[int, int], ...]  # (width, height) the model was trained at
     expand_timesteps: bool = False  # the tokens of a given first frame see t = 0 (diffusers' name; TI2V)
+    last_image: bool = False  # takes a last frame beside the first (first-last frame: the mask marks both)
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
 
     # Fields a checkpoint may override in its ``wanflow.json``.
@@ -139,6 +140,7 @@ TASKS: dict[str, Task] = {
             boundary=0.900,
             guide_scale=(3.5, 3.5),
             shift=5.0,
+            last_image=True,
             **_A14B,
         ),
         Task(

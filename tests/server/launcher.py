@@ -64,6 +64,14 @@ def loader(folder: str, delay: float, block_delay: float = 0.0):
     return load
 
 
+def _extender(folder: str | None):
+    if folder is None:
+        return None
+    from wanflow.prompts.extend import LocalExtender
+
+    return LocalExtender(folder, max_new_tokens=24).load()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
@@ -76,6 +84,7 @@ def main() -> None:
     p.add_argument("--block_delay", type=float, default=0.0)
     p.add_argument("--access_log", type=int, default=0, help="1: uvicorn's access log on (log level info)")
     p.add_argument("--lora_dir")
+    p.add_argument("--prompt_extend_model")
     args = p.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO)
@@ -96,6 +105,7 @@ def main() -> None:
         event_interval=0.05,
         tasks=tasks,
         lora_dir=args.lora_dir,
+        prompt_extender=_extender(args.prompt_extend_model),
     )
     level = "info" if args.access_log else "warning"
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level=level, timeout_graceful_shutdown=2)

@@ -38,6 +38,7 @@ def test_queue_urls(tmp_path):
     [
         (["--no_worker"], "--no_worker needs a --queue shared with workers"),
         (["--no_worker", "--queue", "postgresql://db/q", "--ckpt_dir", "x"], "give --ckpt_dir and --task to wanflow"),
+        (["--no_worker", "--queue", "postgresql://db/q", "--prompt_extend_model", "m"], "prompts are extended where"),
     ],
 )
 def test_serve_flags_that_go_together(argv, message):

@@ -48,6 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="score 9 combinations seen in training instead (fresh clips): a validation set to choose settings on, "
         "so that the held-out figure is measured once, not tuned on",
     )
+    p.add_argument(
+        "--drift",
+        action="store_true",
+        help="videos of 3 windows instead: how far the object's colour and size and the background's colour move "
+        "from window 1, with and without --window_anchor (t2v and i2v cases; try --per_combo 2)",
+    )
     p.add_argument("--seed", type=int, default=0)
     add_sampler_arguments(p, solver=None)
 
@@ -63,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     sampling = sampler_keywords(args)
     if args.vae_only and (args.short_prompts or sampling):
         raise ValueError("--vae_only uses no prompt and no sampler: pass no --short_prompts or --sample_* with it")
+    if args.drift:
+        return run_drift(args)
     combos = seen_combos() if args.seen else None
     start = time.perf_counter()
     results = evaluate_cases(args, combos, sampling)
@@ -74,6 +82,34 @@ def run(args: argparse.Namespace) -> int:
     what += ", combinations seen in training" if args.seen else ", held-out combinations"
     what += "".join(f", {k} {','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in sampling.items())
     print(f"{time.perf_counter() - start:.0f}s{what}")
+    return 0
+
+
+DRIFT_ANCHORS = (0.0, 1.0)
+
+
+def run_drift(args: argparse.Namespace) -> int:
+    """Drift per window of 3-window videos of each case, without and with the colour anchoring."""
+    from wanflow.builtin import builtin_checkpoint
+    from wanflow.evaluation.drift import evaluate_drift, format_drift
+    from wanflow.pipelines.pipeline import WanPipeline
+    from wanflow.pipelines.progress import TqdmProgress
+
+    if args.vae_only or args.expert or args.short_prompts or args.seen or sampler_keywords(args):
+        raise ValueError("--drift takes only --cases, --ckpt_dir, --per_combo and --seed")
+    start, results = time.perf_counter(), {}
+    progress = TqdmProgress()
+    progress.start("videos", len(args.cases) * len(DRIFT_ANCHORS) * args.per_combo * 9)
+    for case in args.cases:
+        task, with_image = CASES[case]
+        pipe = WanPipeline.from_pretrained(args.ckpt_dir or builtin_checkpoint(task), task=task)
+        for anchor in DRIFT_ANCHORS:
+            results[case, anchor] = evaluate_drift(pipe, with_image, anchor, args.per_combo, args.seed, progress)
+    progress.end("videos")
+    videos = next(iter(results.values())).videos
+    print(f"drift against window 1, mean over {videos} videos per row (3 windows of 9 frames, overlap 4)")
+    print(format_drift(results))
+    print(f"{time.perf_counter() - start:.0f}s")
     return 0
 
 

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from wanflow.cli.lora import add_lora_arguments, cli_loras, load_cli_loras
+from wanflow.cli.prompt_extend import EXTEND_FLAGS, add_prompt_extend_arguments, cli_extender
 from wanflow.cli.single_files import add_file_arguments, files_layout_from_args, given_files
 from wanflow.pipelines.pipeline import DTYPES, RuntimeOptions
 from wanflow.pipelines.request import GenerateOptions, resolve
@@ -35,6 +36,10 @@ SAMPLER_FLAGS = {"sample_steps": "steps", "sample_shift": "shift", "sample_guide
 OPTION_FLAGS = {
     "negative_prompt": "negative_prompt",
     "image": "image",
+    "last_image": "last_image",
+    "window_frames": "window_frames",
+    "window_overlap": "window_overlap",
+    "window_anchor": "window_anchor",
     "size": "size",
     "frame_num": "frames",
     "sample_solver": "solver",
@@ -42,6 +47,7 @@ OPTION_FLAGS = {
     "base_seed": "seed",
     "preset": "preset",
     "float_timesteps": "float_timesteps",
+    **EXTEND_FLAGS,
 }
 RUNTIME_FLAGS = ("device", "dtype", "convert_model_dtype", "t5_cpu", "fp8", "compile", "vae_tile")
 
@@ -142,6 +148,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "prompt", help="the prompt")
     _flag(p, "negative_prompt", help='the negative prompt (default: the task\'s); --negative_prompt "" for none')
     _flag(p, "image", help="input image (i2v-A14B needs one; with ti2v-5B it selects image-to-video)")
+    _flag(p, "last_image", help="the last frame beside --image's first (first-last frame; i2v-A14B), same aspect ratio")
+    _flag(p, "window_frames", type=int, help="frames per window of a longer video (default: 81, or 121 for ti2v-5B)")
+    _flag(p, "window_overlap", type=int, help="frames each window takes from the one before, a multiple of 4 (16)")
+    _flag(p, "window_anchor", type=float, help="0..1: grade each window's colours towards the first's (default 0)")
+    _flag(p, "prompt_file", help="one prompt per line, one per window of a longer video (instead of 'a | b | c')")
     _flag(p, "base_seed", type=int, default=-1, help="seed; -1 draws one and reports it")
     add_sampler_arguments(p, solver=None)  # None: the preset's solver, else unipc
     _flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")
@@ -151,12 +162,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "t5_fsdp", action="store_true", help="shard the text encoder with FSDP2 (torchrun)")
     _flag(p, "cfg_parallel", action="store_true", help="conditional and unconditional passes on 2 rank groups")
     add_lora_arguments(p)
+    add_prompt_extend_arguments(p, _flag)
 
 
 def generate_options(args: argparse.Namespace) -> GenerateOptions:
     prompt = args.prompt if args.prompt is not None else args.prompt_text
+    if args.prompt_file is not None:
+        if prompt is not None:
+            raise ValueError("give the prompt or --prompt_file, not both")
+        prompt = window_prompts(args.prompt_file)
     given = {field: getattr(args, flag) for flag, field in OPTION_FLAGS.items() if getattr(args, flag) is not None}
     return GenerateOptions(EXAMPLE_PROMPT if prompt is None else prompt, **given)
+
+
+def window_prompts(path: str) -> list[str]:
+    """The prompts of a prompt file: one per non-empty line."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read the prompt file {path}: {e}") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError(f"the prompt file {path} holds no prompt")
+    return prompts
 
 
 def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
@@ -166,8 +194,9 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
     return RuntimeOptions(offload=offload, **{name: getattr(args, name) for name in RUNTIME_FLAGS})
 
 
-def default_save_file(task: str, size: tuple[int, int] | None, prompt: str) -> str:
+def default_save_file(task: str, size: tuple[int, int] | None, prompt: str | list[str]) -> str:
     size_text = "x".join(map(str, size)) if size else "default"
+    prompt = prompt if isinstance(prompt, str) else prompt[0]
     stem = prompt[:50].replace(" ", "_").replace("/", "_")
     return f"{task}_{size_text}_1_{stem}_{time.strftime('%Y%m%d_%H%M%S')}.mp4"
 
@@ -208,9 +237,11 @@ def generate(args, ctx, layout, task: Task, options: GenerateOptions, runtime: R
         options = replace(options, seed=ctx.seed)
     runtime = replace(runtime, device=runtime.device or ctx.device)
     loras = cli_loras(args, layout)  # read and checked against the DiT configs before the weights load
+    extender = cli_extender(args, options.image is not None, ctx.is_rank0)  # before the video models, as loras
     start = time.perf_counter()
     pipe = WanPipeline.from_pretrained(layout, task=task, **vars(runtime))
     load_cli_loras(pipe, loras, getattr(args, "lora_merge", False))
+    pipe.set_prompt_extender(extender)
     if ctx.is_distributed:
         from wanflow.pipelines.parallel import parallelize_pipeline
 

@@ -80,6 +80,24 @@ def detect(video: np.ndarray) -> Detection:
     )
 
 
+def measure(video: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """(object RGB (3,), object area as a fraction of the frame, background RGB (3,)) of a (F, H, W, 3) uint8 video:
+    medians over the frames that show the object (the object's NaN when none does); what the drift of a longer video
+    is measured on (``evaluation.drift``)."""
+    video = _check_video(video)
+    frames, height, width, _ = video.shape
+    distance = _distance_from_background(video)
+    peak = np.percentile(distance.reshape(frames, -1), 99, axis=1)
+    mask = _largest_component(distance >= np.maximum(0.5 * peak, 0.5 * MIN_CONTRAST)[:, None, None])
+    area = mask.sum(axis=(1, 2)) / (height * width)
+    found = (peak >= MIN_CONTRAST) & (area >= MIN_AREA)
+    background = np.median(_background(video.astype(np.float32)), axis=0)
+    if not found.any():
+        return np.full(3, math.nan), math.nan, background
+    colour = _object_colour(video[found], mask[found], distance[found], peak[found])
+    return colour, float(np.median(area[found])), background
+
+
 def _check_video(video: np.ndarray) -> np.ndarray:
     video = np.asarray(video)
     if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
@@ -92,12 +110,16 @@ def _check_video(video: np.ndarray) -> np.ndarray:
     return video
 
 
+def _background(v: np.ndarray) -> np.ndarray:
+    """(F, 3) each frame's median border colour, of a (F, H, W, 3) float32 video."""
+    border = np.concatenate([v[:, 0], v[:, -1], v[:, 1:-1, 0], v[:, 1:-1, -1]], axis=1)  # (F, 2H + 2W - 4, 3)
+    return np.median(border, axis=1)
+
+
 def _distance_from_background(video: np.ndarray) -> np.ndarray:
     """(F, H, W) float32 RGB distance of every pixel from its frame's median border colour."""
     v = video.astype(np.float32)
-    border = np.concatenate([v[:, 0], v[:, -1], v[:, 1:-1, 0], v[:, 1:-1, -1]], axis=1)  # (F, 2H + 2W - 4, 3)
-    background = np.median(border, axis=1)[:, None, None, :]
-    return np.sqrt(((v - background) ** 2).sum(axis=-1))
+    return np.sqrt(((v - _background(v)[:, None, None, :]) ** 2).sum(axis=-1))
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:

@@ -30,7 +30,9 @@ class Conditioning:
     context: torch.Tensor  # (1, Lc, text_dim) prompt states
     context_null: torch.Tensor  # (1, Lc, text_dim) negative-prompt states
     y: torch.Tensor | None = None  # I2V: (1, 20, T, H, W) = 4 mask channels + image latent, beside the noise
-    frame0: torch.Tensor | None = None  # TI2V+image: (1, C, 1, H, W) latent that replaces frame 0 after every step
+    # (1, C, K, H, W) latents that replace the first K frames after every step, their tokens at t = 0: TI2V's image
+    # (K = 1), or the frames a window of a long video takes from the window before it
+    frame0: torch.Tensor | None = None
 
 
 @dataclass
@@ -60,18 +62,24 @@ class Sampler:
         ]
 
 
+def known_frames(frame0: torch.Tensor) -> int:
+    """How many first latent frames ``frame0`` holds: its frame axis (1 for a tensor that is only a marker)."""
+    return frame0.shape[2] if frame0.ndim == 5 else 1
+
+
 def keep_first_frame(latents: torch.Tensor, frame0: torch.Tensor | None) -> torch.Tensor:
-    """TI2V with an image: latent frame 0 is the image latent, always (``(1 - m) z + m x`` with m = 0 on frame 0)."""
+    """TI2V with an image: latent frame 0 is the image latent, always (``(1 - m) z + m x`` with m = 0 on frame 0);
+    likewise the first K frames of a window that continues another."""
     if frame0 is None:
         return latents
-    return torch.cat([frame0.to(latents.dtype), latents[:, :, 1:]], dim=2)
+    return torch.cat([frame0.to(latents.dtype), latents[:, :, known_frames(frame0) :]], dim=2)
 
 
 def model_timesteps(
     t: int | float, latents: torch.Tensor, frame0: torch.Tensor | None, patch: tuple[int, int, int]
 ) -> torch.Tensor | TokenTimesteps:
-    """(B,) timesteps (int64 for an int ``t``, float32 for a float one), or per token with the tokens of a
-    conditioning frame 0 at t = 0 (TI2V): values [0, t] and an index that is 0 on frame 0. Fill kernels only: nothing
+    """(B,) timesteps (int64 for an int ``t``, float32 for a float one), or per token with the tokens of the given
+    first frames at t = 0 (TI2V): values [0, t] and an index that is 0 on those frames. Fill kernels only: nothing
     is copied from the host, nothing waits for the device."""
     b = latents.shape[0]
     if frame0 is None:
@@ -80,7 +88,8 @@ def model_timesteps(
     f, h, w = (n // p for n, p in zip(latents.shape[2:], patch, strict=True))
     values = torch.full((b, 2), float(t), device=latents.device)
     values[:, 0] = 0.0
-    index = (torch.arange(f * h * w, device=latents.device) >= h * w).long()  # (L,): 0 on frame 0, 1 after
+    given = known_frames(frame0) // patch[0]
+    index = (torch.arange(f * h * w, device=latents.device) >= given * h * w).long()  # (L,): 0 on the given frames
     return TokenTimesteps(values, index.expand(b, -1))
 
 

@@ -67,12 +67,14 @@ def memory_need(
     vae_bytes: int = 4,
     vae_tile: int = 0,
     pending_weights: int = 0,
+    dit_frames: int | None = None,
 ) -> MemoryNeed:
-    """The lower bound of the module docstring for ``frames`` frames of ``size`` = (width, height) pixels."""
+    """The lower bound of the module docstring for ``frames`` frames of ``size`` = (width, height) pixels, of which
+    the DiT denoises ``dit_frames`` at once (a window of a longer video; default all)."""
     width, height = size
     st, sh, sw = vae.stride
     _, ph, pw = dit.patch_size
-    latent_frames = (frames - 1) // st + 1
+    latent_frames = ((dit_frames or frames) - 1) // st + 1
     tokens = latent_frames * (height // sh // ph) * (width // sw // pw)
     dit_step = batch * tokens * (8 * dit.dim + 2 * dit_bytes * dit.ffn_dim) + pending_weights
     if vae_tile:

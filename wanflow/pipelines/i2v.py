@@ -1,7 +1,9 @@
 """Image to video (I2V-A14B): 4 mask channels and the VAE latent of [image, grey frames...] beside the noise.
 
 The output size keeps the image's aspect ratio within the requested area (wan22.md §7.2); the first latent frame is
-not overwritten during sampling (the image enters only through ``y``).
+not overwritten during sampling (the image enters only through ``y``). With a last image (first-last frame) the clip
+encoded is [image, grey frames..., last image] and the mask also marks the last pixel frame, as diffusers'
+``WanImageToVideoPipeline(last_image=...)`` and the reference's FLF2V build them.
 """
 
 from __future__ import annotations
@@ -20,11 +22,18 @@ def prepare(pipe, request: Request, cond: Conditioning) -> Prepared:
     width, height = request.size
     lat_h, lat_w = max_area_latent_size(image.width, image.height, width * height, s, pipe.patch[1])
     h, w = lat_h * s, lat_w * s
-    pixels = F.interpolate(to_tensor(image)[None], size=(h, w), mode="bicubic")  # (1, 3, h, w), no crop
-    video = torch.cat([pixels[:, :, None], torch.zeros(1, 3, request.frames - 1, h, w)], dim=2)
-    latent = pipe.encode_image(video)  # (1, 16, T', lat_h, lat_w)
+    last = [] if request.last_image is None else [_pixels(request.last_image, h, w)]  # resized to the first's size
+    grey = torch.zeros(1, 3, request.frames - 1 - len(last), h, w)
+    latent = pipe.encode_image(torch.cat([_pixels(image, h, w), grey, *last], dim=2))  # (1, 16, T', lat_h, lat_w)
     mask = torch.zeros(1, 4, latent.shape[2], lat_h, lat_w, device=latent.device)
     mask[:, :, 0] = 1.0  # the 4 pixel frames of latent frame 0 are known (frame 0 repeated 4x), the rest are not
+    if last:
+        mask[:, 3, -1] = 1.0  # the last latent frame holds 4 pixel frames; only its last is known
     cond.y = torch.cat([mask, latent], dim=1)
     shape = (pipe.vae.cfg.z_dim, latent_frames(request.frames), lat_h, lat_w)
     return Prepared(shape, cond)
+
+
+def _pixels(image, h: int, w: int) -> torch.Tensor:
+    """(1, 3, 1, h, w) in [-1, 1]: ``image`` resized (bicubic, no crop)."""
+    return F.interpolate(to_tensor(image)[None], size=(h, w), mode="bicubic")[:, :, None]

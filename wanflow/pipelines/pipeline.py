@@ -31,7 +31,9 @@ from wanflow.pipelines import lora
 from wanflow.pipelines.core import Conditioning, Sampler, denoise
 from wanflow.pipelines.diffusers_api import WanPipelineOutput, check_output_type, diffusers_output
 from wanflow.pipelines.guards import FiniteLatents, check_memory, memory_need
+from wanflow.pipelines.long_video import decode_windows, sample_windows
 from wanflow.pipelines.progress import Callback, DenoiseProgress, Progress, default_progress
+from wanflow.pipelines.prompt_extension import extend_prompts
 from wanflow.pipelines.request import DIFFUSERS_NAMES, GenerateOptions, Request, resolve
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.fp8 import quantize_fp8
@@ -167,6 +169,7 @@ class WanPipeline:
         self._placement = ExpertPlacement(experts, self.device, self.offload)
         self._hooks: list[StepHook] = []
         self._decode_group = None  # ranks that share the decode's tiles (``decode_over``)
+        self._prompt_extender = None  # what rewrites prompts asked to be extended (``set_prompt_extender``)
 
     def _prepare_expert(self, model: nn.Module) -> nn.Module:
         cast_model(model, self.runtime.dit_dtype(self.device), keep_fp32=FP32_MODULES)
@@ -236,6 +239,11 @@ class WanPipeline:
 
     def remove_hook(self, hook: StepHook) -> None:
         self._hooks.remove(hook)
+
+    def set_prompt_extender(self, extender) -> None:
+        """The model that rewrites a prompt when a request asks (``extend_prompt``): a ``prompts.extend`` extender
+        (a local chat model, or DashScope), or None."""
+        self._prompt_extender = extender
 
     def decode_over(self, group) -> None:
         """Decode each clip's tiles over the ranks of ``group`` (``runtime.vae_parallel``); None decodes alone."""
@@ -348,18 +356,36 @@ class WanPipeline:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         with torch.inference_mode():
-            t0 = time.perf_counter()
-            prepared = self.task.prepare(self, request, self.encode_prompts(request, progress))
-            timings["encode"] = time.perf_counter() - t0
-            noise = self.noise(prepared.shape, request.seed) if latents is None else latents.to(self.device)
-            t0 = time.perf_counter()
-            out = self.sample(noise, prepared.cond, request, hooks)
-            timings["denoise"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            frames = self.decode(out, progress)
+            request = extend_prompts(request, self._prompt_extender, progress, timings)
+            if request.windows is None:
+                out = self.denoised(request, progress, hooks, latents, timings)
+                t0 = time.perf_counter()
+                frames = self.decode(out, progress)
+            else:  # a longer video: window after window (``pipelines.long_video``)
+                windows = sample_windows(self, request, progress, hooks, latents, timings)
+                t0 = time.perf_counter()
+                frames = decode_windows(self, windows, progress, request.windows.anchor)
             timings["decode"] = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
         return Video(frames, self.task.fps, request.seed, self.metadata(request), timings, peak)
+
+    def denoised(
+        self,
+        request: Request,
+        progress: Progress,
+        hooks: Iterable[StepHook],
+        latents: torch.Tensor | None,
+        timings: dict[str, float],
+    ) -> torch.Tensor:
+        """The latents of a one-window request: encode, condition, noise, denoise."""
+        t0 = time.perf_counter()
+        prepared = self.task.prepare(self, request, self.encode_prompts(request, progress))
+        timings["encode"] = time.perf_counter() - t0
+        noise = self.noise(prepared.shape, request.seed) if latents is None else latents.to(self.device)
+        t0 = time.perf_counter()
+        out = self.sample(noise, prepared.cond, request, hooks)
+        timings["denoise"] = time.perf_counter() - t0
+        return out
 
     def check_memory(self, request: Request) -> None:
         """Refuse, in one line, a request that cannot fit in the memory free now (``pipelines.guards``); a distributed
@@ -378,6 +404,7 @@ class WanPipeline:
             vae_bytes=self.vae.dtype.itemsize,
             vae_tile=self.runtime.vae_tile,
             pending_weights=self._pending_weights(),
+            dit_frames=request.window_frames,  # (a longer video is denoised window by window, decoded whole)
         )
         check_memory(need, self.device)
 
@@ -461,6 +488,7 @@ class WanPipeline:
             "frames": request.frames,
             "software": "wanflow",
             **({"float_timesteps": True} if request.float_timesteps else {}),
+            **request.metadata(),
             **lora.lora_metadata(self._placement.experts),
         }
 

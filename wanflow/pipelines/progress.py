@@ -27,6 +27,9 @@ class Progress:
     def end(self, stage: str) -> None:
         pass
 
+    def note(self, text: str) -> None:
+        """A line worth showing (the extended prompt)."""
+
 
 class TqdmProgress(Progress):
     """One tqdm bar with ETA per stage; the denoise bar shows which expert is active."""
@@ -62,6 +65,11 @@ class TqdmProgress(Progress):
         bar = self.bars.pop(stage, None)
         if bar is not None:
             bar.close()
+
+    def note(self, text: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=self.file)
 
 
 _QUIET: ContextVar[bool] = ContextVar("wanflow_quiet_progress", default=False)

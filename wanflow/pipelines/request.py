@@ -17,9 +17,11 @@ from PIL import Image
 
 from wanflow.io.image import load_image
 from wanflow.pipelines.presets import apply_preset
+from wanflow.pipelines.windows import WindowPlan, latent_frames, pixel_count, plan_windows
+from wanflow.prompts.system import LANGUAGES
 from wanflow.sampling.noise import draw_seed
 from wanflow.sampling.solvers import SOLVERS
-from wanflow.tasks import Task
+from wanflow.tasks import TASKS, Task
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +29,11 @@ MAX_STEPS = 1000
 MAX_GUIDE = 100.0
 
 
-def latent_frames(frames: int) -> int:
-    return (frames - 1) // 4 + 1
-
-
 @dataclass(frozen=True)
 class GenerateOptions:
     """What one generation asks for, with the same names for every task; None means the task's default."""
 
-    prompt: str
+    prompt: str | list[str]  # a list (or "a | b | c"): one prompt per window of a longer video
     negative_prompt: str | None = None  # None: the task's; "": none (an empty negative prompt)
     image: Any = None  # a path or a PIL image (I2V needs one; with TI2V it selects image-to-video)
     size: tuple[int, int] | None = None  # (width, height); with an image: the pixel-area budget
@@ -47,6 +45,13 @@ class GenerateOptions:
     seed: int | None = -1  # negative: draw one (reported in the result)
     preset: str | None = None  # a key of ``pipelines.presets.PRESETS``: values for the options left None
     float_timesteps: bool | None = None  # the DiT sees 1000 * sigma unrounded (step-distilled LoRAs); default False
+    last_image: Any = None  # a path or a PIL image: the last frame (first-last frame; tasks with ``Task.last_image``)
+    window_frames: int | None = None  # frames per window of a longer video (4n+1); None: the published model's frames
+    window_overlap: int | None = None  # frames a window takes from the one before (a multiple of 4); None: 16 or less
+    window_anchor: float | None = None  # 0..1: grade each window's colours towards window 1's; None: 0 (off)
+    extend_prompt: bool | None = None  # rewrite the prompt with the pipeline's prompt extender first; default False
+    prompt_extend_lang: str | None = None  # "zh" (the reference's default) or "en": the extended prompt's language
+    prompt_extend_seed: int | None = None  # the extender's sampling seed; None: the run's seed
 
     @classmethod
     def from_keywords(cls, prompt: str, **keywords: Any) -> GenerateOptions:
@@ -136,6 +141,26 @@ def _diffusers_seed(given: dict[str, Any]) -> int | None:
 
 
 @dataclass(frozen=True)
+class Extension:
+    """How the prompt is to be extended, and (once it ran) how it was."""
+
+    lang: str  # one of ``prompts.system.LANGUAGES``
+    seed: int
+    original: str | None = None  # the prompt as given
+    extender: str = ""  # which model extended it ("local:Qwen/...", "dashscope:qwen-plus")
+    extended: bool = False  # False: it failed, and the original prompt was used
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "original_prompt": self.original,
+            "prompt_extender": self.extender,
+            "prompt_extended": self.extended,
+            "prompt_extend_lang": self.lang,
+            "prompt_extend_seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
 class Request:
     """Resolved options of one generation: every default filled, every value checked."""
 
@@ -150,6 +175,22 @@ class Request:
     solver: str
     seed: int
     float_timesteps: bool = False
+    last_image: Image.Image | None = None
+    extension: Extension | None = None  # rewrite the prompt first (``pipelines.prompt_extension``)
+    windows: WindowPlan | None = None  # a video longer than one window; None: one window
+
+    @property
+    def window_frames(self) -> int:
+        """Pixel frames of the longest stretch the DiT denoises at once."""
+        return self.frames if self.windows is None else pixel_count(self.windows.window)
+
+    def metadata(self) -> dict[str, object]:
+        """What a last image, a longer video and an extended prompt add to the output's metadata."""
+        return {
+            **({"last_image": True} if self.last_image is not None else {}),
+            **(self.windows.metadata() if self.windows is not None else {}),
+            **(self.extension.metadata() if self.extension is not None else {}),
+        }
 
     def require_image(self) -> Image.Image:
         if self.image is None:
@@ -162,8 +203,8 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
     (default the task's: VAE stride x patch); ``image_hint``: what a missing image is called on the caller's surface
     ("an input image: --image PATH")."""
     o = apply_preset(options, options.preset)
-    if not isinstance(o.prompt, str):
-        raise ValueError("prompt must be a string")
+    if not isinstance(o.prompt, (str, list, tuple)):
+        raise ValueError("prompt must be a string (or one string per window)")
     if o.negative_prompt is not None and not isinstance(o.negative_prompt, str):
         raise ValueError('negative_prompt must be a string ("" for none) or None for the task\'s default')
     task.check_image(o.image is not None, image_hint or "an image: pass image=... (CLI: --image PATH)")
@@ -177,8 +218,10 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
     image = None if o.image is None else load_image(o.image)
     if image is None:
         _check_size(task, width, height, multiple or task.size_multiple)
+    windows = _windows(o, task, frames)
+    seed = draw_seed(o.seed)
     return Request(
-        prompt=o.prompt,
+        prompt=o.prompt if isinstance(o.prompt, str) else " | ".join(o.prompt),
         negative_prompt=task.negative_prompt if o.negative_prompt is None else o.negative_prompt,
         image=image,
         size=(width, height),
@@ -187,15 +230,61 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         shift=shift,
         guide_scale=_guide(task.guide_scale if o.guide_scale is None else o.guide_scale, task),
         solver=solver,
-        seed=draw_seed(o.seed),
+        seed=seed,
         float_timesteps=bool(o.float_timesteps),
+        last_image=_last_image(o.last_image, image, task, frames),
+        extension=_extension(o, seed),
+        windows=windows,
     )
 
 
-def _frames(frames: int) -> int:
+def _windows(o: GenerateOptions, task: Task, frames: int) -> WindowPlan | None:
+    """The windows of a video longer than one window. Without ``window_frames`` a window is as long as the published
+    model's clips (81 or 121 frames: what it was trained on), also for a checkpoint that states fewer."""
+    published = TASKS[task.name].frames if task.name in TASKS else task.frames
+    window = published if o.window_frames is None else _frames(o.window_frames, "window_frames")
+    anchor = 0.0 if o.window_anchor is None else float(o.window_anchor)
+    return plan_windows(frames, window, o.window_overlap, o.prompt, anchor)
+
+
+ASPECT_TOLERANCE = 0.01  # relative: a last image is resized to the first's size, so their shapes must agree
+
+
+def _last_image(source: Any, first: Image.Image | None, task: Task, frames: int) -> Image.Image | None:
+    """The last frame, checked: a task that takes one, a first image beside it, the same aspect ratio."""
+    if source is None:
+        return None
+    if not task.last_image:
+        raise ValueError(f"{task.name} takes no last image (first-last frame is an i2v-A14B feature)")
+    if first is None:
+        raise ValueError("a last image needs a first image too (CLI: --image FIRST --last_image LAST)")
+    if frames < 5:
+        raise ValueError(f"a first and a last frame need at least 5 frames, got {frames}")
+    last = load_image(source)
+    a, b = first.width / first.height, last.width / last.height
+    if abs(a / b - 1) > ASPECT_TOLERANCE:
+        raise ValueError(
+            f"the last image is {last.width}x{last.height} (aspect {b:.3f}) but the first is {first.width}x"
+            f"{first.height} (aspect {a:.3f}): give a last image of the same aspect ratio (it is resized to the "
+            "first's size)"
+        )
+    return last
+
+
+def _extension(o: GenerateOptions, seed: int) -> Extension | None:
+    if not o.extend_prompt:
+        return None
+    lang = o.prompt_extend_lang or LANGUAGES[0]
+    if lang not in LANGUAGES:
+        raise ValueError(f"unknown prompt_extend_lang {lang!r}; choose one of {list(LANGUAGES)}")
+    extend_seed = seed if o.prompt_extend_seed is None else int(o.prompt_extend_seed)
+    return Extension(lang, extend_seed if extend_seed >= 0 else draw_seed(extend_seed))
+
+
+def _frames(frames: int, name: str = "frame_num") -> int:
     frames = int(frames)
     if frames < 1 or (frames - 1) % 4:
-        raise ValueError(f"frame_num must be 4n+1 (1, 5, 9, ..., 81, ...), got {frames}")
+        raise ValueError(f"{name} must be 4n+1 (1, 5, 9, ..., 81, ...), got {frames}")
     return frames
 
 
@@ -248,4 +337,12 @@ def _check_size(task: Task, width: int, height: int, multiple: int) -> None:
         )
 
 
-__all__ = ["DIFFUSERS_NAMES", "GenerateOptions", "Request", "from_diffusers_names", "latent_frames", "resolve"]
+__all__ = [
+    "DIFFUSERS_NAMES",
+    "Extension",
+    "GenerateOptions",
+    "Request",
+    "from_diffusers_names",
+    "latent_frames",
+    "resolve",
+]

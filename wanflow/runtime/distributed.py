@@ -120,6 +120,15 @@ def broadcast_seed(seed: int, device: torch.device | str = "cpu", group: dist.Pr
     return int(value.item())
 
 
+def broadcast_object(obj: T) -> T:
+    """Rank 0's ``obj`` (anything picklable) on every rank; ``obj`` itself outside a process group."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def is_rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 

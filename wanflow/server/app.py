@@ -53,6 +53,7 @@ def create_app(
     run_jobs: bool = True,
     lease_seconds: float = 60.0,
     worker_name: str | None = None,
+    prompt_extender=None,
 ) -> FastAPI:
     """The app. ``pipelines`` maps a task name to a loaded pipeline, or to a zero-argument loader called on first use
     (``tasks``: the task each loader's model runs, with its checkpoint's defaults, to check requests before it loads).
@@ -64,9 +65,10 @@ def create_app(
     ``lease_seconds`` on a shared queue). With a
     ``token`` every API call needs ``Authorization: Bearer <token>`` (or ``?access_token=`` for <video> and SSE).
     ``allowed_hosts``: the names the ``Host`` header may carry (default: those of a server bound to 127.0.0.1).
-    ``lora_dir``: the folder of the LoRAs requests may name (``server.loras``).
+    ``lora_dir``: the folder of the LoRAs requests may name (``server.loras``). ``prompt_extender``: what extends
+    the prompts of requests with ``extend_prompt`` (``prompts.extend``); without one they are refused.
     """
-    models = Models(pipelines, tasks)
+    models = Models(pipelines, tasks, prompt_extender)
     files = Files(output_dir)
     limits = limits or Limits()
     loras = LoraLibrary(lora_dir)

@@ -15,6 +15,7 @@ import ipaddress
 import logging
 from pathlib import Path
 
+from wanflow.prompts.extend import METHODS
 from wanflow.runtime.offload import POLICIES
 from wanflow.tasks import TASKS
 
@@ -66,6 +67,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=60.0,
         help="with a shared --queue: a job of this server's worker goes back to the queue this long after it stopped",
     )
+    p.add_argument(
+        "--prompt_extend_model",
+        "--prompt-extend-model",
+        dest="prompt_extend_model",
+        help="a chat model (folder or repo id) that extends the prompts of requests with extend_prompt",
+    )
+    p.add_argument(
+        "--prompt_extend_method",
+        "--prompt-extend-method",
+        dest="prompt_extend_method",
+        choices=METHODS,
+        help="local (default with --prompt_extend_model) or dashscope (DASH_API_KEY)",
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -105,6 +119,21 @@ def check_queue(args: argparse.Namespace) -> None:
         raise ValueError("--no_worker needs a --queue shared with workers (wanflow worker --queue URL)")
     if args.no_worker and (args.ckpt_dir or args.task):
         raise ValueError("--no_worker serves the models the workers hold: give --ckpt_dir and --task to wanflow worker")
+    if args.no_worker and (args.prompt_extend_model or args.prompt_extend_method):
+        raise ValueError(
+            "--no_worker runs no jobs, and prompts are extended where the jobs run; wanflow worker does not extend "
+            "prompts yet: serve prompt extension from a server that runs its own jobs"
+        )
+
+
+def server_extender(args: argparse.Namespace):
+    """The prompt extender ``--prompt_extend_model`` / ``--prompt_extend_method`` ask for, loaded; None without them."""
+    if args.prompt_extend_model is None and args.prompt_extend_method is None:
+        return None
+    from wanflow.prompts.extend import make_extender
+
+    extender = make_extender(args.prompt_extend_method or "local", args.prompt_extend_model)
+    return extender.load() if hasattr(extender, "load") else extender
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from wanflow.server.loras import LoraLibrary
 
     LoraLibrary(args.lora_dir)  # a wrong --lora_dir fails before the model loads
+    extender = server_extender(args)  # as does a prompt extension model that cannot be loaded
     import uvicorn
 
     from wanflow.pipelines.pipeline import WanPipeline
@@ -148,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         lora_dir=args.lora_dir,
         run_jobs=not args.no_worker,
         lease_seconds=args.lease_seconds,
+        prompt_extender=extender,
     )
     log.info(
         "serving %s on http://%s:%d (web page at /, API docs at /docs)",

@@ -88,13 +88,23 @@ class Files:
 
 class Models:
     """One pipeline per task, loaded once (lazily, from a loader) and kept warm. ``tasks``: the task (with its
-    checkpoint's defaults) of a pipeline not loaded yet, so that requests are checked against it before it loads."""
+    checkpoint's defaults) of a pipeline not loaded yet, so that requests are checked against it before it loads.
+    ``prompt_extender``: what rewrites the prompts of requests that ask (``extend_prompt``), given to every pipeline."""
 
-    def __init__(self, pipelines: Mapping[str, object], tasks: Mapping[str, Task] | None = None):
+    def __init__(self, pipelines: Mapping[str, object], tasks: Mapping[str, Task] | None = None, prompt_extender=None):
         self.sources = dict(pipelines)
-        self.loaded: dict[str, object] = {k: v for k, v in pipelines.items() if hasattr(v, "task")}
+        self.prompt_extender = prompt_extender
+        self.loaded: dict[str, object] = {}
+        for name, pipe in pipelines.items():
+            if hasattr(pipe, "task"):
+                self.loaded[name] = self._with_extender(pipe)
         self.declared = dict(tasks or {})
         self.lock = threading.Lock()
+
+    def _with_extender(self, pipe):
+        if self.prompt_extender is not None:
+            pipe.set_prompt_extender(self.prompt_extender)
+        return pipe
 
     @property
     def names(self) -> list[str]:
@@ -126,7 +136,7 @@ class Models:
         with self.lock:
             if task not in self.loaded:
                 log.info("loading the %s pipeline", task)
-                self.loaded[task] = self.sources[task]()
+                self.loaded[task] = self._with_extender(self.sources[task]())
             return self.loaded[task]
 
 

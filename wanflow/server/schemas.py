@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from wanflow.pipelines.presets import PRESETS
 from wanflow.pipelines.request import GenerateOptions
+from wanflow.prompts.system import LANGUAGES
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.server.loras import MAX_LORAS, LoraChoice, parse_choices
 from wanflow.tasks import TASKS, Task
@@ -93,6 +94,12 @@ class GenerateRequest(BaseModel):
     preset: Literal[tuple(PRESETS)] | None = Field(None, description="sampling preset (lightning: 4 steps, no CFG)")
     float_timesteps: bool | None = Field(None, description="the DiT sees 1000 * sigma unrounded (distilled LoRAs)")
     loras: list[LoraChoice] = Field(default_factory=list, max_length=MAX_LORAS, description="by name (GET /api/loras)")
+    window_frames: int | None = Field(None, ge=1, description="frames per window of a longer video (4n+1)")
+    window_overlap: int | None = Field(None, ge=4, description="frames a window takes from the one before (4k)")
+    window_anchor: float | None = Field(None, ge=0, le=1, description="grade each window's colours to the first's")
+    extend_prompt: bool | None = Field(None, description="rewrite the prompt with the server's prompt extender first")
+    prompt_extend_lang: Literal[LANGUAGES] | None = Field(None, description="the extended prompt's language (zh)")
+    prompt_extend_seed: int | None = Field(None, ge=0, le=2**63 - 1, description="default: the run's seed")
 
     @field_validator("guide_scale", mode="before")
     @classmethod
@@ -162,6 +169,12 @@ class GenerateRequest(BaseModel):
             seed=self.seed,
             preset=self.preset,
             float_timesteps=self.float_timesteps,
+            window_frames=self.window_frames,
+            window_overlap=self.window_overlap,
+            window_anchor=self.window_anchor,
+            extend_prompt=self.extend_prompt,
+            prompt_extend_lang=self.prompt_extend_lang,
+            prompt_extend_seed=self.prompt_extend_seed,
         )
 
 
@@ -210,6 +223,7 @@ class JobView(BaseModel):
     video_url: str | None = None
     worker: str | None = Field(None, description="the worker running it, or that ran it")
     waiting: str | None = Field(None, description="why a queued job does not start, e.g. 'no worker for model X'")
+    extended_prompt: str | None = Field(None, description="the prompt the video was made from, when it was extended")
 
 
 class VideoView(BaseModel):

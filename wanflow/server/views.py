@@ -16,6 +16,9 @@ def job_view(job: dict, waiting: str | None = None) -> JobView:
     fields["video_url"] = f"/api/jobs/{job['id']}/video" if job["status"] == "done" else None
     fields["seed"] = None if job.get("seed") is None else str(job["seed"])
     fields["waiting"] = waiting
+    meta = job.get("metadata") or {}
+    if meta.get("prompt_extended"):
+        fields["extended_prompt"] = meta["prompt"]
     if "seed" in job["params"]:
         fields["params"] = dict(job["params"], seed=str(job["params"]["seed"]))
     return JobView(**fields)

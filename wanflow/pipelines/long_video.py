@@ -1,0 +1,141 @@
+"""A video longer than one window: window after window through the one denoising loop.
+
+Window k is conditioned on the last ``overlap`` latent frames of window k - 1 as they came out of the loop, never
+decoded and encoded again (a round trip through pixels is where long videos drift in colour and detail). Each later
+window is, for the DiT, a clip like those it was trained on: it begins with the video's latent frame 0 (the only
+latent of a single pixel frame; a latent of four frames put first reads as another picture), then the overlap, then
+the new frames. How a window takes the given frames is the task's own conditioning, generalised from one frame:
+
+- a DiT that reads a mask and a conditioning latent beside the noise (I2V): frame 0 is the input image as always, the
+  overlap's latents go into ``y`` after it and the mask marks them, as it marks the image;
+- the others (T2V, TI2V): frame 0 and the overlap are held in the latents (``Conditioning.frame0``, 1 + K frames
+  instead of TI2V's one) and their tokens see t = 0.
+
+Each window is prepared by the task's conditioning file like a one-window video of its length (a last image enters
+on the last window only), draws its noise from ``seed + k`` (window 1 is the one-window video of the same seed), and
+has its own prompt. The video keeps the given frames as the earlier window made them. Each window is decoded in the
+context it was made in ([frame 0, overlap, new], keeping the new frames' pixels): the causal VAE then never decodes a
+stretch longer than a window. With ``anchor`` the new frames of each window are colour-graded towards window 1 (each
+RGB channel's mean and spread moved by that fraction to window 1's, as a colour-match node does); it changes pixels
+only, never the latents the next window is conditioned on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from wanflow.pipelines.core import Conditioning
+from wanflow.pipelines.progress import Progress
+from wanflow.pipelines.request import Request
+from wanflow.pipelines.windows import pixel_count
+from wanflow.sampling.hooks import StepHook
+from wanflow.tasks import MASK_CHANNELS
+
+
+@dataclass
+class Window:
+    """The latents (1, C, T, H, W) one window was made in, and how many of its first latent frames were given."""
+
+    latents: torch.Tensor
+    given: int  # 0 for the first window; 1 + overlap after it
+
+    def new(self) -> torch.Tensor:
+        return self.latents[:, :, self.given :]
+
+
+def sample_windows(
+    pipe,
+    request: Request,
+    progress: Progress,
+    hooks: Iterable[StepHook],
+    latents: torch.Tensor | None,
+    timings: dict[str, float],
+) -> list[Window]:
+    """The windows of the video, each made from the one before; ``timings`` gets the seconds spent encoding (text and
+    conditioning) and denoising."""
+    if latents is not None:
+        raise ValueError("latents= is the noise of one window; a longer video draws each window's noise from its seed")
+    plan, hooks = request.windows, list(hooks)
+    spans, texts, windows = plan.spans(), {}, []
+    timings.update(encode=0.0, denoise=0.0)
+    for k, (start, end) in enumerate(spans):
+        t0 = time.perf_counter()
+        given = 0 if k == 0 else 1 + plan.overlap
+        part = window_request(request, k, given + end - start, last=k == len(spans) - 1)
+        prepared = pipe.task.prepare(pipe, part, _text(pipe, part, progress, texts))
+        if k:
+            known = torch.cat([windows[0].latents[:, :, :1], windows[-1].latents[:, :, -plan.overlap :]], dim=2)
+            continue_from(prepared.cond, known, pipe.task.image_channels)
+        timings["encode"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = pipe.sample(pipe.noise(prepared.shape, request.seed + k), prepared.cond, part, hooks)
+        timings["denoise"] += time.perf_counter() - t0
+        if k:  # the given frames as the earlier windows made them (I2V's DiT made its own of them)
+            out = torch.cat([known.to(out.dtype), out[:, :, given:]], dim=2)
+        windows.append(Window(out, given))
+    return windows
+
+
+def window_request(request: Request, k: int, latent_frames: int, last: bool) -> Request:
+    """Window ``k`` as a one-window request: its prompt, its length, the last image only on the last window."""
+    return dataclasses.replace(
+        request,
+        prompt=request.windows.prompts[k],
+        frames=pixel_count(latent_frames),
+        last_image=request.last_image if last else None,
+        windows=None,
+    )
+
+
+def continue_from(cond: Conditioning, known: torch.Tensor, image_channels: bool) -> None:
+    """Condition a window on ``known`` (1, C, 1 + K, H, W): the video's latent frame 0 and the last K latent frames of
+    the window before."""
+    if image_channels:  # I2V: frame 0 is the input image already; the overlap beside the noise, marked in the mask
+        k = known.shape[2]
+        y = cond.y.clone()
+        y[:, :MASK_CHANNELS, 1:k] = 1.0
+        y[:, MASK_CHANNELS:, 1:k] = known[:, :, 1:].to(y.dtype)
+        cond.y = y
+    else:  # T2V, TI2V: held in the latents, at t = 0
+        cond.frame0 = known
+
+
+def decode_windows(pipe, windows: list[Window], progress: Progress, anchor: float = 0.0) -> torch.Tensor:
+    """(3, F, H, W) pixels of the whole video: each window decoded as the clip it was made as, its new frames kept
+    (graded towards window 1's colours by ``anchor``)."""
+    parts = []
+    for window in windows:
+        frames = pipe.decode(window.latents, progress)  # (3, F, H, W)
+        if window.given:
+            frames = frames[:, pixel_count(window.given) :]
+            if anchor:
+                frames = anchor_statistics(frames, parts[0], anchor).clamp(-1, 1)
+        parts.append(frames)
+    return torch.cat(parts, dim=1)
+
+
+def anchor_statistics(frames: torch.Tensor, reference: torch.Tensor, strength: float) -> torch.Tensor:
+    """``frames`` moved by ``strength`` (0..1) towards the per-channel mean and standard deviation of ``reference``
+    (both (3, F, H, W); statistics over frames and pixels)."""
+    dims = (1, 2, 3)
+    mean, std = frames.mean(dims, keepdim=True), frames.std(dims, keepdim=True)
+    ref_mean, ref_std = reference.mean(dims, keepdim=True), reference.std(dims, keepdim=True)
+    matched = (frames - mean) / std.clamp_min(1e-6) * ref_std + ref_mean
+    return frames + strength * (matched - frames)
+
+
+def _text(pipe, part: Request, progress: Progress, texts: dict) -> Conditioning:
+    """The prompt states of this window, encoded once per distinct prompt (a fresh ``Conditioning``: the task's
+    conditioning file fills it in)."""
+    if part.prompt not in texts:
+        cond = pipe.encode_prompts(part, progress)
+        texts[part.prompt] = (cond.context, cond.context_null)
+    return Conditioning(*texts[part.prompt])
+
+
+__all__ = ["Window", "anchor_statistics", "continue_from", "decode_windows", "sample_windows", "window_request"]
