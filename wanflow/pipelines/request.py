@@ -17,6 +17,7 @@ from PIL import Image
 
 from wanflow.io.image import load_image
 from wanflow.pipelines.presets import apply_preset
+from wanflow.runtime.step_cache import CacheSettings, parse_cache
 from wanflow.sampling.noise import draw_seed
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.tasks import Task
@@ -47,6 +48,7 @@ class GenerateOptions:
     seed: int | None = -1  # negative: draw one (reported in the result)
     preset: str | None = None  # a key of ``pipelines.presets.PRESETS``: values for the options left None
     float_timesteps: bool | None = None  # the DiT sees 1000 * sigma unrounded (step-distilled LoRAs); default False
+    cache: str | None = None  # step cache: "magcache" or "magcache:THRESHOLD" (``runtime.step_cache``); None: off
 
     @classmethod
     def from_keywords(cls, prompt: str, **keywords: Any) -> GenerateOptions:
@@ -150,6 +152,7 @@ class Request:
     solver: str
     seed: int
     float_timesteps: bool = False
+    cache: CacheSettings | None = None
 
     def require_image(self) -> Image.Image:
         if self.image is None:
@@ -189,6 +192,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         solver=solver,
         seed=draw_seed(o.seed),
         float_timesteps=bool(o.float_timesteps),
+        cache=parse_cache(o.cache),
     )
 
 
