@@ -22,7 +22,7 @@ def record(recorder: RatioRecorder, residuals: list[torch.Tensor]) -> None:
     for step, residual in zip(steps, residuals, strict=True):
         recorder.before(step, model)
         assert model.block_cache.reuse(residual) is None  # calibration never skips
-        model.block_cache.store(residual)
+        model.block_cache.store(torch.zeros_like(residual), residual)
         recorder.after(step, torch.zeros(1))
     recorder.end()
     assert model.block_cache is None

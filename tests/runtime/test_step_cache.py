@@ -140,11 +140,13 @@ def test_a_reused_residual_stands_in_for_the_blocks(t2v):
             first = model(x, t, context)
             cache.begin_step(1, skip=True)
             reused = model(x, t, context)
-            cache.begin_step(2, skip=True)
+            cache.begin_step(2, skip=True, keep=False)
             other = model(x[:1], t[:1], context[:1])  # another batch shape: no residual fits, the blocks run
+            cache.begin_step(3, skip=True, keep=False)
+            after = model(x[:1], t[:1], context[:1])  # step 2 kept nothing (no step was to reuse it): run again
         finally:
             model.block_cache = None
     assert torch.equal(first, plain)
     torch.testing.assert_close(reused, plain, rtol=1e-5, atol=1e-5)
-    assert cache.runs == 2 and cache.reused == [(1, 0)]
     torch.testing.assert_close(other, plain[:1], rtol=1e-5, atol=1e-5)
+    assert torch.equal(after, other) and cache.runs == 3 and cache.reused == [(1, 0)] and cache.slots == [None]

@@ -213,11 +213,12 @@ class WholeSequence:
 class BlockCache(Protocol):
     """What the forward asks around its block stack (``WanDiT.block_cache``, set by a step cache such as
     ``runtime.step_cache``): ``reuse(tokens)`` returns a residual to add to the tokens instead of running the blocks, or
-    None to run them; ``store(residual)`` is handed the new residual (blocks' output - input) when they ran."""
+    None to run them; ``store(tokens, out)`` is handed the blocks' input and output when they ran (the residual is
+    ``out - tokens``; a cache that will not reuse it need not compute it)."""
 
     def reuse(self, tokens: torch.Tensor) -> torch.Tensor | None: ...
 
-    def store(self, residual: torch.Tensor) -> None: ...
+    def store(self, tokens: torch.Tensor, out: torch.Tensor) -> None: ...
 
 
 class WanDiT(nn.Module):
@@ -269,7 +270,7 @@ class WanDiT(nn.Module):
         for block in self.blocks:
             out = block(out, time, context, rope, attend)
         if cache is not None:
-            cache.store(out - tokens)
+            cache.store(tokens, out)
         return out
 
     def _check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:

@@ -105,18 +105,18 @@ class RatioRecorder(StepHook):
         self.ratios: list[tuple[float, ...]] = []
         self.previous: list[torch.Tensor] | None = None
         self.current: list[torch.Tensor] = []
-        self.models: list[nn.Module] = []
+        self.models: dict[int, nn.Module] = {}
 
     def before(self, step: Step, model: nn.Module) -> None:
         self.current = []
         model.block_cache = self
-        self.models.append(model)
+        self.models[id(model)] = model
 
     def reuse(self, tokens: torch.Tensor) -> None:
         return None  # always run the blocks
 
-    def store(self, residual: torch.Tensor) -> None:
-        self.current.extend(r.float().norm(dim=-1) for r in residual.unbind(0))  # (L,) per branch
+    def store(self, tokens: torch.Tensor, out: torch.Tensor) -> None:
+        self.current.extend(r.float().norm(dim=-1) for r in (out - tokens).unbind(0))  # (L,) per branch
 
     def after(self, step: Step, latents: torch.Tensor) -> None:
         norms, previous = self.current, self.previous
@@ -129,7 +129,7 @@ class RatioRecorder(StepHook):
         self.previous = norms
 
     def end(self) -> None:
-        for model in self.models:
+        for model in self.models.values():
             model.block_cache = None
         self.runs.append(self.ratios)
 

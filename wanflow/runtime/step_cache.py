@@ -99,30 +99,31 @@ def plan_stretch(ratios: Sequence[Sequence[float]], settings: CacheSettings) -> 
 
 class ExpertCache:
     """One expert's block residuals (``models.dit.BlockCache``): one slot per forward of a step, so the rows of a
-    batched CFG forward hold both branches and unbatched CFG gets a slot per branch. ``reused`` lists
-    (step, step that computed the residual) for every reuse; ``runs`` counts the block-stack runs."""
+    batched CFG forward hold both branches and unbatched CFG gets a slot per branch. A computed step keeps its
+    residual only when the next step reuses it (``keep``), else frees the slot. ``reused`` lists (step, step that
+    computed the residual) for every reuse; ``runs`` counts the block-stack runs."""
 
     def __init__(self, expert: str):
         self.expert = expert
-        self.slots: list[tuple[torch.Tensor, int]] = []  # (residual, step index that computed it)
+        self.slots: list[tuple[torch.Tensor, int] | None] = []  # (residual, step index that computed it)
         self.reused: list[tuple[int, int]] = []
         self.runs = 0
-        self.step, self.skip, self.call = -1, False, 0
+        self.step, self.skip, self.keep, self.call = -1, False, False, 0
 
-    def begin_step(self, index: int, skip: bool) -> None:
-        self.step, self.skip, self.call = index, skip, 0
+    def begin_step(self, index: int, skip: bool, keep: bool = True) -> None:
+        self.step, self.skip, self.keep, self.call = index, skip, keep, 0
 
     def reuse(self, tokens: torch.Tensor) -> torch.Tensor | None:
         call, self.call = self.call, self.call + 1
-        if not self.skip or call >= len(self.slots) or self.slots[call][0].shape != tokens.shape:
+        entry = self.slots[call] if call < len(self.slots) else None
+        if not self.skip or entry is None or entry[0].shape != tokens.shape:
             self.runs += 1
             return None
-        residual, made_at = self.slots[call]
-        self.reused.append((self.step, made_at))
-        return residual
+        self.reused.append((self.step, entry[1]))
+        return entry[0]
 
-    def store(self, residual: torch.Tensor) -> None:
-        entry, call = (residual, self.step), self.call - 1
+    def store(self, tokens: torch.Tensor, out: torch.Tensor) -> None:
+        entry, call = ((out - tokens, self.step) if self.keep else None), self.call - 1
         if call < len(self.slots):
             self.slots[call] = entry
         else:
@@ -153,7 +154,9 @@ class MagCache(StepHook):
             for other in self.caches.values():
                 other.free()  # never read again: no residual crosses the switch
             cache = self.caches[step.expert] = ExpertCache(step.expert)
-        cache.begin_step(step.index, self.skips[step.index])
+        following = step.index + 1
+        keep = following < len(self.skips) and self.skips[following] and step.next_expert == step.expert
+        cache.begin_step(step.index, self.skips[step.index], keep)
         model.block_cache = cache
         self._models[id(model)] = model
 
