@@ -7,6 +7,7 @@ running goes back to the queue, or fails with a reason once it has been tried ``
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sqlite3
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL = frozenset({"done", "failed", "cancelled"})
+PREVIEW_SIDE = 256  # pixels: live previews (blurry anyway) are scaled down to this for the event stream
 STAGE_WEIGHTS = {"text": (0.0, 0.05), "denoise": (0.05, 0.85), "decode": (0.90, 0.10)}  # (start, share) of 0-1
 
 SCHEMA = """
@@ -336,6 +338,7 @@ class Worker(threading.Thread):
         self.stopping = threading.Event()
         self.current: str | None = None
         self.cancel_requested: set[str] = set()
+        self.previews: dict[str, tuple[int, bytes]] = {}  # running job id -> (steps done, PNG) of its live preview
         self.lock = threading.Lock()
 
     def wake(self) -> None:
@@ -372,6 +375,7 @@ class Worker(threading.Thread):
                 with self.lock:
                     self.current = None
                     self.cancel_requested.discard(job["id"])
+                    self.previews.pop(job["id"], None)
 
     def check(self, job_id: str) -> None:
         if self.stopping.is_set():
@@ -424,4 +428,23 @@ class Worker(threading.Thread):
                 image = im.convert("RGB")
         with loras_applied(self.loras, request.loras, pipe):  # beside the weights for this job only
             options = request.options(image)
-            return pipe(options, progress=progress, callback=lambda step: check(), hooks=[BlockCheck(check)])
+            hooks = [BlockCheck(check), *self.preview_hooks(pipe, job["id"])]
+            return pipe(options, progress=progress, callback=lambda step: check(), hooks=hooks)
+
+    def preview_hooks(self, pipe, job_id: str) -> list[StepHook]:
+        """The job's live preview into ``previews`` (``runtime.preview``; none for a pipeline without one)."""
+        make = getattr(pipe, "preview", None)
+        if make is None:
+            return []
+
+        def keep(image, step: Step) -> None:
+            image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+            png = io.BytesIO()
+            image.save(png, format="PNG")
+            self.previews[job_id] = (step.index + 1, png.getvalue())
+
+        try:
+            return [make(keep)]
+        except ValueError as e:  # no preview map for this model's VAE: the job runs without one
+            log.warning("no live preview for job %s: %s", job_id, e)
+            return []

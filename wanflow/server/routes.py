@@ -4,7 +4,9 @@ page, health, metrics). They read and write the job store; the worker thread doe
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import json
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -47,7 +49,8 @@ def native_routes(api: APIRouter, ctx: Context) -> None:
 
     @api.get("/jobs/{job_id}/events")
     async def events(job_id: str, request: Request) -> StreamingResponse:
-        """Server-sent events: ``progress`` with the job on every change, then ``end`` when it has finished."""
+        """Server-sent events: ``progress`` with the job on every change, ``preview`` (``{"step", "image"}``, a PNG
+        data URL) when a running job has a new live preview, then ``end`` when it has finished."""
         ctx.job(job_id)
         return StreamingResponse(
             _event_stream(ctx, job_id, request),
@@ -136,7 +139,7 @@ def service_routes(app: FastAPI, ctx: Context, auth: list) -> None:
 
 
 async def _event_stream(ctx: Context, job_id: str, request: Request):
-    last, quiet = None, 0.0
+    last, quiet, shown = None, 0.0, None
     while True:
         job = ctx.store.get(job_id)
         if job is None:
@@ -146,6 +149,10 @@ async def _event_stream(ctx: Context, job_id: str, request: Request):
         if view != last:
             yield f"event: progress\ndata: {view}\n\n"
             last, quiet = view, 0.0
+        preview = ctx.worker.previews.get(job_id)
+        if preview is not None and preview[0] != shown:
+            shown = preview[0]
+            yield _preview_event(*preview)
         if job["status"] in TERMINAL:
             yield f"event: end\ndata: {view}\n\n"
             return
@@ -156,6 +163,12 @@ async def _event_stream(ctx: Context, job_id: str, request: Request):
         if quiet >= 15:  # a comment keeps proxies from closing an idle stream
             yield ": keep-alive\n\n"
             quiet = 0.0
+
+
+def _preview_event(step: int, png: bytes) -> str:
+    """A running job's live preview: the steps done and the picture as a PNG data URL."""
+    data = json.dumps({"step": step, "image": "data:image/png;base64," + base64.b64encode(png).decode()})
+    return f"event: preview\ndata: {data}\n\n"
 
 
 def _video_file(ctx: Context, job_id: str) -> FileResponse:

@@ -92,6 +92,7 @@ class GenerateRequest(BaseModel):
     )
     preset: Literal[tuple(PRESETS)] | None = Field(None, description="sampling preset (lightning: 4 steps, no CFG)")
     float_timesteps: bool | None = Field(None, description="the DiT sees 1000 * sigma unrounded (distilled LoRAs)")
+    cache: str | None = Field(None, max_length=40, description="step cache: magcache or magcache:THRESHOLD")
     loras: list[LoraChoice] = Field(default_factory=list, max_length=MAX_LORAS, description="by name (GET /api/loras)")
 
     @field_validator("guide_scale", mode="before")
@@ -162,6 +163,7 @@ class GenerateRequest(BaseModel):
             seed=self.seed,
             preset=self.preset,
             float_timesteps=self.float_timesteps,
+            cache=self.cache,
         )
 
 
