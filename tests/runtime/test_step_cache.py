@@ -121,7 +121,10 @@ def test_no_residual_crosses_the_expert_switch(t2v):
     wrong = EveryStep(flat_curve(14, 1.0))
     t2v("a red circle", seed=3, steps=14, hooks=[wrong], **KW)
     first_low = expert.index("low")
+    assert wrong.skips[first_low] and wrong.caches["low"].reused, "the wrong plan must ask for reuse at the switch"
     assert all(step != first_low for step, _ in wrong.caches["low"].reused)
+    assert first_low + 1 in {step for step, _ in wrong.caches["low"].reused}  # from the switch step's own residual
+    assert wrong.caches["high"].slots == []  # the high expert's residuals were freed at the switch
     assert all(expert[made_at] == "low" for _, made_at in wrong.caches["low"].reused)
     assert all(m.block_cache is None for m in t2v.experts.values())  # detached after the run
 
