@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import time
 from pathlib import Path
@@ -28,10 +29,25 @@ def picture(data_url: str) -> Image.Image:
     return image
 
 
+def events_with_previews(client, job_id: str) -> list[tuple[str, dict]]:
+    """``tests.server.test_server.events`` of the stream that also carries previews (``?preview=true``)."""
+    out, name = [], None
+    with client.stream("GET", f"/api/jobs/{job_id}/events", params={"preview": "true"}) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                out.append((name, json.loads(line[6:])))
+                if name in ("end", "deleted"):
+                    break
+    return out
+
+
 def test_event_stream_carries_previews_of_a_running_job(server):
     job = {"task": "t2v-A14B", "prompt": "a previewed fox", "width": 32, "height": 32, "frames": 5, "steps": 12}
     job = server.client.post("/api/jobs", json=job).json()
-    stream = events(server.client, job["id"])
+    stream = events_with_previews(server.client, job["id"])
     assert stream[-1][0] == "end" and stream[-1][1]["status"] == "done"
     previews = [(i, data) for i, (name, data) in enumerate(stream) if name == "preview"]
     assert previews, [name for name, _ in stream]
@@ -42,6 +58,15 @@ def test_event_stream_carries_previews_of_a_running_job(server):
     for i, _ in previews:
         before = [data for name, data in stream[:i] if name == "progress"]
         assert before and before[-1]["status"] == "running"
+
+
+def test_the_plain_event_stream_carries_no_previews(server):
+    """Previews are asked for: a client that follows progress (curl, scripts) gets every event a progress event."""
+    job = {"task": "t2v-A14B", "prompt": "a quiet fox", "width": 32, "height": 32, "frames": 5, "steps": 12}
+    job = server.client.post("/api/jobs", json=job).json()
+    stream = events(server.client, job["id"])
+    assert stream[-1][0] == "end" and stream[-1][1]["status"] == "done"
+    assert {name for name, _ in stream} == {"progress", "end"} and all("progress" in data for _, data in stream)
 
 
 @pytest.fixture(scope="module")

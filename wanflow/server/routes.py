@@ -48,12 +48,13 @@ def native_routes(api: APIRouter, ctx: Context) -> None:
         return job_view(ctx.job(job_id))
 
     @api.get("/jobs/{job_id}/events")
-    async def events(job_id: str, request: Request) -> StreamingResponse:
-        """Server-sent events: ``progress`` with the job on every change, ``preview`` (``{"step", "image"}``, a PNG
-        data URL) when a running job has a new live preview, then ``end`` when it has finished."""
+    async def events(job_id: str, request: Request, preview: bool = False) -> StreamingResponse:
+        """Server-sent events: ``progress`` with the job on every change, then ``end`` when it has finished; with
+        ``?preview=true`` also ``preview`` (``{"step", "image"}``, a PNG data URL) when a running job has a new live
+        preview (asked for, so a client that only follows progress gets no images)."""
         ctx.job(job_id)
         return StreamingResponse(
-            _event_stream(ctx, job_id, request),
+            _event_stream(ctx, job_id, request, preview),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -138,7 +139,7 @@ def service_routes(app: FastAPI, ctx: Context, auth: list) -> None:
         return "\n".join(lines) + "\n"
 
 
-async def _event_stream(ctx: Context, job_id: str, request: Request):
+async def _event_stream(ctx: Context, job_id: str, request: Request, previews: bool):
     last, quiet, shown = None, 0.0, None
     while True:
         job = ctx.store.get(job_id)
@@ -149,7 +150,7 @@ async def _event_stream(ctx: Context, job_id: str, request: Request):
         if view != last:
             yield f"event: progress\ndata: {view}\n\n"
             last, quiet = view, 0.0
-        preview = ctx.worker.previews.get(job_id)
+        preview = ctx.worker.previews.get(job_id) if previews else None
         if preview is not None and preview[0] != shown:
             shown = preview[0]
             yield _preview_event(*preview)

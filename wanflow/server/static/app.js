@@ -108,7 +108,7 @@ function queueItem(job) {
   };
   show(job);
   if (streams.has(job.id)) streams.get(job.id).close();  // it fed an item no longer shown
-  const source = new EventSource(withToken(`/api/jobs/${job.id}/events`));
+  const source = new EventSource(withToken(`/api/jobs/${job.id}/events?preview=true`));
   source.addEventListener("progress", (e) => show(JSON.parse(e.data)));
   source.addEventListener("preview", (e) => {  // {step, image}: a PNG data URL made by the server
     const p = JSON.parse(e.data);
