@@ -122,10 +122,10 @@ def main() -> None:
             r = measure_medium(settings, args.repeats, args.seed)
         else:
             r = measure(case, settings, args.per_combo, args.seed)
+        quality = f"{r['psnr']:.1f} ({r['psnr_min']:.1f})" if math.isfinite(r["psnr"]) else "- (random weights)"
         print(
-            f"| {case} | {r['runs']:.1f} of {r['steps']} | {r['call_ratio']:.2f}x | {r['denoise_ratio']:.2f}x | "(
-                f"{r['psnr']:.1f} ({r['psnr_min']:.1f}) |" if math.isfinite(r["psnr"]) else "- (random weights) |"
-            ),
+            f"| {case} | {r['runs']:.1f} of {r['steps']} | {r['call_ratio']:.2f}x | {r['denoise_ratio']:.2f}x | "
+            f"{quality} |",
             flush=True,
         )
 

@@ -29,7 +29,7 @@ from wanflow.runtime.cache_curve import Curve
 from wanflow.sampling.hooks import Step, StepHook
 
 METHODS = ("magcache",)
-DEFAULT_THRESHOLD = 0.1  # chosen on the validation set (README, "Step cache")
+DEFAULT_THRESHOLD = 0.1  # chosen on the combinations seen in training (README, "Step cache and previews")
 MAX_SKIPS = 2  # K: steps in a row that may reuse a residual (MagCache's script default)
 RETENTION = 0.2  # the first fraction of each expert's steps always runs (MagCache's script default)
 MIN_STEPS = 10  # fewer steps than this: no caching at all
