@@ -18,6 +18,7 @@ COMMANDS = {
     "serve": ("wanflow.server.cli", "HTTP server with a job queue and a web page"),
     "worker": ("wanflow.server.worker_cli", "run the jobs of a queue shared with API servers (wanflow serve --queue)"),
     "train-builtin": ("wanflow.cli.train_builtin", "train the built-in models from scratch"),
+    "calibrate-cache": ("wanflow.cli.calibrate_cache", "measure a checkpoint's step-cache curve (--cache magcache)"),
     "convert": ("wanflow.cli.convert", "rewrite a checkpoint folder in the other layout (official <-> diffusers)"),
     "info": ("wanflow.cli.info", "versions, devices, attention backends, checkpoints found"),
 }

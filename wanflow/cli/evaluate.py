@@ -56,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     add_sampler_arguments(p, solver=None)
+    p.add_argument("--cache", metavar="magcache[:THRESHOLD]", help="generate with the step cache (see calibrate-cache)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,9 +67,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--ckpt_dir evaluates one case: pass --cases with a single name")
     if args.vae_only and args.expert:
         raise ValueError("--vae_only runs no DiT, so no expert to choose: pass one of --vae_only and --expert")
-    sampling = sampler_keywords(args)
+    sampling = sampler_keywords(args) | ({"cache": args.cache} if args.cache else {})
     if args.vae_only and (args.short_prompts or sampling):
-        raise ValueError("--vae_only uses no prompt and no sampler: pass no --short_prompts or --sample_* with it")
+        raise ValueError(
+            "--vae_only uses no prompt and no sampler: pass no --short_prompts, --sample_* or --cache with it"
+        )
     if args.drift:
         return run_drift(args)
     combos = seen_combos() if args.seen else None

@@ -48,6 +48,7 @@ OPTION_FLAGS = {
     "preset": "preset",
     "float_timesteps": "float_timesteps",
     **EXTEND_FLAGS,
+    "cache": "cache",
 }
 RUNTIME_FLAGS = ("device", "dtype", "convert_model_dtype", "t5_cpu", "fp8", "compile", "vae_tile")
 
@@ -163,6 +164,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "cfg_parallel", action="store_true", help="conditional and unconditional passes on 2 rank groups")
     add_lora_arguments(p)
     add_prompt_extend_arguments(p, _flag)
+    _flag(
+        p,
+        "cache",
+        metavar="magcache[:THRESHOLD]",
+        help="skip DiT forwards on steps that barely change, with the checkpoint's calibration (see calibrate-cache)",
+    )
+    _flag(p, "preview", metavar="FILE.png", help="a PNG of where sampling is heading, rewritten every few steps")
 
 
 def generate_options(args: argparse.Namespace) -> GenerateOptions:
@@ -211,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
     resolve(options, task, image_hint="an input image: --image PATH")  # every value checked before minutes of loading
     save_file = args.save_file or default_save_file(args.task, args.size, options.prompt)
     check_writable(save_file)
+    check_preview_file(args.preview)
+    check_cache_calibration(options, layout, task)
     ctx = launch(args)
     try:
         if ctx.is_rank0:  # the one writer: what a killed run left beside the same output goes
@@ -248,8 +258,9 @@ def generate(args, ctx, layout, task: Task, options: GenerateOptions, runtime: R
         flags = ("ulysses_size", "dit_fsdp", "cfg_parallel", "t5_fsdp")
         parallelize_pipeline(pipe, ctx, **{name: getattr(args, name) for name in flags})
     load_time = time.perf_counter() - start
+    hooks = [preview_writer(pipe, args.preview)] if args.preview and ctx.is_rank0 else []
     with out_of_memory_as_error():
-        video = pipe(options, progress=TqdmProgress() if ctx.is_rank0 else Progress())
+        video = pipe(options, progress=TqdmProgress() if ctx.is_rank0 else Progress(), hooks=hooks)
     if not ctx.is_rank0:
         return 0  # only rank 0 writes the file
     if options.seed is None or options.seed < 0:
@@ -275,6 +286,33 @@ def out_of_memory_as_error():
             f"out of memory ({str(e).splitlines()[0][:200]}); try a smaller --size or --frame_num, --offload block, "
             "or --vae_tile"
         ) from None
+
+
+def check_preview_file(path: str | None) -> None:
+    import os
+
+    from wanflow.io.video import check_writable
+
+    if path is not None:
+        if not path.lower().endswith(".png"):
+            raise ValueError(f"--preview writes a PNG image: give a path ending in .png, got {path!r}")
+        check_writable(os.path.join(os.path.dirname(path) or ".", ""))  # its folder (made if missing)
+
+
+def check_cache_calibration(options: GenerateOptions, layout, task: Task) -> None:
+    """With --cache, the checkpoint's calibration must exist: said before minutes of loading (a Hub repository is
+    checked once downloaded, by the pipeline)."""
+    if options.cache and layout is not None:
+        from wanflow.runtime.cache_curve import load_curve
+
+        load_curve(layout.root, task.name)
+
+
+def preview_writer(pipe, path: str):
+    """A step hook that rewrites ``path`` (atomically) with the live preview every few steps."""
+    from wanflow.runtime.preview import save_png_atomic
+
+    return pipe.preview(lambda image, step: save_png_atomic(image, path))
 
 
 def launch(args: argparse.Namespace):

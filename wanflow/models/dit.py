@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -210,6 +210,17 @@ class WholeSequence:
         return out
 
 
+class BlockCache(Protocol):
+    """What the forward asks around its block stack (``WanDiT.block_cache``, set by a step cache such as
+    ``runtime.step_cache``): ``reuse(tokens)`` returns a residual to add to the tokens instead of running the blocks, or
+    None to run them; ``store(tokens, out)`` is handed the blocks' input and output when they ran (the residual is
+    ``out - tokens``; a cache that will not reuse it need not compute it)."""
+
+    def reuse(self, tokens: torch.Tensor) -> torch.Tensor | None: ...
+
+    def store(self, tokens: torch.Tensor, out: torch.Tensor) -> None: ...
+
+
 class WanDiT(nn.Module):
     """Velocity model ``v(x_t, t, text[, y])`` for every Wan 2.2 variant (t2v / i2v / ti2v)."""
 
@@ -224,6 +235,7 @@ class WanDiT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
         self.sequence = WholeSequence()  # the token plan; a transform may shard the tokens (runtime.sequence_parallel)
+        self.block_cache: BlockCache | None = None  # a step cache may skip the blocks (runtime.step_cache)
 
     def forward(
         self,
@@ -243,9 +255,23 @@ class WanDiT(nn.Module):
         rope = rope_tables(self.cfg.head_dim, grid, self.cfg.rope_theta, device=tokens.device)
         shard = self.sequence.shard(tokens.shape[1])  # this forward's share of the tokens
         tokens, time, rope = shard.split(tokens, time, rope)
-        for block in self.blocks:
-            tokens = block(tokens, time, context, rope, shard.attend)
+        tokens = self.run_blocks(tokens, time, context, rope, shard.attend)
         return self.unpatchify(shard.gather(self.head(tokens, time)), grid)
+
+    def run_blocks(
+        self, tokens: torch.Tensor, time: TimeEmbedding, context: torch.Tensor, rope: Rope, attend: AttentionFn
+    ) -> torch.Tensor:
+        """The block stack over this forward's (B, s, D) tokens, or the residual a ``block_cache`` hands back."""
+        cache = self.block_cache
+        residual = None if cache is None else cache.reuse(tokens)
+        if residual is not None:
+            return tokens + residual
+        out = tokens
+        for block in self.blocks:
+            out = block(out, time, context, rope, attend)
+        if cache is not None:
+            cache.store(tokens, out)
+        return out
 
     def _check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if y is not None:

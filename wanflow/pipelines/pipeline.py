@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
 
 from wanflow.builtin import builtin_checkpoint
@@ -35,10 +36,13 @@ from wanflow.pipelines.long_video import decode_windows, sample_windows
 from wanflow.pipelines.progress import Callback, DenoiseProgress, Progress, default_progress
 from wanflow.pipelines.prompt_extension import extend_prompts
 from wanflow.pipelines.request import DIFFUSERS_NAMES, GenerateOptions, Request, resolve
+from wanflow.runtime.cache_curve import load_curve
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.fp8 import quantize_fp8
 from wanflow.runtime.offload import POLICIES, ExpertPlacement, choose_policy
 from wanflow.runtime.precision import cast_model
+from wanflow.runtime.preview import DEFAULT_EVERY, Preview, load_preview_map
+from wanflow.runtime.step_cache import CacheSettings, MagCache
 from wanflow.runtime.vae_tiling import decode_tiled
 from wanflow.sampling.experts import boundary_timestep
 from wanflow.sampling.hooks import Step, StepHook
@@ -154,6 +158,7 @@ class WanPipeline:
         if self.task.is_moe != components.layout.is_moe:
             raise ValueError(f"task {self.task.name} and the checkpoint disagree on the number of experts")
         self.patch = dit_cfg.patch_size
+        self.layout = components.layout  # where calibration files beside the weights are found
         self.runtime = runtime
         dtype = runtime.torch_dtype()
         self.vae = components.vae.to(self.device, dtype or torch.float32)
@@ -459,7 +464,19 @@ class WanPipeline:
             request.guide_scale,
         )
         hooks = [self._placement, FiniteLatents(), *self._hooks, *hooks]  # NaN weights: an error, not a black video
+        if request.cache:
+            hooks.append(self.step_cache(request.cache))
         return denoise(self._placement, noise, cond, sampler, hooks)
+
+    def step_cache(self, settings: CacheSettings) -> MagCache:
+        """A step cache for one call, with the calibration of this checkpoint (``runtime.cache_curve.load_curve``)."""
+        return MagCache(load_curve(self.layout.root, self.task.name), settings)
+
+    def preview(self, show: Callable[[Image.Image, Step], None], every: int = DEFAULT_EVERY) -> Preview:
+        """A live-preview hook for one call: ``show(image, step)`` every ``every`` steps, the picture at the video's
+        size (``runtime.preview``)."""
+        cfg = self.vae.cfg
+        return Preview(load_preview_map(self.layout.root, cfg.version, cfg.z_dim), show, cfg.stride[1], every)
 
     def decode(self, latents: torch.Tensor, progress: Progress) -> torch.Tensor:
         progress.start("decode", latents.shape[2])
@@ -486,6 +503,7 @@ class WanPipeline:
             "guide_scale": request.guide_scale,
             "solver": request.solver,
             "frames": request.frames,
+            **({"cache": str(request.cache)} if request.cache else {}),
             "software": "wanflow",
             **({"float_timesteps": True} if request.float_timesteps else {}),
             **request.metadata(),

@@ -19,6 +19,7 @@ from wanflow.io.image import load_image
 from wanflow.pipelines.presets import apply_preset
 from wanflow.pipelines.windows import WindowPlan, latent_frames, pixel_count, plan_windows
 from wanflow.prompts.system import LANGUAGES
+from wanflow.runtime.step_cache import CacheSettings, parse_cache
 from wanflow.sampling.noise import draw_seed
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.tasks import TASKS, Task
@@ -52,6 +53,7 @@ class GenerateOptions:
     extend_prompt: bool | None = None  # rewrite the prompt with the pipeline's prompt extender first; default False
     prompt_extend_lang: str | None = None  # "zh" (the reference's default) or "en": the extended prompt's language
     prompt_extend_seed: int | None = None  # the extender's sampling seed; None: the run's seed
+    cache: str | None = None  # step cache: "magcache" or "magcache:THRESHOLD" (``runtime.step_cache``); None: off
 
     @classmethod
     def from_keywords(cls, prompt: str, **keywords: Any) -> GenerateOptions:
@@ -192,6 +194,8 @@ class Request:
             **(self.extension.metadata() if self.extension is not None else {}),
         }
 
+    cache: CacheSettings | None = None
+
     def require_image(self) -> Image.Image:
         if self.image is None:
             raise ValueError("this task needs an image: pass image=... (CLI: --image PATH)")
@@ -235,6 +239,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         last_image=_last_image(o.last_image, image, task, frames),
         extension=_extension(o, seed),
         windows=windows,
+        cache=parse_cache(o.cache),
     )
 
 

@@ -65,7 +65,7 @@ def follow(group: Group, models: Models, files: Files, loras=None) -> None:
                 raise RAISES[code]
 
         try:
-            run_job(job, models, files, loras, Progress(), check)
+            run_job(job, models, files, loras, Progress(), check, previews=False)
         except tuple(RAISES.values()):
             pass
         except Exception:  # rank 0 reports the job; this rank's own error goes to its log

@@ -51,9 +51,13 @@ class Files:
         are removed when it ends, ``clean_job``)."""
         from wanflow.io.video import remove_all_stale_temps
 
-        for sub in ("videos", "inputs"):
+        for sub in ("videos", "inputs", "previews"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         removed = remove_all_stale_temps(self.root / "videos") if clean else []
+        if clean:
+            from wanflow.server.previews import clear_previews
+
+            clear_previews(self.root / "previews")
         if removed:
             log.info("removed %d unfinished video files of an earlier run", len(removed))
 
@@ -77,11 +81,15 @@ class Files:
     def image(self, job_id: str) -> Path:
         return self.root / "inputs" / f"{job_id}.png"
 
+    def preview(self, job_id: str) -> Path:
+        """The running job's live preview (``server.previews``), where every server can read it; gone at its end."""
+        return self.root / "previews" / f"{job_id}.png"
+
     def remove(self, job_id: str) -> None:
         """The job's files, and the temporaries an interrupted write of its video left."""
         from wanflow.io.video import remove_stale_temps
 
-        for path in (self.video(job_id), self.image(job_id)):
+        for path in (self.video(job_id), self.image(job_id), self.preview(job_id)):
             path.unlink(missing_ok=True)
         remove_stale_temps(self.video(job_id))
 

@@ -4,7 +4,9 @@ page, health, metrics). They read and write the job store; the worker thread doe
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import json
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -13,6 +15,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from wanflow.server.context import Context
 from wanflow.server.jobs import TERMINAL
 from wanflow.server.metrics import metrics_text
+from wanflow.server.previews import read_preview
 from wanflow.server.schemas import GenerateRequest, JobView, VideoView, openai_fields
 from wanflow.server.uploads import read_submission
 from wanflow.server.views import openai_body, request_body, task_defaults
@@ -47,11 +50,13 @@ def native_routes(api: APIRouter, ctx: Context) -> None:
         return ctx.job_view(ctx.job(job_id))
 
     @api.get("/jobs/{job_id}/events")
-    async def events(job_id: str, request: Request) -> StreamingResponse:
-        """Server-sent events: ``progress`` with the job on every change, then ``end`` when it has finished."""
+    async def events(job_id: str, request: Request, preview: bool = False) -> StreamingResponse:
+        """Server-sent events: ``progress`` with the job on every change, then ``end`` when it has finished; with
+        ``?preview=true`` also ``preview`` (``{"step", "image"}``, a PNG data URL) when a running job has a new live
+        preview (asked for, so a client that only follows progress gets no images)."""
         ctx.job(job_id)
         return StreamingResponse(
-            _event_stream(ctx, job_id, request),
+            _event_stream(ctx, job_id, request, preview),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -125,8 +130,8 @@ def service_routes(app: FastAPI, ctx: Context, auth: list) -> None:
         return metrics_text(ctx.store)
 
 
-async def _event_stream(ctx: Context, job_id: str, request: Request):
-    last, quiet = None, 0.0
+async def _event_stream(ctx: Context, job_id: str, request: Request, previews: bool):
+    last, quiet, shown = None, 0.0, None
     while True:
         job = ctx.store.get(job_id)
         if job is None:
@@ -136,6 +141,10 @@ async def _event_stream(ctx: Context, job_id: str, request: Request):
         if view != last:
             yield f"event: progress\ndata: {view}\n\n"
             last, quiet = view, 0.0
+        preview = read_preview(ctx.files.preview(job_id), shown) if previews and job["status"] == "running" else None
+        if preview is not None:
+            shown = preview[0]
+            yield _preview_event(*preview[1:])
         if job["status"] in TERMINAL:
             yield f"event: end\ndata: {view}\n\n"
             return
@@ -146,6 +155,12 @@ async def _event_stream(ctx: Context, job_id: str, request: Request):
         if quiet >= 15:  # a comment keeps proxies from closing an idle stream
             yield ": keep-alive\n\n"
             quiet = 0.0
+
+
+def _preview_event(step: int, png: bytes) -> str:
+    """A running job's live preview: the steps done and the picture as a PNG data URL."""
+    data = json.dumps({"step": step, "image": "data:image/png;base64," + base64.b64encode(png).decode()})
+    return f"event: preview\ndata: {data}\n\n"
 
 
 def _video_file(ctx: Context, job_id: str) -> FileResponse:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from wanflow.pipelines.progress import Progress
 from wanflow.server.jobs import BlockCheck, Cancelled, Files, Interrupted, JobProgress, Lost, Models
+from wanflow.server.previews import preview_hooks
 from wanflow.server.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class Worker(threading.Thread):
                 except Exception:  # the store failed while reporting: the lease runs out, the job is run again
                     log.exception("job %s: could not report its end; it goes back to the queue", job["id"])
                 finally:
+                    self.files.preview(job["id"]).unlink(missing_ok=True)
                     with self.lock:
                         self.current = None
                         self.flags.pop(job["id"], None)
@@ -198,8 +200,11 @@ class Worker(threading.Thread):
             log.warning("job %s: finished after its lease was lost; another worker reports it", job_id)
 
 
-def run_job(job: dict, models: Models, files: Files, loras, progress: Progress, check: Callable[[], None]):
-    """Runs the job's request on its model; ``check`` raises to stop it, after every step and before every block."""
+def run_job(
+    job: dict, models: Models, files: Files, loras, progress: Progress, check: Callable[[], None], previews: bool = True
+):
+    """Runs the job's request on its model; ``check`` raises to stop it, after every step and before every block.
+    ``previews``: keep the job's live preview in the shared folder (rank 0 of a group only)."""
     from PIL import Image
 
     from wanflow.server.loras import loras_applied
@@ -213,7 +218,8 @@ def run_job(job: dict, models: Models, files: Files, loras, progress: Progress, 
             image = im.convert("RGB")
     with loras_applied(loras, request.loras, pipe):  # beside the weights for this job only
         options = request.options(image)
-        return pipe(options, progress=progress, callback=lambda step: check(), hooks=[BlockCheck(check)])
+        hooks = [BlockCheck(check), *(preview_hooks(pipe, files.preview(job["id"])) if previews else [])]
+        return pipe(options, progress=progress, callback=lambda step: check(), hooks=hooks)
 
 
 class Heartbeat(threading.Thread):

@@ -84,13 +84,19 @@ $("#form").addEventListener("submit", async (event) => {
   }
 });
 
+// A running job's item is kept across refreshes: its event stream updates it (a rebuilt item would go stale).
+const items = new Map();  // job id -> queue item
+
 function queueItem(job) {
+  if (items.has(job.id) && streams.has(job.id)) return items.get(job.id);
   const bar = el("progress", { max: 1, value: job.progress });
   const info = el("span", { className: "muted" });
+  const preview = el("img", { className: "preview", alt: "live preview", hidden: true });
   const cancel = el("button", { className: "secondary", textContent: "Cancel", type: "button" });
   cancel.addEventListener("click", () => api(`/api/jobs/${job.id}/cancel`, { method: "POST" }).catch(alert));
   const item = el("li", { id: "job-" + job.id },
-    el("div", { className: "line" }, el("span", { className: "prompt", textContent: job.params.prompt }), cancel), bar, info);
+    el("div", { className: "line" }, el("span", { className: "prompt", textContent: job.params.prompt }), cancel), bar, info,
+    preview);
   const show = (j) => {
     bar.value = j.progress;
     const parts = [j.status];
@@ -102,13 +108,19 @@ function queueItem(job) {
     info.textContent = parts.join(" · ");
   };
   show(job);
-  if (!streams.has(job.id)) {
-    const source = new EventSource(withToken(`/api/jobs/${job.id}/events`));
-    source.addEventListener("progress", (e) => show(JSON.parse(e.data)));
-    source.addEventListener("end", () => { source.close(); streams.delete(job.id); refresh(); });
-    source.onerror = () => { source.close(); streams.delete(job.id); };
-    streams.set(job.id, source);
-  }
+  if (streams.has(job.id)) streams.get(job.id).close();  // it fed an item no longer shown
+  const source = new EventSource(withToken(`/api/jobs/${job.id}/events?preview=true`));
+  source.addEventListener("progress", (e) => show(JSON.parse(e.data)));
+  source.addEventListener("preview", (e) => {  // {step, image}: a PNG data URL made by the server
+    const p = JSON.parse(e.data);
+    preview.src = p.image;
+    preview.title = `where sampling is heading, after step ${p.step}`;
+    preview.hidden = false;
+  });
+  source.addEventListener("end", () => { source.close(); streams.delete(job.id); refresh(); });
+  source.onerror = () => { source.close(); streams.delete(job.id); };
+  streams.set(job.id, source);
+  items.set(job.id, item);
   return item;
 }
 
@@ -155,6 +167,7 @@ async function refresh() {
   }
   showHealth().catch(() => {});
   const active = jobs.filter((j) => j.status === "queued" || j.status === "running").reverse();
+  for (const id of items.keys()) if (!active.some((j) => j.id === id)) items.delete(id);
   $("#queue").replaceChildren(...active.map(queueItem));
   if (!active.length) $("#queue").append(el("li", { className: "muted", textContent: "nothing queued" }));
   const finished = jobs.filter((j) => !active.includes(j));
