@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from wanflow.pipelines.request import resolve
 from wanflow.server.catalog import Catalog
 from wanflow.server.errors import validation_message
-from wanflow.server.jobs import Files, QueueFull, new_id
+from wanflow.server.jobs import LAST_IMAGE, Files, QueueFull, new_id
 from wanflow.server.loras import check_loras
 from wanflow.server.schemas import GenerateRequest, JobView, Limits, VideoView
 from wanflow.server.store import JobStore
@@ -80,15 +80,17 @@ class Context:
         if self.store.request_cancel(job_id) == "requested" and self.worker is not None:
             self.worker.cancel(job_id)
 
-    async def submit(self, fields: dict, image: Image.Image | None) -> dict:
-        """Validate, store the image, queue the job."""
+    async def submit(self, fields: dict, image: Image.Image | None, last: Image.Image | None = None) -> dict:
+        """Validate, store the images, queue the job. ``last``: the last frame beside the first (first-last frame);
+        the job's params say ``last_image: true`` when it has one."""
         req = self.parse(fields)
         job_id = new_id()
-        if image is None:
+        if image is None and last is None:
             self.check(req, None)
         else:  # a big image takes a while to check (a copy) and to write: not on the event loop
-            await to_thread.run_sync(self.check_and_save, req, image, job_id, limiter=self.decodes)
+            await to_thread.run_sync(self.check_and_save, req, image, job_id, last, limiter=self.decodes)
         spec, params = self.task(req.task), req.model_dump(exclude_none=True)
+        params |= {LAST_IMAGE: True} if last is not None else {}
         task = spec.name if spec is not None else req.task
         try:
             job = self.store.add(task, params, image is not None, self.max_queue, job_id, model=req.task)
@@ -120,7 +122,7 @@ class Context:
             raise HTTPException(422, "; ".join(errors))
         return req
 
-    def check(self, req: GenerateRequest, image: Image.Image | None) -> None:
+    def check(self, req: GenerateRequest, image: Image.Image | None, last: Image.Image | None = None) -> None:
         """The server's limits for the task's model, then the model's own checks; 422 with what is wrong."""
         limits, why = self.limits_for(req.task), ""
         if limits != self.limits:
@@ -131,20 +133,26 @@ class Context:
             req.check(limits, why)
             if req.extend_prompt and self.catalog.local.prompt_extender is None:
                 raise ValueError("this server extends no prompts: start it with --prompt_extend_model MODEL")
-            self.check_with_model(req, image)
+            self.check_with_model(req, image, last)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
 
-    def check_and_save(self, req: GenerateRequest, image: Image.Image, job_id: str) -> None:
-        self.check(req, image)
-        image.save(self.files.image(job_id), format="PNG")
+    def check_and_save(
+        self, req: GenerateRequest, image: Image.Image | None, job_id: str, last: Image.Image | None = None
+    ) -> None:
+        """Both images are checked before either is written: a refused request leaves no files."""
+        self.check(req, image, last)
+        if image is not None:  # None only for a task outside the registry: its pipeline refuses the job when it runs
+            image.save(self.files.image(job_id), format="PNG")
+        if last is not None:
+            last.save(self.files.last_image(job_id), format="PNG")
 
-    def check_with_model(self, req: GenerateRequest, image: Image.Image | None) -> None:
+    def check_with_model(self, req: GenerateRequest, image: Image.Image | None, last: Image.Image | None) -> None:
         """The pipeline's own checks (``resolve``), with the loaded model's task and size rule when it is loaded."""
         task = self.task(req.task)
         if task is None:
             return  # a task outside the registry: its pipeline checks the request when the job runs
         multiple = getattr(self.catalog.peek(req.task), "size_multiple", None)
-        options = dataclasses.replace(req.options(image), seed=0)  # the seed is drawn when the job runs
+        options = dataclasses.replace(req.options(image, last), seed=0)  # the seed is drawn when the job runs
         resolve(options, task, multiple, image_hint=IMAGE_HINT)
         check_loras(getattr(self.app.state, "loras", None), req.loras, self.catalog.peek(req.task))

@@ -21,9 +21,10 @@ from wanflow.tasks import TASKS, Task
 
 log = logging.getLogger(__name__)
 
+LAST_IMAGE = "last_image"  # in a job's params: it has a last image (``Files.last_image``), uploaded beside the first
 JobStore = SqliteStore  # the default engine, under the name it had when it was the only one
 __all__ = ["STATUSES", "TERMINAL", "BlockCheck", "Cancelled", "Files", "Interrupted", "JobProgress", "JobStore"]
-__all__ += ["Lost", "Models", "QueueFull", "new_id"]
+__all__ += ["LAST_IMAGE", "Lost", "Models", "QueueFull", "new_id"]
 STAGE_WEIGHTS = {"text": (0.0, 0.05), "denoise": (0.05, 0.85), "decode": (0.90, 0.10)}  # (start, share) of 0-1
 
 
@@ -81,6 +82,10 @@ class Files:
     def image(self, job_id: str) -> Path:
         return self.root / "inputs" / f"{job_id}.png"
 
+    def last_image(self, job_id: str) -> Path:
+        """The last frame of a first-last frame job (its params say ``last_image: true``)."""
+        return self.root / "inputs" / f"{job_id}_last.png"
+
     def preview(self, job_id: str) -> Path:
         """The running job's live preview (``server.previews``), where every server can read it; gone at its end."""
         return self.root / "previews" / f"{job_id}.png"
@@ -89,7 +94,7 @@ class Files:
         """The job's files, and the temporaries an interrupted write of its video left."""
         from wanflow.io.video import remove_stale_temps
 
-        for path in (self.video(job_id), self.image(job_id), self.preview(job_id)):
+        for path in (self.video(job_id), self.image(job_id), self.last_image(job_id), self.preview(job_id)):
             path.unlink(missing_ok=True)
         remove_stale_temps(self.video(job_id))
 

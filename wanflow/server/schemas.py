@@ -155,12 +155,13 @@ class GenerateRequest(BaseModel):
         if self.steps is not None and self.steps > limits.max_steps:
             raise ValueError(f"steps {self.steps} is over the limit of {limits.max_steps}")
 
-    def options(self, image=None) -> GenerateOptions:
+    def options(self, image=None, last_image=None) -> GenerateOptions:
         """The pipeline's options for this request (its own ``resolve`` checks them against the model)."""
         return GenerateOptions(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
             image=image,
+            last_image=last_image,
             size=self.size(),
             frames=self.frames,
             steps=self.steps,

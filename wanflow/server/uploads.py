@@ -1,5 +1,5 @@
-"""Reading a submission: JSON or a multipart form, one image at most, decoded within the server's limits; and the
-middleware that caps a request body's size.
+"""Reading a submission: JSON or a multipart form, a first image and a last one (first-last frame) at most, decoded
+within the server's limits; and the middleware that caps a request body's size.
 
 Decoding runs in a worker thread, at most ``Limits.max_decodes`` at once: a 50 KB PNG may hold 4096x4096 pixels
 (a second of work), and on the event loop a few of them would stall every other request, ``/health`` included."""
@@ -19,7 +19,13 @@ from starlette.datastructures import UploadFile
 from wanflow.server.schemas import IMAGE_TYPES, Limits
 
 IMAGE_FIELDS = ("image", "input_reference")
-MAX_FORM_BYTES = 1024 * 1024  # everything in a request besides the image
+LAST_IMAGE_FIELD = "last_image"  # the last frame beside the first (tasks with ``Task.last_image``)
+MAX_FORM_BYTES = 1024 * 1024  # everything in a request besides the images
+
+
+def max_body(limits: Limits) -> int:
+    """The largest request: two images (as base64 in JSON, a third larger) and the form."""
+    return 2 * (limits.max_upload * 4 // 3) + MAX_FORM_BYTES
 
 
 class BodyLimit:
@@ -61,24 +67,27 @@ class TooLarge(Exception):
 
 async def read_submission(
     request: Request, limits: Limits, decodes: CapacityLimiter
-) -> tuple[dict, Image.Image | None]:
-    """Form fields (multipart, with one image file) or a JSON object (image as base64), and the decoded image."""
+) -> tuple[dict, Image.Image | None, Image.Image | None]:
+    """Form fields (multipart, with an image file and a ``last_image`` file) or a JSON object (images as base64), and
+    the decoded first and last images."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     length = int(request.headers.get("content-length") or 0)
-    if length > limits.max_upload * 4 // 3 + MAX_FORM_BYTES:
+    if length > max_body(limits):
         raise HTTPException(413, f"request too large; images may be up to {limits.max_upload} bytes")
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        fields, data = await _read_form(request, limits)
+        fields, data, last = await _read_form(request, limits)
     elif ctype == "application/json":
-        fields, data = await _read_json(request, limits)
+        fields, data, last = await _read_json(request, limits)
     else:
         raise HTTPException(415, "send JSON (application/json) or a form (multipart/form-data, for an image upload)")
-    if data is None:
-        return fields, None
-    return fields, await to_thread.run_sync(decode_image, data, limits, limiter=decodes)
+    return fields, await _decoded(data, limits, decodes), await _decoded(last, limits, decodes)
 
 
-async def _read_json(request: Request, limits: Limits) -> tuple[dict, bytes | None]:
+async def _decoded(data: bytes | None, limits: Limits, decodes: CapacityLimiter) -> Image.Image | None:
+    return None if data is None else await to_thread.run_sync(decode_image, data, limits, limiter=decodes)
+
+
+async def _read_json(request: Request, limits: Limits) -> tuple[dict, bytes | None, bytes | None]:
     try:
         body = await request.json()
     except RecursionError:  # json's own depth limit: nothing this API takes is nested more than twice
@@ -88,27 +97,32 @@ async def _read_json(request: Request, limits: Limits) -> tuple[dict, bytes | No
     if not isinstance(body, dict):
         raise HTTPException(422, "the body must be a JSON object")
     data = next((body.pop(k) for k in IMAGE_FIELDS if body.get(k) is not None), None)
-    return body, None if data is None else _base64(data, limits)
+    last = body.pop(LAST_IMAGE_FIELD, None)
+    return body, _base64_or_none(data, limits), _base64_or_none(last, limits, LAST_IMAGE_FIELD)
 
 
-async def _read_form(request: Request, limits: Limits) -> tuple[dict, bytes | None]:
+async def _read_form(request: Request, limits: Limits) -> tuple[dict, bytes | None, bytes | None]:
     try:
-        form = await request.form(max_files=1, max_fields=40)
+        form = await request.form(max_files=2, max_fields=40)
     except (HTTPException, TooLarge):
         raise
     except Exception:
-        raise HTTPException(400, "the form could not be read (one image file at most)") from None
-    fields, data = {}, None
+        raise HTTPException(400, "the form could not be read (two image files at most: image and last_image)") from None
+    fields, uploads = {}, {}
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
-            if key not in IMAGE_FIELDS:
-                raise HTTPException(422, f"unexpected file field {key!r}; upload the image as 'image'")
-            data = await _read_upload(value, limits)
+            if key not in (*IMAGE_FIELDS, LAST_IMAGE_FIELD):
+                hint = "upload the image as 'image' (and a last frame as 'last_image')"
+                raise HTTPException(422, f"unexpected file field {key!r}; {hint}")
+            slot = "last" if key == LAST_IMAGE_FIELD else "first"
+            if slot in uploads:
+                raise HTTPException(422, f"more than one {'last ' if slot == 'last' else ''}image file")
+            uploads[slot] = await _read_upload(value, limits)
         elif value != "":
             if key in fields:
                 raise HTTPException(422, f"field {key!r} given twice")
             fields[key] = value
-    return fields, data
+    return fields, uploads.get("first"), uploads.get("last")
 
 
 async def _read_upload(upload: UploadFile, limits: Limits) -> bytes:
@@ -120,19 +134,23 @@ async def _read_upload(upload: UploadFile, limits: Limits) -> bytes:
     return data
 
 
-def _base64(data: object, limits: Limits) -> bytes:
+def _base64_or_none(data: object, limits: Limits, name: str = "image") -> bytes | None:
+    return None if data is None else _base64(data, limits, name)
+
+
+def _base64(data: object, limits: Limits, name: str = "image") -> bytes:
     if not isinstance(data, str):
-        raise HTTPException(422, "image must be a base64 string (or a data: URL)")
+        raise HTTPException(422, f"{name} must be a base64 string (or a data: URL)")
     if data.startswith("data:"):
         header, _, data = data.partition(",")
         if header.split(";")[0][5:].lower() not in IMAGE_TYPES:
-            raise HTTPException(415, f"image type {header[5:]!r} not accepted; send one of {sorted(IMAGE_TYPES)}")
+            raise HTTPException(415, f"{name} type {header[5:]!r} not accepted; send one of {sorted(IMAGE_TYPES)}")
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise HTTPException(422, "image is not valid base64") from None
+        raise HTTPException(422, f"{name} is not valid base64") from None
     if len(raw) > limits.max_upload:
-        raise HTTPException(413, f"the image is over the limit of {limits.max_upload} bytes")
+        raise HTTPException(413, f"the {name.replace('_', ' ')} is over the limit of {limits.max_upload} bytes")
     return raw
 
 

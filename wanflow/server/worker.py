@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from wanflow.pipelines.progress import Progress
-from wanflow.server.jobs import BlockCheck, Cancelled, Files, Interrupted, JobProgress, Lost, Models
+from wanflow.server.jobs import LAST_IMAGE, BlockCheck, Cancelled, Files, Interrupted, JobProgress, Lost, Models
 from wanflow.server.previews import preview_hooks
 from wanflow.server.store import JobStore
 
@@ -205,21 +205,26 @@ def run_job(
 ):
     """Runs the job's request on its model; ``check`` raises to stop it, after every step and before every block.
     ``previews``: keep the job's live preview in the shared folder (rank 0 of a group only)."""
-    from PIL import Image
-
     from wanflow.server.loras import loras_applied
     from wanflow.server.schemas import GenerateRequest
 
-    request = GenerateRequest.model_validate(job["params"])
+    params = dict(job["params"])
+    has_last = params.pop(LAST_IMAGE, False)  # set by the server, not a request field
+    request = GenerateRequest.model_validate(params)
     pipe = models.get(job.get("model") or job["task"])
-    image = None
-    if job["has_image"]:
-        with Image.open(files.image(job["id"])) as im:
-            image = im.convert("RGB")
+    image = _load(files.image(job["id"])) if job["has_image"] else None
+    last = _load(files.last_image(job["id"])) if has_last else None
     with loras_applied(loras, request.loras, pipe):  # beside the weights for this job only
-        options = request.options(image)
+        options = request.options(image, last)
         hooks = [BlockCheck(check), *(preview_hooks(pipe, files.preview(job["id"])) if previews else [])]
         return pipe(options, progress=progress, callback=lambda step: check(), hooks=hooks)
+
+
+def _load(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
 
 
 class Heartbeat(threading.Thread):
