@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import av
 import numpy as np
@@ -157,7 +158,7 @@ def test_malformed_last_images_are_refused(server):
 
 
 def test_an_oversized_last_image_is_a_413(server):
-    """The server's limits (200 000 bytes, 128x128... pixels: ``tests.server.launcher``) hold for the last image."""
+    """The first image's limits hold for the last: 200 000 bytes (``tests.server.launcher``), 4096x4096 pixels."""
     before, form = state(server), {k: str(v) for k, v in I2V.items()}
     big = noise_png((300, 300), 3)
     assert len(big) > 200_000
@@ -176,3 +177,51 @@ def test_an_oversized_last_image_is_a_413(server):
     assert "over the limit of 200000 bytes" in answers[1].json()["detail"]
     assert "pixels" in answers[2].json()["detail"]
     assert nothing_queued(server, before)
+
+
+def test_the_web_page_sends_a_last_frame(server, tmp_path):
+    """The page shows the "last frame" input for i2v-A14B only and sends it: the job it queues has a last image."""
+    import os
+
+    if not os.path.exists("/usr/bin/chromium"):
+        pytest.skip("no browser at /usr/bin/chromium (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright for the browser test")
+    from tests.server.conftest import TOKEN
+
+    (tmp_path / "first.png").write_bytes(FIRST)
+    (tmp_path / "last.png").write_bytes(LAST)
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=args)
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/")
+            page.fill("#token", TOKEN)
+            page.locator("#token").blur()  # the browser's own change event (a later blur would load the tasks again)
+            page.wait_for_selector("#task option[value='i2v-A14B']", state="attached")
+            for task, shown in (("t2v-A14B", False), ("ti2v-5B", False), ("i2v-A14B", True)):
+                page.select_option("#task", task)
+                assert page.is_visible("#last-image-row") is shown, task
+            page.fill("textarea[name=prompt]", "a browser first-last frame")
+            for name, value in {"width": "32", "height": "32", "frames": "5", "steps": "1"}.items():
+                page.fill(f"input[name={name}]", value)
+            page.set_input_files("input[name=image]", str(tmp_path / "first.png"))
+            page.set_input_files("input[name=last_image]", str(tmp_path / "last.png"))
+            assert page.input_value("#task") == "i2v-A14B"
+            page.click("button[type=submit]")
+            job = queued(server, "a browser first-last frame")
+            assert job is not None, page.text_content("#form-error")
+        finally:
+            browser.close()
+    assert job["task"] == "i2v-A14B" and job["params"].get("last_image") is True and job["has_image"], job
+    assert server.wait(job["id"], timeout=120)["status"] == "done"
+
+
+def queued(server, prompt: str, timeout: float = 20) -> dict | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = [j for j in server.client.get("/api/jobs").json() if j["params"]["prompt"] == prompt]
+        if jobs:
+            return jobs[0]
+        time.sleep(0.1)
+    return None

@@ -58,12 +58,14 @@ def task_defaults(spec: Task) -> dict:
         "guide_scale": list(guide),
         "fps": spec.fps,
         "image": spec.image,
+        "last_image": spec.last_image,
     }
 
 
 def request_body(model) -> dict:
     schema = model.model_json_schema()
-    form = dict(schema, properties=dict(schema["properties"], image={"type": "string", "format": "binary"}))
+    image = {"type": "string", "format": "binary"}
+    form = dict(schema, properties=dict(schema["properties"], image=image, last_image=image))
     return {
         "requestBody": {
             "required": True,

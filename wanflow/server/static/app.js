@@ -67,6 +67,7 @@ function showDefaults() {
   form.guide_scale.placeholder = d.guide_scale.join(",");
   $("#image-row").hidden = d.image === "none";
   form.image.required = d.image === "required";
+  $("#last-image-row").hidden = !d.last_image;  // first-last frame: the models that take a last frame
 }
 
 $("#form").addEventListener("submit", async (event) => {
@@ -74,7 +75,8 @@ $("#form").addEventListener("submit", async (event) => {
   $("#form-error").textContent = "";
   const data = new FormData(event.target);
   for (const [key, value] of [...data.entries()]) {
-    if (value === "" || (value instanceof File && (!value.size || $("#image-row").hidden))) data.delete(key);
+    const row = key === "last_image" ? "#last-image-row" : "#image-row";
+    if (value === "" || (value instanceof File && (!value.size || $(row).hidden))) data.delete(key);
   }
   try {
     await api("/api/jobs", { method: "POST", body: data });
@@ -145,7 +147,8 @@ function galleryCard(job) {
   const p = job.params;
   const settings = { task: job.task, prompt: p.prompt, negative: p.negative_prompt, size: p.width ? `${p.width}x${p.height}` : null,
     frames: p.frames, steps: p.steps, shift: p.shift, guidance: p.guide_scale && p.guide_scale.join(","), solver: p.solver,
-    seed: job.seed ?? p.seed, image: job.has_image ? "yes" : null };  // seeds come as strings: exact past 2^53
+    seed: job.seed ?? p.seed, image: job.has_image ? "yes" : null,  // seeds come as strings: exact past 2^53
+    "last frame": p.last_image ? "yes" : null };
   const dl = el("dl");
   for (const [key, value] of Object.entries(settings)) {
     if (value != null && value !== "") dl.append(el("dt", { textContent: key }), el("dd", { textContent: String(value) }));
