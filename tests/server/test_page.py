@@ -131,3 +131,16 @@ def test_the_api_docs_render_offline(browser, server):
     paths = page.locator(".swagger-ui .opblock-summary-path").all_text_contents()
     assert "/api/jobs" in paths and "/v1/videos" in paths
     assert not errors, errors  # nothing was asked of another host
+
+
+def test_a_new_token_keeps_the_task_picked(browser, server):
+    """Reloading the task list (what a changed token does) keeps the task the user picked, not the first one."""
+    errors: list = []
+    page = open_page(browser, server, errors)
+    names = page.eval_on_selector_all("#task option", "options => options.map(o => o.value)")
+    assert len(names) > 1, names
+    page.select_option("#task", names[-1])
+    assert page.evaluate("loadTasks()") is True
+    assert page.input_value("#task") == names[-1]
+    page.close()
+    assert not errors, errors

@@ -49,7 +49,9 @@ async function loadTasks() {
     return false;
   }
   $("#form-error").textContent = "";
+  const chosen = $("#task").value;  // a reload (a new token) keeps the task the user picked
   $("#task").replaceChildren(...Object.keys(tasks).map((name) => el("option", { value: name, textContent: name })));
+  if (chosen in tasks) $("#task").value = chosen;
   showDefaults();
   return true;
 }
