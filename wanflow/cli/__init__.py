@@ -17,6 +17,7 @@ COMMANDS = {
     "evaluate": ("wanflow.cli.evaluate", "score generated videos on held-out prompts (built-in models)"),
     "serve": ("wanflow.server.cli", "HTTP server with a job queue and a web page"),
     "train-builtin": ("wanflow.cli.train_builtin", "train the built-in models from scratch"),
+    "train-lora": ("wanflow.cli.train_lora", "fine-tune a LoRA on a folder of captioned clips"),
     "convert": ("wanflow.cli.convert", "rewrite a checkpoint folder in the other layout (official <-> diffusers)"),
     "info": ("wanflow.cli.info", "versions, devices, attention backends, checkpoints found"),
 }
