@@ -165,7 +165,7 @@ def train_lora(settings: LoraSettings, progress: bool = True) -> tuple[dict[str,
         device=str(device),
         batch_size=settings.batch_size,
     )
-    sampler = sample_writer(settings, layout, task, models) if settings.sample_prompt else None
+    sampler = sample_writer(settings, layout, task, models, device) if settings.sample_prompt else None
 
     def on_step(step: int, history: History) -> None:
         if (settings.checkpoint_every and step % settings.checkpoint_every == 0) or step == settings.steps:
@@ -184,7 +184,9 @@ def samples_captions(settings: LoraSettings) -> list[str]:
     return [item.caption for item in scan_folder(Path(settings.data).expanduser())]
 
 
-def sample_writer(settings: LoraSettings, layout: Layout, task: Task, models: dict[str, nn.Module]):
-    from wanflow.training.lora_sample import SampleWriter
+def sample_writer(
+    settings: LoraSettings, layout: Layout, task: Task, models: dict[str, nn.Module], device: torch.device
+):
+    from wanflow.training.lora_sample import SampleWriter  # (the pipeline stack, only when samples are asked for)
 
-    return SampleWriter(settings, layout, task, models)
+    return SampleWriter(settings, layout, task, models, lambda name: load_base(layout, name, settings, device))

@@ -24,7 +24,7 @@ def caption_words(caption: str) -> list[str]:
 def trigger_words(captions: list[str], share: float = 0.5) -> list[str]:
     """Words in at least ``share`` of the captions (each counted once per caption), stop words left out, most
     frequent first: the words the captions teach, such as a new name repeated in every caption."""
-    counts = Counter(word for caption in captions for word in set(caption_words(caption)))
+    counts = Counter(word for caption in captions for word in dict.fromkeys(caption_words(caption)))  # ties: in order
     need = max(1, share * len(captions))
     common = [w for w, n in counts.most_common() if n >= need and w not in STOP_WORDS and not w.isdigit()]
     return common
