@@ -201,3 +201,13 @@ def test_samples_show_the_lora_and_leave_training_unchanged(tmp_path, ckpts, dat
     want = pipe("a zorb sliding right", size=SIZE, frames=FRAMES, seed=0).frames
     # the sample at the last step is the frames of the LoRA written then (its factors rounded to bfloat16)
     assert (saved[-1] - want).abs().max() < 0.1 * (saved[-1] - base).abs().max()
+
+
+def test_targets_choose_the_linears_that_get_factors(tmp_path, ckpts, data):
+    s = settings(data, tmp_path / "t/x", ckpts["t2v-A14B"], steps=1, targets=("cross_attn.k", "ffn.2"))
+    paths, _ = train_lora(s, progress=False)
+    with safe_open(paths["low"], "pt") as f:
+        modules = sorted({k.split(".", 3)[3].removesuffix(".alpha") for k in f.keys() if k.endswith(".alpha")})
+    assert modules == ["cross_attn.k", "ffn.2"]
+    with pytest.raises(ValueError, match="LoRA targets"):
+        settings(data, tmp_path / "t/y", ckpts["t2v-A14B"], targets=("head.head",))

@@ -117,7 +117,9 @@ def new_factors(models: dict[str, nn.Module], settings: LoraSettings) -> nn.Modu
     """Fresh factors per expert (each its own seed), hooked onto its linears; then the blocks checkpointed."""
     factors = nn.ModuleDict()
     for i, (name, model) in enumerate(models.items()):
-        factors[name] = LoraFactors(target_shapes(model), settings.rank, settings.lora_alpha, seed=settings.seed + i)
+        factors[name] = LoraFactors(
+            target_shapes(model, settings.targets), settings.rank, settings.lora_alpha, seed=settings.seed + i
+        )
         attach(model, factors[name])
         if settings.gradient_checkpointing:
             checkpoint_blocks(model)  # after attach: it renames the blocks' children

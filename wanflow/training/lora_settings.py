@@ -11,6 +11,7 @@ import torch
 from wanflow.checkpoints.layouts import Layout, detect_layout
 from wanflow.configs import DENSE, HIGH, LOW
 from wanflow.tasks import Task, get_task
+from wanflow.training.lora_factors import BLOCK_TARGETS
 
 EXPERT_CHOICES = ("high", "low", "both")  # --expert; a dense model (TI2V-5B) has one, whatever is asked
 # The frozen base: (stored dtype, e4m3 block linears). FP8 computes in bfloat16 (``runtime.fp8``).
@@ -37,6 +38,7 @@ class LoraSettings:
     checkpoint_every: int = 100  # steps between checkpoints (and LoRA files); 0: only at the end
     sample_prompt: str | None = None  # a sample video every checkpoint_every steps with this prompt
     base: str = "auto"  # float32 | bfloat16 | fp8; auto: bfloat16 on a GPU, float32 on the CPU
+    targets: tuple[str, ...] = BLOCK_TARGETS  # the block linears that get factors (official names under blocks.N)
     gradient_checkpointing: bool = True  # recompute each block's activations in the backward pass
     seed: int = 0
     device: str = "auto"
@@ -52,6 +54,9 @@ class LoraSettings:
             raise ValueError("need steps, rank and batch size >= 1, lr > 0 and checkpoint_every >= 0")
         if self.alpha is not None and not self.alpha > 0:
             raise ValueError(f"alpha must be positive, got {self.alpha}")
+        unknown = sorted(set(self.targets) - set(BLOCK_TARGETS))
+        if unknown or not self.targets:
+            raise ValueError(f"LoRA targets are among {BLOCK_TARGETS}, got {unknown or 'none'}")
         if not self.out or Path(self.out).name in ("", ".", ".."):
             raise ValueError(f"--out is a path prefix such as loras/my_style, got {self.out!r}")
 
