@@ -19,6 +19,7 @@ COMMANDS = {
     "worker": ("wanflow.server.worker_cli", "run the jobs of a queue shared with API servers (wanflow serve --queue)"),
     "train-builtin": ("wanflow.cli.train_builtin", "train the built-in models from scratch"),
     "calibrate-cache": ("wanflow.cli.calibrate_cache", "measure a checkpoint's step-cache curve (--cache magcache)"),
+    "train-lora": ("wanflow.cli.train_lora", "fine-tune a LoRA on a folder of captioned clips"),
     "convert": ("wanflow.cli.convert", "rewrite a checkpoint folder in the other layout (official <-> diffusers)"),
     "info": ("wanflow.cli.info", "versions, devices, attention backends, checkpoints found"),
 }

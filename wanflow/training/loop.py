@@ -270,11 +270,14 @@ def train(
     cfg: TrainConfig,
     checkpoint_path: str | os.PathLike | None = None,
     progress: bool = True,
+    on_step: Callable[[int, History], None] | None = None,
 ) -> History:
     """Train ``models`` (moved to ``cfg.device``, put in train mode) by minimising ``loss_fn(step, generator)``.
 
     Resumes from ``checkpoint_path`` when it exists; saves there every ``cfg.checkpoint_every`` steps and at the end.
-    Returns the history of the whole run (earlier runs included when resumed).
+    ``on_step(step, history)`` runs after each update (and its checkpoint), with the number of steps done: where a
+    caller writes what it derives from the weights (a LoRA file) or samples. It must not draw from the global RNGs,
+    or a resumed run differs. Returns the history of the whole run (earlier runs included when resumed).
     """
     device = resolve_device(cfg.device)
     root = as_module(models).to(device).train()
@@ -296,6 +299,8 @@ def train(
             if checkpoint_path is not None and cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0:
                 save_checkpoint(run.state(cfg), checkpoint_path)
                 saved = run.step
+            if on_step is not None:
+                on_step(run.step, run.history)
     if checkpoint_path is not None and saved != run.step:
         save_checkpoint(run.state(cfg), checkpoint_path)
     return run.history

@@ -1,0 +1,83 @@
+"""``wanflow train-lora DATA_DIR --task TASK --out PREFIX``: fine-tune a LoRA on a folder of captioned clips
+(``training/lora.py``). Without ``--ckpt_dir`` it fine-tunes the task's built-in model."""
+
+from __future__ import annotations
+
+import argparse
+
+from wanflow.tasks import TASKS
+
+EXPERTS = ("high", "low", "both")  # training.lora_settings.EXPERT_CHOICES (that module imports torch)
+BASES = ("auto", "float32", "bfloat16", "fp8")
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    width, sep, height = value.replace("x", "*").partition("*")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise argparse.ArgumentTypeError(f"size must look like WIDTH*HEIGHT (e.g. 480*272), got {value!r}")
+    return int(width), int(height)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data_dir", help="folder of NAME.mp4 (or .png / .jpg) files, each beside NAME.txt, its caption")
+    p.add_argument("--task", required=True, choices=sorted(TASKS), help="the model the LoRA is for")
+    p.add_argument("--ckpt_dir", help="checkpoint folder to fine-tune (default: the task's built-in model)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="path prefix: PREFIX_high_noise.safetensors / PREFIX_low_noise.safetensors (A14B) or "
+        "PREFIX.safetensors (TI2V-5B), and the resumable PREFIX.ckpt",
+    )
+    p.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    p.add_argument("--alpha", type=float, help="LoRA alpha; the scale is alpha / rank (default: the rank)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate, cosine decay (default 1e-4)")
+    p.add_argument("--expert", choices=EXPERTS, default="both", help="A14B: which experts to train (default both)")
+    p.add_argument("--resume", action="store_true", help="continue PREFIX.ckpt where it stopped, bit for bit")
+    p.add_argument("--batch_size", type=int, default=1, help="samples per step (default 1)")
+    p.add_argument("--size", type=parse_size, help="training WIDTH*HEIGHT (default: the model's default size)")
+    p.add_argument("--frames", type=int, help="frames per sample, 4n+1 (default: the model's default length)")
+    p.add_argument("--windows", type=int, default=1, help="samples per clip, evenly spaced over it (default 1)")
+    p.add_argument("--checkpoint_every", type=int, default=100, help="steps between checkpoints and LoRA files")
+    p.add_argument("--sample_prompt", help="write PREFIX_step{N}.mp4 with this prompt at every checkpoint")
+    p.add_argument("--base", choices=BASES, default="auto", help="frozen weights (auto: bfloat16 on a GPU)")
+    p.add_argument(
+        "--no_gradient_checkpointing",
+        action="store_true",
+        help="keep every block's activations (faster, more memory)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the factors' initialisation and of the batches")
+    p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu ... (default: cuda if available)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from wanflow.training.lora import train_lora
+    from wanflow.training.lora_settings import LoraSettings
+
+    settings = LoraSettings(
+        data=args.data_dir,
+        out=args.out,
+        task=args.task,
+        ckpt_dir=args.ckpt_dir,
+        steps=args.steps,
+        rank=args.rank,
+        alpha=args.alpha,
+        lr=args.lr,
+        expert=args.expert,
+        batch_size=args.batch_size,
+        size=args.size,
+        frames=args.frames,
+        windows=args.windows,
+        checkpoint_every=args.checkpoint_every,
+        sample_prompt=args.sample_prompt,
+        base=args.base,
+        gradient_checkpointing=not args.no_gradient_checkpointing,
+        seed=args.seed,
+        device=args.device,
+        resume=args.resume,
+    )
+    paths, history = train_lora(settings)
+    recent = history.losses[-10:]
+    loss = f", last loss {sum(recent) / len(recent):.4g}" if recent else ""
+    print(f"wrote {', '.join(str(p) for p in paths.values())} ({len(history.losses)} steps{loss})")
+    return 0
