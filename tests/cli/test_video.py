@@ -1,32 +1,14 @@
 """``wanflow generate`` with a first and a last frame, longer videos and prompt extension: the flags reach the
 pipeline, and bad input is one line with exit code 2."""
 
-import os
-
 import numpy as np
 from PIL import Image
 
+from tests.cli.test_hardening import refused, run_main
 from tests.tiny.chat import write_chat_model
 from wanflow.cli import main
 
 FAST = ["--size", "64*64", "--frame_num", "9", "--sample_steps", "2", "--base_seed", "3"]
-
-
-def run_main(capsys, *args):
-    capsys.readouterr()
-    try:
-        code = main(["generate", *args])
-    except SystemExit as e:
-        code = e.code
-    return code, [line for line in capsys.readouterr().err.strip().splitlines() if "error" in line]
-
-
-def refused(capsys, tmp_path, *args) -> str:
-    """The one error line of a run that must be refused with exit code 2 and write nothing."""
-    code, errors = run_main(capsys, "x", *args, "--save_file", str(tmp_path / "o.mp4"))
-    assert code == 2 and len(errors) == 1, errors
-    assert not [p for p in os.listdir(tmp_path) if p.startswith((".o.mp4", "o.mp4"))]
-    return errors[0]
 
 
 def picture(path, width, height, value):

@@ -179,40 +179,32 @@ def test_an_oversized_last_image_is_a_413(server):
     assert nothing_queued(server, before)
 
 
-def test_the_web_page_sends_a_last_frame(server, tmp_path):
+def test_the_web_page_sends_a_last_frame(browser, server, tmp_path):
     """The page shows the "last frame" input for i2v-A14B only and sends it: the job it queues has a last image."""
-    import os
-
-    if not os.path.exists("/usr/bin/chromium"):
-        pytest.skip("no browser at /usr/bin/chromium (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright for the browser test")
     from tests.server.conftest import TOKEN
 
     (tmp_path / "first.png").write_bytes(FIRST)
     (tmp_path / "last.png").write_bytes(LAST)
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=args)
-        try:
-            page = browser.new_page()
-            page.goto(server.url + "/")
-            page.fill("#token", TOKEN)
-            page.locator("#token").blur()  # the browser's own change event (a later blur would load the tasks again)
-            page.wait_for_selector("#task option[value='i2v-A14B']", state="attached")
-            for task, shown in (("t2v-A14B", False), ("ti2v-5B", False), ("i2v-A14B", True)):
-                page.select_option("#task", task)
-                assert page.is_visible("#last-image-row") is shown, task
-            page.fill("textarea[name=prompt]", "a browser first-last frame")
-            for name, value in {"width": "32", "height": "32", "frames": "5", "steps": "1"}.items():
-                page.fill(f"input[name={name}]", value)
-            page.set_input_files("input[name=image]", str(tmp_path / "first.png"))
-            page.set_input_files("input[name=last_image]", str(tmp_path / "last.png"))
-            assert page.input_value("#task") == "i2v-A14B"
-            page.click("button[type=submit]")
-            job = queued(server, "a browser first-last frame")
-            assert job is not None, page.text_content("#form-error")
-        finally:
-            browser.close()
+    page = browser.new_page()
+    try:
+        page.goto(server.url + "/")
+        page.fill("#token", TOKEN)
+        page.locator("#token").blur()  # the browser's own change event (a later blur would load the tasks again)
+        page.wait_for_selector("#task option[value='i2v-A14B']", state="attached")
+        for task, shown in (("t2v-A14B", False), ("ti2v-5B", False), ("i2v-A14B", True)):
+            page.select_option("#task", task)
+            assert page.is_visible("#last-image-row") is shown, task
+        page.fill("textarea[name=prompt]", "a browser first-last frame")
+        for name, value in {"width": "32", "height": "32", "frames": "5", "steps": "1"}.items():
+            page.fill(f"input[name={name}]", value)
+        page.set_input_files("input[name=image]", str(tmp_path / "first.png"))
+        page.set_input_files("input[name=last_image]", str(tmp_path / "last.png"))
+        assert page.input_value("#task") == "i2v-A14B"
+        page.click("button[type=submit]")
+        job = queued(server, "a browser first-last frame")
+        assert job is not None, page.text_content("#form-error")
+    finally:
+        page.close()
     assert job["task"] == "i2v-A14B" and job["params"].get("last_image") is True and job["has_image"], job
     assert server.wait(job["id"], timeout=120)["status"] == "done"
 

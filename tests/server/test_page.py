@@ -3,8 +3,6 @@ show a frame, and the API docs without internet."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 for _name in ("httpx", "fastapi", "uvicorn", "multipart", "fastapi_offline"):
@@ -12,20 +10,7 @@ for _name in ("httpx", "fastapi", "uvicorn", "multipart", "fastapi_offline"):
 
 from tests.server.conftest import TOKEN  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
 BIG_SEED = "1697222650902034796"  # a JavaScript number would make it 1697222650902034700
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no browser at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright for the browser test")
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        yield chromium
-        chromium.close()
 
 
 def open_page(browser, server, errors: list):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import time
 from pathlib import Path
@@ -19,8 +18,6 @@ for _name in ("httpx", "fastapi", "uvicorn", "multipart", "fastapi_offline"):
 from tests.server.test_page import open_page  # noqa: E402
 from tests.server.test_server import events  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-
 
 def picture(data_url: str) -> Image.Image:
     assert data_url.startswith("data:image/png;base64,")
@@ -29,25 +26,10 @@ def picture(data_url: str) -> Image.Image:
     return image
 
 
-def events_with_previews(client, job_id: str) -> list[tuple[str, dict]]:
-    """``tests.server.test_server.events`` of the stream that also carries previews (``?preview=true``)."""
-    out, name = [], None
-    with client.stream("GET", f"/api/jobs/{job_id}/events", params={"preview": "true"}) as response:
-        assert response.status_code == 200
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                out.append((name, json.loads(line[6:])))
-                if name in ("end", "deleted"):
-                    break
-    return out
-
-
 def test_event_stream_carries_previews_of_a_running_job(server):
     job = {"task": "t2v-A14B", "prompt": "a previewed fox", "width": 32, "height": 32, "frames": 5, "steps": 12}
     job = server.client.post("/api/jobs", json=job).json()
-    stream = events_with_previews(server.client, job["id"])
+    stream = events(server.client, job["id"], preview="true")
     assert stream[-1][0] == "end" and stream[-1][1]["status"] == "done"
     previews = [(i, data) for i, (name, data) in enumerate(stream) if name == "preview"]
     assert previews, [name for name, _ in stream]
@@ -67,18 +49,6 @@ def test_the_plain_event_stream_carries_no_previews(server):
     stream = events(server.client, job["id"])
     assert stream[-1][0] == "end" and stream[-1][1]["status"] == "done"
     assert {name for name, _ in stream} == {"progress", "end"} and all("progress" in data for _, data in stream)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no browser at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright for the browser test")
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        yield chromium
-        chromium.close()
 
 
 def test_the_page_shows_the_preview_while_the_job_runs(browser, slow_server):

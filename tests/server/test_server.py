@@ -41,9 +41,10 @@ def decode(data: bytes) -> tuple[int, int, int]:
     return len(frames), frames[0].width, frames[0].height
 
 
-def events(client: httpx.Client, job_id: str) -> list[tuple[str, dict]]:
+def events(client: httpx.Client, job_id: str, **params: str) -> list[tuple[str, dict]]:
+    """The job's server-sent events as (name, data) until it ends; ``params``: the stream's query (``preview``)."""
     out, name = [], None
-    with client.stream("GET", f"/api/jobs/{job_id}/events") as response:
+    with client.stream("GET", f"/api/jobs/{job_id}/events", params=params) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():

@@ -124,8 +124,6 @@ class Models:
         """The models' names (a job names the model it wants; a built-in is named as its task)."""
         return list(self.sources)
 
-    tasks = names  # the name it had when each model was named as its task
-
     def declarations(self) -> dict[str, dict]:
         """What a worker registers: each model's task and the defaults its checkpoint changes (JSON)."""
         out = {}
