@@ -50,14 +50,10 @@ def write_preview(path: Path, image: Image.Image, step: Step) -> None:
 
 def clear_previews(folder: Path) -> int:
     """Removes what a killed worker left in ``folder`` (only where no job runs: a server alone, starting)."""
-    removed = 0
-    for path in folder.glob("*.png") if folder.is_dir() else []:
+    left = [*folder.iterdir()] if folder.is_dir() else []
+    for path in left:
         path.unlink(missing_ok=True)
-        removed += 1
-    for path in folder.glob(".*.tmp") if folder.is_dir() else []:
-        path.unlink(missing_ok=True)
-        removed += 1
-    return removed
+    return len(left)
 
 
 def read_preview(path: Path, seen: int | None) -> tuple[int, int, bytes] | None:
