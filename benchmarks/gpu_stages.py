@@ -69,11 +69,20 @@ REAL = {  # key: (label, DiT, VAE, width, height, frames)
     "a14b-480p": ("A14B 832x480x81", "t2v-A14B", "wan2.1", 832, 480, 81),
     "a14b-720p": ("A14B 1280x720x81", "t2v-A14B", "wan2.1", 1280, 720, 81),
     "5b-720p": ("TI2V-5B 1280x704x121", "ti2v-5B", "wan2.2", 1280, 704, 121),
+    "a14b-train": (
+        "A14B 832x480x21",
+        "t2v-A14B",
+        "wan2.1",
+        832,
+        480,
+        21,
+    ),  # a LoRA training sample: 480p, 6 latent frames
 }
 DRY = {  # the same code paths in seconds on a CPU: 2 narrow blocks, a few tokens
     "a14b-480p": (64, 48, 5),
     "a14b-720p": (96, 64, 5),
     "5b-720p": (128, 64, 5),
+    "a14b-train": (64, 48, 5),
 }
 
 
@@ -160,15 +169,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(suite: Suite, fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timed:
+def measure(suite: Suite, fn: Callable[[], object], repeats: int, warmup: int = 1, grad: bool = False) -> Timed:
     """Wall seconds of ``warmup`` untimed and ``repeats`` timed calls (device synchronised around each; every call
-    here runs for seconds, so launch gaps do not matter), the last output, and the peak memory over all calls."""
+    here runs for seconds, so launch gaps do not matter), the last output, and the peak memory over all calls.
+    Without gradients unless ``grad`` (a training step)."""
     device = suite.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times: list[float] = []
     output = None
-    with torch.no_grad():  # not inference_mode: the offload policies swap parameter storage during the calls
+    # not inference_mode: the offload policies swap parameter storage during the calls
+    with torch.enable_grad() if grad else torch.no_grad():
         for _ in range(warmup + repeats):
             sync(device)
             start = time.perf_counter()
@@ -378,7 +389,7 @@ def stage_few_step(suite: Suite) -> None:
     model = random_dit(work.cfg, suite.device, suite.dtype)
     t = torch.full((1,), TIMESTEP, dtype=torch.long, device=suite.device)
     run = measure(suite, lambda: [model(x, t, context[:1]) for _ in range(4)], repeats=1, warmup=0)
-    note = "no LoRA in wanflow yet: the preset's shape on plain weights (a merged LoRA adds no FLOPs)"
+    note = "the preset's shape on random weights (its LoRAs merged add no FLOPs)"
     suite.add("5a", f"{work.label}: 4 steps without CFG", run.seconds, work.flops(4), run.peak, note=note)
 
 

@@ -13,6 +13,7 @@ Stages, in order of value; each prints its rows as it gets them and rewrites ``g
   2a  the same at 1280x720x81;  2b  TI2V-5B at 1280x704x121;
   3a  regional compile;  3b  FP8 weights (eager, compiled): step time, relative error of the output against eager;
   4   memory policies on A14B 480p: resident, model offload, block streaming under a 24 GB cap;
+  4b  a LoRA training step on one A14B expert (832x480x21) with its blocks streamed, under the same cap;
   5a  the few-step preset's shape (4 steps, no CFG);  5b  the VAE decode of 81 frames at 480p, whole and tiled.
 
 A stage that fails (an out-of-memory error, say) is recorded and the next one runs; a stage whose estimated time
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import gpu_stages
 import torch
+from gpu_training import stage_lora_training
 from matmul_peak import rate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,6 +191,7 @@ def stages() -> list[Stage]:
         Stage("3a", "compile", g.stage_compile, 45, {"a14b-480p": 3}, keep=("ref",)),
         Stage("3b", "FP8 weights", g.stage_fp8, 45, {"a14b-480p": 3}),
         Stage("4", "memory policies", g.stage_memory, 40, {"a14b-480p": 4.5}),
+        Stage("4b", "LoRA training, streamed blocks", stage_lora_training, 30, {"a14b-train": 6}),
         Stage("5a", "few-step preset", g.stage_few_step, 5, {"a14b-480p": 2}),
         Stage("5b", "VAE decode", g.stage_vae, 25),
     ]

@@ -14,8 +14,9 @@ from wanflow.checkpoints.lora import parse_lora
 from wanflow.models.dit import FP32_MODULES
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.fp8 import quantize_fp8
+from wanflow.runtime.host import module_tensors
 from wanflow.runtime.lora import LoraSchedule, apply_lora, loaded_loras, remove_lora, set_strength
-from wanflow.runtime.offload import ExpertPlacement, _tensors, stream_blocks
+from wanflow.runtime.offload import ExpertPlacement, stream_blocks
 from wanflow.runtime.precision import cast_model
 from wanflow.sampling.hooks import Step
 
@@ -171,7 +172,7 @@ def test_lora_tensors_travel_with_their_expert():
     model = random_dit(TINY_T2V, 1)
     apply_lora(model, lora(), "l", 1.0)
     assert len(lora_buffers(model)) == 2 * 2 * 10 + 1  # down and up of 10 linears in 2 blocks, the head's delta
-    moved = {id(t) for t in _tensors(model)}  # what the policies move (``_to``), pin and restore
+    moved = {id(t) for t in module_tensors(model)}  # what the policies move (``_to``), pin and restore
     assert all(id(b) in moved for b in lora_buffers(model))
     model = random_dit(TINY_T2V, 1)
     apply_lora(model, lora(), "l", 1.0)

@@ -9,6 +9,7 @@ from wanflow.tasks import TASKS
 
 EXPERTS = ("high", "low", "both")  # training.lora_settings.EXPERT_CHOICES (that module imports torch)
 BASES = ("auto", "float32", "bfloat16", "fp8")
+OFFLOADS = ("resident", "block")  # training.lora_settings.OFFLOADS
 
 
 def parse_size(value: str) -> tuple[int, int]:
@@ -46,6 +47,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep every block's activations (faster, more memory)",
     )
+    p.add_argument(
+        "--offload",
+        choices=OFFLOADS,
+        default="resident",
+        help="block: keep the frozen blocks in host memory and bring each to the device only while it runs "
+        "(an A14B expert on a 24 GB GPU; needs gradient checkpointing)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the factors' initialisation and of the batches")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu ... (default: cuda if available)")
 
@@ -72,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         sample_prompt=args.sample_prompt,
         base=args.base,
         gradient_checkpointing=not args.no_gradient_checkpointing,
+        offload=args.offload,
         seed=args.seed,
         device=args.device,
         resume=args.resume,

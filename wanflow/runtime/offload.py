@@ -6,7 +6,8 @@
   both, so the switch itself does not wait for the copy. The host copies are kept, so putting an expert back
   costs nothing: its device copy is dropped. This is what the reference does on one GPU, minus the stalls.
 - ``block``: the expert stays in host memory and each transformer block is copied to the device just before it
-  runs (forward hooks); only the small embeddings and head stay resident.
+  runs, the next one on a side stream meanwhile (``runtime.block_stream``); only the small embeddings and head stay
+  resident.
 
 Buffers travel with the parameters (an unmerged LoRA keeps its factors as buffers of the layers it changes).
 """
@@ -19,12 +20,13 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from wanflow.runtime.block_stream import BlockStream
+from wanflow.runtime.host import HOST, module_tensors, pin
 from wanflow.sampling.hooks import Step, StepHook
 
 log = logging.getLogger(__name__)
 
 POLICIES = ("resident", "model", "block")
-HOST = torch.device("cpu")
 
 
 def choose_policy(policy: str | None, device: torch.device, distributed: bool = False) -> str:
@@ -39,24 +41,10 @@ def choose_policy(policy: str | None, device: torch.device, distributed: bool = 
     return policy or ("model" if torch.device(device).type == "cuda" else "resident")
 
 
-def _tensors(module: nn.Module, recurse: bool = True) -> list[torch.Tensor]:
-    """What moves with a module: its parameters and its buffers."""
-    return [*module.parameters(recurse=recurse), *module.buffers(recurse=recurse)]
-
-
-def _pin(module: nn.Module) -> None:
-    """Page-lock host parameters and buffers so host->device copies can run asynchronously."""
-    if not torch.cuda.is_available():
-        return
-    for p in _tensors(module):
-        if p.device.type == "cpu" and not p.is_pinned():
-            p.data = p.data.pin_memory()
-
-
 def _to(module: nn.Module, device: torch.device, stream: torch.cuda.Stream | None = None) -> None:
     """Move the parameters and buffers of ``module`` to ``device``; with ``stream``, the copies run on that side
     stream."""
-    for p in _tensors(module):
+    for p in module_tensors(module):
         if p.device == device:
             continue
         if stream is None:
@@ -75,27 +63,25 @@ def _room_for(module: nn.Module, device: torch.device) -> bool:
     allocated = torch.cuda.memory_allocated(device)
     cached = torch.cuda.memory_reserved(device) - allocated
     headroom = torch.cuda.max_memory_allocated(device) - allocated
-    need = sum(p.numel() * p.element_size() for p in _tensors(module))
+    need = sum(p.numel() * p.element_size() for p in module_tensors(module))
     return free + cached >= need + headroom
 
 
 def stream_blocks(model: nn.Module, device: torch.device) -> list[torch.utils.hooks.RemovableHandle]:
-    """Keep ``model.blocks`` in host memory and move each block to ``device`` only while it runs. Applied again (the
-    pipeline re-applies its policy after a transform), it replaces its hooks instead of adding a second set."""
+    """Keep ``model.blocks`` in host memory and bring each block to ``device`` only while it runs
+    (``runtime.block_stream``); the rest of the model moves to ``device``. Applied again (the pipeline re-applies its
+    policy after a transform), it replaces its stream instead of adding a second one. Returns the hooks' handles."""
+    device = torch.device(device)
     for name, child in model.named_children():
         if name != "blocks":
             _to(child, device)
-    for p in _tensors(model, recurse=False):
+    for p in module_tensors(model, recurse=False):
         p.data = p.data.to(device)
-    _pin(model.blocks)
-    for handle in getattr(model, "block_streaming", ()):
-        handle.remove()
-    handles = []
-    for block in model.blocks:
-        handles.append(block.register_forward_pre_hook(lambda m, args: _to(m, device)))
-        handles.append(block.register_forward_hook(lambda m, args, out: _to(m, HOST)))
-    model.block_streaming = handles
-    return handles
+    previous = getattr(model, "block_stream", None)
+    if previous is not None:
+        previous.remove()
+    model.block_stream = BlockStream(model.blocks, device)
+    return model.block_stream.handles
 
 
 class ExpertPlacement(StepHook):
@@ -118,9 +104,9 @@ class ExpertPlacement(StepHook):
         else:
             for model in self.experts.values():
                 _to(model, HOST)
-                _pin(model)
+                pin(model)
             # (parameter, host tensor) pairs: inference never changes the weights, so the host copies stay valid.
-            self.host = {name: [(p, p.data) for p in _tensors(model)] for name, model in self.experts.items()}
+            self.host = {name: [(p, p.data) for p in module_tensors(model)] for name, model in self.experts.items()}
 
     def __call__(self, name: str) -> nn.Module:
         if self.policy == "model" and name != self.active:
@@ -164,7 +150,10 @@ class ExpertPlacement(StepHook):
         self.prefetched = name
 
     def release(self) -> None:
-        """After sampling: under ``model`` offload, no expert stays on the device."""
+        """After sampling: under ``model`` offload no expert stays on the device, under ``block`` no block."""
+        if self.policy == "block":
+            for model in self.experts.values():
+                model.block_stream.release()
         if self.policy != "model":
             return
         self._cancel()

@@ -5,9 +5,10 @@ The objective is the built-in models' (``training.flow``): ``x_t = (1 - t) x0 + 
 low: below), and ``--expert both`` trains both in one run, each step one sample per expert. TI2V-5B conditions half
 of its samples on their clean first latent frame, as its built-in model trains, so the LoRA serves T2V and I2V.
 The clips' latents and text states are cached beside the data (``lora_cache``): training holds only the DiT(s),
-frozen in float32, bfloat16 or FP8, with the trainable factors outside them (``lora_factors``) and optimiser state
-for those alone. The generic loop (``training.loop``) resumes bit for bit; the LoRA files are rewritten (atomically)
-with every checkpoint, so an interrupted run leaves the last checkpoint's LoRA usable.
+frozen in float32, bfloat16 or FP8, on the device or streamed block by block from host memory (``--offload block``),
+with the trainable factors outside them (``lora_factors``) and optimiser state for those alone. The generic loop
+(``training.loop``) resumes bit for bit; the LoRA files are rewritten (atomically) with every checkpoint, so an
+interrupted run leaves the last checkpoint's LoRA usable.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from wanflow.checkpoints.lora_save import save_lora
 from wanflow.models.text_encoder import pad_context
 from wanflow.runtime.activation_checkpoint import checkpoint_blocks
 from wanflow.runtime.fp8 import quantize_fp8
+from wanflow.runtime.offload import stream_blocks
 from wanflow.tasks import Task
 from wanflow.training.flow import expert_range, flow_matching_loss, sample_timesteps
 from wanflow.training.loop import History, TrainConfig, load_checkpoint, resolve_device, train
@@ -77,12 +79,17 @@ def load_samples(settings: LoraSettings, layout: Layout, task: Task, text_len: i
 
 
 def load_base(layout: Layout, expert: str, settings: LoraSettings, device: torch.device) -> nn.Module:
-    """One frozen expert in the base dtype (FP8 block linears if asked), on ``device``."""
+    """One frozen expert in the base dtype (FP8 block linears if asked), on ``device``; with ``offload="block"`` its
+    blocks stay in host memory and stream to ``device`` around each forward."""
     dtype, fp8 = settings.base_dtype(device)
     model = load_dit(layout.experts[expert], layout.kind, dtype)
     if fp8:
         quantize_fp8(model)
-    return model.to(device).requires_grad_(False)
+    model.requires_grad_(False)
+    if settings.offload == "block":
+        stream_blocks(model, device)
+        return model
+    return model.to(device)
 
 
 def batches(samples: list[Sample], size: int, generator: torch.Generator) -> list[Sample]:

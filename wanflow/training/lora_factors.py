@@ -6,8 +6,8 @@ bfloat16, or FP8 values and scales, ``runtime.fp8``). This is the mechanism of t
 (``runtime.lora``), with parameters instead of buffers, and for the same reasons: the DiT's forward and state-dict
 keys stay those of the plain model, and the hooks run again when an activation checkpoint recomputes a block. Keeping
 the factors out of the DiT (rather than as children of its linears, as inference does) is what training needs: the
-optimiser and the checkpoints see only them, and block streaming (``runtime.offload.stream_blocks``, not yet used by
-``train-lora``), which moves a block's tensors back to the host after it runs, would never move a parameter that is
+optimiser and the checkpoints see only them, and block streaming (``runtime.block_stream``, ``train-lora --offload
+block``), which points a block's tensors back at their host copies after it runs, never touches a parameter that is
 being trained.
 
 The factors are float32 (the optimiser's master copy) and are cast to the activations' dtype inside the hook, as the

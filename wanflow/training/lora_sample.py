@@ -67,5 +67,7 @@ class SampleWriter:
                 layout.require("text_encoder"), layout.require("tokenizer"), kind, text_len=text_len
             ),
         )
-        # The training dtype and a resident policy: the pipeline neither casts nor moves the trained experts.
-        return WanPipeline(components, self.task, RuntimeOptions(device=device, dtype=dtype, offload="resident"))
+        # The training dtype and placement: the pipeline neither casts nor moves the trained experts (under "block"
+        # it applies the stream again, which replaces the one training uses, with the same behaviour).
+        runtime = RuntimeOptions(device=device, dtype=dtype, offload=self.settings.offload)
+        return WanPipeline(components, self.task, runtime)

@@ -16,6 +16,9 @@ from wanflow.training.lora_factors import BLOCK_TARGETS
 EXPERT_CHOICES = ("high", "low", "both")  # --expert; a dense model (TI2V-5B) has one, whatever is asked
 # The frozen base: (stored dtype, e4m3 block linears). FP8 computes in bfloat16 (``runtime.fp8``).
 BASES = {"float32": (torch.float32, False), "bfloat16": (torch.bfloat16, False), "fp8": (torch.bfloat16, True)}
+# Where the frozen blocks live: all on the device, or in host memory, each brought in around its forward and again
+# for its recomputation in the backward pass (``runtime.block_stream``; needs the activation checkpoint).
+OFFLOADS = ("resident", "block")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class LoraSettings:
     base: str = "auto"  # float32 | bfloat16 | fp8; auto: bfloat16 on a GPU, float32 on the CPU
     targets: tuple[str, ...] = BLOCK_TARGETS  # the block linears that get factors (official names under blocks.N)
     gradient_checkpointing: bool = True  # recompute each block's activations in the backward pass
+    offload: str = "resident"  # OFFLOADS: "block" streams the frozen blocks from host memory
     seed: int = 0
     device: str = "auto"
     resume: bool = False  # continue PREFIX.ckpt; without it an existing checkpoint is an error
@@ -52,6 +56,13 @@ class LoraSettings:
             raise ValueError(f"the base must be one of {[*BASES, 'auto']}, got {self.base!r}")
         if self.steps < 1 or self.rank < 1 or self.batch_size < 1 or self.lr <= 0 or self.checkpoint_every < 0:
             raise ValueError("need steps, rank and batch size >= 1, lr > 0 and checkpoint_every >= 0")
+        if self.offload not in OFFLOADS:
+            raise ValueError(f"--offload must be one of {OFFLOADS}, got {self.offload!r}")
+        if self.offload == "block" and not self.gradient_checkpointing:
+            raise ValueError(
+                "--offload block needs gradient checkpointing (the backward pass brings each block in again for its "
+                "recomputation); drop --no_gradient_checkpointing"
+            )
         if self.alpha is not None and not self.alpha > 0:
             raise ValueError(f"alpha must be positive, got {self.alpha}")
         unknown = sorted(set(self.targets) - set(BLOCK_TARGETS))
