@@ -82,6 +82,40 @@ def test_concurrent_claims_never_share_a_job(queue):
     setup.close()
 
 
+def test_servers_adding_at_once_never_overfill_the_queue(queue, monkeypatch):
+    """Two API servers (two connections) add the last job the queue holds at the same moment: each counts the queue,
+    waits a little (as a loaded server might), then inserts. One gets the place, the other ``QueueFull``."""
+    from wanflow.server import store as store_module
+
+    one = store_module.Tx.one
+
+    def slow_count(tx, sql, args=()):
+        row = one(tx, sql, args)
+        if "COUNT(*)" in sql:
+            time.sleep(0.3)  # between counting and inserting
+        return row
+
+    monkeypatch.setattr(store_module.Tx, "one", slow_count)
+    stores = [open_store(queue) for _ in range(2)]
+    outcomes: list[str] = []
+
+    def submit(store) -> None:
+        try:
+            add(store, "last place", max_queue=1)
+            outcomes.append("added")
+        except QueueFull:
+            outcomes.append("full")
+
+    threads = [threading.Thread(target=submit, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["added", "full"] and stores[0].counts()["queued"] == 1
+    for s in stores:
+        s.close()
+
+
 def test_renew_and_finish_belong_to_the_owner(store):
     job_id = add(store)["id"]
     job = store.claim("w1", None, lease_seconds=10)

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 CHANNELS = ("wanflow_jobs", "wanflow_cancel")
 SCHEMA_LOCK = 7_426_001  # advisory lock id: processes starting at once create the tables one after the other
+ADMISSION_LOCK = 7_426_002  # advisory lock id: jobs are added one at a time, so no two servers overfill the queue
 
 
 def _psycopg():
@@ -64,6 +65,9 @@ class PostgresStore(JobStore):
 
     def notify(self, tx: Tx, channel: str, payload: str = "") -> None:
         tx.rows("SELECT pg_notify(?, ?) AS sent", (channel, payload))
+
+    def admit(self, tx: Tx) -> None:
+        tx.rows("SELECT pg_advisory_xact_lock(?) AS held", (ADMISSION_LOCK,))  # until this transaction ends
 
     def listener(self) -> Listener:
         return Listener(self.url)

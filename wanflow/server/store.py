@@ -110,6 +110,10 @@ class JobStore:
     def notify(self, tx: Tx, channel: str, payload: str = "") -> None:
         """Wakes the listeners of ``channel`` when the transaction commits (an engine without it: nothing)."""
 
+    def admit(self, tx: Tx) -> None:
+        """Makes the transactions that add jobs run one at a time, so that counting the queue and adding to it are one
+        step for every API server (an engine whose write transactions are serial already: nothing)."""
+
     def listener(self):
         """A ``Listener`` of this store's wake-ups, or None when the engine has none (then workers poll)."""
         return None
@@ -133,6 +137,7 @@ class JobStore:
         job_id = job_id or new_id()
 
         def insert(tx: Tx) -> None:
+            self.admit(tx)
             waiting = tx.one("SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued'")["n"]
             if waiting >= max_queue:
                 raise QueueFull(f"the queue is full ({max_queue} jobs waiting); try again later")
