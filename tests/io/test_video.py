@@ -1,3 +1,4 @@
+import json
 import os
 
 import av
@@ -31,6 +32,13 @@ def test_mp4_decodes_with_frames_size_fps_and_metadata(tmp_path):
         assert container.metadata.get("prompt") == "a red circle" and container.metadata.get("seed") == "7"
     assert len(frames) == 5 and frames[0].shape == (32, 48, 3)
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temp file left
+
+
+def test_list_metadata_is_stored_as_json(tmp_path):
+    prompts = ["a red circle", "a blue 'square'"]
+    path = save_video(ramp_video(), tmp_path / "out.mp4", metadata={"window_prompts": prompts, "steps": 20})
+    with av.open(str(path)) as container:
+        assert json.loads(container.metadata["window_prompts"]) == prompts and container.metadata["steps"] == "20"
 
 
 def test_png_frames_are_lossless(tmp_path):

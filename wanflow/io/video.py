@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import re
 import shutil
@@ -66,6 +67,14 @@ def check_writable(path: str | os.PathLike) -> None:
         raise ValueError(f"cannot write {os.fspath(path)!r}: {existing or parent} is not a writable folder") from None
 
 
+def metadata_text(value: object) -> str:
+    """A metadata value as the text a file stores: lists and mappings as JSON (readable back by any tool), the rest
+    as itself."""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
 def save_video(
     video: torch.Tensor | np.ndarray,
     path: str | os.PathLike,
@@ -77,7 +86,7 @@ def save_video(
     fmt = output_format(path)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    meta = {k: metadata_text(v) for k, v in (metadata or {}).items()}
     if fmt == "/":
         _write_pngs(frames, target, meta)
         return target
