@@ -9,7 +9,8 @@ the DiT's architecture inferred from its shapes. Formats read:
 - FP8, ComfyUI's older layout: ``<layer>.weight`` float8 + ``<layer>.scale_weight`` (a scalar) and a ``scaled_fp8``
   marker; its newer one: ``<layer>.weight_scale`` with ``_quantization_metadata`` in the file's metadata; and plain
   ``float8_e4m3fn`` / ``float8_e5m2`` weights without a scale;
-- GGUF (architecture "wan", the official key names), read with the ``gguf`` package.
+- GGUF, read with the ``gguf`` package: DiTs (architecture "wan", the official key names) and umT5 encoders
+  (architecture "t5encoder", llama.cpp's names, renamed to transformers').
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def peek_kind(path: Path) -> str:
         if path.suffix == ".gguf":
             import gguf
 
-            keys = [t.name for t in gguf.GGUFReader(path).tensors]
+            reader = gguf.GGUFReader(path)
+            keys = list(_gguf_names({t.name: None for t in reader.tensors}, _architecture(reader)))
         elif path.suffix == ".safetensors":
             from safetensors import safe_open
 
@@ -182,7 +184,19 @@ def _read_gguf(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
         warnings.simplefilter("ignore", UserWarning)  # the memory map is read-only; wanflow never writes it
         for t in reader.tensors:
             state[t.name] = _gguf_tensor(path, t)
-    return state, metadata
+    return _gguf_names(state, _architecture(reader)), metadata
+
+
+def _architecture(reader) -> str:
+    field = reader.fields.get("general.architecture")
+    return _field_text(field) if field is not None else ""
+
+
+def _gguf_names(state: dict, architecture: str) -> dict:
+    """A umT5 file's llama.cpp names -> transformers' (``maps.t5``); a DiT's names are the official ones already."""
+    from wanflow.checkpoints.maps.t5 import GGUF_T5_ARCHS, from_gguf_names
+
+    return from_gguf_names(state) if architecture in GGUF_T5_ARCHS else state
 
 
 def _field_text(f) -> str:

@@ -123,3 +123,31 @@ def t5_config_from_hf(hf: UMT5Config) -> T5Config:
         max_distance=hf.relative_attention_max_distance,
         eps=hf.layer_norm_epsilon,
     )
+
+
+# GGUF files of umT5 (city96's umt5-xxl-encoder, made with llama.cpp's converter) name tensors as llama.cpp does
+# (``enc.blk.0.attn_q.weight``, ``token_embd.weight``); the ``gguf`` package holds that naming for transformers' keys.
+GGUF_T5_ARCHS = ("t5encoder", "t5")  # the files' ``general.architecture``
+_HF_BLOCK = (
+    *(f"layer.0.SelfAttention.{p}" for p in ("q", "k", "v", "o", "relative_attention_bias")),
+    "layer.0.layer_norm",
+    "layer.1.layer_norm",
+    *(f"layer.1.DenseReluDense.{p}" for p in ("wi_0", "wi_1", "wo")),
+)
+
+
+def from_gguf_names(state: Mapping[str, V]) -> dict[str, V]:
+    """A umT5 state dict under llama.cpp's GGUF names -> transformers' saved names (what ``T5_KEYMAP`` maps); a name
+    the map does not know is kept (and reported by the strict load)."""
+    import gguf
+
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"enc\.blk\.(\d+)\.", k))}
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.T5ENCODER, max(blocks, default=-1) + 1)
+    hf = ["shared", "encoder.final_layer_norm"]
+    hf += [f"encoder.block.{i}.{part}" for i in sorted(blocks) for part in _HF_BLOCK]
+    renamed = {names.get_name(name): name for name in hf}
+    out = {}
+    for key, value in state.items():
+        base, dot, suffix = key.rpartition(".")
+        out[f"{renamed[base]}.{suffix}" if dot and base in renamed else key] = value
+    return out
