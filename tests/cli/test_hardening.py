@@ -118,3 +118,12 @@ def test_empty_negative_prompt_and_stale_temps_of_the_same_output(ckpt, tmp_path
     assert not stale.exists() and other.exists()  # only the temporaries of this output
     with av.open(str(out)) as container:
         assert container.metadata["negative_prompt"] == ""
+
+
+def test_a_size_outside_the_trained_ones_is_warned_about_once(tmp_path, caplog):
+    """The check before the loading warns; the pipeline's own resolve of the same options does not repeat it."""
+    args = ["x", "--size", "96*64", "--frame_num", "5", "--sample_steps", "2", "--save_file", str(tmp_path / "o.mp4")]
+    with caplog.at_level("WARNING"):
+        assert main(["generate", *args]) == 0
+    warned = [r.getMessage() for r in caplog.records if "quality may suffer" in r.getMessage()]
+    assert warned == ["size 96*64 is outside the sizes t2v-A14B was trained at (64*64); quality may suffer"]

@@ -259,7 +259,7 @@ def generate(args, ctx, layout, task: Task, options: GenerateOptions, runtime: R
         parallelize_pipeline(pipe, ctx, **{name: getattr(args, name) for name in flags})
     load_time = time.perf_counter() - start
     hooks = [preview_writer(pipe, args.preview)] if args.preview and ctx.is_rank0 else []
-    with out_of_memory_as_error():
+    with out_of_memory_as_error(), warned_already():
         video = pipe(options, progress=TqdmProgress() if ctx.is_rank0 else Progress(), hooks=hooks)
     if not ctx.is_rank0:
         return 0  # only rank 0 writes the file
@@ -269,6 +269,21 @@ def generate(args, ctx, layout, task: Task, options: GenerateOptions, runtime: R
         path = video.save(save_file)
     print(summary(video, load_time, time.perf_counter() - start, path))
     return 0
+
+
+@contextmanager
+def warned_already():
+    """The pipeline resolves the options again: the warnings of that (a size it was not trained at) were printed by
+    the check before the loading, so they are not printed twice."""
+    import logging
+
+    logger = logging.getLogger("wanflow.pipelines.request")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextmanager
