@@ -89,6 +89,8 @@ def test_a_last_image_needs_a_first_image_and_a_task_that_takes_it():
     last = square_image()
     with pytest.raises(ValueError, match="needs a first image"):
         resolve(GenerateOptions("x", last_image=last), _optional_image())
+    with pytest.raises(ValueError, match="a last image needs a first image too"):  # not the task's general rule
+        resolve(GenerateOptions("x", last_image=last), TASKS["i2v-A14B"])
     with pytest.raises(ValueError, match="ti2v-5B takes no last image"):
         resolve(options(last_image=last), TASKS["ti2v-5B"])
     with pytest.raises(ValueError, match="at least 5 frames"):

@@ -211,7 +211,10 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         raise ValueError("prompt must be a string (or one string per window)")
     if o.negative_prompt is not None and not isinstance(o.negative_prompt, str):
         raise ValueError('negative_prompt must be a string ("" for none) or None for the task\'s default')
-    task.check_image(o.image is not None, image_hint or "an image: pass image=... (CLI: --image PATH)")
+    needs = image_hint or "an image: pass image=... (CLI: --image PATH)"
+    if o.last_image is not None and o.image is None and task.last_image and task.image == "required":
+        raise ValueError(f"a last image needs a first image too: {task.name} needs {needs}")  # the cause, first
+    task.check_image(o.image is not None, needs)
     frames = _frames(task.frames if o.frames is None else o.frames)
     steps = _steps(task.steps if o.steps is None else o.steps)
     shift = _shift(task.shift if o.shift is None else o.shift)
