@@ -1,5 +1,5 @@
 """Issue 21, the web page in headless Chromium: seeds exact past 2^53, the queue count kept current, thumbnails that
-show a frame, and the API docs without internet."""
+show a frame, the API docs without internet, and a negative prompt left out or empty on purpose."""
 
 from __future__ import annotations
 
@@ -129,3 +129,32 @@ def test_a_new_token_keeps_the_task_picked(browser, server):
     assert page.input_value("#task") == names[-1]
     page.close()
     assert not errors, errors
+
+
+def test_the_form_sends_no_negative_prompt_only_when_asked(browser, server):
+    """An empty negative prompt box means the task's default (the field is not sent); the box "no negative prompt"
+    sends an empty one, which the job keeps as "" (no negative prompt at all)."""
+    errors: list = []
+    page = open_page(browser, server, errors)
+    page.select_option("#task", "t2v-A14B")
+    for prompt, check in (("default negative", False), ("no negative", True)):
+        page.fill("textarea[name=prompt]", prompt)
+        page.fill("textarea[name=negative_prompt]", "blurry")  # typed, then overridden by the box
+        if check:
+            page.check("#no-negative")
+            assert page.is_disabled("textarea[name=negative_prompt]")
+        else:
+            page.fill("textarea[name=negative_prompt]", "")
+        for name, value in {"width": "32", "height": "32", "frames": "5", "steps": "2"}.items():
+            page.fill(f"input[name={name}]", value)
+        page.click("button[type=submit]")
+        page.locator("#queue li, #gallery .card", has_text=prompt).first.wait_for(timeout=30_000)
+    jobs = {j["params"]["prompt"]: j["params"] for j in server.client.get("/api/jobs").json()}
+    assert "negative_prompt" not in jobs["default negative"] and jobs["no negative"]["negative_prompt"] == ""
+    assert not errors, errors
+
+
+def test_an_empty_negative_prompt_field_of_a_form_is_kept_and_other_empty_fields_are_unset(server):
+    data = {**{k: str(v) for k, v in _T2V.items()}, "prompt": "a form", "negative_prompt": "", "shift": ""}
+    params = server.client.post("/api/jobs", data=data).json()["params"]
+    assert params["negative_prompt"] == "" and "shift" not in params

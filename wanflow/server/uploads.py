@@ -118,7 +118,7 @@ async def _read_form(request: Request, limits: Limits) -> tuple[dict, bytes | No
             if slot in uploads:
                 raise HTTPException(422, f"more than one {'last ' if slot == 'last' else ''}image file")
             uploads[slot] = await _read_upload(value, limits)
-        elif value != "":
+        elif value != "" or key == "negative_prompt":  # an empty form field is unset, but "" here is no prompt
             if key in fields:
                 raise HTTPException(422, f"field {key!r} given twice")
             fields[key] = value

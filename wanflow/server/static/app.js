@@ -72,6 +72,10 @@ function showDefaults() {
   $("#last-image-row").hidden = !d.last_image;  // first-last frame: the models that take a last frame
 }
 
+$("#no-negative").addEventListener("change", (event) => {
+  $("#form").negative_prompt.disabled = event.target.checked;
+});
+
 $("#form").addEventListener("submit", async (event) => {
   event.preventDefault();
   $("#form-error").textContent = "";
@@ -80,6 +84,7 @@ $("#form").addEventListener("submit", async (event) => {
     const row = key === "last_image" ? "#last-image-row" : "#image-row";
     if (value === "" || (value instanceof File && (!value.size || $(row).hidden))) data.delete(key);
   }
+  if ($("#no-negative").checked) data.set("negative_prompt", "");  // "" is no negative prompt; absent, the default
   try {
     await api("/api/jobs", { method: "POST", body: data });
     refresh();
