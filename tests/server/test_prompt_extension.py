@@ -1,8 +1,11 @@
 """``extend_prompt`` on a real server: a server started with a prompt extension model extends the prompt of a job
-that asks (the job shows the extended prompt); one without refuses such a job with 422. The window options of a
-longer video are checked at submission (422)."""
+that asks (the job shows the extended prompt); one without refuses such a job with 422; on a shared queue only a
+worker started with an extender takes such jobs. The window options of a longer video are checked at submission
+(422)."""
 
 from __future__ import annotations
+
+import signal
 
 import pytest
 
@@ -49,3 +52,38 @@ def test_window_options_are_checked_at_submission(server):
     r = server.client.post("/api/jobs", json=fields | {"window_overlap": None})
     assert r.status_code == 422
     assert r.json()["detail"] == "window_frames 5 is too short to continue from: use at least 9"
+
+
+def test_on_a_shared_queue_only_a_worker_with_an_extender_takes_such_jobs(tmp_path):
+    """``wanflow serve --no_worker`` and two ``wanflow worker`` processes on one SQLite queue: while only a worker
+    without an extender is registered, a job asking for an extended prompt is refused (422); once a worker started
+    with ``--prompt_extend_model`` has registered, such jobs are accepted and run there, plain jobs anywhere."""
+    from tests.server.test_queue import Api, live_workers, wait_for, worker
+
+    queue = str(tmp_path / "jobs.sqlite")
+    chat = write_chat_model(tmp_path / "chat")
+    api = Api(queue, tmp_path, "api")
+    started = [worker(queue, tmp_path, "plain").start(), api.start()]
+    try:
+        wait_for(lambda: live_workers(api) == 1, 90, "the plain worker")
+        refused = api.client.post("/api/jobs", json=T2V | {"extend_prompt": True})
+        assert refused.status_code == 422
+        assert refused.json()["detail"] == (
+            "no worker holding model t2v-A14B extends prompts: start one with wanflow worker --prompt_extend_model"
+        )
+        started.append(worker(queue, tmp_path, "ext", "--prompt_extend_model", str(chat)).start())
+        wait_for(lambda: live_workers(api) == 2, 90, "the extending worker")
+        ids = [api.client.post("/api/jobs", json=T2V | {"extend_prompt": True, "seed": s}).json()["id"] for s in (1, 2)]
+        ids.append(api.client.post("/api/jobs", json=T2V | {"seed": 3}).json()["id"])
+
+        def done():
+            views = [api.get(f"/api/jobs/{i}").json() for i in ids]
+            return views if all(v["status"] == "done" for v in views) else None
+
+        views = wait_for(done, 120, "the three jobs done")
+        assert [v["worker"] for v in views[:2]] == ["ext", "ext"]
+        assert all(v["extended_prompt"] and v["extended_prompt"] != T2V["prompt"] for v in views[:2])
+        assert views[2]["extended_prompt"] is None
+    finally:
+        for process in started:
+            process.signal(signal.SIGKILL)

@@ -205,6 +205,58 @@ def test_the_worker_registry(store):
     assert store.models()["ti2v-5B"]["workers"] == 0
 
 
+def test_a_job_asking_for_an_extended_prompt_goes_only_to_a_worker_that_extends(store):
+    extend = store.add("t2v-A14B", {"prompt": "e", "extend_prompt": True}, False, max_queue=10)
+    plain = add(store, "p")
+    assert extend["extend_prompt"] and not plain["extend_prompt"]
+    assert store.claim("plain-worker", ["t2v-A14B"])["id"] == plain["id"]  # the older job is skipped, not taken
+    assert store.claim("plain-worker", ["t2v-A14B"]) is None
+    assert store.claim("extender", ["t2v-A14B"], extends_prompts=True)["id"] == extend["id"]
+    store.register("plain", {"t2v-A14B": {"task": "t2v-A14B", "overrides": {}, "extends_prompts": False}}, 60)
+    assert not store.models()["t2v-A14B"]["extends_prompts"] and store.models()["t2v-A14B"]["extenders"] == 0
+    store.register("ext", {"t2v-A14B": {"task": "t2v-A14B", "overrides": {}, "extends_prompts": True}}, 60)
+    entry = store.models()["t2v-A14B"]
+    assert entry["extends_prompts"] and entry["extenders"] == 1 and entry["workers"] == 2
+    store.unregister("ext")
+    entry = store.models()["t2v-A14B"]  # registered, not live: its jobs are accepted and wait for it
+    assert entry["extends_prompts"] and entry["extenders"] == 0
+
+
+def test_a_database_of_an_earlier_release_gets_the_new_columns(queue):
+    """The jobs table as the first queue release made it (no extend_prompt column) is brought up to date on open."""
+    from wanflow.server.store import ADDED_COLUMNS, SCHEMA
+
+    old = SCHEMA.replace(next(line for line in SCHEMA.splitlines() if "extend_prompt" in line) + "\n", "")
+    assert "extend_prompt" not in old and "extend_prompt" in ADDED_COLUMNS
+    if queue.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(queue, autocommit=True) as conn:
+            for statement in old.format(
+                id="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", real="DOUBLE PRECISION"
+            ).split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO jobs (id, task, model, params, status, created_at) "
+                "VALUES ('old', 't2v-A14B', 't2v-A14B', '{}', 'queued', 0)"
+            )
+    else:
+        import sqlite3
+
+        with sqlite3.connect(queue) as db:
+            db.executescript(old.format(id="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL"))
+            db.execute(
+                "INSERT INTO jobs (id, task, model, params, status, created_at) "
+                "VALUES ('old', 't2v-A14B', 't2v-A14B', '{}', 'queued', 0)"
+            )
+    store = open_store(queue)
+    assert store.get("old")["extend_prompt"] is False
+    assert store.claim("w", ["t2v-A14B"])["id"] == "old"
+    assert store.add("t2v-A14B", {"prompt": "x", "extend_prompt": True}, False, max_queue=10)["extend_prompt"]
+    store.close()
+
+
 def test_metrics_rows(store):
     for i in range(3):
         add(store, f"p{i}", model="m1")

@@ -56,6 +56,17 @@ class Catalog:
         count = self.registry().get(name, {}).get("workers", 0)
         return max(count, 1) if self.serves and name in self.local.sources else count
 
+    def extends_prompts(self, name: str) -> bool:
+        """Whether a worker holding model ``name`` (this process's own, or any registered one) extends prompts."""
+        own = self.serves and name in self.local.sources and self.local.prompt_extender is not None
+        return own or bool(self.registry().get(name, {}).get("extends_prompts"))
+
+    def no_extender(self, name: str) -> str:
+        """Why a request with ``extend_prompt`` for model ``name`` is refused."""
+        if self.serves and name in self.local.sources:
+            return "this server extends no prompts: start it with --prompt_extend_model MODEL"
+        return f"no worker holding model {name} extends prompts: start one with wanflow worker --prompt_extend_model"
+
     def model_for(self, name: str) -> str | None:
         """The model a request means by ``name``: a model of that name, else the first one that runs task ``name``."""
         names = self.names()
@@ -64,8 +75,17 @@ class Catalog:
         return next((model for model in names if (spec := self.task(model)) is not None and spec.name == name), None)
 
     def waiting(self, job: dict) -> str | None:
-        """Why a queued job does not run: no live worker holds its model."""
+        """Why a queued job does not run: no live worker holds its model (or, for a job whose prompt is to be
+        extended, none that extends prompts)."""
         model = job.get("model") or job["task"]
-        if job["status"] != "queued" or self.workers(model):
+        if job["status"] != "queued":
             return None
-        return f"no worker for model {model}"
+        if not self.workers(model):
+            return f"no worker for model {model}"
+        if job.get("extend_prompt") and not self._extenders(model):
+            return f"no live worker for model {model} extends prompts"
+        return None
+
+    def _extenders(self, model: str) -> int:
+        own = self.serves and model in self.local.sources and self.local.prompt_extender is not None
+        return int(own) + self.registry().get(model, {}).get("extenders", 0)

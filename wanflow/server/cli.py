@@ -67,6 +67,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=60.0,
         help="with a shared --queue: a job of this server's worker goes back to the queue this long after it stopped",
     )
+    add_extender_arguments(p)
+
+
+def add_extender_arguments(p: argparse.ArgumentParser) -> None:
+    """The prompt extender's flags, for ``serve`` and ``worker`` (prompts are extended where the jobs run)."""
     p.add_argument(
         "--prompt_extend_model",
         "--prompt-extend-model",
@@ -121,8 +126,8 @@ def check_queue(args: argparse.Namespace) -> None:
         raise ValueError("--no_worker serves the models the workers hold: give --ckpt_dir and --task to wanflow worker")
     if args.no_worker and (args.prompt_extend_model or args.prompt_extend_method):
         raise ValueError(
-            "--no_worker runs no jobs, and prompts are extended where the jobs run; wanflow worker does not extend "
-            "prompts yet: serve prompt extension from a server that runs its own jobs"
+            "--no_worker runs no jobs, and prompts are extended where the jobs run: give --prompt_extend_model to "
+            "wanflow worker"
         )
 
 

@@ -131,8 +131,8 @@ class Context:
             why = f"; the {req.task} model here was trained at {sizes} and {spec.frames} frames"
         try:
             req.check(limits, why)
-            if req.extend_prompt and self.catalog.local.prompt_extender is None:
-                raise ValueError("this server extends no prompts: start it with --prompt_extend_model MODEL")
+            if req.extend_prompt and not self.catalog.extends_prompts(req.task):
+                raise ValueError(self.catalog.no_extender(req.task))
             self.check_with_model(req, image, last)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None

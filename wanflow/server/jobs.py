@@ -125,7 +125,8 @@ class Models:
         return list(self.sources)
 
     def declarations(self) -> dict[str, dict]:
-        """What a worker registers: each model's task and the defaults its checkpoint changes (JSON)."""
+        """What a worker registers: each model's task, the defaults its checkpoint changes, and whether this worker
+        extends prompts (JSON)."""
         out = {}
         for name in self.names:
             task = self.task(name)
@@ -133,7 +134,11 @@ class Models:
             changed = {
                 f: getattr(task, f) for f in Task.OVERRIDABLE if base is None or getattr(task, f) != getattr(base, f)
             }
-            out[name] = {"task": task.name if task is not None else name, "overrides": _jsonable(changed)}
+            out[name] = {
+                "task": task.name if task is not None else name,
+                "overrides": _jsonable(changed),
+                "extends_prompts": self.prompt_extender is not None,
+            }
         return out
 
     def peek(self, task: str) -> object | None:

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from wanflow.server.store import SCHEMA, JobStore, Tx
+from wanflow.server.store import ADDED_COLUMNS, SCHEMA, JobStore, Tx
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,10 @@ class PostgresStore(JobStore):
             ).split(";"):
                 if statement.strip():
                     self.conn.execute(statement)
+            for name, kind in ADDED_COLUMNS.items():  # a database made by an earlier release
+                self.conn.execute(
+                    f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {name} {kind.format(real='DOUBLE PRECISION')}"
+                )
 
     def close(self) -> None:
         with self.lock:

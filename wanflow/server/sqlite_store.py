@@ -8,16 +8,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from wanflow.server.store import SCHEMA, JobStore, Tx
-
-# Columns added since the first release of the file: an older file gets them (and its jobs their model) on open.
-ADDED_COLUMNS = {
-    "model": "TEXT",
-    "worker": "TEXT",
-    "lease_until": "REAL",
-    "cancel_requested": "INTEGER NOT NULL DEFAULT 0",
-    "output": "TEXT",
-}
+from wanflow.server.store import ADDED_COLUMNS, SCHEMA, JobStore, Tx
 
 
 class SqliteStore(JobStore):
@@ -40,7 +31,7 @@ class SqliteStore(JobStore):
         have = {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}
         for name, kind in ADDED_COLUMNS.items():
             if name not in have:
-                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind.format(real='REAL')}")
         self.db.execute("UPDATE jobs SET model = task WHERE model IS NULL")
 
     def close(self) -> None:

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker TEXT,                            -- the worker running it (or that ran it)
     lease_until {real},                     -- while running: back to the queue after this
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    extend_prompt INTEGER NOT NULL DEFAULT 0, -- asks for its prompt extended: only workers with an extender claim it
     output TEXT                             -- the video, relative to the shared data folder, once done
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
@@ -58,6 +59,15 @@ CREATE TABLE IF NOT EXISTS lease_expiries (
     PRIMARY KEY (worker, model)
 );
 """
+# Columns added to the jobs table since its first release: a store opened on an older database adds them.
+ADDED_COLUMNS = {
+    "model": "TEXT",
+    "worker": "TEXT",
+    "lease_until": "{real}",
+    "cancel_requested": "INTEGER NOT NULL DEFAULT 0",
+    "output": "TEXT",
+    "extend_prompt": "INTEGER NOT NULL DEFAULT 0",
+}
 CLEARED = "progress = 0, stage = NULL, step = NULL, steps = NULL, expert = NULL, eta_seconds = NULL"
 LIVE = "stopped = 0 AND seen_at + lease_seconds > NOW"  # a worker that beat within its lease
 
@@ -142,9 +152,9 @@ class JobStore:
             if waiting >= max_queue:
                 raise QueueFull(f"the queue is full ({max_queue} jobs waiting); try again later")
             tx.run(
-                "INSERT INTO jobs (id, task, model, params, has_image, status, created_at) "
-                "VALUES (?, ?, ?, ?, ?, 'queued', NOW)",
-                (job_id, task, model or task, json.dumps(dict(params)), int(has_image)),
+                "INSERT INTO jobs (id, task, model, params, has_image, extend_prompt, status, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'queued', NOW)",
+                (job_id, task, model or task, json.dumps(dict(params)), int(has_image), extends(params)),
             )
             self.notify(tx, "wanflow_jobs", model or task)
 
@@ -161,12 +171,20 @@ class JobStore:
         rows = self._read(lambda tx: tx.rows(f"SELECT * FROM jobs{where} ORDER BY seq DESC LIMIT ?", (*args, limit)))
         return [job_record(r) for r in rows]
 
-    def claim(self, worker: str = "local", models: list[str] | None = None, lease_seconds: float = 60.0) -> dict | None:
+    def claim(
+        self,
+        worker: str = "local",
+        models: list[str] | None = None,
+        lease_seconds: float = 60.0,
+        extends_prompts: bool = False,
+    ) -> dict | None:
         """The oldest queued job of ``models`` (None: of any), now running on ``worker`` with a lease of
-        ``lease_seconds`` and one more attempt; None when there is none. Two workers never get the same job."""
+        ``lease_seconds`` and one more attempt; None when there is none. Two workers never get the same job. A job
+        that asks for its prompt to be extended goes only to a worker that ``extends_prompts``."""
         if models is not None and not models:
             return None
         which = "" if models is None else f" AND model IN ({marks(models)})"
+        which += "" if extends_prompts else " AND extend_prompt = 0"
         pick = f"SELECT id FROM jobs WHERE status = 'queued'{which} ORDER BY seq LIMIT 1{self.SKIP_LOCKED}"
 
         def take(tx: Tx) -> dict | None:
@@ -371,12 +389,15 @@ class JobStore:
         return sorted(rows, key=lambda row: row["name"])
 
     def models(self) -> dict[str, dict]:
-        """The models of the registry: {name: {"task", "overrides", "workers": how many live workers hold it}}."""
+        """The models of the registry: {name: {"task", "overrides", "workers": how many live workers hold it,
+        "extends_prompts": whether any registered worker of it extends prompts, "extenders": how many live ones}}."""
         out: dict[str, dict] = {}
         for worker in self.workers():
             for name, declared in worker["models"].items():
-                entry = out.setdefault(name, dict(declared, workers=0))
+                entry = out.setdefault(name, dict(declared, workers=0, extenders=0))
                 entry["workers"] += int(worker["live"])
+                entry["extenders"] += int(worker["live"] and bool(declared.get("extends_prompts")))
+                entry["extends_prompts"] = bool(entry.get("extends_prompts") or declared.get("extends_prompts"))
         return out
 
     def metrics(self) -> dict[str, list[dict]]:
@@ -391,6 +412,11 @@ class JobStore:
         return self._read(lambda tx: {name: tx.rows(sql) for name, sql in queries.items()})
 
 
+def extends(params: Mapping[str, object]) -> int:
+    """1 when the job asks for its prompt to be extended."""
+    return int(bool(params.get("extend_prompt")))
+
+
 def job_record(row: Mapping) -> dict:
     job = dict(row)
     job.pop("seq", None)
@@ -398,4 +424,5 @@ def job_record(row: Mapping) -> dict:
     job["metadata"] = json.loads(job["metadata"]) if job["metadata"] else None
     job["has_image"] = bool(job["has_image"])
     job["cancel_requested"] = bool(job["cancel_requested"])
+    job["extend_prompt"] = bool(job.get("extend_prompt"))
     return job

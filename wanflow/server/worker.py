@@ -120,7 +120,8 @@ class Worker(threading.Thread):
             if expired:
                 log.warning("%d jobs went back to the queue: their workers stopped renewing their leases", len(expired))
             with self.lock:  # claimed and marked current at once, so a cancel never falls between the two
-                job = self.store.claim(self.worker_name, self.models.names, self.lease_seconds)
+                extends = self.models.prompt_extender is not None  # jobs asking for an extended prompt need one
+                job = self.store.claim(self.worker_name, self.models.names, self.lease_seconds, extends)
                 self.current = None if job is None else job["id"]
         except Exception:
             log.exception("the job store failed; trying again")

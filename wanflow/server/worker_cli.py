@@ -1,6 +1,7 @@
 """``wanflow worker --queue URL``: a GPU machine's worker on a queue that API servers (``wanflow serve --queue URL
 --no_worker``) fill. It holds the built-in models (of ``--tasks``) or the ``--ckpt_dir`` models, claims their jobs,
-heartbeats, and writes the videos into the ``--data`` folder that every server and worker shares.
+heartbeats, and writes the videos into the ``--data`` folder that every server and worker shares. With
+``--prompt_extend_model`` it also takes the jobs that ask for an extended prompt (only such workers take them).
 
 A torchrun group is one worker: ``torchrun --nproc_per_node 8 -m wanflow worker --queue URL --ckpt_dir DIR
 --ulysses_size 8``; rank 0 claims and reports, every rank runs the job (``server.group``).
@@ -16,6 +17,7 @@ import threading
 from pathlib import Path
 
 from wanflow.runtime.offload import POLICIES
+from wanflow.server.cli import add_extender_arguments
 from wanflow.tasks import TASKS
 
 log = logging.getLogger("wanflow")
@@ -59,6 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora_dir", "--lora-dir", dest="lora_dir", help="folder of the LoRAs requests may name")
     p.add_argument("--ulysses_size", type=int, default=1, help="sequence-parallel ranks (torchrun; default 1)")
     p.add_argument("--cfg_parallel", action="store_true", help="conditional and unconditional passes on 2 rank groups")
+    add_extender_arguments(p)  # this worker then takes the jobs that ask for an extended prompt
 
 
 def check(args: argparse.Namespace) -> None:
@@ -100,6 +103,7 @@ def builtin_models(names: list[str] | None, runtime: dict, prepare) -> tuple[dic
 def run(args: argparse.Namespace) -> int:
     check(args)
     from wanflow.cli.generate import launch
+    from wanflow.server.cli import server_extender
     from wanflow.server.engines import open_store
     from wanflow.server.jobs import Files, Models
     from wanflow.server.loras import LoraLibrary
@@ -117,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         pipelines, tasks = checkpoint_models(args.ckpt_dir, runtime, prepare)
     else:
         pipelines, tasks = builtin_models(args.tasks, runtime, prepare)
-    models, files = Models(pipelines, tasks), Files(args.data)
+    extender = server_extender(args)  # loaded before the video models: a model that cannot load is one line first
+    models, files = Models(pipelines, tasks, extender), Files(args.data)
     files.prepare(clean=False)  # shared: another worker may be writing a video there now
     if not ctx.is_rank0:
         from wanflow.server.group import Group, follow
