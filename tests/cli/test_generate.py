@@ -47,7 +47,7 @@ def test_writes_mp4_with_frames_size_fps(ckpts, tmp_path, capsys):
         assert stream.average_rate == 16
         assert container.metadata["prompt"] == "a red circle moving right"
         assert container.metadata["seed"] == "5" and container.metadata["task"] == "t2v-A14B"
-        assert container.metadata["guide_scale"] == "(3.0, 4.0)"
+        assert container.metadata["guide_scale"] == "[3.0, 4.0]"  # JSON (io.video.metadata_text)
 
 
 def test_prompt_flag_and_png_frames(ckpts, tmp_path):

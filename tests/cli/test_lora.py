@@ -85,7 +85,7 @@ def test_preset_lightning(setup, tmp_path):
     assert main(["generate", "x", "--ckpt_dir", str(ckpt), "--size", "64*64", "--frame_num", "5", "--preset",
                  "lightning", "--save_file", str(out)]) == 0  # fmt: skip
     meta = metadata(out)
-    assert (meta["steps"], meta["solver"], meta["shift"], meta["guide_scale"]) == ("4", "euler", "5.0", "(1.0, 1.0)")
+    assert (meta["steps"], meta["solver"], meta["shift"], meta["guide_scale"]) == ("4", "euler", "5.0", "[1.0, 1.0]")
     assert meta["float_timesteps"] == "True"
 
 
