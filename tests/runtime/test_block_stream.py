@@ -164,3 +164,17 @@ def test_cuda_streamed_training_matches_resident_with_a_fraction_of_the_weights_
     block_bytes = sum(t.numel() * t.element_size() for _, t in stream.host[0])
     # resident: all 8 blocks on the device; streamed: the one running, the next, and the recomputation's copies
     assert streamed_peak < resident_peak - 4 * block_bytes, (streamed_peak, resident_peak, block_bytes)
+
+
+@torch.no_grad()
+def test_another_policy_after_block_streaming_takes_the_hooks_off():
+    model = random_dit(CFG, 6)
+    x, t, ctx = torch.randn(1, 16, 1, 4, 4), torch.tensor([500.0]), torch.randn(1, 7, 32)
+    want = model(x, t, ctx)
+    ExpertPlacement({"dense": model}, "cpu", "block")("dense")(x, t, ctx)
+    for policy in ("resident", "model"):
+        placement = ExpertPlacement({"dense": model}, "cpu", policy)
+        assert not hasattr(model, "block_stream")
+        assert all(not b._forward_pre_hooks and not b._forward_hooks for b in model.blocks)
+        assert torch.equal(placement("dense")(x, t, ctx), want)
+        ExpertPlacement({"dense": model}, "cpu", "block")

@@ -84,6 +84,14 @@ def stream_blocks(model: nn.Module, device: torch.device) -> list[torch.utils.ho
     return model.block_stream.handles
 
 
+def stop_streaming(model: nn.Module) -> None:
+    """Undo ``stream_blocks``: every block back in host memory (where the next policy puts it), the hooks off."""
+    stream = getattr(model, "block_stream", None)
+    if stream is not None:
+        stream.remove()
+        del model.block_stream
+
+
 class ExpertPlacement(StepHook):
     """Callable ``placement(name) -> expert ready on the device`` implementing one of ``POLICIES``; as a step hook of
     the denoising loop it prefetches the next expert one step before the switch and releases the device at the end."""
@@ -95,6 +103,9 @@ class ExpertPlacement(StepHook):
         self.active: str | None = None
         self.prefetched: str | None = None  # copied (or being copied) to the device ahead of its first step
         self.stream: torch.cuda.Stream | None = None  # the side stream of the prefetches (CUDA only)
+        if policy != "block":
+            for model in self.experts.values():
+                stop_streaming(model)  # a policy that streamed the blocks before this one
         if policy == "resident":
             for model in self.experts.values():
                 _to(model, self.device)
