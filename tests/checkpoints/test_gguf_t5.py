@@ -8,6 +8,7 @@ import torch
 from gguf import GGMLQuantizationType, quants
 
 from tests.tiny.checkpoint import write_official_checkpoint
+from tests.tiny.single_files import close_gguf
 from wanflow.checkpoints.io import read_weights
 from wanflow.checkpoints.load_file import load_t5_file
 from wanflow.checkpoints.maps.t5 import T5_KEYMAP
@@ -42,10 +43,7 @@ def write_t5_gguf(ckpt, path, qtype: str | None) -> dict[str, torch.Tensor]:
         writer.add_tensor(llama_name(key, names), stored, raw_dtype=kind)
         back = quants.dequantize(stored, kind) if kind is not None else stored
         decoded[key] = torch.from_numpy(np.ascontiguousarray(back, dtype=np.float32)).reshape(value.shape)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    close_gguf(writer)
     return decoded
 
 

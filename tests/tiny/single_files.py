@@ -99,8 +99,13 @@ def write_gguf(state: dict, path: Path, cfg: DiTConfig, qtype: str, seed: int = 
         writer.add_tensor(name, stored, raw_dtype=kind)
         back = quants.dequantize(stored, kind) if kind is not None else stored.astype(np.float32)
         decoded[name] = torch.from_numpy(np.ascontiguousarray(back, dtype=np.float32)).reshape(value.shape)
+    close_gguf(writer)
+    return decoded
+
+
+def close_gguf(writer: gguf.GGUFWriter) -> None:
+    """Header, metadata and tensors to the file, in the order GGUF keeps them."""
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return decoded
