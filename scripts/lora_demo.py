@@ -6,7 +6,8 @@ follows prompts without it, before and after.
     python scripts/lora_demo.py --work /tmp/plank [--steps 600] [--clips 32] [--prior 32] [--self_prior 48]
 
 The best balance measured so far (README, "Train a LoRA"): ``--clips 48 --prior 0 --self_prior 48 --steps 1500
---lr 3e-3 --batch_size 4 --seeds 4``.
+--lr 3e-3 --batch_size 4 --seeds 4``. Choose variants on ``--split validation`` (with ``--hold_validation``, so that
+its prompts are not trained), then report the chosen one once on the held-out split, with fresh ``--eval_seeds``.
 """
 
 from __future__ import annotations
@@ -197,6 +198,12 @@ def arguments() -> argparse.Namespace:
         action="store_true",
         help="keep the validation split's bar pairs and combinations out of the training and prior clips",
     )
+    parser.add_argument(
+        "--prior_weight",
+        type=float,
+        help="write the prior clips into WORK/prior and train with --prior_data WORK/prior --prior_weight W "
+        "(without it they join the bars in WORK/clips, as in the README's first runs)",
+    )
     parser.add_argument("--eval_only", action="store_true", help="evaluate the LoRA files WORK already holds")
     parser.add_argument("--skip_base", action="store_true", help="do not evaluate the base model")
     parser.add_argument("--expert", choices=("high", "low", "both"), default="both", help="the experts trained")
@@ -205,13 +212,13 @@ def arguments() -> argparse.Namespace:
 
 
 def write_data(args: argparse.Namespace) -> None:
-    """The bar clips and the prior clips, in WORK/clips (skipped when a previous run wrote them)."""
+    """The bar clips in WORK/clips, the prior clips beside them or, with a prior weight, in WORK/prior."""
     held = set(HELD_OUT_BARS) | (set(VALIDATION_BARS) if args.hold_validation else set())
     exclude = HELD_OUT | (frozenset(VALIDATION_COMBOS) if args.hold_validation else frozenset())
-    folder = args.work / "clips"
-    write_clips(folder, args.clips, held)
-    write_prior(folder, args.prior, exclude)
-    write_self_prior(folder, args.self_prior, exclude)
+    write_clips(args.work / "clips", args.clips, held)
+    prior = args.work / ("prior" if args.prior_weight is not None else "clips")
+    write_prior(prior, args.prior, exclude)
+    write_self_prior(prior, args.self_prior, exclude)
 
 
 def train(args: argparse.Namespace):
@@ -227,6 +234,11 @@ def train(args: argparse.Namespace):
         lr=args.lr,
         batch_size=args.batch_size,
         expert=args.expert,
+        **(
+            {"prior_data": args.work / "prior", "prior_weight": args.prior_weight}
+            if args.prior_weight is not None
+            else {}
+        ),
         checkpoint_every=100,
         gradient_checkpointing=False,
         **({"targets": tuple(args.targets)} if args.targets else {}),
