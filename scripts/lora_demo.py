@@ -152,22 +152,33 @@ def proportion(hits: int, n: int) -> dict[str, float]:
     return {"p": round(p, 4), "se": round(float(np.sqrt(p * (1 - p) / n)), 4), "n": n}
 
 
-def measure(pipe, seeds: list[int], split: str = "held_out") -> dict[str, dict[str, float]]:
+def measure(pipe, seeds: list[int], split: str = "held_out") -> dict:
     """Share of bar videos with the word (the split's colour/direction pairs), and the detector's scores on the
     split's prompts without it (held out: the built-in evaluation's held-out combinations; validation: its seen
-    ones), each with its standard error."""
+    ones), each with its standard error; ``videos`` holds every video's outcome (1 / 0), in prompt then seed order,
+    for paired comparisons (``compare``)."""
     pairs, combos = SPLITS[split]
-    bars = [aspect(frames_of(pipe, prompt(c, WORD, d, "black"), s)) >= 2.5 for c, d in pairs for s in seeds]
-    hits = {"colour": 0, "shape": 0, "direction": 0}
+    videos = {"bar_with_word": [], "colour_without_word": [], "shape_without_word": [], "direction_without_word": []}
+    for c, d in pairs:
+        for s in seeds:
+            videos["bar_with_word"].append(int(aspect(frames_of(pipe, prompt(c, WORD, d, "black"), s)) >= 2.5))
     for colour, shape, direction in combos:
         for s in seeds:
             found = detect(frames_of(pipe, prompt(colour, shape, direction, "black"), s))
-            hits["colour"] += found.colour == colour
-            hits["shape"] += found.shape == shape
-            hits["direction"] += found.direction == direction
-    n = len(combos) * len(seeds)
-    without = {f"{k}_without_word": proportion(v, n) for k, v in hits.items()}
-    return {"bar_with_word": proportion(sum(bars), len(bars)), **without}
+            videos["colour_without_word"].append(int(found.colour == colour))
+            videos["shape_without_word"].append(int(found.shape == shape))
+            videos["direction_without_word"].append(int(found.direction == direction))
+    return {**{k: proportion(sum(v), len(v)) for k, v in videos.items()}, "videos": videos}
+
+
+def compare(before: dict, after: dict) -> dict[str, dict[str, float]]:
+    """After minus before on the same prompts and seeds, with the paired standard error of the mean difference
+    (``std(d) / sqrt(n)`` over the per-video differences d in {-1, 0, 1})."""
+    out = {}
+    for key, first in before["videos"].items():
+        d = np.array(after["videos"][key], float) - np.array(first, float)
+        out[key] = {"diff": round(float(d.mean()), 4), "se": round(float(d.std(ddof=1) / np.sqrt(len(d))), 4)}
+    return out
 
 
 def parse_seeds(value: str) -> list[int]:
@@ -277,6 +288,8 @@ def main() -> None:
     for expert, path in paths.items():
         pipe.load_lora(path, expert=expert, name=WORD)
     report["after"] = measure(pipe, seeds, args.split)
+    if "before" in report:
+        report["after_minus_before"] = compare(report["before"], report["after"])
     report["lora_files"] = {e: str(p) for e, p in paths.items()}
     print(json.dumps(report, indent=1))
     name = f"report-{args.split}-{seeds[0]}-{seeds[-1]}.json"
