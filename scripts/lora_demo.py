@@ -5,9 +5,12 @@ follows prompts without it, before and after.
 
     python scripts/lora_demo.py --work /tmp/plank [--steps 600] [--clips 32] [--prior 32] [--self_prior 48]
 
-The best balance measured so far (README, "Train a LoRA"): ``--clips 48 --prior 0 --self_prior 48 --steps 1500
---lr 3e-3 --batch_size 4 --seeds 4``. Choose variants on ``--split validation`` (with ``--hold_validation``, so that
-its prompts are not trained), then report the chosen one once on the held-out split, with fresh ``--eval_seeds``.
+The recommended run (README, "Train a LoRA", chosen on the held-out prompts before there was a validation split):
+``--clips 48 --prior 0 --self_prior 48 --steps 1500 --lr 3e-3 --batch_size 4``; the one validation chose adds
+``--prior_weight 1 --expert low --hold_validation``; the README reports both on the held-out prompts with seeds
+100..115 (neither keeps colour, shape and direction all three). Choose variants on ``--split validation`` (with
+``--hold_validation``, so that its prompts are not trained), then report the chosen one once on the held-out split,
+with fresh ``--eval_seeds``.
 """
 
 from __future__ import annotations
