@@ -2,6 +2,8 @@
 batch's flow-matching loss plus W times that of an equally large batch from the prior folder; W = 0 trains exactly
 what a run without prior data trains; a resumed run equals an uninterrupted one; bad prior files are named."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -146,3 +148,13 @@ def test_bad_prior_weights_are_refused(tmp_path, ckpt, data, prior, capsys):
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("wanflow: error: --prior_weight weighs the clips of --prior_data")
+
+
+def test_the_cli_passes_the_prior_folder_and_weight_to_the_run(tmp_path, ckpt, data, prior):
+    out = tmp_path / "cli/x"
+    argv = ["train-lora", str(data), "--task", "t2v-A14B", "--ckpt_dir", str(ckpt), "--out", str(out), "--steps", "1"]
+    argv += ["--size", "32*32", "--frames", "5", "--rank", "2", "--device", "cpu", "--expert", "low"]
+    assert cli_main([*argv, "--prior_data", str(prior), "--prior_weight", "0.5"]) == 0
+    with safe_open(f"{out}_low_noise.safetensors", "pt") as f:
+        recorded = json.loads(f.metadata()["wanflow_settings"])
+    assert recorded["prior_data"] == str(prior) and recorded["prior_weight"] == 0.5
