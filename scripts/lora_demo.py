@@ -5,8 +5,12 @@ follows prompts without it, before and after.
 
     python scripts/lora_demo.py --work /tmp/plank [--steps 600] [--clips 32] [--prior 32] [--self_prior 48]
 
-The best balance measured so far (README, "Train a LoRA"): ``--clips 48 --prior 0 --self_prior 48 --steps 1500
---lr 3e-3 --batch_size 4 --seeds 4``.
+The recommended run (README, "Train a LoRA", chosen on the held-out prompts before there was a validation split):
+``--clips 48 --prior 0 --self_prior 48 --steps 1500 --lr 3e-3 --batch_size 4``; the one validation chose adds
+``--prior_weight 1 --expert low --hold_validation``; the README reports both on the held-out prompts with seeds
+100..115 (neither keeps colour, shape and direction all three). Choose variants on ``--split validation`` (with
+``--hold_validation``, so that its prompts are not trained), then report the chosen one once on the held-out split,
+with fresh ``--eval_seeds``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 
 from wanflow.data.shapes import BACKGROUNDS, COLOURS, HELD_OUT
 from wanflow.evaluation.detect import _distance_from_background, _largest_component, detect
+from wanflow.evaluation.evaluate import seen_combos
 from wanflow.io.video import save_video
 
 WORD = "plank"
@@ -38,6 +43,21 @@ HELD_OUT_BARS = [
     ("magenta", "right"),
     ("green", "down"),
 ]  # (colour, direction) never trained
+# Validation (``--split validation``), for choosing a variant; held out of training with ``--hold_validation``:
+# bar pairs that are neither held out nor (then) trained, and the built-in evaluation's validation combinations
+# (``seen_combos``: seen in its training, never among the held-out ones), absent then from the prior clips.
+VALIDATION_BARS = [
+    ("red", "left"),
+    ("yellow", "down"),
+    ("green", "still"),
+    ("cyan", "right"),
+    ("blue", "up"),
+    ("magenta", "down"),
+    ("white", "left"),
+    ("blue", "still"),
+]
+VALIDATION_COMBOS = seen_combos()
+SPLITS = {"held_out": (HELD_OUT_BARS, sorted(HELD_OUT)), "validation": (VALIDATION_BARS, VALIDATION_COMBOS)}
 
 
 def render_bar(colour: str, direction: str, background: str, start: tuple[float, float], speed: float) -> np.ndarray:
@@ -69,33 +89,37 @@ def prompt(colour: str, shape: str, direction: str, background: str) -> str:
     return f"a {colour} {shape} {motion} on a {background} background"
 
 
-def write_prior(folder: Path, count: int, seed: int = 7) -> None:
-    """``count`` clips of the shapes the model already draws, with their usual prompts (held-out combinations
-    excluded): prior preservation, so that the LoRA keeps prompts without the new word as they were."""
+def write_prior(folder: Path, count: int, exclude: frozenset, seed: int = 7) -> None:
+    """``count`` clips of the shapes the model already draws, with their usual prompts (``exclude``d combinations
+    left out): prior preservation, so that the LoRA keeps prompts without the new word as they were."""
     from wanflow.data.shapes import render, sample_clips
 
-    for i, clip in enumerate(sample_clips(seed, count, SIZE, SIZE, FRAMES)):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, clip in enumerate(sample_clips(seed, count, SIZE, SIZE, FRAMES, exclude)):
         save_video(render(clip, FRAMES, SIZE, SIZE), folder / f"prior{i:03d}.mp4", fps=8)
         (folder / f"prior{i:03d}.txt").write_text(clip.prompt + "\n")
 
 
-def write_self_prior(folder: Path, count: int, seed: int = 11) -> None:
+def write_self_prior(folder: Path, count: int, exclude: frozenset, seed: int = 11) -> None:
     """``count`` clips that the BASE model generates itself for prompts without the word (the known shapes in the
-    training colours and directions, held-out combinations excluded), captioned with those prompts: prior
+    training colours and directions, ``exclude``d combinations left out), captioned with those prompts: prior
     preservation by self-distillation, so that where the word is absent the LoRA learns to reproduce the base
     model, not the rendered shapes (which the base draws differently)."""
     from wanflow.data.shapes import sample_clips
     from wanflow.pipelines.pipeline import WanPipeline
 
+    if not count:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
     pipe = WanPipeline.from_builtin("t2v-A14B", device="cpu")
-    for i, clip in enumerate(sample_clips(seed, count, SIZE, SIZE, FRAMES)):
+    for i, clip in enumerate(sample_clips(seed, count, SIZE, SIZE, FRAMES, exclude)):
         save_video(frames_of(pipe, clip.prompt, 1000 + i), folder / f"self{i:03d}.mp4", fps=8)  # seeds != eval's
         (folder / f"self{i:03d}.txt").write_text(clip.prompt + "\n")
 
 
-def write_clips(folder: Path, count: int, seed: int = 0) -> None:
+def write_clips(folder: Path, count: int, held: set, seed: int = 0) -> None:
+    """``count`` bar clips captioned with the word, cycling over the (colour, direction) pairs not in ``held``."""
     rng = np.random.default_rng(seed)
-    held = set(HELD_OUT_BARS)
     combos = [(c, d) for c in COLOUR_NAMES for d in TRAIN_DIRECTIONS if (c, d) not in held]
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
@@ -125,25 +149,50 @@ def frames_of(pipe, text: str, seed: int) -> np.ndarray:
     return to_uint8(pipe(text, seed=seed).frames)
 
 
-def measure(pipe, seeds: int) -> dict[str, float]:
-    """Share of bar videos with the word (held-out colour/direction pairs), and the detector's scores on the
-    built-in held-out prompts without it."""
-    bars = [
-        aspect(frames_of(pipe, prompt(c, WORD, d, "black"), s)) >= 2.5 for c, d in HELD_OUT_BARS for s in range(seeds)
-    ]
-    hits = {"colour": 0, "shape": 0, "direction": 0}
-    combos = sorted(HELD_OUT)
+def proportion(hits: int, n: int) -> dict[str, float]:
+    """A share with its standard error (binomial, ``sqrt(p (1 - p) / n)``)."""
+    p = hits / n
+    return {"p": round(p, 4), "se": round(float(np.sqrt(p * (1 - p) / n)), 4), "n": n}
+
+
+def measure(pipe, seeds: list[int], split: str = "held_out") -> dict:
+    """Share of bar videos with the word (the split's colour/direction pairs), and the detector's scores on the
+    split's prompts without it (held out: the built-in evaluation's held-out combinations; validation: its seen
+    ones), each with its standard error; ``videos`` holds every video's outcome (1 / 0), in prompt then seed order,
+    for paired comparisons (``compare``)."""
+    pairs, combos = SPLITS[split]
+    videos = {"bar_with_word": [], "colour_without_word": [], "shape_without_word": [], "direction_without_word": []}
+    for c, d in pairs:
+        for s in seeds:
+            videos["bar_with_word"].append(int(aspect(frames_of(pipe, prompt(c, WORD, d, "black"), s)) >= 2.5))
     for colour, shape, direction in combos:
-        for s in range(seeds):
+        for s in seeds:
             found = detect(frames_of(pipe, prompt(colour, shape, direction, "black"), s))
-            hits["colour"] += found.colour == colour
-            hits["shape"] += found.shape == shape
-            hits["direction"] += found.direction == direction
-    n = len(combos) * seeds
-    return {"bar_with_word": sum(bars) / len(bars), **{f"{k}_without_word": v / n for k, v in hits.items()}}
+            videos["colour_without_word"].append(int(found.colour == colour))
+            videos["shape_without_word"].append(int(found.shape == shape))
+            videos["direction_without_word"].append(int(found.direction == direction))
+    return {**{k: proportion(sum(v), len(v)) for k, v in videos.items()}, "videos": videos}
 
 
-def main() -> None:
+def compare(before: dict, after: dict) -> dict[str, dict[str, float]]:
+    """After minus before on the same prompts and seeds, with the paired standard error of the mean difference
+    (``std(d) / sqrt(n)`` over the per-video differences d in {-1, 0, 1})."""
+    out = {}
+    for key, first in before["videos"].items():
+        d = np.array(after["videos"][key], float) - np.array(first, float)
+        out[key] = {"diff": round(float(d.mean()), 4), "se": round(float(d.std(ddof=1) / np.sqrt(len(d))), 4)}
+    return out
+
+
+def parse_seeds(value: str) -> list[int]:
+    """``100..115`` (both ends included) or one seed."""
+    first, sep, last = value.partition("..")
+    if not first.isdigit() or (sep and not last.isdigit()):
+        raise argparse.ArgumentTypeError(f"seeds look like 100..115, got {value!r}")
+    return list(range(int(first), int(last if sep else first) + 1))
+
+
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--clips", type=int, default=32)
@@ -155,16 +204,41 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=2, help="evaluate with seeds 0 .. N-1 (the first runs' choice)")
+    parser.add_argument("--eval_seeds", type=parse_seeds, help="evaluate with these seeds instead, e.g. 100..115")
+    parser.add_argument("--split", choices=sorted(SPLITS), default="held_out", help="the prompts evaluated")
+    parser.add_argument(
+        "--hold_validation",
+        action="store_true",
+        help="keep the validation split's bar pairs and combinations out of the training and prior clips",
+    )
+    parser.add_argument(
+        "--prior_weight",
+        type=float,
+        help="write the prior clips into WORK/prior and train with --prior_data WORK/prior --prior_weight W "
+        "(without it they join the bars in WORK/clips, as in the README's first runs)",
+    )
+    parser.add_argument("--eval_only", action="store_true", help="evaluate the LoRA files WORK already holds")
+    parser.add_argument("--skip_base", action="store_true", help="do not evaluate the base model")
+    parser.add_argument("--expert", choices=("high", "low", "both"), default="both", help="the experts trained")
     parser.add_argument("--targets", nargs="+", help="block linears to train (default: all ten)")
-    args = parser.parse_args()
-    from wanflow.pipelines.pipeline import WanPipeline
+    return parser.parse_args()
+
+
+def write_data(args: argparse.Namespace) -> None:
+    """The bar clips in WORK/clips, the prior clips beside them or, with a prior weight, in WORK/prior."""
+    held = set(HELD_OUT_BARS) | (set(VALIDATION_BARS) if args.hold_validation else set())
+    exclude = HELD_OUT | (frozenset(VALIDATION_COMBOS) if args.hold_validation else frozenset())
+    write_clips(args.work / "clips", args.clips, held)
+    prior = args.work / ("prior" if args.prior_weight is not None else "clips")
+    write_prior(prior, args.prior, exclude)
+    write_self_prior(prior, args.self_prior, exclude)
+
+
+def train(args: argparse.Namespace):
     from wanflow.training.lora import train_lora
     from wanflow.training.lora_settings import LoraSettings
 
-    write_clips(args.work / "clips", args.clips)
-    write_prior(args.work / "clips", args.prior)
-    write_self_prior(args.work / "clips", args.self_prior)
     settings = LoraSettings(
         args.work / "clips",
         str(args.work / WORD),
@@ -173,38 +247,56 @@ def main() -> None:
         rank=args.rank,
         lr=args.lr,
         batch_size=args.batch_size,
+        expert=args.expert,
+        **(
+            {"prior_data": args.work / "prior", "prior_weight": args.prior_weight}
+            if args.prior_weight is not None
+            else {}
+        ),
         checkpoint_every=100,
         gradient_checkpointing=False,
         **({"targets": tuple(args.targets)} if args.targets else {}),
         device="cpu",
         resume=(args.work / f"{WORD}.ckpt").exists(),
     )
-    start = time.perf_counter()
-    paths, history = train_lora(settings)
-    seconds = time.perf_counter() - start
+    return train_lora(settings)
+
+
+def lora_files(work: Path) -> dict[str, Path]:
+    """The LoRA files a previous run left in WORK, by expert."""
+    paths = {e: work / f"{WORD}_{e}_noise.safetensors" for e in ("high", "low")}
+    paths = {e: p for e, p in paths.items() if p.is_file()}
+    if not paths:
+        raise SystemExit(f"--eval_only: no {WORD}_high_noise / {WORD}_low_noise .safetensors in {work}")
+    return paths
+
+
+def main() -> None:
+    args = arguments()
+    from wanflow.pipelines.pipeline import WanPipeline
+
+    report = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    if args.eval_only:
+        paths = lora_files(args.work)
+    else:
+        write_data(args)
+        start = time.perf_counter()
+        paths, history = train(args)
+        report.update(train_seconds=round(time.perf_counter() - start), threads=torch.get_num_threads())
+        report.update(first_loss=history.losses[:20], last_loss=history.losses[-20:])
+    seeds = args.eval_seeds or list(range(args.seeds))
     pipe = WanPipeline.from_builtin("t2v-A14B", device="cpu")
-    before = measure(pipe, args.seeds)
+    if not args.skip_base:
+        report["before"] = measure(pipe, seeds, args.split)
     for expert, path in paths.items():
         pipe.load_lora(path, expert=expert, name=WORD)
-    after = measure(pipe, args.seeds)
-    report = {
-        "train_seconds": round(seconds),
-        "threads": torch.get_num_threads(),
-        "steps": args.steps,
-        "targets": args.targets,
-        "lr": args.lr,
-        "rank": args.rank,
-        "clips": args.clips,
-        "prior": args.prior,
-        "self_prior": args.self_prior,
-        "batch_size": args.batch_size,
-        "first_loss": history.losses[:20],
-        "last_loss": history.losses[-20:],
-        "before": before,
-        "after": after,
-    }
+    report["after"] = measure(pipe, seeds, args.split)
+    if "before" in report:
+        report["after_minus_before"] = compare(report["before"], report["after"])
+    report["lora_files"] = {e: str(p) for e, p in paths.items()}
     print(json.dumps(report, indent=1))
-    (args.work / "report.json").write_text(json.dumps(report, indent=1))
+    name = f"report-{args.split}-{seeds[0]}-{seeds[-1]}.json"
+    (args.work / name).write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="block: keep the frozen blocks in host memory and bring each to the device only while it runs "
         "(an A14B expert on a 24 GB GPU; needs gradient checkpointing)",
     )
+    p.add_argument(
+        "--prior_data",
+        help="second folder, same layout: clips of what the model should keep drawing (prior preservation)",
+    )
+    p.add_argument(
+        "--prior_weight",
+        type=float,
+        help="with --prior_data: each step adds W times the loss on as many prior clips as --batch_size (default 1)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the factors' initialisation and of the batches")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu ... (default: cuda if available)")
 
@@ -62,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     from wanflow.training.lora import train_lora
     from wanflow.training.lora_settings import LoraSettings
 
+    if args.prior_weight is not None and args.prior_data is None:
+        raise ValueError("--prior_weight weighs the clips of --prior_data: pass that folder too, or drop the weight")
     settings = LoraSettings(
         data=args.data_dir,
         out=args.out,
@@ -84,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         resume=args.resume,
+        prior_data=args.prior_data,
+        prior_weight=1.0 if args.prior_weight is None else args.prior_weight,
     )
     paths, history = train_lora(settings)
     recent = history.losses[-10:]

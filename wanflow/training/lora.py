@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +32,15 @@ from wanflow.tasks import Task
 from wanflow.training.flow import expert_range, flow_matching_loss, sample_timesteps
 from wanflow.training.loop import History, TrainConfig, load_checkpoint, resolve_device, train
 from wanflow.training.lora_cache import Encoders, item_latents, text_states, uncached
-from wanflow.training.lora_data import ClipShape, find_items, problems_error, read_problems, scan_folder
+from wanflow.training.lora_data import (
+    ClipShape,
+    DataError,
+    Item,
+    find_items,
+    problems_error,
+    read_problems,
+    scan_folder,
+)
 from wanflow.training.lora_factors import LoraFactors, attach, target_shapes
 from wanflow.training.lora_meta import lora_metadata
 from wanflow.training.lora_settings import LoraSettings, chosen_experts, output_paths, resolve_checkpoint
@@ -39,6 +48,7 @@ from wanflow.training.lora_settings import LoraSettings, chosen_experts, output_
 log = logging.getLogger(__name__)
 
 TI2V_FRAME0_P = 0.5  # share of TI2V samples conditioned on their first latent frame
+PRIOR_STREAM = 0x9710  # tells the prior batches' seeds apart from any other use of (seed, step)
 
 
 class Sample(NamedTuple):
@@ -58,22 +68,45 @@ def clip_shape(settings: LoraSettings, task: Task) -> ClipShape:
 
 
 def load_samples(settings: LoraSettings, layout: Layout, task: Task, text_len: int, device: torch.device) -> list:
-    """Every window of every clip, encoded (from the cache where it holds them); ``DataError`` naming bad files."""
-    folder = Path(settings.data).expanduser()
-    items, problems, total = find_items(folder)
+    """Every window of every clip of the data folder, encoded (from the cache where it holds them)."""
+    return load_data(settings, layout, task, text_len, device)[0]
+
+
+def load_data(
+    settings: LoraSettings, layout: Layout, task: Task, text_len: int, device: torch.device
+) -> tuple[list[Sample], list[Sample]]:
+    """The samples of the data folder and of the prior folder (none without ``prior_data``), encoded; one
+    ``DataError`` naming every bad file of both folders, so both are fixed in one pass."""
+    folders = [Path(f).expanduser() for f in (settings.data, settings.prior_data) if f is not None]
     shape = clip_shape(settings, task)
     encoders = Encoders(layout, device, text_len)
+    found = [usable_items(folder, shape, encoders, task.image_channels) for folder in folders]
+    errors = [error for _, error in found if error is not None]
+    if errors:
+        raise DataError("\n".join(str(e) for e in errors))
     i2v = task.image_channels
+    sets = [encode_items(f, items, shape, encoders, i2v, device) for f, (items, _) in zip(folders, found, strict=True)]
+    encoders.free()
+    return sets[0], sets[1] if len(sets) > 1 else []
+
+
+def usable_items(folder: Path, shape: ClipShape, encoders: Encoders, i2v: bool) -> tuple[list[Item], DataError | None]:
+    """The folder's captioned clips, and the error naming each file that cannot be used (None if all can)."""
+    items, problems, total = find_items(folder)
     problems += read_problems(uncached(folder, items, shape, encoders, i2v), shape)  # all of them, in one error
-    if problems:
-        raise problems_error(folder, problems, total)
+    return items, problems_error(folder, problems, total) if problems else None
+
+
+def encode_items(
+    folder: Path, items: list[Item], shape: ClipShape, encoders: Encoders, i2v: bool, device: torch.device
+) -> list[Sample]:
+    """Every window of every item as a ``Sample`` on ``device``."""
     samples = []
     for item in items:
         encoded = item_latents(folder, item, shape, encoders, i2v)
         context = text_states(folder, item.caption, encoders)
         for k, latents in enumerate(encoded["latents"]):
             samples.append(Sample(latents.to(device), context.to(device), encoded["y"][k].to(device) if i2v else None))
-    encoders.free()
     log.info("%d samples from %d files in %s", len(samples), len(items), folder)
     return samples
 
@@ -99,25 +132,52 @@ def batches(samples: list[Sample], size: int, generator: torch.Generator) -> lis
     return [first] + [kind[int(i)] for i in torch.randint(len(kind), (size - 1,), generator=generator)]
 
 
-def make_loss(models: dict[str, nn.Module], samples: list[Sample], task: Task, settings: LoraSettings, text_len: int):
-    """``loss_fn(step, generator)`` of the loop: flow matching of each trained expert on its range."""
+def make_loss(
+    models: dict[str, nn.Module],
+    samples: list[Sample],
+    task: Task,
+    settings: LoraSettings,
+    text_len: int,
+    prior: list[Sample] | None = None,
+):
+    """``loss_fn(step, generator)`` of the loop: flow matching of each trained expert on its range, plus, with prior
+    samples, ``prior_weight`` times the same loss on a batch of as many prior samples (DreamBooth's prior
+    preservation). The prior batch draws from its own generator, seeded by the step: the main batches are those of a
+    run without prior data, and a resumed run draws the same prior batches."""
 
     def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
-        batch = batches(samples, settings.batch_size, generator)
-        x0 = torch.stack([s.latents for s in batch])
-        context = pad_context([s.context for s in batch], text_len)
-        y = torch.stack([s.y for s in batch]) if task.image_channels else None
-        frame0 = None
-        if task.expand_timesteps:
-            frame0 = torch.rand(len(batch), generator=generator, device=generator.device) < TI2V_FRAME0_P
-        total = 0.0
-        for name, model in models.items():
-            t = sample_timesteps(len(batch), task.shift, expert_range(task.boundary, name), generator)
-            noise = torch.randn(x0.shape, generator=generator, device=generator.device)
-            total = total + flow_matching_loss(model, x0, context, t, noise, y=y, frame0_mask=frame0)
+        total = batch_loss(models, batches(samples, settings.batch_size, generator), task, text_len, generator)
+        if prior:
+            draw = prior_generator(settings.seed, step, generator.device)
+            prior_batch = batches(prior, settings.batch_size, draw)
+            total = total + settings.prior_weight * batch_loss(models, prior_batch, task, text_len, draw)
         return total
 
     return loss_fn
+
+
+def prior_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The generator of step ``step``'s prior batch: a function of the run's seed and the step alone."""
+    state = np.random.SeedSequence([seed, step, PRIOR_STREAM]).generate_state(2, np.uint32)
+    return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def batch_loss(
+    models: dict[str, nn.Module], batch: list[Sample], task: Task, text_len: int, generator: torch.Generator
+) -> torch.Tensor:
+    """The batch's flow-matching loss, summed over the trained experts, each at times of its own range."""
+    x0 = torch.stack([s.latents for s in batch])
+    context = pad_context([s.context for s in batch], text_len)
+    y = torch.stack([s.y for s in batch]) if task.image_channels else None
+    frame0 = None
+    if task.expand_timesteps:
+        frame0 = torch.rand(len(batch), generator=generator, device=generator.device) < TI2V_FRAME0_P
+    total = 0.0
+    for name, model in models.items():
+        t = sample_timesteps(len(batch), task.shift, expert_range(task.boundary, name), generator)
+        noise = torch.randn(x0.shape, generator=generator, device=generator.device)
+        total = total + flow_matching_loss(model, x0, context, t, noise, y=y, frame0_mask=frame0)
+    return total
 
 
 def new_factors(models: dict[str, nn.Module], settings: LoraSettings) -> nn.ModuleDict:
@@ -159,7 +219,7 @@ def train_lora(settings: LoraSettings, progress: bool = True) -> tuple[dict[str,
     device = resolve_device(settings.device)
     experts = chosen_experts(task, settings.expert)
     text_len = min(dit_config(layout.experts[e], layout.kind).text_len for e in experts)
-    samples = load_samples(settings, layout, task, text_len, device)
+    samples, prior = load_data(settings, layout, task, text_len, device)
     models = {name: load_base(layout, name, settings, device) for name in experts}
     factors = new_factors(models, settings)
     check_resume(settings, factors)
@@ -182,7 +242,7 @@ def train_lora(settings: LoraSettings, progress: bool = True) -> tuple[dict[str,
             if sampler is not None:
                 sampler(step)
 
-    loss_fn = make_loss(models, samples, task, settings, text_len)
+    loss_fn = make_loss(models, samples, task, settings, text_len, prior)
     history = train(factors, loss_fn, config, settings.checkpoint_path, progress, on_step)
     if not all(path.is_file() for path in paths.values()):  # a resumed run that had already finished
         write_loras(factors, paths, {**metadata, "wanflow_steps": str(len(history.losses))})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +48,11 @@ class LoraSettings:
     seed: int = 0
     device: str = "auto"
     resume: bool = False  # continue PREFIX.ckpt; without it an existing checkpoint is an error
+    # DreamBooth's prior preservation: a second folder (same layout) of clips of what the model should keep drawing,
+    # typically its own generations for prompts without the new word; each step adds prior_weight times the loss on
+    # a batch of batch_size of them.
+    prior_data: str | os.PathLike | None = None
+    prior_weight: float = 1.0
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -68,6 +74,8 @@ class LoraSettings:
         unknown = sorted(set(self.targets) - set(BLOCK_TARGETS))
         if unknown or not self.targets:
             raise ValueError(f"LoRA targets are among {BLOCK_TARGETS}, got {unknown or 'none'}")
+        if not (self.prior_weight >= 0 and math.isfinite(self.prior_weight)):
+            raise ValueError(f"the prior weight must be a number >= 0, got {self.prior_weight}")
         if not self.out or Path(self.out).name in ("", ".", ".."):
             raise ValueError(f"--out is a path prefix such as loras/my_style, got {self.out!r}")
 
