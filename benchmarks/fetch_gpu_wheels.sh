@@ -16,8 +16,9 @@ pinned() {  # NAME==VERSION as installed here, or NAME alone
     python -c "import importlib.metadata as m; print('$1==' + m.version('$1'))" 2>/dev/null || echo "$1"
 }
 # diffusers: stages 1-2 compare with its WanTransformer3DModel. ftfy + wcwidth: wanflow's prompt cleaning, for the
-# pipeline-level scripts (benchmarks/pipeline_vs_diffusers.py) on the same machine.
-packages=("$(pinned diffusers)" "$(pinned ftfy)" "$(pinned wcwidth)")
+# pipeline-level scripts (benchmarks/pipeline_vs_diffusers.py) on the same machine. pytest + pluggy + iniconfig: the
+# tests that need CUDA (benchmarks/gpu_tests.sh).
+packages=("$(pinned diffusers)" "$(pinned ftfy)" "$(pinned wcwidth)" "$(pinned pytest)" "$(pinned pluggy)" "$(pinned iniconfig)")
 rm -rf "$dest"
 mkdir -p "$dest"
 python -m pip download -q --no-deps --only-binary=:all: --python-version "$py" --implementation cp \

@@ -147,7 +147,7 @@ def make_loss(
 
     def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
         total = batch_loss(models, batches(samples, settings.batch_size, generator), task, text_len, generator)
-        if prior:
+        if prior and settings.prior_weight:  # a weight of 0 is the run without prior data: nothing to compute
             draw = prior_generator(settings.seed, step, generator.device)
             prior_batch = batches(prior, settings.batch_size, draw)
             total = total + settings.prior_weight * batch_loss(models, prior_batch, task, text_len, draw)
