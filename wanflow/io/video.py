@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +80,11 @@ def save_video(
     path: str | os.PathLike,
     fps: int = 16,
     metadata: Mapping[str, object] | None = None,
+    before_replace: Callable[[], None] | None = None,
 ) -> Path:
-    """Write a (3, F, H, W) [-1, 1] tensor (or (F, H, W, 3) uint8 array) to ``path``; returns the path."""
+    """Write a (3, F, H, W) [-1, 1] tensor (or (F, H, W, 3) uint8 array) to ``path``; returns the path. The file is
+    written under a temporary name and renamed; ``before_replace()`` runs just before the rename (a server's worker
+    checks there that the job is still its own), and if it raises, nothing is renamed and the temporary is removed."""
     frames = to_uint8(video) if isinstance(video, torch.Tensor) else np.asarray(video, dtype=np.uint8)
     fmt = output_format(path)
     target = Path(path)
@@ -95,6 +98,8 @@ def save_video(
     try:
         (_write_mp4 if fmt == ".mp4" else _write_gif)(frames, Path(tmp), fps, meta)
         _as_created(0o666, tmp)
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -114,8 +114,9 @@ class Video:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     peak_memory: int | None = None  # bytes on the device (CUDA only)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        return save_video(self.frames, path, fps=self.fps, metadata=self.metadata)
+    def save(self, path: str | os.PathLike, before_replace: Callable[[], None] | None = None) -> Path:
+        """The video file (``io.video.save_video``; ``before_replace`` runs just before its final rename)."""
+        return save_video(self.frames, path, fps=self.fps, metadata=self.metadata, before_replace=before_replace)
 
 
 def default_device() -> torch.device:

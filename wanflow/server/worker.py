@@ -177,11 +177,17 @@ class Worker(threading.Thread):
         return JobProgress(self.store, job_id, check, owner=self.worker_name)
 
     def save(self, job_id: str, video) -> None:
-        """The video, written within a renewed lease: no other worker can hold the job while it is written."""
+        """The video, written under a temporary name within a renewed lease, and renamed into place only after the
+        lease is renewed again: a worker that lost the job while writing (a save slower than the lease) never
+        replaces the file of the worker that took it over."""
+        self.still_mine(job_id)
+        video.save(self.files.video(job_id), before_replace=lambda: self.still_mine(job_id))
+
+    def still_mine(self, job_id: str) -> None:
+        """Renews the lease; ``Lost`` or ``Cancelled`` when the job is no longer this worker's to finish."""
         state = self.store.renew(job_id, self.worker_name, self.lease_seconds)
         if state != "run":
             raise Lost if state == "lost" else Cancelled
-        video.save(self.files.video(job_id))  # under a temporary name, then renamed
 
     def report(self, job_id: str, video, seconds: float) -> None:
         done = self.store.finish(
