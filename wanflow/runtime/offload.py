@@ -77,9 +77,7 @@ def stream_blocks(model: nn.Module, device: torch.device) -> list[torch.utils.ho
             _to(child, device)
     for p in module_tensors(model, recurse=False):
         p.data = p.data.to(device)
-    previous = getattr(model, "block_stream", None)
-    if previous is not None:
-        previous.remove()
+    stop_streaming(model)
     model.block_stream = BlockStream(model.blocks, device)
     return model.block_stream.handles
 
