@@ -32,3 +32,22 @@ def write_data(folder: Path, clips: int = 3, word: str = "zorb") -> Path:
 def settings(data: Path, out: Path, ckpt: Path, task: str = "t2v-A14B", **kw) -> LoraSettings:
     base = dict(steps=4, rank=4, lr=1e-3, size=SIZE, frames=FRAMES, checkpoint_every=2, device="cpu")
     return LoraSettings(data, str(out), task=task, ckpt_dir=ckpt, **{**base, **kw})
+
+
+def crash_at(monkeypatch, step: int) -> None:
+    """Every ``train_lora`` run from now on raises at ``step`` (as a killed run stops), until ``monkeypatch.undo()``."""
+    from wanflow.training import lora as lora_training
+
+    make_loss = lora_training.make_loss
+
+    def crashing(*args, **kwargs):
+        loss_fn = make_loss(*args, **kwargs)
+
+        def crash(at, generator):
+            if at == step:
+                raise RuntimeError("simulated crash")
+            return loss_fn(at, generator)
+
+        return crash
+
+    monkeypatch.setattr(lora_training, "make_loss", crashing)

@@ -5,18 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.tiny.checkpoint import write_official_checkpoint
 from tests.training.lora_helpers import bar_clip, settings, write_data
 from wanflow.cli import main
 from wanflow.io.video import save_video
 from wanflow.training import lora_cache
 from wanflow.training.lora import train_lora
 from wanflow.training.lora_data import CACHE_DIR, ClipShape, DataError, Item, load_item
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return write_official_checkpoint(tmp_path_factory.mktemp("ckpt") / "t2v", "t2v-A14B")
 
 
 def test_every_bad_file_is_named_once_with_its_reason(tmp_path, ckpt):

@@ -5,22 +5,11 @@ again) and a resume; without gradient checkpointing the run is refused at the bo
 import pytest
 import torch
 
-from tests.tiny.checkpoint import write_official_checkpoint
-from tests.training.lora_helpers import settings, write_data
+from tests.training.lora_helpers import settings
 from tests.training.test_lora_train import lora_tensors
 from wanflow.cli import main
 from wanflow.training import lora as lora_training
 from wanflow.training.lora import train_lora
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return write_official_checkpoint(tmp_path_factory.mktemp("ckpt") / "t2v", "t2v-A14B")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_data(tmp_path_factory.mktemp("data") / "clips", clips=2)
 
 
 def test_streamed_blocks_train_the_lora_of_resident_ones(tmp_path, ckpt, data, monkeypatch):

@@ -9,8 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.tiny.checkpoint import write_official_checkpoint
-from tests.training.lora_helpers import bar_clip, settings, write_data
+from tests.training.lora_helpers import bar_clip, crash_at, settings, write_data
 from wanflow.cli import main as cli_main
 from wanflow.io.video import save_video
 from wanflow.tasks import get_task
@@ -18,16 +17,6 @@ from wanflow.training import lora as lora_training
 from wanflow.training.flow import flow_matching_loss
 from wanflow.training.lora import load_data, train_lora
 from wanflow.training.lora_settings import LoraSettings, resolve_checkpoint
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return write_official_checkpoint(tmp_path_factory.mktemp("ckpt") / "t2v", "t2v-A14B")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_data(tmp_path_factory.mktemp("data") / "clips", clips=2)
 
 
 @pytest.fixture(scope="module")
@@ -100,19 +89,7 @@ def test_weight_zero_trains_exactly_what_no_prior_data_trains(tmp_path, ckpt, da
 def test_resume_with_prior_data_equals_the_uninterrupted_run(tmp_path, ckpt, data, prior, monkeypatch):
     kw = dict(steps=5, batch_size=2, prior_data=prior, prior_weight=1.5)
     straight, straight_history = train_lora(settings(data, tmp_path / "a/x", ckpt, **kw), progress=False)
-    make_loss = lora_training.make_loss
-
-    def crashing(*args):
-        loss_fn = make_loss(*args)
-
-        def crash_at_3(step, generator):
-            if step == 3:
-                raise RuntimeError("simulated crash")
-            return loss_fn(step, generator)
-
-        return crash_at_3
-
-    monkeypatch.setattr(lora_training, "make_loss", crashing)
+    crash_at(monkeypatch, 3)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_lora(settings(data, tmp_path / "b/x", ckpt, **kw), progress=False)
     monkeypatch.undo()

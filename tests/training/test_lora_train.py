@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 
 from tests.tiny.checkpoint import write_official_checkpoint
-from tests.training.lora_helpers import FRAMES, SIZE, settings, write_data
+from tests.training.lora_helpers import FRAMES, SIZE, crash_at, settings, write_data
 from wanflow.checkpoints.layouts import detect_layout
 from wanflow.checkpoints.load import load_dit
 from wanflow.checkpoints.lora import read_lora_file
@@ -125,19 +125,7 @@ def lora_tensors(paths):
 
 def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path, ckpts, data, monkeypatch):
     straight, _ = train_lora(settings(data, tmp_path / "a/x", ckpts["t2v-A14B"], steps=5), progress=False)
-    make_loss = lora_training.make_loss
-
-    def crashing(*args):
-        loss_fn = make_loss(*args)
-
-        def crash_at_3(step, generator):
-            if step == 3:
-                raise RuntimeError("simulated crash")
-            return loss_fn(step, generator)
-
-        return crash_at_3
-
-    monkeypatch.setattr(lora_training, "make_loss", crashing)
+    crash_at(monkeypatch, 3)
     s = settings(data, tmp_path / "b/x", ckpts["t2v-A14B"], steps=5)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_lora(s, progress=False)

@@ -58,8 +58,11 @@ class Catalog:
 
     def extends_prompts(self, name: str) -> bool:
         """Whether a worker holding model ``name`` (this process's own, or any registered one) extends prompts."""
-        own = self.serves and name in self.local.sources and self.local.prompt_extender is not None
-        return own or bool(self.registry().get(name, {}).get("extends_prompts"))
+        return self._own_extender(name) or bool(self.registry().get(name, {}).get("extends_prompts"))
+
+    def _own_extender(self, name: str) -> bool:
+        """This process runs model ``name``'s jobs itself, with a prompt extender."""
+        return self.serves and name in self.local.sources and self.local.prompt_extender is not None
 
     def no_extender(self, name: str) -> str:
         """Why a request with ``extend_prompt`` for model ``name`` is refused."""
@@ -87,5 +90,4 @@ class Catalog:
         return None
 
     def _extenders(self, model: str) -> int:
-        own = self.serves and model in self.local.sources and self.local.prompt_extender is not None
-        return int(own) + self.registry().get(model, {}).get("extenders", 0)
+        return int(self._own_extender(model)) + self.registry().get(model, {}).get("extenders", 0)
