@@ -51,3 +51,14 @@ def crash_at(monkeypatch, step: int) -> None:
         return crash
 
     monkeypatch.setattr(lora_training, "make_loss", crashing)
+
+
+def lora_tensors(paths: dict) -> dict:
+    """Every tensor of the LoRA files ``{expert: path}``, keyed ``expert/key``."""
+    from safetensors import safe_open
+
+    out = {}
+    for name, path in paths.items():
+        with safe_open(path, "pt") as f:
+            out.update({f"{name}/{k}": f.get_tensor(k) for k in f.keys()})
+    return out

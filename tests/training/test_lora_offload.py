@@ -5,8 +5,7 @@ again) and a resume; without gradient checkpointing the run is refused at the bo
 import pytest
 import torch
 
-from tests.training.lora_helpers import settings
-from tests.training.test_lora_train import lora_tensors
+from tests.training.lora_helpers import lora_tensors, settings
 from wanflow.cli import main
 from wanflow.training import lora as lora_training
 from wanflow.training.lora import train_lora

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.training.lora_helpers import bar_clip, crash_at, settings, write_data
+from tests.training.lora_helpers import bar_clip, crash_at, lora_tensors, settings, write_data
 from wanflow.cli import main as cli_main
 from wanflow.io.video import save_video
 from wanflow.tasks import get_task
@@ -28,14 +28,6 @@ def prior(tmp_path_factory):
         save_video(np.ascontiguousarray(bar_clip(6 + 3 * i)[:, ::-1]), folder / f"known{i}.mp4", fps=8)
         (folder / f"known{i}.txt").write_text(f"a yellow bar sliding right, known {i}\n")
     return folder
-
-
-def lora_tensors(paths):
-    out = {}
-    for name, path in paths.items():
-        with safe_open(path, "pt") as f:
-            out.update({f"{name}/{k}": f.get_tensor(k) for k in f.keys()})
-    return out
 
 
 def by_hand(model, x0, context, t, noise) -> float:

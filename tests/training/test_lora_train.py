@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 
 from tests.tiny.checkpoint import write_official_checkpoint
-from tests.training.lora_helpers import FRAMES, SIZE, crash_at, settings, write_data
+from tests.training.lora_helpers import FRAMES, SIZE, crash_at, lora_tensors, settings, write_data
 from wanflow.checkpoints.layouts import detect_layout
 from wanflow.checkpoints.load import load_dit
 from wanflow.checkpoints.lora import read_lora_file
@@ -113,14 +113,6 @@ def test_the_file_is_the_wan_format_with_alpha_and_metadata(tmp_path, ckpts, dat
     assert meta["wanflow_trigger_words"] == "zorb, sliding, right, take"
     assert meta["wanflow_expert"] == "high" and meta["wanflow_steps"] == "2" and meta["ss_network_dim"] == "4"
     assert '"rank": 4' in meta["wanflow_settings"]
-
-
-def lora_tensors(paths):
-    out = {}
-    for name, path in paths.items():
-        with safe_open(path, "pt") as f:
-            out.update({f"{name}/{k}": f.get_tensor(k) for k in f.keys()})
-    return out
 
 
 def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path, ckpts, data, monkeypatch):
