@@ -57,7 +57,14 @@ VALIDATION_BARS = [
     ("blue", "still"),
 ]
 VALIDATION_COMBOS = seen_combos()
-SPLITS = {"held_out": (HELD_OUT_BARS, sorted(HELD_OUT)), "validation": (VALIDATION_BARS, VALIDATION_COMBOS)}
+HELD_OUT_COMBOS = sorted(HELD_OUT)
+# The held-out prompts in two halves, alternately in this order: one to choose a variant on, one to report it on.
+SPLITS = {
+    "held_out": (HELD_OUT_BARS, HELD_OUT_COMBOS),
+    "held_out_choice": (HELD_OUT_BARS[0::2], HELD_OUT_COMBOS[0::2]),
+    "held_out_report": (HELD_OUT_BARS[1::2], HELD_OUT_COMBOS[1::2]),
+    "validation": (VALIDATION_BARS, VALIDATION_COMBOS),
+}
 
 
 def render_bar(colour: str, direction: str, background: str, start: tuple[float, float], speed: float) -> np.ndarray:
@@ -218,6 +225,12 @@ def arguments() -> argparse.Namespace:
         help="write the prior clips into WORK/prior and train with --prior_data WORK/prior --prior_weight W "
         "(without it they join the bars in WORK/clips, as in the README's first runs)",
     )
+    parser.add_argument(
+        "--prior_target",
+        choices=("flow", "base"),
+        default="flow",
+        help="with --prior_weight: train the prior clips towards their flow target or the base model's prediction",
+    )
     parser.add_argument("--eval_only", action="store_true", help="evaluate the LoRA files WORK already holds")
     parser.add_argument("--skip_base", action="store_true", help="do not evaluate the base model")
     parser.add_argument("--expert", choices=("high", "low", "both"), default="both", help="the experts trained")
@@ -249,7 +262,7 @@ def train(args: argparse.Namespace):
         batch_size=args.batch_size,
         expert=args.expert,
         **(
-            {"prior_data": args.work / "prior", "prior_weight": args.prior_weight}
+            {"prior_data": args.work / "prior", "prior_weight": args.prior_weight, "prior_target": args.prior_target}
             if args.prior_weight is not None
             else {}
         ),
