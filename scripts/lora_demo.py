@@ -5,12 +5,11 @@ follows prompts without it, before and after.
 
     python scripts/lora_demo.py --work /tmp/plank [--steps 600] [--clips 32] [--prior 32] [--self_prior 48]
 
-The recommended run (README, "Train a LoRA", chosen on the held-out prompts before there was a validation split):
-``--clips 48 --prior 0 --self_prior 48 --steps 1500 --lr 3e-3 --batch_size 4``; the one validation chose adds
-``--prior_weight 1 --expert low --hold_validation``; the README reports both on the held-out prompts with seeds
-100..115 (neither keeps colour, shape and direction all three). Choose variants on ``--split validation`` (with
-``--hold_validation``, so that its prompts are not trained), then report the chosen one once on the held-out split,
-with fresh ``--eval_seeds``.
+The README ("Train a LoRA") gives every run's command. The protocol of its last table: the held-out prompts are cut
+alternately into a choice half and a report half (``--split held_out_choice`` / ``held_out_report``); variants are
+compared on the choice half with seeds 300..315, and the chosen one is reported once on the report half with seeds
+400..431. Its choice: ``--clips 48 --prior 0 --self_prior 48 --steps 1500 --lr 3e-3 --batch_size 4 --hold_validation
+--prior_weight 4 --prior_target base``.
 """
 
 from __future__ import annotations

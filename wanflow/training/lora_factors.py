@@ -13,6 +13,9 @@ being trained.
 The factors are float32 (the optimiser's master copy) and are cast to the activations' dtype inside the hook, as the
 inference loader stores them in the compute dtype. B starts at zero (PEFT's initialisation), so an untrained LoRA
 changes nothing; A is uniform in +-1/sqrt(in) (PEFT's kaiming-uniform with a = sqrt(5)).
+
+``switched_off(factors)`` makes the hooks add nothing for a while, so the same expert also serves as the frozen base
+(``base_velocity``: the teacher of ``train-lora --prior_target base``) without a second copy of its weights.
 """
 
 from __future__ import annotations
