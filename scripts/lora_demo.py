@@ -5,12 +5,11 @@ follows prompts without it, before and after.
 
     python scripts/lora_demo.py --work /tmp/plank [--steps 600] [--clips 32] [--prior 32] [--self_prior 48]
 
-The recommended run (README, "Train a LoRA", chosen on the held-out prompts before there was a validation split):
-``--clips 48 --prior 0 --self_prior 48 --steps 1500 --lr 3e-3 --batch_size 4``; the one validation chose adds
-``--prior_weight 1 --expert low --hold_validation``; the README reports both on the held-out prompts with seeds
-100..115 (neither keeps colour, shape and direction all three). Choose variants on ``--split validation`` (with
-``--hold_validation``, so that its prompts are not trained), then report the chosen one once on the held-out split,
-with fresh ``--eval_seeds``.
+The README ("Train a LoRA") gives every run's command. The protocol of its last table: the held-out prompts are cut
+alternately into a choice half and a report half (``--split held_out_choice`` / ``held_out_report``); variants are
+compared on the choice half with seeds 300..315, and the chosen one is reported once on the report half with seeds
+400..431. Its choice: ``--clips 48 --prior 0 --self_prior 48 --steps 1500 --lr 3e-3 --batch_size 4 --hold_validation
+--prior_weight 4 --prior_target base``.
 """
 
 from __future__ import annotations
@@ -57,7 +56,14 @@ VALIDATION_BARS = [
     ("blue", "still"),
 ]
 VALIDATION_COMBOS = seen_combos()
-SPLITS = {"held_out": (HELD_OUT_BARS, sorted(HELD_OUT)), "validation": (VALIDATION_BARS, VALIDATION_COMBOS)}
+HELD_OUT_COMBOS = sorted(HELD_OUT)
+# The held-out prompts in two halves, alternately in this order: one to choose a variant on, one to report it on.
+SPLITS = {
+    "held_out": (HELD_OUT_BARS, HELD_OUT_COMBOS),
+    "held_out_choice": (HELD_OUT_BARS[0::2], HELD_OUT_COMBOS[0::2]),
+    "held_out_report": (HELD_OUT_BARS[1::2], HELD_OUT_COMBOS[1::2]),
+    "validation": (VALIDATION_BARS, VALIDATION_COMBOS),
+}
 
 
 def render_bar(colour: str, direction: str, background: str, start: tuple[float, float], speed: float) -> np.ndarray:
@@ -218,6 +224,12 @@ def arguments() -> argparse.Namespace:
         help="write the prior clips into WORK/prior and train with --prior_data WORK/prior --prior_weight W "
         "(without it they join the bars in WORK/clips, as in the README's first runs)",
     )
+    parser.add_argument(
+        "--prior_target",
+        choices=("flow", "base"),
+        default="flow",
+        help="with --prior_weight: train the prior clips towards their flow target or the base model's prediction",
+    )
     parser.add_argument("--eval_only", action="store_true", help="evaluate the LoRA files WORK already holds")
     parser.add_argument("--skip_base", action="store_true", help="do not evaluate the base model")
     parser.add_argument("--expert", choices=("high", "low", "both"), default="both", help="the experts trained")
@@ -249,7 +261,7 @@ def train(args: argparse.Namespace):
         batch_size=args.batch_size,
         expert=args.expert,
         **(
-            {"prior_data": args.work / "prior", "prior_weight": args.prior_weight}
+            {"prior_data": args.work / "prior", "prior_weight": args.prior_weight, "prior_target": args.prior_target}
             if args.prior_weight is not None
             else {}
         ),

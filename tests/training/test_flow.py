@@ -160,6 +160,34 @@ def test_frame0_mask_keeps_frame0_clean_at_t0_and_out_of_the_loss():
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_a_teacher_replaces_the_target_on_the_same_input_without_gradients():
+    x0, noise, context = batch(t=3, h=4, w=4)
+    t = torch.tensor([0.6, 0.3])
+    rows = torch.tensor([True, False])
+    model, teacher = LinearVelocity(4), LinearVelocity(4)
+    with torch.no_grad():
+        teacher.weight.mul_(-0.5)
+        teacher.a.fill_(3.0)
+    for mask in (None, rows):
+        model.calls.clear()
+        teacher.calls.clear()
+        loss = flow_matching_loss(model, x0, context, t, noise, frame0_mask=mask, patch=(1, 2, 2), teacher=teacher)
+        x_in, t_in = model.calls[0]["x"], model.calls[0]["t"]
+        assert torch.equal(teacher.calls[0]["x"], x_in) and torch.equal(teacher.calls[0]["t"], t_in)
+        with torch.no_grad():
+            err = (model(x_in, t_in, context) - teacher(x_in, t_in, context)) ** 2
+        expected = (
+            err.mean()
+            if mask is None
+            else (err[0, :, 1:].sum() + err[1].sum()) / (err[0, :, 1:].numel() + err[1].numel())
+        )
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+        assert loss.item() > 0.1
+        loss.backward()
+        assert teacher.weight.grad is None and model.weight.grad is not None  # no gradient through the teacher
+    assert flow_matching_loss(model, x0, context, t, noise, teacher=model).item() == 0.0  # its own teacher
+
+
 def test_frame0_loss_ignores_the_prediction_on_frame0():
     x0, noise, context = batch()
     t = torch.tensor([0.5, 0.5])

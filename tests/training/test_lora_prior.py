@@ -78,8 +78,9 @@ def test_weight_zero_trains_exactly_what_no_prior_data_trains(tmp_path, ckpt, da
     assert any(not torch.equal(weighted[k], theirs[k]) for k in ours if "lora_up" in k)  # W = 1 does differ
 
 
-def test_resume_with_prior_data_equals_the_uninterrupted_run(tmp_path, ckpt, data, prior, monkeypatch):
-    kw = dict(steps=5, batch_size=2, prior_data=prior, prior_weight=1.5)
+@pytest.mark.parametrize("target", ["flow", "base"])  # base: output preservation (test_lora_preservation)
+def test_resume_with_prior_data_equals_the_uninterrupted_run(tmp_path, ckpt, data, prior, monkeypatch, target):
+    kw = dict(steps=5, batch_size=2, prior_data=prior, prior_weight=1.5, prior_target=target)
     straight, straight_history = train_lora(settings(data, tmp_path / "a/x", ckpt, **kw), progress=False)
     crash_at(monkeypatch, 3)
     with pytest.raises(RuntimeError, match="simulated crash"):

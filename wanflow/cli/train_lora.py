@@ -10,6 +10,7 @@ from wanflow.tasks import TASKS
 EXPERTS = ("high", "low", "both")  # training.lora_settings.EXPERT_CHOICES (that module imports torch)
 BASES = ("auto", "float32", "bfloat16", "fp8")
 OFFLOADS = ("resident", "block")  # training.lora_settings.OFFLOADS
+PRIOR_TARGETS = ("flow", "base")  # training.lora_settings.PRIOR_TARGETS
 
 
 def parse_size(value: str) -> tuple[int, int]:
@@ -63,6 +64,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         help="with --prior_data: each step adds W times the loss on as many prior clips as --batch_size (default 1)",
     )
+    p.add_argument(
+        "--prior_target",
+        choices=PRIOR_TARGETS,
+        help="with --prior_data: what the prior clips are trained towards; flow: their own flow-matching target "
+        "(DreamBooth, the default); base: the frozen base model's prediction on the same noisy input (output "
+        "preservation; one more forward without gradients per prior batch)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the factors' initialisation and of the batches")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu ... (default: cuda if available)")
 
@@ -71,8 +79,13 @@ def run(args: argparse.Namespace) -> int:
     from wanflow.training.lora import train_lora
     from wanflow.training.lora_settings import LoraSettings
 
-    if args.prior_weight is not None and args.prior_data is None:
-        raise ValueError("--prior_weight weighs the clips of --prior_data: pass that folder too, or drop the weight")
+    if args.prior_data is None:
+        if args.prior_weight is not None:
+            raise ValueError(
+                "--prior_weight weighs the clips of --prior_data: pass that folder too, or drop the weight"
+            )
+        if args.prior_target is not None:
+            raise ValueError("--prior_target is the target of the clips of --prior_data: pass that folder too")
     settings = LoraSettings(
         data=args.data_dir,
         out=args.out,
@@ -97,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         prior_data=args.prior_data,
         prior_weight=1.0 if args.prior_weight is None else args.prior_weight,
+        prior_target=args.prior_target or "flow",
     )
     paths, history = train_lora(settings)
     recent = history.losses[-10:]

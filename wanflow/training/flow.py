@@ -133,28 +133,38 @@ def flow_matching_loss(
     y: torch.Tensor | None = None,
     frame0_mask: torch.Tensor | bool | None = None,
     patch: tuple[int, int, int] | None = None,
+    teacher: Velocity | None = None,
 ) -> torch.Tensor:
     """Mean squared error between ``model(x_t, 1000 t, context, y)`` and ``eps - x0``.
 
     x0, noise: (B, C, T, H, W) clean latents and their noise; t: (B,) in [0, 1]; context: (B, Lc, text_dim);
     y: optional I2V conditioning channels. ``frame0_mask`` (bool or (B,) bool): samples whose latent frame 0 is the
     clean conditioning latent (TI2V); frame 0 is then not noised, its tokens get t = 0 and it is left out of the
-    mean. ``patch``: the DiT's patch size (default ``model.cfg.patch_size``, else (1, 2, 2)).
+    mean. ``patch``: the DiT's patch size (default ``model.cfg.patch_size``, else (1, 2, 2)). With a ``teacher``
+    the target is the teacher's velocity on the same input instead of ``eps - x0`` (output preservation: the model
+    is pulled towards what the teacher predicts there, without gradients through the teacher).
     """
     if x0.shape != noise.shape or x0.ndim != 5:
         raise ValueError(f"x0 and noise must both be (B, C, T, H, W), got {tuple(x0.shape)} and {tuple(noise.shape)}")
     if t.shape != (x0.shape[0],):
         raise ValueError(f"t must have shape (B,) = ({x0.shape[0]},), got {tuple(t.shape)}")
     x_t = add_noise(x0, noise, t)
-    target = (noise - x0).float()
     rows = _frame0_rows(frame0_mask, x0.shape[0], x0.device)
-    if rows is None:
-        velocity = model(x_t, NUM_TRAIN_TIMESTEPS * t.float(), context, y=y)
+    timesteps, given = NUM_TRAIN_TIMESTEPS * t.float(), None
+    if rows is not None:
+        given = rows.view(-1, 1, 1, 1, 1) & _frame0_index(x0)  # (B, 1, T, 1, 1): the clean conditioning frames
+        x_t = torch.where(given, x0, x_t)
+        patch = patch or getattr(getattr(model, "cfg", None), "patch_size", (1, 2, 2))
+        timesteps = token_timesteps(t, rows, x0.shape, patch)
+    if teacher is None:
+        target = (noise - x0).float()
+    else:
+        with torch.no_grad():
+            target = teacher(x_t, timesteps, context, y=y).float()
+    velocity = model(x_t, timesteps, context, y=y)
+    if given is None:
         return F.mse_loss(velocity.float(), target)
-    x_t = torch.where(rows.view(-1, 1, 1, 1, 1) & _frame0_index(x0), x0, x_t)
-    patch = patch or getattr(getattr(model, "cfg", None), "patch_size", (1, 2, 2))
-    velocity = model(x_t, token_timesteps(t, rows, x0.shape, patch), context, y=y)
-    weight = (~(rows.view(-1, 1, 1, 1, 1) & _frame0_index(x0))).float()  # (B, 1, T, 1, 1): 0 on given frames
+    weight = (~given).float()  # 0 on given frames
     squared = (velocity.float() - target).pow(2) * weight
     return squared.sum() / (weight.expand_as(squared).sum()).clamp(min=1.0)
 

@@ -14,6 +14,7 @@ interrupted run leaves the last checkpoint's LoRA usable.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,7 +42,7 @@ from wanflow.training.lora_data import (
     read_problems,
     scan_folder,
 )
-from wanflow.training.lora_factors import LoraFactors, attach, target_shapes
+from wanflow.training.lora_factors import LoraFactors, attach, base_velocity, target_shapes
 from wanflow.training.lora_meta import lora_metadata
 from wanflow.training.lora_settings import LoraSettings, chosen_experts, output_paths, resolve_checkpoint
 
@@ -139,18 +140,26 @@ def make_loss(
     settings: LoraSettings,
     text_len: int,
     prior: list[Sample] | None = None,
+    factors: nn.ModuleDict | None = None,
 ):
     """``loss_fn(step, generator)`` of the loop: flow matching of each trained expert on its range, plus, with prior
-    samples, ``prior_weight`` times the same loss on a batch of as many prior samples (DreamBooth's prior
-    preservation). The prior batch draws from its own generator, seeded by the step: the main batches are those of a
-    run without prior data, and a resumed run draws the same prior batches."""
+    samples, ``prior_weight`` times the loss on a batch of as many prior samples: against their flow-matching target
+    (DreamBooth's prior preservation) or, with ``prior_target="base"``, against the frozen base's prediction (each
+    expert's own, its ``factors`` switched off). The prior batch draws from its own generator, seeded by the step: the
+    main batches are those of a run without prior data, and a resumed run draws the same prior batches."""
+    teachers = None
+    if settings.prior_target == "base":
+        if factors is None:
+            raise ValueError("a base-model prior target needs the LoRA factors, to switch them off for the teacher")
+        teachers = {name: base_velocity(model, factors[name]) for name, model in models.items()}
 
     def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
         total = batch_loss(models, batches(samples, settings.batch_size, generator), task, text_len, generator)
         if prior and settings.prior_weight:  # a weight of 0 is the run without prior data: nothing to compute
             draw = prior_generator(settings.seed, step, generator.device)
             prior_batch = batches(prior, settings.batch_size, draw)
-            total = total + settings.prior_weight * batch_loss(models, prior_batch, task, text_len, draw)
+            prior_loss = batch_loss(models, prior_batch, task, text_len, draw, teachers)
+            total = total + settings.prior_weight * prior_loss
         return total
 
     return loss_fn
@@ -163,9 +172,15 @@ def prior_generator(seed: int, step: int, device: torch.device) -> torch.Generat
 
 
 def batch_loss(
-    models: dict[str, nn.Module], batch: list[Sample], task: Task, text_len: int, generator: torch.Generator
+    models: dict[str, nn.Module],
+    batch: list[Sample],
+    task: Task,
+    text_len: int,
+    generator: torch.Generator,
+    teachers: dict[str, Callable] | None = None,
 ) -> torch.Tensor:
-    """The batch's flow-matching loss, summed over the trained experts, each at times of its own range."""
+    """The batch's flow-matching loss, summed over the trained experts, each at times of its own range; with
+    ``teachers`` (expert -> velocity) against their predictions instead of ``eps - x0``."""
     x0 = torch.stack([s.latents for s in batch])
     context = pad_context([s.context for s in batch], text_len)
     y = torch.stack([s.y for s in batch]) if task.image_channels else None
@@ -176,7 +191,8 @@ def batch_loss(
     for name, model in models.items():
         t = sample_timesteps(len(batch), task.shift, expert_range(task.boundary, name), generator)
         noise = torch.randn(x0.shape, generator=generator, device=generator.device)
-        total = total + flow_matching_loss(model, x0, context, t, noise, y=y, frame0_mask=frame0)
+        teacher = teachers[name] if teachers else None
+        total = total + flow_matching_loss(model, x0, context, t, noise, y=y, frame0_mask=frame0, teacher=teacher)
     return total
 
 
@@ -242,7 +258,7 @@ def train_lora(settings: LoraSettings, progress: bool = True) -> tuple[dict[str,
             if sampler is not None:
                 sampler(step)
 
-    loss_fn = make_loss(models, samples, task, settings, text_len, prior)
+    loss_fn = make_loss(models, samples, task, settings, text_len, prior, factors)
     history = train(factors, loss_fn, config, settings.checkpoint_path, progress, on_step)
     if not all(path.is_file() for path in paths.values()):  # a resumed run that had already finished
         write_loras(factors, paths, {**metadata, "wanflow_steps": str(len(history.losses))})

@@ -13,11 +13,15 @@ being trained.
 The factors are float32 (the optimiser's master copy) and are cast to the activations' dtype inside the hook, as the
 inference loader stores them in the compute dtype. B starts at zero (PEFT's initialisation), so an untrained LoRA
 changes nothing; A is uniform in +-1/sqrt(in) (PEFT's kaiming-uniform with a = sqrt(5)).
+
+``switched_off(factors)`` makes the hooks add nothing for a while, so the same expert also serves as the frozen base
+(``base_velocity``: the teacher of ``train-lora --prior_target base``) without a second copy of its weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -71,6 +75,7 @@ class LoraFactors(nn.Module):
             downs.append(nn.Parameter((torch.rand(rank, in_features, generator=generator) * 2 - 1) * bound))
             ups.append(nn.Parameter(torch.zeros(out_features, rank)))
         self.down, self.up = nn.ParameterList(downs), nn.ParameterList(ups)
+        self.active = True  # off: the hooked linears compute the frozen base alone (``switched_off``)
 
     @property
     def scale(self) -> float:
@@ -91,7 +96,27 @@ class LoraFactors(nn.Module):
 
 
 def _add_term(factors: LoraFactors, index: int, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-    return out + factors.term(index, args[0])
+    return out + factors.term(index, args[0]) if factors.active else out
+
+
+@contextmanager
+def switched_off(factors: LoraFactors) -> Iterator[None]:
+    """Within the block the model that ``factors`` are attached to is the frozen base alone."""
+    factors.active = False
+    try:
+        yield
+    finally:
+        factors.active = True
+
+
+def base_velocity(model: nn.Module, factors: LoraFactors):
+    """``model`` without its LoRA, as a velocity function (the teacher of output preservation)."""
+
+    def velocity(*args, **kwargs) -> torch.Tensor:
+        with switched_off(factors):
+            return model(*args, **kwargs)
+
+    return velocity
 
 
 def attach(model: nn.Module, factors: LoraFactors) -> list[torch.utils.hooks.RemovableHandle]:

@@ -20,6 +20,10 @@ BASES = {"float32": (torch.float32, False), "bfloat16": (torch.bfloat16, False),
 # Where the frozen blocks live: all on the device, or in host memory, each brought in around its forward and again
 # for its recomputation in the backward pass (``runtime.block_stream``; needs the activation checkpoint).
 OFFLOADS = ("resident", "block")
+# The prior clips' target: their own flow-matching velocity ``eps - x0`` (DreamBooth's prior preservation), or the
+# frozen base model's prediction on the same noisy input (output preservation: a deterministic target, the base's
+# own behaviour on those prompts rather than one sample of it).
+PRIOR_TARGETS = ("flow", "base")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class LoraSettings:
     # a batch of batch_size of them.
     prior_data: str | os.PathLike | None = None
     prior_weight: float = 1.0
+    prior_target: str = "flow"  # PRIOR_TARGETS
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -76,6 +81,8 @@ class LoraSettings:
             raise ValueError(f"LoRA targets are among {BLOCK_TARGETS}, got {unknown or 'none'}")
         if not (self.prior_weight >= 0 and math.isfinite(self.prior_weight)):
             raise ValueError(f"the prior weight must be a number >= 0, got {self.prior_weight}")
+        if self.prior_target not in PRIOR_TARGETS:
+            raise ValueError(f"the prior target must be one of {PRIOR_TARGETS}, got {self.prior_target!r}")
         if not self.out or Path(self.out).name in ("", ".", ".."):
             raise ValueError(f"--out is a path prefix such as loras/my_style, got {self.out!r}")
 
