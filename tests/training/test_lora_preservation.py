@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from tests.tiny.checkpoint import write_official_checkpoint
 from tests.training.lora_helpers import lora_tensors, settings
 from wanflow.checkpoints.lora import read_lora_file
 from wanflow.cli import main as cli_main
@@ -111,3 +112,21 @@ def test_streamed_blocks_give_the_teacher_and_the_lora_of_resident_ones(tmp_path
     assert streamed_history.losses == history.losses
     ours, theirs = lora_tensors(streamed), lora_tensors(resident)
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.mark.parametrize("task", ["i2v-A14B", "ti2v-5B"])
+def test_image_conditioned_experts_start_with_no_prior_loss(task, tmp_path_factory, data):
+    """The teacher sees the student's conditioning (I2V's y, TI2V's clean frame 0), so an untrained LoRA's prior term
+    is exactly 0 there too; a second step differs from the run without prior data."""
+    ckpt = write_official_checkpoint(tmp_path_factory.mktemp("ckpt") / task, task)
+    tmp = tmp_path_factory.mktemp("runs")
+    kw = dict(task=task, batch_size=2, lr=3e-2, size=(32, 32) if task != "ti2v-5B" else (64, 64))
+    for steps in (1, 2):
+        plain, plain_history = train_lora(settings(data, tmp / f"a{steps}/x", ckpt, steps=steps, **kw), False)
+        kept, kept_history = train_lora(
+            settings(data, tmp / f"b{steps}/x", ckpt, steps=steps, prior_data=data, prior_target="base", **kw), False
+        )
+        same = kept_history.losses == plain_history.losses
+        assert same if steps == 1 else not same
+        ours, theirs = lora_tensors(kept), lora_tensors(plain)
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours) == (steps == 1)
