@@ -13,6 +13,13 @@ OFFLOADS = ("resident", "block")  # training.lora_settings.OFFLOADS
 PRIOR_TARGETS = ("flow", "base")  # training.lora_settings.PRIOR_TARGETS
 
 
+def parse_swap(value: str) -> tuple[str, str]:
+    trigger, sep, replacement = value.partition("=")
+    if not sep or not trigger.strip() or not replacement.strip():
+        raise argparse.ArgumentTypeError(f"--preserve_word looks like TRIGGER=CLASS (e.g. zorb=dog), got {value!r}")
+    return trigger.strip(), replacement.strip()
+
+
 def parse_size(value: str) -> tuple[int, int]:
     width, sep, height = value.replace("x", "*").partition("*")
     if not sep or not width.isdigit() or not height.isdigit():
@@ -62,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prior_weight",
         type=float,
-        help="with --prior_data: each step adds W times the loss on as many prior clips as --batch_size (default 1)",
+        help="with --prior_data or --preserve_word: each step adds W times the loss on as many prior clips as "
+        "--batch_size (default 1)",
     )
     p.add_argument(
         "--prior_target",
@@ -70,6 +78,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --prior_data: what the prior clips are trained towards; flow: their own flow-matching target "
         "(DreamBooth, the default); base: the frozen base model's prediction on the same noisy input (output "
         "preservation; one more forward without gradients per prior batch)",
+    )
+    p.add_argument(
+        "--preserve_word",
+        type=parse_swap,
+        metavar="TRIGGER=CLASS",
+        help="differential output preservation: the training clips, with TRIGGER swapped for CLASS in their captions, "
+        "are trained towards the base model's prediction, so the LoRA changes what TRIGGER draws and not what CLASS "
+        "draws (e.g. zorb=dog; no --prior_data needed)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the factors' initialisation and of the batches")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu ... (default: cuda if available)")
@@ -79,10 +95,10 @@ def run(args: argparse.Namespace) -> int:
     from wanflow.training.lora import train_lora
     from wanflow.training.lora_settings import LoraSettings
 
-    if args.prior_data is None:
+    if args.prior_data is None and args.preserve_word is None:
         if args.prior_weight is not None:
             raise ValueError(
-                "--prior_weight weighs the clips of --prior_data: pass that folder too, or drop the weight"
+                "--prior_weight weighs the clips of --prior_data (or --preserve_word): pass one, or drop the weight"
             )
         if args.prior_target is not None:
             raise ValueError("--prior_target is the target of the clips of --prior_data: pass that folder too")
@@ -110,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         prior_data=args.prior_data,
         prior_weight=1.0 if args.prior_weight is None else args.prior_weight,
-        prior_target=args.prior_target or "flow",
+        prior_target=args.prior_target,
+        preserve_word=args.preserve_word,
     )
     paths, history = train_lora(settings)
     recent = history.losses[-10:]

@@ -44,6 +44,7 @@ from wanflow.training.lora_data import (
 )
 from wanflow.training.lora_factors import LoraFactors, attach, base_velocity, target_shapes
 from wanflow.training.lora_meta import lora_metadata
+from wanflow.training.lora_preserve import swapped_samples
 from wanflow.training.lora_settings import LoraSettings, chosen_experts, output_paths, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,9 @@ def load_samples(settings: LoraSettings, layout: Layout, task: Task, text_len: i
 def load_data(
     settings: LoraSettings, layout: Layout, task: Task, text_len: int, device: torch.device
 ) -> tuple[list[Sample], list[Sample]]:
-    """The samples of the data folder and of the prior folder (none without ``prior_data``), encoded; one
-    ``DataError`` naming every bad file of both folders, so both are fixed in one pass."""
+    """The samples of the data folder and the prior samples, encoded: those of the prior folder, or with
+    ``preserve_word`` the data folder's clips under their captions with the word swapped (``lora_preserve``), else
+    none. One ``DataError`` names every bad file of both folders, so both are fixed in one pass."""
     folders = [Path(f).expanduser() for f in (settings.data, settings.prior_data) if f is not None]
     shape = clip_shape(settings, task)
     encoders = Encoders(layout, device, text_len)
@@ -86,9 +88,17 @@ def load_data(
     if errors:
         raise DataError("\n".join(str(e) for e in errors))
     i2v = task.image_channels
-    sets = [encode_items(f, items, shape, encoders, i2v, device) for f, (items, _) in zip(folders, found, strict=True)]
+    groups = [
+        [encode_item(f, item, shape, encoders, i2v, device) for item in items]
+        for f, (items, _) in zip(folders, found, strict=True)
+    ]
+    for folder, (items, _), group in zip(folders, found, groups, strict=True):
+        log.info("%d samples from %d files in %s", sum(map(len, group)), len(items), folder)
+    prior = [s for group in groups[1:] for samples in group for s in samples]
+    if settings.preserve_word is not None:
+        prior = swapped_samples(folders[0], found[0][0], groups[0], settings.preserve_word, encoders)
     encoders.free()
-    return sets[0], sets[1] if len(sets) > 1 else []
+    return [s for samples in groups[0] for s in samples], prior
 
 
 def usable_items(folder: Path, shape: ClipShape, encoders: Encoders, i2v: bool) -> tuple[list[Item], DataError | None]:
@@ -98,18 +108,14 @@ def usable_items(folder: Path, shape: ClipShape, encoders: Encoders, i2v: bool) 
     return items, problems_error(folder, problems, total) if problems else None
 
 
-def encode_items(
-    folder: Path, items: list[Item], shape: ClipShape, encoders: Encoders, i2v: bool, device: torch.device
+def encode_item(
+    folder: Path, item: Item, shape: ClipShape, encoders: Encoders, i2v: bool, device: torch.device
 ) -> list[Sample]:
-    """Every window of every item as a ``Sample`` on ``device``."""
-    samples = []
-    for item in items:
-        encoded = item_latents(folder, item, shape, encoders, i2v)
-        context = text_states(folder, item.caption, encoders)
-        for k, latents in enumerate(encoded["latents"]):
-            samples.append(Sample(latents.to(device), context.to(device), encoded["y"][k].to(device) if i2v else None))
-    log.info("%d samples from %d files in %s", len(samples), len(items), folder)
-    return samples
+    """Every window of ``item`` as a ``Sample`` on ``device``."""
+    encoded = item_latents(folder, item, shape, encoders, i2v)
+    context = text_states(folder, item.caption, encoders).to(device)
+    ys = [y.to(device) for y in encoded["y"]] if i2v else [None] * len(encoded["latents"])
+    return [Sample(latents.to(device), context, y) for latents, y in zip(encoded["latents"], ys, strict=True)]
 
 
 def load_base(layout: Layout, expert: str, settings: LoraSettings, device: torch.device) -> nn.Module:
@@ -148,7 +154,7 @@ def make_loss(
     expert's own, its ``factors`` switched off). The prior batch draws from its own generator, seeded by the step: the
     main batches are those of a run without prior data, and a resumed run draws the same prior batches."""
     teachers = None
-    if settings.prior_target == "base":
+    if settings.target == "base":
         if factors is None:
             raise ValueError("a base-model prior target needs the LoRA factors, to switch them off for the teacher")
         teachers = {name: base_velocity(model, factors[name]) for name, model in models.items()}

@@ -57,7 +57,10 @@ class LoraSettings:
     # a batch of batch_size of them.
     prior_data: str | os.PathLike | None = None
     prior_weight: float = 1.0
-    prior_target: str = "flow"  # PRIOR_TARGETS
+    prior_target: str | None = None  # PRIOR_TARGETS; None: "flow" for prior_data, "base" for preserve_word
+    # Differential output preservation (``lora_preserve``): (trigger, class word); the prior samples are then the
+    # data's clips with the trigger swapped for the class word in their captions, trained towards the base model.
+    preserve_word: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -81,10 +84,28 @@ class LoraSettings:
             raise ValueError(f"LoRA targets are among {BLOCK_TARGETS}, got {unknown or 'none'}")
         if not (self.prior_weight >= 0 and math.isfinite(self.prior_weight)):
             raise ValueError(f"the prior weight must be a number >= 0, got {self.prior_weight}")
-        if self.prior_target not in PRIOR_TARGETS:
+        if self.prior_target is not None and self.prior_target not in PRIOR_TARGETS:
             raise ValueError(f"the prior target must be one of {PRIOR_TARGETS}, got {self.prior_target!r}")
+        if self.preserve_word is not None:
+            self._check_preserve_word()
         if not self.out or Path(self.out).name in ("", ".", ".."):
             raise ValueError(f"--out is a path prefix such as loras/my_style, got {self.out!r}")
+
+    def _check_preserve_word(self) -> None:
+        words = tuple(self.preserve_word)
+        if len(words) != 2 or not all(isinstance(w, str) and w.strip() for w in words):
+            raise ValueError(f"--preserve_word is TRIGGER=CLASS, two words (e.g. zorb=dog), got {self.preserve_word!r}")
+        if words[0].strip().lower() == words[1].strip().lower():
+            raise ValueError(f"--preserve_word swaps the trigger for another word, got {words[0]!r} twice")
+        if self.prior_data is not None:
+            raise ValueError("--preserve_word makes the prior samples from the data folder: drop --prior_data")
+        if self.prior_target == "flow":
+            raise ValueError("--preserve_word trains towards the base model's prediction: drop --prior_target flow")
+
+    @property
+    def target(self) -> str:
+        """What the prior samples are trained towards: as given, else the base for ``preserve_word``, else flow."""
+        return self.prior_target or ("base" if self.preserve_word is not None else "flow")
 
     @property
     def lora_alpha(self) -> float:
