@@ -9,7 +9,8 @@ The README ("Train a LoRA") gives every run's command. The protocol of its last 
 alternately into a choice half and a report half (``--split held_out_choice`` / ``held_out_report``); variants are
 compared on the choice half with seeds 300..315, and the chosen one is reported once on the report half with seeds
 400..431. Its choice: ``--clips 48 --prior 0 --self_prior 48 --steps 1500 --lr 3e-3 --batch_size 4 --hold_validation
---prior_weight 4 --prior_target base``.
+--prior_weight 4 --prior_target base``; it was then measured once more on ``--split lora_unseen`` (prompts the base
+model knows and no ``--hold_validation`` run's clips were captioned with), seeds 500..507.
 """
 
 from __future__ import annotations
@@ -57,12 +58,31 @@ VALIDATION_BARS = [
 ]
 VALIDATION_COMBOS = seen_combos()
 HELD_OUT_COMBOS = sorted(HELD_OUT)
+
+
+def lora_unseen_combos() -> list[tuple[str, str, str]]:
+    """The built-in evaluation's combinations that are neither held out nor validation, nor the prompt of any prior
+    clip of a ``--hold_validation`` run (up to 96 self-generated, up to 48 rendered): prompts the base model knows and
+    such a LoRA never saw."""
+    from wanflow.data.shapes import SHAPES, sample_clips
+
+    exclude = HELD_OUT | frozenset(VALIDATION_COMBOS)
+    prompted = {
+        (c.colour, c.shape, c.direction)
+        for seed, n in ((11, 96), (7, 48))
+        for c in sample_clips(seed, n, SIZE, SIZE, FRAMES, exclude)
+    }
+    every = {(c, s, d) for c in COLOUR_NAMES for s in SHAPES for d in TRAIN_DIRECTIONS}
+    return sorted(every - exclude - prompted)
+
+
 # The held-out prompts in two halves, alternately in this order: one to choose a variant on, one to report it on.
 SPLITS = {
     "held_out": (HELD_OUT_BARS, HELD_OUT_COMBOS),
     "held_out_choice": (HELD_OUT_BARS[0::2], HELD_OUT_COMBOS[0::2]),
     "held_out_report": (HELD_OUT_BARS[1::2], HELD_OUT_COMBOS[1::2]),
     "validation": (VALIDATION_BARS, VALIDATION_COMBOS),
+    "lora_unseen": (VALIDATION_BARS, lora_unseen_combos()),
 }
 
 
