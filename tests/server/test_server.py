@@ -300,46 +300,36 @@ def test_cli_refuses_open_host_without_token():
         check_exposure("0.0.0.0", None)
 
 
-CHROMIUM = "/usr/bin/chromium"
-
-
-def test_web_page_in_a_browser(server):
+def test_web_page_in_a_browser(server, browser):
     """The page in headless Chromium: submit from the form, watch the queue, play the video in the gallery."""
-
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no browser at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright for the browser test")
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        try:
-            page = browser.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server.url + "/")
-            page.fill("#token", TOKEN)
-            page.dispatch_event("#token", "change")
-            page.wait_for_selector("#task option[value='t2v-A14B']", state="attached")
-            page.select_option("#task", "t2v-A14B")
-            assert page.is_hidden("#image-row")
-            page.fill("textarea[name=prompt]", "a browser fox")
-            for name, value in {"width": "32", "height": "32", "frames": "5", "steps": "12", "seed": "3"}.items():
-                page.fill(f"input[name={name}]", value)
-            page.click("button[type=submit]")
-            page.wait_for_selector("#queue progress", timeout=20_000)
-            card = page.locator("#gallery .card", has_text="a browser fox")
-            card.locator("video").wait_for(timeout=60_000)
-            assert page.text_content("#form-error") == ""
-            assert "32x32" in card.text_content()
-            loaded = page.wait_for_function(
-                "v => v.readyState >= 1 ? [v.videoWidth, v.videoHeight] : (v.error ? ['error', v.error.code] : null)",
-                arg=card.locator("video").element_handle(),
-                timeout=20_000,
-            ).json_value()
-            artefacts = Path(os.environ.get("WANFLOW_TEST_ARTIFACTS", "test-artifacts"))
-            artefacts.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(artefacts / "web-page.png"), full_page=True)  # kept after the run
-            assert loaded in ([32, 32], ["error", 4]), loaded  # 4: this Chromium build lacks H.264
-            assert not errors
-        finally:
-            browser.close()
+    page = browser.new_page()
+    try:
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url + "/")
+        page.fill("#token", TOKEN)
+        page.dispatch_event("#token", "change")
+        page.wait_for_selector("#task option[value='t2v-A14B']", state="attached")
+        page.select_option("#task", "t2v-A14B")
+        assert page.is_hidden("#image-row")
+        page.fill("textarea[name=prompt]", "a browser fox")
+        for name, value in {"width": "32", "height": "32", "frames": "5", "steps": "12", "seed": "3"}.items():
+            page.fill(f"input[name={name}]", value)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#queue progress", timeout=20_000)
+        card = page.locator("#gallery .card", has_text="a browser fox")
+        card.locator("video").wait_for(timeout=60_000)
+        assert page.text_content("#form-error") == ""
+        assert "32x32" in card.text_content()
+        loaded = page.wait_for_function(
+            "v => v.readyState >= 1 ? [v.videoWidth, v.videoHeight] : (v.error ? ['error', v.error.code] : null)",
+            arg=card.locator("video").element_handle(),
+            timeout=20_000,
+        ).json_value()
+        artefacts = Path(os.environ.get("WANFLOW_TEST_ARTIFACTS", "test-artifacts"))
+        artefacts.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(artefacts / "web-page.png"), full_page=True)  # kept after the run
+        assert loaded in ([32, 32], ["error", 4]), loaded  # 4: this Chromium build lacks H.264
+        assert not errors
+    finally:
+        page.close()
