@@ -145,8 +145,8 @@ def make_loss(
     task: Task,
     settings: LoraSettings,
     text_len: int,
-    prior: list[Sample] | None = None,
-    factors: nn.ModuleDict | None = None,
+    prior: list[Sample],
+    factors: nn.ModuleDict,
 ):
     """``loss_fn(step, generator)`` of the loop: flow matching of each trained expert on its range, plus, with prior
     samples, ``prior_weight`` times the loss on a batch of as many prior samples: against their flow-matching target
@@ -155,8 +155,6 @@ def make_loss(
     main batches are those of a run without prior data, and a resumed run draws the same prior batches."""
     teachers = None
     if settings.target == "base":
-        if factors is None:
-            raise ValueError("a base-model prior target needs the LoRA factors, to switch them off for the teacher")
         teachers = {name: base_velocity(model, factors[name]) for name, model in models.items()}
 
     def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:

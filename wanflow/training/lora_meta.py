@@ -17,8 +17,11 @@ STOP_WORDS = frozenset(
 )
 
 
+WORD_CHAR = r"[\w'-]"  # what a caption's words are made of (``caption_words``, ``lora_preserve.swap_word``)
+
+
 def caption_words(caption: str) -> list[str]:
-    return re.findall(r"[\w'-]+", caption.lower())
+    return re.findall(WORD_CHAR + "+", caption.lower())
 
 
 def trigger_words(captions: list[str], share: float = 0.5) -> list[str]:

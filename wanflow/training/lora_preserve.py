@@ -12,11 +12,13 @@ from pathlib import Path
 
 from wanflow.training.lora_cache import Encoders, text_states
 from wanflow.training.lora_data import DataError, Item
+from wanflow.training.lora_meta import WORD_CHAR
 
 
 def swap_word(caption: str, trigger: str, replacement: str) -> str | None:
     """``caption`` with every whole-word ``trigger`` (any case) replaced, or None if it has none."""
-    swapped, count = re.subn(rf"(?<![\w'-]){re.escape(trigger)}(?![\w'-])", replacement, caption, flags=re.IGNORECASE)
+    pattern = rf"(?<!{WORD_CHAR}){re.escape(trigger)}(?!{WORD_CHAR})"
+    swapped, count = re.subn(pattern, replacement, caption, flags=re.IGNORECASE)
     return swapped if count else None
 
 
