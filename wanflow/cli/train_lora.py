@@ -62,6 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="block: keep the frozen blocks in host memory and bring each to the device only while it runs "
         "(an A14B expert on a 24 GB GPU; needs gradient checkpointing)",
     )
+    add_prior_arguments(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the factors' initialisation and of the batches")
+    p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu ... (default: cuda if available)")
+
+
+def add_prior_arguments(p: argparse.ArgumentParser) -> None:
+    """What the LoRA must keep: prior clips (DreamBooth) or the training clips under swapped captions (DOP)."""
     p.add_argument(
         "--prior_data",
         help="second folder, same layout: clips of what the model should keep drawing (prior preservation)",
@@ -87,8 +94,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "are trained towards the base model's prediction, so the LoRA changes what TRIGGER draws and not what CLASS "
         "draws (e.g. zorb=dog; no --prior_data needed)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the factors' initialisation and of the batches")
-    p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu ... (default: cuda if available)")
 
 
 def run(args: argparse.Namespace) -> int:
