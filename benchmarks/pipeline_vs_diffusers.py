@@ -97,7 +97,7 @@ def build_ours(args, device: torch.device, dtype: torch.dtype, folder: Path) -> 
     layout = Layout("official", folder, {n: folder for n in names}, None, None, None)
     components = Components(layout, dict.fromkeys(names, dit), vae, TextEncoder(tokenizer, umt5, t5_cfg.text_len))
     default = torch.bfloat16 if device.type == "cuda" else torch.float32
-    pipe = WanPipeline(components, task, device, None if dtype == default else dtype, offload="resident")
+    pipe = WanPipeline(components, task, device=device, dtype=None if dtype == default else dtype, offload="resident")
     if args.compile:
         compile_blocks(dit)
     return pipe

@@ -14,10 +14,12 @@ from wanflow.checkpoints.maps.vae import (
 )
 from wanflow.configs import VAE_CONFIGS, VAEConfig
 from wanflow.models.vae import WanVAE
+from wanflow.models.vae_blocks import normalize_channels
 
 
 # ATen's own CPU kernels, as diffusers gets them: comparisons that must be bit-equal (diffusers parity, causal
-# prefixes) use one kernel choice; our oneDNN fast path is compared with it at rounding level separately.
+# prefixes) use one kernel choice; our CPU fast paths (oneDNN convolutions, the channel norm as a sum) are compared
+# with it at rounding level separately.
 def aten_kernels():
     return torch.backends.mkldnn.flags(enabled=False)
 
@@ -87,6 +89,19 @@ def test_cpu_onednn_path_matches_aten_kernels(pair):
             z_aten, y_aten = ours.encode(x), ours.decode(ours.encode(x))
     assert 0 < (y - y_aten).abs().max().item() <= 1e-5  # other kernels, so not bit-equal; rounding only
     assert (z - z_aten).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 3, 8, 8), (3, 96, 8, 8)])  # video-shaped and per-frame (attention)
+def test_channel_norm_fast_path_matches_f_normalize(shape):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 3
+    x[0, :, 0] = 0  # an all-zero position: 0, as F.normalize gives, not NaN
+    expected = torch.nn.functional.normalize(x, dim=1)
+    fast = normalize_channels(x)
+    assert 0 < (fast - expected).abs().max().item() <= 1e-6  # a different sum order: rounding only
+    assert torch.equal(fast[0, :, 0], torch.zeros_like(fast[0, :, 0]))
+    assert torch.equal(normalize_channels(x.bfloat16()), torch.nn.functional.normalize(x.bfloat16(), dim=1))
+    with aten_kernels():
+        assert torch.equal(normalize_channels(x), expected)
 
 
 def test_encode_is_causal(pair):
