@@ -1,7 +1,8 @@
 """Where a built-in model's call goes: the pipeline's own stage timers, in one process, without start-up.
 
     python -m benchmarks.builtin_stages --threads 1 --repeats 9
-    python -m benchmarks.builtin_stages --tasks t2v-A14B --repeats 5 --vae_only
+    python -m benchmarks.builtin_stages --tasks t2v --repeats 5 --vae_only
+    python -m benchmarks.builtin_stages --tasks t2v --repeats 3 --dtype bfloat16   # every component in bfloat16
 
 Each model is loaded once and called ``--repeats`` times after one untimed call (the prompt of the held-out set's
 first clip; i2v with that clip's first frame), seeds 0, 1, ...; the median of each stage is printed: ``encode``
@@ -28,11 +29,15 @@ from wanflow.pipelines.pipeline import WanPipeline
 STAGES = ("encode", "denoise", "decode")
 
 
-def time_calls(case: str, repeats: int) -> dict[str, float]:
+def load(case: str, dtype: str) -> WanPipeline:
+    task, _ = CASES[case]
+    return WanPipeline.from_pretrained(builtin_checkpoint(task), task=task, dtype=dtype)
+
+
+def time_calls(case: str, repeats: int, dtype: str) -> dict[str, float]:
     from PIL import Image
 
-    task, with_image = CASES[case]
-    pipe = WanPipeline.from_pretrained(builtin_checkpoint(task), task=task)
+    pipe, with_image = load(case, dtype), CASES[case][1]
     width, height = pipe.task.size
     clip = combo_clips(0, sorted(HELD_OUT)[:1], 1, height, width, pipe.task.frames)[0]
     image = Image.fromarray(first_frame(clip, height, width)) if with_image else None
@@ -47,11 +52,11 @@ def time_calls(case: str, repeats: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def time_decodes(case: str, repeats: int) -> dict[str, float]:
-    task, _ = CASES[case]
-    pipe = WanPipeline.from_pretrained(builtin_checkpoint(task), task=task)
+def time_decodes(case: str, repeats: int, dtype: str) -> dict[str, float]:
+    pipe = load(case, dtype)
     cfg, (width, height), frames = pipe.vae.cfg, pipe.task.size, pipe.task.frames
-    latents = torch.randn(1, cfg.z_dim, 1 + (frames - 1) // 4, height // cfg.stride[1], width // cfg.stride[2])
+    shape = (1, cfg.z_dim, 1 + (frames - 1) // 4, height // cfg.stride[1], width // cfg.stride[2])
+    latents = torch.randn(shape, dtype=pipe.vae.dtype)
     times = []
     with torch.no_grad():
         for i in range(repeats + 1):
@@ -68,15 +73,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9, help="timed calls per model (the median is kept)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--vae_only", action="store_true", help="time the VAE decode of random latents only")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="every component's")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"tree {Path(wanflow.__file__).parent.parent}, torch threads {torch.get_num_threads()}, {args.repeats} calls")
+    tree = Path(wanflow.__file__).parent.parent
+    print(f"tree {tree}, {args.dtype}, torch threads {torch.get_num_threads()}, {args.repeats} calls")
     columns = ("decode",) if args.vae_only else (*STAGES, "call")
     print("| case | " + " | ".join(f"{name} (ms)" for name in columns) + " |")
     print("|---|" + "---|" * len(columns))
     for case in args.tasks:
-        medians = time_decodes(case, args.repeats) if args.vae_only else time_calls(case, args.repeats)
+        time_them = time_decodes if args.vae_only else time_calls
+        medians = time_them(case, args.repeats, args.dtype)
         print(f"| {case} | " + " | ".join(f"{1000 * medians[name]:.1f}" for name in columns) + " |", flush=True)
 
 

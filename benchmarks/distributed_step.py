@@ -3,7 +3,7 @@
     torchrun --nproc_per_node 8 benchmarks/distributed_step.py --variant t2v-A14B --frames 81 --height 720 \\
         --width 1280 --ulysses_size 8 --dit_fsdp --dtype bfloat16
     torchrun --nproc_per_node 1 benchmarks/distributed_step.py --variant t2v-A14B ...   # the 1-GPU baseline
-    torchrun --nproc_per_node 2 benchmarks/distributed_step.py --dim 128 --layers 2 --heads 4   # CPU smoke (gloo)
+    torchrun --nproc_per_node 2 benchmarks/distributed_step.py --ulysses_size 2   # CPU smoke (gloo), a small config
 
 A step is one classifier-free-guided velocity (both passes). Scaling efficiency = baseline / (N x this step), with
 ``--baseline`` the seconds per step of the 1-process run. The model is built on the meta device, sharded, then

@@ -2,6 +2,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKLWan
 from safetensors.torch import save_file
+from torch import nn
 
 from tests.tiny.vae import TINY_VAE21, TINY_VAE22, random_vae, random_vae_state
 from wanflow.checkpoints.io import load_strict, read_weights
@@ -13,8 +14,9 @@ from wanflow.checkpoints.maps.vae import (
     vae_keymap,
 )
 from wanflow.configs import VAE_CONFIGS, VAEConfig
+from wanflow.models import vae_blocks
 from wanflow.models.vae import WanVAE
-from wanflow.models.vae_blocks import normalize_channels
+from wanflow.models.vae_blocks import CausalConv3d, normalize_channels
 
 
 # ATen's own CPU kernels, as diffusers gets them: comparisons that must be bit-equal (diffusers parity, causal
@@ -99,9 +101,13 @@ def test_channel_norm_fast_path_matches_f_normalize(shape):
     fast = normalize_channels(x)
     assert 0 < (fast - expected).abs().max().item() <= 1e-6  # a different sum order: rounding only
     assert torch.equal(fast[0, :, 0], torch.zeros_like(fast[0, :, 0]))
-    assert torch.equal(normalize_channels(x.bfloat16()), torch.nn.functional.normalize(x.bfloat16(), dim=1))
+    xb = x.bfloat16()  # bfloat16: computed in float32, rounded once (so at most one step of bfloat16 off)
+    half, truth = normalize_channels(xb), torch.nn.functional.normalize(xb.double(), dim=1)
+    assert half.dtype == torch.bfloat16 and ((half.double() - truth).abs() <= truth.abs() * 2**-8 + 1e-9).all()
     with aten_kernels():
         assert torch.equal(normalize_channels(x), expected)
+    x.requires_grad_()  # training: F.normalize's own gradient (its out= buffer would refuse autograd)
+    assert torch.equal(normalize_channels(x), expected)
 
 
 def test_encode_is_causal(pair):
@@ -156,6 +162,36 @@ def test_computes_in_weight_dtype():
         y64 = model.decode(z64)
     assert z64.dtype == torch.float64 and y64.dtype == torch.float64
     assert (z64 - z32.double()).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "conv", [nn.Conv2d(8, 6, 3, padding=1), CausalConv3d(8, 6, 3, padding=1), nn.Conv2d(8, 6, 3, stride=2)]
+)
+def test_bfloat16_convolution_where_onednn_refuses_it(conv, monkeypatch):
+    monkeypatch.setattr(vae_blocks, "onednn_takes_bfloat16", lambda: False)  # as on an AVX2-only CPU
+    torch.manual_seed(0)
+    conv = conv.bfloat16()
+    x = torch.randn(2, 8, *((3,) if isinstance(conv, nn.Conv3d) else ()), 12, 12).bfloat16()
+    y = vae_blocks.convolve(x, conv)
+    padding = (0, *conv.padding[1:]) if isinstance(conv, nn.Conv3d) else conv.padding  # time: no padding here
+    convnd = torch.nn.functional.conv3d if isinstance(conv, nn.Conv3d) else torch.nn.functional.conv2d
+    exact = convnd(x.double(), conv.weight.double(), conv.bias.double(), conv.stride, padding)
+    assert y.dtype == torch.bfloat16 and y.shape == exact.shape
+    assert ((y.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()  # rounded once to bfloat16
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.2"])
+def test_bfloat16_on_any_cpu(version):
+    """bfloat16 runs on CPUs whose oneDNN cannot (AVX2 only, as the dev machine): ATen's kernels take it there."""
+    model = random_vae(TINY[version], seed=4)
+    x = video(1, 5, size=32, seed=4)
+    with torch.no_grad():
+        z, y = model.encode(x), model.decode(model.encode(x))
+        model.bfloat16()
+        z16, y16 = model.encode(x), model.decode(z)
+    assert z16.dtype == y16.dtype == torch.bfloat16
+    for low, full in ((z16, z), (y16, y)):  # bfloat16's rounding: about 1% of the values' size, on average
+        assert (low.float() - full).abs().mean() <= 0.03 * full.abs().mean()
 
 
 @pytest.mark.parametrize("version", ["2.1", "2.2"])

@@ -12,6 +12,8 @@ so ``1 + 4k`` frames map to ``1 + k`` latent frames and back.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,28 +85,45 @@ class CausalConv3d(nn.Conv3d):
             x = torch.cat([history, x], dim=2)
             if cache is not None:
                 cache.put(self, x[:, :, -self.front :].clone())
-        return conv3d(x, self)
-
-
-CPU_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+        return convolve(x, self)
 
 
 def cpu_fast_kernels(x: torch.Tensor) -> bool:
-    """Whether ``x`` takes the VAE's CPU fast paths (``conv3d``, ``normalize_channels``): on the CPU, float32 or
+    """Whether ``x`` takes the VAE's CPU fast paths (``convolve``, ``normalize_channels``): on the CPU, float32 or
     bfloat16, with oneDNN enabled. ``torch.backends.mkldnn.flags(enabled=False)`` turns them off, so the parity
     tests compare the reference's own kernels."""
     onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-    return x.device.type == "cpu" and x.dtype in CPU_ONEDNN_DTYPES and onednn
+    return x.device.type == "cpu" and onednn and x.dtype in (torch.float32, torch.bfloat16)
 
 
-def conv3d(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
-    """``conv(x)``, on the CPU through oneDNN: ATen's heuristic sends small batch-1 3D convolutions (every per-frame
-    decode step) to its im2col kernel, about 10x slower; both give the same values up to rounding."""
-    if cpu_fast_kernels(x):
-        return torch.mkldnn_convolution(
-            x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups
-        )
-    return conv._conv_forward(x, conv.weight, conv.bias)
+@functools.cache
+def onednn_takes_bfloat16() -> bool:
+    """Whether this CPU has what oneDNN needs for bfloat16 (AVX-512 BW/VL/DQ or AVX-NE-CONVERT); it refuses it
+    elsewhere."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def convolve(x: torch.Tensor, conv: nn.Conv2d | nn.Conv3d) -> torch.Tensor:
+    """``conv(x)`` (zero padding), on the CPU through oneDNN: ATen's heuristic sends small batch-1 3D convolutions
+    (every per-frame decode step) to its im2col kernel, about 10x slower; both give the same values up to rounding.
+    Where oneDNN refuses bfloat16 (ATen's fallback for it is about 100x slower still), a bfloat16 convolution runs
+    in float32 and is rounded back: the same products (a bfloat16 product is exact in float32) and float32 sums, as
+    oneDNN's bfloat16 kernels compute them."""
+    if not cpu_fast_kernels(x):
+        return conv._conv_forward(x, conv.weight, conv.bias)
+    weight, bias = conv.weight, conv.bias
+    upcast = x.dtype == torch.bfloat16 and not onednn_takes_bfloat16()
+    if upcast:
+        x, weight, bias = x.float(), weight.float(), None if bias is None else bias.float()
+    y = torch.mkldnn_convolution(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
+    return y.bfloat16() if upcast else y
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (zero padding) through ``convolve``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return convolve(x, self)
 
 
 class CausalSequential(nn.Sequential):
@@ -129,11 +148,13 @@ class RMSNorm(nn.Module):
 
 
 def normalize_channels(x: torch.Tensor) -> torch.Tensor:
-    """``F.normalize(x, dim=1)``; for float32 on the CPU fast path as ``x / sqrt(sum(x * x))``: ATen's norm over a
-    non-innermost dim is about 5x slower there than a sum (it was a fifth of a built-in VAE decode). Both agree up to
-    rounding; the squares' buffer takes the result, so it needs no more memory than ``F.normalize``."""
-    if x.dtype != torch.float32 or not cpu_fast_kernels(x):
+    """``F.normalize(x, dim=1)``; without autograd on the CPU fast path as ``x / sqrt(sum(x * x))`` in float32: ATen's
+    norm over a non-innermost dim is about 5x slower there than a sum (it was a fifth of a built-in VAE decode). Both
+    agree up to rounding; the squares' buffer takes the result, so it needs no more memory than ``F.normalize``."""
+    if not cpu_fast_kernels(x) or x.requires_grad:
         return F.normalize(x, dim=1)
+    if x.dtype != torch.float32:
+        return normalize_channels(x.float()).to(x.dtype)
     squares = x.square()
     norm = squares.sum(dim=1, keepdim=True).sqrt_().clamp_min_(1e-12)
     return torch.div(x, norm, out=squares)
@@ -166,8 +187,8 @@ class AttentionBlock(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.norm = RMSNorm(dim, images=True)
-        self.to_qkv = nn.Conv2d(dim, 3 * dim, 1)
-        self.proj = nn.Conv2d(dim, dim, 1)
+        self.to_qkv = Conv2d(dim, 3 * dim, 1)
+        self.proj = Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
         # The permuted attention output goes first: the sum takes its memory layout, as in the reference, which
@@ -206,9 +227,9 @@ class Resample(nn.Module):
             raise ValueError(f"unknown resample mode {mode!r}; expected one of {RESAMPLE_MODES}")
         self.mode = mode
         if mode.startswith("up"):
-            self.resample = nn.Sequential(Upsample2x(), nn.Conv2d(dim, out_dim or dim, 3, padding=1))
+            self.resample = nn.Sequential(Upsample2x(), Conv2d(dim, out_dim or dim, 3, padding=1))
         else:  # pad right and bottom by one, then a stride-2 conv
-            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
+            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), Conv2d(dim, dim, 3, stride=2))
         if mode == "upsample3d":
             self.time_conv = CausalConv3d(dim, 2 * dim, (3, 1, 1), padding=(1, 0, 0))
         elif mode == "downsample3d":
