@@ -99,8 +99,9 @@ def cpu_fast_kernels(x: torch.Tensor) -> bool:
 @functools.cache
 def onednn_takes_bfloat16() -> bool:
     """Whether this CPU has what oneDNN needs for bfloat16 (AVX-512 BW/VL/DQ or AVX-NE-CONVERT); it refuses it
-    elsewhere."""
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    elsewhere. PyTorch's own check is private: without it, assume not (the float32 route works everywhere)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check is not None and check())
 
 
 def convolve(x: torch.Tensor, conv: nn.Conv2d | nn.Conv3d) -> torch.Tensor:
