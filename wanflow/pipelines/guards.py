@@ -19,7 +19,8 @@ request of F frames of W x H pixels (for an image-to-video request, W x H is the
   input and output of one convolution over the ``st`` frames of one latent frame and the causal cache: the last 2
   input frames of each of its ``2 * (num_res_blocks + 1) + 1`` temporal convolutions (its residual blocks and the
   head). With ``vae_tile`` the stage runs on one tile of that many latent pixels a side at a time. Measured on the
-  CPU, the decode peaks at 2.6-3.9x this (same script).
+  CPU, the decode peaks at 2.4-3.6x this (same script, 2026-12-07; 2.6-4.0x before the convolutions padded space
+  themselves).
 - host memory for writing the video: the float32 clip and one float32 temporary of the uint8 conversion.
 
 On the CPU the three share the RAM (the largest counts); on a GPU the first two are compared with the device's free
