@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from wanflow.pipelines.presets import PRESETS
-from wanflow.pipelines.request import GenerateOptions
+from wanflow.pipelines.request import MAX_SEED, GenerateOptions
 from wanflow.prompts.system import LANGUAGES
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.server.loras import MAX_LORAS, LoraChoice, parse_choices
@@ -89,7 +89,7 @@ class GenerateRequest(BaseModel):
     )
     solver: SolverName = Field("unipc", description="left out: the preset's solver, else unipc")
     seed: int = Field(
-        -1, ge=-1, le=2**63 - 1, description="-1 draws one; the job reports it (a number, or a string of one)"
+        -1, ge=-1, le=MAX_SEED, description="-1 draws one; the job reports it (a number, or a string of one)"
     )
     preset: Literal[tuple(PRESETS)] | None = Field(None, description="sampling preset (lightning: 4 steps, no CFG)")
     float_timesteps: bool | None = Field(None, description="the DiT sees 1000 * sigma unrounded (distilled LoRAs)")
@@ -100,7 +100,7 @@ class GenerateRequest(BaseModel):
     window_anchor: float | None = Field(None, ge=0, le=1, description="grade each window's colours to the first's")
     extend_prompt: bool | None = Field(None, description="rewrite the prompt with the server's prompt extender first")
     prompt_extend_lang: Literal[LANGUAGES] | None = Field(None, description="the extended prompt's language (zh)")
-    prompt_extend_seed: int | None = Field(None, ge=0, le=2**63 - 1, description="default: the run's seed")
+    prompt_extend_seed: int | None = Field(None, ge=0, le=MAX_SEED, description="default: the run's seed")
 
     @field_validator("guide_scale", mode="before")
     @classmethod
