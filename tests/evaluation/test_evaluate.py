@@ -122,3 +122,12 @@ def test_vae_only_and_sampler_settings_together_are_refused():
     add_evaluate_arguments(parser)
     with pytest.raises(ValueError, match="no sampler"):
         run_evaluate(parser.parse_args(["--vae_only", "--sample_steps", "4"]))
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "x"])
+def test_per_combo_below_one_is_a_usage_error(value, capsys):
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--per_combo", value])
+    assert exit_.value.code == 2 and f"expected a whole number >= 1, got '{value}'" in capsys.readouterr().err

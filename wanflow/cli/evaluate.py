@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from wanflow.cli.generate import add_sampler_arguments, sampler_keywords
+from wanflow.cli.generate import add_sampler_arguments, positive_int, sampler_keywords
 from wanflow.configs import EXPERTS
 from wanflow.evaluation.evaluate import CASES
 
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--per_combo",
         "--per-combo",
         dest="per_combo",
-        type=int,
+        type=positive_int,
         default=18,
         help="videos per held-out (colour, shape, direction) combination (18: 162 videos per case, one is 0.6 "
         "points; with 54, two seed sets of the same model differed by up to 9 points)",

@@ -75,6 +75,12 @@ def nonnegative_int(value: str) -> int:
     return int(value)
 
 
+def positive_int(value: str) -> int:
+    if not value.strip().isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return int(value)
+
+
 def parse_guide(value: str) -> tuple[float, ...]:
     try:
         parts = tuple(float(v) for v in value.replace(" ", "").split(","))
