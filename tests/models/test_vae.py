@@ -101,9 +101,11 @@ def test_channel_norm_fast_path_matches_f_normalize(shape):
     fast = normalize_channels(x)
     assert 0 < (fast - expected).abs().max().item() <= 1e-6  # a different sum order: rounding only
     assert torch.equal(fast[0, :, 0], torch.zeros_like(fast[0, :, 0]))
-    xb = x.bfloat16()  # bfloat16: computed in float32, rounded once (so at most one step of bfloat16 off)
-    half, truth = normalize_channels(xb), torch.nn.functional.normalize(xb.double(), dim=1)
-    assert half.dtype == torch.bfloat16 and ((half.double() - truth).abs() <= truth.abs() * 2**-8 + 1e-9).all()
+    for dtype in (torch.bfloat16, torch.float16):  # computed in float32, rounded once
+        low = x.to(dtype)
+        half, truth = normalize_channels(low), torch.nn.functional.normalize(low.double(), dim=1)
+        rounding = torch.finfo(dtype).eps / 2
+        assert half.dtype == dtype and ((half.double() - truth).abs() <= truth.abs() * rounding + 1e-7).all()
     with aten_kernels():
         assert torch.equal(normalize_channels(x), expected)
     x.requires_grad_()  # training: F.normalize's own gradient (its out= buffer would refuse autograd)
@@ -164,32 +166,35 @@ def test_computes_in_weight_dtype():
     assert (z64 - z32.double()).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     "conv", [nn.Conv2d(8, 6, 3, padding=1), CausalConv3d(8, 6, 3, padding=1), nn.Conv2d(8, 6, 3, stride=2)]
 )
-def test_bfloat16_convolution_where_onednn_refuses_it(conv, monkeypatch):
-    monkeypatch.setattr(vae_blocks, "onednn_takes_bfloat16", lambda: False)  # as on an AVX2-only CPU
+def test_16_bit_convolution_where_onednn_refuses_it(conv, dtype, monkeypatch):
+    monkeypatch.setattr(vae_blocks, "onednn_takes", lambda dtype: False)  # as on an AVX2-only CPU
     torch.manual_seed(0)
-    conv = conv.bfloat16()
-    x = torch.randn(2, 8, *((3,) if isinstance(conv, nn.Conv3d) else ()), 12, 12).bfloat16()
+    conv = conv.to(dtype)
+    x = torch.randn(2, 8, *((3,) if isinstance(conv, nn.Conv3d) else ()), 12, 12).to(dtype)
     y = vae_blocks.convolve(x, conv)
     padding = (0, *conv.padding[1:]) if isinstance(conv, nn.Conv3d) else conv.padding  # time: no padding here
     convnd = torch.nn.functional.conv3d if isinstance(conv, nn.Conv3d) else torch.nn.functional.conv2d
     exact = convnd(x.double(), conv.weight.double(), conv.bias.double(), conv.stride, padding)
-    assert y.dtype == torch.bfloat16 and y.shape == exact.shape
-    assert ((y.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()  # rounded once to bfloat16
+    assert y.dtype == dtype and y.shape == exact.shape
+    rounding = torch.finfo(dtype).eps / 2  # rounded once, from float32 sums
+    assert ((y.double() - exact).abs() <= exact.abs() * rounding + 1e-6).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("version", ["2.1", "2.2"])
-def test_bfloat16_on_any_cpu(version):
-    """bfloat16 runs on CPUs whose oneDNN cannot (AVX2 only, as the dev machine): ATen's kernels take it there."""
+def test_16_bit_vae_on_any_cpu(version, dtype):
+    """16-bit VAEs run on CPUs whose oneDNN refuses them (AVX2 only, as the dev machine): in float32 there."""
     model = random_vae(TINY[version], seed=4)
     x = video(1, 5, size=32, seed=4)
     with torch.no_grad():
         z, y = model.encode(x), model.decode(model.encode(x))
-        model.bfloat16()
+        model.to(dtype)
         z16, y16 = model.encode(x), model.decode(z)
-    assert z16.dtype == y16.dtype == torch.bfloat16
+    assert z16.dtype == y16.dtype == dtype
     for low, full in ((z16, z), (y16, y)):  # bfloat16's rounding: about 1% of the values' size, on average
         assert (low.float() - full).abs().mean() <= 0.03 * full.abs().mean()
 

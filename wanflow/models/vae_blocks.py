@@ -88,36 +88,41 @@ class CausalConv3d(nn.Conv3d):
         return convolve(x, self)
 
 
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
 def cpu_fast_kernels(x: torch.Tensor) -> bool:
-    """Whether ``x`` takes the VAE's CPU fast paths (``convolve``, ``normalize_channels``): on the CPU, float32 or
-    bfloat16, with oneDNN enabled. ``torch.backends.mkldnn.flags(enabled=False)`` turns them off, so the parity
+    """Whether ``x`` takes the VAE's CPU fast paths (``convolve``, ``normalize_channels``): on the CPU, float32 or a
+    16-bit float, with oneDNN enabled. ``torch.backends.mkldnn.flags(enabled=False)`` turns them off, so the parity
     tests compare the reference's own kernels."""
     onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-    return x.device.type == "cpu" and onednn and x.dtype in (torch.float32, torch.bfloat16)
+    return x.device.type == "cpu" and onednn and (x.dtype == torch.float32 or x.dtype in HALF_DTYPES)
 
 
 @functools.cache
-def onednn_takes_bfloat16() -> bool:
-    """Whether this CPU has what oneDNN needs for bfloat16 (AVX-512 BW/VL/DQ or AVX-NE-CONVERT); it refuses it
-    elsewhere. PyTorch's own check is private: without it, assume not (the float32 route works everywhere)."""
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+def onednn_takes(dtype: torch.dtype) -> bool:
+    """Whether this CPU has what oneDNN needs for a 16-bit float (bfloat16: AVX-512 BW/VL/DQ or AVX-NE-CONVERT;
+    float16: AVX-512 FP16 or AVX-NE-CONVERT); it refuses them elsewhere. PyTorch's own checks are private: without
+    them, assume not (the float32 route works everywhere)."""
+    name = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}[dtype]
+    check = getattr(torch.ops.mkldnn, name, None)
     return bool(check is not None and check())
 
 
 def convolve(x: torch.Tensor, conv: nn.Conv2d | nn.Conv3d) -> torch.Tensor:
     """``conv(x)`` (zero padding), on the CPU through oneDNN: ATen's heuristic sends small batch-1 3D convolutions
     (every per-frame decode step) to its im2col kernel, about 10x slower; both give the same values up to rounding.
-    Where oneDNN refuses bfloat16 (ATen's fallback for it is about 100x slower still), a bfloat16 convolution runs
-    in float32 and is rounded back: the same products (a bfloat16 product is exact in float32) and float32 sums, as
-    oneDNN's bfloat16 kernels compute them."""
+    Where oneDNN refuses a 16-bit float (ATen's fallback for it is about 100x slower still), the convolution runs in
+    float32 and is rounded back: the same products (a product of 16-bit floats is exact in float32) and float32
+    sums, as oneDNN's 16-bit kernels compute them."""
     if not cpu_fast_kernels(x):
         return conv._conv_forward(x, conv.weight, conv.bias)
-    weight, bias = conv.weight, conv.bias
-    upcast = x.dtype == torch.bfloat16 and not onednn_takes_bfloat16()
+    weight, bias, dtype = conv.weight, conv.bias, x.dtype
+    upcast = dtype in HALF_DTYPES and not onednn_takes(dtype)
     if upcast:
         x, weight, bias = x.float(), weight.float(), None if bias is None else bias.float()
     y = torch.mkldnn_convolution(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
-    return y.bfloat16() if upcast else y
+    return y.to(dtype) if upcast else y
 
 
 class Conv2d(nn.Conv2d):
