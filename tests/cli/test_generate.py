@@ -136,6 +136,9 @@ def test_checkpoint_and_image_errors(ckpts, tmp_path, capsys):
         "x", "--task", "i2v-A14B", "--ckpt_dir", str(ckpts["i2v-A14B"]), "--image", str(bad), *FAST, *out
     )
     assert code == 2 and lines[-1].startswith("wanflow: error: cannot read image")
+    image_args = ("--task", "i2v-A14B", "--ckpt_dir", str(ckpts["i2v-A14B"]), "--image", str(tmp_path))
+    code, lines = run_cli("x", *image_args, *FAST, *out)
+    assert code == 2 and lines[-1] == f"wanflow: error: {tmp_path} is a folder, not an image file"
     code, lines = run_cli("x", "--task", "t2v-A14B", "--ckpt_dir", str(ckpts["i2v-A14B"]), *FAST, *out)
     assert code == 2 and "needs a t2v model" in lines[-1]
     assert not (tmp_path / "o.mp4").exists()

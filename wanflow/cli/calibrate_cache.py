@@ -8,7 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
-from wanflow.cli.generate import EXAMPLE_PROMPT, add_sampler_arguments, parse_size, sampler_keywords
+from wanflow.cli.generate import EXAMPLE_PROMPT, add_sampler_arguments, sampler_keywords
+from wanflow.cli.parsers import parse_size
 from wanflow.tasks import TASKS
 
 # Prompts for a checkpoint of the published kind when none are given (the built-in models take shapes prompts).

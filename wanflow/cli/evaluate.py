@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from wanflow.cli.generate import add_sampler_arguments, positive_int, sampler_keywords
+from wanflow.cli.generate import add_sampler_arguments, sampler_keywords
+from wanflow.cli.parsers import positive_int
 from wanflow.configs import EXPERTS
 from wanflow.evaluation.evaluate import CASES
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import resource
 import sys
 import time
@@ -17,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from wanflow.cli.lora import add_lora_arguments, cli_loras, load_cli_loras
+from wanflow.cli.parsers import nonnegative_int, parse_guide, parse_size, str2bool
 from wanflow.cli.prompt_extend import EXTEND_FLAGS, add_prompt_extend_arguments, cli_extender
 from wanflow.cli.single_files import add_file_arguments, files_layout_from_args, given_files
 from wanflow.pipelines.pipeline import DTYPES, RuntimeOptions
@@ -51,46 +51,6 @@ OPTION_FLAGS = {
     "cache": "cache",
 }
 RUNTIME_FLAGS = ("device", "dtype", "convert_model_dtype", "t5_cpu", "fp8", "compile", "vae_tile")
-
-
-def str2bool(value: str) -> bool:
-    lowered = value.lower()
-    if lowered in ("yes", "true", "t", "y", "1"):
-        return True
-    if lowered in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
-
-
-def parse_size(value: str) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d+)\s*[*xX]\s*(\d+)\s*", value)
-    if not match:
-        raise argparse.ArgumentTypeError(f"size must look like WIDTH*HEIGHT (e.g. 1280*720), got {value!r}")
-    return int(match.group(1)), int(match.group(2))
-
-
-def nonnegative_int(value: str) -> int:
-    if not value.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
-    return int(value)
-
-
-def positive_int(value: str) -> int:
-    if not value.strip().isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
-    return int(value)
-
-
-def parse_guide(value: str) -> tuple[float, ...]:
-    try:
-        parts = tuple(float(v) for v in value.replace(" ", "").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"guide scale must be a number or two numbers 'low,high', got {value!r}"
-        ) from None
-    if len(parts) not in (1, 2):
-        raise argparse.ArgumentTypeError(f"guide scale takes one value or two ('low,high'), got {value!r}")
-    return parts
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:

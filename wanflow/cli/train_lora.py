@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from wanflow.cli.parsers import parse_size
 from wanflow.tasks import TASKS
 
 EXPERTS = ("high", "low", "both")  # training.lora_settings.EXPERT_CHOICES (that module imports torch)
@@ -18,13 +19,6 @@ def parse_swap(value: str) -> tuple[str, str]:
     if not sep or not trigger.strip() or not replacement.strip():
         raise argparse.ArgumentTypeError(f"--preserve_word looks like TRIGGER=CLASS (e.g. zorb=dog), got {value!r}")
     return trigger.strip(), replacement.strip()
-
-
-def parse_size(value: str) -> tuple[int, int]:
-    width, sep, height = value.replace("x", "*").partition("*")
-    if not sep or not width.isdigit() or not height.isdigit():
-        raise argparse.ArgumentTypeError(f"size must look like WIDTH*HEIGHT (e.g. 480*272), got {value!r}")
-    return int(width), int(height)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

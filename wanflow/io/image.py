@@ -15,6 +15,8 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
     if isinstance(source, Image.Image):
         return source.convert("RGB")
     path = os.fspath(source)
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not an image file")
     if not os.path.isfile(path):
         raise ValueError(f"image not found: {path}")
     try:
