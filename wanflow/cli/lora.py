@@ -16,6 +16,7 @@ import os
 import re
 from pathlib import Path
 
+from wanflow.cli.parsers import str2bool
 from wanflow.configs import HIGH, LOW
 from wanflow.pipelines.presets import PRESETS
 
@@ -71,18 +72,11 @@ def add_lora_arguments(p: argparse.ArgumentParser) -> None:
     _flag(
         p,
         "float_timesteps",
-        type=_bool,
+        type=str2bool,
         metavar="BOOL",
         help="feed the DiT 1000 * sigma unrounded, as the step-distilled LoRAs were trained (default false: the "
         "reference's truncated integers; true with --preset lightning)",
     )
-
-
-def _bool(value: str) -> bool:
-    lowered = value.lower()
-    if lowered not in ("true", "false", "1", "0", "yes", "no"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-    return lowered in ("true", "1", "yes")
 
 
 def cli_loras(args: argparse.Namespace, layout) -> list[tuple[str, float, dict]]:
