@@ -55,6 +55,10 @@ def test_info_names_component_format_and_types(models, capsys):
     text = capsys.readouterr().out
     assert f"{path}: dit, gguf," in text and " Q8_0" in text and " float32" in text
     assert "DiT for t2v-A14B: dim 256, 2 layers, 2 heads, in/out channels 16/16" in text
+    capability = torch.backends.cpu.get_cpu_capability()
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    bf16 = "oneDNN bfloat16" if native else "no oneDNN bfloat16: float32 is faster"
+    assert f"devices: cpu ({capability}, {bf16})" in text
 
 
 def bad_files(root):

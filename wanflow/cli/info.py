@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from wanflow.models.attention import available_backends
 
     print(f"wanflow {wanflow.__version__}  torch {torch.__version__}  python {sys.version.split()[0]}")
-    devices = ["cpu"] + [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+    devices = [cpu_line()] + [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
     print(f"devices: {', '.join(devices)}")
     print(f"attention backends: {', '.join(available_backends())}")
     for folder in [*(args.ckpt_dir or []), *hub_checkpoints()]:
@@ -45,6 +45,17 @@ def run(args: argparse.Namespace) -> int:
         except CheckpointError as e:
             print(f"{folder}: {e}")
     return 0
+
+
+def cpu_line() -> str:
+    """``cpu`` with its vector instructions, and whether oneDNN has bfloat16 kernels for it (without them a bfloat16
+    run saves memory but takes longer than float32 there: ``--dtype``)."""
+    import torch
+
+    from wanflow.models.vae_blocks import onednn_takes
+
+    bf16 = "oneDNN bfloat16" if onednn_takes(torch.bfloat16) else "no oneDNN bfloat16: float32 is faster"
+    return f"cpu ({torch.backends.cpu.get_cpu_capability()}, {bf16})"
 
 
 def hub_checkpoints() -> list[str]:
