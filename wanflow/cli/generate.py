@@ -16,12 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from wanflow.cli.lora import add_lora_arguments, cli_loras, load_cli_loras
-from wanflow.cli.parsers import nonnegative_int, parse_guide, parse_size, str2bool
+from wanflow.cli.parsers import add_flag as _flag
+from wanflow.cli.parsers import parse_guide, parse_size, str2bool
 from wanflow.cli.prompt_extend import EXTEND_FLAGS, add_prompt_extend_arguments, cli_extender
+from wanflow.cli.runtime_flags import add_runtime_arguments, runtime_keywords
 from wanflow.cli.single_files import add_file_arguments, files_layout_from_args, given_files
-from wanflow.pipelines.pipeline import DTYPES, RuntimeOptions
+from wanflow.pipelines.pipeline import RuntimeOptions
 from wanflow.pipelines.request import GenerateOptions, resolve
-from wanflow.runtime.offload import POLICIES
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.tasks import TASKS, Task, get_task
 
@@ -50,13 +51,6 @@ OPTION_FLAGS = {
     **EXTEND_FLAGS,
     "cache": "cache",
 }
-RUNTIME_FLAGS = ("device", "dtype", "convert_model_dtype", "t5_cpu", "fp8", "compile", "vae_tile")
-
-
-def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
-    """``--frame_num`` also answers to ``--frame-num``."""
-    names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    parser.add_argument(*names, dest=name, **kwargs)
 
 
 def add_sampler_arguments(p: argparse.ArgumentParser, solver: str | None) -> None:
@@ -88,30 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "ckpt_dir", help="checkpoint folder (official, diffusers, or single files) or a Hugging Face repo id")
     add_file_arguments(p)
     _flag(p, "offload_model", type=str2bool, help="keep only the active expert on the GPU (default: true)")
-    _flag(
-        p,
-        "offload",
-        choices=POLICIES,
-        help="placement policy: all experts resident, only the active one (model), or blocks streamed (block)",
-    )
-    _flag(p, "t5_cpu", action="store_true", help="run the text encoder on the CPU")
-    _flag(
-        p,
-        "convert_model_dtype",
-        action="store_true",
-        help="DiT parameters in bfloat16, as the reference's flag (a GPU's default here, so it changes nothing there; "
-        "on the CPU it replaces float32)",
-    )
-    _flag(p, "dtype", choices=sorted(DTYPES), help="every component in this dtype (default: as the reference)")
-    _flag(p, "fp8", action="store_true", help="DiT block weights stored in float8 e4m3 with per-channel scales")
-    _flag(p, "compile", action="store_true", help="torch.compile each DiT block (the first steps pay the compile)")
-    _flag(
-        p,
-        "vae_tile",
-        type=nonnegative_int,
-        default=0,
-        help="VAE decode in exact spatial tiles of N latent pixels, for less memory (default 0: whole frames)",
-    )
+    add_runtime_arguments(p)
     _flag(p, "prompt", help="the prompt")
     _flag(p, "negative_prompt", help='the negative prompt (default: the task\'s); --negative_prompt "" for none')
     _flag(p, "image", help="input image (i2v-A14B needs one; with ti2v-5B it selects image-to-video)")
@@ -123,7 +94,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "base_seed", type=int, default=-1, help="seed; -1 draws one and reports it")
     add_sampler_arguments(p, solver=None)  # None: the preset's solver, else unipc
     _flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")
-    _flag(p, "device", help="cuda, cuda:1, cpu ... (default: cuda if available)")
     _flag(p, "ulysses_size", type=int, default=1, help="sequence-parallel ranks (torchrun; default 1)")
     _flag(p, "dit_fsdp", action="store_true", help="shard the DiT experts with FSDP2 (torchrun)")
     _flag(p, "t5_fsdp", action="store_true", help="shard the text encoder with FSDP2 (torchrun)")
@@ -162,10 +132,10 @@ def window_prompts(path: str) -> list[str]:
 
 
 def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
-    offload = args.offload
-    if offload is None and args.offload_model is not None:
-        offload = "model" if args.offload_model else "resident"
-    return RuntimeOptions(offload=offload, **{name: getattr(args, name) for name in RUNTIME_FLAGS})
+    keywords = runtime_keywords(args)
+    if keywords["offload"] is None and args.offload_model is not None:
+        keywords["offload"] = "model" if args.offload_model else "resident"
+    return RuntimeOptions(**keywords)
 
 
 def default_save_file(task: str, size: tuple[int, int] | None, prompt: str | list[str]) -> str:

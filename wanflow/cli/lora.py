@@ -16,6 +16,7 @@ import os
 import re
 from pathlib import Path
 
+from wanflow.cli.parsers import add_flag as _flag
 from wanflow.cli.parsers import str2bool
 from wanflow.configs import HIGH, LOW
 from wanflow.pipelines.presets import PRESETS
@@ -37,10 +38,6 @@ def parse_lora_arg(value: str) -> tuple[str, float]:
     if not math.isfinite(strength):
         raise argparse.ArgumentTypeError(f"{value!r}: the strength must be a finite number")
     return path, strength
-
-
-def _flag(p: argparse.ArgumentParser, name: str, **kwargs) -> None:
-    p.add_argument(f"--{name}", f"--{name.replace('_', '-')}", dest=name, **kwargs)
 
 
 def add_lora_arguments(p: argparse.ArgumentParser) -> None:

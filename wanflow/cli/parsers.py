@@ -8,6 +8,12 @@ import argparse
 import re
 
 
+def add_flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """``--frame_num``, also answering to ``--frame-num``."""
+    names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    parser.add_argument(*names, dest=name, **kwargs)
+
+
 def str2bool(value: str) -> bool:
     lowered = value.lower()
     if lowered in ("yes", "true", "t", "y", "1"):

@@ -15,8 +15,8 @@ import ipaddress
 import logging
 from pathlib import Path
 
+from wanflow.cli.runtime_flags import add_runtime_arguments, runtime_keywords
 from wanflow.prompts.extend import METHODS
-from wanflow.runtime.offload import POLICIES
 from wanflow.tasks import TASKS
 
 log = logging.getLogger("wanflow")
@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data", default="wanflow-data", help="folder for the job database and the videos")
     p.add_argument("--max_queue", "--max-queue", dest="max_queue", type=int, default=100, help="jobs waiting at most")
-    p.add_argument("--offload", choices=POLICIES, help="expert placement policy (default per device)")
+    add_runtime_arguments(p)  # how the models run: --offload, --device, --dtype, --fp8, --compile, --vae_tile, ...
     p.add_argument("--lora_dir", "--lora-dir", dest="lora_dir", help="folder of the LoRAs requests may name")
     p.add_argument(
         "--queue",
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     from wanflow.server.guard import Hosts
 
     logging.getLogger("wanflow").setLevel(logging.INFO)
-    runtime = {"offload": args.offload} if args.offload else {}
+    runtime = runtime_keywords(args)
     if args.no_worker:
         pipelines, tasks = {}, None
         log.info("no worker here: serving the models the workers of the queue hold")

@@ -16,7 +16,7 @@ import signal
 import threading
 from pathlib import Path
 
-from wanflow.runtime.offload import POLICIES
+from wanflow.cli.runtime_flags import add_runtime_arguments, runtime_keywords
 from wanflow.server.cli import add_extender_arguments
 from wanflow.tasks import TASKS
 
@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=2,
         help="a job whose workers stopped this many times fails with the reason",
     )
-    p.add_argument("--offload", choices=POLICIES, help="expert placement policy (default per device)")
+    add_runtime_arguments(p)  # how the models run: --offload, --device, --dtype, --fp8, --compile, --vae_tile, ...
     p.add_argument("--lora_dir", "--lora-dir", dest="lora_dir", help="folder of the LoRAs requests may name")
     p.add_argument("--ulysses_size", type=int, default=1, help="sequence-parallel ranks (torchrun; default 1)")
     p.add_argument("--cfg_parallel", action="store_true", help="conditional and unconditional passes on 2 rank groups")
@@ -112,9 +112,9 @@ def run(args: argparse.Namespace) -> int:
     args.base_seed = None
     ctx = launch(args)  # joins torchrun's group when there is one
     logging.getLogger("wanflow").setLevel(logging.INFO)
-    runtime = {"offload": args.offload} if args.offload else {}
+    runtime = runtime_keywords(args)
     if ctx.is_distributed:
-        runtime["device"] = ctx.device
+        runtime["device"] = runtime["device"] or ctx.device  # each rank its own, as generate does
     prepare = parallel(ctx, args)
     loras = LoraLibrary(args.lora_dir)
     if args.ckpt_dir:
