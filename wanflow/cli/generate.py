@@ -16,8 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from wanflow.cli.lora import add_lora_arguments, cli_loras, load_cli_loras
-from wanflow.cli.parsers import add_flag as _flag
-from wanflow.cli.parsers import parse_guide, parse_size, str2bool
+from wanflow.cli.parsers import add_flag, parse_guide, parse_size, str2bool
 from wanflow.cli.prompt_extend import EXTEND_FLAGS, add_prompt_extend_arguments, cli_extender
 from wanflow.cli.runtime_flags import add_runtime_arguments, runtime_keywords
 from wanflow.cli.single_files import add_file_arguments, files_layout_from_args, given_files
@@ -56,10 +55,10 @@ OPTION_FLAGS = {
 def add_sampler_arguments(p: argparse.ArgumentParser, solver: str | None) -> None:
     """``--sample_solver/steps/shift/guide_scale``, shared by generate and evaluate; left out, the solver is ``solver``
     (None: not given, so the pipeline's unipc) and the others None (the model's defaults)."""
-    _flag(p, "sample_solver", default=solver, choices=sorted(SOLVERS), help="solver (default unipc)")
-    _flag(p, "sample_steps", type=int, help="denoising steps (default per task)")
-    _flag(p, "sample_shift", type=float, help="noise schedule shift (default per task)")
-    _flag(
+    add_flag(p, "sample_solver", default=solver, choices=sorted(SOLVERS), help="solver (default unipc)")
+    add_flag(p, "sample_steps", type=int, help="denoising steps (default per task)")
+    add_flag(p, "sample_shift", type=float, help="noise schedule shift (default per task)")
+    add_flag(
         p,
         "sample_guide_scale",
         type=parse_guide,
@@ -76,37 +75,39 @@ def sampler_keywords(args: argparse.Namespace) -> dict:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt_text", nargs="?", metavar="PROMPT", help="the prompt (or --prompt)")
-    _flag(p, "task", default="t2v-A14B", choices=sorted(TASKS), help="which model (default t2v-A14B)")
-    _flag(p, "size", type=parse_size, help="WIDTH*HEIGHT; with --image the pixel area to fill (default per task)")
-    _flag(p, "frame_num", type=int, help="frames, 4n+1 (default per task: 81, or 121 for ti2v-5B)")
-    _flag(p, "ckpt_dir", help="checkpoint folder (official, diffusers, or single files) or a Hugging Face repo id")
+    add_flag(p, "task", default="t2v-A14B", choices=sorted(TASKS), help="which model (default t2v-A14B)")
+    add_flag(p, "size", type=parse_size, help="WIDTH*HEIGHT; with --image the pixel area to fill (default per task)")
+    add_flag(p, "frame_num", type=int, help="frames, 4n+1 (default per task: 81, or 121 for ti2v-5B)")
+    add_flag(p, "ckpt_dir", help="checkpoint folder (official, diffusers, or single files) or a Hugging Face repo id")
     add_file_arguments(p)
-    _flag(p, "offload_model", type=str2bool, help="keep only the active expert on the GPU (default: true)")
+    add_flag(p, "offload_model", type=str2bool, help="keep only the active expert on the GPU (default: true)")
     add_runtime_arguments(p)
-    _flag(p, "prompt", help="the prompt")
-    _flag(p, "negative_prompt", help='the negative prompt (default: the task\'s); --negative_prompt "" for none')
-    _flag(p, "image", help="input image (i2v-A14B needs one; with ti2v-5B it selects image-to-video)")
-    _flag(p, "last_image", help="the last frame beside --image's first (first-last frame; i2v-A14B), same aspect ratio")
-    _flag(p, "window_frames", type=int, help="frames per window of a longer video (default: 81, or 121 for ti2v-5B)")
-    _flag(p, "window_overlap", type=int, help="frames each window takes from the one before, a multiple of 4 (16)")
-    _flag(p, "window_anchor", type=float, help="0..1: grade each window's colours towards the first's (default 0)")
-    _flag(p, "prompt_file", help="one prompt per line, one per window of a longer video (instead of 'a | b | c')")
-    _flag(p, "base_seed", type=int, default=-1, help="seed; -1 draws one and reports it")
+    add_flag(p, "prompt", help="the prompt")
+    add_flag(p, "negative_prompt", help='the negative prompt (default: the task\'s); --negative_prompt "" for none')
+    add_flag(p, "image", help="input image (i2v-A14B needs one; with ti2v-5B it selects image-to-video)")
+    add_flag(
+        p, "last_image", help="the last frame beside --image's first (first-last frame; i2v-A14B), same aspect ratio"
+    )
+    add_flag(p, "window_frames", type=int, help="frames per window of a longer video (default: 81, or 121 for ti2v-5B)")
+    add_flag(p, "window_overlap", type=int, help="frames each window takes from the one before, a multiple of 4 (16)")
+    add_flag(p, "window_anchor", type=float, help="0..1: grade each window's colours towards the first's (default 0)")
+    add_flag(p, "prompt_file", help="one prompt per line, one per window of a longer video (instead of 'a | b | c')")
+    add_flag(p, "base_seed", type=int, default=-1, help="seed; -1 draws one and reports it")
     add_sampler_arguments(p, solver=None)  # None: the preset's solver, else unipc
-    _flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")
-    _flag(p, "ulysses_size", type=int, default=1, help="sequence-parallel ranks (torchrun; default 1)")
-    _flag(p, "dit_fsdp", action="store_true", help="shard the DiT experts with FSDP2 (torchrun)")
-    _flag(p, "t5_fsdp", action="store_true", help="shard the text encoder with FSDP2 (torchrun)")
-    _flag(p, "cfg_parallel", action="store_true", help="conditional and unconditional passes on 2 rank groups")
+    add_flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")
+    add_flag(p, "ulysses_size", type=int, default=1, help="sequence-parallel ranks (torchrun; default 1)")
+    add_flag(p, "dit_fsdp", action="store_true", help="shard the DiT experts with FSDP2 (torchrun)")
+    add_flag(p, "t5_fsdp", action="store_true", help="shard the text encoder with FSDP2 (torchrun)")
+    add_flag(p, "cfg_parallel", action="store_true", help="conditional and unconditional passes on 2 rank groups")
     add_lora_arguments(p)
-    add_prompt_extend_arguments(p, _flag)
-    _flag(
+    add_prompt_extend_arguments(p, add_flag)
+    add_flag(
         p,
         "cache",
         metavar="magcache[:THRESHOLD]",
         help="skip DiT forwards on steps that barely change, with the checkpoint's calibration (see calibrate-cache)",
     )
-    _flag(p, "preview", metavar="FILE.png", help="a PNG of where sampling is heading, rewritten every few steps")
+    add_flag(p, "preview", metavar="FILE.png", help="a PNG of where sampling is heading, rewritten every few steps")
 
 
 def generate_options(args: argparse.Namespace) -> GenerateOptions:

@@ -16,8 +16,7 @@ import os
 import re
 from pathlib import Path
 
-from wanflow.cli.parsers import add_flag as _flag
-from wanflow.cli.parsers import str2bool
+from wanflow.cli.parsers import add_flag, str2bool
 from wanflow.configs import HIGH, LOW
 from wanflow.pipelines.presets import PRESETS
 
@@ -43,30 +42,30 @@ def parse_lora_arg(value: str) -> tuple[str, float]:
 def add_lora_arguments(p: argparse.ArgumentParser) -> None:
     """``--lora/--lora_high/--lora_low PATH[:STRENGTH]`` (repeatable), ``--lora_merge`` and ``--preset``."""
     common = dict(action="append", type=parse_lora_arg, metavar="PATH[:STRENGTH]")
-    _flag(
+    add_flag(
         p,
         "lora",
         help="a LoRA file (any format) on every expert, or a folder of high_noise_model/low_noise_model files each "
         "on its expert; STRENGTH default 1; repeatable",
         **common,
     )
-    _flag(p, "lora_high", help="a LoRA on the high-noise expert only (A14B); repeatable", **common)
-    _flag(p, "lora_low", help="a LoRA on the low-noise expert only (A14B); repeatable", **common)
-    _flag(
+    add_flag(p, "lora_high", help="a LoRA on the high-noise expert only (A14B); repeatable", **common)
+    add_flag(p, "lora_low", help="a LoRA on the low-noise expert only (A14B); repeatable", **common)
+    add_flag(
         p,
         "lora_merge",
         action="store_true",
         help="merge the LoRAs into the weights (fastest; with --fp8 the merged weights are quantised again). "
         "Default: applied beside the weights",
     )
-    _flag(
+    add_flag(
         p,
         "preset",
         choices=sorted(PRESETS),
         help="sampling preset: lightning = 4 Euler steps on float timesteps, shift 5, no CFG (the step-distilled "
         "LoRAs); the --sample_* flags still override each value",
     )
-    _flag(
+    add_flag(
         p,
         "float_timesteps",
         type=str2bool,

@@ -17,7 +17,7 @@ EXTEND_FLAGS = {
 
 
 def add_prompt_extend_arguments(p: argparse.ArgumentParser, flag) -> None:
-    """``flag``: ``cli.generate._flag`` (each name also with hyphens)."""
+    """``flag``: ``cli.parsers.add_flag`` (each name also with hyphens)."""
     flag(p, "use_prompt_extend", action="store_true", default=None, help="rewrite the prompt with a language model")
     flag(
         p,
