@@ -301,9 +301,11 @@ MAX_SEED = 2**63 - 1  # the largest seed taken (the server's schema too): a sign
 
 def _seed(seed: int | None, name: str) -> int | None:
     """A seed as given (negative or None: drawn later), refused past what a generator takes."""
-    if seed is not None and seed > MAX_SEED:
+    if seed is None:
+        return None
+    if int(seed) > MAX_SEED:
         raise ValueError(f"{name} must be at most 2**63 - 1 ({MAX_SEED}), or negative for a random one; got {seed}")
-    return seed
+    return int(seed)
 
 
 def _steps(steps: int) -> int:
