@@ -226,7 +226,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
     if image is None:
         _check_size(task, width, height, multiple or task.size_multiple)
     windows = _windows(o, task, frames)
-    seed = draw_seed(_seed(o.seed, "seed"))
+    seed = draw_seed(o.seed)
     return Request(
         prompt=o.prompt if isinstance(o.prompt, str) else " | ".join(o.prompt),
         negative_prompt=task.negative_prompt if o.negative_prompt is None else o.negative_prompt,
@@ -285,8 +285,8 @@ def _extension(o: GenerateOptions, seed: int) -> Extension | None:
     lang = o.prompt_extend_lang or LANGUAGES[0]
     if lang not in LANGUAGES:
         raise ValueError(f"unknown prompt_extend_lang {lang!r}; choose one of {list(LANGUAGES)}")
-    extend_seed = seed if o.prompt_extend_seed is None else _seed(o.prompt_extend_seed, "prompt_extend_seed")
-    return Extension(lang, extend_seed if extend_seed >= 0 else draw_seed(extend_seed))
+    extend_seed = seed if o.prompt_extend_seed is None else draw_seed(o.prompt_extend_seed, "prompt_extend_seed")
+    return Extension(lang, extend_seed)
 
 
 def _frames(frames: int, name: str = "frame_num") -> int:
@@ -294,18 +294,6 @@ def _frames(frames: int, name: str = "frame_num") -> int:
     if frames < 1 or (frames - 1) % 4:
         raise ValueError(f"{name} must be 4n+1 (1, 5, 9, ..., 81, ...), got {frames}")
     return frames
-
-
-MAX_SEED = 2**63 - 1  # the largest seed taken (the server's schema too): a signed 64-bit integer
-
-
-def _seed(seed: int | None, name: str) -> int | None:
-    """A seed as given (negative or None: drawn later), refused past what a generator takes."""
-    if seed is None:
-        return None
-    if int(seed) > MAX_SEED:
-        raise ValueError(f"{name} must be at most 2**63 - 1 ({MAX_SEED}), or negative for a random one; got {seed}")
-    return int(seed)
 
 
 def _steps(steps: int) -> int:

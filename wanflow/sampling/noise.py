@@ -7,11 +7,16 @@ import sys
 
 import torch
 
+MAX_SEED = 2**63 - 1  # the largest seed taken (the server's schema too): a signed 64-bit integer
 
-def draw_seed(seed: int | None) -> int:
-    """The reference's rule: a negative seed (or None) draws one at random."""
+
+def draw_seed(seed: int | None, name: str = "seed") -> int:
+    """The reference's rule: a negative seed (or None) draws one at random; one past ``MAX_SEED`` is refused (a
+    generator and the distributed broadcast take 64-bit integers)."""
     if seed is None or seed < 0:
         return random.randint(0, sys.maxsize)
+    if int(seed) > MAX_SEED:
+        raise ValueError(f"{name} must be at most 2**63 - 1 ({MAX_SEED}), or negative for a random one; got {seed}")
     return int(seed)
 
 

@@ -14,8 +14,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from wanflow.pipelines.presets import PRESETS
-from wanflow.pipelines.request import MAX_SEED, GenerateOptions
+from wanflow.pipelines.request import GenerateOptions
 from wanflow.prompts.system import LANGUAGES
+from wanflow.sampling.noise import MAX_SEED
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.server.loras import MAX_LORAS, LoraChoice, parse_choices
 from wanflow.tasks import TASKS, Task
