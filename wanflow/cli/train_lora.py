@@ -94,13 +94,10 @@ def run(args: argparse.Namespace) -> int:
     from wanflow.training.lora import train_lora
     from wanflow.training.lora_settings import LoraSettings
 
-    if args.prior_data is None and args.preserve_word is None:
-        if args.prior_weight is not None:
-            raise ValueError(
-                "--prior_weight weighs the clips of --prior_data (or --preserve_word): pass one, or drop the weight"
-            )
-        if args.prior_target is not None:
-            raise ValueError("--prior_target is the target of the clips of --prior_data: pass that folder too")
+    if args.prior_data is None and args.preserve_word is None and args.prior_weight is not None:
+        raise ValueError(
+            "--prior_weight weighs the clips of --prior_data (or --preserve_word): pass one, or drop the weight"
+        )
     settings = LoraSettings(
         data=args.data_dir,
         out=args.out,

@@ -86,6 +86,8 @@ class LoraSettings:
             raise ValueError(f"the prior weight must be a number >= 0, got {self.prior_weight}")
         if self.prior_target is not None and self.prior_target not in PRIOR_TARGETS:
             raise ValueError(f"the prior target must be one of {PRIOR_TARGETS}, got {self.prior_target!r}")
+        if self.prior_target is not None and self.prior_data is None and self.preserve_word is None:
+            raise ValueError("--prior_target is the target of the clips of --prior_data: pass that folder too")
         if self.preserve_word is not None:
             self._check_preserve_word()
         if not self.out or Path(self.out).name in ("", ".", ".."):
