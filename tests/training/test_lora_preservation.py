@@ -22,11 +22,6 @@ from wanflow.training.lora_factors import LoraFactors, attach, base_velocity, ta
 from wanflow.training.lora_settings import PRIOR_TARGETS, LoraSettings, resolve_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def expert_with_random_lora(s: LoraSettings, name: str = "high"):
     layout, _ = resolve_checkpoint(s)
     model = load_base(layout, name, s, torch.device("cpu"))

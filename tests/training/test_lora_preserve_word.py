@@ -21,11 +21,6 @@ from wanflow.training.lora_settings import LoraSettings, resolve_checkpoint
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def test_swap_word_replaces_whole_words_in_any_case():
     assert swap_word("a Zorb and a zorb, sliding", "zorb", "dog") == "a dog and a dog, sliding"
     assert swap_word("two zorbs and a zorb-like ball", "zorb", "dog") is None
@@ -42,8 +37,8 @@ def test_the_prior_samples_are_the_clips_under_the_swapped_captions(tmp_path, ck
     encoder = Encoders(layout, CPU, 16).text()
     for i in range(2):
         assert prior[i].latents is samples[i].latents  # the same clips (the same tensors)
-        swapped = encoder.encode([f"a dog sliding right, take {i}\n".strip()])[0]
-        original = encoder.encode([f"a zorb sliding right, take {i}\n".strip()])[0]
+        swapped = encoder.encode([f"a dog sliding right, take {i}"])[0]
+        original = encoder.encode([f"a zorb sliding right, take {i}"])[0]
         assert torch.equal(samples[i].context, original) and not torch.equal(original, swapped)
         assert torch.equal(prior[i].context, swapped)
 
@@ -90,4 +85,5 @@ def test_bad_uses_are_refused_in_one_line(tmp_path, ckpt, data, capsys):
     with safe_open(tmp_path / "z/x_low_noise.safetensors", "pt") as f:
         recorded = json.loads(f.metadata()["wanflow_settings"])
     assert recorded["preserve_word"] == ["zorb", "dog"] and recorded["prior_data"] is None
-    assert lora_tensors({"low": tmp_path / "z/x_low_noise.safetensors"})
+    ups = [v for k, v in lora_tensors({"low": tmp_path / "z/x_low_noise.safetensors"}).items() if "lora_up" in k]
+    assert ups and all(up.abs().sum() > 0 for up in ups)  # one step moved every up factor off its zero start
