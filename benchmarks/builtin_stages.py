@@ -3,6 +3,7 @@
     python -m benchmarks.builtin_stages --threads 1 --repeats 9
     python -m benchmarks.builtin_stages --tasks t2v --repeats 5 --vae_only
     python -m benchmarks.builtin_stages --tasks t2v --repeats 3 --dtype bfloat16   # every component in bfloat16
+    python -m benchmarks.builtin_stages --tasks t2v --repeats 3 --vae_only --dtype float16
 
 Each model is loaded once and called ``--repeats`` times after one untimed call (the prompt of the held-out set's
 first clip; i2v with that clip's first frame), seeds 0, 1, ...; the median of each stage is printed: ``encode``
@@ -31,7 +32,7 @@ STAGES = ("encode", "denoise", "decode")
 
 def load(case: str, dtype: str) -> WanPipeline:
     task, _ = CASES[case]
-    return WanPipeline.from_pretrained(builtin_checkpoint(task), task=task, dtype=dtype)
+    return WanPipeline.from_pretrained(builtin_checkpoint(task), task=task, dtype=getattr(torch, dtype))
 
 
 def time_calls(case: str, repeats: int, dtype: str) -> dict[str, float]:
@@ -73,7 +74,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9, help="timed calls per model (the median is kept)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--vae_only", action="store_true", help="time the VAE decode of random latents only")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="every component's")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="every component's (float16: the Python API's torch_dtype only)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
