@@ -20,7 +20,7 @@ from wanflow.io.video import to_uint8
 from wanflow.pipelines.diffusers_api import export_to_video
 from wanflow.pipelines.pipeline import RuntimeOptions, Video, WanPipeline
 from wanflow.pipelines.progress import Progress, TqdmProgress, default_progress
-from wanflow.pipelines.request import GenerateOptions
+from wanflow.pipelines.request import GenerateOptions, resolve
 from wanflow.tasks import TASKS
 
 PROMPT = "a red circle moving right"
@@ -93,30 +93,151 @@ def test_ti2v_with_an_image_diffusers_call_gives_the_native_frames(ti2v, tmp_pat
         assert np.array_equal(np.asarray(Image.open(tmp_path / "saved" / f"{i:05d}.png")), frame)
 
 
-def test_the_same_call_as_diffusers_gives_diffusers_frames(tmp_path):
+@pytest.fixture(scope="module")
+def ours_and_diffusers(tmp_path_factory):
+    """wanflow and diffusers' own ``WanPipeline`` on one tiny two-expert checkpoint, the reference's UniPC in both."""
     from diffusers import WanPipeline as DiffusersWanPipeline
 
-    write_official_checkpoint(tmp_path / "official", "t2v-A14B", seed=11)
-    convert_checkpoint(tmp_path / "official", tmp_path / "diffusers")
-    ours = WanPipeline.from_pretrained(tmp_path / "official")
-    theirs = DiffusersWanPipeline.from_pretrained(tmp_path / "diffusers")
+    root = tmp_path_factory.mktemp("both")
+    write_official_checkpoint(root / "official", "t2v-A14B", seed=11)
+    convert_checkpoint(root / "official", root / "diffusers")
+    theirs = DiffusersWanPipeline.from_pretrained(root / "diffusers")
     theirs.scheduler = ReferenceUniPC.from_config(theirs.scheduler.config, flow_shift=TASKS["t2v-A14B"].shift)
     theirs.set_progress_bar_config(disable=True)
-    call = dict(
-        prompt=PROMPT,
-        negative_prompt=TASKS["t2v-A14B"].negative_prompt,  # diffusers' default is none, the reference's is this
-        height=64,
-        width=64,
-        num_frames=9,
-        num_inference_steps=8,  # 6 steps on the high-noise expert, 2 on the low-noise one
-        guidance_scale=4.5,
-        guidance_scale_2=3.0,
-    )
+    return WanPipeline.from_pretrained(root / "official"), theirs
+
+
+DIFFUSERS_CALL = dict(
+    negative_prompt=TASKS["t2v-A14B"].negative_prompt,  # diffusers' default is none, the reference's is this
+    height=64,
+    width=64,
+    num_frames=9,
+    num_inference_steps=8,  # 6 steps on the high-noise expert, 2 on the low-noise one
+    guidance_scale=4.5,
+    guidance_scale_2=3.0,
+)
+
+
+def test_the_same_call_as_diffusers_gives_diffusers_frames(ours_and_diffusers):
+    ours, theirs = ours_and_diffusers
+    call = dict(prompt=PROMPT, **DIFFUSERS_CALL)
     a = ours(generator=seeded(3), **call).frames  # the seed's noise on the CPU is diffusers' draw from the generator
     with torch.no_grad():
         b = theirs(generator=seeded(3), **call).frames
     assert a.shape == b.shape == (1, 9, 64, 64, 3)
     assert np.abs(a - b).max() <= 1e-4 and a.std() > 0.05
+
+
+def steering_callback(log: list):
+    """A diffusers callback that reads the call's state, scales the latents after step 1, puts the negative prompt's
+    states in place of the prompt's after step 2, and interrupts after step 5 (of 8, across the expert switch)."""
+
+    def callback(pipe, i, t, kwargs):
+        log.append((i, int(t), pipe.num_timesteps, int(pipe.current_timestep), sorted(kwargs)))
+        if i == 1:
+            kwargs["latents"] = kwargs["latents"] * 0.8
+        if i == 2:
+            kwargs["prompt_embeds"] = kwargs["negative_prompt_embeds"].clone()
+        if i == 6:
+            pipe._interrupt = True
+        return kwargs
+
+    return callback
+
+
+def test_callback_on_step_end_and_latent_output_as_in_diffusers(ours_and_diffusers):
+    ours, theirs = ours_and_diffusers
+    inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+    logs, outs = ([], []), []
+    for pipe, log in zip((ours, theirs), logs, strict=True):
+        with torch.no_grad():
+            out = pipe(
+                prompt=PROMPT,
+                generator=seeded(3),
+                output_type="latent",
+                callback_on_step_end=steering_callback(log),
+                callback_on_step_end_tensor_inputs=inputs,
+                **DIFFUSERS_CALL,
+            )
+        outs.append(out.frames)
+        assert ours.interrupt if pipe is ours else theirs.interrupt
+    a, b = outs
+    assert logs[0] == logs[1] and [entry[0] for entry in logs[0]] == list(range(7))
+    assert a.shape == b.shape == (1, 16, 3, 8, 8) and a.dtype == b.dtype == torch.float32
+    assert (a - b).abs().max() <= 1e-4
+    plain = ours(prompt=PROMPT, generator=seeded(3), output_type="latent", **DIFFUSERS_CALL).frames
+    assert (a - plain).abs().max() > 0.1  # the callback did steer the run
+    assert ours.current_timestep is None and ours.num_timesteps == 8
+
+
+def test_prompt_embeds_as_in_diffusers(ours_and_diffusers):
+    ours, theirs = ours_and_diffusers
+    negative = DIFFUSERS_CALL["negative_prompt"]
+    with torch.no_grad():
+        embeds, negative_embeds = theirs.encode_prompt(PROMPT, negative, max_sequence_length=512)
+    call = {k: v for k, v in DIFFUSERS_CALL.items() if k != "negative_prompt"}
+    given = dict(prompt_embeds=embeds, negative_prompt_embeds=negative_embeds, generator=seeded(3), **call)
+    a = ours(**given).frames
+    with torch.no_grad():
+        b = theirs(**given).frames
+    assert np.abs(a - b).max() <= 1e-4 and a.std() > 0.05
+    # only the negative prompt's states given: the prompt is encoded, and wanflow's own states give its own frames
+    text = ours(prompt=PROMPT, negative_prompt=negative, generator=seeded(3), output_type="pt", **call).frames
+    ours_embeds = ours(
+        PROMPT, negative_prompt_embeds=negative_embeds, generator=seeded(3), output_type="pt", **call
+    ).frames
+    assert (ours_embeds - text).abs().max() <= 1e-4
+
+
+def test_latent_output_decodes_to_the_frames(t2v):
+    call = dict(num_inference_steps=4, generator=seeded(2))
+    latents = t2v(PROMPT, output_type="latent", **call).frames
+    (frames,) = t2v(PROMPT, output_type="pt", return_dict=False, **call)
+    with torch.inference_mode():
+        decoded = t2v.decode(latents, Progress())
+    assert latents.shape == (1, 16, 3, 8, 8)
+    assert torch.equal(unit_range(decoded).permute(1, 0, 2, 3)[None], frames)
+
+
+def test_wanflow_prompt_states_give_the_prompt_frames(t2v):
+    request = resolve(GenerateOptions(PROMPT), t2v.task, t2v.size_multiple)
+    cond = t2v.encode_prompts(request, Progress())
+    call = dict(num_inference_steps=3, generator=seeded(8), output_type="pt")
+    from_text = t2v(PROMPT, **call).frames
+    given = t2v(prompt_embeds=cond.context, negative_prompt_embeds=cond.context_null, **call).frames
+    assert torch.equal(given, from_text)
+    tokens = int(cond.context[0].abs().sum(-1).gt(0).sum())
+    assert 0 < tokens < t2v.experts["high"].cfg.text_len
+    trimmed = cond.context[0, :tokens]  # (tokens, dim) without the zero rows: padded again to text_len
+    assert torch.equal(t2v(prompt_embeds=trimmed, negative_prompt_embeds=cond.context_null, **call).frames, from_text)
+
+
+@pytest.mark.parametrize(
+    ("keywords", "match"),
+    [
+        (dict(prompt=PROMPT, prompt_embeds=torch.zeros(1, 4, 64)), "a prompt or prompt_embeds"),
+        (dict(), "a prompt or prompt_embeds"),
+        (dict(prompt_embeds=torch.zeros(1, 4, 63)), r"\(1, tokens, 64\) with 1..32 tokens, got \(4, 63\)"),
+        (dict(prompt_embeds=torch.zeros(2, 4, 64)), "one video per call"),
+        (dict(prompt_embeds=torch.zeros(1, 33, 64)), "1..32 tokens"),
+        (dict(prompt_embeds=torch.full((4, 64), float("nan"))), "NaN"),
+        (dict(prompt=PROMPT, negative_prompt="x", negative_prompt_embeds=torch.zeros(4, 64)), "one of the two"),
+        (dict(prompt_embeds=torch.zeros(4, 64), extend_prompt=True), "no prompt extension"),
+        (dict(prompt=PROMPT, output_type="latent", frames=13, window_frames=9), "one-window video"),
+        (
+            dict(prompt=PROMPT, callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["noise"]),
+            r"has to be in \['latents', 'prompt_embeds', 'negative_prompt_embeds'\], but found \['noise'\]",
+        ),
+        (dict(prompt=PROMPT, callback_on_step_end=lambda *a: None), "must return a dict"),
+        (
+            dict(prompt=PROMPT, callback_on_step_end=lambda p, i, t, kw: {"latents": kw["latents"][:, :8]}),
+            r"latents of \(1, 8, 3, 8, 8\); the run's are \(1, 16, 3, 8, 8\)",
+        ),
+    ],
+)
+def test_diffusers_call_arguments_clear_errors(t2v, keywords, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        t2v(num_inference_steps=2, **keywords)
 
 
 def test_output_types_and_return_dict(t2v):
@@ -132,8 +253,8 @@ def test_output_types_and_return_dict(t2v):
 
 def test_a_bad_output_type_is_refused_before_any_work(t2v):
     steps = []
-    with pytest.raises(ValueError, match=r"output_type 'latent'.*\['np', 'pt', 'pil'\]"):
-        t2v(PROMPT, output_type="latent", callback=steps.append)
+    with pytest.raises(ValueError, match=r"output_type 'mp4'.*\['np', 'pt', 'pil', 'latent'\]"):
+        t2v(PROMPT, output_type="mp4", callback=steps.append)
     assert steps == []
 
 

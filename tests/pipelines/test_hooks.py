@@ -82,3 +82,54 @@ def test_end_runs_when_a_step_raises():
     with pytest.raises(RuntimeError, match="stop"):
         run([Recorder(events, fail_at=1)])
     assert events[-1] == ("end",) and ("after", 2) not in events
+
+
+class Shift(StepHook):
+    """Adds ``offset`` to the latents after step ``at`` (a replacement, as diffusers' callback_on_step_end makes)."""
+
+    def __init__(self, at: int, offset: float, seen: list | None = None):
+        self.at, self.offset, self.seen = at, offset, seen
+
+    def after(self, step, latents):
+        if self.seen is not None:
+            self.seen.append(latents.clone())
+        return latents + self.offset if step.index == self.at else None
+
+
+class StopAfter(StepHook):
+    def __init__(self, index: int):
+        self.index, self.last = index, None
+
+    def after(self, step, latents):
+        self.last = step.index
+
+    def finished(self):
+        return self.last == self.index
+
+
+def test_a_hook_may_replace_the_latents_and_the_next_hooks_and_steps_see_them():
+    """A constant velocity moves Euler by the same total whatever the latents are: the offset stays in the result."""
+    seen = []
+    noise, out = run([Shift(1, 10.0), Shift(-1, 0.0, seen)])
+    torch.testing.assert_close(out, noise - 1.0 + 10.0, rtol=0, atol=1e-5)
+    sigmas = get_schedule("euler", 4, 3.0).sigmas
+    torch.testing.assert_close(seen[1], noise + (sigmas[2] - sigmas[0]) + 10.0, rtol=0, atol=1e-5)
+
+
+def test_a_finished_hook_ends_the_run_with_the_latents_so_far():
+    events, stop = [], StopAfter(1)
+    noise, out = run([Recorder(events), stop])
+    sigmas = get_schedule("euler", 4, 3.0).sigmas
+    torch.testing.assert_close(out, noise + (sigmas[2] - sigmas[0]), rtol=0, atol=1e-6)
+    assert [e[1] for e in events if e[0] == "after"] == [0, 1] and events[-1] == ("end",)
+
+
+def test_replaced_latents_keep_the_given_first_frame():
+    """TI2V: frame 0 is the image latent after every step, whatever a hook puts there."""
+    noise = torch.randn(1, 4, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    frame0 = torch.full((1, 4, 1, 2, 2), 0.5)
+    cond = Conditioning(torch.zeros(1, 3, 8), torch.zeros(1, 3, 8), frame0=frame0)
+    sampler = Sampler(get_schedule("euler", 4, 3.0), get_solver("euler"), None, 5.0)
+    out = denoise({"dense": Ones()}, noise, cond, sampler, [Shift(3, 7.0)])
+    assert torch.equal(out[:, :, :1], frame0)
+    torch.testing.assert_close(out[:, :, 1:], noise[:, :, 1:] - 1.0 + 7.0, rtol=0, atol=1e-5)

@@ -157,7 +157,11 @@ def denoise(
             latents, state = sampler.solver.step(state, v, latents, step.index)
             latents = keep_first_frame(latents, cond.frame0)
             for hook in hooks:
-                hook.after(step, latents)
+                replaced = hook.after(step, latents)
+                if replaced is not None:  # (diffusers' callback_on_step_end may change the latents)
+                    latents = keep_first_frame(replaced, cond.frame0)
+            if any(hook.finished() for hook in hooks):  # (diffusers' interrupt: the latents so far are the result)
+                break
     finally:
         for hook in hooks:
             hook.end()

@@ -1,9 +1,11 @@
-"""What a diffusers user gets back: ``WanPipelineOutput.frames`` in diffusers' shapes, and ``export_to_video``.
+"""What a diffusers user gets back and hooks into: ``WanPipelineOutput.frames`` in diffusers' shapes,
+``export_to_video``, ``callback_on_step_end`` (with ``interrupt``) and ``prompt_embeds``.
 
 diffusers' ``WanPipeline`` returns ``output.frames`` as (batch, frames, height, width, 3) float32 in [0, 1] for
-``output_type="np"`` (its default), (batch, frames, 3, height, width) in [0, 1] for ``"pt"``, and one list of PIL
-images per video for ``"pil"``; wanflow returns the same for a call in diffusers' names (batch 1). The input names are
-mapped in one place, ``pipelines.request.from_diffusers_names``; the whole correspondence is in docs/python-api.md.
+``output_type="np"`` (its default), (batch, frames, 3, height, width) in [0, 1] for ``"pt"``, one list of PIL
+images per video for ``"pil"``, and the denoised latents (batch, channels, latent frames, height', width'), undecoded,
+for ``"latent"``; wanflow returns the same for a call in diffusers' names (batch 1). The input names are mapped in one
+place, ``pipelines.request.from_diffusers_names``; the whole correspondence is in docs/python-api.md.
 
 Pixels: ``x * 0.5 + 0.5`` clamped to [0, 1] is exactly ``(clamp(x, -1, 1) + 1) / 2`` in float32 (both only scale by
 powers of two around one rounding), so ``export_to_video`` of "np" or "pt" frames writes the very pixels that
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +24,10 @@ import numpy as np
 import torch
 
 from wanflow.io.video import save_video
+from wanflow.sampling.hooks import Step, StepHook, Velocity
 
-OUTPUT_TYPES = ("np", "pt", "pil")  # diffusers' names; its default is "np"
+OUTPUT_TYPES = ("np", "pt", "pil", "latent")  # diffusers' names; its default is "np"
+CALLBACK_TENSORS = ("latents", "prompt_embeds", "negative_prompt_embeds")  # diffusers' ``_callback_tensor_inputs``
 
 
 @dataclass
@@ -40,8 +44,11 @@ def check_output_type(output_type: str) -> None:
 
 
 def postprocess(video: torch.Tensor, output_type: str = "np") -> Any:
-    """(3, F, H, W) float in [-1, 1] -> one video's frames as diffusers' ``postprocess_video`` returns them."""
+    """(3, F, H, W) float in [-1, 1] -> one video's frames as diffusers' ``postprocess_video`` returns them; for
+    "latent", ``video`` is the (1, C, T', H', W') latents and comes back as it is."""
     check_output_type(output_type)
+    if output_type == "latent":
+        return video
     frames = (video.detach().float().cpu() * 0.5 + 0.5).clamp(0, 1).permute(1, 0, 2, 3)  # (F, 3, H, W)
     if output_type == "pt":
         return frames[None]
@@ -56,6 +63,118 @@ def postprocess(video: torch.Tensor, output_type: str = "np") -> Any:
 def diffusers_output(video: torch.Tensor, output_type: str, return_dict: bool, seed: int | None) -> Any:
     frames = postprocess(video, output_type)
     return WanPipelineOutput(frames, seed) if return_dict else (frames,)
+
+
+class DiffusersCallState:
+    """What diffusers' pipelines show a ``callback_on_step_end`` about the running call: ``num_timesteps``,
+    ``current_timestep``, and ``interrupt``, which a callback sets with ``pipe._interrupt = True`` to end the
+    denoising after this step (the latents so far are decoded, as in diffusers)."""
+
+    _interrupt = False
+    _num_timesteps: int | None = None
+    _current_timestep: torch.Tensor | None = None
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    @property
+    def num_timesteps(self) -> int | None:
+        return self._num_timesteps
+
+    @property
+    def current_timestep(self) -> torch.Tensor | None:
+        return self._current_timestep
+
+
+def check_tensor_inputs(names: Sequence[str]) -> tuple[str, ...]:
+    unknown = [name for name in names if name not in CALLBACK_TENSORS]
+    if unknown:
+        allowed = list(CALLBACK_TENSORS)
+        raise ValueError(f"callback_on_step_end_tensor_inputs has to be in {allowed}, but found {unknown}")
+    return tuple(names)
+
+
+def embeds_context(embeds: Any, name: str, text_len: int, text_dim: int) -> torch.Tensor:
+    """diffusers' ``prompt_embeds`` (1, L, text_dim) or (L, text_dim), L <= text_len (diffusers' are zero-padded to
+    512 tokens, the reference's ``text_len``) -> (L, text_dim), with a clear error for anything else."""
+    if not isinstance(embeds, torch.Tensor) or not embeds.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor of (1, tokens, {text_dim}), got {type(embeds).__name__}")
+    if embeds.ndim == 3 and embeds.shape[0] == 1:
+        embeds = embeds[0]
+    if embeds.ndim != 2 or embeds.shape[1] != text_dim or not 0 < embeds.shape[0] <= text_len:
+        batch = " (one video per call: a batch of 1)" if embeds.ndim == 3 else ""
+        raise ValueError(
+            f"{name} must be (1, tokens, {text_dim}) with 1..{text_len} tokens, got {tuple(embeds.shape)}{batch}"
+        )
+    if not torch.isfinite(embeds).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    return embeds
+
+
+class StepEndCallback(StepHook):
+    """diffusers' ``callback_on_step_end(pipe, i, t, callback_kwargs) -> dict`` as a step hook. After each step it
+    gets the tensors ``tensor_inputs`` names (the latents; the prompt states the DiT reads, (1, 512, dim) in its
+    dtype); the latents and prompt states it returns replace the run's; ``pipe._interrupt = True`` ends the run after
+    the step. A diffusers ``PipelineCallback`` object names its own ``tensor_inputs``, which win (as in diffusers)."""
+
+    def __init__(self, pipe: Any, fn: Callable[..., Any], tensor_inputs: Sequence[str], text_len: int):
+        self.pipe, self.fn, self.text_len = pipe, fn, text_len
+        self.tensor_inputs = check_tensor_inputs(getattr(fn, "tensor_inputs", tensor_inputs))
+        self.cond: Any = None  # the run's ``Conditioning``, seen by the first velocity call (never a cached step)
+
+    def begin(self, steps: Sequence[Step]) -> None:
+        self.pipe._interrupt = False
+        self.pipe._num_timesteps = len(steps)
+
+    def before(self, step: Step, model: torch.nn.Module) -> None:
+        self.pipe._current_timestep = torch.tensor(step.timestep)
+
+    def wrap(self, velocity: Velocity, step: Step) -> Velocity:
+        def seen(model, latents, t, cond, scale):  # (the ``Velocity`` signature)
+            self.cond = cond
+            return velocity(model, latents, t, cond, scale)
+
+        return seen
+
+    def after(self, step: Step, latents: torch.Tensor) -> torch.Tensor | None:
+        given = {name: self._tensor(name, latents) for name in self.tensor_inputs}
+        out = self.fn(self.pipe, step.index, torch.tensor(step.timestep, device=latents.device), dict(given))
+        if not isinstance(out, dict):
+            raise TypeError(f"callback_on_step_end must return a dict (its callback_kwargs), got {type(out).__name__}")
+        for name in ("prompt_embeds", "negative_prompt_embeds"):
+            if out.get(name) is not None and out[name] is not given.get(name):
+                self._set_context(name, out[name])
+        new = out.get("latents")
+        if new is None or new is latents:
+            return None
+        if not isinstance(new, torch.Tensor) or new.shape != latents.shape:
+            got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+            raise ValueError(f"callback_on_step_end returned latents of {got}; the run's are {tuple(latents.shape)}")
+        return new.to(latents.device, latents.dtype)
+
+    def finished(self) -> bool:
+        return bool(self.pipe._interrupt)
+
+    def end(self) -> None:
+        self.pipe._current_timestep = None
+
+    def _tensor(self, name: str, latents: torch.Tensor) -> torch.Tensor | None:
+        if name == "latents":
+            return latents
+        if name == "prompt_embeds":
+            return self.cond.context
+        # guidance 1 everywhere: no unconditional pass, so none (as diffusers without classifier-free guidance)
+        return None if self.cond.context_null is self.cond.context else self.cond.context_null
+
+    def _set_context(self, name: str, embeds: Any) -> None:
+        old = self.cond.context if name == "prompt_embeds" else self.cond.context_null
+        new = embeds_context(embeds, name, self.text_len, old.shape[-1])
+        context = torch.nn.functional.pad(new, (0, 0, 0, self.text_len - new.shape[0]))[None].to(old.device, old.dtype)
+        if name == "prompt_embeds":
+            self.cond.context = context
+        else:
+            self.cond.context_null = context
 
 
 def export_to_video(
@@ -86,4 +205,14 @@ def _uint8_frames(video_frames: Sequence[Any] | np.ndarray | torch.Tensor) -> np
     return (np.clip(frames.astype(np.float32), 0, 1) * 255).astype(np.uint8)
 
 
-__all__ = ["OUTPUT_TYPES", "WanPipelineOutput", "diffusers_output", "export_to_video", "postprocess"]
+__all__ = [
+    "CALLBACK_TENSORS",
+    "OUTPUT_TYPES",
+    "DiffusersCallState",
+    "StepEndCallback",
+    "WanPipelineOutput",
+    "diffusers_output",
+    "embeds_context",
+    "export_to_video",
+    "postprocess",
+]

@@ -30,7 +30,14 @@ from wanflow.models.dit import FP32_MODULES
 from wanflow.models.text_encoder import pad_context
 from wanflow.pipelines import lora
 from wanflow.pipelines.core import Conditioning, Sampler, denoise
-from wanflow.pipelines.diffusers_api import WanPipelineOutput, check_output_type, diffusers_output
+from wanflow.pipelines.diffusers_api import (
+    DiffusersCallState,
+    StepEndCallback,
+    WanPipelineOutput,
+    check_output_type,
+    diffusers_output,
+    embeds_context,
+)
 from wanflow.pipelines.guards import FiniteLatents, check_memory, memory_need
 from wanflow.pipelines.long_video import decode_windows, sample_windows
 from wanflow.pipelines.progress import Callback, DenoiseProgress, Progress, default_progress
@@ -139,7 +146,7 @@ def check_device(device: torch.device | str) -> torch.device:
     return device
 
 
-class WanPipeline:
+class WanPipeline(DiffusersCallState):
     """One task's models, kept loaded between calls."""
 
     def __init__(
@@ -317,7 +324,7 @@ class WanPipeline:
 
     def __call__(
         self,
-        prompt: str | GenerateOptions,
+        prompt: str | GenerateOptions | None = None,
         *,
         progress: Progress | None = None,
         callback: Callable[[Step], None] | None = None,
@@ -325,6 +332,10 @@ class WanPipeline:
         latents: torch.Tensor | None = None,
         output_type: str | None = None,
         return_dict: bool = True,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        callback_on_step_end: Callable[..., dict] | None = None,
+        callback_on_step_end_tensor_inputs: Iterable[str] = ("latents",),
         **options,
     ) -> Video | WanPipelineOutput | tuple:
         """Generate one video. ``options`` are the fields of ``GenerateOptions`` (negative_prompt, image, size, frames,
@@ -334,37 +345,84 @@ class WanPipeline:
         ``callback(step)`` after every step, ``hooks`` for this call only; ``latents`` replaces the seeded initial
         noise (for exact comparisons).
 
-        Returns a ``Video``; a call that uses diffusers' names, ``output_type`` or ``return_dict=False`` returns what
+        Returns a ``Video``; a call that uses diffusers' names or arguments (``output_type``, ``return_dict=False``,
+        ``prompt_embeds`` / ``negative_prompt_embeds`` in place of the texts, ``callback_on_step_end``) returns what
         diffusers' ``WanPipeline`` does: ``WanPipelineOutput`` with ``frames`` as ``output_type`` asks (default
-        "np": (1, F, H, W, 3) in [0, 1]), or the tuple ``(frames,)``."""
-        diffusers_call = output_type is not None or not return_dict or not set(options).isdisjoint(DIFFUSERS_NAMES)
-        if diffusers_call:
-            check_output_type(output_type or "np")
-        if isinstance(prompt, GenerateOptions):
-            if options:
-                raise ValueError("pass a GenerateOptions or keyword options, not both")
-            request = resolve(prompt, self.task, self.size_multiple)
-        else:
-            request = resolve(GenerateOptions.from_keywords(prompt, **options), self.task, self.size_multiple)
+        "np": (1, F, H, W, 3) in [0, 1]; "latent": the latents, undecoded), or the tuple ``(frames,)``."""
+        embeds = (prompt_embeds, negative_prompt_embeds)
+        diffusers_call = (
+            output_type is not None
+            or not return_dict
+            or callback_on_step_end is not None
+            or any(e is not None for e in embeds)
+            or not set(options).isdisjoint(DIFFUSERS_NAMES)
+        )
+        output_type = output_type or "np"
+        check_output_type(output_type)
+        request = self._request(prompt, embeds, options)
+        given = self._given_embeds(request, embeds)
+        if request.windows is not None and (output_type == "latent" or callback_on_step_end is not None):
+            raise ValueError("output_type='latent' and callback_on_step_end take a one-window video (no window_frames)")
         self.check_memory(request)
         progress = progress or default_progress()
         hooks = [DenoiseProgress(progress), *hooks, *([Callback(callback)] if callback else [])]
-        video = self.generate(request, progress, hooks, latents)
+        if callback_on_step_end is not None:
+            text_len = next(iter(self._placement.experts.values())).cfg.text_len
+            hooks.append(StepEndCallback(self, callback_on_step_end, callback_on_step_end_tensor_inputs, text_len))
+        if output_type == "latent":
+            with torch.inference_mode():
+                request = extend_prompts(request, self._prompt_extender, progress, {})
+                out = self.denoised(request, progress, hooks, latents, {}, given)
+            return diffusers_output(out, output_type, return_dict, request.seed)
+        video = self.generate(request, progress, hooks, latents, given)
         if not diffusers_call:
             return video
-        return diffusers_output(video.frames, output_type or "np", return_dict, video.seed)
+        return diffusers_output(video.frames, output_type, return_dict, video.seed)
+
+    def _request(self, prompt: str | GenerateOptions | None, embeds: tuple[object, object], options: dict) -> Request:
+        """The resolved request of a call; with ``prompt_embeds`` in place of the prompt, its text is "" (diffusers
+        takes one or the other, and the same for the negative prompt)."""
+        if isinstance(prompt, GenerateOptions) and options:
+            raise ValueError("pass a GenerateOptions or keyword options, not both")
+        if (prompt is None) == (embeds[0] is None):
+            raise ValueError("pass a prompt or prompt_embeds (one of the two)")
+        if options.get("negative_prompt") is not None and embeds[1] is not None:
+            raise ValueError("pass negative_prompt or negative_prompt_embeds (one of the two)")
+        if not isinstance(prompt, GenerateOptions):
+            prompt = GenerateOptions.from_keywords(prompt or "", **options)
+        return resolve(prompt, self.task, self.size_multiple)
+
+    def _given_embeds(self, request: Request, embeds: tuple[object, object]) -> tuple[torch.Tensor | None, ...]:
+        """diffusers' ``prompt_embeds`` / ``negative_prompt_embeds``, checked: (L, text_dim) each, or None (the text
+        is encoded)."""
+        if all(e is None for e in embeds):
+            return (None, None)
+        if request.windows is not None or request.extension is not None:
+            raise ValueError("prompt_embeds take the place of one prompt: no windows of prompts, no prompt extension")
+        cfg = next(iter(self._placement.experts.values())).cfg
+        names = ("prompt_embeds", "negative_prompt_embeds")
+        return tuple(
+            None if e is None else embeds_context(e, name, cfg.text_len, cfg.text_dim)
+            for e, name in zip(embeds, names, strict=True)
+        )
 
     def generate(
-        self, request: Request, progress: Progress, hooks: Iterable[StepHook], latents: torch.Tensor | None = None
+        self,
+        request: Request,
+        progress: Progress,
+        hooks: Iterable[StepHook],
+        latents: torch.Tensor | None = None,
+        embeds: tuple[torch.Tensor | None, ...] = (None, None),
     ) -> Video:
-        """The stages of one resolved request: encode, condition, noise, denoise (with ``hooks``), decode."""
+        """The stages of one resolved request: encode, condition, noise, denoise (with ``hooks``), decode; ``embeds``:
+        the (prompt, negative prompt) states to use in place of encoding the texts, where not None."""
         timings: dict[str, float] = {}
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         with torch.inference_mode():
             request = extend_prompts(request, self._prompt_extender, progress, timings)
             if request.windows is None:
-                out = self.denoised(request, progress, hooks, latents, timings)
+                out = self.denoised(request, progress, hooks, latents, timings, embeds)
                 t0 = time.perf_counter()
                 frames = self.decode(out, progress)
             else:  # a longer video: window after window (``pipelines.long_video``)
@@ -382,10 +440,11 @@ class WanPipeline:
         hooks: Iterable[StepHook],
         latents: torch.Tensor | None,
         timings: dict[str, float],
+        embeds: tuple[torch.Tensor | None, ...] = (None, None),
     ) -> torch.Tensor:
         """The latents of a one-window request: encode, condition, noise, denoise."""
         t0 = time.perf_counter()
-        prepared = self.task.prepare(self, request, self.encode_prompts(request, progress))
+        prepared = self.task.prepare(self, request, self.encode_prompts(request, progress, embeds))
         timings["encode"] = time.perf_counter() - t0
         noise = self.noise(prepared.shape, request.seed) if latents is None else latents.to(self.device)
         t0 = time.perf_counter()
@@ -427,20 +486,28 @@ class WanPipeline:
         d = tensor.device
         return d.type == self.device.type and (self.device.index is None or d.index == self.device.index)
 
-    def encode_prompts(self, request: Request, progress: Progress) -> Conditioning:
-        encoder = self.text_encoder
-        if next(encoder.parameters()).device != self.t5_device:  # (FSDP-sharded weights are already in place)
-            encoder.to(self.t5_device)
+    def encode_prompts(
+        self, request: Request, progress: Progress, given: tuple[torch.Tensor | None, ...] = (None, None)
+    ) -> Conditioning:
+        """The (prompt, negative prompt) states the DiT reads, padded to its ``text_len``; ``given`` states (L, dim)
+        take the place of encoding the text where not None (diffusers' ``prompt_embeds``)."""
         texts = (request.prompt, request.negative_prompt)
         if set(request.guide_scale if isinstance(request.guide_scale, tuple) else (request.guide_scale,)) == {1.0}:
             texts = texts[:1]  # guidance 1 everywhere: no unconditional pass reads the negative prompt
-        progress.start("text", len(texts))
+        given = given[: len(texts)]  # (a negative prompt's states are not read without guidance)
+        todo = [text for text, states in zip(texts, given, strict=True) if states is None]
+        encoder = self.text_encoder
+        if todo and next(encoder.parameters()).device != self.t5_device:  # (FSDP-sharded weights are in place)
+            encoder.to(self.t5_device)
+        progress.start("text", len(todo))
         contexts = []
-        for text in texts:  # two calls of batch 1, as the reference
-            contexts.append(encoder.encode([text])[0])
-            progress.advance("text")
+        for text, states in zip(texts, given, strict=True):  # two calls of batch 1, as the reference
+            if states is None:
+                states = encoder.encode([text])[0]
+                progress.advance("text")
+            contexts.append(states)
         progress.end("text")
-        if self.offload != "resident" and self.t5_device.type != "cpu":
+        if todo and self.offload != "resident" and self.t5_device.type != "cpu":
             encoder.to("cpu")  # offload and FSDP exclude each other (parallelize_pipeline checks)
         dit = next(iter(self._placement.experts.values()))
         dtype = dit.text_embedding[0].weight.dtype

@@ -35,7 +35,9 @@ Velocity = Callable[[nn.Module, torch.Tensor, Any, Any, float], torch.Tensor]
 class StepHook:
     """Base of the loop's hooks; every method is optional. ``begin`` sees the whole plan before the first step,
     ``before`` each step with its expert, ``wrap`` may wrap (or replace) the velocity computation of a step, ``after``
-    sees the latents the step produced, and ``end`` runs once when the loop leaves, normally or not."""
+    sees the latents the step produced and may return latents that replace them (the hooks after it see those),
+    ``finished`` ends the run after this step when it says so, and ``end`` runs once when the loop leaves, normally or
+    not."""
 
     def begin(self, steps: Sequence[Step]) -> None:
         pass
@@ -46,8 +48,11 @@ class StepHook:
     def wrap(self, velocity: Velocity, step: Step) -> Velocity:
         return velocity
 
-    def after(self, step: Step, latents: torch.Tensor) -> None:
-        pass
+    def after(self, step: Step, latents: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def finished(self) -> bool:
+        return False
 
     def end(self) -> None:
         pass
