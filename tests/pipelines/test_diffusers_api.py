@@ -229,6 +229,8 @@ def test_wanflow_prompt_states_give_the_prompt_frames(t2v):
             r"has to be in \['latents', 'prompt_embeds', 'negative_prompt_embeds'\], but found \['noise'\]",
         ),
         (dict(prompt=PROMPT, callback_on_step_end=lambda *a: None), "must return a dict"),
+        (dict(prompt=PROMPT, latents=torch.zeros(1, 1, 16, 3, 8, 8)), r"do not fit .* its noise is \(1, 16, 3, 8, 8\)"),
+        (dict(prompt=PROMPT, latents=torch.zeros(1, 16, 3, 8, 8, dtype=torch.long)), "a float tensor"),
         (
             dict(prompt=PROMPT, callback_on_step_end=lambda p, i, t, kw: {"latents": kw["latents"][:, :8]}),
             r"latents of \(1, 8, 3, 8, 8\); the run's are \(1, 16, 3, 8, 8\)",
@@ -331,6 +333,15 @@ def test_enable_model_cpu_offload_is_the_model_policy():
     assert pipe._placement.policy == "resident"
     with pytest.raises(ValueError, match="unknown offload policy"):
         pipe.set_offload("sequential")
+
+
+def test_enable_sequential_cpu_offload_is_the_block_policy():
+    pipe = WanPipeline.from_builtin("t2v-A14B")
+    before = pipe(PROMPT, steps=3, seed=1)
+    pipe.enable_sequential_cpu_offload()
+    assert pipe.offload == pipe.runtime.offload == pipe._placement.policy == "block"
+    assert all(hasattr(model, "block_stream") for model in pipe.experts.values())
+    assert torch.equal(pipe(PROMPT, steps=3, seed=1).frames, before.frames)
 
 
 def test_from_builtin_loads_the_shipped_model_of_a_task(ti2v):

@@ -15,7 +15,15 @@ from wanflow.models.dit import FP32_MODULES
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.fp8 import quantize_fp8
 from wanflow.runtime.host import module_tensors
-from wanflow.runtime.lora import LoraSchedule, apply_lora, loaded_loras, remove_lora, set_strength
+from wanflow.runtime.lora import (
+    LoraSchedule,
+    apply_lora,
+    bake_lora,
+    loaded_loras,
+    reapply_lora,
+    remove_lora,
+    set_strength,
+)
 from wanflow.runtime.offload import ExpertPlacement, stream_blocks
 from wanflow.runtime.precision import cast_model
 from wanflow.sampling.hooks import Step
@@ -82,6 +90,46 @@ def test_strengths_change_in_place_and_several_loras_add_up():
     assert [a.name for a in loaded_loras(model)] == ["b"]
     with pytest.raises(ValueError, match="already loaded"):
         apply_lora(model, lora(), "b")
+
+
+@torch.no_grad()
+def test_a_baked_lora_stays_in_the_weights_when_the_others_go():
+    """diffusers' fuse-then-unload: LoRA a merged and baked, b beside and merged over it, then b unloaded: the weights
+    are those of a alone merged (bit for bit), and a is no longer listed nor removable."""
+    model, x = random_dit(TINY_T2V, 1), inputs()
+    alone = random_dit(TINY_T2V, 1)
+    apply_lora(alone, lora("wan"), "a", 0.6, merge=True)
+    apply_lora(model, lora("wan"), "a", 0.6, merge=True)
+    apply_lora(model, lora("loha", 6), "b", 0.5)
+    apply_lora(model, lora("lightx2v", 7), "c", 0.4, merge=True)
+    bake_lora(model, "a")
+    assert [a.name for a in loaded_loras(model)] == ["b", "c"]
+    remove_lora(model, "b")
+    remove_lora(model, "c")
+    assert same(model, snapshot(alone)) and torch.equal(model(*x), alone(*x))
+    with pytest.raises(ValueError, match="no LoRA named 'a'"):
+        remove_lora(model, "a")
+    apply_lora(model, lora("loha", 6), "b", 0.5)
+    with pytest.raises(ValueError, match="beside the weights, not merged"):
+        bake_lora(model, "b")
+
+
+@torch.no_grad()
+def test_reapplied_keeps_its_place_and_merged_or_beside_gives_the_same_velocity():
+    model, x = random_dit(TINY_T2V, 1), inputs()
+    snap = snapshot(model)
+    apply_lora(model, lora("wan"), "a", 0.6)
+    apply_lora(model, lora("loha", 6), "b", 0.5)
+    beside = model(*x)
+    reapply_lora(model, "a", lora("wan"), 0.6, merge=True)
+    assert [(a.name, a.merged) for a in loaded_loras(model)] == [("a", True), ("b", False)]
+    torch.testing.assert_close(model(*x), beside, rtol=1e-5, atol=1e-5)
+    reapply_lora(model, "a", lora("wan"), 0.6, merge=False)
+    assert [(a.name, a.merged) for a in loaded_loras(model)] == [("a", False), ("b", False)]
+    torch.testing.assert_close(model(*x), beside, rtol=0, atol=0)
+    remove_lora(model, "a")
+    remove_lora(model, "b")
+    assert same(model, snap)
 
 
 @torch.no_grad()

@@ -112,6 +112,20 @@ def embeds_context(embeds: Any, name: str, text_len: int, text_dim: int) -> torc
     return embeds
 
 
+def given_embeds(request: Any, embeds: tuple[Any, Any], cfg: Any) -> tuple[torch.Tensor | None, ...]:
+    """diffusers' ``prompt_embeds`` / ``negative_prompt_embeds`` of a call, checked against the DiT's ``cfg``:
+    (L, text_dim) each, or None (that text is encoded)."""
+    if all(e is None for e in embeds):
+        return (None, None)
+    if request.windows is not None or request.extension is not None:
+        raise ValueError("prompt_embeds take the place of one prompt: no windows of prompts, no prompt extension")
+    names = ("prompt_embeds", "negative_prompt_embeds")
+    return tuple(
+        None if e is None else embeds_context(e, name, cfg.text_len, cfg.text_dim)
+        for e, name in zip(embeds, names, strict=True)
+    )
+
+
 class StepEndCallback(StepHook):
     """diffusers' ``callback_on_step_end(pipe, i, t, callback_kwargs) -> dict`` as a step hook. After each step it
     gets the tensors ``tensor_inputs`` names (the latents; the prompt states the DiT reads, (1, 512, dim) in its
@@ -214,5 +228,6 @@ __all__ = [
     "diffusers_output",
     "embeds_context",
     "export_to_video",
+    "given_embeds",
     "postprocess",
 ]

@@ -36,8 +36,9 @@ from wanflow.pipelines.diffusers_api import (
     WanPipelineOutput,
     check_output_type,
     diffusers_output,
-    embeds_context,
+    given_embeds,
 )
+from wanflow.pipelines.diffusers_lora import DiffusersLoraMethods
 from wanflow.pipelines.guards import FiniteLatents, check_memory, memory_need
 from wanflow.pipelines.long_video import decode_windows, sample_windows
 from wanflow.pipelines.progress import Callback, DenoiseProgress, Progress, default_progress
@@ -146,7 +147,7 @@ def check_device(device: torch.device | str) -> torch.device:
     return device
 
 
-class WanPipeline(DiffusersCallState):
+class WanPipeline(DiffusersCallState, DiffusersLoraMethods):
     """One task's models, kept loaded between calls."""
 
     def __init__(
@@ -277,6 +278,15 @@ class WanPipeline(DiffusersCallState):
             self.to(device if device is not None else f"cuda:{gpu_id}")
         self.set_offload("model")
 
+    def enable_sequential_cpu_offload(
+        self, gpu_id: int | None = None, device: torch.device | str | None = None
+    ) -> None:
+        """diffusers' name for the ``block`` policy: the experts' blocks wait in pinned host memory and are streamed
+        to the device one after another, the next one copied in while the current one runs."""
+        if device is not None or gpu_id is not None:
+            self.to(device if device is not None else f"cuda:{gpu_id}")
+        self.set_offload("block")
+
     def to(self, device: torch.device | str) -> WanPipeline:
         """Run on ``device`` from now on (diffusers' ``pipe.to("cuda")``; dtypes are chosen at load, ``torch_dtype``):
         the VAE moves now, the text encoder at its next use, the experts as the memory policy places them there."""
@@ -360,7 +370,7 @@ class WanPipeline(DiffusersCallState):
         output_type = output_type or "np"
         check_output_type(output_type)
         request = self._request(prompt, embeds, options)
-        given = self._given_embeds(request, embeds)
+        given = given_embeds(request, embeds, next(iter(self._placement.experts.values())).cfg)
         if request.windows is not None and (output_type == "latent" or callback_on_step_end is not None):
             raise ValueError("output_type='latent' and callback_on_step_end take a one-window video (no window_frames)")
         self.check_memory(request)
@@ -391,20 +401,6 @@ class WanPipeline(DiffusersCallState):
         if not isinstance(prompt, GenerateOptions):
             prompt = GenerateOptions.from_keywords(prompt or "", **options)
         return resolve(prompt, self.task, self.size_multiple)
-
-    def _given_embeds(self, request: Request, embeds: tuple[object, object]) -> tuple[torch.Tensor | None, ...]:
-        """diffusers' ``prompt_embeds`` / ``negative_prompt_embeds``, checked: (L, text_dim) each, or None (the text
-        is encoded)."""
-        if all(e is None for e in embeds):
-            return (None, None)
-        if request.windows is not None or request.extension is not None:
-            raise ValueError("prompt_embeds take the place of one prompt: no windows of prompts, no prompt extension")
-        cfg = next(iter(self._placement.experts.values())).cfg
-        names = ("prompt_embeds", "negative_prompt_embeds")
-        return tuple(
-            None if e is None else embeds_context(e, name, cfg.text_len, cfg.text_dim)
-            for e, name in zip(embeds, names, strict=True)
-        )
 
     def generate(
         self,
@@ -446,11 +442,25 @@ class WanPipeline(DiffusersCallState):
         t0 = time.perf_counter()
         prepared = self.task.prepare(self, request, self.encode_prompts(request, progress, embeds))
         timings["encode"] = time.perf_counter() - t0
-        noise = self.noise(prepared.shape, request.seed) if latents is None else latents.to(self.device)
+        noise = (
+            self.noise(prepared.shape, request.seed) if latents is None else self.given_latents(latents, prepared.shape)
+        )
         t0 = time.perf_counter()
         out = self.sample(noise, prepared.cond, request, hooks)
         timings["denoise"] = time.perf_counter() - t0
         return out
+
+    def given_latents(self, latents: object, shape: tuple[int, ...]) -> torch.Tensor:
+        """``latents=`` in place of the seeded noise: (1, C, T, H, W) of this request's size and frames, on the
+        device."""
+        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+            raise ValueError(f"latents must be a float tensor of (1, *{shape}), got {type(latents).__name__}")
+        if tuple(latents.shape) != (1, *shape):
+            raise ValueError(
+                f"latents of {tuple(latents.shape)} do not fit this request: its noise is {(1, *shape)} (channels, "
+                "latent frames, height and width of the size and frames asked for)"
+            )
+        return latents.to(self.device)
 
     def check_memory(self, request: Request) -> None:
         """Refuse, in one line, a request that cannot fit in the memory free now (``pipelines.guards``); a distributed

@@ -140,6 +140,33 @@ def remove_lora(model: nn.Module, name: str) -> nn.Module:
     return model
 
 
+def reapply_lora(
+    model: nn.Module, name: str, lora: LoraFile, strength: float, merge: bool, device: torch.device | str | None = None
+) -> nn.Module:
+    """LoRA ``name`` taken off and put on again, merged or beside the weights, in its place among the model's LoRAs
+    (their order is the order their deltas are summed in, and the order they are listed in)."""
+    state = lora_state(model)
+    order = list(state.applied)
+    remove_lora(model, name)
+    apply_lora(model, lora, name, strength, merge, device)
+    state.applied = {key: state.applied[key] for key in order}
+    return model
+
+
+def bake_lora(model: nn.Module, name: str) -> nn.Module:
+    """Keep merged LoRA ``name`` in the weights for good and forget it (diffusers' ``fuse_lora`` then
+    ``unload_lora_weights``): the parameters it changed keep its delta, also when the other LoRAs are unloaded."""
+    state = lora_state(model)
+    applied = _get(state, name)
+    if not applied.merged:
+        raise ValueError(f"LoRA {name!r} runs beside the weights, not merged into them: nothing to keep")
+    if applied.deltas:
+        _fold(state, applied)
+    del state.applied[name]
+    _rebuild(model, state, applied.params)
+    return model
+
+
 def set_strength(model: nn.Module, name: str, strength: float) -> None:
     """A new strength for LoRA ``name``: its strength tensor changed in place, its rebuilt parameters rebuilt."""
     state = lora_state(model)
