@@ -94,6 +94,29 @@ def test_the_same_lora_calls_give_diffusers_latents(root):
     assert (seen[-1] - base).abs().max() > 1e-2  # the fused adapter outlives its unloading
 
 
+def test_attention_kwargs_scale_as_in_diffusers(root):
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    ours = WanPipeline.from_pretrained(root / "official")
+    theirs = diffusers_pipe(DiffusersWan, root / "diffusers", TASKS[TASK].shift)
+    noise = ours.noise((16, 2, 8, 8), seed=3)
+    for pipe in (ours, theirs):
+        pipe.load_lora_weights(str(root / "lora5"), adapter_name="a")
+        pipe.load_lora_weights(str(root / "lora7"), adapter_name="b", load_into_transformer_2=True)
+        pipe.set_adapters(["a", "b"], [0.8, 1.2])
+    full = latents_of(ours, noise)
+    with torch.no_grad():
+        a = ours(latents=noise.clone(), attention_kwargs={"scale": 0.4}, **CALL).frames
+        b = theirs(latents=noise.clone(), attention_kwargs={"scale": 0.4}, **CALL).frames
+    assert (a - b).abs().max() <= 2e-5 * b.abs().max() and (a - full).abs().max() > 1e-2
+    assert ours.loras == [
+        {"name": "a", "strength": {"high": 0.8}, "merged": False},
+        {"name": "b", "strength": {"low": 1.2}, "merged": False},
+    ]  # the call's scale is the call's only
+    assert torch.equal(latents_of(ours, noise), full)
+    with pytest.raises(ValueError, match="takes"):
+        ours(latents=noise.clone(), attention_kwargs={"scale": 0.4, "mask": 1}, **CALL)
+
+
 def test_delete_adapters_and_the_wanflow_lora_view(root):
     pipe = WanPipeline.from_pretrained(root / "official")
     noise = pipe.noise((16, 2, 8, 8), seed=3)

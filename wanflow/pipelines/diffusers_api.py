@@ -14,6 +14,7 @@ powers of two around one rounding), so ``export_to_video`` of "np" or "pt" frame
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -126,6 +127,16 @@ def given_embeds(request: Any, embeds: tuple[Any, Any], cfg: Any) -> tuple[torch
     )
 
 
+def lora_scale(attention_kwargs: Any) -> float:
+    """diffusers' ``attention_kwargs``: for a Wan transformer only ``{"scale": s}`` does anything, the LoRA scale."""
+    if not isinstance(attention_kwargs, dict) or set(attention_kwargs) - {"scale"}:
+        raise ValueError(f'attention_kwargs takes {{"scale": s}} (the LoRAs\' scale) only, got {attention_kwargs!r}')
+    scale = attention_kwargs.get("scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"attention_kwargs' scale must be a finite number, got {scale!r}")
+    return float(scale)
+
+
 class StepEndCallback(StepHook):
     """diffusers' ``callback_on_step_end(pipe, i, t, callback_kwargs) -> dict`` as a step hook. After each step it
     gets the tensors ``tensor_inputs`` names (the latents; the prompt states the DiT reads, (1, 512, dim) in its
@@ -229,5 +240,6 @@ __all__ = [
     "embeds_context",
     "export_to_video",
     "given_embeds",
+    "lora_scale",
     "postprocess",
 ]

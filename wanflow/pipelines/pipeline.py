@@ -37,6 +37,7 @@ from wanflow.pipelines.diffusers_api import (
     check_output_type,
     diffusers_output,
     given_embeds,
+    lora_scale,
 )
 from wanflow.pipelines.diffusers_lora import DiffusersLoraMethods
 from wanflow.pipelines.guards import FiniteLatents, check_memory, memory_need
@@ -47,6 +48,7 @@ from wanflow.pipelines.request import DIFFUSERS_NAMES, GenerateOptions, Request,
 from wanflow.runtime.cache_curve import load_curve
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.fp8 import quantize_fp8
+from wanflow.runtime.lora import LoraScale
 from wanflow.runtime.offload import POLICIES, ExpertPlacement, choose_policy
 from wanflow.runtime.precision import cast_model
 from wanflow.runtime.preview import DEFAULT_EVERY, Preview, load_preview_map
@@ -346,6 +348,7 @@ class WanPipeline(DiffusersCallState, DiffusersLoraMethods):
         negative_prompt_embeds: torch.Tensor | None = None,
         callback_on_step_end: Callable[..., dict] | None = None,
         callback_on_step_end_tensor_inputs: Iterable[str] = ("latents",),
+        attention_kwargs: dict | None = None,
         **options,
     ) -> Video | WanPipelineOutput | tuple:
         """Generate one video. ``options`` are the fields of ``GenerateOptions`` (negative_prompt, image, size, frames,
@@ -364,6 +367,7 @@ class WanPipeline(DiffusersCallState, DiffusersLoraMethods):
             output_type is not None
             or not return_dict
             or callback_on_step_end is not None
+            or attention_kwargs is not None
             or any(e is not None for e in embeds)
             or not set(options).isdisjoint(DIFFUSERS_NAMES)
         )
@@ -376,6 +380,8 @@ class WanPipeline(DiffusersCallState, DiffusersLoraMethods):
         self.check_memory(request)
         progress = progress or default_progress()
         hooks = [DenoiseProgress(progress), *hooks, *([Callback(callback)] if callback else [])]
+        if attention_kwargs is not None:
+            hooks.append(LoraScale(lora_scale(attention_kwargs)))
         if callback_on_step_end is not None:
             text_len = next(iter(self._placement.experts.values())).cfg.text_len
             hooks.append(StepEndCallback(self, callback_on_step_end, callback_on_step_end_tensor_inputs, text_len))

@@ -357,3 +357,25 @@ class LoraSchedule(StepHook):
         for (_, name), (model, strength) in self.loaded.items():
             set_strength(model, name, strength)
         self.loaded.clear()
+
+
+class LoraScale(StepHook):
+    """Every LoRA beside the weights at ``scale`` times its strength for one run (diffusers' ``attention_kwargs=
+    {"scale": s}``); merged ones are in the weights and stay as they are. The strengths come back at the end."""
+
+    def __init__(self, scale: float):
+        self.scale = float(scale)
+        self.loaded: dict[tuple[int, str], tuple[nn.Module, float]] = {}
+
+    def before(self, step: Step, model: nn.Module) -> None:
+        for applied in lora_state(model).applied.values():
+            key = (id(model), applied.name)
+            if applied.merged or key in self.loaded:
+                continue
+            self.loaded[key] = (model, applied.strength)
+            set_strength(model, applied.name, applied.strength * self.scale)
+
+    def end(self) -> None:
+        for (_, name), (model, strength) in self.loaded.items():
+            set_strength(model, name, strength)
+        self.loaded.clear()
