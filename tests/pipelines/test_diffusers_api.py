@@ -94,13 +94,20 @@ def test_ti2v_with_an_image_diffusers_call_gives_the_native_frames(ti2v, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def ours_and_diffusers(tmp_path_factory):
-    """wanflow and diffusers' own ``WanPipeline`` on one tiny two-expert checkpoint, the reference's UniPC in both."""
-    from diffusers import WanPipeline as DiffusersWanPipeline
-
+def tiny_root(tmp_path_factory):
+    """One tiny two-expert checkpoint in both layouts: ``official/`` and ``diffusers/``."""
     root = tmp_path_factory.mktemp("both")
     write_official_checkpoint(root / "official", "t2v-A14B", seed=11)
     convert_checkpoint(root / "official", root / "diffusers")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ours_and_diffusers(tiny_root):
+    """wanflow and diffusers' own ``WanPipeline`` on one tiny two-expert checkpoint, the reference's UniPC in both."""
+    from diffusers import WanPipeline as DiffusersWanPipeline
+
+    root = tiny_root
     theirs = DiffusersWanPipeline.from_pretrained(root / "diffusers")
     theirs.scheduler = ReferenceUniPC.from_config(theirs.scheduler.config, flow_shift=TASKS["t2v-A14B"].shift)
     theirs.set_progress_bar_config(disable=True)
@@ -333,6 +340,28 @@ def test_enable_model_cpu_offload_is_the_model_policy():
     assert pipe._placement.policy == "resident"
     with pytest.raises(ValueError, match="unknown offload policy"):
         pipe.set_offload("sequential")
+
+
+def test_a_diffusers_vae_in_float32_beside_bfloat16_weights(tiny_root):
+    """diffusers' own way to keep the VAE in float32: ``from_pretrained(..., vae=AutoencoderKLWan(float32),
+    torch_dtype=torch.bfloat16)``. Its weights are used (converted exactly), in its dtype."""
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(tiny_root / "diffusers", subfolder="vae", torch_dtype=torch.float32)
+    pipe = WanPipeline.from_pretrained(tiny_root / "official", vae=vae, torch_dtype=torch.bfloat16)
+    same = WanPipeline.from_pretrained(tiny_root / "official", dtype="bfloat16", vae_dtype="float32")
+    assert pipe.vae.dtype == torch.float32 and pipe.experts["high"].blocks[0].ffn[0].weight.dtype == torch.bfloat16
+    assert list(pipe.vae.state_dict()) == list(same.vae.state_dict())
+    assert all(torch.equal(v, same.vae.state_dict()[k]) for k, v in pipe.vae.state_dict().items())
+    call = dict(size=(64, 64), frames=5, steps=2, seed=1)
+    assert torch.equal(pipe(PROMPT, **call).frames, same(PROMPT, **call).frames)
+    with torch.no_grad():
+        vae.decoder.conv_out.bias += 0.5  # a changed VAE: its weights are the ones used
+    changed = WanPipeline.from_pretrained(tiny_root / "official", vae=vae)
+    assert changed.vae.dtype == torch.float32
+    assert (changed(PROMPT, **call).frames - same(PROMPT, **call).frames).abs().max() > 0.2
+    with pytest.raises(TypeError, match="AutoencoderKLWan or wanflow's WanVAE, got str"):
+        WanPipeline.from_pretrained(tiny_root / "official", vae="vae.safetensors")
 
 
 def test_enable_sequential_cpu_offload_is_the_block_policy():

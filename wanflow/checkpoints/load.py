@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from wanflow.checkpoints.io import CheckpointError, load_strict, load_umt5_strict, read_folder, read_weights
 from wanflow.checkpoints.layouts import Layout, detect_layout
@@ -77,6 +78,27 @@ def load_vae(path: str | os.PathLike, kind: str = "official") -> WanVAE:
         model = WanVAE(cfg)
     load_strict(model, state, f"VAE in {path}")
     return cast_model(model, torch.float32).eval().requires_grad_(False)
+
+
+def vae_from_module(module: nn.Module) -> WanVAE:
+    """A VAE given as a module: wanflow's ``WanVAE`` as it is, or diffusers' ``AutoencoderKLWan`` (its config and
+    weights, converted by the diffusers key map: exact), in the module's dtype."""
+    from wanflow.checkpoints.maps.vae import vae_config_from_diffusers, vae_keymap
+    from wanflow.models.vae import WanVAE
+
+    if isinstance(module, WanVAE):
+        return module.eval().requires_grad_(False)
+    config = getattr(module, "config", None)
+    if not isinstance(module, nn.Module) or config is None or "z_dim" not in config:
+        raise TypeError(f"vae must be diffusers' AutoencoderKLWan or wanflow's WanVAE, got {type(module).__name__}")
+    source = f"the {type(module).__name__} given as vae"
+    cfg = _infer(vae_config_from_diffusers, dict(config), source)
+    state = _convert(vae_keymap(cfg).reverse, module.state_dict(), source)
+    dtype = next(module.parameters()).dtype
+    with torch.device("meta"):
+        model = WanVAE(cfg)
+    load_strict(model, state, source)
+    return cast_model(model, dtype).eval().requires_grad_(False)
 
 
 def load_text_encoder(
@@ -154,17 +176,21 @@ def load_components(
     ckpt: str | os.PathLike | Layout,
     dit_dtype: torch.dtype | None = torch.float32,
     t5_dtype: torch.dtype | None = None,
+    vae: WanVAE | None = None,
 ) -> Components:
-    """Load the DiT(s), VAE and text encoder of a checkpoint folder in any layout (or of its ``Layout``)."""
+    """Load the DiT(s), VAE and text encoder of a checkpoint folder in any layout (or of its ``Layout``); ``vae``: one
+    to use instead of the checkpoint's (whose VAE is then not read)."""
     layout = ckpt if isinstance(ckpt, Layout) else detect_layout(ckpt)
     if layout.kind == "files":
+        if vae is not None:
+            raise ValueError("vae= replaces a checkpoint folder's VAE; with single files, give its file as vae")
         return load_file_components(layout, dit_dtype, t5_dtype)
     experts = load_experts(layout, dit_dtype)
     text_len = min(model.cfg.text_len for model in experts.values())
     return Components(
         layout=layout,
         experts=experts,
-        vae=load_vae(layout.require("vae"), layout.kind),
+        vae=vae if vae is not None else load_vae(layout.require("vae"), layout.kind),
         text_encoder=load_text_encoder(
             layout.require("text_encoder"), layout.require("tokenizer"), layout.kind, t5_dtype, text_len
         ),

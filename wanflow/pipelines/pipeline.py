@@ -23,7 +23,7 @@ from torch import nn
 from wanflow.builtin import builtin_checkpoint
 from wanflow.checkpoints.hub import local_checkpoint
 from wanflow.checkpoints.layouts import Layout, detect_layout, files_layout
-from wanflow.checkpoints.load import Components, load_components
+from wanflow.checkpoints.load import Components, load_components, vae_from_module
 from wanflow.io.video import save_video
 from wanflow.models.attention import default_backend
 from wanflow.models.dit import FP32_MODULES
@@ -78,14 +78,17 @@ class RuntimeOptions:
     fp8: bool = False  # the experts' block linears stored as e4m3 + per-channel scales (``runtime.fp8``)
     compile: bool = False  # torch.compile each DiT block (``runtime.compile``); traced at the first step
     vae_tile: int = 0  # decode in spatial tiles of this many latent pixels (``runtime.vae_tiling``); 0 = whole
+    vae_dtype: torch.dtype | str | None = None  # the VAE's own dtype; default: ``dtype``, else float32
 
     def __post_init__(self) -> None:
         if self.vae_tile < 0:
             raise ValueError(f"vae_tile is a tile size in latent pixels (0 = no tiling), got {self.vae_tile}")
         if self.offload is not None and self.offload not in POLICIES:
             raise ValueError(f"unknown offload policy {self.offload!r}; choose one of {POLICIES}")
-        if isinstance(self.dtype, str) and self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {sorted(DTYPES)}")
+        for name in ("dtype", "vae_dtype"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value not in DTYPES:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {sorted(DTYPES)}")
 
     @classmethod
     def from_keywords(cls, **options) -> RuntimeOptions:
@@ -105,6 +108,11 @@ class RuntimeOptions:
 
     def torch_dtype(self) -> torch.dtype | None:
         return DTYPES[self.dtype] if isinstance(self.dtype, str) else self.dtype
+
+    def vae_torch_dtype(self) -> torch.dtype:
+        if self.vae_dtype is not None:
+            return DTYPES[self.vae_dtype] if isinstance(self.vae_dtype, str) else self.vae_dtype
+        return self.torch_dtype() or torch.float32
 
     def dit_dtype(self, device: torch.device) -> torch.dtype:
         """bf16 on a GPU or when converted (the reference's islands kept float32), float32 on the CPU."""
@@ -172,7 +180,7 @@ class WanPipeline(DiffusersCallState, DiffusersLoraMethods):
         self.layout = components.layout  # where calibration files beside the weights are found
         self.runtime = runtime
         dtype = runtime.torch_dtype()
-        self.vae = components.vae.to(self.device, dtype or torch.float32)
+        self.vae = components.vae.to(self.device, runtime.vae_torch_dtype())
         self.text_encoder = components.text_encoder
         if dtype is not None:
             cast_model(self.text_encoder, dtype)  # (stored FP8 / GGUF weights keep their storage)
@@ -202,10 +210,15 @@ class WanPipeline(DiffusersCallState, DiffusersLoraMethods):
         """Load from a local folder in either layout (or its ``Layout``), or a Hugging Face repo id (downloaded with
         huggingface_hub). ``task``: a name, whose defaults the checkpoint's ``wanflow.json`` completes (default: the
         checkpoint's model type), or a ``Task`` used as given. ``options`` are the fields of ``RuntimeOptions``, or
-        diffusers' ``torch_dtype`` for ``dtype``."""
-        runtime = RuntimeOptions.from_keywords(**options)  # checked before the weights are read
+        diffusers' ``torch_dtype`` for ``dtype``; ``vae``: a VAE module to use instead of the checkpoint's (diffusers'
+        ``AutoencoderKLWan`` or wanflow's ``WanVAE``), kept in its own dtype unless ``vae_dtype`` says otherwise."""
+        vae = options.pop("vae", None)
+        vae = vae_from_module(vae) if vae is not None else None  # checked before the weights are read, as the rest
+        if vae is not None and options.get("vae_dtype") is None:
+            options["vae_dtype"] = vae.dtype
+        runtime = RuntimeOptions.from_keywords(**options)
         layout = path if isinstance(path, Layout) else detect_layout(local_checkpoint(path))
-        components = load_components(layout)
+        components = load_components(layout, vae=vae)
         if not isinstance(task, Task):
             name = task or task_for_model(next(iter(components.experts.values())).cfg.model_type).name
             task = checkpoint_task(layout, get_task(name))
