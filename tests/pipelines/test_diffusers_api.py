@@ -408,3 +408,18 @@ def test_progress_bars_by_default_only_in_a_terminal(t2v, monkeypatch):
     assert type(default_progress()) is Progress
     t2v(PROMPT, steps=2, seed=0)
     assert pipe.getvalue() == ""
+
+
+def test_set_progress_bar_config_as_in_diffusers(monkeypatch):
+    pipe = WanPipeline.from_builtin("ti2v-5B")
+    terminal, log = Terminal(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    pipe.set_progress_bar_config(disable=True)  # a terminal, and yet no bars
+    pipe(PROMPT, steps=2, seed=0)
+    assert terminal.getvalue() == ""
+    monkeypatch.setattr(sys, "stderr", log)
+    pipe.set_progress_bar_config(desc="working", ascii=True)  # bars with these options, even into a log
+    pipe(PROMPT, steps=2, seed=0)
+    assert log.getvalue().count("working") >= 3 and "█" not in log.getvalue()
+    with pytest.raises(ValueError, match=r"unknown: \['colour_scheme', 'total'\]"):
+        pipe.set_progress_bar_config(total=3, colour_scheme="x")

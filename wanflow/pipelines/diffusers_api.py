@@ -72,6 +72,7 @@ class DiffusersCallState:
     denoising after this step (the latents so far are decoded, as in diffusers)."""
 
     _interrupt = False
+    _progress_bar_config: dict[str, object] | None = None  # ``set_progress_bar_config``'s tqdm keywords
     _num_timesteps: int | None = None
     _current_timestep: torch.Tensor | None = None
 

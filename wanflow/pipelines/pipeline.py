@@ -9,6 +9,7 @@ pipeline's methods (``map_experts``, ``add_hook``, ``decode_over``; ``pipelines.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import time
@@ -286,6 +287,17 @@ class WanPipeline(DiffusersCallState, DiffusersLoraMethods):
         self.offload = choose_policy(policy, self.device)
         self.map_experts(lambda name, expert: expert)
 
+    def set_progress_bar_config(self, **kwargs: object) -> None:
+        """diffusers' way to configure (``disable=True``: silence) the bars of the calls without ``progress=``;
+        ``kwargs`` are tqdm's (``progress.default_progress``)."""
+        from tqdm import tqdm
+
+        allowed = set(inspect.signature(tqdm.__init__).parameters) - {"self", "total"}  # (the total is the stage's)
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise ValueError(f"set_progress_bar_config takes tqdm's arguments; unknown: {unknown}")
+        self._progress_bar_config = dict(kwargs)
+
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None) -> None:
         """diffusers' name for the ``model`` policy: only the active expert on the device. ``device`` (or ``gpu_id``,
         meaning ``cuda:N``) moves the run there first."""
@@ -391,7 +403,7 @@ class WanPipeline(DiffusersCallState, DiffusersLoraMethods):
         if request.windows is not None and (output_type == "latent" or callback_on_step_end is not None):
             raise ValueError("output_type='latent' and callback_on_step_end take a one-window video (no window_frames)")
         self.check_memory(request)
-        progress = progress or default_progress()
+        progress = progress or default_progress(self._progress_bar_config)
         hooks = [DenoiseProgress(progress), *hooks, *([Callback(callback)] if callback else [])]
         if attention_kwargs is not None:
             hooks.append(LoraScale(lora_scale(attention_kwargs)))

@@ -37,21 +37,24 @@ class TqdmProgress(Progress):
     LABELS: ClassVar[dict[str, str]] = {"text": "text encoding", "denoise": "denoising", "decode": "decoding"}
     UNITS: ClassVar[dict[str, str]] = {"denoise": "step", "videos": "video"}
 
-    def __init__(self, file=None):
+    def __init__(self, file=None, **tqdm_options: object):
+        """``tqdm_options``: more of tqdm's arguments for every bar (diffusers' ``set_progress_bar_config``), over
+        the ones chosen here."""
         self.file = file or sys.stderr
+        self.options = tqdm_options
         self.bars: dict[str, object] = {}
 
     def start(self, stage: str, total: int) -> None:
         from tqdm import tqdm
 
-        self.bars[stage] = tqdm(
-            total=total,
-            desc=self.LABELS.get(stage, stage),
-            file=self.file,
-            leave=True,
-            dynamic_ncols=True,
-            unit=self.UNITS.get(stage, "it"),
-        )
+        options = {
+            "desc": self.LABELS.get(stage, stage),
+            "leave": True,
+            "dynamic_ncols": True,
+            "unit": self.UNITS.get(stage, "it"),
+            **self.options,
+        }
+        self.bars[stage] = tqdm(total=total, file=self.file, **options)
 
     def advance(self, stage: str, **info: object) -> None:
         bar = self.bars.get(stage)
@@ -75,11 +78,20 @@ class TqdmProgress(Progress):
 _QUIET: ContextVar[bool] = ContextVar("wanflow_quiet_progress", default=False)
 
 
-def default_progress() -> Progress:
+def default_progress(config: dict[str, object] | None = None) -> Progress:
     """tqdm bars on stderr when it is a terminal (someone is watching), else nothing (read when called, so a
-    redirected stderr counts); nothing inside ``quiet_calls``."""
+    redirected stderr counts); nothing inside ``quiet_calls``. ``config``: diffusers' ``set_progress_bar_config``
+    keywords, tqdm's: ``disable=True`` silences, other keywords draw bars with them wherever stderr goes (as
+    diffusers does)."""
+    if _QUIET.get():
+        return Progress()
+    if config:
+        options = dict(config)
+        if options.pop("disable", False):
+            return Progress()
+        return TqdmProgress(options.pop("file", None), **options)
     isatty = getattr(sys.stderr, "isatty", None)
-    return TqdmProgress(sys.stderr) if not _QUIET.get() and isatty is not None and isatty() else Progress()
+    return TqdmProgress(sys.stderr) if isatty is not None and isatty() else Progress()
 
 
 @contextmanager
