@@ -73,6 +73,10 @@ def test_the_same_lora_calls_give_diffusers_latents(root):
         ("set_adapters again", lambda p: p.set_adapters(["a", "default_0"], [0.6, 0.9])),
         ("fuse_lora", lambda p: p.fuse_lora(components=["transformer", "transformer_2"], lora_scale=0.5)),
         ("unfuse_lora", lambda p: p.unfuse_lora(components=["transformer", "transformer_2"])),
+        ("set_adapters on transformer only", lambda p: p.set_adapters(["a", "b"], [0.5, 0.7])),
+        ("fuse, then disable: unfused", lambda p: (p.fuse_lora(lora_scale=1.5), p.disable_lora())),
+        ("enable: the two beside at their scaled weights", lambda p: p.enable_lora()),
+        ("set_adapters: b only", lambda p: p.set_adapters("b", 0.7)),
         ("fuse transformer only", lambda p: p.fuse_lora(lora_scale=2.0)),
         ("unload after fusing: the fused one stays", lambda p: p.unload_lora_weights()),
     ]
@@ -88,8 +92,8 @@ def test_the_same_lora_calls_give_diffusers_latents(root):
         seen.append(a)
     differs = [(x - y).abs().max().item() > 1e-2 for x, y in itertools.pairwise(seen)]
     # every call changes the latents but unfuse_lora (fused or beside, the same weights: lora_scale stays applied, as
-    # in diffusers); the last unload takes transformer_2's unfused adapter off
-    assert differs == [True] * 9 + [False, True, True]
+    # in diffusers) and the last unload (transformer's active adapter is fused, the others are inactive)
+    assert differs == [True] * 9 + [False, True, True, True, True, True, False]
     assert (seen[6] - base).abs().max() <= 1e-6  # disabled: the base model
     assert (seen[-1] - base).abs().max() > 1e-2  # the fused adapter outlives its unloading
 
@@ -115,6 +119,22 @@ def test_attention_kwargs_scale_as_in_diffusers(root):
     assert torch.equal(latents_of(ours, noise), full)
     with pytest.raises(ValueError, match="takes"):
         ours(latents=noise.clone(), attention_kwargs={"scale": 0.4, "mask": 1}, **CALL)
+
+
+def test_what_diffusers_would_run_otherwise_is_refused(root):
+    """PEFT runs no unmerged adapter in a layer where another is merged; wanflow refuses to get there."""
+    pipe = WanPipeline.from_pretrained(root / "official")
+    pipe.load_lora_weights(root / "lora5", adapter_name="a")
+    pipe.load_lora_weights(root / "lora6", adapter_name="b")
+    pipe.set_adapters(["a", "b"])
+    with pytest.raises(ValueError, match=r"leave the active adapter\(s\) \['a'\] of transformer unmerged"):
+        pipe.fuse_lora(adapter_names=["b"])
+    pipe.set_adapters("b")
+    pipe.fuse_lora(adapter_names=["b"])
+    with pytest.raises(ValueError, match=r"fused adapter\(s\) \['b'\].*does not run \['a'\].*unfuse_lora first"):
+        pipe.set_adapters(["a", "b"])
+    pipe.unfuse_lora()
+    pipe.set_adapters(["a", "b"])
 
 
 def test_delete_adapters_and_the_wanflow_lora_view(root):

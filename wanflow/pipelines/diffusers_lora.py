@@ -8,7 +8,7 @@ follows diffusers (the tests run the same calls on diffusers' own pipeline and c
   makes it the only active adapter of that component, at weight 1; its default name is ``default_<n>``;
 - ``set_adapters(names, weights)``: on every component, the named adapters active at their weights (a number, or
   ``{"transformer": w, "transformer_2": w2}``; a component a dict leaves out, and ``None``, mean 1), the others off;
-- ``disable_lora`` / ``enable_lora``: every adapter off, then back as they were;
+- ``disable_lora`` / ``enable_lora``: every adapter off (a fused one unfused first, as PEFT does), then back on;
 - ``fuse_lora(components, lora_scale)`` merges the active adapters of the components into the weights (at weight x
   ``lora_scale``); ``unfuse_lora`` takes them out again; ``unload_lora_weights`` removes every adapter, and a fused
   one stays in the weights for good;
@@ -22,6 +22,7 @@ be fused.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -185,16 +186,16 @@ class DiffusersLoraMethods:
         expert = self._expert_of("transformer_2" if load_into_transformer_2 else "transformer")
         hub = {"revision": revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
         hub = {k: v for k, v in hub.items() if v is not None}
-        file = lora_source(pretrained_model_name_or_path_or_dict, weight_name, subfolder, **hub)
         state, present = self._state(), self._present()[expert]
         name = adapter_name or next(
-            f"default_{n}" for n in range(len(present), len(present) + 1000) if f"default_{n}" not in present
+            f"default_{n}" for n in itertools.count(len(present)) if f"default_{n}" not in present
         )
         if name in present:
             raise ValueError(
                 f"an adapter named {name!r} is already on {self._component_name(expert)}; "
                 "delete_adapters it first or pick another adapter_name"
             )
+        file = lora_source(pretrained_model_name_or_path_or_dict, weight_name, subfolder, **hub)
         lora.load_lora(self, file.source, 1.0, expert, name=name, targets={expert: file})
         state.files[(expert, name)] = file
         state.weights[(expert, name)] = 1.0
@@ -226,11 +227,22 @@ class DiffusersLoraMethods:
                     f"adapter weights name components {sorted(set(weight) - set(components))}; this "
                     f"model has {list(components)}"
                 )
+        new = {}  # every weight checked before any changes
         for component, expert in components.items():
             for name, weight in zip(names, weights, strict=True):
                 value = weight.get(component) if isinstance(weight, Mapping) else weight
                 if name in present[expert]:
-                    state.weights[(expert, name)] = 1.0 if value is None else lora.check_strength(value)
+                    new[(expert, name)] = 1.0 if value is None else lora.check_strength(value)
+        for component, expert in components.items():
+            fused = [n for n in present[expert] if (expert, n) in state.fused]
+            unfused = [n for n in names if n in present[expert] and (expert, n) not in state.fused]
+            if fused and unfused:
+                raise ValueError(
+                    f"{component} has fused adapter(s) {fused}: diffusers (PEFT) does not run {unfused} beside them; "
+                    "unfuse_lora first"
+                )
+        state.weights.update(new)
+        for expert in components.values():
             state.active[expert] = list(names)
         self._apply_weights(state)
 
@@ -247,6 +259,8 @@ class DiffusersLoraMethods:
         return active
 
     def disable_lora(self) -> None:
+        """Every adapter off; fused ones are unfused first (as diffusers' PEFT layers do when disabled)."""
+        self.unfuse_lora(list(self._components()))
         state = self._state()
         state.enabled = False
         self._apply_weights(state)
@@ -311,19 +325,30 @@ class DiffusersLoraMethods:
                     f"adapter(s) {native} were loaded with load_lora, not load_lora_weights: load them with "
                     "load_lora(..., merge=True) to merge them"
                 )
+            left = [n for n in active if n not in names and (expert, n) not in state.fused]
+            if left and names:
+                raise ValueError(
+                    f"fuse_lora would leave the active adapter(s) {left} of {component} unmerged beside merged ones, "
+                    "which diffusers (PEFT) then does not run at all: fuse them too, or set_adapters without them first"
+                )
             plan.append((expert, active, names))
-        todo = []
-        for expert, active, names in plan:
-            for name in active:
-                if (expert, name) not in state.fused:
-                    state.weights[(expert, name)] = state.weights.get((expert, name), 1.0) * scale
-            todo += [(expert, name) for name in names if (expert, name) not in state.fused]
-        for expert, name in todo:
-            file, strength = state.files[(expert, name)], state.weights.get((expert, name), 1.0)
-            self.map_experts(  # type: ignore[attr-defined]
-                lambda e, m, x=expert, n=name, f=file, s=strength: reapply_lora(m, n, f, s, merge=True) if e == x else m
-            )
-            state.fused.add((expert, name))
+        scaled = {
+            (expert, name): state.weights.get((expert, name), 1.0) * scale
+            for expert, active, _ in plan
+            for name in active
+            if (expert, name) not in state.fused
+        }
+        for expert, _, names in plan:
+            for name in [n for n in names if (expert, n) not in state.fused]:
+                file, strength = state.files[(expert, name)], scaled.get((expert, name), state.weights[(expert, name)])
+                self.map_experts(  # type: ignore[attr-defined]
+                    lambda e, m, x=expert, n=name, f=file, s=strength: (
+                        reapply_lora(m, n, f, s, merge=True) if e == x else m
+                    )
+                )
+                state.fused.add((expert, name))
+        state.weights.update(scaled)
+        self._apply_weights(state)  # (an active adapter left out of adapter_names runs at its scaled weight)
 
     def unfuse_lora(self, components: Sequence[str] = ("transformer",)) -> None:
         """The fused adapters of ``components`` beside the weights again, at their weights (the originals are

@@ -147,6 +147,9 @@ def reapply_lora(
     (their order is the order their deltas are summed in, and the order they are listed in)."""
     state = lora_state(model)
     order = list(state.applied)
+    _get(state, name, undo=True)
+    if merge:
+        _check_mergeable(model, lora)  # (before it is taken off: a GGUF layer refuses a merge)
     remove_lora(model, name)
     apply_lora(model, lora, name, strength, merge, device)
     state.applied = {key: state.applied[key] for key in order}

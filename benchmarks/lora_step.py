@@ -1,0 +1,144 @@
+"""What a LoRA costs per DiT step, wanflow vs diffusers (PEFT), same weights, same LoRA, same inputs, in one run.
+
+    python benchmarks/lora_step.py --threads 2                             # CPU, small shapes (dim 256, 4 layers)
+    python benchmarks/lora_step.py --dim 1024 --layers 2 --heads 8 --threads 2 --repeats 3
+    python benchmarks/lora_step.py --variant t2v-A14B --frames 81 --height 480 --width 832 \\
+        --device cuda --dtype bfloat16 --rank 64                       # real shapes, random weights (GPU)
+
+One rank-``--rank`` LoRA on every linear of every block (q, k, v, o of both attentions, both FFN layers: what the
+step-distilled Lightning LoRAs touch), random factors, alpha = rank. Timed, calls interleaved, best of
+``--repeats`` calls in each of ``--rounds`` rounds over all variants: the plain model; wanflow with the LoRA beside the
+weights (``runtime.lora``: a forward hook adds ``s (x A^T) B^T``) and merged; diffusers with the same LoRA through PEFT
+(``load_lora_adapter``), unfused and fused. A step is one CFG velocity as each pipeline computes it (wanflow: one
+batch of 2; diffusers: two calls), as in ``dit_vs_diffusers.py``; the overhead ratios compare each with its own plain
+model. The outputs are compared too (printed): beside vs merged, PEFT vs fused, wanflow vs diffusers.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from dit_vs_diffusers import build, timed
+
+from wanflow.checkpoints.lora import parse_lora
+from wanflow.configs import DIT_CONFIGS
+from wanflow.runtime.lora import apply_lora, remove_lora
+
+# official block module -> diffusers module, with (out, in) from the config
+MODULES = {
+    "self_attn.q": "attn1.to_q",
+    "self_attn.k": "attn1.to_k",
+    "self_attn.v": "attn1.to_v",
+    "self_attn.o": "attn1.to_out.0",
+    "cross_attn.q": "attn2.to_q",
+    "cross_attn.k": "attn2.to_k",
+    "cross_attn.v": "attn2.to_v",
+    "cross_attn.o": "attn2.to_out.0",
+    "ffn.0": "ffn.net.0.proj",
+    "ffn.2": "ffn.net.2",
+}
+
+
+def random_lora(cfg, rank: int, device: torch.device) -> tuple[dict, dict]:
+    """The same LoRA in Wan's key format (alpha = rank: scale 1) and in diffusers' (no alpha: scale 1)."""
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    wan, diffusers = {}, {}
+    for i in range(cfg.num_layers):
+        for official, theirs in MODULES.items():
+            out_f, in_f = {"ffn.0": (cfg.ffn_dim, cfg.dim), "ffn.2": (cfg.dim, cfg.ffn_dim)}.get(official, (cfg.dim,) * 2)
+            down = torch.randn(rank, in_f, generator=gen) / in_f**0.5
+            up = torch.randn(out_f, rank, generator=gen) * 0.02
+            wan[f"diffusion_model.blocks.{i}.{official}.lora_down.weight"] = down
+            wan[f"diffusion_model.blocks.{i}.{official}.lora_up.weight"] = up
+            wan[f"diffusion_model.blocks.{i}.{official}.alpha"] = torch.tensor(float(rank))
+            diffusers[f"transformer.blocks.{i}.{theirs}.lora_A.weight"] = down
+            diffusers[f"transformer.blocks.{i}.{theirs}.lora_B.weight"] = up
+    return wan, {k: v.to(device) for k, v in diffusers.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variant", choices=sorted(DIT_CONFIGS), help="real-size config (default: a small one)")
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--frames", type=int, default=9)
+    p.add_argument("--height", type=int, default=128)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--rank", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--repeats", type=int, default=2, help="timed calls per variant and round (best kept)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over all variants (best kept)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if args.variant:
+        cfg = DIT_CONFIGS[args.variant]
+    else:
+        cfg = DIT_CONFIGS["t2v-A14B"].replace(
+            dim=args.dim, ffn_dim=4 * args.dim, num_heads=args.heads, num_layers=args.layers
+        )
+    ours, theirs = build(cfg, dtype, device)
+    wan, diffusers = random_lora(cfg, args.rank, device)
+    lora = parse_lora(wan, "benchmark LoRA")
+    lat = ((args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+    x = torch.randn(1, cfg.in_dim, *lat, device=device)
+    ctx = torch.randn(2, cfg.text_len, cfg.text_dim, device=device, dtype=dtype)
+    t = torch.tensor([900, 900], device=device)
+    xd = x.to(dtype)
+
+    def ours_step() -> torch.Tensor:
+        return ours(torch.cat([x, x]), t, ctx)
+
+    def theirs_step() -> list:
+        return [theirs(xd, t[:1], ctx[i : i + 1], return_dict=False)[0] for i in range(2)]
+
+    times: dict[str, list[float]] = {}
+
+    def time(name: str, step) -> torch.Tensor:
+        times.setdefault(name, []).append(timed({name: step}, args.repeats, device)[name])
+        return step()
+
+    for _ in range(args.rounds):  # each round times every variant: jitter of a shared machine hits all of them alike
+        with torch.inference_mode():
+            plain = time("wanflow plain", ours_step)
+            apply_lora(ours, lora, "l", 1.0, merge=True, device=device)
+            merged = time("wanflow merged", ours_step)
+            remove_lora(ours, "l")
+            apply_lora(ours, lora, "l", 1.0, device=device)
+            beside = time("wanflow beside", ours_step)
+            remove_lora(ours, "l")
+            time("diffusers plain", theirs_step)
+        theirs.load_lora_adapter(diffusers, adapter_name="l", prefix="transformer")
+        with torch.inference_mode():
+            peft = torch.cat(time("diffusers PEFT", theirs_step))
+        theirs.fuse_lora(lora_scale=1.0)
+        with torch.inference_mode():
+            fused = torch.cat(time("diffusers fused", theirs_step))
+        theirs.unfuse_lora()
+        theirs.unload_lora()
+    times = {name: min(values) for name, values in times.items()}
+    effect = (merged - plain).abs().max().item()
+    print(
+        f"config: dim {cfg.dim}, layers {cfg.num_layers}, heads {cfg.num_heads}, latent {lat}, rank {args.rank}, "
+        f"{args.dtype} on {args.device}, {args.threads} threads"
+    )
+    print(
+        f"agreement: the LoRA moves the velocity by {effect:.3g}; wanflow beside vs merged "
+        f"{(beside - merged).abs().max().item():.2g}, diffusers PEFT vs fused {(peft - fused).abs().max().item():.2g}, "
+        f"wanflow vs diffusers (LoRA) {(beside - peft).abs().max().item():.2g}"
+    )
+    for name, seconds in times.items():
+        base = times["wanflow plain" if name.startswith("wanflow") else "diffusers plain"]
+        print(f"{name:16s} {seconds * 1e3:9.1f} ms   x{seconds / base:5.2f} of its plain step")
+    print(
+        f"LoRA unmerged: wanflow {times['wanflow beside'] * 1e3:.1f} ms vs diffusers PEFT "
+        f"{times['diffusers PEFT'] * 1e3:.1f} ms per step: {times['diffusers PEFT'] / times['wanflow beside']:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
