@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "WanPipeline": "wanflow.pipelines.pipeline",
+    "WanImageToVideoPipeline": "wanflow.pipelines.pipeline",
     "RuntimeOptions": "wanflow.pipelines.pipeline",
     "Video": "wanflow.pipelines.pipeline",
     "GenerateOptions": "wanflow.pipelines.request",
@@ -29,7 +30,7 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from wanflow.pipelines.diffusers_api import WanPipelineOutput, export_to_video
-    from wanflow.pipelines.pipeline import RuntimeOptions, Video, WanPipeline
+    from wanflow.pipelines.pipeline import RuntimeOptions, Video, WanImageToVideoPipeline, WanPipeline
     from wanflow.pipelines.request import GenerateOptions
 
 
@@ -43,4 +44,12 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-__all__ = ["GenerateOptions", "RuntimeOptions", "Video", "WanPipeline", "WanPipelineOutput", "export_to_video"]
+__all__ = [
+    "GenerateOptions",
+    "RuntimeOptions",
+    "Video",
+    "WanImageToVideoPipeline",
+    "WanPipeline",
+    "WanPipelineOutput",
+    "export_to_video",
+]

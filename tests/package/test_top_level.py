@@ -12,6 +12,7 @@ from wanflow.pipelines.pipeline import WanPipeline
 
 def test_public_names_are_the_modules_objects():
     assert wanflow.WanPipeline is WanPipeline and wanflow.export_to_video is export_to_video
+    assert wanflow.WanImageToVideoPipeline is WanPipeline  # diffusers' class name: one class runs every task
     assert set(wanflow.__all__) <= set(dir(wanflow))
     with pytest.raises(AttributeError, match="no attribute 'Pipeline'"):
         wanflow.Pipeline  # noqa: B018

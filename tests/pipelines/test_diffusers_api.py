@@ -125,6 +125,25 @@ DIFFUSERS_CALL = dict(
 )
 
 
+def test_i2v_diffusers_call_gives_the_native_frames():
+    from wanflow import WanImageToVideoPipeline
+
+    pipe = WanImageToVideoPipeline.from_builtin("i2v-A14B")
+    clip = combo_clips(0, [("blue", "square", "left")], 1, 64, 64, 9)[0]
+    image = Image.fromarray(first_frame(clip, 64, 64))
+    native = pipe(PROMPT, image=image, steps=4, guide_scale=(3.0, 4.0), seed=9)
+    out = pipe(
+        prompt=PROMPT,
+        image=image,
+        num_inference_steps=4,
+        guidance_scale=4.0,
+        guidance_scale_2=3.0,
+        generator=seeded(9),
+        output_type="pt",
+    )
+    assert torch.equal(out.frames[0], unit_range(native.frames).permute(1, 0, 2, 3))
+
+
 def test_the_same_call_as_diffusers_gives_diffusers_frames(ours_and_diffusers):
     ours, theirs = ours_and_diffusers
     call = dict(prompt=PROMPT, **DIFFUSERS_CALL)

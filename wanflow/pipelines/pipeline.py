@@ -620,6 +620,10 @@ class WanPipeline(DiffusersCallState, DiffusersLoraMethods):
         }
 
 
+# diffusers' name for its image-to-video pipeline class; here one class runs every task (the checkpoint says which)
+WanImageToVideoPipeline = WanPipeline
+
+
 def checkpoint_task(layout: Layout, task: Task) -> Task:
     """The task's reference defaults, with the overrides a checkpoint stores in ``wanflow.json``."""
     _, overrides = layout.task_defaults()
