@@ -1,6 +1,6 @@
-"""The measurements of ``gpu_suite.py``: DiT steps against diffusers, compile and FP8, memory policies, few-step and
-VAE decode. Each stage takes the suite (``gpu_suite.Suite``) and reports rows through ``suite.add`` as soon as it
-has them, so that a run cut short keeps what it measured.
+"""The measurements of ``gpu_suite.py``: DiT steps against diffusers, compile and FP8, memory policies, few-step,
+VAE decode and a LoRA beside the weights. Each stage takes the suite (``gpu_suite.Suite``) and reports rows through
+``suite.add`` as soon as it has them, so that a run cut short keeps what it measured.
 
 Only model-level wanflow APIs are used (the model, configs, key map, precision, fp8, compile, offload, VAE and its
 tiling), never the pipeline's internals. Weights are random, drawn on the device in place (``random_dit``);
@@ -20,14 +20,17 @@ from typing import TYPE_CHECKING
 import torch
 import vae_tiling
 from flops import dit_forward, dit_tokens, vae_decode
+from lora_step import random_lora
 from torch import nn
 
+from wanflow.checkpoints.lora import parse_lora
 from wanflow.checkpoints.maps import init_kwargs
 from wanflow.checkpoints.maps.dit import DIT_KEYMAP, dit_config_to_diffusers
 from wanflow.configs import DIT_CONFIGS, VAE_CONFIGS, DiTConfig
 from wanflow.models.dit import FP32_MODULES, WanDiT
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.fp8 import quantize_fp8
+from wanflow.runtime.lora import apply_lora
 from wanflow.runtime.offload import ExpertPlacement
 from wanflow.runtime.precision import cast_model
 from wanflow.runtime.vae_tiling import decode_tiled
@@ -409,6 +412,23 @@ def stage_vae(suite: Suite) -> None:
     tiled = measure(suite, lambda: decode_tiled(vae, latents, tile), repeats=1, warmup=0)
     err = rel_err(tiled.output, whole.output)
     suite.add("5b", f"{label}, tiles of {tile} latent px", tiled.seconds, flops, tiled.peak, err)
+
+
+def stage_lora(suite: Suite) -> None:
+    """Stage 5c: what a rank-64 LoRA on every block linear (the Lightning LoRAs' reach) costs an A14B CFG step at
+    480p beside the weights (``runtime.lora``), against the plain step; merged it is the plain step's work."""
+    work = suite.workload("a14b-480p")
+    x, context = step_inputs(suite, work)
+    model = random_dit(work.cfg, suite.device, suite.dtype)
+    plain = measure(suite, wanflow_step(model, x, context), repeats=suite.repeats, warmup=1)
+    suite.add("5c", f"{work.label}: plain CFG step", plain.seconds, work.flops(), plain.peak)
+    lora = parse_lora(random_lora(work.cfg, 64, torch.device("cpu"))[0], "random rank-64 LoRA")
+    apply_lora(model, lora, "lora", 1.0, device=suite.device)
+    beside = measure(suite, wanflow_step(model, x, context), repeats=suite.repeats, warmup=1)
+    cost = min(beside.seconds) / min(plain.seconds)
+    note = f"x{cost:.3f} of the plain step; the LoRA moves the output by this relative error"
+    what = f"{work.label}: CFG step, rank-64 LoRA beside the weights"
+    suite.add("5c", what, beside.seconds, work.flops(), beside.peak, rel_err(beside.output, plain.output), note)
 
 
 def release() -> None:

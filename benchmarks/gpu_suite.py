@@ -14,7 +14,8 @@ Stages, in order of value; each prints its rows as it gets them and rewrites ``g
   3a  regional compile;  3b  FP8 weights (eager, compiled): step time, relative error of the output against eager;
   4   memory policies on A14B 480p: resident, model offload, block streaming under a 24 GB cap;
   4b  a LoRA training step on one A14B expert (832x480x21) with its blocks streamed, under the same cap;
-  5a  the few-step preset's shape (4 steps, no CFG);  5b  the VAE decode of 81 frames at 480p, whole and tiled.
+  5a  the few-step preset's shape (4 steps, no CFG);  5b  the VAE decode of 81 frames at 480p, whole and tiled;
+  5c  a rank-64 LoRA on every block linear, beside the weights, against the plain A14B 480p step.
 
 A stage that fails (an out-of-memory error, say) is recorded and the next one runs; a stage whose estimated time
 (from the FLOP model and stage 1's measured rate) exceeds what is left of ``--budget-s`` is skipped; at the end of
@@ -194,6 +195,7 @@ def stages() -> list[Stage]:
         Stage("4b", "LoRA training, streamed blocks", stage_lora_training, 30, {"a14b-train": 6}),
         Stage("5a", "few-step preset", g.stage_few_step, 5, {"a14b-480p": 2}),
         Stage("5b", "VAE decode", g.stage_vae, 25),
+        Stage("5c", "LoRA beside the weights", g.stage_lora, 20, {"a14b-480p": 6}),
     ]
 
 

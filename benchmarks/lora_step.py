@@ -46,7 +46,8 @@ def random_lora(cfg, rank: int, device: torch.device) -> tuple[dict, dict]:
     wan, diffusers = {}, {}
     for i in range(cfg.num_layers):
         for official, theirs in MODULES.items():
-            out_f, in_f = {"ffn.0": (cfg.ffn_dim, cfg.dim), "ffn.2": (cfg.dim, cfg.ffn_dim)}.get(official, (cfg.dim,) * 2)
+            shapes = {"ffn.0": (cfg.ffn_dim, cfg.dim), "ffn.2": (cfg.dim, cfg.ffn_dim)}
+            out_f, in_f = shapes.get(official, (cfg.dim, cfg.dim))
             down = torch.randn(rank, in_f, generator=gen) / in_f**0.5
             up = torch.randn(out_f, rank, generator=gen) * 0.02
             wan[f"diffusion_model.blocks.{i}.{official}.lora_down.weight"] = down

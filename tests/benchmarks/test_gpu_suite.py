@@ -15,7 +15,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = {"0", "1", "2a", "2b", "3a", "3b", "4", "4b", "5a", "5b"}
+STAGES = {"0", "1", "2a", "2b", "3a", "3b", "4", "4b", "5a", "5b", "5c"}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_every_stage_ran_with_finite_figures(dry_run):
         assert math.isfinite(row["tflops"]) and row["tflops"] > 0, row
         assert f"| {row['stage']} | {row['what']} | ok |" in md
     assert set(data["meta"]["stage_seconds"]) == STAGES
-    assert [len(rows(data, s)) for s in sorted(STAGES)] == [1, 2, 2, 2, 2, 2, 3, 1, 1, 2]
+    assert [len(rows(data, s)) for s in sorted(STAGES)] == [1, 2, 2, 2, 2, 2, 3, 1, 1, 2, 2]
 
 
 def test_diffusers_matches_on_shared_weights(dry_run):
@@ -69,6 +69,8 @@ def test_memory_policies_and_tiled_decode(dry_run):
     assert policies == ["resident", "model offload", "block streaming, 24 GB cap"]
     tiled = rows(data, "5b")[-1]
     assert "tiles" in tiled["what"] and tiled["rel_err"] < 1e-5  # the tiled decode is exact
+    lora = rows(data, "5c")[-1]
+    assert "LoRA beside" in lora["what"] and 1e-3 < lora["rel_err"] < 1.0  # the LoRA moves the output, not wildly
 
 
 @pytest.fixture()
