@@ -215,6 +215,24 @@ def test_prompt_embeds_as_in_diffusers(ours_and_diffusers):
     assert (ours_embeds - text).abs().max() <= 1e-4
 
 
+def test_encode_prompt_as_in_diffusers(ours_and_diffusers):
+    ours, theirs = ours_and_diffusers
+    negative = DIFFUSERS_CALL["negative_prompt"]
+    with torch.no_grad():
+        want = theirs.encode_prompt(PROMPT, negative, max_sequence_length=512)
+    got = ours.encode_prompt(PROMPT, negative)
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape == (1, 512, 32) and (a - b).abs().max() <= 1e-5 and b.abs().max() > 0.1
+    only, none = ours.encode_prompt([PROMPT], do_classifier_free_guidance=False)
+    assert none is None and torch.equal(only, got[0])
+    task_negative = ours.encode_prompt(PROMPT)[1]  # left out: the task's negative prompt, as every wanflow call
+    assert torch.equal(task_negative, got[1])
+    with pytest.raises(ValueError, match="max_sequence_length=226"):
+        ours.encode_prompt(PROMPT, max_sequence_length=226)
+    with pytest.raises(ValueError, match="one prompt per call"):
+        ours.encode_prompt([PROMPT, PROMPT])
+
+
 def test_latent_output_decodes_to_the_frames(t2v):
     call = dict(num_inference_steps=4, generator=seeded(2))
     latents = t2v(PROMPT, output_type="latent", **call).frames
@@ -232,6 +250,7 @@ def test_wanflow_prompt_states_give_the_prompt_frames(t2v):
     from_text = t2v(PROMPT, **call).frames
     given = t2v(prompt_embeds=cond.context, negative_prompt_embeds=cond.context_null, **call).frames
     assert torch.equal(given, from_text)
+    assert torch.equal(t2v(PROMPT, max_sequence_length=32, **call).frames, from_text)  # its text_len: accepted
     tokens = int(cond.context[0].abs().sum(-1).gt(0).sum())
     assert 0 < tokens < t2v.experts["high"].cfg.text_len
     trimmed = cond.context[0, :tokens]  # (tokens, dim) without the zero rows: padded again to text_len
@@ -255,6 +274,7 @@ def test_wanflow_prompt_states_give_the_prompt_frames(t2v):
             r"has to be in \['latents', 'prompt_embeds', 'negative_prompt_embeds'\], but found \['noise'\]",
         ),
         (dict(prompt=PROMPT, callback_on_step_end=lambda *a: None), "must return a dict"),
+        (dict(prompt=PROMPT, max_sequence_length=512), "the DiT reads 32 rows"),  # the built-in's text_len
         (dict(prompt=PROMPT, latents=torch.zeros(1, 1, 16, 3, 8, 8)), r"do not fit .* its noise is \(1, 16, 3, 8, 8\)"),
         (dict(prompt=PROMPT, latents=torch.zeros(1, 16, 3, 8, 8, dtype=torch.long)), "a float tensor"),
         (

@@ -14,6 +14,7 @@ powers of two around one rounding), so ``export_to_video`` of "np" or "pt" frame
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import tempfile
@@ -25,6 +26,8 @@ import numpy as np
 import torch
 
 from wanflow.io.video import save_video
+from wanflow.pipelines.progress import Progress
+from wanflow.runtime.lora import LoraScale
 from wanflow.sampling.hooks import Step, StepHook, Velocity
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")  # diffusers' names; its default is "np"
@@ -66,15 +69,16 @@ def diffusers_output(video: torch.Tensor, output_type: str, return_dict: bool, s
     return WanPipelineOutput(frames, seed) if return_dict else (frames,)
 
 
-class DiffusersCallState:
-    """What diffusers' pipelines show a ``callback_on_step_end`` about the running call: ``num_timesteps``,
-    ``current_timestep``, and ``interrupt``, which a callback sets with ``pipe._interrupt = True`` to end the
-    denoising after this step (the latents so far are decoded, as in diffusers)."""
+class DiffusersMethods:
+    """diffusers' pipeline methods and call state on ``WanPipeline`` (the mixin needs its ``to``, ``set_offload``,
+    ``prompt_states``, ``experts``, ``task`` and ``device``). What a ``callback_on_step_end`` sees of the running call:
+    ``num_timesteps``, ``current_timestep``, and ``interrupt``, which a callback sets with ``pipe._interrupt = True``
+    to end the denoising after this step (the latents so far are decoded, as in diffusers)."""
 
     _interrupt = False
-    _progress_bar_config: dict[str, object] | None = None  # ``set_progress_bar_config``'s tqdm keywords
     _num_timesteps: int | None = None
     _current_timestep: torch.Tensor | None = None
+    _progress_bar_config: dict[str, object] | None = None  # ``set_progress_bar_config``'s tqdm keywords
 
     @property
     def interrupt(self) -> bool:
@@ -87,6 +91,65 @@ class DiffusersCallState:
     @property
     def current_timestep(self) -> torch.Tensor | None:
         return self._current_timestep
+
+    def set_progress_bar_config(self, **kwargs: object) -> None:
+        """diffusers' way to configure (``disable=True``: silence) the bars of the calls without ``progress=``;
+        ``kwargs`` are tqdm's (``progress.default_progress``)."""
+        from tqdm import tqdm
+
+        allowed = set(inspect.signature(tqdm.__init__).parameters) - {"self", "total"}  # (the total is the stage's)
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise ValueError(f"set_progress_bar_config takes tqdm's arguments; unknown: {unknown}")
+        self._progress_bar_config = dict(kwargs)
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None) -> None:
+        """diffusers' name for the ``model`` policy: only the active expert on the device. ``device`` (or ``gpu_id``,
+        meaning ``cuda:N``) moves the run there first."""
+        if device is not None or gpu_id is not None:
+            self.to(device if device is not None else f"cuda:{gpu_id}")
+        self.set_offload("model")
+
+    def enable_sequential_cpu_offload(
+        self, gpu_id: int | None = None, device: torch.device | str | None = None
+    ) -> None:
+        """diffusers' name for the ``block`` policy: the experts' blocks wait in pinned host memory and are streamed
+        to the device one after another, the next one copied in while the current one runs."""
+        if device is not None or gpu_id is not None:
+            self.to(device if device is not None else f"cuda:{gpu_id}")
+        self.set_offload("block")
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None = None,
+        do_classifier_free_guidance: bool = True,
+        num_videos_per_prompt: int = 1,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        max_sequence_length: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """diffusers' ``encode_prompt``: ``(prompt_embeds, negative_prompt_embeds)``, each (1, text_len, dim) as the
+        DiT reads them (the negative one None without guidance), ready for ``pipe(prompt_embeds=...)``. As in every
+        wanflow call, a negative prompt left out is the task's (diffusers': none)."""
+        cfg = next(iter(self.experts.values())).cfg  # type: ignore[attr-defined]
+        texts = [one_prompt(prompt, "prompt"), one_prompt(negative_prompt, "negative_prompt")]
+        if texts[1] is None:
+            texts[1] = self.task.negative_prompt
+        check_encode_options(num_videos_per_prompt, max_sequence_length, cfg.text_len)
+        given = [
+            None if e is None else embeds_context(e, name, cfg.text_len, cfg.text_dim)
+            for e, name in ((prompt_embeds, "prompt_embeds"), (negative_prompt_embeds, "negative_prompt_embeds"))
+        ]
+        if texts[0] is None and given[0] is None:
+            raise ValueError("pass a prompt or prompt_embeds")
+        n = 2 if do_classifier_free_guidance else 1
+        with torch.inference_mode():
+            states = self.prompt_states(texts[:n], given[:n], Progress())
+        states = [s.to(device or self.device, dtype or s.dtype) for s in states]
+        return states[0], states[1] if n == 2 else None
 
 
 def check_tensor_inputs(names: Sequence[str]) -> tuple[str, ...]:
@@ -114,6 +177,27 @@ def embeds_context(embeds: Any, name: str, text_len: int, text_dim: int) -> torc
     return embeds
 
 
+def one_prompt(prompt: Any, name: str) -> str | None:
+    """A prompt of diffusers' ``encode_prompt``: a string, a list of one, or None."""
+    if isinstance(prompt, (list, tuple)):
+        if len(prompt) != 1:
+            raise ValueError(f"{name}: one prompt per call (wanflow makes one video per call), got {len(prompt)}")
+        prompt = prompt[0]
+    if prompt is not None and not isinstance(prompt, str):
+        raise ValueError(f"{name} must be a string, got {type(prompt).__name__}")
+    return prompt
+
+
+def check_encode_options(num_videos_per_prompt: int, max_sequence_length: int | None, text_len: int) -> None:
+    if num_videos_per_prompt != 1:
+        raise ValueError("wanflow makes one video per call: num_videos_per_prompt must be 1")
+    if max_sequence_length not in (None, text_len):
+        raise ValueError(
+            f"max_sequence_length={max_sequence_length}: the DiT reads {text_len} rows of text states (zero rows "
+            "after the prompt's tokens, as the reference); another padding length would change the result"
+        )
+
+
 def given_embeds(request: Any, embeds: tuple[Any, Any], cfg: Any) -> tuple[torch.Tensor | None, ...]:
     """diffusers' ``prompt_embeds`` / ``negative_prompt_embeds`` of a call, checked against the DiT's ``cfg``:
     (L, text_dim) each, or None (that text is encoded)."""
@@ -136,6 +220,19 @@ def lora_scale(attention_kwargs: Any) -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"attention_kwargs' scale must be a finite number, got {scale!r}")
     return float(scale)
+
+
+def diffusers_hooks(
+    pipe: Any, attention_kwargs: Any, callback: Callable[..., Any] | None, tensor_inputs: Sequence[str]
+) -> list[StepHook]:
+    """The step hooks of a call's ``attention_kwargs`` (the LoRAs' scale) and ``callback_on_step_end``."""
+    hooks: list[StepHook] = []
+    if attention_kwargs is not None:
+        hooks.append(LoraScale(lora_scale(attention_kwargs)))
+    if callback is not None:
+        text_len = next(iter(pipe.experts.values())).cfg.text_len
+        hooks.append(StepEndCallback(pipe, callback, tensor_inputs, text_len))
+    return hooks
 
 
 class StepEndCallback(StepHook):
@@ -234,13 +331,16 @@ def _uint8_frames(video_frames: Sequence[Any] | np.ndarray | torch.Tensor) -> np
 __all__ = [
     "CALLBACK_TENSORS",
     "OUTPUT_TYPES",
-    "DiffusersCallState",
+    "DiffusersMethods",
     "StepEndCallback",
     "WanPipelineOutput",
+    "check_encode_options",
+    "diffusers_hooks",
     "diffusers_output",
     "embeds_context",
     "export_to_video",
     "given_embeds",
     "lora_scale",
+    "one_prompt",
     "postprocess",
 ]

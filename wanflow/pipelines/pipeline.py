@@ -9,11 +9,10 @@ pipeline's methods (``map_experts``, ``add_hook``, ``decode_over``; ``pipelines.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,13 +31,13 @@ from wanflow.models.text_encoder import pad_context
 from wanflow.pipelines import lora
 from wanflow.pipelines.core import Conditioning, Sampler, denoise
 from wanflow.pipelines.diffusers_api import (
-    DiffusersCallState,
-    StepEndCallback,
+    DiffusersMethods,
     WanPipelineOutput,
+    check_encode_options,
     check_output_type,
+    diffusers_hooks,
     diffusers_output,
     given_embeds,
-    lora_scale,
 )
 from wanflow.pipelines.diffusers_lora import DiffusersLoraMethods
 from wanflow.pipelines.guards import FiniteLatents, check_memory, memory_need
@@ -49,7 +48,6 @@ from wanflow.pipelines.request import DIFFUSERS_NAMES, GenerateOptions, Request,
 from wanflow.runtime.cache_curve import load_curve
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.fp8 import quantize_fp8
-from wanflow.runtime.lora import LoraScale
 from wanflow.runtime.offload import POLICIES, ExpertPlacement, choose_policy
 from wanflow.runtime.precision import cast_model
 from wanflow.runtime.preview import DEFAULT_EVERY, Preview, load_preview_map
@@ -158,7 +156,7 @@ def check_device(device: torch.device | str) -> torch.device:
     return device
 
 
-class WanPipeline(DiffusersCallState, DiffusersLoraMethods):
+class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
     """One task's models, kept loaded between calls."""
 
     def __init__(
@@ -287,33 +285,6 @@ class WanPipeline(DiffusersCallState, DiffusersLoraMethods):
         self.offload = choose_policy(policy, self.device)
         self.map_experts(lambda name, expert: expert)
 
-    def set_progress_bar_config(self, **kwargs: object) -> None:
-        """diffusers' way to configure (``disable=True``: silence) the bars of the calls without ``progress=``;
-        ``kwargs`` are tqdm's (``progress.default_progress``)."""
-        from tqdm import tqdm
-
-        allowed = set(inspect.signature(tqdm.__init__).parameters) - {"self", "total"}  # (the total is the stage's)
-        unknown = sorted(set(kwargs) - allowed)
-        if unknown:
-            raise ValueError(f"set_progress_bar_config takes tqdm's arguments; unknown: {unknown}")
-        self._progress_bar_config = dict(kwargs)
-
-    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None) -> None:
-        """diffusers' name for the ``model`` policy: only the active expert on the device. ``device`` (or ``gpu_id``,
-        meaning ``cuda:N``) moves the run there first."""
-        if device is not None or gpu_id is not None:
-            self.to(device if device is not None else f"cuda:{gpu_id}")
-        self.set_offload("model")
-
-    def enable_sequential_cpu_offload(
-        self, gpu_id: int | None = None, device: torch.device | str | None = None
-    ) -> None:
-        """diffusers' name for the ``block`` policy: the experts' blocks wait in pinned host memory and are streamed
-        to the device one after another, the next one copied in while the current one runs."""
-        if device is not None or gpu_id is not None:
-            self.to(device if device is not None else f"cuda:{gpu_id}")
-        self.set_offload("block")
-
     def to(self, device: torch.device | str) -> WanPipeline:
         """Run on ``device`` from now on (diffusers' ``pipe.to("cuda")``; dtypes are chosen at load, ``torch_dtype``):
         the VAE moves now, the text encoder at its next use, the experts as the memory policy places them there."""
@@ -374,6 +345,7 @@ class WanPipeline(DiffusersCallState, DiffusersLoraMethods):
         callback_on_step_end: Callable[..., dict] | None = None,
         callback_on_step_end_tensor_inputs: Iterable[str] = ("latents",),
         attention_kwargs: dict | None = None,
+        max_sequence_length: int | None = None,
         **options,
     ) -> Video | WanPipelineOutput | tuple:
         """Generate one video. ``options`` are the fields of ``GenerateOptions`` (negative_prompt, image, size, frames,
@@ -384,32 +356,32 @@ class WanPipeline(DiffusersCallState, DiffusersLoraMethods):
         noise (for exact comparisons).
 
         Returns a ``Video``; a call that uses diffusers' names or arguments (``output_type``, ``return_dict=False``,
-        ``prompt_embeds`` / ``negative_prompt_embeds`` in place of the texts, ``callback_on_step_end``) returns what
-        diffusers' ``WanPipeline`` does: ``WanPipelineOutput`` with ``frames`` as ``output_type`` asks (default
-        "np": (1, F, H, W, 3) in [0, 1]; "latent": the latents, undecoded), or the tuple ``(frames,)``."""
+        ``prompt_embeds`` / ``negative_prompt_embeds`` in place of the texts, ``callback_on_step_end``,
+        ``attention_kwargs``, ``max_sequence_length``: docs/python-api.md) returns what diffusers' ``WanPipeline``
+        does: ``WanPipelineOutput`` with ``frames`` as ``output_type`` asks (default "np": (1, F, H, W, 3) in [0, 1];
+        "latent": the latents, undecoded), or the tuple ``(frames,)``."""
         embeds = (prompt_embeds, negative_prompt_embeds)
         diffusers_call = (
             output_type is not None
             or not return_dict
             or callback_on_step_end is not None
             or attention_kwargs is not None
+            or max_sequence_length is not None
             or any(e is not None for e in embeds)
             or not set(options).isdisjoint(DIFFUSERS_NAMES)
         )
         output_type = output_type or "np"
         check_output_type(output_type)
+        cfg = next(iter(self._placement.experts.values())).cfg
+        check_encode_options(1, max_sequence_length, cfg.text_len)
         request = self._request(prompt, embeds, options)
-        given = given_embeds(request, embeds, next(iter(self._placement.experts.values())).cfg)
+        given = given_embeds(request, embeds, cfg)
         if request.windows is not None and (output_type == "latent" or callback_on_step_end is not None):
             raise ValueError("output_type='latent' and callback_on_step_end take a one-window video (no window_frames)")
         self.check_memory(request)
         progress = progress or default_progress(self._progress_bar_config)
         hooks = [DenoiseProgress(progress), *hooks, *([Callback(callback)] if callback else [])]
-        if attention_kwargs is not None:
-            hooks.append(LoraScale(lora_scale(attention_kwargs)))
-        if callback_on_step_end is not None:
-            text_len = next(iter(self._placement.experts.values())).cfg.text_len
-            hooks.append(StepEndCallback(self, callback_on_step_end, callback_on_step_end_tensor_inputs, text_len))
+        hooks += diffusers_hooks(self, attention_kwargs, callback_on_step_end, callback_on_step_end_tensor_inputs)
         if output_type == "latent":
             with torch.inference_mode():
                 request = extend_prompts(request, self._prompt_extender, progress, {})
@@ -535,14 +507,21 @@ class WanPipeline(DiffusersCallState, DiffusersLoraMethods):
         texts = (request.prompt, request.negative_prompt)
         if set(request.guide_scale if isinstance(request.guide_scale, tuple) else (request.guide_scale,)) == {1.0}:
             texts = texts[:1]  # guidance 1 everywhere: no unconditional pass reads the negative prompt
-        given = given[: len(texts)]  # (a negative prompt's states are not read without guidance)
+        cond, *null = self.prompt_states(texts, given[: len(texts)], progress)
+        return Conditioning(cond, null[0] if null else cond)
+
+    def prompt_states(
+        self, texts: Sequence[str], given: Sequence[torch.Tensor | None], progress: Progress
+    ) -> list[torch.Tensor]:
+        """(1, text_len, dim) states of each text in the DiT's dtype on the device, or of its ``given`` (L, dim)
+        states where not None; one encoder call of batch 1 per text, as the reference."""
         todo = [text for text, states in zip(texts, given, strict=True) if states is None]
         encoder = self.text_encoder
         if todo and next(encoder.parameters()).device != self.t5_device:  # (FSDP-sharded weights are in place)
             encoder.to(self.t5_device)
         progress.start("text", len(todo))
         contexts = []
-        for text, states in zip(texts, given, strict=True):  # two calls of batch 1, as the reference
+        for text, states in zip(texts, given, strict=True):
             if states is None:
                 states = encoder.encode([text])[0]
                 progress.advance("text")
@@ -552,8 +531,7 @@ class WanPipeline(DiffusersCallState, DiffusersLoraMethods):
             encoder.to("cpu")  # offload and FSDP exclude each other (parallelize_pipeline checks)
         dit = next(iter(self._placement.experts.values()))
         dtype = dit.text_embedding[0].weight.dtype
-        cond, *null = (pad_context([c], dit.cfg.text_len).to(self.device, dtype) for c in contexts)
-        return Conditioning(cond, null[0] if null else cond)
+        return [pad_context([c], dit.cfg.text_len).to(self.device, dtype) for c in contexts]
 
     def encode_image(self, video: torch.Tensor) -> torch.Tensor:
         """VAE latent of a conditioning clip (1, 3, F, H, W) in [-1, 1]."""
