@@ -412,6 +412,23 @@ def test_enable_sequential_cpu_offload_is_the_block_policy():
     assert torch.equal(pipe(PROMPT, steps=3, seed=1).frames, before.frames)
 
 
+def test_enable_vae_tiling_decodes_in_exact_tiles(monkeypatch):
+    from wanflow.pipelines import pipeline as pipeline_module
+
+    pipe = WanPipeline.from_builtin("t2v-A14B")
+    whole = pipe(PROMPT, steps=2, seed=4).frames
+    tiles = []
+    real = pipeline_module.decode_tiled
+    monkeypatch.setattr(
+        pipeline_module, "decode_tiled", lambda vae, z, tile, f: tiles.append(tile) or real(vae, z, tile, f)
+    )
+    pipe.enable_vae_tiling(3)
+    tiled = pipe(PROMPT, steps=2, seed=4).frames
+    assert tiles == [3] and (tiled - whole).abs().max() <= 1e-5
+    pipe.disable_vae_tiling()
+    assert torch.equal(pipe(PROMPT, steps=2, seed=4).frames, whole) and tiles == [3]
+
+
 def test_from_builtin_loads_the_shipped_model_of_a_task(ti2v):
     assert ti2v.task.name == "ti2v-5B" and ti2v.task.size == (64, 64)  # the built-in's own defaults
     with pytest.raises(ValueError, match="no built-in model for task 'x2v'"):

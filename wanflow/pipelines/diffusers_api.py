@@ -14,6 +14,7 @@ powers of two around one rounding), so ``export_to_video`` of "np" or "pt" frame
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import os
@@ -31,6 +32,7 @@ from wanflow.runtime.lora import LoraScale
 from wanflow.sampling.hooks import Step, StepHook, Velocity
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")  # diffusers' names; its default is "np"
+VAE_TILE = 32  # latent pixels per tile of ``enable_vae_tiling`` (256 pixels with the Wan 2.1 VAE, 512 with 2.2's)
 CALLBACK_TENSORS = ("latents", "prompt_embeds", "negative_prompt_embeds")  # diffusers' ``_callback_tensor_inputs``
 
 
@@ -102,6 +104,14 @@ class DiffusersMethods:
         if unknown:
             raise ValueError(f"set_progress_bar_config takes tqdm's arguments; unknown: {unknown}")
         self._progress_bar_config = dict(kwargs)
+
+    def enable_vae_tiling(self, tile: int = VAE_TILE) -> None:
+        """diffusers' (older) name for a tiled VAE decode: here exact (``runtime.vae_tiling``: no blending, no seams),
+        in tiles of ``tile`` latent pixels; the ``vae_tile`` runtime option."""
+        self.runtime = dataclasses.replace(self.runtime, vae_tile=tile)  # type: ignore[attr-defined]
+
+    def disable_vae_tiling(self) -> None:
+        self.runtime = dataclasses.replace(self.runtime, vae_tile=0)  # type: ignore[attr-defined]
 
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None) -> None:
         """diffusers' name for the ``model`` policy: only the active expert on the device. ``device`` (or ``gpu_id``,
