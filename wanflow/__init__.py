@@ -26,9 +26,11 @@ _EXPORTS = {
     "GenerateOptions": "wanflow.pipelines.request",
     "WanPipelineOutput": "wanflow.pipelines.diffusers_api",
     "export_to_video": "wanflow.pipelines.diffusers_api",
+    "load_image": "wanflow.io.image",
 }
 
 if TYPE_CHECKING:
+    from wanflow.io.image import load_image
     from wanflow.pipelines.diffusers_api import WanPipelineOutput, export_to_video
     from wanflow.pipelines.pipeline import RuntimeOptions, Video, WanImageToVideoPipeline, WanPipeline
     from wanflow.pipelines.request import GenerateOptions
@@ -52,4 +54,5 @@ __all__ = [
     "WanPipeline",
     "WanPipelineOutput",
     "export_to_video",
+    "load_image",
 ]

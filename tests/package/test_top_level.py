@@ -6,12 +6,14 @@ import sys
 import pytest
 
 import wanflow
+from wanflow.io.image import load_image
 from wanflow.pipelines.diffusers_api import export_to_video
 from wanflow.pipelines.pipeline import WanPipeline
 
 
 def test_public_names_are_the_modules_objects():
     assert wanflow.WanPipeline is WanPipeline and wanflow.export_to_video is export_to_video
+    assert wanflow.load_image is load_image
     assert wanflow.WanImageToVideoPipeline is WanPipeline  # diffusers' class name: one class runs every task
     assert set(wanflow.__all__) <= set(dir(wanflow))
     with pytest.raises(AttributeError, match="no attribute 'Pipeline'"):

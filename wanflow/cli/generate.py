@@ -84,7 +84,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_runtime_arguments(p)
     add_flag(p, "prompt", help="the prompt")
     add_flag(p, "negative_prompt", help='the negative prompt (default: the task\'s); --negative_prompt "" for none')
-    add_flag(p, "image", help="input image (i2v-A14B needs one; with ti2v-5B it selects image-to-video)")
+    add_flag(
+        p,
+        "image",
+        help="input image, a path or an http(s) URL (i2v-A14B needs one; with ti2v-5B it selects image-to-video)",
+    )
     add_flag(
         p, "last_image", help="the last frame beside --image's first (first-last frame; i2v-A14B), same aspect ratio"
     )

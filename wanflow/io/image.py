@@ -2,28 +2,48 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import urllib.error
+import urllib.request
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
-def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
-    """An RGB PIL image from a path (or an image), with one clear error if it is missing or unreadable."""
+def load_image(source: str | os.PathLike | Image.Image, timeout: float = 30.0) -> Image.Image:
+    """An RGB PIL image from a path, an http(s) URL or an image, turned upright by its EXIF orientation (as
+    diffusers' ``load_image`` and ComfyUI read photos; the reference reads the stored pixels), with one clear error
+    if it is missing or unreadable."""
     if isinstance(source, Image.Image):
         return source.convert("RGB")
     path = os.fspath(source)
+    if path.startswith(("http://", "https://")):
+        return _decode(_download(path, timeout), path)
     if os.path.isdir(path):
         raise ValueError(f"{path} is a folder, not an image file")
     if not os.path.isfile(path):
         raise ValueError(f"image not found: {path}")
+    with open(path, "rb") as f:
+        return _decode(f.read(), path)
+
+
+def _download(url: str, timeout: float) -> bytes:
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # (http or https only: the caller checked)
+            return response.read()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise ValueError(f"cannot fetch image {url}: {e}") from None
+
+
+def _decode(data: bytes, where: str) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return ImageOps.exif_transpose(im).convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ValueError(f"cannot read image {where}: {e}") from None
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
