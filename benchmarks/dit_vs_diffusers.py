@@ -58,8 +58,8 @@ def build(cfg: DiTConfig, dtype: torch.dtype, device: torch.device):
     return ours, theirs
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """The DiT and video shape, device, dtype and threads of a one-step benchmark (also ``lora_step.py``'s)."""
     p.add_argument("--variant", choices=sorted(DIT_CONFIGS), help="real-size config (default: a small one)")
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
@@ -69,19 +69,28 @@ def main() -> None:
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+
+
+def config_of(args: argparse.Namespace) -> DiTConfig:
+    """The published config of ``--variant``, or a small A14B-shaped one of ``--dim/--layers/--heads``."""
+    if args.variant:
+        return DIT_CONFIGS[args.variant]
+    return DIT_CONFIGS["t2v-A14B"].replace(
+        dim=args.dim, ffn_dim=4 * args.dim, num_heads=args.heads, num_layers=args.layers
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(p)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=None, help="hardware peak for the dtype (H100 bf16: 989)")
     p.add_argument("--same-batch", action="store_true", help="time diffusers on the CFG batch of 2 as well")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    if args.variant:
-        cfg = DIT_CONFIGS[args.variant]
-    else:
-        cfg = DIT_CONFIGS["t2v-A14B"].replace(
-            dim=args.dim, ffn_dim=4 * args.dim, num_heads=args.heads, num_layers=args.layers
-        )
+    cfg = config_of(args)
     ours, theirs = build(cfg, dtype, device)
     lat = ((args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
     x = torch.randn(1, cfg.in_dim, *lat, device=device)

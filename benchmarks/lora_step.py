@@ -19,69 +19,47 @@ from __future__ import annotations
 import argparse
 
 import torch
-from dit_vs_diffusers import build, timed
+from dit_vs_diffusers import add_config_arguments, build, config_of, timed
 
 from wanflow.checkpoints.lora import parse_lora
-from wanflow.configs import DIT_CONFIGS
+from wanflow.checkpoints.maps.dit import DIT_KEYMAP
 from wanflow.runtime.lora import apply_lora, remove_lora
 
-# official block module -> diffusers module, with (out, in) from the config
-MODULES = {
-    "self_attn.q": "attn1.to_q",
-    "self_attn.k": "attn1.to_k",
-    "self_attn.v": "attn1.to_v",
-    "self_attn.o": "attn1.to_out.0",
-    "cross_attn.q": "attn2.to_q",
-    "cross_attn.k": "attn2.to_k",
-    "cross_attn.v": "attn2.to_v",
-    "cross_attn.o": "attn2.to_out.0",
-    "ffn.0": "ffn.net.0.proj",
-    "ffn.2": "ffn.net.2",
-}
+# every linear of a block: both attentions' q, k, v, o and the two FFN layers
+BLOCK_LINEARS = (*(f"{a}.{m}" for a in ("self_attn", "cross_attn") for m in "qkvo"), "ffn.0", "ffn.2")
 
 
 def random_lora(cfg, rank: int, device: torch.device) -> tuple[dict, dict]:
-    """The same LoRA in Wan's key format (alpha = rank: scale 1) and in diffusers' (no alpha: scale 1)."""
+    """The same LoRA in Wan's key format (alpha = rank: scale 1) and in diffusers' (no alpha: scale 1; module names
+    from wanflow's key map)."""
     gen = torch.Generator(device="cpu").manual_seed(1)
     wan, diffusers = {}, {}
+    shapes = {"ffn.0": (cfg.ffn_dim, cfg.dim), "ffn.2": (cfg.dim, cfg.ffn_dim)}
     for i in range(cfg.num_layers):
-        for official, theirs in MODULES.items():
-            shapes = {"ffn.0": (cfg.ffn_dim, cfg.dim), "ffn.2": (cfg.dim, cfg.ffn_dim)}
-            out_f, in_f = shapes.get(official, (cfg.dim, cfg.dim))
+        for module in BLOCK_LINEARS:
+            out_f, in_f = shapes.get(module, (cfg.dim, cfg.dim))
             down = torch.randn(rank, in_f, generator=gen) / in_f**0.5
             up = torch.randn(out_f, rank, generator=gen) * 0.02
-            wan[f"diffusion_model.blocks.{i}.{official}.lora_down.weight"] = down
-            wan[f"diffusion_model.blocks.{i}.{official}.lora_up.weight"] = up
-            wan[f"diffusion_model.blocks.{i}.{official}.alpha"] = torch.tensor(float(rank))
-            diffusers[f"transformer.blocks.{i}.{theirs}.lora_A.weight"] = down
-            diffusers[f"transformer.blocks.{i}.{theirs}.lora_B.weight"] = up
-    return wan, {k: v.to(device) for k, v in diffusers.items()}
+            wan[f"diffusion_model.blocks.{i}.{module}.lora_down.weight"] = down
+            wan[f"diffusion_model.blocks.{i}.{module}.lora_up.weight"] = up
+            wan[f"diffusion_model.blocks.{i}.{module}.alpha"] = torch.tensor(float(rank))
+            (theirs,) = DIT_KEYMAP.forward({f"blocks.{i}.{module}.weight": down})
+            stem = theirs.removesuffix(".weight")
+            diffusers[f"transformer.{stem}.lora_A.weight"] = down.to(device)
+            diffusers[f"transformer.{stem}.lora_B.weight"] = up.to(device)
+    return wan, diffusers
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variant", choices=sorted(DIT_CONFIGS), help="real-size config (default: a small one)")
-    p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--frames", type=int, default=9)
-    p.add_argument("--height", type=int, default=128)
-    p.add_argument("--width", type=int, default=128)
+    add_config_arguments(p)
     p.add_argument("--rank", type=int, default=64)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=2, help="timed calls per variant and round (best kept)")
     p.add_argument("--rounds", type=int, default=3, help="rounds over all variants (best kept)")
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    if args.variant:
-        cfg = DIT_CONFIGS[args.variant]
-    else:
-        cfg = DIT_CONFIGS["t2v-A14B"].replace(
-            dim=args.dim, ffn_dim=4 * args.dim, num_heads=args.heads, num_layers=args.layers
-        )
+    cfg = config_of(args)
     ours, theirs = build(cfg, dtype, device)
     wan, diffusers = random_lora(cfg, args.rank, device)
     lora = parse_lora(wan, "benchmark LoRA")

@@ -11,6 +11,7 @@ import torch
 from diffusers import WanPipeline as DiffusersWan
 from safetensors.torch import save_file
 
+from tests.pipelines.test_diffusers_api import DIFFUSERS_CALL, PROMPT
 from tests.pipelines.test_parity import diffusers_pipe
 from tests.tiny.checkpoint import TINY_DITS, write_official_checkpoint
 from tests.tiny.lora import make_lora
@@ -20,17 +21,13 @@ from wanflow.pipelines.pipeline import WanPipeline
 from wanflow.tasks import TASKS
 
 TASK = "t2v-A14B"
-CALL = dict(
-    prompt="a red circle moving right",
-    negative_prompt=TASKS[TASK].negative_prompt,
-    height=64,
-    width=64,
-    num_frames=5,
-    num_inference_steps=4,  # 3 steps on the high-noise expert, 1 on the low-noise one
-    guidance_scale=4.5,
-    guidance_scale_2=3.0,
-    output_type="latent",
-)
+CALL = {
+    **DIFFUSERS_CALL,  # the diffusers-api tests' call, shorter:
+    "prompt": PROMPT,
+    "num_frames": 5,
+    "num_inference_steps": 4,  # 3 steps on the high-noise expert, 1 on the low-noise one
+    "output_type": "latent",
+}
 
 
 @pytest.fixture(scope="module")
