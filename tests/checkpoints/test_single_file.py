@@ -240,3 +240,21 @@ def test_a_lora_applies_beside_quantised_weights(tmp_path):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="Q4_K layer cannot take new float weights"):
         apply_lora(load_dit_file(tmp_path / "dit.gguf"), lora, "style", 0.8, merge=True)
+
+
+@torch.no_grad()
+def test_a_lora_beside_gguf_weights_stays_when_a_merge_is_refused(tmp_path):
+    """diffusers' fuse_lora on a GGUF expert: refused before the LoRA is taken off, so it keeps running beside."""
+    from tests.tiny.lora import make_lora
+    from wanflow.checkpoints.lora import parse_lora
+    from wanflow.runtime.lora import apply_lora, loaded_loras, reapply_lora
+
+    write_gguf(random_dit_state(SMALL_T2V, 4, scale=0.05), tmp_path / "dit.gguf", SMALL_T2V, "Q4_K")
+    model = load_dit_file(tmp_path / "dit.gguf")
+    lora = parse_lora(make_lora("wan", SMALL_T2V, 6)[0], "wan")
+    apply_lora(model, lora, "style", 0.8)
+    before = model(*dit_inputs(SMALL_T2V))
+    with pytest.raises(ValueError, match="Q4_K layer cannot take new float weights"):
+        reapply_lora(model, "style", lora, 0.8, merge=True)
+    assert [(a.name, a.merged, a.strength) for a in loaded_loras(model)] == [("style", False, 0.8)]
+    assert torch.equal(model(*dit_inputs(SMALL_T2V)), before)

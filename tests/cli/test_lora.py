@@ -127,3 +127,46 @@ def test_one_expert_flags_on_a_dense_model_and_info(setup, tmp_path, capsys):
     )
     bad = subprocess.run([sys.executable, "-m", "wanflow", "info", str(files["cut"])], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("wanflow: error: cannot read LoRA")
+
+
+def test_hf_addresses_are_fetched_from_the_hub(setup, tmp_path, monkeypatch, capsys):
+    """``hf://ORG/NAME[@REVISION]/PATH``: a file through ``hf_hub_download``, a per-expert folder through
+    ``snapshot_download`` (no network here: both stood in for, what is asked of them checked)."""
+    import shutil
+
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    ckpt, files = setup
+    snapshot = tmp_path / "snapshot"
+    (snapshot / "Seko").mkdir(parents=True)
+    shutil.copy(files["kohya"], snapshot / "Seko" / "high_noise_model.safetensors")
+    shutil.copy(files["light"], snapshot / "Seko" / "low_noise_model.safetensors")
+    asked = []
+
+    def download(repo, filename, revision=None):
+        asked.append(("file", repo, filename, revision))
+        if filename == "gone.safetensors":
+            raise EntryNotFoundError("404 Client Error: Entry Not Found for url: https://huggingface.co/...")
+        return str(files[filename.removesuffix(".safetensors")])
+
+    def snapshot_download(repo, revision=None, allow_patterns=None):
+        asked.append(("folder", repo, allow_patterns, revision))
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    out = tmp_path / "hub"
+    args = ["generate", "x", "--ckpt_dir", str(ckpt), *FAST, "--base_seed", "4", "--save_file", f"{out}/"]
+    assert main([*args, "--lora", "hf://org/loras/kohya.safetensors:0.5", "--lora", "hf://org/fast@v2/Seko"]) == 0
+    assert asked == [("file", "org/loras", "kohya.safetensors", None), ("folder", "org/fast", ["Seko/*"], "v2")]
+    pipe = WanPipeline.from_pretrained(ckpt)
+    pipe.load_lora(files["kohya"], 0.5)
+    pipe.load_lora(snapshot / "Seko")
+    want = to_uint8(pipe("x", size=(64, 64), frames=9, steps=3, seed=4).frames)
+    assert np.array_equal(png_frames(out)[0], want)
+    code, lines = run_main(capsys, "x", "--ckpt_dir", str(ckpt), *FAST, "--lora", "hf://org/loras/gone.safetensors")
+    errors = [line for line in lines if "error" in line]
+    assert code == 2 and len(errors) == 1, lines
+    message = "hf://org/loras/gone.safetensors: cannot fetch it from the Hugging Face Hub (EntryNotFoundError: 404"
+    assert message in errors[0]

@@ -1,4 +1,5 @@
-"""Checkpoints named by a Hugging Face Hub repository id: fetched once with huggingface_hub, then read locally."""
+"""Checkpoints named by a Hugging Face Hub repository id, and files named by an ``hf://`` address: fetched once with
+huggingface_hub (its cache), then read locally."""
 
 from __future__ import annotations
 
@@ -19,3 +20,32 @@ def local_checkpoint(path: str | os.PathLike) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(os.fspath(path)))
+
+
+HF_PREFIX = "hf://"
+WEIGHT_SUFFIXES = (".safetensors", ".sft", ".gguf", ".pth", ".pt", ".bin", ".ckpt")  # a file; any other name, a folder
+
+
+def local_file(path: str | os.PathLike) -> Path:
+    """A local path as is; ``hf://ORG/NAME[@REVISION]/PATH`` fetched from the Hub: a weights file (``WEIGHT_SUFFIXES``)
+    with ``hf_hub_download``, any other PATH as a folder of the repository with ``snapshot_download`` (e.g. a
+    per-expert LoRA folder such as ``Wan2.2-T2V-A14B-4steps-lora-rank64-Seko-V1.1``)."""
+    text = os.fspath(path)
+    if not text.startswith(HF_PREFIX):
+        return Path(text).expanduser()
+    parts = text.removeprefix(HF_PREFIX).strip("/").split("/", 2)
+    if len(parts) < 3 or not all(parts):
+        raise ValueError(f"{text}: an hf:// address is hf://ORG/NAME[@REVISION]/PATH in the repository")
+    org, name, inner = parts
+    name, _, revision = name.partition("@")
+    repo, revision = f"{org}/{name}", revision or None
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        if inner.lower().endswith(WEIGHT_SUFFIXES):
+            return Path(hf_hub_download(repo, inner, revision=revision))
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=[f"{inner}/*"])) / inner
+    except (OSError, ValueError, EntryNotFoundError) as e:  # not found, offline, no access, a malformed name
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{text}: cannot fetch it from the Hugging Face Hub ({type(e).__name__}: {first})") from None

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from wanflow.checkpoints.hub import local_file
 from wanflow.checkpoints.io import CheckpointError
 from wanflow.checkpoints.maps.dit import DIT_KEYMAP
 from wanflow.checkpoints.maps.lora import (
@@ -105,8 +106,9 @@ class LoraFile:
 
 def read_lora(path: str | os.PathLike) -> dict[str | None, LoraFile]:
     """A LoRA file (``{None: file}``, for whichever expert the caller picks), or a folder of per-expert files
-    ``high_noise_model.safetensors`` / ``low_noise_model.safetensors`` (``{"high": ..., "low": ...}``)."""
-    path = Path(path).expanduser()
+    ``high_noise_model.safetensors`` / ``low_noise_model.safetensors`` (``{"high": ..., "low": ...}``); either may be
+    an ``hf://ORG/NAME/PATH`` address on the Hub (``checkpoints.hub.local_file``)."""
+    path = local_file(path)
     if path.is_dir():
         files = {expert: path / name for expert, name in EXPERT_FILES.items() if (path / name).is_file()}
         if not files:

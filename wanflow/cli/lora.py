@@ -16,6 +16,7 @@ import os
 import re
 from pathlib import Path
 
+from wanflow.checkpoints.hub import HF_PREFIX
 from wanflow.cli.parsers import add_flag, str2bool
 from wanflow.configs import HIGH, LOW
 from wanflow.pipelines.presets import PRESETS
@@ -24,8 +25,9 @@ LORA_FLAGS = {"lora": None, "lora_high": HIGH, "lora_low": LOW}  # flag -> the e
 
 
 def parse_lora_arg(value: str) -> tuple[str, float]:
-    """``PATH[:STRENGTH]`` -> (path, strength); a path that exists is taken whole (it may hold a colon)."""
-    if os.path.exists(value) or ":" not in value:
+    """``PATH[:STRENGTH]`` -> (path, strength); a path that exists is taken whole (it may hold a colon), and so is an
+    ``hf://`` address without a strength."""
+    if os.path.exists(value) or ":" not in value.removeprefix(HF_PREFIX):
         return value, 1.0
     path, _, text = value.rpartition(":")
     try:
@@ -46,7 +48,7 @@ def add_lora_arguments(p: argparse.ArgumentParser) -> None:
         p,
         "lora",
         help="a LoRA file (any format) on every expert, or a folder of high_noise_model/low_noise_model files each "
-        "on its expert; STRENGTH default 1; repeatable",
+        "on its expert, either also as hf://ORG/NAME/PATH on the Hub; STRENGTH default 1; repeatable",
         **common,
     )
     add_flag(p, "lora_high", help="a LoRA on the high-noise expert only (A14B); repeatable", **common)

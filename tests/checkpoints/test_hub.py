@@ -1,0 +1,29 @@
+"""Names on the Hugging Face Hub: a repository id is told from a local path, and an ``hf://`` address is split into
+repository, revision and path (huggingface_hub stood in for: no network here)."""
+
+import huggingface_hub
+import pytest
+
+from wanflow.checkpoints.hub import is_hub_id, local_file
+
+
+def test_a_repository_id_is_not_a_local_path(tmp_path):
+    assert is_hub_id("Wan-AI/Wan2.2-TI2V-5B")
+    (tmp_path / "org").mkdir()
+    assert not is_hub_id(tmp_path / "org") and not is_hub_id("./a/b") and not is_hub_id("a/b/c")
+
+
+def test_hf_addresses(tmp_path, monkeypatch):
+    asked = []
+    fetch = lambda r, f, revision=None: asked.append((r, f, revision)) or "x"  # noqa: E731
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fetch)
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", lambda r, revision=None, allow_patterns=None: str(tmp_path)
+    )
+    assert local_file(tmp_path / "l.safetensors") == tmp_path / "l.safetensors"  # a local path, as it is
+    assert str(local_file("hf://org/name@main/dir/l.safetensors")) == "x"
+    assert asked == [("org/name", "dir/l.safetensors", "main")]
+    assert local_file("hf://org/name/Seko-V1.1") == tmp_path / "Seko-V1.1"  # a dot, yet a folder
+    for bad in ("hf://org/name", "hf://org//x.safetensors", "hf://org"):
+        with pytest.raises(ValueError, match=r"hf://ORG/NAME\[@REVISION\]/PATH"):
+            local_file(bad)
