@@ -220,3 +220,25 @@ def test_a_hub_repository_is_fetched_with_huggingface_hub(root, monkeypatch):
     assert pipe.get_list_adapters() == {"transformer": ["hub"], "transformer_2": ["default_0"]}
     with pytest.raises(ValueError, match="offline"):
         pipe.load_lora_weights("org/wan-loras", local_files_only=True)
+
+
+@pytest.mark.parametrize("policy", ["model", "block"])
+def test_the_memory_policies_give_the_resident_frames(root, policy):
+    """Loading, weighting, fusing and unloading go through the pipeline's transforms: the policy moves them along."""
+    state, _ = make_lora("wan", TINY_DITS[TASK], 5)
+    call = dict(size=(64, 64), frames=5, steps=3, seed=2)
+    frames = []
+    for offload in ("resident", policy):
+        pipe = WanPipeline.from_pretrained(root / "official", offload=offload)
+        pipe.load_lora_weights(state, "a")
+        pipe.load_lora_weights(state, "b", load_into_transformer_2=True)
+        pipe.set_adapters(["a", "b"], [0.5, {"transformer_2": 0.8}])
+        runs = [pipe(PROMPT, **call).frames]
+        pipe.fuse_lora(["transformer", "transformer_2"], lora_scale=0.5)
+        runs.append(pipe(PROMPT, **call).frames)
+        pipe.unload_lora_weights()
+        runs.append(pipe(PROMPT, **call).frames)
+        assert pipe._placement.policy == offload
+        frames.append(runs)
+    assert all(torch.equal(a, b) for a, b in zip(*frames, strict=True))
+    assert (frames[0][0] - frames[0][1]).abs().max() > 1e-2  # fusing at half the weights changed the picture
