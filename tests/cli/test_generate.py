@@ -200,3 +200,33 @@ def test_i2v_from_the_command_line(ckpts, tmp_path):
     )
     with Image.open(out) as im:
         assert im.n_frames == 9 and im.size == (64, 48)  # aspect of the 64x48 image within 64*64 pixels
+
+
+def test_an_image_url_is_fetched_once(tmp_path, capsys):
+    """``--image URL``: checked before the models load and used by the run, one request (a local server here)."""
+    import functools
+    import http.server
+    import threading
+
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "red.png")
+    gets = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            gets.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/red.png"
+        out = tmp_path / "o.mp4"
+        code, _ = run_main(capsys, "a red circle", "--task", "ti2v-5B", "--image", url, *FAST, "--save_file", str(out))
+    finally:
+        server.shutdown()
+    assert code == 0 and out.exists() and gets == ["/red.png"]

@@ -8,6 +8,7 @@ policies). Every value is checked by the pipeline's own ``resolve`` before any w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import resource
 import sys
@@ -157,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
     runtime = runtime_options(args)
     runtime.resolved_device()  # a device this machine lacks: one line now, not a traceback after the loading
     layout, task = checkpoint_and_task(args)
-    resolve(options, task, image_hint="an input image: --image PATH")  # every value checked before minutes of loading
+    checked = resolve(options, task, image_hint="an input image: --image PATH")  # every value, before any loading
+    options = dataclasses.replace(options, image=checked.image, last_image=checked.last_image)  # (read once: a URL)
     save_file = args.save_file or default_save_file(args.task, args.size, options.prompt)
     check_writable(save_file)
     check_preview_file(args.preview)
