@@ -4,6 +4,7 @@ fusing, delete) given to diffusers' own ``WanPipeline`` and to wanflow, on one t
 gives the same latents after every call."""
 
 import itertools
+import json
 import logging
 
 import pytest
@@ -93,6 +94,9 @@ def test_the_same_lora_calls_give_diffusers_latents(root):
     assert differs == [True] * 9 + [False, True, True, True, True, True, False]
     assert (seen[6] - base).abs().max() <= 1e-6  # disabled: the base model
     assert (seen[-1] - base).abs().max() > 1e-2  # the fused adapter outlives its unloading
+    baked = [{"name": "b", "strength": {"high": 0.7 * 2.0}, "merged": True, "baked": True}]
+    assert ours.loras == baked and ours.get_list_adapters() == {}  # ... and the output's metadata says so:
+    assert json.loads(ours(PROMPT, size=(64, 64), frames=5, steps=1, seed=1).metadata["loras"]) == baked
 
 
 def test_attention_kwargs_scale_as_in_diffusers(root):

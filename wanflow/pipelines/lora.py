@@ -18,7 +18,7 @@ from torch import nn
 
 from wanflow.checkpoints.lora import LoraError, LoraFile, check_fits, read_lora
 from wanflow.configs import DENSE, EXPERTS
-from wanflow.runtime.lora import apply_lora, loaded_loras, param_shapes, remove_lora, set_strength
+from wanflow.runtime.lora import apply_lora, baked_loras, loaded_loras, param_shapes, remove_lora, set_strength
 
 LoraFiles = Mapping[str | None, LoraFile]  # what ``read_lora`` returns: {None: file} or {expert: file}
 
@@ -131,12 +131,17 @@ def set_lora_strength(pipe, name: str, strength: float, expert: str | None = Non
 
 
 def describe_loaded(experts: Mapping[str, nn.Module]) -> list[dict[str, object]]:
-    """The loaded LoRAs as records: name, strength per expert, merged or not (for the output file's metadata)."""
-    records: dict[str, dict[str, object]] = {}
+    """The loaded LoRAs as records: name, strength per expert, merged or not (for the output file's metadata), then
+    the ones baked into the weights for good (diffusers' fuse-then-unload), marked ``"baked": True``."""
+    records: dict[tuple[str, bool], dict[str, object]] = {}
     for expert, model in experts.items():
         for applied in loaded_loras(model):
-            record = records.setdefault(applied.name, {"name": applied.name, "strength": {}, "merged": applied.merged})
-            record["strength"][expert] = applied.strength  # type: ignore[index]
+            new = {"name": applied.name, "strength": {}, "merged": applied.merged}
+            records.setdefault((applied.name, False), new)["strength"][expert] = applied.strength  # type: ignore[index]
+    for expert, model in experts.items():
+        for name, strength in baked_loras(model).items():
+            new = {"name": name, "strength": {}, "merged": True, "baked": True}
+            records.setdefault((name, True), new)["strength"][expert] = strength  # type: ignore[index]
     return list(records.values())
 
 

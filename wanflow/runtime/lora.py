@@ -55,6 +55,7 @@ class LoraState:
     originals: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # rebuilt parameters before any LoRA
     keep_originals: bool = True
     counter: int = 0
+    baked: dict[str, float] = field(default_factory=dict)  # name -> strength of the LoRAs in the weights for good
 
 
 def lora_state(model: nn.Module) -> LoraState:
@@ -166,8 +167,14 @@ def bake_lora(model: nn.Module, name: str) -> nn.Module:
     if applied.deltas:
         _fold(state, applied)
     del state.applied[name]
+    state.baked[name] = applied.strength  # (what the weights hold, for the output's metadata)
     _rebuild(model, state, applied.params)
     return model
+
+
+def baked_loras(model: nn.Module) -> dict[str, float]:
+    """The LoRAs ``bake_lora`` put in the weights for good: name -> strength."""
+    return dict(getattr(model, "wanflow_loras", LoraState()).baked)
 
 
 def set_strength(model: nn.Module, name: str, strength: float) -> None:
