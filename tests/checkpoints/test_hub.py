@@ -27,3 +27,19 @@ def test_hf_addresses(tmp_path, monkeypatch):
     for bad in ("hf://org/name", "hf://org//x.safetensors", "hf://org"):
         with pytest.raises(ValueError, match=r"hf://ORG/NAME\[@REVISION\]/PATH"):
             local_file(bad)
+
+
+def test_hub_options_reach_snapshot_download(tmp_path, monkeypatch):
+    from tests.tiny.checkpoint import write_official_checkpoint
+    from wanflow.pipelines.pipeline import WanPipeline
+
+    folder = write_official_checkpoint(tmp_path / "ckpt", "ti2v-5B")
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kw: asked.append((repo, kw)) or folder)
+    pipe = WanPipeline.from_pretrained("Wan-AI/Wan2.2-TI2V-5B", revision="v1", token="t", local_files_only=True)
+    assert pipe.task.name == "ti2v-5B"
+    assert asked == [("Wan-AI/Wan2.2-TI2V-5B", {"revision": "v1", "token": "t", "local_files_only": True})]
+    with pytest.raises(ValueError, match=r"is a local folder: \['revision'\] apply to a Hugging Face Hub"):
+        WanPipeline.from_pretrained(folder, revision="v1")
+    with pytest.raises(ValueError, match=r"unknown runtime options \['use_auth'\]"):
+        WanPipeline.from_pretrained("Wan-AI/Wan2.2-TI2V-5B", use_auth="x")

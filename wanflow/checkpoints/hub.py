@@ -13,13 +13,23 @@ def is_hub_id(path: str | os.PathLike) -> bool:
     return not Path(text).expanduser().exists() and text.count("/") == 1 and not text.startswith((".", "/", "~"))
 
 
-def local_checkpoint(path: str | os.PathLike) -> Path:
-    """A local folder as is; a Hub repository id is fetched with huggingface_hub (or found in its cache)."""
+HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only")  # huggingface_hub's, as diffusers passes them
+
+
+def local_checkpoint(path: str | os.PathLike, **hub: object) -> Path:
+    """A local folder as is; a Hub repository id is fetched with huggingface_hub (or found in its cache); ``hub``:
+    ``HUB_OPTIONS`` for the fetch (an error for a local folder, where they mean nothing)."""
+    unknown = sorted(set(hub) - set(HUB_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown Hub options {unknown}; the options are {list(HUB_OPTIONS)}")
+    hub = {k: v for k, v in hub.items() if v is not None}
     if not is_hub_id(path):
+        if hub:
+            raise ValueError(f"{path} is a local folder: {sorted(hub)} apply to a Hugging Face Hub repository id only")
         return Path(path).expanduser()
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(os.fspath(path)))
+    return Path(snapshot_download(os.fspath(path), **hub))
 
 
 HF_PREFIX = "hf://"

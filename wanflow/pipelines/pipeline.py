@@ -21,7 +21,7 @@ from PIL import Image
 from torch import nn
 
 from wanflow.builtin import builtin_checkpoint
-from wanflow.checkpoints.hub import local_checkpoint
+from wanflow.checkpoints.hub import HUB_OPTIONS, local_checkpoint
 from wanflow.checkpoints.layouts import Layout, detect_layout, files_layout
 from wanflow.checkpoints.load import Components, load_components, vae_from_module
 from wanflow.io.video import save_video
@@ -210,13 +210,17 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         huggingface_hub). ``task``: a name, whose defaults the checkpoint's ``wanflow.json`` completes (default: the
         checkpoint's model type), or a ``Task`` used as given. ``options`` are the fields of ``RuntimeOptions``, or
         diffusers' ``torch_dtype`` for ``dtype``; ``vae``: a VAE module to use instead of the checkpoint's (diffusers'
-        ``AutoencoderKLWan`` or wanflow's ``WanVAE``), kept in its own dtype unless ``vae_dtype`` says otherwise."""
+        ``AutoencoderKLWan`` or wanflow's ``WanVAE``), kept in its own dtype unless ``vae_dtype`` says otherwise;
+        for a repo id, huggingface_hub's ``revision``, ``token``, ``cache_dir`` and ``local_files_only``."""
+        hub = {name: options.pop(name) for name in HUB_OPTIONS if name in options}
         vae = options.pop("vae", None)
         vae = vae_from_module(vae) if vae is not None else None  # checked before the weights are read, as the rest
         if vae is not None and options.get("vae_dtype") is None:
             options["vae_dtype"] = vae.dtype
         runtime = RuntimeOptions.from_keywords(**options)
-        layout = path if isinstance(path, Layout) else detect_layout(local_checkpoint(path))
+        if isinstance(path, Layout) and hub:
+            raise ValueError(f"{sorted(hub)} apply to a Hugging Face Hub repository id, not to a Layout")
+        layout = path if isinstance(path, Layout) else detect_layout(local_checkpoint(path, **hub))
         components = load_components(layout, vae=vae)
         if not isinstance(task, Task):
             name = task or task_for_model(next(iter(components.experts.values())).cfg.model_type).name
