@@ -154,6 +154,18 @@ def test_the_same_call_as_diffusers_gives_diffusers_frames(ours_and_diffusers):
     assert np.abs(a - b).max() <= 1e-4 and a.std() > 0.05
 
 
+@pytest.mark.parametrize("scales", [(0.5, 3.0), (1.0, None), (4.5, 0.5)])
+def test_guidance_of_one_or_less_as_in_diffusers(ours_and_diffusers, scales):
+    """diffusers turns guidance off when guidance_scale <= 1 (guidance_scale_2 unread); a low-noise scale below 1
+    under a guided high-noise expert is the formula's blend, in both."""
+    ours, theirs = ours_and_diffusers
+    call = {**DIFFUSERS_CALL, "prompt": PROMPT, "guidance_scale": scales[0], "guidance_scale_2": scales[1]}
+    a = ours(generator=seeded(3), **call).frames
+    with torch.no_grad():
+        b = theirs(generator=seeded(3), **call).frames
+    assert np.abs(a - b).max() <= 1e-4 and a.std() > 0.05
+
+
 def steering_callback(log: list):
     """A diffusers callback that reads the call's state, scales the latents after step 1, puts the negative prompt's
     states in place of the prompt's after step 2, and interrupts after step 5 (of 8, across the expert switch)."""
@@ -325,6 +337,7 @@ def test_diffusers_names_map_onto_generate_options():
         "x", negative_prompt="blurry", size=(832, 480), frames=81, steps=30, guide_scale=(3.0, 4.0), seed=5
     )
     assert GenerateOptions.from_keywords("x", guidance_scale=4.0, guidance_scale_2=None).guide_scale == 4.0
+    assert GenerateOptions.from_keywords("x", guidance_scale=0.0, guidance_scale_2=5.0).guide_scale == 1.0
 
 
 @pytest.mark.parametrize(

@@ -91,7 +91,8 @@ def from_diffusers_names(keywords: dict[str, Any]) -> dict[str, Any]:
     - ``num_frames`` -> ``frames``, ``num_inference_steps`` -> ``steps``;
     - ``guidance_scale`` is the scale of diffusers' ``transformer``, the high-noise expert (or the only model), and
       ``guidance_scale_2`` that of ``transformer_2``, the low-noise expert (default: ``guidance_scale``), so
-      ``guide_scale=(guidance_scale_2, guidance_scale)``: (low-noise, high-noise), the reference's order;
+      ``guide_scale=(guidance_scale_2, guidance_scale)``: (low-noise, high-noise), the reference's order; a
+      ``guidance_scale`` of 1 or less turns guidance off for both experts, as in diffusers (``guide_scale=1``);
     - ``generator`` -> ``seed=generator.initial_seed()``: the seed is what counts, not the generator's device or state;
     - ``num_videos_per_prompt``: 1 only (one video per call).
     """
@@ -128,6 +129,8 @@ def _diffusers_guidance(given: dict[str, Any]) -> float | tuple[float, float] | 
         if low is not None:
             raise ValueError("guidance_scale_2 (the low-noise expert's scale) needs guidance_scale (the high-noise's)")
         return None
+    if isinstance(high, (int, float)) and not isinstance(high, bool) and high <= 1.0:
+        return 1.0  # diffusers: no classifier-free guidance at all (guidance_scale_2 unread): the prompt's prediction
     return high if low is None else (low, high)
 
 
