@@ -133,6 +133,27 @@ def check_pipeline(ctx: DistContext, task: str, out: Path) -> float:
     return (pipe("a red circle", **kw).frames - serial).abs().max().item()
 
 
+def check_interrupt(ctx: DistContext, out: Path) -> float:
+    """diffusers' interrupt set by rank 0's callback only, after step 1 of 3: every rank stops there (no rank left
+    waiting in a collective) with the latents of one process interrupted there."""
+    pipe = WanPipeline.from_pretrained(write_official_checkpoint(out / f"interrupt-rank{ctx.rank}", "t2v-A14B"))
+    kw = dict(size=(48, 64), frames=5, num_inference_steps=3, seed=ctx.seed, output_type="latent")
+    steps = []
+
+    def rank0_stops(p, i, t, kwargs):
+        steps.append(i)
+        p._interrupt = p._interrupt or (i == 1 and ctx.rank == 0)
+        return kwargs
+
+    serial = pipe("a red circle", callback_on_step_end=rank0_stops, **kw).frames  # (each rank whole; they agree)
+    assert steps == [0, 1], steps
+    parallelize_pipeline(pipe, ctx, ulysses_size=ctx.world_size)
+    steps.clear()
+    out_latents = pipe("a red circle", callback_on_step_end=rank0_stops, **kw).frames
+    assert steps == [0, 1] and pipe.interrupt, (steps, pipe.interrupt)
+    return (out_latents - serial).abs().max().item()
+
+
 def check_vae(ctx: DistContext) -> float:
     vae = random_vae(TINY_VAE21, 5)
     latents = torch.randn(3, 16, 2, 2, 3, generator=torch.Generator().manual_seed(2))
@@ -213,6 +234,7 @@ CHECKS = {
     "t5_fsdp": check_t5_fsdp,
     "pipeline_t2v": lambda ctx, out: check_pipeline(ctx, "t2v-A14B", out),
     "pipeline_ti2v": lambda ctx, out: check_pipeline(ctx, "ti2v-5B", out),
+    "pipeline_interrupt": check_interrupt,
     "vae": check_vae,
     "vae_split": lambda ctx: check_vae_split(ctx, (4, 3)),  # 8 tiles, neither size divides the frame
     "vae_split_auto": lambda ctx: check_vae_split(ctx, None),  # about one tile per rank

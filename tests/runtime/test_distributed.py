@@ -41,6 +41,7 @@ CHECKS_2 = [
     "sp_ti2v_heads3",
     "pipeline_t2v",
     "pipeline_ti2v",
+    "pipeline_interrupt",
     "errors",
 ]
 CHECKS_4 = [

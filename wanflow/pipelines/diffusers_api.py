@@ -255,6 +255,7 @@ class StepEndCallback(StepHook):
         self.pipe, self.fn, self.text_len = pipe, fn, text_len
         self.tensor_inputs = check_tensor_inputs(getattr(fn, "tensor_inputs", tensor_inputs))
         self.cond: Any = None  # the run's ``Conditioning``, seen by the first velocity call (never a cached step)
+        self.device = torch.device("cpu")
 
     def begin(self, steps: Sequence[Step]) -> None:
         self.pipe._interrupt = False
@@ -271,6 +272,7 @@ class StepEndCallback(StepHook):
         return seen
 
     def after(self, step: Step, latents: torch.Tensor) -> torch.Tensor | None:
+        self.device = latents.device  # (where ``finished`` agrees with the other ranks)
         given = {name: self._tensor(name, latents) for name in self.tensor_inputs}
         out = self.fn(self.pipe, step.index, torch.tensor(step.timestep, device=latents.device), dict(given))
         if not isinstance(out, dict):
@@ -287,7 +289,14 @@ class StepEndCallback(StepHook):
         return new.to(latents.device, latents.dtype)
 
     def finished(self) -> bool:
-        return bool(self.pipe._interrupt)
+        """The interrupt; in a distributed run, any rank's ends the run on every rank (the callback runs on each, and
+        one that stopped alone would leave the others waiting in their next collective)."""
+        stop = bool(self.pipe._interrupt)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([float(stop)], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = self.pipe._interrupt = bool(flag.item())
+        return stop
 
     def end(self) -> None:
         self.pipe._current_timestep = None
