@@ -23,12 +23,12 @@ class Catalog:
         self.cached: tuple[float, dict[str, dict]] = (-float("inf"), {})
         self.lock = threading.Lock()
 
-    def registry(self) -> dict[str, dict]:
-        """{model: {"task", "overrides", "workers"}} from the store."""
+    def registry(self, fresh: bool = False) -> dict[str, dict]:
+        """{model: {"task", "overrides", "workers"}} from the store (read again now when ``fresh``)."""
         with self.lock:
             stamp, models = self.cached
             store = self.store()
-            if store is not None and time.monotonic() - stamp > self.ttl:
+            if store is not None and (fresh or time.monotonic() - stamp > self.ttl):
                 models = store.models()
                 self.cached = (time.monotonic(), models)
             return models
@@ -71,7 +71,16 @@ class Catalog:
         return f"no worker holding model {name} extends prompts: start one with wanflow worker --prompt_extend_model"
 
     def model_for(self, name: str) -> str | None:
-        """The model a request means by ``name``: a model of that name, else the first one that runs task ``name``."""
+        """The model a request means by ``name``: a model of that name, else the first one that runs task ``name``.
+        A name the cached registry lacks is looked up again in the store first: a worker may have registered it
+        within the cache's ``ttl`` (a request for it is not refused then)."""
+        found = self._model_for(name)
+        if found is None and self.store() is not None:
+            self.registry(fresh=True)
+            found = self._model_for(name)
+        return found
+
+    def _model_for(self, name: str) -> str | None:
         names = self.names()
         if name in names:
             return name
