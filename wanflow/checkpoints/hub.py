@@ -4,6 +4,8 @@ huggingface_hub (its cache), then read locally."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -50,12 +52,21 @@ def local_file(path: str | os.PathLike) -> Path:
     name, _, revision = name.partition("@")
     repo, revision = f"{org}/{name}", revision or None
     from huggingface_hub import hf_hub_download, snapshot_download
-    from huggingface_hub.errors import EntryNotFoundError
 
-    try:
+    with fetching(text):
         if inner.lower().endswith(WEIGHT_SUFFIXES):
             return Path(hf_hub_download(repo, inner, revision=revision))
         return Path(snapshot_download(repo, revision=revision, allow_patterns=[f"{inner}/*"])) / inner
-    except (OSError, ValueError, EntryNotFoundError) as e:  # not found, offline, no access, a malformed name
+
+
+@contextmanager
+def fetching(what: str) -> Iterator[None]:
+    """huggingface_hub's errors inside (not found, offline, no access, a malformed name) as one line naming
+    ``what``."""
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        yield
+    except (OSError, ValueError, EntryNotFoundError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"{text}: cannot fetch it from the Hugging Face Hub ({type(e).__name__}: {first})") from None
+        raise ValueError(f"{what}: cannot fetch it from the Hugging Face Hub ({type(e).__name__}: {first})") from None

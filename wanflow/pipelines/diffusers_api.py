@@ -116,18 +116,19 @@ class DiffusersMethods:
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None) -> None:
         """diffusers' name for the ``model`` policy: only the active expert on the device. ``device`` (or ``gpu_id``,
         meaning ``cuda:N``) moves the run there first."""
-        if device is not None or gpu_id is not None:
-            self.to(device if device is not None else f"cuda:{gpu_id}")
-        self.set_offload("model")
+        self._offload("model", gpu_id, device)
 
     def enable_sequential_cpu_offload(
         self, gpu_id: int | None = None, device: torch.device | str | None = None
     ) -> None:
         """diffusers' name for the ``block`` policy: the experts' blocks wait in pinned host memory and are streamed
         to the device one after another, the next one copied in while the current one runs."""
+        self._offload("block", gpu_id, device)
+
+    def _offload(self, policy: str, gpu_id: int | None, device: torch.device | str | None) -> None:
         if device is not None or gpu_id is not None:
-            self.to(device if device is not None else f"cuda:{gpu_id}")
-        self.set_offload("block")
+            self.to(device if device is not None else f"cuda:{gpu_id}")  # type: ignore[attr-defined]
+        self.set_offload(policy)  # type: ignore[attr-defined]
 
     def encode_prompt(
         self,
@@ -144,15 +145,14 @@ class DiffusersMethods:
         """diffusers' ``encode_prompt``: ``(prompt_embeds, negative_prompt_embeds)``, each (1, text_len, dim) as the
         DiT reads them (the negative one None without guidance), ready for ``pipe(prompt_embeds=...)``. As in every
         wanflow call, a negative prompt left out is the task's (diffusers': none)."""
-        cfg = next(iter(self.experts.values())).cfg  # type: ignore[attr-defined]
+        cfg = self.dit_cfg  # type: ignore[attr-defined]
         texts = [one_prompt(prompt, "prompt"), one_prompt(negative_prompt, "negative_prompt")]
         if texts[1] is None:
-            texts[1] = self.task.negative_prompt
-        check_encode_options(num_videos_per_prompt, max_sequence_length, cfg.text_len)
-        given = [
-            None if e is None else embeds_context(e, name, cfg.text_len, cfg.text_dim)
-            for e, name in ((prompt_embeds, "prompt_embeds"), (negative_prompt_embeds, "negative_prompt_embeds"))
-        ]
+            texts[1] = self.task.negative_prompt  # type: ignore[attr-defined]
+        if num_videos_per_prompt != 1:
+            raise ValueError("wanflow makes one video per call: num_videos_per_prompt must be 1")
+        check_max_sequence_length(max_sequence_length, cfg.text_len)
+        given = embeds_states((prompt_embeds, negative_prompt_embeds), cfg)
         if texts[0] is None and given[0] is None:
             raise ValueError("pass a prompt or prompt_embeds")
         n = 2 if do_classifier_free_guidance else 1
@@ -198,9 +198,7 @@ def one_prompt(prompt: Any, name: str) -> str | None:
     return prompt
 
 
-def check_encode_options(num_videos_per_prompt: int, max_sequence_length: int | None, text_len: int) -> None:
-    if num_videos_per_prompt != 1:
-        raise ValueError("wanflow makes one video per call: num_videos_per_prompt must be 1")
+def check_max_sequence_length(max_sequence_length: int | None, text_len: int) -> None:
     if max_sequence_length not in (None, text_len):
         raise ValueError(
             f"max_sequence_length={max_sequence_length}: the DiT reads {text_len} rows of text states (zero rows "
@@ -208,18 +206,21 @@ def check_encode_options(num_videos_per_prompt: int, max_sequence_length: int | 
         )
 
 
-def given_embeds(request: Any, embeds: tuple[Any, Any], cfg: Any) -> tuple[torch.Tensor | None, ...]:
-    """diffusers' ``prompt_embeds`` / ``negative_prompt_embeds`` of a call, checked against the DiT's ``cfg``:
-    (L, text_dim) each, or None (that text is encoded)."""
-    if all(e is None for e in embeds):
-        return (None, None)
-    if request.windows is not None or request.extension is not None:
-        raise ValueError("prompt_embeds take the place of one prompt: no windows of prompts, no prompt extension")
+def embeds_states(embeds: tuple[Any, Any], cfg: Any) -> tuple[torch.Tensor | None, ...]:
+    """diffusers' (``prompt_embeds``, ``negative_prompt_embeds``) checked against the DiT's ``cfg``: (L, text_dim)
+    each, or None (that text is encoded)."""
     names = ("prompt_embeds", "negative_prompt_embeds")
     return tuple(
         None if e is None else embeds_context(e, name, cfg.text_len, cfg.text_dim)
         for e, name in zip(embeds, names, strict=True)
     )
+
+
+def given_embeds(request: Any, embeds: tuple[Any, Any], cfg: Any) -> tuple[torch.Tensor | None, ...]:
+    """A call's ``prompt_embeds`` / ``negative_prompt_embeds`` (``embeds_states``), which take one prompt's place."""
+    if any(e is not None for e in embeds) and (request.windows is not None or request.extension is not None):
+        raise ValueError("prompt_embeds take the place of one prompt: no windows of prompts, no prompt extension")
+    return embeds_states(embeds, cfg)
 
 
 def lora_scale(attention_kwargs: Any) -> float:
@@ -240,8 +241,7 @@ def diffusers_hooks(
     if attention_kwargs is not None:
         hooks.append(LoraScale(lora_scale(attention_kwargs)))
     if callback is not None:
-        text_len = next(iter(pipe.experts.values())).cfg.text_len
-        hooks.append(StepEndCallback(pipe, callback, tensor_inputs, text_len))
+        hooks.append(StepEndCallback(pipe, callback, tensor_inputs, pipe.dit_cfg.text_len))
     return hooks
 
 
@@ -353,10 +353,11 @@ __all__ = [
     "DiffusersMethods",
     "StepEndCallback",
     "WanPipelineOutput",
-    "check_encode_options",
+    "check_max_sequence_length",
     "diffusers_hooks",
     "diffusers_output",
     "embeds_context",
+    "embeds_states",
     "export_to_video",
     "given_embeds",
     "lora_scale",

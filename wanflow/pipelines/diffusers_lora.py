@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from wanflow.checkpoints.hub import is_hub_id
+from wanflow.checkpoints.hub import fetching, is_hub_id
 from wanflow.checkpoints.lora import LoraFile, parse_lora, read_lora_file
 from wanflow.pipelines import lora
 from wanflow.runtime.lora import bake_lora, loaded_loras, reapply_lora, remove_lora
@@ -49,6 +49,11 @@ class AdapterState:
     active: dict[str, list[str]] = field(default_factory=dict)  # per expert; absent: every adapter there
     fused: set[tuple[str, str]] = field(default_factory=set)
     enabled: bool = True
+
+    def is_on(self, expert: str, name: str) -> bool:
+        """Whether an unfused adapter runs at its weight now: enabled, and active on its expert."""
+        active = self.active.get(expert)
+        return self.enabled and (active is None or name in active)
 
 
 def lora_source(
@@ -70,9 +75,12 @@ def lora_source(
         if weight_name is None:
             if hub.get("local_files_only"):
                 raise ValueError("offline (local_files_only): name the file with weight_name")
-            listed = list_repo_files(text, revision=hub.get("revision"), token=hub.get("token"))
+            with fetching(text):
+                listed = list_repo_files(text, revision=hub.get("revision"), token=hub.get("token"))
             weight_name = guess_weight_name(listed, text, subfolder)
-        return read_lora_file(hf_hub_download(text, weight_name, subfolder=subfolder, **hub))
+        with fetching(f"{text}/{subfolder + '/' if subfolder else ''}{weight_name}"):
+            path = hf_hub_download(text, weight_name, subfolder=subfolder, **hub)
+        return read_lora_file(path)
     folder = Path(text).expanduser() / (subfolder or "")
     if not folder.is_dir():
         raise ValueError(f"LoRA not found: {text} is no file, folder or Hugging Face Hub repository (org/name)")
@@ -135,7 +143,7 @@ class DiffusersLoraMethods:
                     if active is not None and applied.name not in active:
                         active.append(applied.name)
                     state.weights[key] = applied.strength
-                elif state.enabled and (active is None or applied.name in active):
+                elif state.is_on(expert, applied.name):
                     state.weights[key] = applied.strength
         for table in (state.files, state.weights):
             for key in [k for k in table if k not in present]:
@@ -149,13 +157,11 @@ class DiffusersLoraMethods:
     def _apply_weights(self, state: AdapterState) -> None:
         """Each adapter's strength from the state: its weight when active and enabled, else 0; fused ones stay."""
         for expert, model in self.experts.items():  # type: ignore[attr-defined]
-            active = state.active.get(expert)
             for applied in loaded_loras(model):
                 key = (expert, applied.name)
                 if key in state.fused:
                     continue
-                on = state.enabled and (active is None or applied.name in active)
-                strength = state.weights.get(key, 1.0) if on else 0.0
+                strength = state.weights.get(key, 1.0) if state.is_on(expert, applied.name) else 0.0
                 if strength != applied.strength:
                     lora.set_lora_strength(self, applied.name, strength, expert)
 

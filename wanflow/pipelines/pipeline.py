@@ -33,7 +33,7 @@ from wanflow.pipelines.core import Conditioning, Sampler, denoise
 from wanflow.pipelines.diffusers_api import (
     DiffusersMethods,
     WanPipelineOutput,
-    check_encode_options,
+    check_max_sequence_length,
     check_output_type,
     diffusers_hooks,
     diffusers_output,
@@ -175,6 +175,7 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             )
         if self.task.is_moe != components.layout.is_moe:
             raise ValueError(f"task {self.task.name} and the checkpoint disagree on the number of experts")
+        self.dit_cfg = dit_cfg  # every expert's shape (one config for both experts of an A14B model)
         self.patch = dit_cfg.patch_size
         self.layout = components.layout  # where calibration files beside the weights are found
         self.runtime = runtime
@@ -376,10 +377,9 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         )
         output_type = output_type or "np"
         check_output_type(output_type)
-        cfg = next(iter(self._placement.experts.values())).cfg
-        check_encode_options(1, max_sequence_length, cfg.text_len)
+        check_max_sequence_length(max_sequence_length, self.dit_cfg.text_len)
         request = self._request(prompt, embeds, options)
-        given = given_embeds(request, embeds, cfg)
+        given = given_embeds(request, embeds, self.dit_cfg)
         if request.windows is not None and (output_type == "latent" or callback_on_step_end is not None):
             raise ValueError("output_type='latent' and callback_on_step_end take a one-window video (no window_frames)")
         self.check_memory(request)
@@ -474,10 +474,9 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         run's share of the work is not estimated."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             return
-        dit = next(iter(self._placement.experts.values()))
         scales = request.guide_scale if isinstance(request.guide_scale, tuple) else (request.guide_scale,)
         need = memory_need(
-            dit.cfg,
+            self.dit_cfg,
             self.vae.cfg,
             request.size,
             request.frames,
@@ -533,9 +532,8 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         progress.end("text")
         if todo and self.offload != "resident" and self.t5_device.type != "cpu":
             encoder.to("cpu")  # offload and FSDP exclude each other (parallelize_pipeline checks)
-        dit = next(iter(self._placement.experts.values()))
-        dtype = dit.text_embedding[0].weight.dtype
-        return [pad_context([c], dit.cfg.text_len).to(self.device, dtype) for c in contexts]
+        dtype = next(iter(self._placement.experts.values())).text_embedding[0].weight.dtype
+        return [pad_context([c], self.dit_cfg.text_len).to(self.device, dtype) for c in contexts]
 
     def encode_image(self, video: torch.Tensor) -> torch.Tensor:
         """VAE latent of a conditioning clip (1, 3, F, H, W) in [-1, 1]."""

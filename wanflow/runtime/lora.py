@@ -344,13 +344,33 @@ def _detach(module: nn.Linear, key: str) -> None:
         del module.lora
 
 
-class LoraSchedule(StepHook):
+class RunStrengths(StepHook):
+    """Strengths for the length of one run: ``set`` keeps the strength a LoRA had before its first change, and
+    ``end`` puts every changed one back (the base of ``LoraSchedule`` and ``LoraScale``)."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[tuple[int, str], tuple[nn.Module, float]] = {}
+
+    def set(self, model: nn.Module, applied: Applied, strength: float) -> None:
+        self.loaded.setdefault((id(model), applied.name), (model, applied.strength))
+        set_strength(model, applied.name, strength)
+
+    def changed(self, model: nn.Module, name: str) -> bool:
+        return (id(model), name) in self.loaded
+
+    def end(self) -> None:
+        for (_, name), (model, strength) in self.loaded.items():
+            set_strength(model, name, strength)
+        self.loaded.clear()
+
+
+class LoraSchedule(RunStrengths):
     """Per-step strengths for LoRAs loaded beside the weights: ``{name: [s_0, s_1, ...] or fn(step) -> s}`` (a list
     shorter than the run keeps its last value). The strengths they were loaded with come back at the end."""
 
     def __init__(self, strengths: Mapping[str, Sequence[float] | Callable[[Step], float]]):
+        super().__init__()
         self.strengths = dict(strengths)
-        self.loaded: dict[tuple[int, str], tuple[nn.Module, float]] = {}
 
     def before(self, step: Step, model: nn.Module) -> None:
         state = lora_state(model)
@@ -360,32 +380,18 @@ class LoraSchedule(StepHook):
                 continue
             if applied.merged:
                 raise ValueError(f"per-step strengths need LoRA {name!r} loaded beside the weights, not merged")
-            self.loaded.setdefault((id(model), name), (model, applied.strength))
-            set_strength(model, name, plan(step) if callable(plan) else plan[min(step.index, len(plan) - 1)])
-
-    def end(self) -> None:
-        for (_, name), (model, strength) in self.loaded.items():
-            set_strength(model, name, strength)
-        self.loaded.clear()
+            self.set(model, applied, plan(step) if callable(plan) else plan[min(step.index, len(plan) - 1)])
 
 
-class LoraScale(StepHook):
+class LoraScale(RunStrengths):
     """Every LoRA beside the weights at ``scale`` times its strength for one run (diffusers' ``attention_kwargs=
     {"scale": s}``); merged ones are in the weights and stay as they are. The strengths come back at the end."""
 
     def __init__(self, scale: float):
+        super().__init__()
         self.scale = float(scale)
-        self.loaded: dict[tuple[int, str], tuple[nn.Module, float]] = {}
 
     def before(self, step: Step, model: nn.Module) -> None:
         for applied in lora_state(model).applied.values():
-            key = (id(model), applied.name)
-            if applied.merged or key in self.loaded:
-                continue
-            self.loaded[key] = (model, applied.strength)
-            set_strength(model, applied.name, applied.strength * self.scale)
-
-    def end(self) -> None:
-        for (_, name), (model, strength) in self.loaded.items():
-            set_strength(model, name, strength)
-        self.loaded.clear()
+            if not applied.merged and not self.changed(model, applied.name):
+                self.set(model, applied, applied.strength * self.scale)
