@@ -41,6 +41,7 @@ from wanflow.checkpoints.maps.vae import (
     vae_keymap,
 )
 from wanflow.configs import DENSE, HIGH
+from wanflow.sampling.diffusers_schedulers import reference_config
 from wanflow.tasks import Task, task_for_model
 
 SHARD_BYTES = 10 * 1024**3  # diffusers' default shard size
@@ -108,21 +109,7 @@ def _to_diffusers(layout: Layout, dst: Path, shard: int) -> None:
     if layout.tokenizer is not None:
         shutil.copytree(layout.tokenizer, dst / "tokenizer")
     task = task_for_model(model_type)
-    _write_json(
-        dst / "scheduler" / "scheduler_config.json",
-        {
-            "_class_name": "UniPCMultistepScheduler",
-            "num_train_timesteps": 1000,
-            "prediction_type": "flow_prediction",
-            "use_flow_sigmas": True,
-            "flow_shift": task.shift,
-            "solver_order": 2,
-            "solver_type": "bh2",
-            "lower_order_final": True,
-            "predict_x0": True,
-            "final_sigmas_type": "zero",
-        },
-    )
+    _write_json(dst / "scheduler" / "scheduler_config.json", reference_config(task.shift))
     _write_json(dst / "model_index.json", _model_index(layout, task))
 
 

@@ -29,6 +29,7 @@ import torch
 from wanflow.io.video import save_video
 from wanflow.pipelines.progress import Progress
 from wanflow.runtime.lora import LoraScale
+from wanflow.sampling.diffusers_schedulers import ReferenceScheduler, scheduler_family
 from wanflow.sampling.hooks import Step, StepHook, Velocity
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")  # diffusers' names; its default is "np"
@@ -81,6 +82,26 @@ class DiffusersMethods:
     _num_timesteps: int | None = None
     _current_timestep: torch.Tensor | None = None
     _progress_bar_config: dict[str, object] | None = None  # ``set_progress_bar_config``'s tqdm keywords
+
+    _scheduler: Any = None  # a diffusers scheduler set as ``pipe.scheduler``; None: the reference's sampler
+
+    @property
+    def scheduler(self) -> Any:
+        """diffusers' ``pipe.scheduler``: the scheduler set, or the reference's (``ReferenceScheduler``), whose
+        ``config`` builds diffusers' schedulers (``UniPCMultistepScheduler.from_config(pipe.scheduler.config,
+        flow_shift=5.0)``)."""
+        return self._scheduler or ReferenceScheduler(self.task.shift)  # type: ignore[attr-defined]
+
+    @scheduler.setter
+    def scheduler(self, scheduler: Any) -> None:
+        """Set a diffusers scheduler (UniPC, DPM++ or flow-matching Euler, in the settings wanflow's solvers compute:
+        ``sampling.diffusers_schedulers``): every call walks its grid with its family's solver, as diffusers would.
+        None or the reference's (what ``pipe.scheduler`` read before) goes back to wanflow's own sampler."""
+        if scheduler is not None and not isinstance(scheduler, ReferenceScheduler):
+            scheduler_family(scheduler)  # refused here, not at the next call
+            self._scheduler = scheduler
+        else:
+            self._scheduler = None
 
     @property
     def interrupt(self) -> bool:

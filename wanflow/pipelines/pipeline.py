@@ -44,7 +44,7 @@ from wanflow.pipelines.guards import FiniteLatents, check_memory, memory_need
 from wanflow.pipelines.long_video import decode_windows, sample_windows
 from wanflow.pipelines.progress import Callback, DenoiseProgress, Progress, default_progress
 from wanflow.pipelines.prompt_extension import extend_prompts
-from wanflow.pipelines.request import DIFFUSERS_NAMES, GenerateOptions, Request, resolve
+from wanflow.pipelines.request import DIFFUSERS_NAMES, GenerateOptions, Request, resolve, with_scheduler
 from wanflow.runtime.cache_curve import load_curve
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.fp8 import quantize_fp8
@@ -53,6 +53,7 @@ from wanflow.runtime.precision import cast_model
 from wanflow.runtime.preview import DEFAULT_EVERY, Preview, load_preview_map
 from wanflow.runtime.step_cache import CacheSettings, MagCache
 from wanflow.runtime.vae_tiling import decode_tiled
+from wanflow.sampling.diffusers_schedulers import scheduler_family
 from wanflow.sampling.experts import boundary_timestep
 from wanflow.sampling.hooks import Step, StepHook
 from wanflow.sampling.noise import initial_noise
@@ -212,8 +213,12 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         checkpoint's model type), or a ``Task`` used as given. ``options`` are the fields of ``RuntimeOptions``, or
         diffusers' ``torch_dtype`` for ``dtype``; ``vae``: a VAE module to use instead of the checkpoint's (diffusers'
         ``AutoencoderKLWan`` or wanflow's ``WanVAE``), kept in its own dtype unless ``vae_dtype`` says otherwise;
-        for a repo id, huggingface_hub's ``revision``, ``token``, ``cache_dir`` and ``local_files_only``."""
+        for a repo id, huggingface_hub's ``revision``, ``token``, ``cache_dir`` and ``local_files_only``;
+        ``scheduler``: a diffusers scheduler to sample with, as ``pipe.scheduler = ...`` (diffusers' way)."""
         hub = {name: options.pop(name) for name in HUB_OPTIONS if name in options}
+        scheduler = options.pop("scheduler", None)
+        if scheduler is not None:
+            scheduler_family(scheduler)  # checked before the weights are read, as the rest
         vae = options.pop("vae", None)
         vae = vae_from_module(vae) if vae is not None else None  # checked before the weights are read, as the rest
         if vae is not None and options.get("vae_dtype") is None:
@@ -226,7 +231,9 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         if not isinstance(task, Task):
             name = task or task_for_model(next(iter(components.experts.values())).cfg.model_type).name
             task = checkpoint_task(layout, get_task(name))
-        return cls(components, task, runtime)
+        pipe = cls(components, task, runtime)
+        pipe.scheduler = scheduler
+        return pipe
 
     @classmethod
     def from_builtin(cls, task: str = "t2v-A14B", **options) -> WanPipeline:
@@ -407,7 +414,8 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             raise ValueError("pass negative_prompt or negative_prompt_embeds (one of the two)")
         if not isinstance(prompt, GenerateOptions):
             prompt = GenerateOptions.from_keywords(prompt or "", **options)
-        return resolve(prompt, self.task, self.size_multiple)
+        request = resolve(prompt, self.task, self.size_multiple)
+        return request if self._scheduler is None else with_scheduler(request, prompt, self._scheduler)
 
     def generate(
         self,
@@ -546,8 +554,13 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         self, noise: torch.Tensor, cond: Conditioning, request: Request, hooks: Iterable[StepHook] = ()
     ) -> torch.Tensor:
         """The shared loop with this pipeline's experts and hooks, then ``hooks``."""
+        schedule = (
+            request.grid.schedule  # a diffusers scheduler's grid (``pipe.scheduler``), or the solver's own
+            if request.grid is not None
+            else get_schedule(request.solver, request.steps, request.shift, request.float_timesteps)
+        )
         sampler = Sampler(
-            get_schedule(request.solver, request.steps, request.shift, request.float_timesteps),
+            schedule,
             get_solver(request.solver),
             boundary_timestep(self.task.boundary),
             request.guide_scale,

@@ -20,6 +20,7 @@ from wanflow.pipelines.presets import apply_preset
 from wanflow.pipelines.windows import WindowPlan, latent_frames, pixel_count, plan_windows
 from wanflow.prompts.system import LANGUAGES
 from wanflow.runtime.step_cache import CacheSettings, parse_cache
+from wanflow.sampling.diffusers_schedulers import SchedulerGrid, scheduler_grid
 from wanflow.sampling.noise import draw_seed
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.tasks import TASKS, Task
@@ -183,6 +184,7 @@ class Request:
     last_image: Image.Image | None = None
     extension: Extension | None = None  # rewrite the prompt first (``pipelines.prompt_extension``)
     windows: WindowPlan | None = None  # a video longer than one window; None: one window
+    grid: SchedulerGrid | None = None  # a diffusers scheduler's steps (``pipe.scheduler``), in place of the solver's
 
     @property
     def window_frames(self) -> int:
@@ -195,6 +197,7 @@ class Request:
             **({"last_image": True} if self.last_image is not None else {}),
             **(self.windows.metadata() if self.windows is not None else {}),
             **(self.extension.metadata() if self.extension is not None else {}),
+            **({"scheduler": self.grid.name} if self.grid is not None else {}),
         }
 
     cache: CacheSettings | None = None
@@ -247,6 +250,22 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         windows=windows,
         cache=parse_cache(o.cache),
     )
+
+
+def with_scheduler(request: Request, options: GenerateOptions, scheduler: Any) -> Request:
+    """``request`` stepped by a diffusers scheduler (``pipe.scheduler``): its grid for the request's steps, the solver
+    of its family, its shift. Options that choose another sampler (``shift``, ``solver``, ``float_timesteps``, or a
+    preset's) are refused rather than silently dropped."""
+    o = apply_preset(options, options.preset)
+    chosen = [name for name in ("shift", "solver", "float_timesteps") if getattr(o, name) is not None]
+    if chosen:
+        raise ValueError(
+            f"{chosen} choose the sampler, which pipe.scheduler ({type(scheduler).__name__}) sets for this pipeline; "
+            "leave them out, or set pipe.scheduler = None to go back to wanflow's"
+        )
+    grid = scheduler_grid(scheduler, request.steps)
+    floats = grid.schedule.timesteps.is_floating_point()
+    return dataclasses.replace(request, solver=grid.solver, shift=grid.shift, float_timesteps=floats, grid=grid)
 
 
 def _windows(o: GenerateOptions, task: Task, frames: int) -> WindowPlan | None:

@@ -1,0 +1,173 @@
+"""``pipe.scheduler``, diffusers' way to choose the sampler: the same scheduler given to diffusers' own ``WanPipeline``
+and to wanflow gives the same frames (UniPC, DPM++ and flow-matching Euler on their diffusers grids, a tiny
+two-expert checkpoint both read); the reference's grid given as a scheduler is wanflow's default bit for bit; a
+scheduler or an option wanflow cannot run exactly is refused."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+
+from tests.pipelines.test_parity import ReferenceUniPC
+from tests.tiny.checkpoint import write_official_checkpoint
+from wanflow.checkpoints.convert import convert_checkpoint
+from wanflow.pipelines.pipeline import WanPipeline
+from wanflow.sampling.diffusers_schedulers import ReferenceScheduler
+from wanflow.tasks import TASKS
+
+TASK = "t2v-A14B"
+PROMPT = "a red circle moving right"
+CALL = dict(
+    prompt=PROMPT,
+    negative_prompt=TASKS[TASK].negative_prompt,  # diffusers' default is none, the reference's is this
+    height=64,
+    width=64,
+    num_frames=9,
+    output_type="pt",
+)
+GUIDED = dict(num_inference_steps=8, guidance_scale=4.5, guidance_scale_2=3.0)
+
+
+@pytest.fixture(scope="module")
+def pipes(tmp_path_factory):
+    """wanflow and diffusers' ``WanPipeline`` on one tiny two-expert checkpoint (official and diffusers layouts)."""
+    from diffusers import WanPipeline as DiffusersWanPipeline
+
+    root = tmp_path_factory.mktemp("sched")
+    write_official_checkpoint(root / "official", TASK, seed=11)
+    convert_checkpoint(root / "official", root / "diffusers")
+    theirs = DiffusersWanPipeline.from_pretrained(root / "diffusers")
+    theirs.set_progress_bar_config(disable=True)
+    return WanPipeline.from_pretrained(root / "official"), theirs, theirs.scheduler.config  # (the folder's)
+
+
+@pytest.fixture
+def ours(pipes):
+    pipe = pipes[0]
+    yield pipe
+    pipe.scheduler = None
+
+
+def generator(seed: int = 3) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+SCHEDULERS = {
+    # diffusers' Wan examples: UniPC from the pipeline's config with another flow_shift (diffusers' grid, from sigma 1)
+    "unipc": (lambda config: UniPCMultistepScheduler.from_config(config, flow_shift=5.0), GUIDED),
+    "dpm++": (
+        lambda config: DPMSolverMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+        ),
+        GUIDED,
+    ),
+    # a step-distilled run: 4 Euler steps, no guidance (diffusers' grid is not the Lightning one: float timesteps
+    # from linspace(1000, 1000 * shifted sigma_min) shifted again)
+    "euler": (
+        lambda config: FlowMatchEulerDiscreteScheduler(shift=5.0),
+        dict(num_inference_steps=4, guidance_scale=1.0),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_a_diffusers_scheduler_gives_diffusers_frames(pipes, ours, name):
+    _, theirs, config = pipes
+    make, call = SCHEDULERS[name]
+    default = ours(generator=generator(), **CALL, **call).frames
+    ours.scheduler = make(ours.scheduler.config)
+    theirs.scheduler = make(config)
+    a = ours(generator=generator(), **CALL, **call).frames
+    with torch.no_grad():
+        b = theirs(generator=generator(), **CALL, **call).frames
+    assert a.shape == b.shape == (1, 9, 3, 64, 64)
+    assert (a - b).abs().max() <= 1e-4 and a.std() > 0.05
+    assert (a - default).abs().max() > 1e-2  # the scheduler was followed: not wanflow's default sampler
+    again = ours(generator=generator(), **CALL, **call).frames  # the set scheduler is read, not stepped in place
+    assert torch.equal(a, again)
+
+
+def test_the_reference_grid_as_a_scheduler_is_the_default_bit_for_bit(ours):
+    call = dict(size=(64, 64), frames=9, steps=6, guide_scale=(3.0, 4.0), seed=4)
+    default = ours(PROMPT, **call)
+    assert isinstance(ours.scheduler, ReferenceScheduler)
+    assert ours.scheduler.config.flow_shift == ours.scheduler.config["flow_shift"] == TASKS[TASK].shift
+    ours.scheduler = ReferenceUniPC.from_config(ours.scheduler.config)  # diffusers' UniPC on the reference's grid
+    given = ours(PROMPT, **call)
+    assert torch.equal(given.frames, default.frames)
+    assert given.metadata["scheduler"] == "ReferenceUniPC" and given.metadata["solver"] == "unipc"
+    assert given.metadata["shift"] == TASKS[TASK].shift
+    diffusers_grid = UniPCMultistepScheduler.from_config(ours.scheduler.config)  # from sigma 1, not 0.999
+    ours.scheduler = diffusers_grid
+    assert not torch.equal(ours(PROMPT, **call).frames, default.frames)
+    ours.scheduler = None  # back to wanflow's own sampler
+    back = ours(PROMPT, **call)
+    assert torch.equal(back.frames, default.frames) and "scheduler" not in back.metadata
+
+
+def test_from_pretrained_takes_a_scheduler(pipes, tmp_path_factory):
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)
+    ours = pipes[0]
+    pipe = WanPipeline.from_pretrained(ours.layout, scheduler=scheduler)
+    assert pipe.scheduler is scheduler
+    call = dict(size=(64, 64), frames=9, steps=4, guide_scale=1.0, seed=2)
+    ours.scheduler = scheduler
+    try:
+        assert torch.equal(pipe(PROMPT, **call).frames, ours(PROMPT, **call).frames)
+    finally:
+        ours.scheduler = None
+    with pytest.raises(ValueError, match="EulerDiscreteScheduler"):
+        WanPipeline.from_pretrained(ours.layout, scheduler=EulerDiscreteScheduler())
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "named"),
+    [
+        (EulerDiscreteScheduler(), "EulerDiscreteScheduler"),  # not a flow-matching scheduler
+        (UniPCMultistepScheduler(), "prediction_type"),  # diffusers' defaults: epsilon prediction, VP sigmas
+        (
+            UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, solver_order=3),
+            "solver_order",
+        ),
+        (
+            DPMSolverMultistepScheduler(
+                prediction_type="flow_prediction", use_flow_sigmas=True, algorithm_type="sde-dpmsolver++"
+            ),
+            "algorithm_type",
+        ),
+        (FlowMatchEulerDiscreteScheduler(stochastic_sampling=True), "stochastic_sampling"),
+        (FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), "use_dynamic_shifting"),
+    ],
+)
+def test_a_scheduler_wanflow_cannot_run_exactly_is_refused(ours, scheduler, named):
+    with pytest.raises(ValueError, match=named):
+        ours.scheduler = scheduler
+    assert isinstance(ours.scheduler, ReferenceScheduler)  # nothing was set
+
+
+@pytest.mark.parametrize("option", [{"shift": 3.0}, {"solver": "euler"}, {"preset": "lightning"}])
+def test_options_that_choose_another_sampler_are_refused_under_a_scheduler(ours, option):
+    ours.scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)
+    with pytest.raises(ValueError, match=r"pipe\.scheduler"):
+        ours(PROMPT, size=(64, 64), frames=9, steps=4, **option)
+
+
+def test_the_euler_grid_is_read_from_the_scheduler(ours):
+    """diffusers' FlowMatchEuler grid, float timesteps, given to the DiT as they are (what the Euler parity above
+    rests on), against the closed form of its set_timesteps."""
+    ours.scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)
+    steps = []
+    ours(PROMPT, size=(64, 64), frames=9, steps=4, guide_scale=1.0, seed=1, callback=steps.append)
+
+    def shifted(s):
+        return 5.0 * s / (1 + 4.0 * s)
+
+    sigmas = shifted(np.linspace(1000, 1000 * shifted(1 / 1000), 4) / 1000)
+    assert np.allclose([s.timestep for s in steps], sigmas * 1000, rtol=0, atol=1e-3)
+    assert all(isinstance(s.timestep, float) for s in steps)
+    assert [s.expert for s in steps] == ["high", "high", "low", "low"]  # the switch at t >= 875, as diffusers'
