@@ -16,6 +16,17 @@ HIGH, LOW, DENSE = "high", "low", "dense"
 EXPERTS = (HIGH, LOW)
 
 
+class DiffusersConfig(dict):
+    """Settings in diffusers' names (a scheduler's, a model's ``config``), read as a dict or by attribute
+    (``config.patch_size``), as diffusers' ``FrozenDict``."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 def check_fields(cfg: object, counts: tuple[str, ...] = (), positives: tuple[str, ...] = ()) -> None:
     """Types and ranges of a config's fields, with the field's name in the message: a ``config.json`` may hold
     anything (``num_heads: 0``, ``eps: "x"``), and a checkpoint loader adds the file's name. ``counts`` are whole

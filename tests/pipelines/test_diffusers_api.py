@@ -144,6 +144,57 @@ def test_i2v_diffusers_call_gives_the_native_frames():
     assert torch.equal(out.frames[0], unit_range(native.frames).permute(1, 0, 2, 3))
 
 
+def test_the_i2v_model_card_sizing_runs_as_written():
+    """diffusers' I2V example sizes the video from the image with ``pipe.vae_scale_factor_spatial`` and
+    ``pipe.transformer.config.patch_size``; here the same lines give the native call's frames."""
+    from wanflow import WanImageToVideoPipeline
+
+    pipe = WanImageToVideoPipeline.from_builtin("i2v-A14B")
+    clip = combo_clips(0, [("green", "triangle", "right")], 1, 64, 96, 9)[0]
+    image = Image.fromarray(first_frame(clip, 64, 96))  # 96 wide, 64 high
+    max_area = 64 * 64
+    aspect_ratio = image.height / image.width
+    mod_value = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size[1]
+    height = round(np.sqrt(max_area * aspect_ratio)) // mod_value * mod_value
+    width = round(np.sqrt(max_area / aspect_ratio)) // mod_value * mod_value
+    assert (mod_value, width, height) == (16, 64, 48)
+    image = image.resize((width, height))
+    out = pipe(
+        image=image, prompt=PROMPT, height=height, width=width, num_frames=9, num_inference_steps=3, generator=seeded(2)
+    )
+    native = pipe(PROMPT, image=image, size=(width, height), frames=9, steps=3, seed=2)
+    assert out.frames.shape == (1, 9, 48, 64, 3)
+    assert np.array_equal(out.frames[0], unit_range(native.frames).permute(1, 2, 3, 0).numpy())
+
+
+def test_components_read_as_in_diffusers(ours_and_diffusers, ti2v):
+    """``pipe.transformer`` (high noise), ``transformer_2`` (low noise), their and the VAE's ``config`` and the
+    VAE's scale factors, as diffusers' pipeline has them for the same checkpoint."""
+    ours, theirs = ours_and_diffusers
+    assert ours.transformer is ours.experts["high"] and ours.transformer_2 is ours.experts["low"]
+    assert ours.transformer.config.num_layers == len(ours.transformer.blocks)
+    factors = (ours.vae_scale_factor_spatial, ours.vae_scale_factor_temporal)
+    assert factors == (theirs.vae_scale_factor_spatial, theirs.vae_scale_factor_temporal) == (8, 4)
+    for mine, their in [
+        (ours.transformer, theirs.transformer),
+        (ours.transformer_2, theirs.transformer_2),
+        (ours.vae, theirs.vae),
+    ]:
+        shared = (set(mine.config) & set(their.config)) - {"_class_name"}
+        assert len(shared) >= 12
+        differ = {
+            k: (mine.config[k], their.config[k]) for k in shared if _plain(mine.config[k]) != _plain(their.config[k])
+        }
+        assert not differ
+    assert ti2v.transformer is ti2v.experts["dense"] and ti2v.transformer_2 is None
+    assert (ti2v.vae_scale_factor_spatial, ti2v.vae_scale_factor_temporal) == (16, 4)  # the Wan 2.2 VAE
+
+
+def _plain(value):
+    """A config value as plain data (diffusers keeps some lists as tuples)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def test_the_same_call_as_diffusers_gives_diffusers_frames(ours_and_diffusers):
     ours, theirs = ours_and_diffusers
     call = dict(prompt=PROMPT, **DIFFUSERS_CALL)

@@ -8,8 +8,8 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 from tests.pipelines.test_parity import ReferenceUniPC
+from wanflow.configs import DiffusersConfig
 from wanflow.sampling.diffusers_schedulers import (
-    SchedulerConfig,
     reference_config,
     scheduler_family,
     scheduler_grid,
@@ -60,7 +60,7 @@ def test_diffusers_own_unipc_grid_starts_at_one():
 
 
 def test_a_config_reads_by_attribute_and_key():
-    config = SchedulerConfig(reference_config(3.0))
+    config = DiffusersConfig(reference_config(3.0))
     assert config.flow_shift == config["flow_shift"] == 3.0
     with pytest.raises(AttributeError):
         _ = config.no_such_setting

@@ -26,6 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from wanflow.checkpoints.maps.dit import TEXT_LEN_KEY, dit_config_to_diffusers
+from wanflow.checkpoints.maps.vae import vae_config_to_diffusers
+from wanflow.configs import DENSE, HIGH, LOW, DiffusersConfig
 from wanflow.io.video import save_video
 from wanflow.pipelines.progress import Progress
 from wanflow.runtime.lora import LoraScale
@@ -102,6 +105,27 @@ class DiffusersMethods:
             self._scheduler = scheduler
         else:
             self._scheduler = None
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        """diffusers' ``pipe.transformer``: the high-noise expert (TI2V-5B's one model), its settings in diffusers'
+        names as ``.config`` (``pipe.transformer.config.patch_size``). To change an expert: ``map_experts``."""
+        experts = self.experts  # type: ignore[attr-defined]
+        return with_config(experts[HIGH if HIGH in experts else DENSE])
+
+    @property
+    def transformer_2(self) -> torch.nn.Module | None:
+        """diffusers' ``pipe.transformer_2``: the low-noise expert of an A14B model, None for TI2V-5B."""
+        low = self.experts.get(LOW)  # type: ignore[attr-defined]
+        return None if low is None else with_config(low)
+
+    @property
+    def vae_scale_factor_spatial(self) -> int:
+        return self.vae.cfg.stride[1]  # type: ignore[attr-defined]
+
+    @property
+    def vae_scale_factor_temporal(self) -> int:
+        return self.vae.cfg.stride[0]  # type: ignore[attr-defined]
 
     @property
     def interrupt(self) -> bool:
@@ -181,6 +205,17 @@ class DiffusersMethods:
             states = self.prompt_states(texts[:n], given[:n], Progress())
         states = [s.to(device or self.device, dtype or s.dtype) for s in states]
         return states[0], states[1] if n == 2 else None
+
+
+def with_config(module: torch.nn.Module) -> torch.nn.Module:
+    """A DiT or VAE with its settings in diffusers' names as ``module.config`` (as diffusers' models carry theirs:
+    ``pipe.vae.config.latents_std``, ``pipe.transformer.config.num_layers``), read from its ``cfg``."""
+    from wanflow.models.vae import WanVAE
+
+    to_diffusers = vae_config_to_diffusers if isinstance(module, WanVAE) else dit_config_to_diffusers
+    config = {k: v for k, v in to_diffusers(module.cfg).items() if k != TEXT_LEN_KEY}
+    module.config = DiffusersConfig(config)  # (a plain attribute: no parameter, no buffer)
+    return module
 
 
 def check_tensor_inputs(names: Sequence[str]) -> tuple[str, ...]:
@@ -384,4 +419,5 @@ __all__ = [
     "lora_scale",
     "one_prompt",
     "postprocess",
+    "with_config",
 ]

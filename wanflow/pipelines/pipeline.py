@@ -38,6 +38,7 @@ from wanflow.pipelines.diffusers_api import (
     diffusers_hooks,
     diffusers_output,
     given_embeds,
+    with_config,
 )
 from wanflow.pipelines.diffusers_lora import DiffusersLoraMethods
 from wanflow.pipelines.guards import FiniteLatents, check_memory, memory_need
@@ -181,7 +182,7 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         self.layout = components.layout  # where calibration files beside the weights are found
         self.runtime = runtime
         dtype = runtime.torch_dtype()
-        self.vae = components.vae.to(self.device, runtime.vae_torch_dtype())
+        self.vae = with_config(components.vae.to(self.device, runtime.vae_torch_dtype()))  # (diffusers' vae.config)
         self.text_encoder = components.text_encoder
         if dtype is not None:
             cast_model(self.text_encoder, dtype)  # (stored FP8 / GGUF weights keep their storage)

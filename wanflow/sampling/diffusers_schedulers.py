@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from wanflow.configs import DiffusersConfig
 from wanflow.sampling.schedule import Schedule
 
 FAMILIES = {  # diffusers' class name -> wanflow's solver
@@ -70,23 +71,13 @@ def reference_config(shift: float) -> dict[str, Any]:
     }
 
 
-class SchedulerConfig(dict):
-    """A config read as a dict or by attribute (``config.flow_shift``), as diffusers' ``FrozenDict``."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
 class ReferenceScheduler:
     """``pipe.scheduler`` until one is set: the reference's grid (from sigma 0.999) and UniPC at the task's shift.
     Its ``config`` builds diffusers' own UniPC (``UniPCMultistepScheduler.from_config(pipe.scheduler.config)``),
     which walks diffusers' grid (from sigma 1), as it would in diffusers."""
 
     def __init__(self, shift: float):
-        self.config = SchedulerConfig(reference_config(shift))
+        self.config = DiffusersConfig(reference_config(shift))
 
     def __repr__(self) -> str:
         return f"ReferenceScheduler(flow_shift={self.config.flow_shift}): the reference's UniPC grid"
