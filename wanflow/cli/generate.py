@@ -21,8 +21,8 @@ from wanflow.cli.parsers import add_flag, parse_guide, parse_size, str2bool
 from wanflow.cli.prompt_extend import EXTEND_FLAGS, add_prompt_extend_arguments, cli_extender
 from wanflow.cli.runtime_flags import add_runtime_arguments, runtime_keywords
 from wanflow.cli.single_files import add_file_arguments, files_layout_from_args, given_files
-from wanflow.pipelines.pipeline import RuntimeOptions
 from wanflow.pipelines.request import GenerateOptions, resolve
+from wanflow.pipelines.runtime_options import RuntimeOptions
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.tasks import TASKS, Task, get_task
 

@@ -10,7 +10,7 @@ RUNTIME_FLAGS = ("offload", "device", "dtype", "convert_model_dtype", "t5_cpu", 
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
-    from wanflow.pipelines.pipeline import DTYPES
+    from wanflow.pipelines.runtime_options import DTYPES
     from wanflow.runtime.offload import POLICIES
 
     add_flag(
