@@ -16,6 +16,12 @@ HIGH, LOW, DENSE = "high", "low", "dense"
 EXPERTS = (HIGH, LOW)
 
 
+def diffusers_components(is_moe: bool) -> dict[str, str]:
+    """diffusers' component names -> the experts: ``transformer`` is the high-noise expert (a dense model's one DiT),
+    ``transformer_2`` the low-noise one."""
+    return {"transformer": HIGH, "transformer_2": LOW} if is_moe else {"transformer": DENSE}
+
+
 class DiffusersConfig(dict):
     """Settings in diffusers' names (a scheduler's, a model's ``config``), read as a dict or by attribute
     (``config.patch_size``), as diffusers' ``FrozenDict``."""

@@ -17,12 +17,14 @@ from torch import nn
 
 from wanflow.checkpoints.io import CheckpointError, load_strict, load_umt5_strict, read_folder, read_weights
 from wanflow.checkpoints.layouts import Layout, detect_layout
-from wanflow.checkpoints.load_file import load_dit_file, load_t5_file, load_vae_file
-from wanflow.checkpoints.maps.dit import DIT_KEYMAP, dit_config_from_diffusers, strip_prefixes
+from wanflow.checkpoints.load_file import load_dit_file, load_t5_file, load_vae_file, stored_state
+from wanflow.checkpoints.maps.dit import DIT_KEYMAP, TEXT_LEN_KEY, dit_config_from_diffusers, strip_prefixes
 from wanflow.checkpoints.tokenizer import load_tokenizer
-from wanflow.configs import LOW, DiTConfig
+from wanflow.configs import LOW, DiTConfig, diffusers_components
 from wanflow.models.dit import FP32_MODULES, WanDiT
+from wanflow.runtime import ggml
 from wanflow.runtime.precision import cast_model
+from wanflow.runtime.quantized import QuantTensor
 
 if TYPE_CHECKING:  # the VAE and text-encoder stacks are imported when first loaded (transformers is slow to import)
     from wanflow.models.text_encoder import TextEncoder
@@ -101,6 +103,53 @@ def vae_from_module(module: nn.Module) -> WanVAE:
     return cast_model(model, dtype).eval().requires_grad_(False)
 
 
+def dit_from_module(module: nn.Module, name: str, text_len: int | None = None) -> WanDiT:
+    """A DiT given as a module: wanflow's ``WanDiT`` as it is, or diffusers' ``WanTransformer3DModel`` (its config
+    and weights, converted by the diffusers key map: exact), GGUF-quantised layers included (diffusers'
+    ``from_single_file(..., quantization_config=GGUFQuantizationConfig(...))``), which stay quantised as wanflow
+    keeps a GGUF file's. ``name``: what the caller called it (``transformer``); ``text_len``: the context length
+    when the module's config does not state it (diffusers' does not: the checkpoint's is used)."""
+    if isinstance(module, WanDiT):
+        return module.eval().requires_grad_(False)
+    config = getattr(module, "config", None)
+    if not isinstance(module, nn.Module) or config is None or "num_attention_heads" not in config:
+        raise TypeError(f"{name} must be diffusers' WanTransformer3DModel or wanflow's WanDiT, got {type(module)}")
+    source = f"the {type(module).__name__} given as {name}"
+    data = dict(config)
+    if text_len is not None and TEXT_LEN_KEY not in data:
+        data[TEXT_LEN_KEY] = text_len
+    cfg = _infer(dit_config_from_diffusers, data, source)
+    state = _convert(
+        DIT_KEYMAP.reverse, {k: _module_tensor(v, k, source) for k, v in module.state_dict().items()}, source
+    )
+    with torch.device("meta"):
+        model = WanDiT(cfg)
+    load_strict(model, stored_state(model, state, torch.float32), source)
+    cast_model(model, torch.float32, keep_fp32=FP32_MODULES)  # (the pipeline casts to its own dtype next)
+    return model.eval().requires_grad_(False)
+
+
+def _module_tensor(value: torch.Tensor, key: str, source: str) -> torch.Tensor | QuantTensor:
+    """A tensor of a diffusers module's state dict; a GGUF-quantised one (diffusers' ``GGUFParameter``: uint8 rows of
+    blocks with a ``quant_type``) as the ``QuantTensor`` wanflow reads from a GGUF file."""
+    quant_type = getattr(value, "quant_type", None)
+    if quant_type is None:
+        return value.detach()
+    qtype = getattr(quant_type, "name", None) or _ggml_name(int(quant_type))
+    if qtype not in ggml.FORMATS:
+        raise CheckpointError(f"{source}: {key} is stored as {qtype}, a type wanflow does not read")
+    fmt = ggml.FORMATS[qtype]
+    data = value.detach().as_subclass(torch.Tensor).view(torch.uint8)
+    shape = (*data.shape[:-1], data.shape[-1] // fmt.size * fmt.block)
+    return QuantTensor(tuple(shape), qtype, data)
+
+
+def _ggml_name(number: int) -> str:
+    import gguf
+
+    return gguf.GGMLQuantizationType(number).name
+
+
 def load_text_encoder(
     path: str | os.PathLike,
     tokenizer: str | os.PathLike,
@@ -177,15 +226,21 @@ def load_components(
     dit_dtype: torch.dtype | None = torch.float32,
     t5_dtype: torch.dtype | None = None,
     vae: WanVAE | None = None,
+    transformers: dict[str, nn.Module] | None = None,
 ) -> Components:
     """Load the DiT(s), VAE and text encoder of a checkpoint folder in any layout (or of its ``Layout``); ``vae``: one
-    to use instead of the checkpoint's (whose VAE is then not read)."""
+    to use instead of the checkpoint's (whose VAE is then not read); ``transformers``: DiT modules by diffusers'
+    component name (``transformer``, ``transformer_2``) to use instead of those experts (``dit_from_module``)."""
     layout = ckpt if isinstance(ckpt, Layout) else detect_layout(ckpt)
     if layout.kind == "files":
-        if vae is not None:
-            raise ValueError("vae= replaces a checkpoint folder's VAE; with single files, give its file as vae")
+        if vae is not None or transformers:
+            raise ValueError("vae= and transformer= replace a checkpoint folder's; with single files, give the files")
         return load_file_components(layout, dit_dtype, t5_dtype)
-    experts = load_experts(layout, dit_dtype)
+    given = given_experts(layout, transformers or {})
+    experts = {
+        name: given[name] if name in given else load_dit(folder, layout.kind, dit_dtype)
+        for name, folder in layout.experts.items()
+    }
     text_len = min(model.cfg.text_len for model in experts.values())
     return Components(
         layout=layout,
@@ -195,6 +250,31 @@ def load_components(
             layout.require("text_encoder"), layout.require("tokenizer"), layout.kind, t5_dtype, text_len
         ),
     )
+
+
+def given_experts(layout: Layout, transformers: dict[str, nn.Module]) -> dict[str, WanDiT]:
+    """DiT modules given by diffusers' component name, converted (``dit_from_module``) and checked against the
+    experts of the checkpoint they replace (the same model type and sizes)."""
+    components = diffusers_components(layout.is_moe)
+    unknown = sorted(set(transformers) - set(components))
+    if unknown:
+        raise ValueError(f"this checkpoint has no {unknown}: its DiT components are {list(components)}")
+    wanted = expert_configs(layout)
+    experts = {}
+    for component, module in transformers.items():
+        name = components[component]
+        model = dit_from_module(module, component, wanted[name].text_len)
+        if model.cfg != wanted[name]:
+            raise CheckpointError(
+                f"the {component} given is {_describe(model.cfg)}, but the checkpoint's {name}-noise expert it "
+                f"replaces is {_describe(wanted[name])}"
+            )
+        experts[name] = model
+    return experts
+
+
+def _describe(cfg: DiTConfig) -> str:
+    return f"a {cfg.model_type} DiT of dim {cfg.dim}, {cfg.num_layers} layers, {cfg.num_heads} heads"
 
 
 def load_file_components(layout: Layout, dit_dtype: torch.dtype | None, t5_dtype: torch.dtype | None) -> Components:

@@ -33,6 +33,7 @@ import torch
 
 from wanflow.checkpoints.hub import fetching, is_hub_id
 from wanflow.checkpoints.lora import LoraFile, parse_lora, read_lora_file
+from wanflow.configs import diffusers_components
 from wanflow.pipelines import lora
 from wanflow.runtime.lora import bake_lora, loaded_loras, reapply_lora, remove_lora
 
@@ -113,9 +114,7 @@ class DiffusersLoraMethods:
 
     def _components(self) -> dict[str, str]:
         """diffusers' component -> wanflow's expert."""
-        if self.task.is_moe:  # type: ignore[attr-defined]
-            return {"transformer": "high", "transformer_2": "low"}
-        return {"transformer": "dense"}
+        return diffusers_components(self.task.is_moe)  # type: ignore[attr-defined]
 
     def _expert_of(self, component: str) -> str:
         components = self._components()

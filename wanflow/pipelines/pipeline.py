@@ -139,11 +139,15 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         diffusers' ``torch_dtype`` for ``dtype``; ``vae``: a VAE module to use instead of the checkpoint's (diffusers'
         ``AutoencoderKLWan`` or wanflow's ``WanVAE``), kept in its own dtype unless ``vae_dtype`` says otherwise;
         for a repo id, huggingface_hub's ``revision``, ``token``, ``cache_dir`` and ``local_files_only``;
-        ``scheduler``: a diffusers scheduler to sample with, as ``pipe.scheduler = ...`` (diffusers' way)."""
+        ``scheduler``: a diffusers scheduler to sample with, as ``pipe.scheduler = ...`` (diffusers' way);
+        ``transformer`` / ``transformer_2``: DiT modules to use instead of the checkpoint's high- / low-noise expert
+        (diffusers' ``WanTransformer3DModel``, GGUF-quantised ones kept quantised, or wanflow's ``WanDiT``)."""
         hub = {name: options.pop(name) for name in HUB_OPTIONS if name in options}
         scheduler = options.pop("scheduler", None)
         if scheduler is not None:
             scheduler_family(scheduler)  # checked before the weights are read, as the rest
+        transformers = {name: options.pop(name) for name in ("transformer", "transformer_2") if name in options}
+        transformers = {name: module for name, module in transformers.items() if module is not None}
         vae = options.pop("vae", None)
         vae = vae_from_module(vae) if vae is not None else None  # checked before the weights are read, as the rest
         if vae is not None and options.get("vae_dtype") is None:
@@ -152,7 +156,7 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         if isinstance(path, Layout) and hub:
             raise ValueError(f"{sorted(hub)} apply to a Hugging Face Hub repository id, not to a Layout")
         layout = path if isinstance(path, Layout) else detect_layout(local_checkpoint(path, **hub))
-        components = load_components(layout, vae=vae)
+        components = load_components(layout, vae=vae, transformers=transformers)
         if not isinstance(task, Task):
             name = task or task_for_model(next(iter(components.experts.values())).cfg.model_type).name
             task = checkpoint_task(layout, get_task(name))
