@@ -134,3 +134,19 @@ def test_a_transformer_that_does_not_fit_is_one_error(tiny, gguf_models):
     write_official_checkpoint(ti2v, "ti2v-5B", seed=1)
     with pytest.raises(ValueError, match=r"no \['transformer_2'\]: its DiT components are \['transformer'\]"):
         WanPipeline.from_pretrained(ti2v, transformer_2=modules["transformer_2"])
+
+
+def test_boundary_ratio_at_load_moves_the_switch_as_in_diffusers(tiny):
+    """``from_pretrained(..., boundary_ratio=0.95)``: diffusers' pipeline setting for the switch between experts."""
+    steps = []
+    ours = ours_pipe(tiny / "official", boundary_ratio=0.95)
+    a = ours(generator=generator(), callback=steps.append, **CALL).frames
+    with torch.no_grad():
+        b = diffusers_pipe(tiny / "diffusers", boundary_ratio=0.95)(generator=generator(), **CALL).frames
+    assert (a - b).abs().max() <= 1e-4 and a.std() > 0.05
+    high = [s for s in steps if s.expert == "high"]
+    assert 0 < len(high) < 4 and all(s.timestep >= 950 for s in high)  # fewer high-noise steps than at 0.875
+    with pytest.raises(ValueError, match=r"boundary_ratio is a fraction"):
+        WanPipeline.from_pretrained(tiny / "official", boundary_ratio=1.5)
+    with pytest.raises(ValueError, match=r"boundary_ratio: this checkpoint has one DiT"):
+        WanPipeline.from_builtin("ti2v-5B", boundary_ratio=0.9)

@@ -75,6 +75,48 @@ def diffusers_output(video: torch.Tensor, output_type: str, return_dict: bool, s
     return WanPipelineOutput(frames, seed) if return_dict else (frames,)
 
 
+@dataclass
+class LoadParts:
+    """What diffusers' ``from_pretrained`` takes beside the checkpoint: modules in place of its components (``vae``:
+    diffusers' ``AutoencoderKLWan`` or a ``WanVAE``, kept in its dtype; ``transformer`` / ``transformer_2``: DiTs,
+    ``checkpoints.load.dit_from_module``), a ``scheduler`` (``pipe.scheduler``) and ``boundary_ratio`` (the experts
+    switch at ``t >= boundary_ratio * 1000``)."""
+
+    vae: Any = None
+    transformers: dict[str, torch.nn.Module] = dataclasses.field(default_factory=dict)
+    scheduler: Any = None
+    boundary_ratio: float | None = None
+
+    @classmethod
+    def take(cls, options: dict[str, Any]) -> LoadParts:
+        """The parts among ``options`` (removed from them), checked before any weight is read; a VAE module sets
+        ``vae_dtype`` to its dtype unless it is given."""
+        from wanflow.checkpoints.load import vae_from_module
+
+        vae = options.pop("vae", None)
+        vae = vae_from_module(vae) if vae is not None else None
+        if vae is not None and options.get("vae_dtype") is None:
+            options["vae_dtype"] = vae.dtype
+        transformers = {name: options.pop(name, None) for name in ("transformer", "transformer_2")}
+        scheduler = options.pop("scheduler", None)
+        if scheduler is not None:
+            scheduler_family(scheduler)
+        ratio = options.pop("boundary_ratio", None)
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1):
+            raise ValueError(f"boundary_ratio is a fraction of the timesteps in (0, 1], got {ratio!r}")
+        given = {name: module for name, module in transformers.items() if module is not None}
+        return cls(vae, given, scheduler, None if ratio is None else float(ratio))
+
+    def check(self, layout: Any) -> None:
+        """Refuse what does not fit the checkpoint, before its weights are read."""
+        if self.boundary_ratio is not None and not layout.is_moe:
+            raise ValueError("boundary_ratio: this checkpoint has one DiT, so no switch between experts")
+
+    def task(self, task: Any) -> Any:
+        """``task`` with ``boundary_ratio`` as its switch between experts."""
+        return task if self.boundary_ratio is None else task.with_overrides({"boundary": self.boundary_ratio})
+
+
 class DiffusersMethods:
     """diffusers' pipeline methods and call state on ``WanPipeline`` (the mixin needs its ``to``, ``set_offload``,
     ``prompt_states``, ``experts``, ``task`` and ``device``). What a ``callback_on_step_end`` sees of the running call:
@@ -407,6 +449,7 @@ __all__ = [
     "CALLBACK_TENSORS",
     "OUTPUT_TYPES",
     "DiffusersMethods",
+    "LoadParts",
     "StepEndCallback",
     "WanPipelineOutput",
     "check_max_sequence_length",

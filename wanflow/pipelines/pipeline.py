@@ -23,7 +23,7 @@ from torch import nn
 from wanflow.builtin import builtin_checkpoint
 from wanflow.checkpoints.hub import HUB_OPTIONS, local_checkpoint
 from wanflow.checkpoints.layouts import Layout, detect_layout, files_layout
-from wanflow.checkpoints.load import Components, load_components, vae_from_module
+from wanflow.checkpoints.load import Components, load_components
 from wanflow.io.video import save_video
 from wanflow.models.attention import default_backend
 from wanflow.models.dit import FP32_MODULES
@@ -32,6 +32,7 @@ from wanflow.pipelines import lora
 from wanflow.pipelines.core import Conditioning, Sampler, denoise
 from wanflow.pipelines.diffusers_api import (
     DiffusersMethods,
+    LoadParts,
     WanPipelineOutput,
     check_max_sequence_length,
     check_output_type,
@@ -55,7 +56,6 @@ from wanflow.runtime.precision import cast_model
 from wanflow.runtime.preview import DEFAULT_EVERY, Preview, load_preview_map
 from wanflow.runtime.step_cache import CacheSettings, MagCache
 from wanflow.runtime.vae_tiling import decode_tiled
-from wanflow.sampling.diffusers_schedulers import scheduler_family
 from wanflow.sampling.experts import boundary_timestep
 from wanflow.sampling.hooks import Step, StepHook
 from wanflow.sampling.noise import initial_noise
@@ -136,32 +136,22 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         """Load from a local folder in either layout (or its ``Layout``), or a Hugging Face repo id (downloaded with
         huggingface_hub). ``task``: a name, whose defaults the checkpoint's ``wanflow.json`` completes (default: the
         checkpoint's model type), or a ``Task`` used as given. ``options`` are the fields of ``RuntimeOptions``, or
-        diffusers' ``torch_dtype`` for ``dtype``; ``vae``: a VAE module to use instead of the checkpoint's (diffusers'
-        ``AutoencoderKLWan`` or wanflow's ``WanVAE``), kept in its own dtype unless ``vae_dtype`` says otherwise;
-        for a repo id, huggingface_hub's ``revision``, ``token``, ``cache_dir`` and ``local_files_only``;
-        ``scheduler``: a diffusers scheduler to sample with, as ``pipe.scheduler = ...`` (diffusers' way);
-        ``transformer`` / ``transformer_2``: DiT modules to use instead of the checkpoint's high- / low-noise expert
-        (diffusers' ``WanTransformer3DModel``, GGUF-quantised ones kept quantised, or wanflow's ``WanDiT``)."""
+        diffusers' ``torch_dtype`` for ``dtype``; for a repo id, huggingface_hub's ``revision``, ``token``,
+        ``cache_dir`` and ``local_files_only``; diffusers' ``vae``, ``transformer``, ``transformer_2`` (modules in place
+        of the checkpoint's), ``scheduler`` and ``boundary_ratio`` (``diffusers_api.LoadParts``)."""
         hub = {name: options.pop(name) for name in HUB_OPTIONS if name in options}
-        scheduler = options.pop("scheduler", None)
-        if scheduler is not None:
-            scheduler_family(scheduler)  # checked before the weights are read, as the rest
-        transformers = {name: options.pop(name) for name in ("transformer", "transformer_2") if name in options}
-        transformers = {name: module for name, module in transformers.items() if module is not None}
-        vae = options.pop("vae", None)
-        vae = vae_from_module(vae) if vae is not None else None  # checked before the weights are read, as the rest
-        if vae is not None and options.get("vae_dtype") is None:
-            options["vae_dtype"] = vae.dtype
+        parts = LoadParts.take(options)  # (checked before any weight is read, as the rest)
         runtime = RuntimeOptions.from_keywords(**options)
         if isinstance(path, Layout) and hub:
             raise ValueError(f"{sorted(hub)} apply to a Hugging Face Hub repository id, not to a Layout")
         layout = path if isinstance(path, Layout) else detect_layout(local_checkpoint(path, **hub))
-        components = load_components(layout, vae=vae, transformers=transformers)
+        parts.check(layout)
+        components = load_components(layout, vae=parts.vae, transformers=parts.transformers)
         if not isinstance(task, Task):
             name = task or task_for_model(next(iter(components.experts.values())).cfg.model_type).name
             task = checkpoint_task(layout, get_task(name))
-        pipe = cls(components, task, runtime)
-        pipe.scheduler = scheduler
+        pipe = cls(components, parts.task(task), runtime)
+        pipe.scheduler = parts.scheduler
         return pipe
 
     @classmethod
