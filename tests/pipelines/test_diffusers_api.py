@@ -491,6 +491,14 @@ def test_enable_vae_tiling_decodes_in_exact_tiles(monkeypatch):
     assert tiles == [3] and (tiled - whole).abs().max() <= 1e-5
     pipe.disable_vae_tiling()
     assert torch.equal(pipe(PROMPT, steps=2, seed=4).frames, whole) and tiles == [3]
+    # diffusers' newer way, on the VAE: tiles in pixels (24 pixels: 3 latent pixels of the Wan 2.1 VAE)
+    pipe.vae.enable_slicing()  # (one video per call: nothing to slice)
+    pipe.vae.enable_tiling(tile_sample_min_height=24, tile_sample_min_width=32)
+    assert torch.equal(pipe(PROMPT, steps=2, seed=4).frames, tiled) and tiles == [3, 3]
+    pipe.vae.enable_tiling()
+    assert pipe.runtime.vae_tile == 32
+    pipe.vae.disable_tiling()
+    assert torch.equal(pipe(PROMPT, steps=2, seed=4).frames, whole) and tiles == [3, 3]
 
 
 def test_from_builtin_loads_the_shipped_model_of_a_task(ti2v):

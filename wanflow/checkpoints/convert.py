@@ -95,12 +95,12 @@ def _to_diffusers(layout: Layout, dst: Path, shard: int) -> None:
         model_type = cfg.model_type
         out = dst / DIFFUSERS_EXPERTS[HIGH if name == DENSE else name]
         write_folder(DIT_KEYMAP.forward(strip_prefixes(read_folder(folder))), out, max_shard_bytes=shard)
-        _write_json(out / "config.json", dit_config_to_diffusers(cfg))
+        write_json(out / "config.json", dit_config_to_diffusers(cfg))
     if layout.vae is not None:
         state = read_weights(layout.vae)
         cfg = vae_config_from_state_dict(state)
         write_folder(vae_keymap(cfg).forward(state), dst / "vae", max_shard_bytes=shard)
-        _write_json(dst / "vae" / "config.json", vae_config_to_diffusers(cfg))
+        write_json(dst / "vae" / "config.json", vae_config_to_diffusers(cfg))
     if layout.text_encoder is not None:
         state = read_weights(layout.text_encoder)
         cfg = t5_config_from_state_dict(state)
@@ -109,8 +109,8 @@ def _to_diffusers(layout: Layout, dst: Path, shard: int) -> None:
     if layout.tokenizer is not None:
         shutil.copytree(layout.tokenizer, dst / "tokenizer")
     task = task_for_model(model_type)
-    _write_json(dst / "scheduler" / "scheduler_config.json", reference_config(task.shift))
-    _write_json(dst / "model_index.json", _model_index(layout, task))
+    write_json(dst / "scheduler" / "scheduler_config.json", reference_config(task.shift))
+    write_json(dst / "model_index.json", _model_index(layout, task))
 
 
 def _model_index(layout: Layout, task: Task) -> dict:
@@ -138,24 +138,24 @@ def _to_official(layout: Layout, dst: Path, shard: int) -> None:
         cfg = dit_config(folder, "diffusers")
         out = dst if name == DENSE else dst / OFFICIAL_EXPERTS[name]
         write_folder(DIT_KEYMAP.reverse(read_folder(folder)), out, max_shard_bytes=shard)
-        _write_json(out / "config.json", cfg.to_json())
+        write_json(out / "config.json", cfg.to_json())
     if layout.vae is not None:
         cfg = vae_config_from_diffusers(read_json(layout.vae / "config.json"))
-        _save_pth(vae_keymap(cfg).reverse(read_folder(layout.vae)), dst / OFFICIAL_VAES[cfg.version])
+        save_pth(vae_keymap(cfg).reverse(read_folder(layout.vae)), dst / OFFICIAL_VAES[cfg.version])
     if layout.text_encoder is not None:
         t5_config_from_hf(UMT5Config.from_pretrained(layout.text_encoder))  # validates the architecture
         state = read_folder(layout.text_encoder, stem="model")
-        _save_pth(T5_KEYMAP.reverse(drop_tied(state)), dst / OFFICIAL_T5)
+        save_pth(T5_KEYMAP.reverse(drop_tied(state)), dst / OFFICIAL_T5)
     if layout.tokenizer is not None:
         shutil.copytree(layout.tokenizer, dst / OFFICIAL_TOKENIZER)
 
 
-def _save_pth(state: dict[str, torch.Tensor], path: Path) -> None:
+def save_pth(state: dict[str, torch.Tensor], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.contiguous() for k, v in state.items()}, path)
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
 

@@ -18,9 +18,11 @@ import dataclasses
 import inspect
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -217,6 +219,37 @@ class DiffusersMethods:
             self.to(device if device is not None else f"cuda:{gpu_id}")  # type: ignore[attr-defined]
         self.set_offload(policy)  # type: ignore[attr-defined]
 
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        layout: str = "diffusers",
+        max_shard_size: int | str = "10GB",
+        safe_serialization: bool = True,
+    ) -> Path:
+        """diffusers' ``save_pretrained``: the models as they are now, as a new checkpoint folder in diffusers' layout
+        (which diffusers and wanflow read) or ``layout="official"``, with the task's sampling defaults
+        (``checkpoints.save``). LoRAs merged into the weights are in them (the fuse-then-unload way to a checkpoint
+        with a LoRA built in); quantised layers are written as the float weights they compute with. Returns the
+        folder."""
+        from wanflow.checkpoints.load import Components
+        from wanflow.checkpoints.save import save_checkpoint
+        from wanflow.runtime.lora import loaded_loras
+
+        if not safe_serialization and layout == "diffusers":
+            raise ValueError("diffusers' layout is written as safetensors (safe_serialization=True)")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            raise ValueError("save_pretrained writes whole models: call it in a single process, not under torchrun")
+        experts = self.experts  # type: ignore[attr-defined]
+        beside = sorted({a.name for m in experts.values() for a in loaded_loras(m) if not a.merged})
+        if beside:
+            raise ValueError(
+                f"LoRAs {beside} run beside the weights, not in them: fuse them first (fuse_lora, then "
+                "unload_lora_weights; or load_lora(..., merge=True)), or unload them"
+            )
+        parts = Components(self.layout, experts, self.vae, self.text_encoder)  # type: ignore[attr-defined]
+        saved = save_checkpoint(parts, self.task, save_directory, layout, shard_bytes(max_shard_size))  # type: ignore[attr-defined]
+        return saved.root
+
     def encode_prompt(
         self,
         prompt: str | list[str] | None,
@@ -258,6 +291,39 @@ def with_config(module: torch.nn.Module) -> torch.nn.Module:
     config = {k: v for k, v in to_diffusers(module.cfg).items() if k != TEXT_LEN_KEY}
     module.config = DiffusersConfig(config)  # (a plain attribute: no parameter, no buffer)
     return module
+
+
+def vae_methods(vae: torch.nn.Module, pipe: DiffusersMethods) -> None:
+    """diffusers' ``pipe.vae.enable_tiling()`` / ``disable_tiling()`` on wanflow's VAE: the pipeline's exact tiled
+    decode (``enable_vae_tiling``; a ``tile_sample_min_height`` / ``_width`` in pixels sets the tile, the strides are
+    not needed: the tiles do not blend); ``enable_slicing()`` / ``disable_slicing()`` split a batch of videos, and a
+    call makes one, so they change nothing."""
+    stride = vae.cfg.stride[1]
+
+    def enable_tiling(
+        tile_sample_min_height: int | None = None,
+        tile_sample_min_width: int | None = None,
+        tile_sample_stride_height: int | None = None,
+        tile_sample_stride_width: int | None = None,
+    ) -> None:
+        sizes = [size for size in (tile_sample_min_height, tile_sample_min_width) if size is not None]
+        pipe.enable_vae_tiling(max(1, min(sizes) // stride) if sizes else VAE_TILE)
+
+    vae.enable_tiling = enable_tiling
+    vae.disable_tiling = pipe.disable_vae_tiling
+    vae.enable_slicing = vae.disable_slicing = lambda: None
+
+
+def shard_bytes(size: int | str) -> int:
+    """diffusers' ``max_shard_size``: bytes, or a string such as "10GB", "500MB" (powers of 1000; "GiB": 1024)."""
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)\s*", str(size), re.IGNORECASE)
+    if match is None:
+        raise ValueError(f'max_shard_size is a number of bytes or a size such as "10GB", got {size!r}')
+    unit = match.group(2).upper()
+    base = 1024 if "I" in unit else 1000
+    return int(float(match.group(1)) * base ** (" KMG".index(unit[0])))
 
 
 def check_tensor_inputs(names: Sequence[str]) -> tuple[str, ...]:
@@ -462,5 +528,6 @@ __all__ = [
     "lora_scale",
     "one_prompt",
     "postprocess",
+    "vae_methods",
     "with_config",
 ]

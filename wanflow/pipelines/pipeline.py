@@ -39,6 +39,7 @@ from wanflow.pipelines.diffusers_api import (
     diffusers_hooks,
     diffusers_output,
     given_embeds,
+    vae_methods,
     with_config,
 )
 from wanflow.pipelines.diffusers_lora import DiffusersLoraMethods
@@ -107,6 +108,7 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         self.runtime = runtime
         dtype = runtime.torch_dtype()
         self.vae = with_config(components.vae.to(self.device, runtime.vae_torch_dtype()))  # (diffusers' vae.config)
+        vae_methods(self.vae, self)  # (and its tiling switches)
         self.text_encoder = components.text_encoder
         if dtype is not None:
             cast_model(self.text_encoder, dtype)  # (stored FP8 / GGUF weights keep their storage)

@@ -97,3 +97,13 @@ def stored_layers(model: nn.Module) -> dict[str, str]:
             p = module.parametrizations.weight[0]
             out[name] = p.qtype if isinstance(p, GGMLWeight) else str(module.parametrizations.weight.original0.dtype)
     return out
+
+
+def float_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict with each stored (quantised) weight replaced by the float weight its layer computes
+    with, under the layer's plain ``weight`` key: what a float checkpoint of the model holds."""
+    state = {k: v for k, v in model.state_dict().items() if ".parametrizations.weight." not in k}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and parametrize.is_parametrized(module, "weight"):
+            state[f"{name}.weight"] = module.weight.detach()
+    return state

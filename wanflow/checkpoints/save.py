@@ -1,0 +1,72 @@
+"""Write loaded models back as a checkpoint folder (``WanPipeline.save_pretrained``): the experts as they are now
+(LoRAs merged into them included, quantised layers as the float weights they compute with), the VAE, the text
+encoder and its tokenizer, and the task's sampling defaults (``wanflow.json``), in the official layout or, through
+``convert_checkpoint``, the diffusers one. Loading the folder gives the same models back (tested: the same frames)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from wanflow.checkpoints.convert import SHARD_BYTES, convert_checkpoint, save_pth, write_json
+from wanflow.checkpoints.io import write_folder
+from wanflow.checkpoints.layouts import (
+    DEFAULTS_FILE,
+    OFFICIAL_EXPERTS,
+    OFFICIAL_T5,
+    OFFICIAL_TOKENIZER,
+    OFFICIAL_VAES,
+    Layout,
+    detect_layout,
+)
+from wanflow.checkpoints.load import Components
+from wanflow.checkpoints.maps.t5 import T5_KEYMAP, drop_tied
+from wanflow.configs import DENSE
+from wanflow.runtime.quantized import float_state_dict
+from wanflow.tasks import Task
+
+LAYOUTS = ("diffusers", "official")
+
+
+def save_checkpoint(
+    components: Components,
+    task: Task,
+    dst: str | os.PathLike,
+    layout: str = "diffusers",
+    max_shard_bytes: int = SHARD_BYTES,
+) -> Layout:
+    """``components`` and ``task``'s defaults into the new folder ``dst`` in ``layout``; returns its layout."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
+    dst = Path(dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ValueError(f"{dst} is not an empty folder; choose a new one")
+    if layout == "official":
+        write_official(components, task, dst, max_shard_bytes)
+        return detect_layout(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        write_official(components, task, Path(tmp) / "official", max_shard_bytes)
+        return convert_checkpoint(Path(tmp) / "official", dst, "diffusers", max_shard_bytes)
+
+
+def write_official(components: Components, task: Task, dst: Path, max_shard_bytes: int) -> None:
+    """The official layout: expert folders (or the dense model at the top), the VAE and umT5 ``.pth`` files, the
+    tokenizer folder, ``wanflow.json``."""
+    for name, model in components.experts.items():
+        out = dst if name == DENSE else dst / OFFICIAL_EXPERTS[name]
+        write_folder(float_state_dict(model), out, max_shard_bytes=max_shard_bytes)
+        write_json(out / "config.json", model.cfg.to_json())
+    vae = components.vae
+    save_pth(vae.state_dict(), dst / OFFICIAL_VAES[vae.cfg.version])
+    encoder = components.text_encoder
+    save_pth(T5_KEYMAP.reverse(drop_tied(encoder.model.state_dict())), dst / OFFICIAL_T5)
+    encoder.tokenizer.save_pretrained(dst / OFFICIAL_TOKENIZER)
+    write_json(dst / DEFAULTS_FILE, {"task": task.name, "defaults": task_defaults(task)})
+
+
+def task_defaults(task: Task) -> dict[str, object]:
+    """The sampling defaults a checkpoint stores for ``task`` (``Task.OVERRIDABLE``), as JSON values."""
+    return json.loads(json.dumps({key: getattr(task, key) for key in Task.OVERRIDABLE}))
