@@ -13,8 +13,7 @@ import torch
 from PIL import Image
 
 from tests.pipelines.test_parity import ReferenceUniPC
-from tests.tiny.checkpoint import write_official_checkpoint
-from wanflow.checkpoints.convert import convert_checkpoint
+from tests.tiny.checkpoint import write_both_layouts
 from wanflow.data.shapes import combo_clips, first_frame
 from wanflow.io.video import to_uint8
 from wanflow.pipelines.diffusers_api import export_to_video
@@ -97,8 +96,7 @@ def test_ti2v_with_an_image_diffusers_call_gives_the_native_frames(ti2v, tmp_pat
 def tiny_root(tmp_path_factory):
     """One tiny two-expert checkpoint in both layouts: ``official/`` and ``diffusers/``."""
     root = tmp_path_factory.mktemp("both")
-    write_official_checkpoint(root / "official", "t2v-A14B", seed=11)
-    convert_checkpoint(root / "official", root / "diffusers")
+    write_both_layouts(root, "t2v-A14B", seed=11)
     return root
 
 

@@ -12,7 +12,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, GGUFQuantizationConfig, WanTransformer3DModel
 from gguf import GGMLQuantizationType
 
-from tests.tiny.checkpoint import write_dit, write_official_checkpoint
+from tests.tiny.checkpoint import write_both_layouts, write_dit, write_official_checkpoint
 from tests.tiny.dit import random_dit_state
 from tests.tiny.single_files import SMALL_T2V, write_gguf
 from wanflow.checkpoints.convert import convert_checkpoint
@@ -56,8 +56,7 @@ def ours_pipe(folder, **components) -> WanPipeline:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("modules")
-    write_official_checkpoint(root / "official", TASK, seed=13)
-    convert_checkpoint(root / "official", root / "diffusers")
+    write_both_layouts(root, TASK, seed=13)
     return root
 
 

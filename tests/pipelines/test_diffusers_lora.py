@@ -14,9 +14,8 @@ from safetensors.torch import save_file
 
 from tests.pipelines.test_diffusers_api import DIFFUSERS_CALL, PROMPT
 from tests.pipelines.test_parity import diffusers_pipe
-from tests.tiny.checkpoint import TINY_DITS, write_official_checkpoint
+from tests.tiny.checkpoint import TINY_DITS, write_both_layouts
 from tests.tiny.lora import make_lora
-from wanflow.checkpoints.convert import convert_checkpoint
 from wanflow.pipelines.diffusers_lora import guess_weight_name
 from wanflow.pipelines.pipeline import WanPipeline
 from wanflow.tasks import TASKS
@@ -34,8 +33,7 @@ CALL = {
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("diffusers-lora")
-    write_official_checkpoint(root / "official", TASK, seed=11)
-    convert_checkpoint(root / "official", root / "diffusers")
+    write_both_layouts(root, TASK, seed=11)
     for fmt, seed in (("wan", 5), ("diffusers", 6), ("kohya", 7)):
         state, _ = make_lora(fmt, TINY_DITS[TASK], seed)
         (root / f"lora{seed}").mkdir()

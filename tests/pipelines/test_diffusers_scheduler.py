@@ -14,8 +14,7 @@ from diffusers import (
 )
 
 from tests.pipelines.test_parity import ReferenceUniPC
-from tests.tiny.checkpoint import write_official_checkpoint
-from wanflow.checkpoints.convert import convert_checkpoint
+from tests.tiny.checkpoint import write_both_layouts
 from wanflow.pipelines.pipeline import WanPipeline
 from wanflow.sampling.diffusers_schedulers import ReferenceScheduler
 from wanflow.tasks import TASKS
@@ -39,8 +38,7 @@ def pipes(tmp_path_factory):
     from diffusers import WanPipeline as DiffusersWanPipeline
 
     root = tmp_path_factory.mktemp("sched")
-    write_official_checkpoint(root / "official", TASK, seed=11)
-    convert_checkpoint(root / "official", root / "diffusers")
+    write_both_layouts(root, TASK, seed=11)
     theirs = DiffusersWanPipeline.from_pretrained(root / "diffusers")
     theirs.set_progress_bar_config(disable=True)
     return WanPipeline.from_pretrained(root / "official"), theirs, theirs.scheduler.config  # (the folder's)

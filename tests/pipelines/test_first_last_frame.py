@@ -8,8 +8,7 @@ from diffusers import WanImageToVideoPipeline
 from PIL import Image
 
 from tests.pipelines.test_parity import PROMPT, compare, diffusers_pipe, square_image
-from tests.tiny.checkpoint import write_official_checkpoint
-from wanflow.checkpoints.convert import convert_checkpoint
+from tests.tiny.checkpoint import write_both_layouts
 from wanflow.pipelines.pipeline import WanPipeline as Ours
 from wanflow.pipelines.request import GenerateOptions, resolve
 from wanflow.tasks import TASKS
@@ -18,8 +17,7 @@ from wanflow.tasks import TASKS
 @pytest.fixture(scope="module")
 def i2v_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("flf")
-    write_official_checkpoint(root / "official", "i2v-A14B", seed=11)
-    convert_checkpoint(root / "official", root / "diffusers")
+    write_both_layouts(root, "i2v-A14B", seed=11)
     return root
 
 

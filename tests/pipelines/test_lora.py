@@ -12,9 +12,8 @@ from diffusers import WanPipeline as DiffusersWan
 from safetensors.torch import save_file
 
 from tests.pipelines.test_parity import diffusers_pipe
-from tests.tiny.checkpoint import TINY_DITS, write_dit, write_official_checkpoint
+from tests.tiny.checkpoint import TINY_DITS, write_both_layouts, write_dit
 from tests.tiny.lora import FORMATS, diffusers_subset, make_lora, merge_by_hand
-from wanflow.checkpoints.convert import convert_checkpoint
 from wanflow.checkpoints.io import read_folder
 from wanflow.checkpoints.lora import LoraError, read_lora
 from wanflow.pipelines.pipeline import WanPipeline
@@ -29,8 +28,7 @@ RUN = dict(size=(64, 64), frames=5, steps=4, guide_scale=(3.0, 4.5), seed=3)
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
-    write_official_checkpoint(root / "official", TASK, seed=11)
-    convert_checkpoint(root / "official", root / "diffusers")
+    write_both_layouts(root, TASK, seed=11)
     return root
 
 

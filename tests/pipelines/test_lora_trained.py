@@ -7,9 +7,8 @@ import pytest
 
 from tests.pipelines import test_lora
 from tests.pipelines.test_lora import PROMPT, RUN, diffusers_frames
-from tests.tiny.checkpoint import write_official_checkpoint
+from tests.tiny.checkpoint import write_both_layouts
 from tests.training.lora_helpers import settings, write_data
-from wanflow.checkpoints.convert import convert_checkpoint
 from wanflow.pipelines.pipeline import WanPipeline
 from wanflow.training.lora import train_lora
 
@@ -17,8 +16,7 @@ from wanflow.training.lora import train_lora
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
-    write_official_checkpoint(root / "official", "t2v-A14B", seed=11)
-    convert_checkpoint(root / "official", root / "diffusers")
+    write_both_layouts(root, "t2v-A14B", seed=11)
     return root
 
 

@@ -9,8 +9,7 @@ import torch
 from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline
 from PIL import Image
 
-from tests.tiny.checkpoint import write_official_checkpoint
-from wanflow.checkpoints.convert import convert_checkpoint
+from tests.tiny.checkpoint import write_both_layouts
 from wanflow.pipelines.pipeline import WanPipeline as Ours
 from wanflow.sampling.schedule import UNIPC_SIGMA_MAX
 from wanflow.tasks import TASKS
@@ -32,8 +31,7 @@ def checkpoints(tmp_path_factory):
     out = {}
     for task in TASKS:
         root = tmp_path_factory.mktemp(task)
-        write_official_checkpoint(root / "official", task, seed=11)
-        convert_checkpoint(root / "official", root / "diffusers")
+        write_both_layouts(root, task, seed=11)
         out[task] = root
     return out
 

@@ -37,3 +37,13 @@ def write_official_checkpoint(root: str | Path, task: str, seed: int = 0) -> Pat
     torch.save(random_official_state(TINY_T5, seed + 4), root / OFFICIAL_T5)
     build_tiny_tokenizer(root / OFFICIAL_TOKENIZER)
     return root
+
+
+def write_both_layouts(root: str | Path, task: str, seed: int = 0) -> Path:
+    """``write_official_checkpoint`` in ``root / "official"`` and its conversion in ``root / "diffusers"``."""
+    from wanflow.checkpoints.convert import convert_checkpoint
+
+    root = Path(root)
+    write_official_checkpoint(root / "official", task, seed=seed)
+    convert_checkpoint(root / "official", root / "diffusers")
+    return root

@@ -90,11 +90,8 @@ def vae_from_module(module: nn.Module) -> WanVAE:
 
     if isinstance(module, WanVAE):
         return module.eval().requires_grad_(False)
-    config = getattr(module, "config", None)
-    if not isinstance(module, nn.Module) or config is None or "z_dim" not in config:
-        raise TypeError(f"vae must be diffusers' AutoencoderKLWan or wanflow's WanVAE, got {type(module).__name__}")
-    source = f"the {type(module).__name__} given as vae"
-    cfg = _infer(vae_config_from_diffusers, dict(config), source)
+    config, source = _module_config(module, "vae", "z_dim", "diffusers' AutoencoderKLWan or wanflow's WanVAE")
+    cfg = _infer(vae_config_from_diffusers, config, source)
     state = _convert(vae_keymap(cfg).reverse, module.state_dict(), source)
     dtype = next(module.parameters()).dtype
     with torch.device("meta"):
@@ -111,22 +108,26 @@ def dit_from_module(module: nn.Module, name: str, text_len: int | None = None) -
     when the module's config does not state it (diffusers' does not: the checkpoint's is used)."""
     if isinstance(module, WanDiT):
         return module.eval().requires_grad_(False)
-    config = getattr(module, "config", None)
-    if not isinstance(module, nn.Module) or config is None or "num_attention_heads" not in config:
-        raise TypeError(f"{name} must be diffusers' WanTransformer3DModel or wanflow's WanDiT, got {type(module)}")
-    source = f"the {type(module).__name__} given as {name}"
-    data = dict(config)
-    if text_len is not None and TEXT_LEN_KEY not in data:
-        data[TEXT_LEN_KEY] = text_len
-    cfg = _infer(dit_config_from_diffusers, data, source)
-    state = _convert(
-        DIT_KEYMAP.reverse, {k: _module_tensor(v, k, source) for k, v in module.state_dict().items()}, source
-    )
+    expected = "diffusers' WanTransformer3DModel or wanflow's WanDiT"
+    config, source = _module_config(module, name, "num_attention_heads", expected)
+    if text_len is not None and TEXT_LEN_KEY not in config:
+        config[TEXT_LEN_KEY] = text_len
+    cfg = _infer(dit_config_from_diffusers, config, source)
+    state = {key: _module_tensor(value, key, source) for key, value in module.state_dict().items()}
+    state = _convert(DIT_KEYMAP.reverse, state, source)
     with torch.device("meta"):
         model = WanDiT(cfg)
     load_strict(model, stored_state(model, state, torch.float32), source)
     cast_model(model, torch.float32, keep_fp32=FP32_MODULES)  # (the pipeline casts to its own dtype next)
     return model.eval().requires_grad_(False)
+
+
+def _module_config(module: nn.Module, name: str, key: str, expected: str) -> tuple[dict, str]:
+    """The config of a diffusers module given as ``name`` (one whose config holds ``key``), and how errors name it."""
+    config = getattr(module, "config", None)
+    if not isinstance(module, nn.Module) or config is None or key not in config:
+        raise TypeError(f"{name} must be {expected}, got {type(module).__name__}")
+    return dict(config), f"the {type(module).__name__} given as {name}"
 
 
 def _module_tensor(value: torch.Tensor, key: str, source: str) -> torch.Tensor | QuantTensor:
