@@ -185,7 +185,15 @@ def test_components_read_as_in_diffusers(ours_and_diffusers, ti2v):
         }
         assert not differ
     assert ti2v.transformer is ti2v.experts["dense"] and ti2v.transformer_2 is None
+
     assert (ti2v.vae_scale_factor_spatial, ti2v.vae_scale_factor_temporal) == (16, 4)  # the Wan 2.2 VAE
+
+
+def test_compile_repeated_blocks_compiles_each_block_of_that_expert():
+    pipe = WanPipeline.from_builtin("t2v-A14B")  # (its own: the compiled blocks are not run here)
+    pipe.transformer_2.compile_repeated_blocks(dynamic=False)  # diffusers' regional compilation
+    assert all(block._compiled_call_impl is not None for block in pipe.experts["low"].blocks)
+    assert all(block._compiled_call_impl is None for block in pipe.experts["high"].blocks)
 
 
 def _plain(value):

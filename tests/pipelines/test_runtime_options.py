@@ -25,3 +25,13 @@ def test_a_missing_gpu_is_one_line_at_load_and_at_to():
 def test_an_unknown_device_name_is_one_line():
     with pytest.raises(ValueError, match=r"unknown device 'gpu0'"):
         check_device("gpu0")
+
+
+def test_to_takes_diffusers_forms():
+    pipe = WanPipeline.from_builtin("ti2v-5B")
+    assert pipe.to("cpu", torch.float32) is pipe and pipe.to(torch_device="cpu", torch_dtype=torch.float32) is pipe
+    assert pipe.to(torch.float32) is pipe and pipe.device == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"dtypes are chosen at load: from_pretrained\(\.\.\., torch_dtype="):
+        pipe.to("cpu", torch.bfloat16)
+    with pytest.raises(TypeError, match="takes a device and a dtype"):
+        pipe.to("cpu", torch.float32, "x")

@@ -15,6 +15,7 @@ powers of two around one rounding), so ``export_to_video`` of "np" or "pt" frame
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import os
@@ -33,6 +34,7 @@ from wanflow.checkpoints.maps.vae import vae_config_to_diffusers
 from wanflow.configs import DENSE, HIGH, LOW, DiffusersConfig
 from wanflow.io.video import save_video
 from wanflow.pipelines.progress import Progress
+from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.lora import LoraScale
 from wanflow.sampling.diffusers_schedulers import ReferenceScheduler, scheduler_family
 from wanflow.sampling.hooks import Step, StepHook, Velocity
@@ -284,12 +286,17 @@ class DiffusersMethods:
 
 def with_config(module: torch.nn.Module) -> torch.nn.Module:
     """A DiT or VAE with its settings in diffusers' names as ``module.config`` (as diffusers' models carry theirs:
-    ``pipe.vae.config.latents_std``, ``pipe.transformer.config.num_layers``), read from its ``cfg``."""
+    ``pipe.vae.config.latents_std``, ``pipe.transformer.config.num_layers``), read from its ``cfg``; a DiT also
+    answers diffusers' ``compile_repeated_blocks(**torch_compile_options)`` with wanflow's regional compilation
+    (``runtime.compile.compile_blocks``: each block compiled in place, the same graph for all)."""
     from wanflow.models.vae import WanVAE
 
-    to_diffusers = vae_config_to_diffusers if isinstance(module, WanVAE) else dit_config_to_diffusers
+    is_vae = isinstance(module, WanVAE)
+    to_diffusers = vae_config_to_diffusers if is_vae else dit_config_to_diffusers
     config = {k: v for k, v in to_diffusers(module.cfg).items() if k != TEXT_LEN_KEY}
-    module.config = DiffusersConfig(config)  # (a plain attribute: no parameter, no buffer)
+    module.config = DiffusersConfig(config)  # (plain attributes: no parameter, no buffer)
+    if not is_vae:
+        module.compile_repeated_blocks = functools.partial(compile_blocks, module)
     return module
 
 

@@ -48,7 +48,7 @@ from wanflow.pipelines.long_video import decode_windows, sample_windows
 from wanflow.pipelines.progress import Callback, DenoiseProgress, Progress, default_progress
 from wanflow.pipelines.prompt_extension import extend_prompts
 from wanflow.pipelines.request import DIFFUSERS_NAMES, GenerateOptions, Request, resolve, with_scheduler
-from wanflow.pipelines.runtime_options import RuntimeOptions, check_device
+from wanflow.pipelines.runtime_options import RuntimeOptions, check_device, device_and_dtype
 from wanflow.runtime.cache_curve import load_curve
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.fp8 import quantize_fp8
@@ -218,9 +218,18 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         self.offload = choose_policy(policy, self.device)
         self.map_experts(lambda name, expert: expert)
 
-    def to(self, device: torch.device | str) -> WanPipeline:
-        """Run on ``device`` from now on (diffusers' ``pipe.to("cuda")``; dtypes are chosen at load, ``torch_dtype``):
-        the VAE moves now, the text encoder at its next use, the experts as the memory policy places them there."""
+    def to(self, *args: torch.device | str | torch.dtype, **kwargs: torch.device | str | torch.dtype) -> WanPipeline:
+        """Run on a device from now on (diffusers' ``pipe.to("cuda")``, ``pipe.to("cuda", torch.bfloat16)``,
+        ``pipe.to(torch_device=...)``): the VAE moves now, the text encoder at its next use, the experts as the
+        memory policy places them there. Dtypes are chosen at load (``torch_dtype``): a dtype here must be the DiT's."""
+        device, dtype = device_and_dtype(args, kwargs)
+        if dtype is not None and dtype != self.runtime.dit_dtype(self.device):
+            raise ValueError(
+                f"the pipeline runs in {self.runtime.dit_dtype(self.device)}; dtypes are chosen at load: "
+                f"from_pretrained(..., torch_dtype={dtype})"
+            )
+        if device is None:
+            return self
         self.device = check_device(device)  # (one line that says what to use, not torch's assertion)
         self.runtime = dataclasses.replace(self.runtime, device=self.device)
         self.vae.to(self.device)

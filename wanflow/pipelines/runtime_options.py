@@ -87,3 +87,19 @@ def check_device(device: torch.device | str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f"device {device} is not available: this machine has {torch.cuda.device_count()} CUDA GPUs")
     return device
+
+
+def device_and_dtype(args: tuple, kwargs: dict) -> tuple[torch.device | str | None, torch.dtype | None]:
+    """The (device, dtype) of a ``to(...)`` call in diffusers' forms: positional (a device, a dtype, or both) or the
+    keywords ``torch_device`` / ``device`` and ``torch_dtype`` / ``dtype``."""
+    unknown = sorted(set(kwargs) - {"torch_device", "device", "torch_dtype", "dtype"})
+    if unknown or len(args) > 2:
+        raise TypeError(f"to() takes a device and a dtype, got {len(args)} arguments and keywords {unknown}")
+    device = kwargs.get("torch_device", kwargs.get("device"))
+    dtype = kwargs.get("torch_dtype", kwargs.get("dtype"))
+    for arg in args:
+        if isinstance(arg, torch.dtype):
+            dtype = arg
+        else:
+            device = arg
+    return device, dtype
