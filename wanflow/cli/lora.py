@@ -43,16 +43,7 @@ def parse_lora_arg(value: str) -> tuple[str, float]:
 
 def add_lora_arguments(p: argparse.ArgumentParser) -> None:
     """``--lora/--lora_high/--lora_low PATH[:STRENGTH]`` (repeatable), ``--lora_merge`` and ``--preset``."""
-    common = dict(action="append", type=parse_lora_arg, metavar="PATH[:STRENGTH]")
-    add_flag(
-        p,
-        "lora",
-        help="a LoRA file (any format) on every expert, or a folder of high_noise_model/low_noise_model files each "
-        "on its expert, either also as hf://ORG/NAME/PATH on the Hub; STRENGTH default 1; repeatable",
-        **common,
-    )
-    add_flag(p, "lora_high", help="a LoRA on the high-noise expert only (A14B); repeatable", **common)
-    add_flag(p, "lora_low", help="a LoRA on the low-noise expert only (A14B); repeatable", **common)
+    add_lora_file_arguments(p)
     add_flag(
         p,
         "lora_merge",
@@ -75,6 +66,20 @@ def add_lora_arguments(p: argparse.ArgumentParser) -> None:
         help="feed the DiT 1000 * sigma unrounded, as the step-distilled LoRAs were trained (default false: the "
         "reference's truncated integers; true with --preset lightning)",
     )
+
+
+def add_lora_file_arguments(p: argparse.ArgumentParser) -> None:
+    """``--lora/--lora_high/--lora_low PATH[:STRENGTH]`` (repeatable): which LoRAs, on which experts."""
+    common = dict(action="append", type=parse_lora_arg, metavar="PATH[:STRENGTH]")
+    add_flag(
+        p,
+        "lora",
+        help="a LoRA file (any format) on every expert, or a folder of high_noise_model/low_noise_model files each "
+        "on its expert, either also as hf://ORG/NAME/PATH on the Hub; STRENGTH default 1; repeatable",
+        **common,
+    )
+    add_flag(p, "lora_high", help="a LoRA on the high-noise expert only (A14B); repeatable", **common)
+    add_flag(p, "lora_low", help="a LoRA on the low-noise expert only (A14B); repeatable", **common)
 
 
 def cli_loras(args: argparse.Namespace, layout) -> list[tuple[str, float, dict]]:
