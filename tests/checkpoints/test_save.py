@@ -10,6 +10,7 @@ import torch
 from diffusers import WanPipeline as DiffusersWan
 from safetensors.torch import save_file
 
+from tests.checkpoints.test_single_file import comfy_folder
 from tests.pipelines.test_parity import ReferenceUniPC
 from tests.tiny.checkpoint import TINY_DITS, write_official_checkpoint
 from tests.tiny.lora import make_lora
@@ -17,6 +18,7 @@ from wanflow.checkpoints.layouts import DEFAULTS_FILE, detect_layout
 from wanflow.checkpoints.save import task_defaults
 from wanflow.pipelines.diffusers_api import shard_bytes
 from wanflow.pipelines.pipeline import WanPipeline
+from wanflow.runtime.quantized import stored_layers
 from wanflow.tasks import TASKS
 
 PROMPT = "a red circle moving right"
@@ -84,6 +86,20 @@ def test_fp8_layers_are_saved_as_the_weights_they_compute_with(tmp_path):
     folder = pipe.save_pretrained(tmp_path / "fp8", layout="official")
     again = WanPipeline.from_pretrained(folder)  # plain float weights now
     assert torch.equal(again(PROMPT, steps=2, seed=1).frames, before)
+
+
+def test_a_pipeline_of_single_files_is_saved_with_float_weights(tmp_path):
+    """GGUF experts and an FP8 umT5 (ComfyUI's files): every quantised layer written as the weights it computes
+    with, so the saved folder makes the same frames."""
+    ckpt = write_official_checkpoint(tmp_path / "ckpt", "t2v-A14B")
+    comfy_folder(ckpt, tmp_path / "models")
+    pipe = WanPipeline.from_pretrained(tmp_path / "models")
+    assert stored_layers(pipe.text_encoder.model) and stored_layers(pipe.experts["low"])  # quantised in memory
+    before = pipe(PROMPT, size=(64, 48), frames=5, steps=2, seed=3).frames
+    folder = pipe.save_pretrained(tmp_path / "saved")
+    again = WanPipeline.from_pretrained(folder)
+    assert not stored_layers(again.text_encoder.model) and not stored_layers(again.experts["low"])
+    assert torch.equal(again(PROMPT, size=(64, 48), frames=5, steps=2, seed=3).frames, before)
 
 
 def test_what_cannot_be_saved_is_refused(tiny, tmp_path):

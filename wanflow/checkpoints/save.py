@@ -62,7 +62,7 @@ def write_official(components: Components, task: Task, dst: Path, max_shard_byte
     vae = components.vae
     save_pth(vae.state_dict(), dst / OFFICIAL_VAES[vae.cfg.version])
     encoder = components.text_encoder
-    save_pth(T5_KEYMAP.reverse(drop_tied(encoder.model.state_dict())), dst / OFFICIAL_T5)
+    save_pth(T5_KEYMAP.reverse(drop_tied(float_state_dict(encoder.model))), dst / OFFICIAL_T5)
     encoder.tokenizer.save_pretrained(dst / OFFICIAL_TOKENIZER)
     write_json(dst / DEFAULTS_FILE, {"task": task.name, "defaults": task_defaults(task)})
 
