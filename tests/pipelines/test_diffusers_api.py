@@ -211,6 +211,37 @@ def test_the_same_call_as_diffusers_gives_diffusers_frames(ours_and_diffusers):
     assert np.abs(a - b).max() <= 1e-4 and a.std() > 0.05
 
 
+BATCHES = {  # each call's generators made afresh for each pipeline (diffusers draws from them)
+    "two prompts, two videos each": lambda: dict(prompt=[PROMPT, "a blue square"], num_videos_per_prompt=2,
+                                                 generator=seeded(3)),
+    "a generator per video, pil": lambda: dict(prompt=[PROMPT, "a blue square"], generator=[seeded(1), seeded(2)],
+                                               output_type="pil"),
+    "three of one prompt, np": lambda: dict(prompt=PROMPT, num_videos_per_prompt=3, generator=seeded(4),
+                                            output_type="np", num_frames=5),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("batch", sorted(BATCHES))
+def test_a_batch_as_in_diffusers(ours_and_diffusers, batch):
+    """diffusers' batch: a list of prompts, num_videos_per_prompt, one generator (one draw of the whole batch's noise)
+    or one per video; here one call per video, with diffusers' order and noise."""
+    ours, theirs = ours_and_diffusers
+    call = {**DIFFUSERS_CALL, "num_inference_steps": 4, "output_type": "pt"}
+    a = ours(**{**call, **BATCHES[batch]()}).frames
+    with torch.no_grad():
+        b = theirs(**{**call, **BATCHES[batch]()}).frames
+    call.update(BATCHES[batch]())
+    if call["output_type"] == "pil":
+        a, b = (np.stack([np.stack([np.asarray(f) for f in video]) for video in x]).astype(np.float32) for x in (a, b))
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1  # (rounded to 8 bits)
+    else:
+        a, b = torch.as_tensor(a), torch.as_tensor(b)
+        count = len(call["prompt"]) * call.get("num_videos_per_prompt", 1) if isinstance(call["prompt"], list) else 3
+        assert a.shape == b.shape and a.shape[0] == count
+        assert (a - b).abs().max() <= 1e-4 and a.std() > 0.05
+        assert all((a[0] - a[k]).abs().max() > 1e-2 for k in range(1, count))  # every video its own noise
+
+
 @pytest.mark.parametrize("scales", [(0.5, 3.0), (1.0, None), (4.5, 0.5)])
 def test_guidance_of_one_or_less_as_in_diffusers(ours_and_diffusers, scales):
     """diffusers turns guidance off when guidance_scale <= 1 (guidance_scale_2 unread); a low-noise scale below 1

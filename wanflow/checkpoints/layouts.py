@@ -145,15 +145,19 @@ DEFAULT_TOKENIZER = "google/umt5-xxl"  # the umT5 tokenizer on the Hugging Face 
 
 
 def files_layout(
-    dit: Path | None = None,
-    dit_low: Path | None = None,
-    vae: Path | None = None,
-    t5: Path | None = None,
+    dit: Path | str | None = None,
+    dit_low: Path | str | None = None,
+    vae: Path | str | None = None,
+    t5: Path | str | None = None,
     tokenizer: Path | str | None = None,
     base: Layout | None = None,
 ) -> Layout:
     """Components given one by one (``--dit``, ``--dit_low``, ``--vae``, ``--t5``, ``--tokenizer``), the rest taken
-    from ``base`` (a checkpoint folder). ``dit`` is the dense DiT, or the high-noise expert when there are two."""
+    from ``base`` (a checkpoint folder). ``dit`` is the dense DiT, or the high-noise expert when there are two. A
+    file may be an ``hf://ORG/NAME[@REVISION]/PATH`` address: fetched once from the Hub (``hub.local_file``)."""
+    from wanflow.checkpoints.hub import local_file
+
+    dit, dit_low, vae, t5 = (None if p is None else local_file(p) for p in (dit, dit_low, vae, t5))
     experts = dict(base.experts) if base else {}
     if dit_low is not None or (dit is not None and base is not None and base.is_moe):
         experts.pop(DENSE, None)

@@ -10,7 +10,11 @@ FILE_FLAGS = ("dit", "dit_low", "vae", "t5")
 
 def add_file_arguments(p: argparse.ArgumentParser) -> None:
     for name, text in (
-        ("dit", "DiT file (.safetensors fp32/bf16/fp16/FP8, or .gguf); for A14B the high-noise expert"),
+        (
+            "dit",
+            "DiT file (.safetensors fp32/bf16/fp16/FP8, or .gguf; each file also as hf://ORG/NAME/PATH on the "
+            "Hub); for A14B the high-noise expert",
+        ),
         ("dit_low", "A14B low-noise expert file"),
         ("vae", "VAE file (wan_2.1_vae / wan2.2_vae .safetensors or .pth)"),
         ("t5", "umT5 encoder file (e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors)"),

@@ -31,9 +31,12 @@ from wanflow.models.text_encoder import pad_context
 from wanflow.pipelines import lora
 from wanflow.pipelines.core import Conditioning, Sampler, denoise
 from wanflow.pipelines.diffusers_api import (
+    BatchNoise,
     DiffusersMethods,
     LoadParts,
     WanPipelineOutput,
+    batch_calls,
+    batch_output,
     check_max_sequence_length,
     check_output_type,
     diffusers_hooks,
@@ -314,6 +317,15 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         )
         output_type = output_type or "np"
         check_output_type(output_type)
+        calls = batch_calls(prompt, options, latents) if diffusers_call else None
+        if calls is not None:  # diffusers' batch: one call per video, the frames stacked
+            if callback_on_step_end is not None or any(e is not None for e in embeds):
+                raise ValueError("a batch takes prompts, not prompt_embeds or callback_on_step_end: one call per video")
+            hooks = list(hooks)
+            same = dict(progress=progress, callback=callback, hooks=hooks, output_type=output_type)
+            same.update(attention_kwargs=attention_kwargs, max_sequence_length=max_sequence_length)
+            frames = [self(text, **same, **item).frames for text, item in calls]
+            return batch_output(frames, output_type, return_dict, calls[0][1].get("seed"))
         check_max_sequence_length(max_sequence_length, self.dit_cfg.text_len)
         request = self._request(prompt, embeds, options)
         given = given_embeds(request, embeds, self.dit_cfg)
@@ -398,6 +410,8 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
     def given_latents(self, latents: object, shape: tuple[int, ...]) -> torch.Tensor:
         """``latents=`` in place of the seeded noise: (1, C, T, H, W) of this request's size and frames, on the
         device."""
+        if isinstance(latents, BatchNoise):  # (a video of diffusers' batch)
+            return latents.draw(shape, self.device)
         if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
             raise ValueError(f"latents must be a float tensor of (1, *{shape}), got {type(latents).__name__}")
         if tuple(latents.shape) != (1, *shape):
