@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "WanPipeline": "wanflow.pipelines.pipeline",
     "WanImageToVideoPipeline": "wanflow.pipelines.pipeline",
+    "DiffusionPipeline": "wanflow.pipelines.pipeline",
     "RuntimeOptions": "wanflow.pipelines.pipeline",
     "Video": "wanflow.pipelines.pipeline",
     "GenerateOptions": "wanflow.pipelines.request",
@@ -32,7 +33,13 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from wanflow.io.image import load_image
     from wanflow.pipelines.diffusers_api import WanPipelineOutput, export_to_video
-    from wanflow.pipelines.pipeline import RuntimeOptions, Video, WanImageToVideoPipeline, WanPipeline
+    from wanflow.pipelines.pipeline import (
+        DiffusionPipeline,
+        RuntimeOptions,
+        Video,
+        WanImageToVideoPipeline,
+        WanPipeline,
+    )
     from wanflow.pipelines.request import GenerateOptions
 
 
@@ -47,6 +54,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "DiffusionPipeline",
     "GenerateOptions",
     "RuntimeOptions",
     "Video",

@@ -68,6 +68,28 @@ def test_t2v_diffusers_call_gives_the_native_frames(t2v):
     assert not torch.equal(swapped.frames, native.frames)
 
 
+def test_the_hub_use_this_model_snippet_runs_as_written(tmp_path):
+    """The Hugging Face page's snippet for a diffusers Wan repository, with wanflow's import: ``DiffusionPipeline``,
+    ``dtype=`` and ``device_map=`` at load, and a call that names only ``prompt=``, which is diffusers' call (its
+    output); with an option of wanflow's own names it stays wanflow's."""
+    from wanflow import DiffusionPipeline
+    from wanflow.builtin import builtin_checkpoint
+
+    pipe = DiffusionPipeline.from_pretrained(builtin_checkpoint("ti2v-5B"), dtype=torch.float32, device_map="cpu")
+    out = pipe(prompt=PROMPT)
+    output = out.frames[0]
+    assert output.shape == (9, 64, 64, 3)
+    with av.open(export_to_video(output, str(tmp_path / "output.mp4"))) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 9
+    native = pipe(PROMPT, seed=out.seed)
+    assert np.array_equal(output, unit_range(native.frames).permute(1, 2, 3, 0).numpy())
+    assert isinstance(pipe(prompt=PROMPT, steps=2, seed=1), Video)  # wanflow's steps=: wanflow's call
+    with pytest.raises(ValueError, match="given twice"):
+        pipe(PROMPT, prompt=PROMPT)
+    with pytest.raises(ValueError, match="device_map='balanced': a pipeline runs on one device here"):
+        DiffusionPipeline.from_pretrained(builtin_checkpoint("ti2v-5B"), device_map="balanced")
+
+
 def test_ti2v_with_an_image_diffusers_call_gives_the_native_frames(ti2v, tmp_path):
     clip = combo_clips(0, [("red", "circle", "right")], 1, 64, 64, 9)[0]
     image = Image.fromarray(first_frame(clip, 64, 64))

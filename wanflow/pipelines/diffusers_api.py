@@ -82,7 +82,8 @@ def diffusers_output(video: torch.Tensor, output_type: str, return_dict: bool, s
 
 @dataclass
 class LoadParts:
-    """What diffusers' ``from_pretrained`` takes beside the checkpoint: modules in place of its components (``vae``:
+    """What diffusers' ``from_pretrained`` takes beside the checkpoint (and ``device_map``, a device name: the
+    ``device`` runtime option): modules in place of its components (``vae``:
     diffusers' ``AutoencoderKLWan`` or a ``WanVAE``, kept in its dtype; ``transformer`` / ``transformer_2``: DiTs,
     ``checkpoints.load.dit_from_module``), a ``scheduler`` (``pipe.scheduler``) and ``boundary_ratio`` (the experts
     switch at ``t >= boundary_ratio * 1000``)."""
@@ -98,6 +99,16 @@ class LoadParts:
         ``vae_dtype`` to its dtype unless it is given."""
         from wanflow.checkpoints.load import vae_from_module
 
+        device_map = options.pop("device_map", None)  # diffusers' (and the Hub's "use this model" snippet's)
+        if device_map is not None:
+            if not isinstance(device_map, (str, torch.device)) or str(device_map) in ("auto", "balanced"):
+                raise ValueError(
+                    f"device_map={device_map!r}: a pipeline runs on one device here (device_map='cuda', or device=); "
+                    "several GPUs share a video under torchrun (README, 'Several GPUs and machines')"
+                )
+            if options.get("device") is not None:
+                raise ValueError("the device is given twice, as device and as device_map: pass one of them")
+            options["device"] = device_map
         vae = options.pop("vae", None)
         vae = vae_from_module(vae) if vae is not None else None
         if vae is not None and options.get("vae_dtype") is None:

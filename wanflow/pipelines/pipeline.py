@@ -50,7 +50,7 @@ from wanflow.pipelines.guards import FiniteLatents, check_memory, memory_need
 from wanflow.pipelines.long_video import decode_windows, sample_windows
 from wanflow.pipelines.progress import Callback, DenoiseProgress, Progress, default_progress
 from wanflow.pipelines.prompt_extension import extend_prompts
-from wanflow.pipelines.request import DIFFUSERS_NAMES, GenerateOptions, Request, resolve, with_scheduler
+from wanflow.pipelines.request import DIFFUSERS_NAMES, WANFLOW_NAMES, GenerateOptions, Request, resolve, with_scheduler
 from wanflow.pipelines.runtime_options import RuntimeOptions, check_device, device_and_dtype
 from wanflow.runtime.cache_curve import load_curve
 from wanflow.runtime.compile import compile_blocks
@@ -278,6 +278,7 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
     def __call__(
         self,
         prompt: str | GenerateOptions | None = None,
+        /,
         *,
         progress: Progress | None = None,
         callback: Callable[[Step], None] | None = None,
@@ -301,13 +302,19 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         noise (for exact comparisons).
 
         Returns a ``Video``; a call that uses diffusers' names or arguments (``output_type``, ``return_dict=False``,
+        ``prompt=`` with no option of wanflow's own names (``WANFLOW_NAMES``),
         ``prompt_embeds`` / ``negative_prompt_embeds`` in place of the texts, ``callback_on_step_end``,
         ``attention_kwargs``, ``max_sequence_length``: docs/python-api.md) returns what diffusers' ``WanPipeline``
         does: ``WanPipelineOutput`` with ``frames`` as ``output_type`` asks (default "np": (1, F, H, W, 3) in [0, 1];
         "latent": the latents, undecoded), or the tuple ``(frames,)``."""
         embeds = (prompt_embeds, negative_prompt_embeds)
+        named = options.pop("prompt", None)  # ``prompt=...``: diffusers' way to pass it, wanflow's is positional
+        if named is not None and prompt is not None:
+            raise ValueError("the prompt is given twice, as the first argument and as prompt=")
+        prompt = named if named is not None else prompt
         diffusers_call = (
-            output_type is not None
+            (isinstance(named, (str, list)) and set(options).isdisjoint(WANFLOW_NAMES))  # diffusers' bare call
+            or output_type is not None
             or not return_dict
             or callback_on_step_end is not None
             or attention_kwargs is not None
@@ -557,8 +564,9 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         }
 
 
-# diffusers' name for its image-to-video pipeline class; here one class runs every task (the checkpoint says which)
-WanImageToVideoPipeline = WanPipeline
+# diffusers' names for its image-to-video pipeline class and for the class that picks the pipeline of a checkpoint:
+# here one class runs every task (the checkpoint says which), so the Hub's "use this model" snippets run as written
+WanImageToVideoPipeline = DiffusionPipeline = WanPipeline
 
 
 def checkpoint_task(layout: Layout, task: Task) -> Task:

@@ -85,6 +85,15 @@ DIFFUSERS_NAMES = (
 )
 
 
+# The options only wanflow's calls name (diffusers' calls name the same things otherwise, or not at all): a call that
+# passes ``prompt=`` by name and none of these is a diffusers call (``WanPipeline.__call__``).
+WANFLOW_NAMES = frozenset(
+    f.name
+    for f in dataclasses.fields(GenerateOptions)
+    if f.name not in ("prompt", "negative_prompt", "image", "last_image")
+)
+
+
 def from_diffusers_names(keywords: dict[str, Any]) -> dict[str, Any]:
     """Keywords with diffusers' names replaced by wanflow's (a None value counts as not given, as in diffusers):
 
