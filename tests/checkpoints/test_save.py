@@ -16,7 +16,7 @@ from tests.tiny.checkpoint import TINY_DITS, write_official_checkpoint
 from tests.tiny.lora import make_lora
 from wanflow.checkpoints.layouts import DEFAULTS_FILE, detect_layout
 from wanflow.checkpoints.save import task_defaults
-from wanflow.pipelines.diffusers_api import shard_bytes
+from wanflow.pipelines.diffusers_parts import shard_bytes
 from wanflow.pipelines.pipeline import WanPipeline
 from wanflow.runtime.quantized import stored_layers
 from wanflow.tasks import TASKS

@@ -4,8 +4,10 @@
 diffusers' ``WanPipeline`` returns ``output.frames`` as (batch, frames, height, width, 3) float32 in [0, 1] for
 ``output_type="np"`` (its default), (batch, frames, 3, height, width) in [0, 1] for ``"pt"``, one list of PIL
 images per video for ``"pil"``, and the denoised latents (batch, channels, latent frames, height', width'), undecoded,
-for ``"latent"``; wanflow returns the same for a call in diffusers' names (batch 1). The input names are mapped in one
-place, ``pipelines.request.from_diffusers_names``; the whole correspondence is in docs/python-api.md.
+for ``"latent"``; wanflow returns the same for a call in diffusers' names (a batch: ``diffusers_batch``). The input
+names are mapped in one place, ``pipelines.request.from_diffusers_names``; the components as diffusers has them
+(``pipe.transformer``, ``pipe.vae``, ``from_pretrained``'s modules) are ``diffusers_parts``; the whole
+correspondence is in docs/python-api.md.
 
 Pixels: ``x * 0.5 + 0.5`` clamped to [0, 1] is exactly ``(clamp(x, -1, 1) + 1) / 2`` in float32 (both only scale by
 powers of two around one rounding), so ``export_to_video`` of "np" or "pt" frames writes the very pixels that
@@ -15,11 +17,9 @@ powers of two around one rounding), so ``export_to_video`` of "np" or "pt" frame
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import math
 import os
-import re
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,19 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from wanflow.checkpoints.maps.dit import TEXT_LEN_KEY, dit_config_to_diffusers
-from wanflow.checkpoints.maps.vae import vae_config_to_diffusers
-from wanflow.configs import DENSE, HIGH, LOW, DiffusersConfig
+from wanflow.configs import DENSE, HIGH, LOW
 from wanflow.io.video import save_video
+from wanflow.pipelines.diffusers_parts import VAE_TILE, shard_bytes, with_config
 from wanflow.pipelines.progress import Progress
-from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.lora import LoraScale
 from wanflow.sampling.diffusers_schedulers import ReferenceScheduler, scheduler_family
 from wanflow.sampling.hooks import Step, StepHook, Velocity
-from wanflow.sampling.noise import draw_seed, initial_noise
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")  # diffusers' names; its default is "np"
-VAE_TILE = 32  # latent pixels per tile of ``enable_vae_tiling`` (256 pixels with the Wan 2.1 VAE, 512 with 2.2's)
 CALLBACK_TENSORS = ("latents", "prompt_embeds", "negative_prompt_embeds")  # diffusers' ``_callback_tensor_inputs``
 
 
@@ -80,59 +76,6 @@ def diffusers_output(video: torch.Tensor, output_type: str, return_dict: bool, s
     return WanPipelineOutput(frames, seed) if return_dict else (frames,)
 
 
-@dataclass
-class LoadParts:
-    """What diffusers' ``from_pretrained`` takes beside the checkpoint (and ``device_map``, a device name: the
-    ``device`` runtime option): modules in place of its components (``vae``:
-    diffusers' ``AutoencoderKLWan`` or a ``WanVAE``, kept in its dtype; ``transformer`` / ``transformer_2``: DiTs,
-    ``checkpoints.load.dit_from_module``), a ``scheduler`` (``pipe.scheduler``) and ``boundary_ratio`` (the experts
-    switch at ``t >= boundary_ratio * 1000``)."""
-
-    vae: Any = None
-    transformers: dict[str, torch.nn.Module] = dataclasses.field(default_factory=dict)
-    scheduler: Any = None
-    boundary_ratio: float | None = None
-
-    @classmethod
-    def take(cls, options: dict[str, Any]) -> LoadParts:
-        """The parts among ``options`` (removed from them), checked before any weight is read; a VAE module sets
-        ``vae_dtype`` to its dtype unless it is given."""
-        from wanflow.checkpoints.load import vae_from_module
-
-        device_map = options.pop("device_map", None)  # diffusers' (and the Hub's "use this model" snippet's)
-        if device_map is not None:
-            if not isinstance(device_map, (str, torch.device)) or str(device_map) in ("auto", "balanced"):
-                raise ValueError(
-                    f"device_map={device_map!r}: a pipeline runs on one device here (device_map='cuda', or device=); "
-                    "several GPUs share a video under torchrun (README, 'Several GPUs and machines')"
-                )
-            if options.get("device") is not None:
-                raise ValueError("the device is given twice, as device and as device_map: pass one of them")
-            options["device"] = device_map
-        vae = options.pop("vae", None)
-        vae = vae_from_module(vae) if vae is not None else None
-        if vae is not None and options.get("vae_dtype") is None:
-            options["vae_dtype"] = vae.dtype
-        transformers = {name: options.pop(name, None) for name in ("transformer", "transformer_2")}
-        scheduler = options.pop("scheduler", None)
-        if scheduler is not None:
-            scheduler_family(scheduler)
-        ratio = options.pop("boundary_ratio", None)
-        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1):
-            raise ValueError(f"boundary_ratio is a fraction of the timesteps in (0, 1], got {ratio!r}")
-        given = {name: module for name, module in transformers.items() if module is not None}
-        return cls(vae, given, scheduler, None if ratio is None else float(ratio))
-
-    def check(self, layout: Any) -> None:
-        """Refuse what does not fit the checkpoint, before its weights are read."""
-        if self.boundary_ratio is not None and not layout.is_moe:
-            raise ValueError("boundary_ratio: this checkpoint has one DiT, so no switch between experts")
-
-    def task(self, task: Any) -> Any:
-        """``task`` with ``boundary_ratio`` as its switch between experts."""
-        return task if self.boundary_ratio is None else task.with_overrides({"boundary": self.boundary_ratio})
-
-
 class DiffusersMethods:
     """diffusers' pipeline methods and call state on ``WanPipeline`` (the mixin needs its ``to``, ``set_offload``,
     ``prompt_states``, ``experts``, ``task`` and ``device``). What a ``callback_on_step_end`` sees of the running call:
@@ -151,7 +94,7 @@ class DiffusersMethods:
         """diffusers' ``pipe.scheduler``: the scheduler set, or the reference's (``ReferenceScheduler``), whose
         ``config`` builds diffusers' schedulers (``UniPCMultistepScheduler.from_config(pipe.scheduler.config,
         flow_shift=5.0)``)."""
-        return self._scheduler or ReferenceScheduler(self.task.shift)  # type: ignore[attr-defined]
+        return self._scheduler if self._scheduler is not None else ReferenceScheduler(self.task.shift)  # type: ignore[attr-defined]
 
     @scheduler.setter
     def scheduler(self, scheduler: Any) -> None:
@@ -294,114 +237,6 @@ class DiffusersMethods:
             states = self.prompt_states(texts[:n], given[:n], Progress())
         states = [s.to(device or self.device, dtype or s.dtype) for s in states]
         return states[0], states[1] if n == 2 else None
-
-
-def with_config(module: torch.nn.Module) -> torch.nn.Module:
-    """A DiT or VAE with its settings in diffusers' names as ``module.config`` (as diffusers' models carry theirs:
-    ``pipe.vae.config.latents_std``, ``pipe.transformer.config.num_layers``), read from its ``cfg``; a DiT also
-    answers diffusers' ``compile_repeated_blocks(**torch_compile_options)`` with wanflow's regional compilation
-    (``runtime.compile.compile_blocks``: each block compiled in place, the same graph for all)."""
-    from wanflow.models.vae import WanVAE
-
-    is_vae = isinstance(module, WanVAE)
-    to_diffusers = vae_config_to_diffusers if is_vae else dit_config_to_diffusers
-    config = {k: v for k, v in to_diffusers(module.cfg).items() if k != TEXT_LEN_KEY}
-    module.config = DiffusersConfig(config)  # (plain attributes: no parameter, no buffer)
-    if not is_vae:
-        module.compile_repeated_blocks = functools.partial(compile_blocks, module)
-    return module
-
-
-def vae_methods(vae: torch.nn.Module, pipe: DiffusersMethods) -> None:
-    """diffusers' ``pipe.vae.enable_tiling()`` / ``disable_tiling()`` on wanflow's VAE: the pipeline's exact tiled
-    decode (``enable_vae_tiling``; a ``tile_sample_min_height`` / ``_width`` in pixels sets the tile, the strides are
-    not needed: the tiles do not blend); ``enable_slicing()`` / ``disable_slicing()`` split a batch of videos, and a
-    call makes one, so they change nothing."""
-    stride = vae.cfg.stride[1]
-
-    def enable_tiling(
-        tile_sample_min_height: int | None = None,
-        tile_sample_min_width: int | None = None,
-        tile_sample_stride_height: int | None = None,
-        tile_sample_stride_width: int | None = None,
-    ) -> None:
-        sizes = [size for size in (tile_sample_min_height, tile_sample_min_width) if size is not None]
-        pipe.enable_vae_tiling(max(1, min(sizes) // stride) if sizes else VAE_TILE)
-
-    vae.enable_tiling = enable_tiling
-    vae.disable_tiling = pipe.disable_vae_tiling
-    vae.enable_slicing = vae.disable_slicing = lambda: None
-
-
-def shard_bytes(size: int | str) -> int:
-    """diffusers' ``max_shard_size``: bytes, or a string such as "10GB", "500MB" (powers of 1000; "GiB": 1024)."""
-    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)\s*", str(size), re.IGNORECASE)
-    if match is None:
-        raise ValueError(f'max_shard_size is a number of bytes or a size such as "10GB", got {size!r}')
-    unit = match.group(2).upper()
-    base = 1024 if "I" in unit else 1000
-    return int(float(match.group(1)) * base ** (" KMG".index(unit[0])))
-
-
-@dataclass(frozen=True)
-class BatchNoise:
-    """Video ``index`` of a diffusers batch of ``count`` drawn from one generator: diffusers draws the whole batch's
-    noise at once, one ``randn`` of (count, *shape), so this video's is that draw's row ``index``."""
-
-    seed: int
-    index: int
-    count: int
-
-    def draw(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        return initial_noise((self.count, *shape), self.seed, device)[0][self.index : self.index + 1]
-
-
-def batch_calls(prompt: Any, options: dict[str, Any], latents: Any) -> list[tuple[str, dict[str, Any]]] | None:
-    """diffusers' batch (a list of prompts, ``num_videos_per_prompt``, a list of generators, batched ``latents``) as
-    one call per video, in diffusers' order (each prompt's videos together) and with diffusers' noise; None for one
-    video."""
-    per_prompt = options.get("num_videos_per_prompt") or 1
-    generator = options.get("generator")
-    if not isinstance(prompt, list) and per_prompt == 1 and not isinstance(generator, list):
-        return None
-    prompts = prompt if isinstance(prompt, list) else [prompt]
-    negative = options.get("negative_prompt")
-    negatives = negative if isinstance(negative, list) else [negative] * len(prompts)
-    if len(negatives) != len(prompts) or not prompts:
-        raise ValueError(f"{len(prompts)} prompts and {len(negatives)} negative prompts: give one per prompt")
-    if not isinstance(per_prompt, int) or isinstance(per_prompt, bool) or per_prompt < 1:
-        raise ValueError(f"num_videos_per_prompt must be a positive integer, got {per_prompt!r}")
-    count = len(prompts) * per_prompt
-    if isinstance(generator, list) and len(generator) != count:
-        raise ValueError(f"{len(generator)} generators for a batch of {count} videos: give one per video, or one")
-    if latents is not None and (not isinstance(latents, torch.Tensor) or latents.shape[0] != count):
-        raise ValueError(f"latents for a batch of {count} videos: a tensor of {count} rows (one per video)")
-    seed = None if isinstance(generator, list) else generator.initial_seed() if generator is not None else draw_seed(-1)
-    calls = []
-    for k in range(count):
-        item = {**options, "num_videos_per_prompt": None, "negative_prompt": negatives[k // per_prompt]}
-        if isinstance(generator, list):
-            item["generator"] = generator[k]
-        else:
-            item.update(generator=None, seed=seed)
-        item["latents"] = (
-            latents[k : k + 1] if latents is not None else None if seed is None else BatchNoise(seed, k, count)
-        )
-        calls.append((prompts[k // per_prompt], item))
-    return calls
-
-
-def batch_output(frames: list[Any], output_type: str, return_dict: bool, seed: int | None) -> Any:
-    """The frames of a batch's videos, one call each, as diffusers returns the batch."""
-    if output_type == "pil":
-        batch = [video for out in frames for video in out]
-    elif output_type == "np":
-        batch = np.concatenate(frames)
-    else:
-        batch = torch.cat(frames)
-    return WanPipelineOutput(batch, seed) if return_dict else (batch,)
 
 
 def check_tensor_inputs(names: Sequence[str]) -> tuple[str, ...]:
@@ -592,13 +427,9 @@ def _uint8_frames(video_frames: Sequence[Any] | np.ndarray | torch.Tensor) -> np
 __all__ = [
     "CALLBACK_TENSORS",
     "OUTPUT_TYPES",
-    "BatchNoise",
     "DiffusersMethods",
-    "LoadParts",
     "StepEndCallback",
     "WanPipelineOutput",
-    "batch_calls",
-    "batch_output",
     "check_max_sequence_length",
     "diffusers_hooks",
     "diffusers_output",
@@ -609,6 +440,4 @@ __all__ = [
     "lora_scale",
     "one_prompt",
     "postprocess",
-    "vae_methods",
-    "with_config",
 ]

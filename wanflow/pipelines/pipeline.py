@@ -31,21 +31,17 @@ from wanflow.models.text_encoder import pad_context
 from wanflow.pipelines import lora
 from wanflow.pipelines.core import Conditioning, Sampler, denoise
 from wanflow.pipelines.diffusers_api import (
-    BatchNoise,
     DiffusersMethods,
-    LoadParts,
     WanPipelineOutput,
-    batch_calls,
-    batch_output,
     check_max_sequence_length,
     check_output_type,
     diffusers_hooks,
     diffusers_output,
     given_embeds,
-    vae_methods,
-    with_config,
 )
+from wanflow.pipelines.diffusers_batch import BatchNoise, batch_calls, batch_output
 from wanflow.pipelines.diffusers_lora import DiffusersLoraMethods
+from wanflow.pipelines.diffusers_parts import LoadParts, vae_methods, with_config
 from wanflow.pipelines.guards import FiniteLatents, check_memory, memory_need
 from wanflow.pipelines.long_video import decode_windows, sample_windows
 from wanflow.pipelines.progress import Callback, DenoiseProgress, Progress, default_progress
