@@ -3,6 +3,7 @@ defaults; a LoRA fused into the weights is in the saved checkpoint (diffusers' o
 the fused pipeline's frames); FP8 layers are written as the weights they compute with; what cannot be saved as it is
 is refused in one line."""
 
+import json
 import logging
 
 import pytest
@@ -66,9 +67,11 @@ def test_a_fused_lora_is_saved_and_diffusers_reads_the_folder(tiny, tmp_path):
     fused = pipe(PROMPT, size=(64, 64), frames=9, steps=4, seed=3).frames
     assert (fused - plain).abs().max() > 1e-3  # the LoRA changed the high-noise expert
     folder = pipe.save_pretrained(tmp_path / "fused")
-    assert torch.equal(
-        WanPipeline.from_pretrained(folder)(PROMPT, size=(64, 64), frames=9, steps=4, seed=3).frames, fused
-    )
+    reloaded = WanPipeline.from_pretrained(folder)
+    assert torch.equal(reloaded(PROMPT, size=(64, 64), frames=9, steps=4, seed=3).frames, fused)
+    assert json.loads((folder / DEFAULTS_FILE).read_text())["merged_loras"] == {"high": ["fast:0.8"]}
+    again = reloaded.save_pretrained(tmp_path / "again", layout="official")  # the record travels on
+    assert json.loads((again / DEFAULTS_FILE).read_text())["merged_loras"] == {"high": ["fast:0.8"]}
     theirs = DiffusersWan.from_pretrained(folder)
     theirs.scheduler = ReferenceUniPC.from_config(theirs.scheduler.config)  # the reference's grid, as wanflow's
     theirs.set_progress_bar_config(disable=True)

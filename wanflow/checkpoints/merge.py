@@ -40,8 +40,7 @@ def merge_loras(layout: Layout, loras: Sequence[Merge], max_shard_bytes: int) ->
         _rewrite(folder, state if layout.kind == "official" else DIT_KEYMAP.forward(state), max_shard_bytes)
         merged[expert] = [f"{source}:{strength:g}" for source, strength, _ in mine]
         del model, state
-    if merged:
-        _record(layout.root, merged)
+    record_merged(layout.root, merged)
     return merged
 
 
@@ -56,9 +55,19 @@ def _rewrite(folder: Path, state: Mapping, max_shard_bytes: int) -> None:
     shutil.rmtree(staging)
 
 
-def _record(root: Path, merged: dict[str, list[str]]) -> None:
+def merged_record(root: Path) -> dict[str, list[str]]:
+    """The LoRAs a checkpoint folder records as merged into its experts (``wanflow.json``'s ``merged_loras``)."""
+    path = root / DEFAULTS_FILE
+    return json.loads(path.read_text()).get("merged_loras", {}) if path.is_file() else {}
+
+
+def record_merged(root: Path, merged: Mapping[str, Sequence[str]]) -> None:
+    """Add ``merged`` (expert -> "source:strength" of each LoRA now in its weights) to the folder's record."""
+    if not any(merged.values()):
+        return
     path = root / DEFAULTS_FILE
     data = json.loads(path.read_text()) if path.is_file() else {}
     for expert, sources in merged.items():
-        data.setdefault("merged_loras", {}).setdefault(expert, []).extend(sources)
+        if sources:
+            data.setdefault("merged_loras", {}).setdefault(expert, []).extend(sources)
     path.write_text(json.dumps(data, indent=2) + "\n")

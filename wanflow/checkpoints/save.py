@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from wanflow.checkpoints.convert import SHARD_BYTES, convert_checkpoint, save_pth, write_json
@@ -23,6 +24,7 @@ from wanflow.checkpoints.layouts import (
 )
 from wanflow.checkpoints.load import Components
 from wanflow.checkpoints.maps.t5 import T5_KEYMAP, drop_tied
+from wanflow.checkpoints.merge import record_merged
 from wanflow.configs import DENSE
 from wanflow.runtime.quantized import float_state_dict
 from wanflow.tasks import Task
@@ -36,25 +38,29 @@ def save_checkpoint(
     dst: str | os.PathLike,
     layout: str = "diffusers",
     max_shard_bytes: int = SHARD_BYTES,
+    merged: Mapping[str, Sequence[str]] | None = None,
 ) -> Layout:
-    """``components`` and ``task``'s defaults into the new folder ``dst`` in ``layout``; returns its layout."""
+    """``components`` and ``task``'s defaults into the new folder ``dst`` in ``layout``; returns its layout.
+    ``merged``: the LoRAs in the experts' weights, by expert, to record (``merge.record_merged``)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
     dst = Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise ValueError(f"{dst} is not an empty folder; choose a new one")
     if layout == "official":
-        write_official(components, task, dst, max_shard_bytes)
+        write_official(components, task, dst, max_shard_bytes, merged or {})
         return detect_layout(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
-        write_official(components, task, Path(tmp) / "official", max_shard_bytes)
+        write_official(components, task, Path(tmp) / "official", max_shard_bytes, merged or {})
         return convert_checkpoint(Path(tmp) / "official", dst, "diffusers", max_shard_bytes)
 
 
-def write_official(components: Components, task: Task, dst: Path, max_shard_bytes: int) -> None:
+def write_official(
+    components: Components, task: Task, dst: Path, max_shard_bytes: int, merged: Mapping[str, Sequence[str]]
+) -> None:
     """The official layout: expert folders (or the dense model at the top), the VAE and umT5 ``.pth`` files, the
-    tokenizer folder, ``wanflow.json``."""
+    tokenizer folder, ``wanflow.json`` (with the LoRAs ``merged`` into the experts)."""
     for name, model in components.experts.items():
         out = dst if name == DENSE else dst / OFFICIAL_EXPERTS[name]
         write_folder(float_state_dict(model), out, max_shard_bytes=max_shard_bytes)
@@ -65,6 +71,7 @@ def write_official(components: Components, task: Task, dst: Path, max_shard_byte
     save_pth(T5_KEYMAP.reverse(drop_tied(float_state_dict(encoder.model))), dst / OFFICIAL_T5)
     encoder.tokenizer.save_pretrained(dst / OFFICIAL_TOKENIZER)
     write_json(dst / DEFAULTS_FILE, {"task": task.name, "defaults": task_defaults(task)})
+    record_merged(dst, merged)
 
 
 def task_defaults(task: Task) -> dict[str, object]:

@@ -204,7 +204,8 @@ class DiffusersMethods:
                 "unload_lora_weights; or load_lora(..., merge=True)), or unload them"
             )
         parts = Components(self.layout, experts, self.vae, self.text_encoder)  # type: ignore[attr-defined]
-        saved = save_checkpoint(parts, self.task, save_directory, layout, shard_bytes(max_shard_size))  # type: ignore[attr-defined]
+        merged = {name: merged_loras(model, self.layout.root, name) for name, model in experts.items()}  # type: ignore[attr-defined]
+        saved = save_checkpoint(parts, self.task, save_directory, layout, shard_bytes(max_shard_size), merged)  # type: ignore[attr-defined]
         return saved.root
 
     def encode_prompt(
@@ -237,6 +238,16 @@ class DiffusersMethods:
             states = self.prompt_states(texts[:n], given[:n], Progress())
         states = [s.to(device or self.device, dtype or s.dtype) for s in states]
         return states[0], states[1] if n == 2 else None
+
+
+def merged_loras(model: torch.nn.Module, root: Path, expert: str) -> list[str]:
+    """The LoRAs in an expert's weights ("name:strength"): those its checkpoint records, then the ones merged or
+    fused into it since it was loaded."""
+    from wanflow.checkpoints.merge import merged_record
+    from wanflow.runtime.lora import baked_loras, loaded_loras
+
+    now = [(a.name, a.strength) for a in loaded_loras(model) if a.merged] + list(baked_loras(model).items())
+    return [*merged_record(root).get(expert, []), *(f"{name}:{strength:g}" for name, strength in now)]
 
 
 def check_tensor_inputs(names: Sequence[str]) -> tuple[str, ...]:
