@@ -79,3 +79,12 @@ def test_an_extension_model_without_use_prompt_extend_is_one_line(tmp_path, caps
     assert line == (
         "wanflow: error: --prompt_extend_model is used with --use_prompt_extend: add it, or leave the model out"
     )
+
+
+def test_switch_step_from_the_command_line_and_in_the_metadata(tmp_path, capsys):
+    out = tmp_path / "switch.gif"
+    assert run_main(capsys, "a red circle", *FAST, "--switch_step", "1", "--save_file", str(out))[0] == 0
+    with Image.open(out) as im:
+        assert "switch_step=1" in im.info["comment"].decode()
+    line = refused(capsys, tmp_path, "--task", "ti2v-5B", "--switch_step", "1", *FAST)
+    assert "ti2v-5B has one DiT, so no switch between experts" in line

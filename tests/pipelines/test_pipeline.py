@@ -121,3 +121,23 @@ def test_convert_model_dtype_stores_the_dit_in_bf16_with_the_fp32_islands(tmp_pa
     assert converted.blocks[0].ffn[0].weight.dtype == torch.bfloat16
     assert converted.blocks[0].modulation.dtype == converted.head.head.weight.dtype == torch.float32
     assert torch.equal(converted.blocks[0].ffn[0].weight, plain.blocks[0].ffn[0].weight.bfloat16())
+
+
+def test_switch_step_gives_the_high_noise_expert_the_first_k_steps():
+    """ComfyUI's split by steps: K = the steps the boundary gives is the default run bit for bit; another K moves
+    the switch (and the guidance scale that goes with each expert); a dense model has no switch."""
+    pipe = WanPipeline.from_builtin("t2v-A14B")
+    run = dict(steps=6, guide_scale=(3.0, 4.0), seed=2)
+    steps = []
+    default = pipe("a red circle moving right", callback=steps.append, **run)
+    k = sum(s.expert == "high" for s in steps)
+    assert 0 < k < 6
+    assert torch.equal(pipe("a red circle moving right", switch_step=k, **run).frames, default.frames)
+    steps.clear()
+    moved = pipe("a red circle moving right", switch_step=1, callback=steps.append, **run)
+    assert [(s.expert, s.guide_scale) for s in steps] == [("high", 4.0)] + [("low", 3.0)] * 5
+    assert not torch.equal(moved.frames, default.frames) and moved.metadata["switch_step"] == 1
+    with pytest.raises(ValueError, match=r"switch_step is the number of high-noise steps, 0..6"):
+        pipe("x", switch_step=7, **run)
+    with pytest.raises(ValueError, match="ti2v-5B has one DiT"):
+        WanPipeline.from_builtin("ti2v-5B")("x", switch_step=1, steps=2)

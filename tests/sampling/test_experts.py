@@ -1,6 +1,6 @@
 import pytest
 
-from wanflow.sampling.experts import boundary_timestep, guidance_for, select_expert
+from wanflow.sampling.experts import boundary_timestep, guidance_for, select_expert, step_boundary
 from wanflow.sampling.schedule import dpm_schedule, unipc_schedule
 
 
@@ -47,3 +47,17 @@ def test_guidance_follows_the_expert():
 def test_guidance_schedule_of_t2v_defaults():
     scales = [guidance_for(t, 875.0, (3.0, 4.0)) for t in unipc_schedule(40, 12.0).timesteps]
     assert scales == [4.0] * 26 + [3.0] * 14
+
+
+def test_step_boundary_gives_the_high_noise_expert_the_first_k_steps():
+    timesteps = unipc_schedule(6, 12.0).timesteps.tolist()  # (999, 983, 959, 922, 856, 705): 4 high, 2 low at 875
+    for k in range(7):
+        experts = [select_expert(t, step_boundary(timesteps, k)) for t in timesteps]
+        assert experts == ["high"] * k + ["low"] * (6 - k)
+    assert [select_expert(t, boundary_timestep(0.875)) for t in timesteps] == ["high"] * 4 + ["low"] * 2
+    floats = [1000.0, 937.5, 833.33, 625.0]  # the Lightning grid's float timesteps
+    assert [select_expert(t, step_boundary(floats, 1)) for t in floats] == ["high", "low", "low", "low"]
+    with pytest.raises(ValueError, match=r"switch_step is a step index in 0..6"):
+        step_boundary(timesteps, 7)
+    with pytest.raises(ValueError, match="share the timestep 5: no switch between"):
+        step_boundary([9, 5, 5, 1], 2)

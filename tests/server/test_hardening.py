@@ -348,3 +348,11 @@ def _wait_for_health(c: httpx.Client, process: subprocess.Popen, log) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError("the server did not start within 120 s")
+
+
+def test_switch_step_reaches_the_pipeline_options():
+    from wanflow.server.schemas import GenerateRequest
+
+    assert GenerateRequest(prompt="x", switch_step=2).options().switch_step == 2
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        GenerateRequest(prompt="x", switch_step=-1)

@@ -50,6 +50,7 @@ OPTION_FLAGS = {
     "float_timesteps": "float_timesteps",
     **EXTEND_FLAGS,
     "cache": "cache",
+    "switch_step": "switch_step",
 }
 
 
@@ -99,6 +100,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(p, "prompt_file", help="one prompt per line, one per window of a longer video (instead of 'a | b | c')")
     add_flag(p, "base_seed", type=int, default=-1, help="seed; -1 draws one and reports it")
     add_sampler_arguments(p, solver=None)  # None: the preset's solver, else unipc
+    add_flag(
+        p,
+        "switch_step",
+        type=int,
+        metavar="K",
+        help="A14B: the high-noise expert runs the first K steps, the low-noise one the rest (as ComfyUI's two "
+        "KSamplerAdvanced nodes); default: the switch at the task's boundary timestep",
+    )
     add_flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")
     add_flag(p, "ulysses_size", type=int, default=1, help="sequence-parallel ranks (torchrun; default 1)")
     add_flag(p, "dit_fsdp", action="store_true", help="shard the DiT experts with FSDP2 (torchrun)")

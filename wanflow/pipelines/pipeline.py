@@ -56,7 +56,7 @@ from wanflow.runtime.precision import cast_model
 from wanflow.runtime.preview import DEFAULT_EVERY, Preview, load_preview_map
 from wanflow.runtime.step_cache import CacheSettings, MagCache
 from wanflow.runtime.vae_tiling import decode_tiled
-from wanflow.sampling.experts import boundary_timestep
+from wanflow.sampling.experts import boundary_timestep, step_boundary
 from wanflow.sampling.hooks import Step, StepHook
 from wanflow.sampling.noise import initial_noise
 from wanflow.sampling.schedule import get_schedule
@@ -506,12 +506,12 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             if request.grid is not None
             else get_schedule(request.solver, request.steps, request.shift, request.float_timesteps)
         )
-        sampler = Sampler(
-            schedule,
-            get_solver(request.solver),
-            boundary_timestep(self.task.boundary),
-            request.guide_scale,
+        boundary = (  # the task's switch between experts, or after the first ``switch_step`` steps
+            boundary_timestep(self.task.boundary)
+            if request.switch_step is None
+            else step_boundary(schedule.timesteps.tolist(), request.switch_step)
         )
+        sampler = Sampler(schedule, get_solver(request.solver), boundary, request.guide_scale)
         hooks = [self._placement, FiniteLatents(), *self._hooks, *hooks]  # NaN weights: an error, not a black video
         if request.cache:
             hooks.append(self.step_cache(request.cache))

@@ -55,6 +55,7 @@ class GenerateOptions:
     prompt_extend_lang: str | None = None  # "zh" (the reference's default) or "en": the extended prompt's language
     prompt_extend_seed: int | None = None  # the extender's sampling seed; None: the run's seed
     cache: str | None = None  # step cache: "magcache" or "magcache:THRESHOLD" (``runtime.step_cache``); None: off
+    switch_step: int | None = None  # A14B: the high-noise expert runs the first K steps; None: the task's boundary
 
     @classmethod
     def from_keywords(cls, prompt: str, **keywords: Any) -> GenerateOptions:
@@ -207,9 +208,11 @@ class Request:
             **(self.windows.metadata() if self.windows is not None else {}),
             **(self.extension.metadata() if self.extension is not None else {}),
             **({"scheduler": self.grid.name} if self.grid is not None else {}),
+            **({"switch_step": self.switch_step} if self.switch_step is not None else {}),
         }
 
     cache: CacheSettings | None = None
+    switch_step: int | None = None  # the high-noise expert's steps, in place of the boundary timestep
 
     def require_image(self) -> Image.Image:
         if self.image is None:
@@ -258,6 +261,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         extension=_extension(o, seed),
         windows=windows,
         cache=parse_cache(o.cache),
+        switch_step=_switch_step(o.switch_step, task, steps),
     )
 
 
@@ -275,6 +279,16 @@ def with_scheduler(request: Request, options: GenerateOptions, scheduler: Any) -
     grid = scheduler_grid(scheduler, request.steps)
     floats = grid.schedule.timesteps.is_floating_point()
     return dataclasses.replace(request, solver=grid.solver, shift=grid.shift, float_timesteps=floats, grid=grid)
+
+
+def _switch_step(value: Any, task: Task, steps: int) -> int | None:
+    if value is None:
+        return None
+    if not task.is_moe:
+        raise ValueError(f"switch_step: {task.name} has one DiT, so no switch between experts")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= steps:
+        raise ValueError(f"switch_step is the number of high-noise steps, 0..{steps}, got {value!r}")
+    return value
 
 
 def _windows(o: GenerateOptions, task: Task, frames: int) -> WindowPlan | None:

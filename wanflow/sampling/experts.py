@@ -7,6 +7,9 @@ of the experts is someone else's job; this module only decides.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 from wanflow.configs import DENSE, HIGH, LOW
 
 
@@ -17,6 +20,25 @@ def boundary_timestep(boundary: float | None, num_train_timesteps: int = 1000) -
     if not 0 <= boundary <= 1:
         raise ValueError(f"boundary is a fraction of the training timesteps in [0, 1], got {boundary!r}")
     return boundary * num_train_timesteps
+
+
+def step_boundary(timesteps: Sequence[int | float], switch_step: int) -> float:
+    """The boundary timestep that gives the high-noise expert the first ``switch_step`` steps and the low-noise one
+    the rest (ComfyUI's two KSamplerAdvanced nodes, ``end_at_step`` / ``start_at_step``): the timestep of the last
+    high-noise step, since an expert runs while ``t >= boundary`` and the timesteps decrease."""
+    n = len(timesteps)
+    if isinstance(switch_step, bool) or not isinstance(switch_step, int) or not 0 <= switch_step <= n:
+        raise ValueError(
+            f"switch_step is a step index in 0..{n} (the steps of the high-noise expert), got {switch_step!r}"
+        )
+    if switch_step in (0, n):
+        return math.inf if switch_step == 0 else -math.inf
+    boundary = float(timesteps[switch_step - 1])
+    if timesteps[switch_step] >= boundary:
+        raise ValueError(
+            f"steps {switch_step - 1} and {switch_step} share the timestep {boundary:g}: no switch between"
+        )
+    return boundary
 
 
 def select_expert(t: int | float, boundary_t: float | None) -> str:

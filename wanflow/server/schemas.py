@@ -95,6 +95,9 @@ class GenerateRequest(BaseModel):
     preset: Literal[tuple(PRESETS)] | None = Field(None, description="sampling preset (lightning: 4 steps, no CFG)")
     float_timesteps: bool | None = Field(None, description="the DiT sees 1000 * sigma unrounded (distilled LoRAs)")
     cache: str | None = Field(None, max_length=40, description="step cache: magcache or magcache:THRESHOLD")
+    switch_step: int | None = Field(
+        None, ge=0, description="A14B: the high-noise expert's steps (default: by timestep)"
+    )
     loras: list[LoraChoice] = Field(default_factory=list, max_length=MAX_LORAS, description="by name (GET /api/loras)")
     window_frames: int | None = Field(None, ge=1, description="frames per window of a longer video (4n+1)")
     window_overlap: int | None = Field(None, ge=4, description="frames a window takes from the one before (4k)")
@@ -179,6 +182,7 @@ class GenerateRequest(BaseModel):
             prompt_extend_lang=self.prompt_extend_lang,
             prompt_extend_seed=self.prompt_extend_seed,
             cache=self.cache,
+            switch_step=self.switch_step,
         )
 
 
