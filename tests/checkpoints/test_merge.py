@@ -45,6 +45,8 @@ def test_convert_merges_loras_into_each_expert_in_either_layout(tmp_path, capsys
         record = json.loads((dst / DEFAULTS_FILE).read_text())["merged_loras"]
         assert record == {"high": [f"{high}:0.7"], "low": [f"{low}:1"]}
         assert f"merged into the high expert: {high}:0.7" in capsys.readouterr().out
+        assert main(["info", str(dst)]) == 0
+        assert f"  LoRAs merged into the low expert: {low}:1" in capsys.readouterr().out
     assert torch.equal(WanPipeline.from_pretrained(src)(PROMPT, **RUN).frames, plain)  # the source untouched
 
 

@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from wanflow.checkpoints.io import write_folder
+from wanflow.checkpoints.io import CheckpointError, write_folder
 from wanflow.checkpoints.layouts import DEFAULTS_FILE, Layout
 from wanflow.checkpoints.lora import LoraFile
 from wanflow.checkpoints.maps.dit import DIT_KEYMAP
@@ -58,7 +58,12 @@ def _rewrite(folder: Path, state: Mapping, max_shard_bytes: int) -> None:
 def merged_record(root: Path) -> dict[str, list[str]]:
     """The LoRAs a checkpoint folder records as merged into its experts (``wanflow.json``'s ``merged_loras``)."""
     path = root / DEFAULTS_FILE
-    return json.loads(path.read_text()).get("merged_loras", {}) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()).get("merged_loras", {}))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a wanflow.json ({e})") from None
 
 
 def record_merged(root: Path, merged: Mapping[str, Sequence[str]]) -> None:

@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
     import wanflow
     from wanflow.checkpoints.io import CheckpointError
     from wanflow.checkpoints.layouts import detect_layout
+    from wanflow.checkpoints.merge import merged_record
     from wanflow.checkpoints.single_file import peek_kind
     from wanflow.cli.lora import describe_lora, is_lora
     from wanflow.models.attention import available_backends
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{folder}: {layout.kind} layout, DiT {', '.join(layout.experts)}, "
                 f"VAE {'yes' if layout.vae else 'no'}, T5 {'yes' if layout.text_encoder else 'no'}"
             )
+            for expert, loras in merged_record(layout.root).items():  # (convert --lora, save_pretrained)
+                print(f"  LoRAs merged into the {expert} expert: {', '.join(loras)}")
         except CheckpointError as e:
             print(f"{folder}: {e}")
     return 0
