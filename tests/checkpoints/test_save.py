@@ -41,6 +41,19 @@ def test_a_saved_pipeline_loads_back_to_the_same_frames(builtin, tmp_path, layou
     assert torch.equal(again(PROMPT, steps=3, seed=2).frames, before.frames)
 
 
+def test_a_moved_boundary_and_shift_reach_diffusers_model_index(tiny, tmp_path):
+    """The defaults a pipeline runs with are those diffusers reads from the saved folder: model_index.json's
+    boundary_ratio and the scheduler's flow_shift (they were the published model's before)."""
+    pipe = WanPipeline.from_pretrained(tiny / "official", boundary_ratio=0.95)
+    folder = pipe.save_pretrained(tmp_path / "moved")
+    theirs = DiffusersWan.from_pretrained(folder)
+    assert theirs.config.boundary_ratio == 0.95 and theirs.scheduler.config.flow_shift == pipe.task.shift
+    builtin = WanPipeline.from_builtin("ti2v-5B")  # its own shift, from its wanflow.json
+    saved = builtin.save_pretrained(tmp_path / "builtin")
+    assert json.loads((saved / "scheduler" / "scheduler_config.json").read_text())["flow_shift"] == builtin.task.shift
+    assert builtin.task.shift != TASKS["ti2v-5B"].shift
+
+
 def test_task_defaults_round_trip_through_json():
     task = TASKS["i2v-A14B"]
     assert task.with_overrides(task_defaults(task)) == task

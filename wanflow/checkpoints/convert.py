@@ -109,6 +109,8 @@ def _to_diffusers(layout: Layout, dst: Path, shard: int) -> None:
     if layout.tokenizer is not None:
         shutil.copytree(layout.tokenizer, dst / "tokenizer")
     task = task_for_model(model_type)
+    _, overrides = layout.task_defaults()  # the checkpoint's own defaults (wanflow.json): its shift and boundary
+    task = task.with_overrides({k: v for k, v in overrides.items() if k in ("shift", "boundary")})
     write_json(dst / "scheduler" / "scheduler_config.json", reference_config(task.shift))
     write_json(dst / "model_index.json", _model_index(layout, task))
 
