@@ -149,3 +149,23 @@ def test_boundary_ratio_at_load_moves_the_switch_as_in_diffusers(tiny):
         WanPipeline.from_pretrained(tiny / "official", boundary_ratio=1.5)
     with pytest.raises(ValueError, match=r"boundary_ratio: this checkpoint has one DiT"):
         WanPipeline.from_builtin("ti2v-5B", boundary_ratio=0.9)
+
+
+def test_a_text_encoder_and_tokenizer_given_are_the_ones_used(tiny):
+    """diffusers' ``text_encoder=`` / ``tokenizer=`` at load (transformers' modules, e.g. a umT5 kept in another dtype):
+    used as they are; the same weights give the same frames, changed ones diffusers' frames with the same module."""
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    encoder = UMT5EncoderModel.from_pretrained(tiny / "diffusers", subfolder="text_encoder")
+    tokenizer = AutoTokenizer.from_pretrained(tiny / "diffusers", subfolder="tokenizer")
+    plain = ours_pipe(tiny / "official")(generator=generator(), **CALL).frames
+    same = ours_pipe(tiny / "official", text_encoder=encoder, tokenizer=tokenizer)(generator=generator(), **CALL)
+    assert torch.equal(same.frames, plain)
+    with torch.no_grad():
+        encoder.encoder.block[0].layer[1].DenseReluDense.wo.weight.mul_(3.0)
+    a = ours_pipe(tiny / "official", text_encoder=encoder)(generator=generator(), **CALL).frames
+    with torch.no_grad():
+        b = diffusers_pipe(tiny / "diffusers", text_encoder=encoder)(generator=generator(), **CALL).frames
+    assert (a - b).abs().max() <= 1e-4 and (a - plain).abs().max() > 1e-3
+    with pytest.raises(TypeError, match="text_encoder must be transformers' UMT5EncoderModel"):
+        WanPipeline.from_pretrained(tiny / "official", text_encoder=torch.nn.Linear(2, 2))

@@ -228,14 +228,17 @@ def load_components(
     t5_dtype: torch.dtype | None = None,
     vae: WanVAE | None = None,
     transformers: dict[str, nn.Module] | None = None,
+    text_encoder: nn.Module | None = None,
+    tokenizer: object | None = None,
 ) -> Components:
     """Load the DiT(s), VAE and text encoder of a checkpoint folder in any layout (or of its ``Layout``); ``vae``: one
     to use instead of the checkpoint's (whose VAE is then not read); ``transformers``: DiT modules by diffusers'
-    component name (``transformer``, ``transformer_2``) to use instead of those experts (``dit_from_module``)."""
+    component name (``transformer``, ``transformer_2``) to use instead of those experts (``dit_from_module``);
+    ``text_encoder`` / ``tokenizer``: transformers' ``UMT5EncoderModel`` and tokenizer to use as they are."""
     layout = ckpt if isinstance(ckpt, Layout) else detect_layout(ckpt)
     if layout.kind == "files":
-        if vae is not None or transformers:
-            raise ValueError("vae= and transformer= replace a checkpoint folder's; with single files, give the files")
+        if vae is not None or transformers or text_encoder is not None or tokenizer is not None:
+            raise ValueError("modules replace a checkpoint folder's components; with single files, give the files")
         return load_file_components(layout, dit_dtype, t5_dtype)
     given = given_experts(layout, transformers or {})
     experts = {
@@ -247,10 +250,27 @@ def load_components(
         layout=layout,
         experts=experts,
         vae=vae if vae is not None else load_vae(layout.require("vae"), layout.kind),
-        text_encoder=load_text_encoder(
-            layout.require("text_encoder"), layout.require("tokenizer"), layout.kind, t5_dtype, text_len
-        ),
+        text_encoder=_text_encoder(layout, t5_dtype, text_len, text_encoder, tokenizer, experts),
     )
+
+
+def _text_encoder(layout: Layout, t5_dtype, text_len: int, model, tokenizer, experts) -> TextEncoder:
+    """The checkpoint's umT5 encoder and tokenizer, or the modules given in their place (used as they are)."""
+    from wanflow.models.text_encoder import TextEncoder
+
+    if model is None:
+        encoder = load_text_encoder(
+            layout.require("text_encoder"), layout.require("tokenizer"), layout.kind, t5_dtype, text_len
+        )
+        return encoder if tokenizer is None else TextEncoder(tokenizer, encoder.model, text_len)
+    config = getattr(model, "config", None)
+    if not isinstance(model, nn.Module) or not type(model).__name__.endswith("T5EncoderModel") or config is None:
+        raise TypeError(f"text_encoder must be transformers' UMT5EncoderModel, got {type(model).__name__}")
+    dim = next(iter(experts.values())).cfg.text_dim
+    if config.d_model != dim:
+        raise CheckpointError(f"the text_encoder given is {config.d_model} wide; this checkpoint's DiT reads {dim}")
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(layout.require("tokenizer"))
+    return TextEncoder(tokenizer, model.eval().requires_grad_(False), text_len)
 
 
 def given_experts(layout: Layout, transformers: dict[str, nn.Module]) -> dict[str, WanDiT]:

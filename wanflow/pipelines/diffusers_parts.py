@@ -26,13 +26,16 @@ class LoadParts:
     """What diffusers' ``from_pretrained`` takes beside the checkpoint (and ``device_map``, a device name: the
     ``device`` runtime option): modules in place of its components (``vae``:
     diffusers' ``AutoencoderKLWan`` or a ``WanVAE``, kept in its dtype; ``transformer`` / ``transformer_2``: DiTs,
-    ``checkpoints.load.dit_from_module``), a ``scheduler`` (``pipe.scheduler``) and ``boundary_ratio`` (the experts
-    switch at ``t >= boundary_ratio * 1000``)."""
+    ``checkpoints.load.dit_from_module``; ``text_encoder`` / ``tokenizer``: transformers' umT5 and its tokenizer, used
+    as they are), a ``scheduler`` (``pipe.scheduler``) and ``boundary_ratio`` (the experts switch at
+    ``t >= boundary_ratio * 1000``)."""
 
     vae: Any = None
     transformers: dict[str, torch.nn.Module] = dataclasses.field(default_factory=dict)
     scheduler: Any = None
     boundary_ratio: float | None = None
+    text_encoder: Any = None  # transformers' UMT5EncoderModel, used as it is
+    tokenizer: Any = None  # transformers' tokenizer, used as it is
 
     @classmethod
     def take(cls, options: dict[str, Any]) -> LoadParts:
@@ -62,7 +65,8 @@ class LoadParts:
         if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1):
             raise ValueError(f"boundary_ratio is a fraction of the timesteps in (0, 1], got {ratio!r}")
         given = {name: module for name, module in transformers.items() if module is not None}
-        return cls(vae, given, scheduler, None if ratio is None else float(ratio))
+        text = {name: options.pop(name, None) for name in ("text_encoder", "tokenizer")}
+        return cls(vae, given, scheduler, None if ratio is None else float(ratio), **text)
 
     def check(self, layout: Any) -> None:
         """Refuse what does not fit the checkpoint, before its weights are read."""

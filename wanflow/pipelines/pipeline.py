@@ -138,8 +138,9 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         huggingface_hub). ``task``: a name, whose defaults the checkpoint's ``wanflow.json`` completes (default: the
         checkpoint's model type), or a ``Task`` used as given. ``options`` are the fields of ``RuntimeOptions``, or
         diffusers' ``torch_dtype`` for ``dtype``; for a repo id, huggingface_hub's ``revision``, ``token``,
-        ``cache_dir`` and ``local_files_only``; diffusers' ``vae``, ``transformer``, ``transformer_2`` (modules in place
-        of the checkpoint's), ``scheduler`` and ``boundary_ratio`` (``diffusers_api.LoadParts``)."""
+        ``cache_dir`` and ``local_files_only``; diffusers' ``vae``, ``transformer``, ``transformer_2``,
+        ``text_encoder``, ``tokenizer`` (modules in place of the checkpoint's), ``scheduler``, ``boundary_ratio`` and
+        ``device_map`` (``diffusers_parts.LoadParts``)."""
         hub = {name: options.pop(name) for name in HUB_OPTIONS if name in options}
         parts = LoadParts.take(options)  # (checked before any weight is read, as the rest)
         runtime = RuntimeOptions.from_keywords(**options)
@@ -147,7 +148,13 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             raise ValueError(f"{sorted(hub)} apply to a Hugging Face Hub repository id, not to a Layout")
         layout = path if isinstance(path, Layout) else detect_layout(local_checkpoint(path, **hub))
         parts.check(layout)
-        components = load_components(layout, vae=parts.vae, transformers=parts.transformers)
+        components = load_components(
+            layout,
+            vae=parts.vae,
+            transformers=parts.transformers,
+            text_encoder=parts.text_encoder,
+            tokenizer=parts.tokenizer,
+        )
         if not isinstance(task, Task):
             name = task or task_for_model(next(iter(components.experts.values())).cfg.model_type).name
             task = checkpoint_task(layout, get_task(name))
