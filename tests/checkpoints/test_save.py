@@ -54,6 +54,28 @@ def test_a_moved_boundary_and_shift_reach_diffusers_model_index(tiny, tmp_path):
     assert builtin.task.shift != TASKS["ti2v-5B"].shift
 
 
+def test_a_set_scheduler_is_saved_for_diffusers(tiny, tmp_path):
+    """``pipe.scheduler`` set to diffusers' FlowMatchEuler: the saved folder names it, and diffusers' pipeline loaded
+    from the folder alone makes wanflow's frames; a subclass (whose grid is its own code) is not written."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe = WanPipeline.from_pretrained(tiny / "official", scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
+    folder = pipe.save_pretrained(tmp_path / "euler")
+    theirs = DiffusersWan.from_pretrained(folder)
+    assert type(theirs.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and theirs.scheduler.config.shift == 5
+    theirs.set_progress_bar_config(disable=True)
+    call = dict(prompt=PROMPT, negative_prompt=TASKS["t2v-A14B"].negative_prompt, height=64, width=64, num_frames=9)
+    call.update(num_inference_steps=4, guidance_scale=1.0, output_type="pt")
+    with torch.no_grad():
+        b = theirs(**call, generator=torch.Generator().manual_seed(2)).frames
+    a = pipe(**call, generator=torch.Generator().manual_seed(2)).frames
+    assert (a - b).abs().max() <= 1e-4 and a.std() > 0.05
+    pipe.scheduler = None
+    pipe.scheduler = ReferenceUniPC.from_config(pipe.scheduler.config)  # (the reference's config, on its grid)
+    other = pipe.save_pretrained(tmp_path / "subclass")
+    assert json.loads((other / "scheduler" / "scheduler_config.json").read_text())["flow_shift"] == pipe.task.shift
+
+
 def test_task_defaults_round_trip_through_json():
     task = TASKS["i2v-A14B"]
     assert task.with_overrides(task_defaults(task)) == task

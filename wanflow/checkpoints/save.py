@@ -10,6 +10,7 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from wanflow.checkpoints.convert import SHARD_BYTES, convert_checkpoint, save_pth, write_json
 from wanflow.checkpoints.io import write_folder
@@ -27,6 +28,7 @@ from wanflow.checkpoints.maps.t5 import T5_KEYMAP, drop_tied
 from wanflow.checkpoints.merge import record_merged
 from wanflow.configs import DENSE
 from wanflow.runtime.quantized import float_state_dict
+from wanflow.sampling.diffusers_schedulers import FAMILIES
 from wanflow.tasks import Task
 
 LAYOUTS = ("diffusers", "official")
@@ -77,3 +79,17 @@ def write_official(
 def task_defaults(task: Task) -> dict[str, object]:
     """The sampling defaults a checkpoint stores for ``task`` (``Task.OVERRIDABLE``), as JSON values."""
     return json.loads(json.dumps({key: getattr(task, key) for key in Task.OVERRIDABLE}))
+
+
+def write_scheduler(folder: Path, scheduler: Any) -> bool:
+    """A diffusers scheduler's config as the diffusers folder's ``scheduler/`` and its class in ``model_index.json``,
+    so that diffusers loads the folder with it; only for a class diffusers has by that name (``FAMILIES``: a subclass
+    of one, whose grid is its own code, is not written). Returns whether it was written."""
+    name = type(scheduler).__name__
+    if name not in FAMILIES:
+        return False
+    config = {key: value for key, value in dict(scheduler.config).items() if not key.startswith("_")}
+    write_json(folder / "scheduler" / "scheduler_config.json", {"_class_name": name, **config})
+    index = json.loads((folder / "model_index.json").read_text())
+    write_json(folder / "model_index.json", {**index, "scheduler": ["diffusers", name]})
+    return True

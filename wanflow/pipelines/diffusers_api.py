@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import math
 import os
 import tempfile
@@ -36,6 +37,8 @@ from wanflow.pipelines.progress import Progress
 from wanflow.runtime.lora import LoraScale
 from wanflow.sampling.diffusers_schedulers import ReferenceScheduler, scheduler_family
 from wanflow.sampling.hooks import Step, StepHook, Velocity
+
+log = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")  # diffusers' names; its default is "np"
 CALLBACK_TENSORS = ("latents", "prompt_embeds", "negative_prompt_embeds")  # diffusers' ``_callback_tensor_inputs``
@@ -184,12 +187,12 @@ class DiffusersMethods:
         safe_serialization: bool = True,
     ) -> Path:
         """diffusers' ``save_pretrained``: the models as they are now, as a new checkpoint folder in diffusers' layout
-        (which diffusers and wanflow read) or ``layout="official"``, with the task's sampling defaults
-        (``checkpoints.save``). LoRAs merged into the weights are in them (the fuse-then-unload way to a checkpoint
-        with a LoRA built in); quantised layers are written as the float weights they compute with. Returns the
-        folder."""
+        (which diffusers and wanflow read; with the scheduler set as ``pipe.scheduler``, for diffusers) or
+        ``layout="official"``, with the task's sampling defaults (``checkpoints.save``). LoRAs merged into the
+        weights are in them (the fuse-then-unload way to a checkpoint with a LoRA built in); quantised layers are
+        written as the float weights they compute with. Returns the folder."""
         from wanflow.checkpoints.load import Components
-        from wanflow.checkpoints.save import save_checkpoint
+        from wanflow.checkpoints.save import save_checkpoint, write_scheduler
         from wanflow.runtime.lora import loaded_loras
 
         if not safe_serialization and layout == "diffusers":
@@ -206,6 +209,12 @@ class DiffusersMethods:
         parts = Components(self.layout, experts, self.vae, self.text_encoder)  # type: ignore[attr-defined]
         merged = {name: merged_loras(model, self.layout.root, name) for name, model in experts.items()}  # type: ignore[attr-defined]
         saved = save_checkpoint(parts, self.task, save_directory, layout, shard_bytes(max_shard_size), merged)  # type: ignore[attr-defined]
+        if layout == "diffusers" and self._scheduler is not None and not write_scheduler(saved.root, self._scheduler):
+            log.warning(
+                "pipe.scheduler (%s) is not written: diffusers has no class by that name; the folder has the "
+                "reference's UniPC",
+                type(self._scheduler).__name__,
+            )
         return saved.root
 
     def encode_prompt(
