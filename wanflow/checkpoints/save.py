@@ -12,6 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from wanflow.checkpoints.convert import SHARD_BYTES, convert_checkpoint, save_pth, write_json
 from wanflow.checkpoints.io import write_folder
 from wanflow.checkpoints.layouts import (
@@ -59,21 +62,47 @@ def save_checkpoint(
 
 
 def write_official(
-    components: Components, task: Task, dst: Path, max_shard_bytes: int, merged: Mapping[str, Sequence[str]]
+    components: Components,
+    task: Task,
+    dst: Path,
+    max_shard_bytes: int | None,
+    merged: Mapping[str, Sequence[str]],
 ) -> None:
-    """The official layout: expert folders (or the dense model at the top), the VAE and umT5 ``.pth`` files, the
-    tokenizer folder, ``wanflow.json`` (with the LoRAs ``merged`` into the experts)."""
-    for name, model in components.experts.items():
-        out = dst if name == DENSE else dst / OFFICIAL_EXPERTS[name]
-        write_folder(float_state_dict(model), out, max_shard_bytes=max_shard_bytes)
-        write_json(out / "config.json", model.cfg.to_json())
-    vae = components.vae
-    save_pth(vae.state_dict(), dst / OFFICIAL_VAES[vae.cfg.version])
-    encoder = components.text_encoder
-    save_pth(T5_KEYMAP.reverse(drop_tied(float_state_dict(encoder.model))), dst / OFFICIAL_T5)
-    encoder.tokenizer.save_pretrained(dst / OFFICIAL_TOKENIZER)
-    write_json(dst / DEFAULTS_FILE, {"task": task.name, "defaults": task_defaults(task)})
+    """The official layout of ``components`` with ``task``'s defaults and the LoRAs ``merged`` into the experts."""
+    write_models(components.experts, components.vae, components.text_encoder, dst, max_shard_bytes=max_shard_bytes)
+    write_defaults(dst, task.name, task_defaults(task))
     record_merged(dst, merged)
+
+
+def write_models(
+    experts: Mapping[str, nn.Module],
+    vae: nn.Module,
+    text_encoder: nn.Module,
+    dst: Path,
+    max_shard_bytes: int | None = None,
+    dtype: torch.dtype | None = None,
+    t5_dtype: torch.dtype | None = None,
+) -> None:
+    """Models in the official layout: expert folders (or the dense model at the top), the VAE and umT5 ``.pth``
+    files, the tokenizer folder; quantised layers as the float weights they compute with; ``dtype`` / ``t5_dtype``:
+    what the DiTs and the VAE / the umT5 are stored in (default: as they are). The built-ins are written here too."""
+    for name, model in experts.items():
+        out = dst if name == DENSE else dst / OFFICIAL_EXPERTS[name]
+        write_folder(_stored(float_state_dict(model), dtype), out, max_shard_bytes=max_shard_bytes)
+        write_json(out / "config.json", model.cfg.to_json())
+    save_pth(_stored(vae.state_dict(), dtype), dst / OFFICIAL_VAES[vae.cfg.version])
+    t5_state = T5_KEYMAP.reverse(drop_tied(float_state_dict(text_encoder.model)))
+    save_pth(_stored(t5_state, t5_dtype), dst / OFFICIAL_T5)
+    text_encoder.tokenizer.save_pretrained(dst / OFFICIAL_TOKENIZER)
+
+
+def write_defaults(dst: Path, task: str, defaults: Mapping[str, object]) -> None:
+    """``wanflow.json``: the task a checkpoint is for and its sampling defaults (``Layout.task_defaults`` reads it)."""
+    write_json(dst / DEFAULTS_FILE, {"task": task, "defaults": dict(defaults)})
+
+
+def _stored(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    return {k: v.detach() if dtype is None else v.detach().to(dtype) for k, v in state.items()}
 
 
 def task_defaults(task: Task) -> dict[str, object]:

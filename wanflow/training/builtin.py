@@ -20,7 +20,6 @@ The sizes and lengths are the ``Recipe`` (``recipe``).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -29,9 +28,7 @@ from pathlib import Path
 
 import torch
 
-from wanflow.checkpoints.io import write_folder
-from wanflow.checkpoints.layouts import DEFAULTS_FILE, OFFICIAL_T5, OFFICIAL_TOKENIZER, OFFICIAL_VAES
-from wanflow.checkpoints.maps.t5 import T5_KEYMAP, drop_tied
+from wanflow.checkpoints.save import write_defaults, write_models
 from wanflow.configs import DENSE, HIGH, LOW, T5Config
 from wanflow.data.shapes import render_batch, sample_clips
 from wanflow.io.video import from_uint8
@@ -50,10 +47,6 @@ log = logging.getLogger(__name__)
 __all__ = ["build_all", "save_builtin"]
 
 
-def _half(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to(dtype).contiguous() for k, v in state.items()}
-
-
 def save_builtin(
     out: Path,
     task: str,
@@ -63,16 +56,11 @@ def save_builtin(
     recipe: Recipe,
     boundary: float | None,
 ) -> None:
-    """One built-in model in the official layout, plus its sampling defaults."""
+    """One built-in model in the official layout (``checkpoints.save.write_models``: the DiTs and the VAE in the
+    recipe's dtype on disk, the umT5 in float32), plus its sampling defaults."""
     dtype = getattr(torch, recipe.dtype_on_disk)
     out.mkdir(parents=True, exist_ok=True)
-    folders = {DENSE: out} if DENSE in experts else {HIGH: out / "high_noise_model", LOW: out / "low_noise_model"}
-    for name, model in experts.items():
-        write_folder(_half(model.state_dict(), dtype), folders[name])
-        (folders[name] / "config.json").write_text(json.dumps(model.cfg.to_json(), indent=2) + "\n")
-    torch.save(_half(vae.state_dict(), dtype), out / OFFICIAL_VAES[vae.cfg.version])
-    torch.save(_half(T5_KEYMAP.reverse(drop_tied(text.model.state_dict())), torch.float32), out / OFFICIAL_T5)
-    text.tokenizer.save_pretrained(out / OFFICIAL_TOKENIZER)
+    write_models(experts, vae, text, out, dtype=dtype, t5_dtype=torch.float32)
     defaults = {
         "size": [recipe.width, recipe.height],
         "sizes": [[recipe.width, recipe.height]],
@@ -83,7 +71,7 @@ def save_builtin(
         "guide_scale": [recipe.guide_scale] * 2 if boundary else recipe.guide_scale,
         "negative_prompt": "",
     }
-    (out / DEFAULTS_FILE).write_text(json.dumps({"task": task, "defaults": defaults}, indent=2) + "\n")
+    write_defaults(out, task, defaults)
 
 
 @dataclass
