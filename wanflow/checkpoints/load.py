@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -179,9 +180,16 @@ def load_text_encoder(
     return TextEncoder(load_tokenizer(tokenizer), model.eval().requires_grad_(False), text_len=text_len or cfg.text_len)
 
 
-def load_experts(layout: Layout, dtype: torch.dtype | None = torch.float32) -> dict[str, WanDiT]:
-    """All DiTs of a checkpoint: ``{HIGH: ..., LOW: ...}`` or ``{DENSE: ...}`` (``configs``' expert names)."""
-    return {name: load_dit(folder, layout.kind, dtype) for name, folder in layout.experts.items()}
+def load_experts(
+    layout: Layout, dtype: torch.dtype | None = torch.float32, given: Mapping[str, WanDiT] | None = None
+) -> dict[str, WanDiT]:
+    """All DiTs of a checkpoint: ``{HIGH: ..., LOW: ...}`` or ``{DENSE: ...}`` (``configs``' expert names); those
+    ``given`` (by expert name) are used instead of reading theirs."""
+    given = given or {}
+    return {
+        name: given[name] if name in given else load_dit(folder, layout.kind, dtype)
+        for name, folder in layout.experts.items()
+    }
 
 
 def _infer(fn, data, path):
@@ -240,11 +248,7 @@ def load_components(
         if vae is not None or transformers or text_encoder is not None or tokenizer is not None:
             raise ValueError("modules replace a checkpoint folder's components; with single files, give the files")
         return load_file_components(layout, dit_dtype, t5_dtype)
-    given = given_experts(layout, transformers or {})
-    experts = {
-        name: given[name] if name in given else load_dit(folder, layout.kind, dit_dtype)
-        for name, folder in layout.experts.items()
-    }
+    experts = load_experts(layout, dit_dtype, given_experts(layout, transformers or {}))
     text_len = min(model.cfg.text_len for model in experts.values())
     return Components(
         layout=layout,

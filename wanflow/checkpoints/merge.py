@@ -10,8 +10,9 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from wanflow.checkpoints.io import CheckpointError, write_folder
+from wanflow.checkpoints.io import write_folder
 from wanflow.checkpoints.layouts import DEFAULTS_FILE, Layout
+from wanflow.checkpoints.load import load_dit, read_json
 from wanflow.checkpoints.lora import LoraFile
 from wanflow.checkpoints.maps.dit import DIT_KEYMAP
 from wanflow.runtime.lora import apply_lora
@@ -24,8 +25,6 @@ Merge = tuple[str, float, Mapping[str, LoraFile]]  # (source, strength, {expert:
 def merge_loras(layout: Layout, loras: Sequence[Merge], max_shard_bytes: int) -> dict[str, list[str]]:
     """Merge ``loras`` into the experts of the checkpoint folder ``layout`` (official or diffusers), in place;
     returns the sources merged into each expert."""
-    from wanflow.checkpoints.load import load_dit
-
     if layout.kind not in ("official", "diffusers"):
         raise ValueError("LoRAs merge into a checkpoint folder (official or diffusers layout)")
     merged: dict[str, list[str]] = {}
@@ -58,12 +57,7 @@ def _rewrite(folder: Path, state: Mapping, max_shard_bytes: int) -> None:
 def merged_record(root: Path) -> dict[str, list[str]]:
     """The LoRAs a checkpoint folder records as merged into its experts (``wanflow.json``'s ``merged_loras``)."""
     path = root / DEFAULTS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return dict(json.loads(path.read_text()).get("merged_loras", {}))
-    except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a wanflow.json ({e})") from None
+    return dict(read_json(path).get("merged_loras", {})) if path.is_file() else {}
 
 
 def record_merged(root: Path, merged: Mapping[str, Sequence[str]]) -> None:
@@ -71,7 +65,7 @@ def record_merged(root: Path, merged: Mapping[str, Sequence[str]]) -> None:
     if not any(merged.values()):
         return
     path = root / DEFAULTS_FILE
-    data = json.loads(path.read_text()) if path.is_file() else {}
+    data = read_json(path) if path.is_file() else {}
     for expert, sources in merged.items():
         if sources:
             data.setdefault("merged_loras", {}).setdefault(expert, []).extend(sources)

@@ -192,6 +192,7 @@ class DiffusersMethods:
         weights are in them (the fuse-then-unload way to a checkpoint with a LoRA built in); quantised layers are
         written as the float weights they compute with. Returns the folder."""
         from wanflow.checkpoints.load import Components
+        from wanflow.checkpoints.merge import merged_record
         from wanflow.checkpoints.save import save_checkpoint, write_scheduler
         from wanflow.runtime.lora import loaded_loras
 
@@ -207,7 +208,8 @@ class DiffusersMethods:
                 "unload_lora_weights; or load_lora(..., merge=True)), or unload them"
             )
         parts = Components(self.layout, experts, self.vae, self.text_encoder)  # type: ignore[attr-defined]
-        merged = {name: merged_loras(model, self.layout.root, name) for name, model in experts.items()}  # type: ignore[attr-defined]
+        recorded = merged_record(self.layout.root)  # type: ignore[attr-defined]
+        merged = {name: [*recorded.get(name, []), *merged_loras(model)] for name, model in experts.items()}
         saved = save_checkpoint(parts, self.task, save_directory, layout, shard_bytes(max_shard_size), merged)  # type: ignore[attr-defined]
         if layout == "diffusers" and self._scheduler is not None and not write_scheduler(saved.root, self._scheduler):
             log.warning(
@@ -237,7 +239,10 @@ class DiffusersMethods:
         if texts[1] is None:
             texts[1] = self.task.negative_prompt  # type: ignore[attr-defined]
         if num_videos_per_prompt != 1:
-            raise ValueError("wanflow makes one video per call: num_videos_per_prompt must be 1")
+            raise ValueError(
+                "encode_prompt gives one prompt's states: num_videos_per_prompt must be 1 (a batch of videos: "
+                "pipe(prompt=..., num_videos_per_prompt=n))"
+            )
         check_max_sequence_length(max_sequence_length, cfg.text_len)
         given = embeds_states((prompt_embeds, negative_prompt_embeds), cfg)
         if texts[0] is None and given[0] is None:
@@ -249,14 +254,12 @@ class DiffusersMethods:
         return states[0], states[1] if n == 2 else None
 
 
-def merged_loras(model: torch.nn.Module, root: Path, expert: str) -> list[str]:
-    """The LoRAs in an expert's weights ("name:strength"): those its checkpoint records, then the ones merged or
-    fused into it since it was loaded."""
-    from wanflow.checkpoints.merge import merged_record
+def merged_loras(model: torch.nn.Module) -> list[str]:
+    """The LoRAs merged or fused into an expert's weights since it was loaded, as "name:strength"."""
     from wanflow.runtime.lora import baked_loras, loaded_loras
 
     now = [(a.name, a.strength) for a in loaded_loras(model) if a.merged] + list(baked_loras(model).items())
-    return [*merged_record(root).get(expert, []), *(f"{name}:{strength:g}" for name, strength in now)]
+    return [f"{name}:{strength:g}" for name, strength in now]
 
 
 def check_tensor_inputs(names: Sequence[str]) -> tuple[str, ...]:
@@ -288,7 +291,7 @@ def one_prompt(prompt: Any, name: str) -> str | None:
     """A prompt of diffusers' ``encode_prompt``: a string, a list of one, or None."""
     if isinstance(prompt, (list, tuple)):
         if len(prompt) != 1:
-            raise ValueError(f"{name}: one prompt per call (wanflow makes one video per call), got {len(prompt)}")
+            raise ValueError(f"{name}: encode_prompt takes one prompt per call, got {len(prompt)}")
         prompt = prompt[0]
     if prompt is not None and not isinstance(prompt, str):
         raise ValueError(f"{name} must be a string, got {type(prompt).__name__}")

@@ -105,7 +105,7 @@ def from_diffusers_names(keywords: dict[str, Any]) -> dict[str, Any]:
       ``guide_scale=(guidance_scale_2, guidance_scale)``: (low-noise, high-noise), the reference's order; a
       ``guidance_scale`` of 1 or less turns guidance off for both experts, as in diffusers (``guide_scale=1``);
     - ``generator`` -> ``seed=generator.initial_seed()``: the seed is what counts, not the generator's device or state;
-    - ``num_videos_per_prompt``: 1 only (one video per call).
+    - ``num_videos_per_prompt``: 1 here (a batch is split into one call per video first: ``diffusers_batch``).
     """
     given = {k: v for k, v in keywords.items() if k in DIFFUSERS_NAMES and v is not None}
     out = {k: v for k, v in keywords.items() if k not in DIFFUSERS_NAMES}
@@ -124,7 +124,7 @@ def from_diffusers_names(keywords: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{name} is given twice, as {name} and as {alias}: pass one of them")
         out[name] = value
     if given.get("num_videos_per_prompt", 1) != 1:
-        raise ValueError("wanflow makes one video per call: call it once per video (with another seed)")
+        raise ValueError("one video per call here: a batch is split into one call per video first (diffusers_batch)")
     return out
 
 
@@ -151,7 +151,8 @@ def _diffusers_seed(given: dict[str, Any]) -> int | None:
         return None
     if not isinstance(generator, torch.Generator):
         raise ValueError(
-            f"generator must be one torch.Generator (wanflow makes one video per call), got {type(generator).__name__}"
+            f"generator must be one torch.Generator here (a list of them is a batch, split into one call per video "
+            f"first), got {type(generator).__name__}"
         )
     return generator.initial_seed()
 
@@ -195,6 +196,8 @@ class Request:
     extension: Extension | None = None  # rewrite the prompt first (``pipelines.prompt_extension``)
     windows: WindowPlan | None = None  # a video longer than one window; None: one window
     grid: SchedulerGrid | None = None  # a diffusers scheduler's steps (``pipe.scheduler``), in place of the solver's
+    cache: CacheSettings | None = None
+    switch_step: int | None = None  # the high-noise expert's steps, in place of the boundary timestep
 
     @property
     def window_frames(self) -> int:
@@ -210,9 +213,6 @@ class Request:
             **({"scheduler": self.grid.name} if self.grid is not None else {}),
             **({"switch_step": self.switch_step} if self.switch_step is not None else {}),
         }
-
-    cache: CacheSettings | None = None
-    switch_step: int | None = None  # the high-noise expert's steps, in place of the boundary timestep
 
     def require_image(self) -> Image.Image:
         if self.image is None:
