@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "WanPipeline": "wanflow.pipelines.pipeline",
     "WanImageToVideoPipeline": "wanflow.pipelines.pipeline",
+    "WanVideoToVideoPipeline": "wanflow.pipelines.pipeline",
     "DiffusionPipeline": "wanflow.pipelines.pipeline",
     "RuntimeOptions": "wanflow.pipelines.pipeline",
     "Video": "wanflow.pipelines.pipeline",
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
         Video,
         WanImageToVideoPipeline,
         WanPipeline,
+        WanVideoToVideoPipeline,
     )
     from wanflow.pipelines.request import GenerateOptions
 
@@ -61,6 +63,7 @@ __all__ = [
     "WanImageToVideoPipeline",
     "WanPipeline",
     "WanPipelineOutput",
+    "WanVideoToVideoPipeline",
     "export_to_video",
     "load_image",
 ]

@@ -15,6 +15,7 @@ def test_public_names_are_the_modules_objects():
     assert wanflow.WanPipeline is WanPipeline and wanflow.export_to_video is export_to_video
     assert wanflow.load_image is load_image
     assert wanflow.WanImageToVideoPipeline is WanPipeline  # diffusers' class name: one class runs every task
+    assert wanflow.WanVideoToVideoPipeline is WanPipeline
     assert set(wanflow.__all__) <= set(dir(wanflow))
     with pytest.raises(AttributeError, match="no attribute 'Pipeline'"):
         wanflow.Pipeline  # noqa: B018

@@ -56,7 +56,7 @@ def test_the_last_image_is_encoded_at_the_end_and_marked_in_the_mask(i2v_checkpo
     ours.encode_image = lambda video: seen.append(video.clone()) or encode(video)
     captured = {}
 
-    def sample(noise, cond, request, hooks=()):
+    def sample(noise, cond, request, hooks=(), start=None):
         captured["y"] = cond.y
         return noise
 

@@ -93,7 +93,8 @@ def main() -> None:
         task, folder = item.split("=", 1)
         pipelines[task] = loader(folder, args.step_delay, args.block_delay)
         tasks[task] = checkpoint_task(detect_layout(folder), TASKS[task])  # as `wanflow serve` does for the built-ins
-    limits = Limits(max_side=256, max_pixels=128 * 128, max_frames=9, max_steps=20, max_upload=200_000)
+    small = dict(max_side=256, max_pixels=128 * 128, max_frames=9, max_steps=20)
+    limits = Limits(**small, max_upload=200_000, max_video_upload=300_000)
     app = create_app(
         pipelines,
         f"{args.data}/jobs.sqlite",

@@ -38,6 +38,8 @@ OPTION_FLAGS = {
     "negative_prompt": "negative_prompt",
     "image": "image",
     "last_image": "last_image",
+    "video": "video",
+    "strength": "strength",
     "window_frames": "window_frames",
     "window_overlap": "window_overlap",
     "window_anchor": "window_anchor",
@@ -94,6 +96,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(
         p, "last_image", help="the last frame beside --image's first (first-last frame; i2v-A14B), same aspect ratio"
     )
+    add_flag(
+        p,
+        "video",
+        help="video to video: start from this video (a file, or a folder of PNG frames) noised part way, its size "
+        "and frames unless --size/--frame_num say others",
+    )
+    add_flag(p, "strength", type=float, help="with --video: the share of the steps that run, (0, 1] (default 0.8)")
     add_flag(p, "window_frames", type=int, help="frames per window of a longer video (default: 81, or 121 for ti2v-5B)")
     add_flag(p, "window_overlap", type=int, help="frames each window takes from the one before, a multiple of 4 (16)")
     add_flag(p, "window_anchor", type=float, help="0..1: grade each window's colours towards the first's (default 0)")
@@ -168,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
     runtime.resolved_device()  # a device this machine lacks: one line now, not a traceback after the loading
     layout, task = checkpoint_and_task(args)
     checked = resolve(options, task, image_hint="an input image: --image PATH")  # every value, before any loading
-    options = dataclasses.replace(options, image=checked.image, last_image=checked.last_image)  # (read once: a URL)
+    read = dict(image=checked.image, last_image=checked.last_image, video=checked.video)  # read once (a URL, a file)
+    options = dataclasses.replace(options, **read)
     save_file = args.save_file or default_save_file(args.task, args.size, options.prompt)
     check_writable(save_file)
     check_preview_file(args.preview)

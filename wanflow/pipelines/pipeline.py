@@ -48,6 +48,7 @@ from wanflow.pipelines.progress import Callback, DenoiseProgress, Progress, defa
 from wanflow.pipelines.prompt_extension import extend_prompts
 from wanflow.pipelines.request import DIFFUSERS_NAMES, WANFLOW_NAMES, GenerateOptions, Request, resolve, with_scheduler
 from wanflow.pipelines.runtime_options import RuntimeOptions, check_device, device_and_dtype
+from wanflow.pipelines.video_to_video import from_video, video_pixels
 from wanflow.runtime.cache_curve import load_curve
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.fp8 import quantize_fp8
@@ -406,14 +407,17 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         embeds: tuple[torch.Tensor | None, ...] = (None, None),
     ) -> torch.Tensor:
         """The latents of a one-window request: encode, condition, noise, denoise."""
+        if latents is not None and request.video is not None:
+            raise ValueError("latents= replaces the noise; with video= the run starts from the video: pass one of them")
         t0 = time.perf_counter()
         prepared = self.task.prepare(self, request, self.encode_prompts(request, progress, embeds))
+        start = None if request.video is None else self.encode_video(request.video, prepared.shape)
         timings["encode"] = time.perf_counter() - t0
         noise = (
             self.noise(prepared.shape, request.seed) if latents is None else self.given_latents(latents, prepared.shape)
         )
         t0 = time.perf_counter()
-        out = self.sample(noise, prepared.cond, request, hooks)
+        out = self.sample(noise, prepared.cond, request, hooks, start)
         timings["denoise"] = time.perf_counter() - t0
         return out
 
@@ -501,13 +505,24 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         """VAE latent of a conditioning clip (1, 3, F, H, W) in [-1, 1]."""
         return self.vae.encode(video.to(self.device, self.vae.dtype)).float()
 
+    def encode_video(self, video: list[Image.Image], shape: tuple[int, ...]) -> torch.Tensor:
+        """The latents (1, C, T, H, W) of video-to-video's frames, sized to the noise ``shape`` (C, T, H, W)."""
+        _, s, _ = self.vae.cfg.stride
+        return self.encode_image(video_pixels(video, shape[3] * s, shape[2] * s))
+
     def noise(self, shape: tuple[int, ...], seed: int) -> torch.Tensor:
         return initial_noise(shape, seed, self.device)
 
     def sample(
-        self, noise: torch.Tensor, cond: Conditioning, request: Request, hooks: Iterable[StepHook] = ()
+        self,
+        noise: torch.Tensor,
+        cond: Conditioning,
+        request: Request,
+        hooks: Iterable[StepHook] = (),
+        start: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The shared loop with this pipeline's experts and hooks, then ``hooks``."""
+        """The shared loop with this pipeline's experts and hooks, then ``hooks``; from the latents ``start`` of a
+        video noised to the step its strength starts at (``pipelines.video_to_video``), where given."""
         schedule = (
             request.grid.schedule  # a diffusers scheduler's grid (``pipe.scheduler``), or the solver's own
             if request.grid is not None
@@ -518,6 +533,8 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             if request.switch_step is None
             else step_boundary(schedule.timesteps.tolist(), request.switch_step)
         )
+        if start is not None:
+            schedule, noise = from_video(schedule, request.strength, start, noise)
         sampler = Sampler(schedule, get_solver(request.solver), boundary, request.guide_scale)
         hooks = [self._placement, FiniteLatents(), *self._hooks, *hooks]  # NaN weights: an error, not a black video
         if request.cache:
@@ -567,9 +584,10 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         }
 
 
-# diffusers' names for its image-to-video pipeline class and for the class that picks the pipeline of a checkpoint:
-# here one class runs every task (the checkpoint says which), so the Hub's "use this model" snippets run as written
-WanImageToVideoPipeline = DiffusionPipeline = WanPipeline
+# diffusers' names for its image- and video-to-video pipeline classes and for the class that picks the pipeline of a
+# checkpoint: here one class runs every task (the checkpoint says which; video to video is an option of each), so the
+# Hub's "use this model" snippets and diffusers' examples run as written
+WanImageToVideoPipeline = WanVideoToVideoPipeline = DiffusionPipeline = WanPipeline
 
 
 def checkpoint_task(layout: Layout, task: Task) -> Task:

@@ -17,6 +17,7 @@ from PIL import Image
 
 from wanflow.io.image import load_image
 from wanflow.pipelines.presets import apply_preset
+from wanflow.pipelines.video_to_video import read_video, video_size
 from wanflow.pipelines.windows import WindowPlan, latent_frames, pixel_count, plan_windows
 from wanflow.prompts.system import LANGUAGES
 from wanflow.runtime.step_cache import CacheSettings, parse_cache
@@ -56,6 +57,8 @@ class GenerateOptions:
     prompt_extend_seed: int | None = None  # the extender's sampling seed; None: the run's seed
     cache: str | None = None  # step cache: "magcache" or "magcache:THRESHOLD" (``runtime.step_cache``); None: off
     switch_step: int | None = None  # A14B: the high-noise expert runs the first K steps; None: the task's boundary
+    video: Any = None  # video to video: a path, PIL images, (F, H, W, 3) frames, a Video (``pipelines.video_to_video``)
+    strength: float | None = None  # with a video: the share of the steps that run, (0, 1]; None: 0.8
 
     @classmethod
     def from_keywords(cls, prompt: str, **keywords: Any) -> GenerateOptions:
@@ -72,8 +75,8 @@ class GenerateOptions:
 
 
 # diffusers' ``WanPipeline`` / ``WanImageToVideoPipeline`` argument names, mapped onto the fields above by
-# ``from_diffusers_names`` and nowhere else (docs/python-api.md). ``negative_prompt``, ``image`` and ``latents`` have
-# the same name on both sides.
+# ``from_diffusers_names`` and nowhere else (docs/python-api.md). ``negative_prompt``, ``image``, ``latents`` and
+# ``WanVideoToVideoPipeline``'s ``video`` and ``strength`` have the same name on both sides.
 DIFFUSERS_NAMES = (
     "height",
     "width",
@@ -91,7 +94,7 @@ DIFFUSERS_NAMES = (
 WANFLOW_NAMES = frozenset(
     f.name
     for f in dataclasses.fields(GenerateOptions)
-    if f.name not in ("prompt", "negative_prompt", "image", "last_image")
+    if f.name not in ("prompt", "negative_prompt", "image", "last_image", "video", "strength")
 )
 
 
@@ -198,6 +201,8 @@ class Request:
     grid: SchedulerGrid | None = None  # a diffusers scheduler's steps (``pipe.scheduler``), in place of the solver's
     cache: CacheSettings | None = None
     switch_step: int | None = None  # the high-noise expert's steps, in place of the boundary timestep
+    video: list[Image.Image] | None = None  # video to video: the frames the run starts from, at their own size
+    strength: float | None = None  # the share of the steps that run from the video (``pipelines.video_to_video``)
 
     @property
     def window_frames(self) -> int:
@@ -212,6 +217,7 @@ class Request:
             **(self.extension.metadata() if self.extension is not None else {}),
             **({"scheduler": self.grid.name} if self.grid is not None else {}),
             **({"switch_step": self.switch_step} if self.switch_step is not None else {}),
+            **({"video_strength": self.strength} if self.video is not None else {}),
         }
 
     def require_image(self) -> Image.Image:
@@ -233,17 +239,28 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
     if o.last_image is not None and o.image is None and task.last_image and task.image == "required":
         raise ValueError(f"a last image needs a first image too: {task.name} needs {needs}")  # the cause, first
     task.check_image(o.image is not None, needs)
-    frames = _frames(task.frames if o.frames is None else o.frames)
+    video, strength = read_video(o.video, o.strength, None if o.frames is None else _frames(o.frames))
+    frames = _frames(len(video) if video else task.frames if o.frames is None else o.frames)
     steps = _steps(task.steps if o.steps is None else o.steps)
     shift = _shift(task.shift if o.shift is None else o.shift)
     solver = _solver(o.solver or "unipc")
-    width, height = task.size if o.size is None else (int(o.size[0]), int(o.size[1]))
+    if o.size is not None:
+        width, height = int(o.size[0]), int(o.size[1])
+    else:
+        width, height = video_size(video, multiple or task.size_multiple) if video else task.size
     if width <= 0 or height <= 0:
         raise ValueError(f"size must be positive, got {width}*{height}")
     image = None if o.image is None else load_image(o.image)
     if image is None:
         _check_size(task, width, height, multiple or task.size_multiple)
     windows = _windows(o, task, frames)
+    if video and windows is not None:
+        raise ValueError(
+            f"video to video runs one window: {frames} frames are more than a window holds here (window_frames "
+            f"{o.window_frames or pixel_count(windows.window)}); pass frame_num to take the video's first ones"
+        )
+    if video and o.cache:
+        raise ValueError("video to video runs without a step cache (its calibration is per step of a whole run)")
     seed = draw_seed(o.seed)
     return Request(
         prompt=o.prompt if isinstance(o.prompt, str) else " | ".join(o.prompt),
@@ -262,6 +279,8 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         windows=windows,
         cache=parse_cache(o.cache),
         switch_step=_switch_step(o.switch_step, task, steps),
+        video=video or None,
+        strength=strength if video else None,
     )
 
 

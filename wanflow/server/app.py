@@ -31,7 +31,7 @@ from wanflow.server.jobs import Files, Models
 from wanflow.server.loras import LoraLibrary, lora_routes
 from wanflow.server.routes import STATIC, native_routes, openai_routes, service_routes
 from wanflow.server.schemas import Limits
-from wanflow.server.uploads import BodyLimit, max_body
+from wanflow.server.uploads import BodyLimit
 from wanflow.server.worker import Worker, default_name
 from wanflow.tasks import Task
 
@@ -93,7 +93,7 @@ def create_app(
     app.include_router(api)
     app.include_router(openai)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(BodyLimit, max_bytes=max_body(limits))
+    app.add_middleware(BodyLimit, limits=limits)
     app.add_middleware(Guard, hosts=allowed_hosts or Hosts.for_bind("127.0.0.1"))  # the outermost: checked first
     return app
 

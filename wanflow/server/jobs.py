@@ -21,6 +21,7 @@ from wanflow.tasks import TASKS, Task
 
 log = logging.getLogger(__name__)
 
+VIDEO_INPUT = "has_video"  # in a job's params: it starts from an uploaded video (``Files.input_video``)
 LAST_IMAGE = "last_image"  # in a job's params: it has a last image (``Files.last_image``), uploaded beside the first
 JobStore = SqliteStore  # the default engine, under the name it had when it was the only one
 __all__ = ["STATUSES", "TERMINAL", "BlockCheck", "Cancelled", "Files", "Interrupted", "JobProgress", "JobStore"]
@@ -86,6 +87,10 @@ class Files:
         """The last frame of a first-last frame job (its params say ``last_image: true``)."""
         return self.root / "inputs" / f"{job_id}_last.png"
 
+    def input_video(self, job_id: str) -> Path:
+        """The video a video-to-video job starts from, as uploaded (its params say ``has_video: true``)."""
+        return self.root / "inputs" / f"{job_id}_video"
+
     def preview(self, job_id: str) -> Path:
         """The running job's live preview (``server.previews``), where every server can read it; gone at its end."""
         return self.root / "previews" / f"{job_id}.png"
@@ -94,7 +99,8 @@ class Files:
         """The job's files, and the temporaries an interrupted write of its video left."""
         from wanflow.io.video import remove_stale_temps
 
-        for path in (self.video(job_id), self.image(job_id), self.last_image(job_id), self.preview(job_id)):
+        inputs = (self.image(job_id), self.last_image(job_id), self.input_video(job_id))
+        for path in (self.video(job_id), *inputs, self.preview(job_id)):
             path.unlink(missing_ok=True)
         remove_stale_temps(self.video(job_id))
 

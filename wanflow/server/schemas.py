@@ -41,6 +41,7 @@ class Limits:
     max_frames: int = 121
     max_steps: int = 100
     max_upload: int = 10 * 1024 * 1024  # bytes of an input image
+    max_video_upload: int = 64 * 1024 * 1024  # bytes of an input video (video to video)
     max_image_pixels: int = 4096 * 4096  # decoded input image (a small file can hold a huge image)
     max_decodes: int = 2  # input images decoded at once (each in a worker thread)
 
@@ -60,6 +61,7 @@ class Limits:
 
 
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp"}
+VIDEO_TYPES = {"video/mp4", "video/webm", "video/quicktime"}
 
 
 def parse_size(value: str) -> tuple[int, int]:
@@ -97,6 +99,9 @@ class GenerateRequest(BaseModel):
     cache: str | None = Field(None, max_length=40, description="step cache: magcache or magcache:THRESHOLD")
     switch_step: int | None = Field(
         None, ge=0, description="A14B: the high-noise expert's steps (default: by timestep)"
+    )
+    strength: float | None = Field(
+        None, gt=0, le=1, description="with a video file: the share of the steps that run (default 0.8)"
     )
     loras: list[LoraChoice] = Field(default_factory=list, max_length=MAX_LORAS, description="by name (GET /api/loras)")
     window_frames: int | None = Field(None, ge=1, description="frames per window of a longer video (4n+1)")
@@ -159,13 +164,15 @@ class GenerateRequest(BaseModel):
         if self.steps is not None and self.steps > limits.max_steps:
             raise ValueError(f"steps {self.steps} is over the limit of {limits.max_steps}")
 
-    def options(self, image=None, last_image=None) -> GenerateOptions:
+    def options(self, image=None, last_image=None, video=None) -> GenerateOptions:
         """The pipeline's options for this request (its own ``resolve`` checks them against the model)."""
         return GenerateOptions(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
             image=image,
             last_image=last_image,
+            video=video,
+            strength=self.strength,
             size=self.size(),
             frames=self.frames,
             steps=self.steps,

@@ -1,5 +1,6 @@
-"""Reading a submission: JSON or a multipart form, a first image and a last one (first-last frame) at most, decoded
-within the server's limits; and the middleware that caps a request body's size.
+"""Reading a submission: JSON or a multipart form, a first image and a last one (first-last frame) at most, and a video
+file (video to video; multipart only), decoded within the server's limits; and the middleware that caps a request
+body's size.
 
 Decoding runs in a worker thread, at most ``Limits.max_decodes`` at once: a 50 KB PNG may hold 4096x4096 pixels
 (a second of work), and on the event loop a few of them would stall every other request, ``/health`` included."""
@@ -17,33 +18,42 @@ from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 
 from wanflow.server.schemas import IMAGE_TYPES, Limits
+from wanflow.server.video_upload import VIDEO_FIELD, UploadedVideo, inspect_video, read_video_upload
 
 IMAGE_FIELDS = ("image", "input_reference")
 LAST_IMAGE_FIELD = "last_image"  # the last frame beside the first (tasks with ``Task.last_image``)
 MAX_FORM_BYTES = 1024 * 1024  # everything in a request besides the images
 
 
-def max_body(limits: Limits) -> int:
-    """The largest request: two images (as base64 in JSON, a third larger) and the form."""
-    return 2 * (limits.max_upload * 4 // 3) + MAX_FORM_BYTES
+def max_body(limits: Limits, multipart: bool = False) -> int:
+    """The largest request: two images (as base64 in JSON, a third larger) and the form; a multipart form may carry a
+    video too (its files go to disk as they arrive; a JSON body is read into memory whole)."""
+    return 2 * (limits.max_upload * 4 // 3) + MAX_FORM_BYTES + (limits.max_video_upload if multipart else 0)
+
+
+def is_multipart(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() == "multipart/form-data"
 
 
 class BodyLimit:
-    """Answers 413 once a request body passes ``max_bytes``, with or without a Content-Length header."""
+    """Answers 413 once a request body passes its limit (``max_body``: a multipart form's, or any other body's), with
+    or without a Content-Length header."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, limits: Limits):
+        self.app, self.limits = app, limits
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         received, started = 0, False
+        ctype = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
+        max_bytes = max_body(self.limits, is_multipart(ctype))
 
         async def limited_receive():
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
+            if received > max_bytes:
                 raise TooLarge
             return message
 
@@ -57,7 +67,7 @@ class BodyLimit:
         except TooLarge:
             if started:
                 raise
-            response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, 413)
+            response = JSONResponse({"detail": f"request body over {max_bytes} bytes"}, 413)
             await response(scope, receive, send)
 
 
@@ -67,20 +77,25 @@ class TooLarge(Exception):
 
 async def read_submission(
     request: Request, limits: Limits, decodes: CapacityLimiter
-) -> tuple[dict, Image.Image | None, Image.Image | None]:
-    """Form fields (multipart, with an image file and a ``last_image`` file) or a JSON object (images as base64), and
-    the decoded first and last images."""
+) -> tuple[dict, Image.Image | None, Image.Image | None, UploadedVideo | None]:
+    """Form fields (multipart, with an image file, a ``last_image`` file and a ``video`` file) or a JSON object
+    (images as base64), and the decoded first and last images and the checked video."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     length = int(request.headers.get("content-length") or 0)
-    if length > max_body(limits):
-        raise HTTPException(413, f"request too large; images may be up to {limits.max_upload} bytes")
+    if length > max_body(limits, is_multipart(ctype)):
+        raise HTTPException(
+            413, f"request too large; images may be up to {limits.max_upload} bytes, a video {limits.max_video_upload}"
+        )
+    video = None
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        fields, data, last = await _read_form(request, limits)
+        fields, data, last, video = await _read_form(request, limits)
     elif ctype == "application/json":
         fields, data, last = await _read_json(request, limits)
     else:
         raise HTTPException(415, "send JSON (application/json) or a form (multipart/form-data, for an image upload)")
-    return fields, await _decoded(data, limits, decodes), await _decoded(last, limits, decodes)
+    if video is not None:
+        video = await to_thread.run_sync(inspect_video, video, limits, limiter=decodes)
+    return fields, await _decoded(data, limits, decodes), await _decoded(last, limits, decodes), video
 
 
 async def _decoded(data: bytes | None, limits: Limits, decodes: CapacityLimiter) -> Image.Image | None:
@@ -96,33 +111,39 @@ async def _read_json(request: Request, limits: Limits) -> tuple[dict, bytes | No
         raise HTTPException(400, "the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise HTTPException(422, "the body must be a JSON object")
+    if body.get(VIDEO_FIELD) is not None:
+        raise HTTPException(422, f"send the video as a file: a multipart form with a {VIDEO_FIELD!r} file field")
     data = next((body.pop(k) for k in IMAGE_FIELDS if body.get(k) is not None), None)
     last = body.pop(LAST_IMAGE_FIELD, None)
     return body, _base64_or_none(data, limits), _base64_or_none(last, limits, LAST_IMAGE_FIELD)
 
 
-async def _read_form(request: Request, limits: Limits) -> tuple[dict, bytes | None, bytes | None]:
+async def _read_form(request: Request, limits: Limits) -> tuple[dict, bytes | None, bytes | None, bytes | None]:
     try:
-        form = await request.form(max_files=2, max_fields=40)
+        form = await request.form(max_files=3, max_fields=40)
     except (HTTPException, TooLarge):
         raise
     except Exception:
-        raise HTTPException(400, "the form could not be read (two image files at most: image and last_image)") from None
+        raise HTTPException(
+            400, "the form could not be read (three files at most: image, last_image and video)"
+        ) from None
     fields, uploads = {}, {}
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
-            if key not in (*IMAGE_FIELDS, LAST_IMAGE_FIELD):
-                hint = "upload the image as 'image' (and a last frame as 'last_image')"
+            if key not in (*IMAGE_FIELDS, LAST_IMAGE_FIELD, VIDEO_FIELD):
+                hint = "upload the image as 'image' (a last frame as 'last_image', a video as 'video')"
                 raise HTTPException(422, f"unexpected file field {key!r}; {hint}")
-            slot = "last" if key == LAST_IMAGE_FIELD else "first"
+            slot = {LAST_IMAGE_FIELD: "last", VIDEO_FIELD: "video"}.get(key, "first")
             if slot in uploads:
-                raise HTTPException(422, f"more than one {'last ' if slot == 'last' else ''}image file")
-            uploads[slot] = await _read_upload(value, limits)
+                what = {"last": "last image", "video": "video"}.get(slot, "image")
+                raise HTTPException(422, f"more than one {what} file")
+            read = read_video_upload if slot == "video" else _read_upload
+            uploads[slot] = await read(value, limits)
         elif value != "" or key == "negative_prompt":  # an empty form field is unset, but "" here is no prompt
             if key in fields:
                 raise HTTPException(422, f"field {key!r} given twice")
             fields[key] = value
-    return fields, uploads.get("first"), uploads.get("last")
+    return fields, uploads.get("first"), uploads.get("last"), uploads.get("video")
 
 
 async def _read_upload(upload: UploadFile, limits: Limits) -> bytes:

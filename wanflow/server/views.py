@@ -65,7 +65,7 @@ def task_defaults(spec: Task) -> dict:
 def request_body(model) -> dict:
     schema = model.model_json_schema()
     image = {"type": "string", "format": "binary"}
-    form = dict(schema, properties=dict(schema["properties"], image=image, last_image=image))
+    form = dict(schema, properties=dict(schema["properties"], image=image, last_image=image, video=image))
     return {
         "requestBody": {
             "required": True,

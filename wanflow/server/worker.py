@@ -21,7 +21,17 @@ import time
 from collections.abc import Callable
 
 from wanflow.pipelines.progress import Progress
-from wanflow.server.jobs import LAST_IMAGE, BlockCheck, Cancelled, Files, Interrupted, JobProgress, Lost, Models
+from wanflow.server.jobs import (
+    LAST_IMAGE,
+    VIDEO_INPUT,
+    BlockCheck,
+    Cancelled,
+    Files,
+    Interrupted,
+    JobProgress,
+    Lost,
+    Models,
+)
 from wanflow.server.previews import preview_hooks
 from wanflow.server.store import JobStore
 
@@ -217,12 +227,13 @@ def run_job(
 
     params = dict(job["params"])
     has_last = params.pop(LAST_IMAGE, False)  # set by the server, not a request field
+    video = files.input_video(job["id"]) if params.pop(VIDEO_INPUT, False) else None  # (read by the pipeline)
     request = GenerateRequest.model_validate(params)
     pipe = models.get(job.get("model") or job["task"])
     image = _load(files.image(job["id"])) if job["has_image"] else None
     last = _load(files.last_image(job["id"])) if has_last else None
     with loras_applied(loras, request.loras, pipe):  # beside the weights for this job only
-        options = request.options(image, last)
+        options = request.options(image, last, video)
         hooks = [BlockCheck(check), *(preview_hooks(pipe, files.preview(job["id"])) if previews else [])]
         return pipe(options, progress=progress, callback=lambda step: check(), hooks=hooks)
 

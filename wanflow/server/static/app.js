@@ -81,7 +81,7 @@ $("#form").addEventListener("submit", async (event) => {
   $("#form-error").textContent = "";
   const data = new FormData(event.target);
   for (const [key, value] of [...data.entries()]) {
-    const row = key === "last_image" ? "#last-image-row" : "#image-row";
+    const row = { last_image: "#last-image-row", image: "#image-row" }[key] || "#video-row";
     if (value === "" || (value instanceof File && (!value.size || $(row).hidden))) data.delete(key);
   }
   if ($("#no-negative").checked) data.set("negative_prompt", "");  // "" is no negative prompt; absent, the default
