@@ -7,7 +7,6 @@ import re
 
 from anyio import CapacityLimiter, to_thread
 from fastapi import HTTPException
-from PIL import Image
 from pydantic import ValidationError
 
 from wanflow.pipelines.request import resolve
@@ -17,7 +16,7 @@ from wanflow.server.jobs import LAST_IMAGE, VIDEO_INPUT, Files, QueueFull, new_i
 from wanflow.server.loras import check_loras
 from wanflow.server.schemas import GenerateRequest, JobView, Limits, VideoView
 from wanflow.server.store import JobStore
-from wanflow.server.video_upload import UploadedVideo
+from wanflow.server.video_upload import NO_INPUTS, Inputs
 from wanflow.server.views import job_view, video_view
 from wanflow.server.worker import Worker
 from wanflow.tasks import Task
@@ -81,28 +80,21 @@ class Context:
         if self.store.request_cancel(job_id) == "requested" and self.worker is not None:
             self.worker.cancel(job_id)
 
-    async def submit(
-        self,
-        fields: dict,
-        image: Image.Image | None,
-        last: Image.Image | None = None,
-        video: UploadedVideo | None = None,
-    ) -> dict:
-        """Validate, store the images and the video, queue the job. ``last``: the last frame beside the first
-        (first-last frame), ``video``: the video of video to video; the job's params say ``last_image: true`` and
-        ``has_video: true`` when it has them."""
+    async def submit(self, fields: dict, inputs: Inputs = NO_INPUTS) -> dict:
+        """Validate, store the uploads, queue the job; its params say ``last_image: true`` when it has a last frame
+        (first-last frame) and ``has_video: true`` when it starts from a video (video to video)."""
         req = self.parse(fields)
         job_id = new_id()
-        if image is None and last is None and video is None:
-            self.check(req, None)
+        if not inputs.any():
+            self.check(req)
         else:  # a big image takes a while to check (a copy) and to write: not on the event loop
-            await to_thread.run_sync(self.check_and_save, req, image, job_id, last, video, limiter=self.decodes)
+            await to_thread.run_sync(self.check_and_save, req, inputs, job_id, limiter=self.decodes)
         spec, params = self.task(req.task), req.model_dump(exclude_none=True)
-        params |= {LAST_IMAGE: True} if last is not None else {}
-        params |= {VIDEO_INPUT: True} if video is not None else {}
+        params |= {LAST_IMAGE: True} if inputs.last is not None else {}
+        params |= {VIDEO_INPUT: True} if inputs.video is not None else {}
         task = spec.name if spec is not None else req.task
         try:
-            job = self.store.add(task, params, image is not None, self.max_queue, job_id, model=req.task)
+            job = self.store.add(task, params, inputs.image is not None, self.max_queue, job_id, model=req.task)
         except QueueFull as e:
             self.files.remove(job_id)
             raise HTTPException(429, str(e), headers={"Retry-After": "30"}) from None
@@ -131,13 +123,7 @@ class Context:
             raise HTTPException(422, "; ".join(errors))
         return req
 
-    def check(
-        self,
-        req: GenerateRequest,
-        image: Image.Image | None,
-        last: Image.Image | None = None,
-        video: UploadedVideo | None = None,
-    ) -> None:
+    def check(self, req: GenerateRequest, inputs: Inputs = NO_INPUTS) -> None:
         """The server's limits for the task's model, then the model's own checks; 422 with what is wrong."""
         limits, why = self.limits_for(req.task), ""
         if limits != self.limits:
@@ -146,48 +132,35 @@ class Context:
             why = f"; the {req.task} model here was trained at {sizes} and {spec.frames} frames"
         try:
             req.check(limits, why)
-            if video is not None and req.frames is None and video.frames > limits.max_frames:
+            if inputs.video is not None and req.frames is None and inputs.video.frames > limits.max_frames:
                 raise ValueError(
                     f"the video has more than {limits.max_frames} frames, the limit here{why}: pass frames to take its "
                     "first ones"
                 )
             if req.extend_prompt and not self.catalog.extends_prompts(req.task):
                 raise ValueError(self.catalog.no_extender(req.task))
-            self.check_with_model(req, image, last, video)
+            self.check_with_model(req, inputs)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
 
-    def check_and_save(
-        self,
-        req: GenerateRequest,
-        image: Image.Image | None,
-        job_id: str,
-        last: Image.Image | None = None,
-        video: UploadedVideo | None = None,
-    ) -> None:
-        """The images and the video are checked before any is written: a refused request leaves no files."""
-        self.check(req, image, last, video)
-        if image is not None:  # None only for a task outside the registry: its pipeline refuses the job when it runs
-            image.save(self.files.image(job_id), format="PNG")
-        if last is not None:
-            last.save(self.files.last_image(job_id), format="PNG")
-        if video is not None:
-            self.files.input_video(job_id).write_bytes(video.data)
+    def check_and_save(self, req: GenerateRequest, inputs: Inputs, job_id: str) -> None:
+        """The uploads are all checked before any is written: a refused request leaves no files."""
+        self.check(req, inputs)
+        if inputs.image is not None:  # None only for a task outside the registry: its pipeline refuses it when it runs
+            inputs.image.save(self.files.image(job_id), format="PNG")
+        if inputs.last is not None:
+            inputs.last.save(self.files.last_image(job_id), format="PNG")
+        if inputs.video is not None:
+            self.files.input_video(job_id).write_bytes(inputs.video.data)
 
-    def check_with_model(
-        self,
-        req: GenerateRequest,
-        image: Image.Image | None,
-        last: Image.Image | None,
-        video: UploadedVideo | None = None,
-    ) -> None:
+    def check_with_model(self, req: GenerateRequest, inputs: Inputs) -> None:
         """The pipeline's own checks (``resolve``), with the loaded model's task and size rule when it is loaded; a
         video is checked by its frame count and size (``UploadedVideo.stand_in``), its frames read when the job runs."""
         task = self.task(req.task)
         if task is None:
             return  # a task outside the registry: its pipeline checks the request when the job runs
         multiple = getattr(self.catalog.peek(req.task), "size_multiple", None)
-        frames = None if video is None else video.stand_in()
-        options = dataclasses.replace(req.options(image, last, frames), seed=0)  # the seed is drawn when the job runs
+        frames = None if inputs.video is None else inputs.video.stand_in()
+        options = dataclasses.replace(req.options(inputs.image, inputs.last, frames), seed=0)  # the seed: at run time
         resolve(options, task, multiple, image_hint=IMAGE_HINT)
         check_loras(getattr(self.app.state, "loras", None), req.loras, self.catalog.peek(req.task))

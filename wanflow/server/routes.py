@@ -38,8 +38,8 @@ def native_routes(api: APIRouter, ctx: Context) -> None:
     async def submit(request: Request) -> JobView:
         """Queue a generation: JSON, or multipart form fields with an ``image`` file (I2V, TI2V), a ``last_image``
         file (first-last frame, I2V-A14B) and a ``video`` file (video to video, with ``strength``)."""
-        fields, image, last, video = await read_submission(request, ctx.limits, ctx.decodes)
-        return ctx.job_view(await ctx.submit(fields, image, last, video))
+        fields, inputs = await read_submission(request, ctx.limits, ctx.decodes)
+        return ctx.job_view(await ctx.submit(fields, inputs))
 
     @api.get("/jobs", response_model=list[JobView])
     def list_jobs(status: str | None = None, limit: int = 200) -> list[JobView]:
@@ -86,14 +86,14 @@ def openai_routes(v1: APIRouter, ctx: Context) -> None:
     @v1.post("/videos", response_model=VideoView, openapi_extra=openai_body())
     async def create(request: Request) -> VideoView:
         """OpenAI's create video: ``prompt``, ``model`` (a task), ``size`` "WxH", ``seconds``, ``input_reference``."""
-        fields, image, last, video = await read_submission(request, ctx.limits, ctx.decodes)
+        fields, inputs = await read_submission(request, ctx.limits, ctx.decodes)
         default = ctx.catalog.names()[0] if ctx.catalog.names() else ""
         task = str(fields.get("model") or default)
         try:
             fields = openai_fields(fields, ctx.fps(task), default)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
-        return ctx.video_view(await ctx.submit(fields, image, last, video))
+        return ctx.video_view(await ctx.submit(fields, inputs))
 
     @v1.get("/videos")
     def list_videos(limit: int = 100) -> dict:

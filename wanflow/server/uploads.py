@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 
-from wanflow.server.schemas import IMAGE_TYPES, Limits
-from wanflow.server.video_upload import VIDEO_FIELD, UploadedVideo, inspect_video, read_video_upload
+from wanflow.server.schemas import IMAGE_TYPES, VIDEO_TYPES, Limits
+from wanflow.server.video_upload import VIDEO_FIELD, Inputs, inspect_video
 
 IMAGE_FIELDS = ("image", "input_reference")
 LAST_IMAGE_FIELD = "last_image"  # the last frame beside the first (tasks with ``Task.last_image``)
@@ -75,9 +75,7 @@ class TooLarge(Exception):
     pass
 
 
-async def read_submission(
-    request: Request, limits: Limits, decodes: CapacityLimiter
-) -> tuple[dict, Image.Image | None, Image.Image | None, UploadedVideo | None]:
+async def read_submission(request: Request, limits: Limits, decodes: CapacityLimiter) -> tuple[dict, Inputs]:
     """Form fields (multipart, with an image file, a ``last_image`` file and a ``video`` file) or a JSON object
     (images as base64), and the decoded first and last images and the checked video."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -95,7 +93,7 @@ async def read_submission(
         raise HTTPException(415, "send JSON (application/json) or a form (multipart/form-data, for an image upload)")
     if video is not None:
         video = await to_thread.run_sync(inspect_video, video, limits, limiter=decodes)
-    return fields, await _decoded(data, limits, decodes), await _decoded(last, limits, decodes), video
+    return fields, Inputs(await _decoded(data, limits, decodes), await _decoded(last, limits, decodes), video)
 
 
 async def _decoded(data: bytes | None, limits: Limits, decodes: CapacityLimiter) -> Image.Image | None:
@@ -137,8 +135,10 @@ async def _read_form(request: Request, limits: Limits) -> tuple[dict, bytes | No
             if slot in uploads:
                 what = {"last": "last image", "video": "video"}.get(slot, "image")
                 raise HTTPException(422, f"more than one {what} file")
-            read = read_video_upload if slot == "video" else _read_upload
-            uploads[slot] = await read(value, limits)
+            if slot == "video":
+                uploads[slot] = await _read_upload(value, "video", VIDEO_TYPES, limits.max_video_upload)
+            else:
+                uploads[slot] = await _read_upload(value, "image", IMAGE_TYPES, limits.max_upload)
         elif value != "" or key == "negative_prompt":  # an empty form field is unset, but "" here is no prompt
             if key in fields:
                 raise HTTPException(422, f"field {key!r} given twice")
@@ -146,12 +146,13 @@ async def _read_form(request: Request, limits: Limits) -> tuple[dict, bytes | No
     return fields, uploads.get("first"), uploads.get("last"), uploads.get("video")
 
 
-async def _read_upload(upload: UploadFile, limits: Limits) -> bytes:
-    if (upload.content_type or "").lower() not in IMAGE_TYPES:
-        raise HTTPException(415, f"image type {upload.content_type!r} not accepted; send one of {sorted(IMAGE_TYPES)}")
-    data = await upload.read(limits.max_upload + 1)
-    if len(data) > limits.max_upload:
-        raise HTTPException(413, f"the image is over the limit of {limits.max_upload} bytes")
+async def _read_upload(upload: UploadFile, what: str, types: set[str], max_bytes: int) -> bytes:
+    """The file's bytes: one of ``types``, at most ``max_bytes``; ``what`` it is, for the errors."""
+    if (upload.content_type or "").lower() not in types:
+        raise HTTPException(415, f"{what} type {upload.content_type!r} not accepted; send one of {sorted(types)}")
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise HTTPException(413, f"the {what} is over the limit of {max_bytes} bytes")
     return data
 
 

@@ -1,6 +1,7 @@
-"""An uploaded video for video to video: a multipart file field ``video`` (MP4, WebM or QuickTime), within the
-server's byte limit, decoded once in a worker thread to check it (a file PyAV reads, frames within the pixel limit,
-no more frames than the frame limit decodes) without keeping its frames: the job's worker reads the stored file."""
+"""What a submission uploads beside its fields (``Inputs``), and the video of video to video: a multipart file field
+``video`` (MP4, WebM or QuickTime within the server's byte limit, read by ``uploads``), decoded once in a worker
+thread to check it (a file PyAV reads, frames within the pixel limit, no more frames than the frame limit decodes)
+without keeping its frames: the job's worker reads the stored file."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException
 from PIL import Image
-from starlette.datastructures import UploadFile
 
 from wanflow.io.clip import decoded_frames
-from wanflow.server.schemas import VIDEO_TYPES, Limits
+from wanflow.server.schemas import Limits
 
 VIDEO_FIELD = "video"
 
@@ -28,13 +28,19 @@ class UploadedVideo:
         return [self.first] * self.frames
 
 
-async def read_video_upload(upload: UploadFile, limits: Limits) -> bytes:
-    if (upload.content_type or "").lower() not in VIDEO_TYPES:
-        raise HTTPException(415, f"video type {upload.content_type!r} not accepted; send one of {sorted(VIDEO_TYPES)}")
-    data = await upload.read(limits.max_video_upload + 1)
-    if len(data) > limits.max_video_upload:
-        raise HTTPException(413, f"the video is over the limit of {limits.max_video_upload} bytes")
-    return data
+@dataclass(frozen=True)
+class Inputs:
+    """A submission's uploads: the first image, the last one (first-last frame), the video (video to video)."""
+
+    image: Image.Image | None = None
+    last: Image.Image | None = None
+    video: UploadedVideo | None = None
+
+    def any(self) -> bool:
+        return any(x is not None for x in (self.image, self.last, self.video))
+
+
+NO_INPUTS = Inputs()
 
 
 def inspect_video(data: bytes, limits: Limits) -> UploadedVideo:
