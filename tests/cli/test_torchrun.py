@@ -30,10 +30,27 @@ def ckpt(tmp_path_factory):
     return write_official_checkpoint(tmp_path_factory.mktemp("t2v"), "t2v-A14B")
 
 
-@pytest.mark.parametrize("flags", [["--ulysses_size", "2"], ["--cfg_parallel", "--dit_fsdp", "--t5_fsdp"]])
+V2V = ["--video", "VIDEO", "--strength", "0.6"]  # video to video: the same start latents on every rank
+
+
+def write_video(folder) -> None:
+    """5 random 64x64 frames as a PNG folder."""
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i:05d}.png")
+
+
+@pytest.mark.parametrize(
+    "flags", [["--ulysses_size", "2"], ["--cfg_parallel", "--dit_fsdp", "--t5_fsdp"], ["--ulysses_size", "2", *V2V]]
+)
 def test_two_processes_match_one(ckpt, tmp_path, flags):
+    if "VIDEO" in flags:
+        write_video(tmp_path / "in")
+        flags = [str(tmp_path / "in") if f == "VIDEO" else f for f in flags]
+    shared = flags[flags.index("--video") :] if "--video" in flags else []  # the single process's too
     single = tmp_path / "single"
-    assert main(["generate", "a red circle", "--ckpt_dir", str(ckpt), *FAST, "--save_file", f"{single}/"]) == 0
+    assert main(["generate", "a red circle", "--ckpt_dir", str(ckpt), *FAST, *shared, "--save_file", f"{single}/"]) == 0
     multi = tmp_path / "multi"
     cmd = [
         sys.executable,
