@@ -102,6 +102,16 @@ def test_the_web_page_sends_a_video(browser, server, tmp_path):
     assert job["params"].get("has_video") is True and job["params"]["strength"] == 0.5, job
     done = server.wait(job["id"], timeout=120)
     assert done["status"] == "done", done
+    page = browser.new_page()
+    try:  # the gallery card says what the video was made from
+        page.goto(server.url + "/")
+        page.fill("#token", TOKEN)
+        page.locator("#token").blur()
+        card = page.locator(".gallery .card", has_text="a browser video to video")
+        card.wait_for()
+        assert "from a video" in card.inner_text() and "strength 0.5" in card.inner_text()
+    finally:
+        page.close()
     with av.open(io.BytesIO(server.client.get(done["video_url"]).content)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 5
 
