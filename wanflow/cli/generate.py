@@ -40,6 +40,7 @@ OPTION_FLAGS = {
     "last_image": "last_image",
     "video": "video",
     "strength": "strength",
+    "extend": "extend",
     "window_frames": "window_frames",
     "window_overlap": "window_overlap",
     "window_anchor": "window_anchor",
@@ -103,6 +104,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "and frames unless --size/--frame_num say others",
     )
     add_flag(p, "strength", type=float, help="with --video: the share of the steps that run, (0, 1] (default 0.8)")
+    add_flag(
+        p,
+        "extend",
+        help="continue this video (a file, or a folder of PNG frames): --frame_num is then the whole length (default: "
+        "one window more), made window after window as a longer video",
+    )
     add_flag(p, "window_frames", type=int, help="frames per window of a longer video (default: 81, or 121 for ti2v-5B)")
     add_flag(p, "window_overlap", type=int, help="frames each window takes from the one before, a multiple of 4 (16)")
     add_flag(p, "window_anchor", type=float, help="0..1: grade each window's colours towards the first's (default 0)")
@@ -177,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
     runtime.resolved_device()  # a device this machine lacks: one line now, not a traceback after the loading
     layout, task = checkpoint_and_task(args)
     checked = resolve(options, task, image_hint="an input image: --image PATH")  # every value, before any loading
-    read = dict(image=checked.image, last_image=checked.last_image, video=checked.video)  # read once (a URL, a file)
+    read = dict(image=checked.image, last_image=checked.last_image, video=checked.video, extend=checked.extend)
+    read["image"] = None if checked.extend and options.image is None else read["image"]  # (taken from the video again)
     options = dataclasses.replace(options, **read)
     save_file = args.save_file or default_save_file(args.task, args.size, options.prompt)
     check_writable(save_file)

@@ -18,6 +18,9 @@ context it was made in ([frame 0, overlap, new], keeping the new frames' pixels)
 stretch longer than a window. With ``anchor`` the new frames of each window are colour-graded towards window 1 (each
 RGB channel's mean and spread moved by that fraction to window 1's, as a colour-match node does); it changes pixels
 only, never the latents the next window is conditioned on.
+
+A given video (``Request.extend``) is window 1, not made: its frames, sized to the next window's, are encoded once
+and the windows after it continue from those latents as from a made window's; its pixels are kept as given.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 from wanflow.pipelines.core import Conditioning
 from wanflow.pipelines.progress import Progress
 from wanflow.pipelines.request import Request
+from wanflow.pipelines.video_to_video import video_pixels
 from wanflow.pipelines.windows import pixel_count
 from wanflow.sampling.hooks import StepHook
 from wanflow.tasks import MASK_CHANNELS
@@ -43,6 +47,7 @@ class Window:
 
     latents: torch.Tensor
     given: int  # 0 for the first window; 1 + overlap after it
+    pixels: torch.Tensor | None = None  # (3, F, H, W): a given video's frames (``Request.extend``), kept as they are
 
     def new(self) -> torch.Tensor:
         return self.latents[:, :, self.given :]
@@ -64,10 +69,14 @@ def sample_windows(
     spans, texts, windows = plan.spans(), {}, []
     timings.update(encode=0.0, denoise=0.0)
     for k, (start, end) in enumerate(spans):
+        if k == 0 and request.extend is not None:
+            continue  # a given video: encoded at the size the next window is prepared at
         t0 = time.perf_counter()
         given = 0 if k == 0 else 1 + plan.overlap
         part = window_request(request, k, given + end - start, last=k == len(spans) - 1)
         prepared = pipe.task.prepare(pipe, part, _text(pipe, part, progress, texts))
+        if k == 1 and request.extend is not None:
+            windows.append(given_window(pipe, request.extend, prepared.shape))
         if k:
             known = torch.cat([windows[0].latents[:, :, :1], windows[-1].latents[:, :, -plan.overlap :]], dim=2)
             continue_from(prepared.cond, known, pipe.task.image_channels)
@@ -79,6 +88,14 @@ def sample_windows(
             out = torch.cat([known.to(out.dtype), out[:, :, given:]], dim=2)
         windows.append(Window(out, given))
     return windows
+
+
+def given_window(pipe, frames: list, shape: tuple[int, ...]) -> Window:
+    """The video being continued as window 1: its frames at the size of the noise ``shape`` (C, T, H, W), and their
+    latents."""
+    _, s, _ = pipe.vae.cfg.stride
+    pixels = video_pixels(frames, shape[3] * s, shape[2] * s)
+    return Window(pipe.encode_image(pixels), 0, pixels[0])
 
 
 def window_request(request: Request, k: int, latent_frames: int, last: bool) -> Request:
@@ -110,7 +127,7 @@ def decode_windows(pipe, windows: list[Window], progress: Progress, anchor: floa
     (graded towards window 1's colours by ``anchor``)."""
     parts = []
     for window in windows:
-        frames = pipe.decode(window.latents, progress)  # (3, F, H, W)
+        frames = pipe.decode(window.latents, progress) if window.pixels is None else window.pixels  # (3, F, H, W)
         if window.given:
             frames = frames[:, pixel_count(window.given) :]
             if anchor:
@@ -138,4 +155,12 @@ def _text(pipe, part: Request, progress: Progress, texts: dict) -> Conditioning:
     return Conditioning(*texts[part.prompt])
 
 
-__all__ = ["Window", "anchor_statistics", "continue_from", "decode_windows", "sample_windows", "window_request"]
+__all__ = [
+    "Window",
+    "anchor_statistics",
+    "continue_from",
+    "decode_windows",
+    "given_window",
+    "sample_windows",
+    "window_request",
+]

@@ -17,7 +17,7 @@ from PIL import Image
 
 from wanflow.io.image import load_image
 from wanflow.pipelines.presets import apply_preset
-from wanflow.pipelines.video_to_video import read_video, video_size
+from wanflow.pipelines.video_to_video import read_extended, read_video, video_size
 from wanflow.pipelines.windows import WindowPlan, latent_frames, pixel_count, plan_windows
 from wanflow.prompts.system import LANGUAGES
 from wanflow.runtime.step_cache import CacheSettings, parse_cache
@@ -59,6 +59,7 @@ class GenerateOptions:
     switch_step: int | None = None  # A14B: the high-noise expert runs the first K steps; None: the task's boundary
     video: Any = None  # video to video: a path, PIL images, (F, H, W, 3) frames, a Video (``pipelines.video_to_video``)
     strength: float | None = None  # with a video: the share of the steps that run, (0, 1]; None: 0.8
+    extend: Any = None  # a video to continue (sources as ``video``): frames is then the whole length; None: +1 window
 
     @classmethod
     def from_keywords(cls, prompt: str, **keywords: Any) -> GenerateOptions:
@@ -203,6 +204,7 @@ class Request:
     switch_step: int | None = None  # the high-noise expert's steps, in place of the boundary timestep
     video: list[Image.Image] | None = None  # video to video: the frames the run starts from, at their own size
     strength: float | None = None  # the share of the steps that run from the video (``pipelines.video_to_video``)
+    extend: list[Image.Image] | None = None  # the frames of a video being continued (window 1 of ``windows``)
 
     @property
     def window_frames(self) -> int:
@@ -236,31 +238,26 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
     if o.negative_prompt is not None and not isinstance(o.negative_prompt, str):
         raise ValueError('negative_prompt must be a string ("" for none) or None for the task\'s default')
     needs = image_hint or "an image: pass image=... (CLI: --image PATH)"
+    extend = read_extended(o.extend, o.video)
+    if extend and o.image is None and task.image == "required":
+        o = dataclasses.replace(o, image=extend[0])  # I2V continues a video from its first frame
     if o.last_image is not None and o.image is None and task.last_image and task.image == "required":
         raise ValueError(f"a last image needs a first image too: {task.name} needs {needs}")  # the cause, first
     task.check_image(o.image is not None, needs)
     video, strength = read_video(o.video, o.strength, None if o.frames is None else _frames(o.frames))
     frames = _frames(len(video) if video else task.frames if o.frames is None else o.frames)
+    frames = frames if o.frames is not None or not extend else None  # extending: one more window by default
     steps = _steps(task.steps if o.steps is None else o.steps)
     shift = _shift(task.shift if o.shift is None else o.shift)
     solver = _solver(o.solver or "unipc")
-    if o.size is not None:
-        width, height = int(o.size[0]), int(o.size[1])
-    else:
-        width, height = video_size(video, multiple or task.size_multiple) if video else task.size
-    if width <= 0 or height <= 0:
-        raise ValueError(f"size must be positive, got {width}*{height}")
+    width, height = _size(o.size, video or extend, task, multiple)
     image = None if o.image is None else load_image(o.image)
     if image is None:
         _check_size(task, width, height, multiple or task.size_multiple)
-    windows = _windows(o, task, frames)
-    if video and windows is not None:
-        raise ValueError(
-            f"video to video runs one window: {frames} frames are more than a window holds here (window_frames "
-            f"{o.window_frames or pixel_count(windows.window)}); pass frame_num to take the video's first ones"
-        )
-    if video and o.cache:
-        raise ValueError("video to video runs without a step cache (its calibration is per step of a whole run)")
+    windows = _windows(o, task, frames, len(extend) if extend else None)
+    frames = frames or pixel_count(windows.total)
+    if video:
+        _check_video_to_video(o, windows, frames)
     seed = draw_seed(o.seed)
     return Request(
         prompt=o.prompt if isinstance(o.prompt, str) else " | ".join(o.prompt),
@@ -281,6 +278,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         switch_step=_switch_step(o.switch_step, task, steps),
         video=video or None,
         strength=strength if video else None,
+        extend=extend or None,
     )
 
 
@@ -310,13 +308,35 @@ def _switch_step(value: Any, task: Task, steps: int) -> int | None:
     return value
 
 
-def _windows(o: GenerateOptions, task: Task, frames: int) -> WindowPlan | None:
-    """The windows of a video longer than one window. Without ``window_frames`` a window is as long as the published
-    model's clips (81 or 121 frames: what it was trained on), also for a checkpoint that states fewer."""
+def _size(size: Any, given: list[Image.Image], task: Task, multiple: int | None) -> tuple[int, int]:
+    """(width, height): as asked, else a given video's own (rounded down to ``multiple``), else the task's."""
+    if size is not None:
+        width, height = int(size[0]), int(size[1])
+    else:
+        width, height = video_size(given, multiple or task.size_multiple) if given else task.size
+    if width <= 0 or height <= 0:
+        raise ValueError(f"size must be positive, got {width}*{height}")
+    return width, height
+
+
+def _check_video_to_video(o: GenerateOptions, windows: WindowPlan | None, frames: int) -> None:
+    if windows is not None:
+        raise ValueError(
+            f"video to video runs one window: {frames} frames are more than a window holds here (window_frames "
+            f"{o.window_frames or pixel_count(windows.window)}); pass frame_num to take the video's first ones"
+        )
+    if o.cache:
+        raise ValueError("video to video runs without a step cache (its calibration is per step of a whole run)")
+
+
+def _windows(o: GenerateOptions, task: Task, frames: int | None, given: int | None) -> WindowPlan | None:
+    """The windows of a video longer than one window, or of a given video of ``given`` frames continued. Without
+    ``window_frames`` a window is as long as the published model's clips (81 or 121 frames: what it was trained on),
+    also for a checkpoint that states fewer."""
     published = TASKS[task.name].frames if task.name in TASKS else task.frames
     window = published if o.window_frames is None else _frames(o.window_frames, "window_frames")
     anchor = 0.0 if o.window_anchor is None else float(o.window_anchor)
-    return plan_windows(frames, window, o.window_overlap, o.prompt, anchor)
+    return plan_windows(frames, window, o.window_overlap, o.prompt, anchor, given)
 
 
 ASPECT_TOLERANCE = 0.01  # relative: a last image is resized to the first's size, so their shapes must agree

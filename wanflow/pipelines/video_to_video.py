@@ -40,6 +40,16 @@ def read_video(source: Any, strength: Any, frames: int | None) -> tuple[list[Ima
     return video[: frames or (len(video) - 1) // 4 * 4 + 1], float(strength)
 
 
+def read_extended(source: Any, video: Any) -> list[Image.Image]:
+    """The frames of a video to continue (the most that are 4n+1; ``pipelines.long_video``); not beside ``video``."""
+    if source is None:
+        return []
+    if video is not None:
+        raise ValueError("extend continues a video, video= redoes one: pass one of them")
+    frames = read_frames(source)
+    return frames[: (len(frames) - 1) // 4 * 4 + 1]
+
+
 def video_size(video: list[Image.Image], multiple: int) -> tuple[int, int]:
     """The video's own size, rounded down to ``multiple`` (its centre is kept): the size a request without one gets."""
     width, height = video[0].size

@@ -33,6 +33,7 @@ class WindowPlan:
     total: int  # latent frames of the whole video
     prompts: tuple[str, ...]  # one per window
     anchor: float = 0.0  # 0..1: how far each window's colours are graded to window 1's (pixels only)
+    first: int = 0  # latent frames of a given first window (a video being extended); 0: window 1 is made, whole
 
     @property
     def count(self) -> int:
@@ -41,7 +42,7 @@ class WindowPlan:
     def spans(self) -> list[tuple[int, int]]:
         """(start, end) of the latent frames of the video each window makes; a later window is given the video's
         frame 0 and the ``overlap`` frames before ``start``."""
-        spans, step = [(0, self.window)], self.window - 1 - self.overlap
+        spans, step = [(0, self.first or self.window)], self.window - 1 - self.overlap
         while spans[-1][1] < self.total:
             start = spans[-1][1]
             spans.append((start, min(start + step, self.total)))
@@ -54,6 +55,7 @@ class WindowPlan:
             "windows": self.count,
             "window_prompts": list(self.prompts),
             **({"window_anchor": self.anchor} if self.anchor else {}),
+            **({"extended_video_frames": pixel_count(self.first)} if self.first else {}),
         }
 
 
@@ -66,16 +68,25 @@ Prompts = str | list[str] | tuple[str, ...]  # one prompt, or one per window
 
 
 def plan_windows(
-    frames: int, window_frames: int, overlap_frames: int | None, prompt: Prompts, anchor: float
+    frames: int | None,
+    window_frames: int,
+    overlap_frames: int | None,
+    prompt: Prompts,
+    anchor: float,
+    given_frames: int | None = None,
 ) -> WindowPlan | None:
     """The plan for ``frames`` pixel frames in windows of ``window_frames`` (both 4n+1) overlapping by
     ``overlap_frames`` (a multiple of 4; None: the default), or None when one window holds the whole video.
     ``prompt``: one for every window, or one per window as a list or as "a | b | c" (fewer: the last one holds for the
-    windows after it). A string is cut only for a video longer than one window; in one window "|" is plain text."""
+    windows after it). A string is cut only for a video longer than one window; in one window "|" is plain text.
+    ``given_frames``: the first window is a given video of that many frames, extended (``frames`` None: by one
+    window's new frames); the prompts are then those of the windows after it."""
     window = latent_frames(window_frames)
     overlap = check_overlap(overlap_frames, window_frames)
     if not 0.0 <= anchor <= 1.0:
         raise ValueError(f"window_anchor is a strength from 0 (off) to 1, got {anchor}")
+    if given_frames is not None:
+        return _extension_plan(frames, given_frames, window, overlap or default_overlap(window), prompt, anchor)
     if frames <= window_frames:
         if isinstance(prompt, (list, tuple)) and len(prompt) != 1:
             raise ValueError(
@@ -91,6 +102,26 @@ def plan_windows(
         raise ValueError(f"{len(prompts)} prompts for {plan.count} windows: give at most one prompt per window")
     per_window = tuple(prompts[min(i, len(prompts) - 1)] for i in range(plan.count))
     return WindowPlan(plan.window, plan.overlap, plan.total, per_window, anchor)
+
+
+def _extension_plan(
+    frames: int | None, given_frames: int, window: int, overlap: int, prompt: Prompts, anchor: float
+) -> WindowPlan:
+    first = latent_frames(given_frames)
+    if first < 1 + overlap:
+        raise ValueError(
+            f"the video has {given_frames} frames; continuing it takes at least {pixel_count(1 + overlap)} (its first "
+            f"frame and the window_overlap of {4 * overlap}): pass a smaller window_overlap"
+        )
+    total = first + window - 1 - overlap if frames is None else latent_frames(frames)
+    if total <= first:
+        raise ValueError(f"frame_num {frames} adds no frame to the video's {given_frames}: ask for more")
+    plan = WindowPlan(window, overlap, total, (), anchor, first)
+    prompts = split_prompt(prompt) if isinstance(prompt, (list, tuple)) or plan.count > 2 else [prompt]
+    if len(prompts) > plan.count - 1:
+        raise ValueError(f"{len(prompts)} prompts for {plan.count - 1} new windows: give at most one per window")
+    new = tuple(prompts[min(i, len(prompts) - 1)] for i in range(plan.count - 1))
+    return WindowPlan(window, overlap, total, (new[0], *new), anchor, first)  # (the given window's is unused)
 
 
 def check_overlap(overlap_frames: int | None, window_frames: int) -> int | None:
