@@ -122,3 +122,23 @@ def test_the_api_schema_lists_the_video_and_strength(server):
     assert form["video"] == {"type": "string", "format": "binary"}
     assert form["strength"]["anyOf"][0] == {"type": "number", "exclusiveMinimum": 0.0, "maximum": 1.0}
     assert "video" not in body["application/json"]["schema"]["properties"]
+
+
+def test_a_video_continued_equals_the_python_api(server, checkpoints, tmp_path):
+    data = mp4_file(tmp_path, 5, seed=4)
+    form = {"task": "t2v-A14B", "prompt": "a fox runs on", "steps": "2", "seed": "5", "extend": "true"}
+    form |= {"window_frames": "9", "window_overlap": "4"}
+    r = server.client.post("/api/jobs", data=form, files={"video": ("in.mp4", data, "video/mp4")})
+    assert r.status_code == 202, r.text
+    job, frames, meta = served(server, r.json())
+    assert job["params"]["extend"] is True and meta["extended_video_frames"] == "5"
+    (tmp_path / "same.mp4").write_bytes(data)
+    pipe = WanPipeline.from_pretrained(checkpoints["t2v-A14B"])
+    video = pipe("a fox runs on", steps=2, seed=5, extend=tmp_path / "same.mp4", window_frames=9, window_overlap=4)
+    assert frames.shape == (9, 32, 32, 3)  # 5 given, 4 new: one window more
+    np.testing.assert_array_equal(frames, mp4(video.save(tmp_path / "api.mp4").read_bytes())[0])
+    long = {"video": ("in.mp4", mp4_file(tmp_path, 9, seed=4), "video/mp4")}  # 9 given + 4 new > the limit of 9
+    refused = server.client.post("/api/jobs", data=form, files=long)
+    assert refused.status_code == 422 and "frames 13 is over the limit of 9" in refused.json()["detail"]
+    both = server.client.post("/api/jobs", data=form | {"strength": "0.5"}, files=long)
+    assert both.status_code == 422 and "strength is how much of a given video to redo" in both.json()["detail"]

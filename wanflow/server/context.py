@@ -9,7 +9,7 @@ from anyio import CapacityLimiter, to_thread
 from fastapi import HTTPException
 from pydantic import ValidationError
 
-from wanflow.pipelines.request import resolve
+from wanflow.pipelines.request import Request, resolve
 from wanflow.server.catalog import Catalog
 from wanflow.server.errors import validation_message
 from wanflow.server.jobs import LAST_IMAGE, VIDEO_INPUT, Files, QueueFull, new_id
@@ -132,14 +132,17 @@ class Context:
             why = f"; the {req.task} model here was trained at {sizes} and {spec.frames} frames"
         try:
             req.check(limits, why)
-            if inputs.video is not None and req.frames is None and inputs.video.frames > limits.max_frames:
+            redo = inputs.video is not None and not req.extend
+            if redo and req.frames is None and inputs.video.frames > limits.max_frames:
                 raise ValueError(
                     f"the video has more than {limits.max_frames} frames, the limit here{why}: pass frames to take its "
                     "first ones"
                 )
             if req.extend_prompt and not self.catalog.extends_prompts(req.task):
                 raise ValueError(self.catalog.no_extender(req.task))
-            self.check_with_model(req, inputs)
+            resolved = self.check_with_model(req, inputs)
+            if req.extend and resolved is not None and resolved.frames > limits.max_frames:  # (its whole length)
+                raise ValueError(f"frames {resolved.frames} is over the limit of {limits.max_frames}{why}")
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
 
@@ -153,14 +156,16 @@ class Context:
         if inputs.video is not None:
             self.files.input_video(job_id).write_bytes(inputs.video.data)
 
-    def check_with_model(self, req: GenerateRequest, inputs: Inputs) -> None:
+    def check_with_model(self, req: GenerateRequest, inputs: Inputs) -> Request | None:
         """The pipeline's own checks (``resolve``), with the loaded model's task and size rule when it is loaded; a
-        video is checked by its frame count and size (``UploadedVideo.stand_in``), its frames read when the job runs."""
+        video is checked by its frame count and size (``UploadedVideo.stand_in``), its frames read when the job runs.
+        The resolved request, or None for a task outside the registry."""
         task = self.task(req.task)
         if task is None:
-            return  # a task outside the registry: its pipeline checks the request when the job runs
+            return None  # a task outside the registry: its pipeline checks the request when the job runs
         multiple = getattr(self.catalog.peek(req.task), "size_multiple", None)
         frames = None if inputs.video is None else inputs.video.stand_in()
         options = dataclasses.replace(req.options(inputs.image, inputs.last, frames), seed=0)  # the seed: at run time
-        resolve(options, task, multiple, image_hint=IMAGE_HINT)
+        resolved = resolve(options, task, multiple, image_hint=IMAGE_HINT)
         check_loras(getattr(self.app.state, "loras", None), req.loras, self.catalog.peek(req.task))
+        return resolved

@@ -103,6 +103,9 @@ class GenerateRequest(BaseModel):
     strength: float | None = Field(
         None, gt=0, le=1, description="with a video file: the share of the steps that run (default 0.8)"
     )
+    extend: bool | None = Field(
+        None, description="with a video file: continue it (frames: the whole length) instead of redoing it"
+    )
     loras: list[LoraChoice] = Field(default_factory=list, max_length=MAX_LORAS, description="by name (GET /api/loras)")
     window_frames: int | None = Field(None, ge=1, description="frames per window of a longer video (4n+1)")
     window_overlap: int | None = Field(None, ge=4, description="frames a window takes from the one before (4k)")
@@ -171,8 +174,9 @@ class GenerateRequest(BaseModel):
             negative_prompt=self.negative_prompt,
             image=image,
             last_image=last_image,
-            video=video,
+            video=None if self.extend else video,
             strength=self.strength,
+            extend=video if self.extend else None,
             size=self.size(),
             frames=self.frames,
             steps=self.steps,

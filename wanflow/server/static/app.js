@@ -155,7 +155,7 @@ function galleryCard(job) {
   const settings = { task: job.task, prompt: p.prompt, negative: p.negative_prompt, size: p.width ? `${p.width}x${p.height}` : null,
     frames: p.frames, steps: p.steps, shift: p.shift, guidance: p.guide_scale && p.guide_scale.join(","), solver: p.solver,
     seed: job.seed ?? p.seed, image: job.has_image ? "yes" : null,  // seeds come as strings: exact past 2^53
-    "last frame": p.last_image ? "yes" : null, "from a video": p.has_video ? `strength ${p.strength ?? 0.8}` : null };
+    "last frame": p.last_image ? "yes" : null, "from a video": p.has_video ? (p.extend ? "continued" : `strength ${p.strength ?? 0.8}`) : null };
   const dl = el("dl");
   for (const [key, value] of Object.entries(settings)) {
     if (value != null && value !== "") dl.append(el("dt", { textContent: key }), el("dd", { textContent: String(value) }));
