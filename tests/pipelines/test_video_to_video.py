@@ -18,6 +18,7 @@ from wanflow.io.clip import read_frames
 from wanflow.io.video import save_video, to_uint8
 from wanflow.pipelines.pipeline import WanPipeline
 from wanflow.pipelines.request import GenerateOptions, resolve
+from wanflow.runtime.step_cache import CacheSettings
 from wanflow.tasks import TASKS
 
 PROMPT = "a red circle moving right"
@@ -179,7 +180,6 @@ def test_the_frames_given_are_resized_and_cropped_to_the_size():
         (dict(video="VIDEO", strength=0.0), r"strength must be in \(0, 1\]"),
         (dict(video="VIDEO", strength=1.5), r"strength must be in \(0, 1\]"),
         (dict(video="VIDEO", frames=13), "the video has 9 frames; frame_num 13 needs that many"),
-        (dict(video="VIDEO", cache="magcache"), "without a step cache"),
         (dict(video="LONG", window_frames=9), "video to video runs one window: 17 frames are more than"),
         (dict(video="SMALL"), "the video is 8x8; this model needs at least 16x16"),
     ],
@@ -209,3 +209,27 @@ def test_the_command_line_reads_the_video_file(tmp_path, monkeypatch):
     cli = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "out").glob("*.png"))])
     api = WanPipeline.from_builtin("t2v-A14B")(PROMPT, video=video, strength=0.5, steps=6, seed=4)
     assert np.array_equal(cli, to_uint8(api.frames))
+
+
+def test_the_step_cache_reads_its_curve_where_the_steps_are_in_the_whole_run():
+    pipe = WanPipeline.from_builtin("t2v-A14B")
+    video, call = source_video(9, 64, 64, seed=6), dict(steps=20, seed=2, strength=0.7)
+    plain = pipe(PROMPT, video=video, **call).frames
+    assert torch.equal(pipe(PROMPT, video=video, cache="magcache:0", **call).frames, plain)  # threshold 0: no reuse
+    read = []
+    cache = pipe.step_cache(CacheSettings(0.5))
+    cache.curve = ReadCurve(cache.curve, read)
+    cached = pipe(PROMPT, video=video, hooks=[cache], **call).frames
+    assert read == [(6 + i, 20) for i in range(14)]  # the last 14 of 20 steps: positions 6..19 of the 20-step curve
+    assert cache.reused_steps > 0 and not torch.equal(cached, plain)
+
+
+class ReadCurve:
+    """A calibration curve that records where it is read."""
+
+    def __init__(self, curve, read: list):
+        self.curve, self.read = curve, read
+
+    def at(self, index: int, total: int):
+        self.read.append((index, total))
+        return self.curve.at(index, total)

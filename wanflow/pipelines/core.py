@@ -52,12 +52,13 @@ class Sampler:
     boundary_t: float | None  # the timestep of the expert switch; None for a dense model
     guide_scale: tuple[float, float] | float
     batch_cfg: bool = True  # both guidance passes in one batch
+    skipped: int = 0  # steps of the full schedule before ``schedule`` (video to video: its tail)
 
     def steps(self) -> list[Step]:
         timesteps = self.schedule.timesteps.tolist()  # python ints (floats): no device syncs inside the loop
         names = [select_expert(t, self.boundary_t) for t in timesteps]
         return [
-            Step(i, len(timesteps), t, names[i], guidance_for(t, self.boundary_t, self.guide_scale), nxt)
+            Step(i, len(timesteps), t, names[i], guidance_for(t, self.boundary_t, self.guide_scale), nxt, self.skipped)
             for i, (t, nxt) in enumerate(zip(timesteps, [*names[1:], None], strict=True))
         ]
 

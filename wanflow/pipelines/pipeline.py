@@ -533,9 +533,11 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             if request.switch_step is None
             else step_boundary(schedule.timesteps.tolist(), request.switch_step)
         )
+        skipped = 0
         if start is not None:
-            schedule, noise = from_video(schedule, request.strength, start, noise)
-        sampler = Sampler(schedule, get_solver(request.solver), boundary, request.guide_scale)
+            tail, noise = from_video(schedule, request.strength, start, noise)
+            schedule, skipped = tail, schedule.num_steps - tail.num_steps
+        sampler = Sampler(schedule, get_solver(request.solver), boundary, request.guide_scale, skipped=skipped)
         hooks = [self._placement, FiniteLatents(), *self._hooks, *hooks]  # NaN weights: an error, not a black video
         if request.cache:
             hooks.append(self.step_cache(request.cache))

@@ -256,8 +256,11 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         _check_size(task, width, height, multiple or task.size_multiple)
     windows = _windows(o, task, frames, len(extend) if extend else None)
     frames = frames or pixel_count(windows.total)
-    if video:
-        _check_video_to_video(o, windows, frames)
+    if video and windows is not None:
+        raise ValueError(
+            f"video to video runs one window: {frames} frames are more than a window holds here (window_frames "
+            f"{o.window_frames or pixel_count(windows.window)}); pass frame_num to take the video's first ones"
+        )
     seed = draw_seed(o.seed)
     return Request(
         prompt=o.prompt if isinstance(o.prompt, str) else " | ".join(o.prompt),
@@ -317,16 +320,6 @@ def _size(size: Any, given: list[Image.Image], task: Task, multiple: int | None)
     if width <= 0 or height <= 0:
         raise ValueError(f"size must be positive, got {width}*{height}")
     return width, height
-
-
-def _check_video_to_video(o: GenerateOptions, windows: WindowPlan | None, frames: int) -> None:
-    if windows is not None:
-        raise ValueError(
-            f"video to video runs one window: {frames} frames are more than a window holds here (window_frames "
-            f"{o.window_frames or pixel_count(windows.window)}); pass frame_num to take the video's first ones"
-        )
-    if o.cache:
-        raise ValueError("video to video runs without a step cache (its calibration is per step of a whole run)")
 
 
 def _windows(o: GenerateOptions, task: Task, frames: int | None, given: int | None) -> WindowPlan | None:

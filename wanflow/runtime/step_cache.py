@@ -74,7 +74,7 @@ def plan(curve: Curve, steps: Sequence[Step], settings: CacheSettings) -> list[b
     for _, stretch in itertools.groupby(steps, key=lambda s: s.expert):
         stretch = list(stretch)
         branches = 1 if all(s.guide_scale == 1.0 for s in stretch) else 2  # guidance off: one (conditional) forward
-        ratios = [curve.at(s.index, s.total)[:branches] for s in stretch]
+        ratios = [curve.at(s.skipped + s.index, s.skipped + s.total)[:branches] for s in stretch]  # (whole-run place)
         skips.extend(plan_stretch(ratios, settings))
     return skips
 

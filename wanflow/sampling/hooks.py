@@ -25,6 +25,7 @@ class Step:
     expert: str
     guide_scale: float
     next_expert: str | None = None  # the expert of the following step; None after the last
+    skipped: int = 0  # steps of the schedule before this run's first (video to video starts part way down it)
 
 
 # The velocity of one step: (model, latents, timesteps, conditioning, guidance scale) -> velocity. The conditioning
