@@ -142,3 +142,37 @@ def test_a_video_continued_equals_the_python_api(server, checkpoints, tmp_path):
     assert refused.status_code == 422 and "frames 13 is over the limit of 9" in refused.json()["detail"]
     both = server.client.post("/api/jobs", data=form | {"strength": "0.5"}, files=long)
     assert both.status_code == 422 and "strength is how much of a given video to redo" in both.json()["detail"]
+
+
+def test_the_web_page_continues_a_video(browser, server, tmp_path):
+    from tests.server.conftest import TOKEN
+
+    (tmp_path / "in.mp4").write_bytes(mp4_file(tmp_path, 5, seed=6))
+    page = browser.new_page()
+    try:
+        page.goto(server.url + "/")
+        page.fill("#token", TOKEN)
+        page.locator("#token").blur()
+        page.wait_for_selector("#task option[value='t2v-A14B']", state="attached")
+        page.select_option("#task", "t2v-A14B")
+        page.fill("textarea[name=prompt]", "a browser continuation")
+        page.fill("input[name=steps]", "1")
+        page.fill("input[name=window_frames]", "9")  # the tiny models' windows: 5 given frames, 4 new
+        page.set_input_files("input[name=video]", str(tmp_path / "in.mp4"))
+        page.check("input[name=extend]")
+        page.click("button[type=submit]")
+        job = queued(server, "a browser continuation")
+        assert job is not None, page.text_content("#form-error")
+        assert job["params"].get("extend") is True and job["params"]["window_frames"] == 9, job
+        done = server.wait(job["id"], timeout=120)
+        assert done["status"] == "done", done
+        with av.open(io.BytesIO(server.client.get(done["video_url"]).content)) as container:
+            assert sum(1 for _ in container.decode(video=0)) == 9
+        page.reload()
+        page.fill("#token", TOKEN)
+        page.locator("#token").blur()
+        card = page.locator(".gallery .card", has_text="a browser continuation")
+        card.wait_for()
+        assert "continued" in card.inner_text()
+    finally:
+        page.close()
