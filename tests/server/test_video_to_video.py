@@ -79,41 +79,52 @@ def test_refusals_leave_nothing(server, tmp_path):
     assert frames.shape == (5, 32, 32, 3)
 
 
-def test_the_web_page_sends_a_video(browser, server, tmp_path):
+def through_the_page(browser, server, video, prompt: str, fields: dict, extend: bool = False) -> tuple[dict, str]:
+    """Sends ``video`` and ``fields`` with the page's form, waits for the job to finish; the job and the text of its
+    gallery card."""
     from tests.server.conftest import TOKEN
 
-    (tmp_path / "in.mp4").write_bytes(mp4_file(tmp_path, 5, seed=3))
+    def signed_in(page):
+        page.goto(server.url + "/")
+        page.fill("#token", TOKEN)
+        page.locator("#token").blur()
+
     page = browser.new_page()
     try:
-        page.goto(server.url + "/")
-        page.fill("#token", TOKEN)
-        page.locator("#token").blur()
+        signed_in(page)
         page.wait_for_selector("#task option[value='t2v-A14B']", state="attached")
         page.select_option("#task", "t2v-A14B")
-        page.fill("textarea[name=prompt]", "a browser video to video")
-        page.fill("input[name=steps]", "2")
-        page.fill("input[name=strength]", "0.5")
-        page.set_input_files("input[name=video]", str(tmp_path / "in.mp4"))
+        page.fill("textarea[name=prompt]", prompt)
+        for name, value in fields.items():
+            page.fill(f"input[name={name}]", value)
+        page.set_input_files("input[name=video]", str(video))
+        if extend:
+            page.check("input[name=extend]")
         page.click("button[type=submit]")
-        job = queued(server, "a browser video to video")
+        job = queued(server, prompt)
         assert job is not None, page.text_content("#form-error")
-    finally:
-        page.close()
-    assert job["params"].get("has_video") is True and job["params"]["strength"] == 0.5, job
-    done = server.wait(job["id"], timeout=120)
-    assert done["status"] == "done", done
-    page = browser.new_page()
-    try:  # the gallery card says what the video was made from
-        page.goto(server.url + "/")
-        page.fill("#token", TOKEN)
-        page.locator("#token").blur()
-        card = page.locator(".gallery .card", has_text="a browser video to video")
+        done = server.wait(job["id"], timeout=120)
+        assert done["status"] == "done", done
+        signed_in(page)  # again: the gallery with the finished job
+        card = page.locator(".gallery .card", has_text=prompt)
         card.wait_for()
-        assert "from a video" in card.inner_text() and "strength 0.5" in card.inner_text()
+        return done, card.inner_text()
     finally:
         page.close()
-    with av.open(io.BytesIO(server.client.get(done["video_url"]).content)) as container:
-        assert sum(1 for _ in container.decode(video=0)) == 5
+
+
+def frame_count(server, job: dict) -> int:
+    with av.open(io.BytesIO(server.client.get(job["video_url"]).content)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_the_web_page_sends_a_video(browser, server, tmp_path):
+    (tmp_path / "in.mp4").write_bytes(mp4_file(tmp_path, 5, seed=3))
+    fields = {"steps": "2", "strength": "0.5"}
+    job, card = through_the_page(browser, server, tmp_path / "in.mp4", "a browser video to video", fields)
+    assert job["params"].get("has_video") is True and job["params"]["strength"] == 0.5, job
+    assert "from a video" in card and "strength 0.5" in card  # the card says what the video was made from
+    assert frame_count(server, job) == 5
 
 
 def test_the_api_schema_lists_the_video_and_strength(server):
@@ -145,34 +156,8 @@ def test_a_video_continued_equals_the_python_api(server, checkpoints, tmp_path):
 
 
 def test_the_web_page_continues_a_video(browser, server, tmp_path):
-    from tests.server.conftest import TOKEN
-
     (tmp_path / "in.mp4").write_bytes(mp4_file(tmp_path, 5, seed=6))
-    page = browser.new_page()
-    try:
-        page.goto(server.url + "/")
-        page.fill("#token", TOKEN)
-        page.locator("#token").blur()
-        page.wait_for_selector("#task option[value='t2v-A14B']", state="attached")
-        page.select_option("#task", "t2v-A14B")
-        page.fill("textarea[name=prompt]", "a browser continuation")
-        page.fill("input[name=steps]", "1")
-        page.fill("input[name=window_frames]", "9")  # the tiny models' windows: 5 given frames, 4 new
-        page.set_input_files("input[name=video]", str(tmp_path / "in.mp4"))
-        page.check("input[name=extend]")
-        page.click("button[type=submit]")
-        job = queued(server, "a browser continuation")
-        assert job is not None, page.text_content("#form-error")
-        assert job["params"].get("extend") is True and job["params"]["window_frames"] == 9, job
-        done = server.wait(job["id"], timeout=120)
-        assert done["status"] == "done", done
-        with av.open(io.BytesIO(server.client.get(done["video_url"]).content)) as container:
-            assert sum(1 for _ in container.decode(video=0)) == 9
-        page.reload()
-        page.fill("#token", TOKEN)
-        page.locator("#token").blur()
-        card = page.locator(".gallery .card", has_text="a browser continuation")
-        card.wait_for()
-        assert "continued" in card.inner_text()
-    finally:
-        page.close()
+    fields = {"steps": "1", "window_frames": "9"}  # the tiny models' windows: 5 given frames, 4 new
+    job, card = through_the_page(browser, server, tmp_path / "in.mp4", "a browser continuation", fields, extend=True)
+    assert job["params"].get("extend") is True and job["params"]["window_frames"] == 9, job
+    assert "continued" in card and frame_count(server, job) == 9
