@@ -28,15 +28,18 @@ def tiny(tmp_path_factory):
 
 
 def recorded(pipe, monkeypatch):
-    """Each window's conditioning (as the loop got it) and its denoised latents; every clip the VAE encoded."""
+    """Each window's conditioning (as the loop got it) and its denoised latents; every clip the VAE encoded; the
+    latents each window started from (``recorded.starts``: None unless video to video)."""
     windows, encoded = [], []
+    starts = recorded.starts = []
     sample, encode = pipe.sample, pipe.encode_image
 
-    def record(noise, cond, request, hooks=()):
+    def record(noise, cond, request, hooks=(), start=None):
         given = None if cond.frame0 is None else cond.frame0.clone()
         y = None if cond.y is None else cond.y.clone()
-        out = sample(noise, cond, request, hooks)
+        out = sample(noise, cond, request, hooks, start)
         windows.append((given, y, out, request.prompt))
+        starts.append(start)
         return out
 
     monkeypatch.setattr(pipe, "sample", record)

@@ -11,6 +11,7 @@ from diffusers import WanPipeline as DiffusersWanPipeline
 from diffusers import WanTransformer3DModel, WanVideoToVideoPipeline
 from PIL import Image
 
+from tests.pipelines.test_long_video import recorded
 from tests.pipelines.test_parity import ReferenceUniPC
 from tests.tiny.checkpoint import write_both_layouts
 from wanflow.cli import main
@@ -18,6 +19,7 @@ from wanflow.io.clip import read_frames
 from wanflow.io.video import save_video, to_uint8
 from wanflow.pipelines.pipeline import WanPipeline
 from wanflow.pipelines.request import GenerateOptions, resolve
+from wanflow.pipelines.video_to_video import video_pixels
 from wanflow.runtime.step_cache import CacheSettings
 from wanflow.tasks import TASKS
 
@@ -180,7 +182,6 @@ def test_the_frames_given_are_resized_and_cropped_to_the_size():
         (dict(video="VIDEO", strength=0.0), r"strength must be in \(0, 1\]"),
         (dict(video="VIDEO", strength=1.5), r"strength must be in \(0, 1\]"),
         (dict(video="VIDEO", frames=13), "the video has 9 frames; frame_num 13 needs that many"),
-        (dict(video="LONG", window_frames=9), "video to video runs one window: 17 frames are more than"),
         (dict(video="SMALL"), "the video is 8x8; this model needs at least 16x16"),
     ],
 )
@@ -233,3 +234,22 @@ class ReadCurve:
     def at(self, index: int, total: int):
         self.read.append((index, total))
         return self.curve.at(index, total)
+
+
+@pytest.mark.parametrize("task", ["t2v-A14B", "i2v-A14B"])
+def test_a_longer_video_runs_window_by_window_from_its_own_latents(task, monkeypatch):
+    pipe = WanPipeline.from_builtin(task)
+    image = dict(image=source_video(1, 64, 64, seed=5)[0]) if task == "i2v-A14B" else {}
+    video = source_video(17, 64, 64, seed=7)  # 5 latents: windows [0, 3), [3, 4), [4, 5) with an overlap of 1
+    call = dict(steps=6, seed=3, solver="euler", window_frames=9, **image)
+    plain = pipe("a blue square moving left", frames=17, **call).frames
+    assert torch.equal(pipe("a blue square moving left", video=video, strength=1.0, **call).frames, plain)
+    latents = pipe.encode_image(video_pixels(video, 64, 64))
+    _, encoded = recorded(pipe, monkeypatch)
+    out = pipe("a blue square moving left", video=video, strength=0.5, **call)
+    assert out.frames.shape == (3, 17, 64, 64) and out.metadata["windows"] == 3
+    assert sum(clip.shape[2] == 17 for clip in encoded) == 1  # the whole video, once
+    starts = recorded.starts
+    assert torch.equal(starts[0], latents[:, :, :3])
+    assert torch.equal(starts[1], latents[:, :, [0, 2, 3]]) and torch.equal(starts[2], latents[:, :, [0, 3, 4]])
+    assert (out.frames - plain).abs().max() > 0.05

@@ -19,6 +19,9 @@ stretch longer than a window. With ``anchor`` the new frames of each window are 
 RGB channel's mean and spread moved by that fraction to window 1's, as a colour-match node does); it changes pixels
 only, never the latents the next window is conditioned on.
 
+Video to video over windows (``Request.video``): the whole video is encoded once and each window starts from its
+own stretch of those latents, laid out as the window (frame 0, the overlap, the new frames), noised to the strength.
+
 A given video (``Request.extend``) is window 1, not made: its frames, sized to the next window's, are encoded once
 and the windows after it continue from those latents as from a made window's; its pixels are kept as given.
 """
@@ -66,7 +69,7 @@ def sample_windows(
     if latents is not None:
         raise ValueError("latents= is the noise of one window; a longer video draws each window's noise from its seed")
     plan, hooks = request.windows, list(hooks)
-    spans, texts, windows = plan.spans(), {}, []
+    spans, texts, windows, source = plan.spans(), {}, [], None
     timings.update(encode=0.0, denoise=0.0)
     for k, (start, end) in enumerate(spans):
         if k == 0 and request.extend is not None:
@@ -80,14 +83,27 @@ def sample_windows(
         if k:
             known = torch.cat([windows[0].latents[:, :, :1], windows[-1].latents[:, :, -plan.overlap :]], dim=2)
             continue_from(prepared.cond, known, pipe.task.image_channels)
+        if request.video is not None and source is None:  # video to video: the whole video's latents, once
+            source = pipe.encode_video(request.video, (0, plan.total, *prepared.shape[2:]))
+        start_latents = None if source is None else window_latents(source, start, end, given)
         timings["encode"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = pipe.sample(pipe.noise(prepared.shape, request.seed + k), prepared.cond, part, hooks)
+        noise = pipe.noise(prepared.shape, request.seed + k)
+        out = pipe.sample(noise, prepared.cond, part, hooks, start_latents)
         timings["denoise"] += time.perf_counter() - t0
         if k:  # the given frames as the earlier windows made them (I2V's DiT made its own of them)
             out = torch.cat([known.to(out.dtype), out[:, :, given:]], dim=2)
         windows.append(Window(out, given))
     return windows
+
+
+def window_latents(source: torch.Tensor, start: int, end: int, given: int) -> torch.Tensor:
+    """Video to video: the latents of a given video that window ``[start, end)`` starts from, laid out as the window
+    is: the video's frame 0 and the ``given - 1`` frames before ``start`` (held or conditioned on, as the window's
+    own), then its new frames."""
+    if not given:
+        return source[:, :, start:end]
+    return torch.cat([source[:, :, :1], source[:, :, start - given + 1 : end]], dim=2)
 
 
 def given_window(pipe, frames: list, shape: tuple[int, ...]) -> Window:
@@ -162,5 +178,6 @@ __all__ = [
     "decode_windows",
     "given_window",
     "sample_windows",
+    "window_latents",
     "window_request",
 ]

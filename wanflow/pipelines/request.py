@@ -256,11 +256,6 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         _check_size(task, width, height, multiple or task.size_multiple)
     windows = _windows(o, task, frames, len(extend) if extend else None)
     frames = frames or pixel_count(windows.total)
-    if video and windows is not None:
-        raise ValueError(
-            f"video to video runs one window: {frames} frames are more than a window holds here (window_frames "
-            f"{o.window_frames or pixel_count(windows.window)}); pass frame_num to take the video's first ones"
-        )
     seed = draw_seed(o.seed)
     return Request(
         prompt=o.prompt if isinstance(o.prompt, str) else " | ".join(o.prompt),
