@@ -18,17 +18,7 @@ from wanflow.io.video import FRAME, to_uint8
 
 def read_video(path: str | os.PathLike, width: int, height: int) -> np.ndarray:
     """Every frame of the video at ``path``, sized to ``width`` x ``height``: (F, H, W, 3) uint8 (F may be 0)."""
-    import av
-
-    frames = []
-    try:
-        with av.open(os.fspath(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"{Path(path).name}: no video stream in the file")
-            for frame in container.decode(video=0):
-                frames.append(np.asarray(resize_center_crop(frame.to_image(), width, height)))
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{Path(path).name}: cannot read the video ({type(e).__name__}: {e})") from None
+    frames = [np.asarray(resize_center_crop(frame.to_image(), width, height)) for frame in decoded_frames(path)]
     if not frames:
         return np.zeros((0, height, width, 3), dtype=np.uint8)
     return np.stack(frames)
@@ -96,7 +86,8 @@ def _from_array(source: object, max_frames: int | None) -> list[Image.Image]:
     if hasattr(source, "detach"):  # a torch tensor
         source = source.detach().cpu().numpy()
     array = np.asarray(source) if isinstance(source, (np.ndarray, list, tuple)) else None
-    if array is None or array.ndim != 4 or array.shape[-1] != 3 or array.dtype.kind not in "uf" or not len(array):
+    pixels = array is not None and (array.dtype == np.uint8 or array.dtype.kind == "f")  # 8-bit, or [0, 1] floats
+    if not pixels or array.ndim != 4 or array.shape[-1] != 3 or not len(array):
         raise ValueError(
             "video must be a path, PIL images, (frames, height, width, 3) frames, a wanflow Video or diffusers' "
             f"output; got {type(source).__name__}" + (f" of shape {array.shape}" if array is not None else "")
@@ -104,4 +95,4 @@ def _from_array(source: object, max_frames: int | None) -> list[Image.Image]:
     array = array[:max_frames]
     if array.dtype.kind == "f":
         array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
-    return [Image.fromarray(np.ascontiguousarray(frame.astype(np.uint8))) for frame in array]
+    return [Image.fromarray(np.ascontiguousarray(frame)) for frame in array]

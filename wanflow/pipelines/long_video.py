@@ -38,7 +38,6 @@ import torch
 from wanflow.pipelines.core import Conditioning
 from wanflow.pipelines.progress import Progress
 from wanflow.pipelines.request import Request
-from wanflow.pipelines.video_to_video import video_pixels
 from wanflow.pipelines.windows import pixel_count
 from wanflow.sampling.hooks import StepHook
 from wanflow.tasks import MASK_CHANNELS
@@ -84,7 +83,7 @@ def sample_windows(
             known = torch.cat([windows[0].latents[:, :, :1], windows[-1].latents[:, :, -plan.overlap :]], dim=2)
             continue_from(prepared.cond, known, pipe.task.image_channels)
         if request.video is not None and source is None:  # video to video: the whole video's latents, once
-            source = pipe.encode_video(request.video, (0, plan.total, *prepared.shape[2:]))
+            source = pipe.encode_video(request.video, prepared.shape)
         start_latents = None if source is None else window_latents(source, start, end, given)
         timings["encode"] += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -100,17 +99,14 @@ def sample_windows(
 def window_latents(source: torch.Tensor, start: int, end: int, given: int) -> torch.Tensor:
     """Video to video: the latents of a given video that window ``[start, end)`` starts from, laid out as the window
     is: the video's frame 0 and the ``given - 1`` frames before ``start`` (held or conditioned on, as the window's
-    own), then its new frames."""
-    if not given:
-        return source[:, :, start:end]
+    own), then its new frames (window 1: ``start`` and ``given`` 0, so frame 0 and the frames after it)."""
     return torch.cat([source[:, :, :1], source[:, :, start - given + 1 : end]], dim=2)
 
 
 def given_window(pipe, frames: list, shape: tuple[int, ...]) -> Window:
     """The video being continued as window 1: its frames at the size of the noise ``shape`` (C, T, H, W), and their
     latents."""
-    _, s, _ = pipe.vae.cfg.stride
-    pixels = video_pixels(frames, shape[3] * s, shape[2] * s)
+    pixels = pipe.video_pixels(frames, shape)
     return Window(pipe.encode_image(pixels), 0, pixels[0])
 
 

@@ -505,10 +505,14 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         """VAE latent of a conditioning clip (1, 3, F, H, W) in [-1, 1]."""
         return self.vae.encode(video.to(self.device, self.vae.dtype)).float()
 
-    def encode_video(self, video: list[Image.Image], shape: tuple[int, ...]) -> torch.Tensor:
-        """The latents (1, C, T, H, W) of video-to-video's frames, sized to the noise ``shape`` (C, T, H, W)."""
+    def video_pixels(self, video: list[Image.Image], shape: tuple[int, ...]) -> torch.Tensor:
+        """(1, 3, F, H, W) pixels of a given video's frames, sized to latents of ``shape`` (..., H', W')."""
         _, s, _ = self.vae.cfg.stride
-        return self.encode_image(video_pixels(video, shape[3] * s, shape[2] * s))
+        return video_pixels(video, shape[-1] * s, shape[-2] * s)
+
+    def encode_video(self, video: list[Image.Image], shape: tuple[int, ...]) -> torch.Tensor:
+        """The latents (1, C, T, H, W) of a given video's frames, sized to latents of ``shape`` (..., H', W')."""
+        return self.encode_image(self.video_pixels(video, shape))
 
     def noise(self, shape: tuple[int, ...], seed: int) -> torch.Tensor:
         return initial_noise(shape, seed, self.device)

@@ -244,9 +244,9 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
     if o.last_image is not None and o.image is None and task.last_image and task.image == "required":
         raise ValueError(f"a last image needs a first image too: {task.name} needs {needs}")  # the cause, first
     task.check_image(o.image is not None, needs)
-    video, strength = read_video(o.video, o.strength, None if o.frames is None else _frames(o.frames))
-    frames = _frames(len(video) if video else task.frames if o.frames is None else o.frames)
-    frames = frames if o.frames is not None or not extend else None  # extending: one more window by default
+    asked = None if o.frames is None else _frames(o.frames)
+    video, strength = read_video(o.video, o.strength, asked)
+    frames = asked or (len(video) if video else None if extend else task.frames)  # extending: None, one window more
     steps = _steps(task.steps if o.steps is None else o.steps)
     shift = _shift(task.shift if o.shift is None else o.shift)
     solver = _solver(o.solver or "unipc")

@@ -20,6 +20,7 @@ from PIL import Image
 from wanflow.io.clip import read_frames
 from wanflow.io.image import resize_center_crop
 from wanflow.io.video import from_uint8
+from wanflow.pipelines.windows import latent_frames, pixel_count
 from wanflow.sampling.schedule import Schedule
 
 DEFAULT_STRENGTH = 0.8  # diffusers' WanVideoToVideoPipeline default
@@ -37,7 +38,7 @@ def read_video(source: Any, strength: Any, frames: int | None) -> tuple[list[Ima
         raise ValueError(f"strength must be in (0, 1] (1: from noise; diffusers' default 0.8), got {strength!r}")
     if frames is not None and frames > len(video):
         raise ValueError(f"the video has {len(video)} frames; frame_num {frames} needs that many")
-    return video[: frames or (len(video) - 1) // 4 * 4 + 1], float(strength)
+    return video[: frames or whole_latents(len(video))], float(strength)
 
 
 def read_extended(source: Any, video: Any) -> list[Image.Image]:
@@ -47,7 +48,12 @@ def read_extended(source: Any, video: Any) -> list[Image.Image]:
     if video is not None:
         raise ValueError("extend continues a video, video= redoes one: pass one of them")
     frames = read_frames(source)
-    return frames[: (len(frames) - 1) // 4 * 4 + 1]
+    return frames[: whole_latents(len(frames))]
+
+
+def whole_latents(frames: int) -> int:
+    """The most of ``frames`` pixel frames that are 4n+1 (whole latent frames)."""
+    return pixel_count(latent_frames(frames))
 
 
 def video_size(video: list[Image.Image], multiple: int) -> tuple[int, int]:
