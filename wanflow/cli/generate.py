@@ -54,6 +54,7 @@ OPTION_FLAGS = {
     **EXTEND_FLAGS,
     "cache": "cache",
     "switch_step": "switch_step",
+    **{name: name for name in ("nag_scale", "nag_tau", "nag_alpha", "nag_negative_prompt")},
 }
 
 
@@ -76,6 +77,20 @@ def sampler_keywords(args: argparse.Namespace) -> dict:
     defaults)."""
     flags = {**SAMPLER_FLAGS, "sample_solver": "solver"}
     return {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag) is not None}
+
+
+def add_nag_arguments(p: argparse.ArgumentParser) -> None:
+    """Normalized attention guidance (``runtime.nag``): the negative prompt at guidance 1 (few-step LoRAs)."""
+    add_flag(
+        p,
+        "nag_scale",
+        type=float,
+        help="NAG: the negative prompt inside the cross-attention, also at guidance 1 (Lightning LoRAs); above 1 "
+        "turns it on (e.g. 4)",
+    )
+    add_flag(p, "nag_tau", type=float, help="NAG's cap on the attention-norm ratio (default 2.5)")
+    add_flag(p, "nag_alpha", type=float, help="NAG's blend of guided and plain attention, 0..1 (default 0.25)")
+    add_flag(p, "nag_negative_prompt", help="what NAG pushes away from (default: the negative prompt)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -124,6 +139,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="A14B: the high-noise expert runs the first K steps, the low-noise one the rest (as ComfyUI's two "
         "KSamplerAdvanced nodes); default: the switch at the task's boundary timestep",
     )
+    add_nag_arguments(p)
     add_flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")
     add_flag(p, "ulysses_size", type=int, default=1, help="sequence-parallel ranks (torchrun; default 1)")
     add_flag(p, "dit_fsdp", action="store_true", help="shard the DiT experts with FSDP2 (torchrun)")

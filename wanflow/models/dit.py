@@ -121,7 +121,12 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
-    """Multi-head attention with q/k RMSNorm over the full width; RoPE when tables are given (self-attention)."""
+    """Multi-head attention with q/k RMSNorm over the full width; RoPE when tables are given (self-attention).
+
+    ``attend`` is the attention of a call that names none (the cross-attention's): a transform may set another on an
+    instance for a while (``runtime.nag``, which reads a context of twice the batch)."""
+
+    attend = staticmethod(attention)
 
     def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()
@@ -144,9 +149,9 @@ class Attention(nn.Module):
         return q.to(dtype), k.to(dtype), v
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor, rope: Rope | None = None, attend: AttentionFn = attention
+        self, x: torch.Tensor, context: torch.Tensor, rope: Rope | None = None, attend: AttentionFn | None = None
     ) -> torch.Tensor:
-        return self.o(attend(*self.project(x, context, rope)).flatten(2))
+        return self.o((attend or self.attend)(*self.project(x, context, rope)).flatten(2))
 
 
 class Block(nn.Module):

@@ -33,6 +33,11 @@ class Conditioning:
     # (1, C, K, H, W) latents that replace the first K frames after every step, their tokens at t = 0: TI2V's image
     # (K = 1), or the frames a window of a long video takes from the window before it
     frame0: torch.Tensor | None = None
+    context_nag: torch.Tensor | None = None  # (1, Lc, text_dim) NAG's negative states (``runtime.nag``), or None
+
+    def positive(self) -> torch.Tensor:
+        """The context of the conditional pass: the prompt's states, then NAG's negative ones where NAG is on."""
+        return self.context if self.context_nag is None else torch.cat([self.context, self.context_nag])
 
 
 @dataclass
@@ -107,11 +112,12 @@ def guided_velocity(
     scale: float,
     batch_cfg: bool = True,
 ) -> torch.Tensor:
-    """Classifier-free guided velocity; both passes in one batch when ``batch_cfg``."""
+    """Classifier-free guided velocity; both passes in one batch when ``batch_cfg`` (not with NAG, whose conditional
+    pass reads a context of twice the batch)."""
     y = cond.y
     if scale == 1.0:  # guidance off: uncond + 1 * (cond - uncond) == cond
-        return model(latents, t, cond.context, y=y)
-    if batch_cfg:
+        return model(latents, t, cond.positive(), y=y)
+    if batch_cfg and cond.context_nag is None:
         both = model(
             torch.cat([latents, latents]),
             twice(t),
@@ -120,7 +126,7 @@ def guided_velocity(
         )
         v_cond, v_uncond = both.chunk(2)
     else:
-        v_cond = model(latents, t, cond.context, y=y)
+        v_cond = model(latents, t, cond.positive(), y=y)
         v_uncond = model(latents, t, cond.context_null, y=y)
     return v_uncond + scale * (v_cond - v_uncond)
 

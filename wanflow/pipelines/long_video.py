@@ -163,8 +163,8 @@ def _text(pipe, part: Request, progress: Progress, texts: dict) -> Conditioning:
     conditioning file fills it in)."""
     if part.prompt not in texts:
         cond = pipe.encode_prompts(part, progress)
-        texts[part.prompt] = (cond.context, cond.context_null)
-    return Conditioning(*texts[part.prompt])
+        texts[part.prompt] = dict(context=cond.context, context_null=cond.context_null, context_nag=cond.context_nag)
+    return Conditioning(**texts[part.prompt])
 
 
 __all__ = [

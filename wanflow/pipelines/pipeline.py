@@ -52,6 +52,7 @@ from wanflow.pipelines.video_to_video import from_video, video_pixels
 from wanflow.runtime.cache_curve import load_curve
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.fp8 import quantize_fp8
+from wanflow.runtime.nag import Nag
 from wanflow.runtime.offload import ExpertPlacement, choose_policy
 from wanflow.runtime.precision import cast_model
 from wanflow.runtime.preview import DEFAULT_EVERY, Preview, load_preview_map
@@ -471,13 +472,18 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
     def encode_prompts(
         self, request: Request, progress: Progress, given: tuple[torch.Tensor | None, ...] = (None, None)
     ) -> Conditioning:
-        """The (prompt, negative prompt) states the DiT reads, padded to its ``text_len``; ``given`` states (L, dim)
+        """The (prompt, negative prompt) states the DiT reads, padded to its ``text_len``, and NAG's negative states
+        where it is on (the negative prompt's, encoded once, when it is the same text); ``given`` states (L, dim)
         take the place of encoding the text where not None (diffusers' ``prompt_embeds``)."""
-        texts = (request.prompt, request.negative_prompt)
-        if set(request.guide_scale if isinstance(request.guide_scale, tuple) else (request.guide_scale,)) == {1.0}:
-            texts = texts[:1]  # guidance 1 everywhere: no unconditional pass reads the negative prompt
-        cond, *null = self.prompt_states(texts, given[: len(texts)], progress)
-        return Conditioning(cond, null[0] if null else cond)
+        scales = request.guide_scale if isinstance(request.guide_scale, tuple) else (request.guide_scale,)
+        guided = set(scales) != {1.0}  # guidance 1 everywhere: no unconditional pass reads the negative prompt
+        texts = [request.prompt, request.negative_prompt][: 1 + guided]
+        given = list(given[: len(texts)])
+        nag = request.nag
+        if nag is not None and not (guided and given[1] is None and nag.negative_prompt == texts[1]):
+            texts, given = [*texts, nag.negative_prompt], [*given, None]
+        states = self.prompt_states(texts, given, progress)
+        return Conditioning(states[0], states[1 if guided else 0], context_nag=states[-1] if nag is not None else None)
 
     def prompt_states(
         self, texts: Sequence[str], given: Sequence[torch.Tensor | None], progress: Progress
@@ -545,6 +551,8 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         hooks = [self._placement, FiniteLatents(), *self._hooks, *hooks]  # NaN weights: an error, not a black video
         if request.cache:
             hooks.append(self.step_cache(request.cache))
+        if request.nag:
+            hooks.append(Nag(request.nag))
         return denoise(self._placement, noise, cond, sampler, hooks)
 
     def step_cache(self, settings: CacheSettings) -> MagCache:

@@ -20,6 +20,7 @@ from wanflow.pipelines.presets import apply_preset
 from wanflow.pipelines.video_to_video import read_extended, read_video, video_size
 from wanflow.pipelines.windows import WindowPlan, latent_frames, pixel_count, plan_windows
 from wanflow.prompts.system import LANGUAGES
+from wanflow.runtime.nag import NagSettings
 from wanflow.runtime.step_cache import CacheSettings, parse_cache
 from wanflow.sampling.diffusers_schedulers import SchedulerGrid, scheduler_grid
 from wanflow.sampling.noise import draw_seed
@@ -60,6 +61,10 @@ class GenerateOptions:
     video: Any = None  # video to video: a path, PIL images, (F, H, W, 3) frames, a Video (``pipelines.video_to_video``)
     strength: float | None = None  # with a video: the share of the steps that run, (0, 1]; None: 0.8
     extend: Any = None  # a video to continue (sources as ``video``): frames is then the whole length; None: +1 window
+    nag_scale: float | None = None  # NAG (``runtime.nag``): above 1 turns it on; None: off
+    nag_tau: float | None = None  # NAG's cap on the norm ratio; None: 2.5
+    nag_alpha: float | None = None  # NAG's blend weight; None: 0.25
+    nag_negative_prompt: str | None = None  # what NAG pushes away from; None: the run's negative prompt
 
     @classmethod
     def from_keywords(cls, prompt: str, **keywords: Any) -> GenerateOptions:
@@ -96,6 +101,7 @@ WANFLOW_NAMES = frozenset(
     f.name
     for f in dataclasses.fields(GenerateOptions)
     if f.name not in ("prompt", "negative_prompt", "image", "last_image", "video", "strength")
+    and not f.name.startswith("nag_")  # (the NAG authors' diffusers pipeline takes them by these names)
 )
 
 
@@ -205,6 +211,7 @@ class Request:
     video: list[Image.Image] | None = None  # video to video: the frames the run starts from, at their own size
     strength: float | None = None  # the share of the steps that run from the video (``pipelines.video_to_video``)
     extend: list[Image.Image] | None = None  # the frames of a video being continued (window 1 of ``windows``)
+    nag: NagSettings | None = None  # normalized attention guidance (``runtime.nag``); None: off
 
     @property
     def window_frames(self) -> int:
@@ -220,6 +227,7 @@ class Request:
             **({"scheduler": self.grid.name} if self.grid is not None else {}),
             **({"switch_step": self.switch_step} if self.switch_step is not None else {}),
             **({"video_strength": self.strength} if self.video is not None else {}),
+            **({"nag": self.nag.metadata()} if self.nag is not None else {}),
         }
 
     def require_image(self) -> Image.Image:
@@ -257,9 +265,10 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
     windows = _windows(o, task, frames, len(extend) if extend else None)
     frames = frames or pixel_count(windows.total)
     seed = draw_seed(o.seed)
+    negative_prompt = task.negative_prompt if o.negative_prompt is None else o.negative_prompt
     return Request(
         prompt=o.prompt if isinstance(o.prompt, str) else " | ".join(o.prompt),
-        negative_prompt=task.negative_prompt if o.negative_prompt is None else o.negative_prompt,
+        negative_prompt=negative_prompt,
         image=image,
         size=(width, height),
         frames=frames,
@@ -277,6 +286,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         video=video or None,
         strength=strength if video else None,
         extend=extend or None,
+        nag=_nag(o, negative_prompt),
     )
 
 
@@ -294,6 +304,26 @@ def with_scheduler(request: Request, options: GenerateOptions, scheduler: Any) -
     grid = scheduler_grid(scheduler, request.steps)
     floats = grid.schedule.timesteps.is_floating_point()
     return dataclasses.replace(request, solver=grid.solver, shift=grid.shift, float_timesteps=floats, grid=grid)
+
+
+def _nag(o: GenerateOptions, negative_prompt: str) -> NagSettings | None:
+    """NAG's settings where ``nag_scale`` turns it on (above 1), with the authors' defaults for the others."""
+    given = {"tau": o.nag_tau, "alpha": o.nag_alpha, "negative_prompt": o.nag_negative_prompt}
+    if o.nag_scale is None:
+        named = [f"nag_{name}" for name, value in given.items() if value is not None]
+        if named:
+            raise ValueError(f"{named} set NAG's details: nag_scale above 1 turns it on")
+        return None
+    if o.nag_scale == 1.0:  # off, as in the authors' pipeline (whatever its details say)
+        return None
+    if o.nag_negative_prompt is not None and not isinstance(o.nag_negative_prompt, str):
+        raise ValueError("nag_negative_prompt must be a string (None: the run's negative prompt)")
+    numbers = {"scale": o.nag_scale, **{k: v for k, v in given.items() if k != "negative_prompt" and v is not None}}
+    for name, value in numbers.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"nag_{name} must be a number, got {value!r}")
+    text = negative_prompt if o.nag_negative_prompt is None else o.nag_negative_prompt
+    return NagSettings(**{k: float(v) for k, v in numbers.items()}, negative_prompt=text)
 
 
 def _switch_step(value: Any, task: Task, steps: int) -> int | None:

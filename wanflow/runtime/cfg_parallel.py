@@ -33,8 +33,8 @@ class CfgParallel(StepHook):
     def velocity(self, model: nn.Module, latents: torch.Tensor, t, cond, scale: float) -> torch.Tensor:
         """``uncond + scale * (cond - uncond)``; ``cond`` is the loop's ``Conditioning``."""
         if scale == 1.0:  # guidance off: both ranks run the conditional pass, nothing to exchange
-            return model(latents, t, cond.context, y=cond.y)
-        context = cond.context if self.rank == 0 else cond.context_null
+            return model(latents, t, cond.positive(), y=cond.y)
+        context = cond.positive() if self.rank == 0 else cond.context_null
         mine = model(latents, t, context, y=cond.y).contiguous()
         both = [torch.empty_like(mine) for _ in range(2)]
         dist.all_gather(both, mine, group=self.group)

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from wanflow.pipelines.presets import PRESETS
-from wanflow.pipelines.request import GenerateOptions
+from wanflow.pipelines.request import MAX_GUIDE, GenerateOptions
 from wanflow.prompts.system import LANGUAGES
 from wanflow.sampling.noise import MAX_SEED
 from wanflow.sampling.solvers import SOLVERS
@@ -106,6 +106,12 @@ class GenerateRequest(BaseModel):
     extend: bool | None = Field(
         None, description="with a video file: continue it (frames: the whole length) instead of redoing it"
     )
+    nag_scale: float | None = Field(
+        None, ge=1, le=MAX_GUIDE, description="NAG: the negative prompt also at guidance 1; above 1 turns it on"
+    )
+    nag_tau: float | None = Field(None, gt=0, le=MAX_GUIDE, description="NAG's cap on the norm ratio (2.5)")
+    nag_alpha: float | None = Field(None, ge=0, le=1, description="NAG's blend weight (0.25)")
+    nag_negative_prompt: str | None = Field(None, description="what NAG pushes away from (the negative prompt)")
     loras: list[LoraChoice] = Field(default_factory=list, max_length=MAX_LORAS, description="by name (GET /api/loras)")
     window_frames: int | None = Field(None, ge=1, description="frames per window of a longer video (4n+1)")
     window_overlap: int | None = Field(None, ge=4, description="frames a window takes from the one before (4k)")
@@ -194,6 +200,10 @@ class GenerateRequest(BaseModel):
             prompt_extend_seed=self.prompt_extend_seed,
             cache=self.cache,
             switch_step=self.switch_step,
+            nag_scale=self.nag_scale,
+            nag_tau=self.nag_tau,
+            nag_alpha=self.nag_alpha,
+            nag_negative_prompt=self.nag_negative_prompt,
         )
 
 
