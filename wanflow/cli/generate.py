@@ -54,6 +54,7 @@ OPTION_FLAGS = {
     **EXTEND_FLAGS,
     "cache": "cache",
     "switch_step": "switch_step",
+    "guidance": "guidance",
     **{name: name for name in ("nag_scale", "nag_tau", "nag_alpha", "nag_negative_prompt")},
 }
 
@@ -138,6 +139,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="A14B: the high-noise expert runs the first K steps, the low-noise one the rest (as ComfyUI's two "
         "KSamplerAdvanced nodes); default: the switch at the task's boundary timestep",
+    )
+    add_flag(
+        p,
+        "guidance",
+        metavar="cfg|cfg_zero_star[:K]",
+        help="how the two passes combine: cfg (default), or CFG-Zero* (its optimised scale, and K first steps that "
+        "move nothing; default 1)",
     )
     add_nag_arguments(p)
     add_flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")

@@ -1,8 +1,9 @@
 """THE denoising loop, shared by every task.
 
 Per step: pick the expert and its guidance scale from the timestep (``sampling.experts``), predict the velocity with
-classifier-free guidance ``uncond + g * (cond - uncond)``, advance one solver state across the whole run (it
-continues through the expert switch), and for TI2V with an image put the image latent back into frame 0.
+classifier-free guidance ``uncond + g * (cond - uncond)`` (or another rule of ``sampling.guidance``), advance one
+solver state across the whole run (it continues through the expert switch), and for TI2V with an image put the image
+latent back into frame 0.
 
 Everything else a run needs around the steps is a ``StepHook`` (``sampling/hooks.py``): progress, expert prefetch,
 CFG parallelism (which replaces the velocity computation), a step cache, per-step LoRA strengths.
@@ -18,6 +19,7 @@ from torch import nn
 
 from wanflow.models.dit import TokenTimesteps
 from wanflow.sampling.experts import guidance_for, select_expert
+from wanflow.sampling.guidance import CFG, Guidance
 from wanflow.sampling.hooks import Step, StepHook, Velocity
 from wanflow.sampling.schedule import Schedule
 from wanflow.sampling.solvers import Solver
@@ -58,12 +60,14 @@ class Sampler:
     guide_scale: tuple[float, float] | float
     batch_cfg: bool = True  # both guidance passes in one batch
     skipped: int = 0  # steps of the full schedule before ``schedule`` (video to video: its tail)
+    guidance: Guidance = CFG  # how each step's two predictions combine
 
     def steps(self) -> list[Step]:
         timesteps = self.schedule.timesteps.tolist()  # python ints (floats): no device syncs inside the loop
         names = [select_expert(t, self.boundary_t) for t in timesteps]
+        scales = [guidance_for(t, self.boundary_t, self.guide_scale) for t in timesteps]
         return [
-            Step(i, len(timesteps), t, names[i], guidance_for(t, self.boundary_t, self.guide_scale), nxt, self.skipped)
+            Step(i, len(timesteps), t, names[i], scales[i], nxt, self.skipped, self.guidance)
             for i, (t, nxt) in enumerate(zip(timesteps, [*names[1:], None], strict=True))
         ]
 
@@ -111,9 +115,10 @@ def guided_velocity(
     cond: Conditioning,
     scale: float,
     batch_cfg: bool = True,
+    guidance: Guidance = CFG,
 ) -> torch.Tensor:
-    """Classifier-free guided velocity; both passes in one batch when ``batch_cfg`` (not with NAG, whose conditional
-    pass reads a context of twice the batch)."""
+    """Classifier-free guided velocity, the two passes combined by ``guidance``; both passes in one batch when
+    ``batch_cfg`` (not with NAG, whose conditional pass reads a context of twice the batch)."""
     y = cond.y
     if scale == 1.0:  # guidance off: uncond + 1 * (cond - uncond) == cond
         return model(latents, t, cond.positive(), y=y)
@@ -128,13 +133,11 @@ def guided_velocity(
     else:
         v_cond = model(latents, t, cond.positive(), y=y)
         v_uncond = model(latents, t, cond.context_null, y=y)
-    return v_uncond + scale * (v_cond - v_uncond)
+    return guidance.combine(v_cond, v_uncond, scale)
 
 
-def _base_velocity(batch_cfg: bool) -> Velocity:
-    if batch_cfg:
-        return guided_velocity
-    return lambda model, latents, t, cond, scale: guided_velocity(model, latents, t, cond, scale, batch_cfg=False)
+def _base_velocity(batch_cfg: bool, guidance: Guidance) -> Velocity:
+    return lambda model, latents, t, cond, scale: guided_velocity(model, latents, t, cond, scale, batch_cfg, guidance)
 
 
 def denoise(
@@ -155,12 +158,15 @@ def denoise(
             hook.begin(steps)
         for step in steps:
             model = get(step.expert)
-            velocity = _base_velocity(sampler.batch_cfg)
+            velocity = _base_velocity(sampler.batch_cfg, step.guidance)
             for hook in hooks:
                 hook.before(step, model)
                 velocity = hook.wrap(velocity, step)
-            t = model_timesteps(step.timestep, latents, cond.frame0, model.cfg.patch_size)
-            v = velocity(model, latents, t, cond, step.guide_scale)
+            if step.guidance.zeroed(step.index):  # (CFG-Zero*'s first steps: no forward)
+                v = torch.zeros_like(latents, dtype=torch.float32)
+            else:
+                t = model_timesteps(step.timestep, latents, cond.frame0, model.cfg.patch_size)
+                v = velocity(model, latents, t, cond, step.guide_scale)
             latents, state = sampler.solver.step(state, v, latents, step.index)
             latents = keep_first_frame(latents, cond.frame0)
             for hook in hooks:

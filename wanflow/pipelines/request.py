@@ -23,6 +23,7 @@ from wanflow.prompts.system import LANGUAGES
 from wanflow.runtime.nag import NagSettings
 from wanflow.runtime.step_cache import CacheSettings, parse_cache
 from wanflow.sampling.diffusers_schedulers import SchedulerGrid, scheduler_grid
+from wanflow.sampling.guidance import CFG, Guidance, parse_guidance
 from wanflow.sampling.noise import draw_seed
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.tasks import TASKS, Task
@@ -61,6 +62,7 @@ class GenerateOptions:
     video: Any = None  # video to video: a path, PIL images, (F, H, W, 3) frames, a Video (``pipelines.video_to_video``)
     strength: float | None = None  # with a video: the share of the steps that run, (0, 1]; None: 0.8
     extend: Any = None  # a video to continue (sources as ``video``): frames is then the whole length; None: +1 window
+    guidance: str | None = None  # "cfg" or "cfg_zero_star[:K]" (``sampling.guidance``); None: cfg
     nag_scale: float | None = None  # NAG (``runtime.nag``): above 1 turns it on; None: off
     nag_tau: float | None = None  # NAG's cap on the norm ratio; None: 2.5
     nag_alpha: float | None = None  # NAG's blend weight; None: 0.25
@@ -211,6 +213,7 @@ class Request:
     video: list[Image.Image] | None = None  # video to video: the frames the run starts from, at their own size
     strength: float | None = None  # the share of the steps that run from the video (``pipelines.video_to_video``)
     extend: list[Image.Image] | None = None  # the frames of a video being continued (window 1 of ``windows``)
+    guidance: Guidance = CFG  # how each step's two predictions combine (``sampling.guidance``)
     nag: NagSettings | None = None  # normalized attention guidance (``runtime.nag``); None: off
 
     @property
@@ -227,6 +230,7 @@ class Request:
             **({"scheduler": self.grid.name} if self.grid is not None else {}),
             **({"switch_step": self.switch_step} if self.switch_step is not None else {}),
             **({"video_strength": self.strength} if self.video is not None else {}),
+            **({"guidance": str(self.guidance)} if self.guidance != CFG else {}),
             **({"nag": self.nag.metadata()} if self.nag is not None else {}),
         }
 
@@ -286,6 +290,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         video=video or None,
         strength=strength if video else None,
         extend=extend or None,
+        guidance=parse_guidance(o.guidance),
         nag=_nag(o, negative_prompt),
     )
 

@@ -14,6 +14,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from wanflow.runtime.distributed import as_group
+from wanflow.sampling.guidance import CFG, Guidance
 from wanflow.sampling.hooks import Step, StepHook, Velocity
 
 
@@ -28,10 +29,13 @@ class CfgParallel(StepHook):
         self.rank = dist.get_rank(self.group)
 
     def wrap(self, velocity: Velocity, step: Step) -> Velocity:
-        return self.velocity
+        return lambda model, latents, t, cond, scale: self.velocity(model, latents, t, cond, scale, step.guidance)
 
-    def velocity(self, model: nn.Module, latents: torch.Tensor, t, cond, scale: float) -> torch.Tensor:
-        """``uncond + scale * (cond - uncond)``; ``cond`` is the loop's ``Conditioning``."""
+    def velocity(
+        self, model: nn.Module, latents: torch.Tensor, t, cond, scale: float, guidance: Guidance = CFG
+    ) -> torch.Tensor:
+        """The two passes combined by ``guidance`` (``uncond + scale * (cond - uncond)``); ``cond`` is the loop's
+        ``Conditioning``."""
         if scale == 1.0:  # guidance off: both ranks run the conditional pass, nothing to exchange
             return model(latents, t, cond.positive(), y=cond.y)
         context = cond.positive() if self.rank == 0 else cond.context_null
@@ -39,4 +43,4 @@ class CfgParallel(StepHook):
         both = [torch.empty_like(mine) for _ in range(2)]
         dist.all_gather(both, mine, group=self.group)
         v_cond, v_uncond = both
-        return v_uncond + scale * (v_cond - v_uncond)
+        return guidance.combine(v_cond, v_uncond, scale)

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from wanflow.sampling.guidance import CFG, Guidance
+
 
 @dataclass(frozen=True)
 class Step:
@@ -26,6 +28,7 @@ class Step:
     guide_scale: float
     next_expert: str | None = None  # the expert of the following step; None after the last
     skipped: int = 0  # steps of the schedule before this run's first (video to video starts part way down it)
+    guidance: Guidance = CFG  # how the step's two predictions combine (``sampling.guidance``)
 
 
 # The velocity of one step: (model, latents, timesteps, conditioning, guidance scale) -> velocity. The conditioning

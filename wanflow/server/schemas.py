@@ -106,6 +106,7 @@ class GenerateRequest(BaseModel):
     extend: bool | None = Field(
         None, description="with a video file: continue it (frames: the whole length) instead of redoing it"
     )
+    guidance: str | None = Field(None, max_length=40, description="cfg (default) or cfg_zero_star[:K]")
     nag_scale: float | None = Field(
         None, ge=1, le=MAX_GUIDE, description="NAG: the negative prompt also at guidance 1; above 1 turns it on"
     )
@@ -200,6 +201,7 @@ class GenerateRequest(BaseModel):
             prompt_extend_seed=self.prompt_extend_seed,
             cache=self.cache,
             switch_step=self.switch_step,
+            guidance=self.guidance,
             nag_scale=self.nag_scale,
             nag_tau=self.nag_tau,
             nag_alpha=self.nag_alpha,
