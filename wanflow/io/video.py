@@ -35,6 +35,15 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
     return pixels.to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
 
 
+HALF_LEVEL = 0.5 / 127.5  # half an 8-bit grey level in [-1, 1]
+
+
+def kept_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """``from_uint8``'s pixels moved to the middle of each level's range, so that ``to_uint8`` (which truncates, as
+    the reference) gives back the same 8-bit frames, not one level less where float rounding falls short."""
+    return pixels + HALF_LEVEL
+
+
 def from_uint8(frames: np.ndarray) -> torch.Tensor:
     """(..., F, H, W, 3) uint8 -> (..., 3, F, H, W) float32 in [-1, 1]: what the VAE encodes."""
     return torch.from_numpy(np.asarray(frames)).movedim(-1, -4).float().div(127.5).sub(1.0)

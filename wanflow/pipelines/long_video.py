@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from wanflow.io.video import kept_pixels
 from wanflow.pipelines.core import Conditioning
 from wanflow.pipelines.progress import Progress
 from wanflow.pipelines.request import Request
@@ -107,7 +108,7 @@ def given_window(pipe, frames: list, shape: tuple[int, ...]) -> Window:
     """The video being continued as window 1: its frames at the size of the noise ``shape`` (C, T, H, W), and their
     latents."""
     pixels = pipe.video_pixels(frames, shape)
-    return Window(pipe.encode_image(pixels), 0, pixels[0])
+    return Window(pipe.encode_image(pixels), 0, kept_pixels(pixels[0]))  # (written out as given, level for level)
 
 
 def window_request(request: Request, k: int, latent_frames: int, last: bool) -> Request:
