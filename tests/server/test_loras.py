@@ -93,3 +93,42 @@ def test_a_server_without_lora_dir_takes_none(server):
     assert server.client.get("/api/loras").json() == {"loras": []}
     r = server.client.post("/api/jobs", json=T2V | {"loras": [{"name": "style"}]})
     assert r.status_code == 422 and "takes no LoRAs" in r.json()["detail"], r.text
+
+
+def test_the_page_sends_the_more_section(browser, lora_server):
+    """The page's "More" section: its lists come from the server (presets, guidance rules, the LoRA folder's names),
+    and a job sent with a preset, two LoRAs, CFG-Zero* and NAG runs with them: its parameters say so, its video is
+    the same request's sent as JSON, and its card shows them. (The form's solver used to be sent as unipc always,
+    so the page ran the lightning preset with UniPC instead of its Euler.)"""
+    from tests.server.test_page import open_page
+
+    errors: list = []
+    page = open_page(browser, lora_server, errors)
+    page.click("#more summary")
+    assert page.text_content("#lora-names") == "LoRAs here: cut, lightning, style, wide"
+    listed = "s => Array.from(s.options, o => o.value)"
+    assert page.eval_on_selector("#preset", listed) == ["", "lightning"]
+    assert page.eval_on_selector("#guidance", listed) == ["cfg", "cfg_zero_star"]
+    page.select_option("#task", "t2v-A14B")
+    page.fill("textarea[name=prompt]", "a fox from the page")
+    for name, value in {"width": "32", "height": "32", "frames": "5", "seed": "5", "nag_scale": "3"}.items():
+        page.fill(f"input[name={name}]", value)
+    page.select_option("#preset", "lightning")
+    page.fill("input[name=loras]", "style:0.5, lightning@low")
+    page.select_option("#guidance", "cfg_zero_star")
+    page.fill("textarea[name=nag_negative_prompt]", "blurry")
+    page.click("button[type=submit]")
+    card = page.locator("#gallery .card", has_text="a fox from the page")
+    card.wait_for(timeout=60_000)
+    job = next(j for j in lora_server.client.get("/api/jobs").json() if j["params"]["prompt"] == "a fox from the page")
+    p = job["params"]
+    assert job["status"] == "done" and p["preset"] == "lightning" and p["guidance"] == "cfg_zero_star"
+    assert p["solver"] == "euler"  # the preset's: the form's solver left at "(default)" is not sent
+    assert p["loras"] == [{"name": "style", "strength": 0.5}, {"name": "lightning", "strength": 1.0, "expert": "low"}]
+    assert (p["nag_scale"], p["nag_negative_prompt"]) == (3.0, "blurry")
+    same = dict(prompt="a fox from the page", preset="lightning", steps=None, guidance="cfg_zero_star", nag_scale=3,
+                nag_negative_prompt="blurry", loras=p["loras"])  # fmt: skip
+    assert np.array_equal(frames(lora_server, job), frames(lora_server, run(lora_server, **same)))
+    text = card.inner_text()
+    assert "style:0.5, lightning:1@low" in text and "cfg_zero_star" in text and "3 · blurry" in text
+    assert not errors, errors

@@ -43,7 +43,9 @@ async function showHealth() {
 async function loadTasks() {
   try {
     await showHealth();
-    tasks = (await api("/api/tasks")).tasks;
+    const served = await api("/api/tasks");
+    tasks = served.tasks;
+    showChoices(served, (await api("/api/loras")).loras);
   } catch (e) {
     $("#form-error").textContent = e.message;
     return false;
@@ -56,6 +58,15 @@ async function loadTasks() {
   return true;
 }
 $("#task").addEventListener("change", showDefaults);
+
+// The "More" section's lists: the presets and guidance rules a job may name, the LoRAs of the server's folder.
+function showChoices(served, loras) {
+  const options = (values, first) => [...(first ? [first] : []), ...values.map((v) => el("option", { value: v, textContent: v }))];
+  $("#preset").replaceChildren(...options(served.presets, el("option", { value: "", textContent: "(none)" })));
+  $("#guidance").replaceChildren(...options(served.guidance));
+  $("#lora-row").hidden = !loras.length;
+  $("#lora-names").textContent = loras.length ? "LoRAs here: " + loras.join(", ") : "no LoRA folder on this server (serve --lora_dir)";
+}
 
 function showDefaults() {
   const d = tasks[$("#task").value];
@@ -84,6 +95,7 @@ $("#form").addEventListener("submit", async (event) => {
     const row = { last_image: "#last-image-row", image: "#image-row" }[key] || "#video-row";
     if (value === "" || (value instanceof File && (!value.size || $(row).hidden))) data.delete(key);
   }
+  if (data.get("guidance") === "cfg") data.delete("guidance");  // the default: not sent
   if ($("#no-negative").checked) data.set("negative_prompt", "");  // "" is no negative prompt; absent, the default
   try {
     await api("/api/jobs", { method: "POST", body: data });
@@ -155,7 +167,10 @@ function galleryCard(job) {
   const settings = { task: job.task, prompt: p.prompt, negative: p.negative_prompt, size: p.width ? `${p.width}x${p.height}` : null,
     frames: p.frames, steps: p.steps, shift: p.shift, guidance: p.guide_scale && p.guide_scale.join(","), solver: p.solver,
     seed: job.seed ?? p.seed, image: job.has_image ? "yes" : null,  // seeds come as strings: exact past 2^53
-    "last frame": p.last_image ? "yes" : null, "from a video": p.has_video ? (p.extend ? "continued" : `strength ${p.strength ?? 0.8}`) : null };
+    "last frame": p.last_image ? "yes" : null, "from a video": p.has_video ? (p.extend ? "continued" : `strength ${p.strength ?? 0.8}`) : null,
+    preset: p.preset, loras: (p.loras || []).map((l) => `${l.name}:${l.strength ?? 1}${l.expert ? "@" + l.expert : ""}`).join(", "),
+    rule: p.guidance, NAG: p.nag_scale ? `${p.nag_scale}${p.nag_negative_prompt ? " · " + p.nag_negative_prompt : ""}` : null,
+    cache: p.cache };
   const dl = el("dl");
   for (const [key, value] of Object.entries(settings)) {
     if (value != null && value !== "") dl.append(el("dt", { textContent: key }), el("dd", { textContent: String(value) }));
