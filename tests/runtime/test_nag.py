@@ -211,3 +211,10 @@ def test_hook_sets_each_expert_once_per_run():
     assert len(hook._set) == len(model.blocks)
     hook.end()
     assert all("attend" not in b.cross_attn.__dict__ for b in model.blocks)
+
+
+def test_a_step_cache_at_threshold_zero_leaves_a_nag_run_bit_for_bit():
+    pipe = WanPipeline.from_builtin("t2v-A14B")
+    call = dict(steps=12, seed=4, guide_scale=1.0, nag_scale=3.0)
+    assert torch.equal(pipe(PROMPT, cache="magcache:0", **call).frames, pipe(PROMPT, **call).frames)
+    assert pipe(PROMPT, cache="magcache", **call).metadata["nag"]["scale"] == 3.0  # (and runs with a skipping cache)

@@ -20,11 +20,18 @@ def ckpt(tmp_path_factory):
     return write_official_checkpoint(tmp_path_factory.mktemp("t2v"), "t2v-A14B")
 
 
+GUIDED = dict(nag_scale=3.0, guidance="cfg_zero_star")  # NAG sets each expert's cross-attention as it comes
+
+
+@pytest.mark.parametrize("options", [{}, GUIDED], ids=["plain", "nag+cfg_zero_star"])
 @pytest.mark.parametrize("policy", ["model", "block"])
-def test_policies_give_the_same_video(ckpt, policy):
-    resident = WanPipeline.from_pretrained(ckpt, offload="resident")("a green square", **KW)
-    other = WanPipeline.from_pretrained(ckpt, offload=policy)("a green square", **KW)
+def test_policies_give_the_same_video(ckpt, policy, options):
+    resident = WanPipeline.from_pretrained(ckpt, offload="resident")("a green square", **KW, **options)
+    other = WanPipeline.from_pretrained(ckpt, offload=policy)("a green square", **KW, **options)
     assert torch.equal(resident.frames, other.frames)
+    if options:
+        plain = WanPipeline.from_pretrained(ckpt, offload=policy)("a green square", **KW)
+        assert (plain.frames - other.frames).abs().max() > 0.01
 
 
 def test_model_policy_keeps_one_active_expert():
