@@ -65,7 +65,7 @@ def with_nag(pipe, settings: NagSettings, prompt_embeds: torch.Tensor, nag_embed
             kwargs["encoder_hidden_states"] = torch.cat([prompt_embeds, nag_embeds])
         return args, kwargs
 
-    for transformer in (pipe.transformer, pipe.transformer_2):
+    for transformer in filter(None, (pipe.transformer, pipe.transformer_2)):
         procs = {
             name: AuthorsNag(settings.scale, settings.tau, settings.alpha) if "attn2" in name else proc
             for name, proc in transformer.attn_processors.items()
@@ -75,10 +75,8 @@ def with_nag(pipe, settings: NagSettings, prompt_embeds: torch.Tensor, nag_embed
 
 
 @pytest.fixture(scope="module")
-def a14b(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nag-a14b")
-    write_both_layouts(root, "t2v-A14B", seed=31)
-    return root
+def checkpoints(tmp_path_factory):
+    return {task: write_both_layouts(tmp_path_factory.mktemp(task), task, seed=31) for task in ("t2v-A14B", "ti2v-5B")}
 
 
 def test_the_blend_in_closed_form():
@@ -94,20 +92,22 @@ def test_the_blend_in_closed_form():
     assert torch.equal(out[2], torch.zeros(4, dtype=torch.float64))  # a zero token stays zero (no NaN)
 
 
-@pytest.mark.parametrize("scale", [1.0, 4.0])  # 1: guidance off, the one pass NAG is for; 4: CFG beside NAG
-def test_runs_as_diffusers_with_the_authors_nag(a14b, scale):
+# guidance 1: the one pass NAG is for; 4: CFG beside NAG (the unconditional pass plain)
+@pytest.mark.parametrize(("task", "scale"), [("t2v-A14B", 1.0), ("t2v-A14B", 4.0), ("ti2v-5B", 1.0)])
+def test_runs_as_diffusers_with_the_authors_nag(checkpoints, task, scale):
     settings = NagSettings(4.0, tau=2.0, alpha=0.3, negative_prompt=AVOID)
-    ours = WanPipeline.from_pretrained(a14b / "official")
-    theirs = DiffusersWanPipeline.from_pretrained(a14b / "diffusers")
-    theirs.scheduler = ReferenceUniPC.from_config(theirs.scheduler.config, flow_shift=TASKS["t2v-A14B"].shift)
+    ours = WanPipeline.from_pretrained(checkpoints[task] / "official")
+    theirs = DiffusersWanPipeline.from_pretrained(checkpoints[task] / "diffusers")
+    theirs.scheduler = ReferenceUniPC.from_config(theirs.scheduler.config, flow_shift=TASKS[task].shift)
     theirs.set_progress_bar_config(disable=True)
-    negative = TASKS["t2v-A14B"].negative_prompt
+    negative = TASKS[task].negative_prompt
     with torch.no_grad():
         prompt_embeds, negative_embeds = theirs.encode_prompt(PROMPT, negative, max_sequence_length=512)
         nag_embeds = theirs.encode_prompt(AVOID, do_classifier_free_guidance=False, max_sequence_length=512)[0]
     with_nag(theirs, settings, prompt_embeds, nag_embeds)
-    noise = ours.noise((16, 3, 8, 8), seed=5)
-    steps = []  # 8 steps: 3 on the high-noise expert, 5 on the low-noise one
+    s = ours.vae.cfg.stride[1]
+    noise = ours.noise((ours.vae.cfg.z_dim, 3, 64 // s, 64 // s), seed=5)
+    steps = []  # t2v at shift 12: 6 steps on the high-noise expert, 2 on the low-noise one
     video = ours(
         PROMPT, size=(64, 64), frames=9, steps=8, latents=noise, guide_scale=scale, nag_scale=4.0, nag_tau=2.0,
         nag_alpha=0.3, nag_negative_prompt=AVOID, callback=steps.append,
@@ -118,7 +118,7 @@ def test_runs_as_diffusers_with_the_authors_nag(a14b, scale):
             num_inference_steps=8, latents=noise.clone(), output_type="pt", guidance_scale=scale,
         ).frames  # fmt: skip
     compare(video, out)
-    assert {s.expert for s in steps} == {"high", "low"}
+    assert {s.expert for s in steps} == ({"high", "low"} if TASKS[task].boundary else {"dense"})
     plain = ours(PROMPT, size=(64, 64), frames=9, steps=8, latents=noise, guide_scale=scale)
     assert (plain.frames - video.frames).abs().max() > 0.01  # NAG moved the video (100 times the tolerance)
     assert video.metadata["nag"] == {"scale": 4.0, "tau": 2.0, "alpha": 0.3, "negative_prompt": AVOID}
