@@ -7,7 +7,7 @@ In every block the cross-attention reads the prompt's states and NAG's negative 
 caps each token's L1 norm at ``tau`` times that of ``Z+`` (``Z^ = Z~ tau |Z+| / |Z~|`` where the ratio exceeds
 ``tau``) and blends, ``Z = alpha Z^ + (1 - alpha) Z+``; then the output projection. With classifier-free guidance on
 as well, the conditional pass is guided this way and the unconditional one runs as without NAG (as the authors'
-pipeline does).
+pipeline does); the two passes then run one after the other, not as one batch (their contexts differ in batch).
 
 ``Nag(settings)`` is a step hook: it sets the cross-attention of the experts the run uses to ``nag_attention`` and
 puts theirs back when the run ends. The states reach the DiT as one context of twice the batch, the prompt's then the
