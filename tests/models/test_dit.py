@@ -248,3 +248,15 @@ def test_bad_inputs_raise_clear_errors():
         model(x, torch.zeros(1, 5), context, y=y)
     with pytest.raises(ValueError, match=r"TokenTimesteps needs values \(B, K\) and index \(B, 48\)"):
         model(x, TokenTimesteps(torch.zeros(1, 2), torch.zeros(1, 5, dtype=torch.long)), context, y=y)
+
+
+def test_skipped_blocks_pass_their_input_on():
+    """``skip_blocks`` (skip layer guidance's weakened model): the forward of a model without those blocks."""
+    model = random_dit(TINY_T2V.replace(num_layers=3), seed=5)
+    x, t = torch.randn(1, 16, 3, 8, 8), torch.tensor([500])
+    context = torch.randn(1, 9, TINY_T2V.text_dim)
+    with torch.no_grad():
+        skipped = model(x, t, context, skip_blocks=(0, 2))
+        whole = model(x, t, context)
+        model.blocks = torch.nn.ModuleList([model.blocks[1]])
+        assert torch.equal(skipped, model(x, t, context)) and (whole - skipped).abs().max() > 0.01

@@ -41,7 +41,7 @@ from wanflow.runtime.ring_attention import ulysses_ring_attention
 from wanflow.runtime.sequence_parallel import UlyssesSequence, parallelize_sequence
 from wanflow.runtime.vae_parallel import decode_parallel, split_tile
 from wanflow.runtime.vae_tiling import plan_tiles
-from wanflow.sampling.guidance import CFG, Guidance
+from wanflow.sampling.guidance import CFG, Guidance, SkipLayers
 from wanflow.sampling.noise import draw_seed
 from wanflow.sampling.schedule import get_schedule
 from wanflow.sampling.solvers import get_solver
@@ -81,7 +81,8 @@ def _sample(task: str, ctx: DistContext, heads: int, sp: bool = False, cfg: bool
             model = shard_dit(model, ctx.flat_mesh())
         experts[name] = model
     hooks = [CfgParallel(mesh["cfg"])] if cfg else []
-    guidance = Guidance("cfg_zero_star", 1) if task == "ti2v" else CFG  # (CFG parallelism combines by the run's rule)
+    # (ti2v: CFG parallelism combines by the run's rule, and skip layer guidance's third pass runs on cfg rank 0)
+    guidance = Guidance("cfg_zero_star", 1, SkipLayers((1,), 2.0, 0.0, 1.0)) if task == "ti2v" else CFG
     schedule, solver = get_schedule("unipc", STEPS, 5.0), get_solver("unipc")
     sampler = Sampler(schedule, solver, boundary_t, guide, batch_cfg=False, guidance=guidance)
     with torch.no_grad():

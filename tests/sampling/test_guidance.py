@@ -6,7 +6,8 @@ the server's field."""
 import numpy as np
 import pytest
 import torch
-from diffusers.guiders import ClassifierFreeGuidance, ClassifierFreeZeroStarGuidance
+from diffusers.guiders import ClassifierFreeGuidance, ClassifierFreeZeroStarGuidance, SkipLayerGuidance
+from diffusers.hooks import LayerSkipConfig
 from diffusers.modular_pipelines.wan.modular_blocks_wan22 import Wan22Blocks
 
 from tests.pipelines.test_parity import ReferenceUniPC, compare
@@ -14,8 +15,10 @@ from tests.tiny.checkpoint import write_both_layouts
 from wanflow.cli import main
 from wanflow.io.clip import read_frames
 from wanflow.io.video import to_uint8
+from wanflow.pipelines.core import Conditioning, guided_velocity
 from wanflow.pipelines.pipeline import WanPipeline
-from wanflow.sampling.guidance import CFG, Guidance, parse_guidance
+from wanflow.pipelines.request import GenerateOptions, resolve
+from wanflow.sampling.guidance import CFG, Guidance, SkipLayers, parse_guidance
 from wanflow.server.schemas import GenerateRequest
 from wanflow.tasks import TASKS
 
@@ -23,6 +26,13 @@ PROMPT = "a red circle moving right"
 
 
 def diffusers_guider(guidance: Guidance, scale: float):
+    slg = guidance.slg
+    if slg is not None:  # (diffusers' SLG guider combines with plain CFG only; its skip_layer_guidance_layers= builds
+        # a config its hook cannot read in 0.42.1, so the config is given: whole blocks of the ``blocks`` stack)
+        return SkipLayerGuidance(
+            guidance_scale=scale, skip_layer_guidance_scale=slg.scale, skip_layer_guidance_start=slg.start,
+            skip_layer_guidance_stop=slg.stop, skip_layer_config=LayerSkipConfig(list(slg.layers), fqn="blocks"),
+        )  # fmt: skip
     if guidance.rule == "cfg":
         return ClassifierFreeGuidance(guidance_scale=scale)
     return ClassifierFreeZeroStarGuidance(guidance_scale=scale, zero_init_steps=guidance.zero_init_steps)
@@ -52,12 +62,19 @@ def a14b(tmp_path_factory):
     return root, modular
 
 
+SLG = dict(slg_layers="1", slg_scale=2.0, slg_start=0.0, slg_stop=1.0)  # a third pass on steps 1..7, both experts
+
+
 @pytest.mark.parametrize(
-    ("spec", "scale"), [("cfg", (3.0, 4.5)), ("cfg_zero_star", (3.0, 4.5)), ("cfg_zero_star:2", (3.0, 4.5))]
-)
-def test_runs_as_diffusers_modular_pipeline_with_its_guiders(a14b, spec, scale):
+    ("spec", "scale", "slg"),
+    [("cfg", (3.0, 4.5), {}), ("cfg_zero_star", (3.0, 4.5), {}), ("cfg_zero_star:2", (3.0, 4.5), {}),
+     ("cfg", (3.0, 4.5), SLG)],
+    ids=["cfg", "cfg_zero_star", "cfg_zero_star:2", "cfg+slg"],
+)  # fmt: skip
+def test_runs_as_diffusers_modular_pipeline_with_its_guiders(a14b, spec, scale, slg):
     root, modular = a14b
-    guidance, (low, high) = parse_guidance(spec), scale if isinstance(scale, tuple) else (scale, scale)
+    guidance = resolve(GenerateOptions(PROMPT, guidance=spec, **slg), TASKS["t2v-A14B"]).guidance
+    low, high = scale
     shift = TASKS["t2v-A14B"].shift
     modular.update_components(
         scheduler=ReferenceUniPC.from_config(modular.scheduler.config, flow_shift=shift),
@@ -68,7 +85,7 @@ def test_runs_as_diffusers_modular_pipeline_with_its_guiders(a14b, spec, scale):
     noise = ours.noise((16, 3, 8, 8), seed=9)
     steps = []  # 8 steps at shift 12: 6 on the high-noise expert, 2 on the low-noise one
     video = ours(PROMPT, size=(64, 64), frames=9, steps=8, latents=noise, guide_scale=scale, guidance=spec,
-                 callback=steps.append)  # fmt: skip
+                 callback=steps.append, **slg)  # fmt: skip
     with torch.no_grad():
         theirs = modular(
             prompt=PROMPT, negative_prompt=TASKS["t2v-A14B"].negative_prompt, height=64, width=64, num_frames=9,
@@ -79,7 +96,8 @@ def test_runs_as_diffusers_modular_pipeline_with_its_guiders(a14b, spec, scale):
     if guidance != CFG:
         plain = ours(PROMPT, size=(64, 64), frames=9, steps=8, latents=noise, guide_scale=scale)
         assert (plain.frames - video.frames).abs().max() > 0.01  # the rule changed the video
-        assert video.metadata["guidance"] == str(guidance)
+        assert video.metadata.get("guidance", "cfg") == str(guidance)
+        assert ("slg" in video.metadata) == bool(slg)
 
 
 def test_zero_steps_run_no_forward():
@@ -94,6 +112,62 @@ def test_zero_steps_run_no_forward():
     call = dict(steps=6, seed=1, guidance="cfg_zero_star:6", solver="euler")  # every step zero: euler keeps the noise
     (latents,) = pipe(PROMPT, output_type="latent", return_dict=False, **call)
     assert torch.equal(latents, pipe.noise(latents.shape[1:], 1))
+
+
+def test_slg_steps_and_its_third_pass():
+    rule = SkipLayers((1,))  # diffusers' defaults: the steps strictly after int(0.01 N) and before int(0.2 N)
+    assert [i for i in range(20) if rule.runs_at(i, 20)] == [1, 2, 3]
+    assert not any(rule.runs_at(i, 8) for i in range(8))  # 8 steps: int(1.6) = 1, so none
+    pipe = WanPipeline.from_builtin("t2v-A14B")
+    calls = []
+    handles = [m.register_forward_hook(lambda m, a, k, out: calls.append(k.get("skip_blocks", ())), with_kwargs=True)
+               for m in pipe.experts.values()]  # fmt: skip
+    call = dict(steps=20, seed=3, slg_layers="1")
+    pipe(PROMPT, **call)
+    assert calls.count((1,)) == 3 and len(calls) == 23  # 20 batched CFG forwards, 3 without block 1
+    for h in handles:
+        h.remove()
+    plain = pipe(PROMPT, steps=20, seed=3).frames
+    assert torch.equal(pipe(PROMPT, slg_scale=0.0, **call).frames, plain)  # scale 0: the third pass adds exact zeros
+    assert (pipe(PROMPT, slg_scale=3.0, **call).frames - plain).abs().max() > 0.01
+    last = pipe.dit_cfg.num_layers - 1
+    with pytest.raises(ValueError, match=rf"slg_layers \[{last + 1}\]: this DiT has blocks 0..{last}"):
+        pipe(PROMPT, steps=2, slg_layers=[last + 1])
+
+
+def test_slg_velocity_in_closed_form():
+    """``v + s (v_c - v_skip)`` on top of the rule's velocity, at guidance 1 too (ComfyUI's form; diffusers' guider
+    takes ``v_skip + s (v_c - v_skip)`` when guidance is exactly 1, which is not its CFG form's limit)."""
+    pipe = WanPipeline.from_builtin("t2v-A14B")
+    model = pipe.experts["high"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, pipe.vae.cfg.z_dim, 3, 8, 8, generator=g)
+    text = (1, model.cfg.text_len, model.cfg.text_dim)
+    cond = Conditioning(torch.randn(*text, generator=g), torch.randn(*text, generator=g))
+    t = torch.tensor([900])
+    rule = Guidance("cfg_zero_star", 0, SkipLayers((0,), scale=2.5))
+    with torch.no_grad():
+        v_c, v_u = model(x, t, cond.context), model(x, t, cond.context_null)
+        v_skip = model(x, t, cond.context, skip_blocks=(0,))
+        for scale, base in ((1.0, v_c), (4.0, rule.combine(v_c, v_u, 4.0))):
+            ours = guided_velocity(model, x, t, cond, scale, batch_cfg=False, guidance=rule, skip=(0,))
+            assert torch.allclose(ours, base + 2.5 * (v_c - v_skip), atol=1e-6)
+            assert (v_c - v_skip).abs().max() > 0.01
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(slg_scale=2.0), r"\['slg_scale'\] set skip layer guidance's details"),
+        (dict(slg_layers="a,b"), "slg_layers are block indices such as '9,10'"),
+        (dict(slg_layers=[-1]), r"slg_layers are block indices \(0, 1, ...\)"),
+        (dict(slg_layers="1", slg_start=0.5, slg_stop=0.2), "0 <= start <= stop <= 1"),
+        (dict(slg_layers="1", slg_scale="2"), "slg_scale must be a number"),
+    ],
+)
+def test_slg_refusals(options, message):
+    with pytest.raises(ValueError, match=message):
+        resolve(GenerateOptions(PROMPT, **options), TASKS["t2v-A14B"])
 
 
 @pytest.mark.parametrize(
@@ -124,3 +198,5 @@ def test_cli_and_server_fields(tmp_path):
     frames = np.stack([np.asarray(f) for f in read_frames(tmp_path / "out")])
     assert np.array_equal(frames, to_uint8(ours))
     assert GenerateRequest(prompt=PROMPT, guidance="cfg_zero_star:3").options().guidance == "cfg_zero_star:3"
+    slg = GenerateRequest(prompt=PROMPT, slg_layers="9,10", slg_scale=3, slg_start=0.1, slg_stop=0.5).options()
+    assert (slg.slg_layers, slg.slg_scale, slg.slg_start, slg.slg_stop) == ("9,10", 3, 0.1, 0.5)

@@ -111,7 +111,8 @@ def test_the_page_sends_the_more_section(browser, lora_server):
     assert page.eval_on_selector("#guidance", listed) == ["cfg", "cfg_zero_star"]
     page.select_option("#task", "t2v-A14B")
     page.fill("textarea[name=prompt]", "a fox from the page")
-    for name, value in {"width": "32", "height": "32", "frames": "5", "seed": "5", "nag_scale": "3"}.items():
+    fields = {"width": "32", "height": "32", "frames": "5", "seed": "5", "nag_scale": "3", "slg_layers": "1"}
+    for name, value in fields.items():
         page.fill(f"input[name={name}]", value)
     page.select_option("#preset", "lightning")
     page.fill("input[name=loras]", "style:0.5, lightning@low")
@@ -125,10 +126,16 @@ def test_the_page_sends_the_more_section(browser, lora_server):
     assert job["status"] == "done" and p["preset"] == "lightning" and p["guidance"] == "cfg_zero_star"
     assert p["solver"] == "euler"  # the preset's: the form's solver left at "(default)" is not sent
     assert p["loras"] == [{"name": "style", "strength": 0.5}, {"name": "lightning", "strength": 1.0, "expert": "low"}]
-    assert (p["nag_scale"], p["nag_negative_prompt"]) == (3.0, "blurry")
+    assert (p["nag_scale"], p["nag_negative_prompt"], p["slg_layers"]) == (3.0, "blurry", "1")
     same = dict(prompt="a fox from the page", preset="lightning", steps=None, guidance="cfg_zero_star", nag_scale=3,
-                nag_negative_prompt="blurry", loras=p["loras"])  # fmt: skip
+                nag_negative_prompt="blurry", loras=p["loras"], slg_layers="1")  # fmt: skip
     assert np.array_equal(frames(lora_server, job), frames(lora_server, run(lora_server, **same)))
     text = card.inner_text()
     assert "style:0.5, lightning:1@low" in text and "cfg_zero_star" in text and "3 · blurry" in text
     assert not errors, errors
+
+
+def test_slg_blocks_are_checked_against_the_loaded_model(lora_server):
+    run(lora_server)  # (the model is loaded)
+    r = lora_server.client.post("/api/jobs", json=T2V | {"slg_layers": "5"})
+    assert r.status_code == 422 and "slg_layers [5]: this DiT has blocks 0..1" in r.text

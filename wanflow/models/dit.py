@@ -248,10 +248,12 @@ class WanDiT(nn.Module):
         t: torch.Tensor | TokenTimesteps,
         context: torch.Tensor,
         y: torch.Tensor | None = None,
+        skip_blocks: tuple[int, ...] = (),
     ) -> torch.Tensor:
         """x: (B, C, T, H, W) noisy latents; t: timesteps in [0, 1000], (B,), or per token as ``TokenTimesteps`` or a
         plain (B, L) tensor (slower: one device sync); context: (B, Lc, text_dim) text states (zero-padded to
-        ``text_len`` here if shorter); y: (B, C_y, T, H, W) conditioning channels appended to x. Returns the velocity
+        ``text_len`` here if shorter); y: (B, C_y, T, H, W) conditioning channels appended to x; ``skip_blocks``:
+        blocks left out (their input passed on: skip layer guidance's weakened model). Returns the velocity
         (B, out_dim, T, H, W) in float32."""
         x = self._check_inputs(x, y)
         tokens, grid = self.embed_patches(x)
@@ -260,20 +262,28 @@ class WanDiT(nn.Module):
         rope = rope_tables(self.cfg.head_dim, grid, self.cfg.rope_theta, device=tokens.device)
         shard = self.sequence.shard(tokens.shape[1])  # this forward's share of the tokens
         tokens, time, rope = shard.split(tokens, time, rope)
-        tokens = self.run_blocks(tokens, time, context, rope, shard.attend)
+        tokens = self.run_blocks(tokens, time, context, rope, shard.attend, skip_blocks)
         return self.unpatchify(shard.gather(self.head(tokens, time)), grid)
 
     def run_blocks(
-        self, tokens: torch.Tensor, time: TimeEmbedding, context: torch.Tensor, rope: Rope, attend: AttentionFn
+        self,
+        tokens: torch.Tensor,
+        time: TimeEmbedding,
+        context: torch.Tensor,
+        rope: Rope,
+        attend: AttentionFn,
+        skip: tuple[int, ...] = (),
     ) -> torch.Tensor:
-        """The block stack over this forward's (B, s, D) tokens, or the residual a ``block_cache`` hands back."""
-        cache = self.block_cache
+        """The block stack over this forward's (B, s, D) tokens (less the ``skip`` blocks), or the residual a
+        ``block_cache`` hands back (for the whole stack only)."""
+        cache = None if skip else self.block_cache
         residual = None if cache is None else cache.reuse(tokens)
         if residual is not None:
             return tokens + residual
         out = tokens
-        for block in self.blocks:
-            out = block(out, time, context, rope, attend)
+        for i, block in enumerate(self.blocks):
+            if i not in skip:
+                out = block(out, time, context, rope, attend)
         if cache is not None:
             cache.store(tokens, out)
         return out

@@ -116,12 +116,15 @@ def guided_velocity(
     scale: float,
     batch_cfg: bool = True,
     guidance: Guidance = CFG,
+    skip: tuple[int, ...] = (),
 ) -> torch.Tensor:
-    """Classifier-free guided velocity, the two passes combined by ``guidance``; both passes in one batch when
-    ``batch_cfg`` (not with NAG, whose conditional pass reads a context of twice the batch)."""
+    """Classifier-free guided velocity, the passes combined by ``guidance``; both passes in one batch when
+    ``batch_cfg`` (not with NAG, whose conditional pass reads a context of twice the batch); with ``skip`` blocks
+    (skip layer guidance's steps) a third pass, the prompt's without them."""
     y = cond.y
-    if scale == 1.0:  # guidance off: uncond + 1 * (cond - uncond) == cond
-        return model(latents, t, cond.positive(), y=y)
+    v_skip = None if not skip else model(latents, t, cond.positive(), y=y, skip_blocks=skip)
+    if scale == 1.0:  # guidance off: uncond + 1 * (cond - uncond) == cond, no unconditional pass
+        return guidance.combine(model(latents, t, cond.positive(), y=y), None, scale, v_skip)
     if batch_cfg and cond.context_nag is None:
         both = model(
             torch.cat([latents, latents]),
@@ -133,11 +136,14 @@ def guided_velocity(
     else:
         v_cond = model(latents, t, cond.positive(), y=y)
         v_uncond = model(latents, t, cond.context_null, y=y)
-    return guidance.combine(v_cond, v_uncond, scale)
+    return guidance.combine(v_cond, v_uncond, scale, v_skip)
 
 
-def _base_velocity(batch_cfg: bool, guidance: Guidance) -> Velocity:
-    return lambda model, latents, t, cond, scale: guided_velocity(model, latents, t, cond, scale, batch_cfg, guidance)
+def _base_velocity(batch_cfg: bool, step: Step) -> Velocity:
+    guidance, skip = step.guidance, step.guidance.skipped_layers(step.index, step.total)
+    return lambda model, latents, t, cond, scale: guided_velocity(
+        model, latents, t, cond, scale, batch_cfg, guidance, skip
+    )
 
 
 def denoise(
@@ -158,7 +164,7 @@ def denoise(
             hook.begin(steps)
         for step in steps:
             model = get(step.expert)
-            velocity = _base_velocity(sampler.batch_cfg, step.guidance)
+            velocity = _base_velocity(sampler.batch_cfg, step)
             for hook in hooks:
                 hook.before(step, model)
                 velocity = hook.wrap(velocity, step)

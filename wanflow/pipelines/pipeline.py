@@ -368,8 +368,15 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             raise ValueError("pass negative_prompt or negative_prompt_embeds (one of the two)")
         if not isinstance(prompt, GenerateOptions):
             prompt = GenerateOptions.from_keywords(prompt or "", **options)
-        request = resolve(prompt, self.task, self.size_multiple)
+        request = self.check_request(resolve(prompt, self.task, self.size_multiple))
         return request if self._scheduler is None else with_scheduler(request, prompt, self._scheduler)
+
+    def check_request(self, request: Request) -> Request:
+        """What ``resolve`` cannot check without this model: skip layer guidance's blocks exist."""
+        slg = request.guidance.slg
+        if slg is not None and max(slg.layers) >= self.dit_cfg.num_layers:
+            raise ValueError(f"slg_layers {list(slg.layers)}: this DiT has blocks 0..{self.dit_cfg.num_layers - 1}")
+        return request
 
     def generate(
         self,

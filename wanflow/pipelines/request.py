@@ -23,7 +23,7 @@ from wanflow.prompts.system import LANGUAGES
 from wanflow.runtime.nag import NagSettings
 from wanflow.runtime.step_cache import CacheSettings, parse_cache
 from wanflow.sampling.diffusers_schedulers import SchedulerGrid, scheduler_grid
-from wanflow.sampling.guidance import CFG, Guidance, parse_guidance
+from wanflow.sampling.guidance import CFG, Guidance, SkipLayers, parse_guidance
 from wanflow.sampling.noise import draw_seed
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.tasks import TASKS, Task
@@ -63,6 +63,10 @@ class GenerateOptions:
     strength: float | None = None  # with a video: the share of the steps that run, (0, 1]; None: 0.8
     extend: Any = None  # a video to continue (sources as ``video``): frames is then the whole length; None: +1 window
     guidance: str | None = None  # "cfg" or "cfg_zero_star[:K]" (``sampling.guidance``); None: cfg
+    slg_layers: Any = None  # skip layer guidance: the blocks its third pass leaves out ("9,10" or [9, 10]); None: off
+    slg_scale: float | None = None  # SLG's scale; None: 2.8
+    slg_start: float | None = None  # SLG runs on the steps strictly after int(start * steps); None: 0.01
+    slg_stop: float | None = None  # ... and before int(stop * steps); None: 0.2
     nag_scale: float | None = None  # NAG (``runtime.nag``): above 1 turns it on; None: off
     nag_tau: float | None = None  # NAG's cap on the norm ratio; None: 2.5
     nag_alpha: float | None = None  # NAG's blend weight; None: 0.25
@@ -230,7 +234,8 @@ class Request:
             **({"scheduler": self.grid.name} if self.grid is not None else {}),
             **({"switch_step": self.switch_step} if self.switch_step is not None else {}),
             **({"video_strength": self.strength} if self.video is not None else {}),
-            **({"guidance": str(self.guidance)} if self.guidance != CFG else {}),
+            **({"guidance": str(self.guidance)} if self.guidance.rule != "cfg" else {}),
+            **({"slg": self.guidance.slg.metadata()} if self.guidance.slg is not None else {}),
             **({"nag": self.nag.metadata()} if self.nag is not None else {}),
         }
 
@@ -290,7 +295,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         video=video or None,
         strength=strength if video else None,
         extend=extend or None,
-        guidance=parse_guidance(o.guidance),
+        guidance=dataclasses.replace(parse_guidance(o.guidance), slg=_slg(o)),
         nag=_nag(o, negative_prompt),
     )
 
@@ -309,6 +314,30 @@ def with_scheduler(request: Request, options: GenerateOptions, scheduler: Any) -
     grid = scheduler_grid(scheduler, request.steps)
     floats = grid.schedule.timesteps.is_floating_point()
     return dataclasses.replace(request, solver=grid.solver, shift=grid.shift, float_timesteps=floats, grid=grid)
+
+
+def _slg(o: GenerateOptions) -> SkipLayers | None:
+    """Skip layer guidance's settings where ``slg_layers`` names blocks, diffusers' defaults for the others."""
+    given = {"scale": o.slg_scale, "start": o.slg_start, "stop": o.slg_stop}
+    if o.slg_layers is None:
+        named = [f"slg_{name}" for name, value in given.items() if value is not None]
+        if named:
+            raise ValueError(f"{named} set skip layer guidance's details: slg_layers (the blocks to skip) turns it on")
+        return None
+    for name, value in given.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"slg_{name} must be a number, got {value!r}")
+    return SkipLayers(_block_list(o.slg_layers), **{k: float(v) for k, v in given.items() if v is not None})
+
+
+def _block_list(value: Any) -> tuple[int, ...]:
+    """``"9,10"``, ``9`` or ``[9, 10]`` -> (9, 10)."""
+    if isinstance(value, str):
+        try:
+            return tuple(int(part) for part in value.split(",") if part.strip())
+        except ValueError:
+            raise ValueError(f"slg_layers are block indices such as '9,10', got {value!r}") from None
+    return (value,) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
 
 
 def _nag(o: GenerateOptions, negative_prompt: str) -> NagSettings | None:

@@ -10,10 +10,15 @@ combines them (the loop's ``guided_velocity`` and CFG parallelism's).
   scale alone (``cfg_zero_star:0``).
 
 At guidance 1 both are the conditional prediction alone (no unconditional pass runs); the zero steps still apply.
+
+Beside either rule, skip layer guidance (SLG; StabilityAI's, as diffusers' ``SkipLayerGuidance`` and ComfyUI's
+``SkipLayerGuidanceDiT`` node run it): on the steps in its range a third pass, the prompt's with some DiT blocks left
+out, and ``v + s (v_c - v_skip)`` added to the rule's velocity, to steer away from what a weakened model predicts.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,9 +28,36 @@ MAX_ZERO_STEPS = 100
 
 
 @dataclass(frozen=True)
+class SkipLayers:
+    """SLG's settings: the blocks the third pass leaves out, its scale, and the steps it runs on: those strictly
+    after ``int(start * N)`` and before ``int(stop * N)`` of the run's N steps (diffusers' rule and defaults)."""
+
+    layers: tuple[int, ...]
+    scale: float = 2.8
+    start: float = 0.01
+    stop: float = 0.2
+
+    def __post_init__(self):
+        if not self.layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.layers):
+            raise ValueError(f"slg_layers are block indices (0, 1, ...), at least one, got {self.layers!r}")
+        if not (math.isfinite(self.scale) and self.scale >= 0):
+            raise ValueError(f"slg_scale is a number >= 0, got {self.scale!r}")
+        if not 0.0 <= self.start <= self.stop <= 1.0:
+            raise ValueError(f"slg_start and slg_stop are fractions of the steps, 0 <= start <= stop <= 1, got "
+                             f"{self.start!r} and {self.stop!r}")  # fmt: skip
+
+    def runs_at(self, index: int, total: int) -> bool:
+        return int(self.start * total) < index < int(self.stop * total)
+
+    def metadata(self) -> dict[str, object]:
+        return {"layers": list(self.layers), "scale": self.scale, "start": self.start, "stop": self.stop}
+
+
+@dataclass(frozen=True)
 class Guidance:
     rule: str = "cfg"
     zero_init_steps: int = 0  # cfg_zero_star: the run's first steps that move nothing
+    slg: SkipLayers | None = None  # skip layer guidance beside the rule
 
     def __post_init__(self):
         if self.rule not in RULES:
@@ -39,10 +71,22 @@ class Guidance:
         """Whether step ``index`` of the run moves nothing."""
         return index < self.zero_init_steps
 
-    def combine(self, v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Tensor:
-        if self.rule == "cfg_zero_star":
-            v_uncond = v_uncond * optimized_scale(v_cond, v_uncond)
-        return v_uncond + scale * (v_cond - v_uncond)
+    def skipped_layers(self, index: int, total: int) -> tuple[int, ...]:
+        """The blocks step ``index`` of ``total`` runs a third pass without (SLG); () for none."""
+        return self.slg.layers if self.slg is not None and self.slg.runs_at(index, total) else ()
+
+    def combine(
+        self, v_cond: torch.Tensor, v_uncond: torch.Tensor | None, scale: float, v_skip: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The step's velocity from the conditional and unconditional predictions (``v_uncond`` None at guidance 1)
+        and, on SLG's steps, the prediction without its blocks."""
+        if v_uncond is None:
+            v = v_cond
+        else:
+            if self.rule == "cfg_zero_star":
+                v_uncond = v_uncond * optimized_scale(v_cond, v_uncond)
+            v = v_uncond + scale * (v_cond - v_uncond)
+        return v if v_skip is None else v + self.slg.scale * (v_cond - v_skip)
 
     def __str__(self) -> str:
         return self.rule if self.rule == "cfg" else f"{self.rule}:{self.zero_init_steps}"

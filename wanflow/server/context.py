@@ -163,9 +163,12 @@ class Context:
         task = self.task(req.task)
         if task is None:
             return None  # a task outside the registry: its pipeline checks the request when the job runs
-        multiple = getattr(self.catalog.peek(req.task), "size_multiple", None)
+        loaded = self.catalog.peek(req.task)
+        multiple = getattr(loaded, "size_multiple", None)
         frames = None if inputs.video is None else inputs.video.stand_in()
         options = dataclasses.replace(req.options(inputs.image, inputs.last, frames), seed=0)  # the seed: at run time
         resolved = resolve(options, task, multiple, image_hint=IMAGE_HINT)
-        check_loras(getattr(self.app.state, "loras", None), req.loras, self.catalog.peek(req.task))
+        if hasattr(loaded, "check_request"):
+            loaded.check_request(resolved)
+        check_loras(getattr(self.app.state, "loras", None), req.loras, loaded)
         return resolved

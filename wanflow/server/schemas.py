@@ -107,6 +107,10 @@ class GenerateRequest(BaseModel):
         None, description="with a video file: continue it (frames: the whole length) instead of redoing it"
     )
     guidance: str | None = Field(None, max_length=40, description="cfg (default) or cfg_zero_star[:K]")
+    slg_layers: str | list[int] | None = Field(None, description="skip layer guidance: blocks to leave out, '9,10'")
+    slg_scale: float | None = Field(None, ge=0, le=MAX_GUIDE, description="skip layer guidance's scale (2.8)")
+    slg_start: float | None = Field(None, ge=0, le=1, description="SLG's first steps, a fraction (0.01)")
+    slg_stop: float | None = Field(None, ge=0, le=1, description="SLG's last steps, a fraction (0.2)")
     nag_scale: float | None = Field(
         None, ge=1, le=MAX_GUIDE, description="NAG: the negative prompt also at guidance 1; above 1 turns it on"
     )
@@ -202,6 +206,10 @@ class GenerateRequest(BaseModel):
             cache=self.cache,
             switch_step=self.switch_step,
             guidance=self.guidance,
+            slg_layers=self.slg_layers,
+            slg_scale=self.slg_scale,
+            slg_start=self.slg_start,
+            slg_stop=self.slg_stop,
             nag_scale=self.nag_scale,
             nag_tau=self.nag_tau,
             nag_alpha=self.nag_alpha,
