@@ -14,7 +14,7 @@ colour; the shape and direction should stay. Four runs per video, same seed:
 Reported per run: the share of videos whose object is found in the prompt's colour, shape and direction
 (``evaluation.detect``), and the seconds per video. Combinations seen in training (``seen_combos``), fresh seeds.
 
-    python benchmarks/nag_negative.py [--task t2v-A14B] [--per_combo 4] [--scale 4]
+    python benchmarks/nag_negative.py [--task t2v-A14B] [--per_combo 4] [--scale 4] [--preset lightning]
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def main() -> None:
     p.add_argument("--per_combo", type=int, default=4)
     p.add_argument("--scale", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=500)
+    p.add_argument("--preset", help="sample every run with this preset (lightning: 4 Euler steps, guidance 1)")
     args = p.parse_args()
     torch.set_num_threads(2)
     pipe = WanPipeline.from_builtin(args.task)
@@ -59,16 +60,20 @@ def main() -> None:
         prompt = f"a {clip.colour} {clip.shape} moving {clip.direction}"
         for name, options in runs(args.scale, clip.colour).items():
             t0 = time.perf_counter()
+            if args.preset and name.startswith("cfg"):
+                continue  # (the preset's guidance is 1: no classifier-free guidance to compare)
             with quiet_calls():
-                video = pipe(prompt, seed=args.seed + i, **options)
+                video = pipe(prompt, seed=args.seed + i, preset=args.preset, **options)
             seconds[name] += time.perf_counter() - t0
             found = detect(to_uint8(video.frames))
             hits[name] += [found.colour == clip.colour, found.shape == clip.shape, found.direction == clip.direction]
     n = len(clips)
     print(f"{args.task} built-in, {n} videos ({len(seen_combos())} seen combinations x {args.per_combo}), "
-          f"negative prompt = the prompt's colour, NAG scale {args.scale}")  # fmt: skip
+          f"negative prompt = the prompt's colour, NAG scale {args.scale}, preset {args.preset}")  # fmt: skip
     print(f"{'run':10s} {'colour':>7s} {'shape':>7s} {'direction':>9s} {'s/video':>8s}")
     for name, h in hits.items():
+        if args.preset and name.startswith("cfg"):
+            continue
         colour, shape, direction = h / n
         print(f"{name:10s} {colour:7.2f} {shape:7.2f} {direction:9.2f} {seconds[name] / n:8.2f}")
 
