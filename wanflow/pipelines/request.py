@@ -320,14 +320,8 @@ def _slg(o: GenerateOptions) -> SkipLayers | None:
     """Skip layer guidance's settings where ``slg_layers`` names blocks, diffusers' defaults for the others."""
     given = {"scale": o.slg_scale, "start": o.slg_start, "stop": o.slg_stop}
     if o.slg_layers is None:
-        named = [f"slg_{name}" for name, value in given.items() if value is not None]
-        if named:
-            raise ValueError(f"{named} set skip layer guidance's details: slg_layers (the blocks to skip) turns it on")
-        return None
-    for name, value in given.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ValueError(f"slg_{name} must be a number, got {value!r}")
-    return SkipLayers(_block_list(o.slg_layers), **{k: float(v) for k, v in given.items() if v is not None})
+        return _off("slg", given, "skip layer guidance", "slg_layers (the blocks to skip) turns it on")
+    return SkipLayers(_block_list(o.slg_layers), **_numbers("slg", given))
 
 
 def _block_list(value: Any) -> tuple[int, ...]:
@@ -342,22 +336,31 @@ def _block_list(value: Any) -> tuple[int, ...]:
 
 def _nag(o: GenerateOptions, negative_prompt: str) -> NagSettings | None:
     """NAG's settings where ``nag_scale`` turns it on (above 1), with the authors' defaults for the others."""
-    given = {"tau": o.nag_tau, "alpha": o.nag_alpha, "negative_prompt": o.nag_negative_prompt}
+    given = {"tau": o.nag_tau, "alpha": o.nag_alpha}
     if o.nag_scale is None:
-        named = [f"nag_{name}" for name, value in given.items() if value is not None]
-        if named:
-            raise ValueError(f"{named} set NAG's details: nag_scale above 1 turns it on")
-        return None
+        return _off("nag", {**given, "negative_prompt": o.nag_negative_prompt}, "NAG", "nag_scale above 1 turns it on")
     if o.nag_scale == 1.0:  # off, as in the authors' pipeline (whatever its details say)
         return None
     if o.nag_negative_prompt is not None and not isinstance(o.nag_negative_prompt, str):
         raise ValueError("nag_negative_prompt must be a string (None: the run's negative prompt)")
-    numbers = {"scale": o.nag_scale, **{k: v for k, v in given.items() if k != "negative_prompt" and v is not None}}
-    for name, value in numbers.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"nag_{name} must be a number, got {value!r}")
     text = negative_prompt if o.nag_negative_prompt is None else o.nag_negative_prompt
-    return NagSettings(**{k: float(v) for k, v in numbers.items()}, negative_prompt=text)
+    return NagSettings(**_numbers("nag", {"scale": o.nag_scale, **given}), negative_prompt=text)
+
+
+def _off(prefix: str, details: dict[str, Any], what: str, how: str) -> None:
+    """A feature left off: None, or an error naming the details given for it."""
+    named = [f"{prefix}_{name}" for name, value in details.items() if value is not None]
+    if named:
+        raise ValueError(f"{named} set {what}'s details: {how}")
+    return None
+
+
+def _numbers(prefix: str, values: dict[str, Any]) -> dict[str, float]:
+    """The values given (not None) as floats; anything but a number is an error naming its option."""
+    for name, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{prefix}_{name} must be a number, got {value!r}")
+    return {name: float(value) for name, value in values.items() if value is not None}
 
 
 def _switch_step(value: Any, task: Task, steps: int) -> int | None:
