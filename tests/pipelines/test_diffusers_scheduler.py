@@ -1,7 +1,7 @@
 """``pipe.scheduler``, diffusers' way to choose the sampler: the same scheduler given to diffusers' own ``WanPipeline``
 and to wanflow gives the same frames (UniPC, DPM++ and flow-matching Euler on their diffusers grids, a tiny
-two-expert checkpoint both read); the reference's grid given as a scheduler is wanflow's default bit for bit; a
-scheduler or an option wanflow cannot run exactly is refused."""
+two-expert checkpoint both read; flow-matching LCM with the same noise at each step); the reference's grid given as a
+scheduler is wanflow's default bit for bit; a scheduler or an option wanflow cannot run exactly is refused."""
 
 import numpy as np
 import pytest
@@ -10,6 +10,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FlowMatchLCMScheduler,
     UniPCMultistepScheduler,
 )
 
@@ -17,6 +18,7 @@ from tests.pipelines.test_parity import ReferenceUniPC
 from tests.tiny.checkpoint import write_both_layouts
 from wanflow.pipelines.pipeline import WanPipeline
 from wanflow.sampling.diffusers_schedulers import ReferenceScheduler
+from wanflow.sampling.solvers import step_noise
 from wanflow.tasks import TASKS
 
 TASK = "t2v-A14B"
@@ -88,6 +90,31 @@ def test_a_diffusers_scheduler_gives_diffusers_frames(pipes, ours, name):
     assert (a - default).abs().max() > 1e-2  # the scheduler was followed: not wanflow's default sampler
     again = ours(generator=generator(), **CALL, **call).frames  # the set scheduler is read, not stepped in place
     assert torch.equal(a, again)
+
+
+def test_flow_match_lcm_gives_diffusers_frames_with_the_same_step_noise(pipes, ours, monkeypatch):
+    """diffusers' ``FlowMatchLCMScheduler`` (data prediction noised afresh to the next sigma at each step) on both
+    sides; diffusers draws each step's noise from the global generator (its pipeline passes none), so it is handed
+    wanflow's noise of that step (``step_noise``): the noise is an input here, as the initial latents are."""
+    from diffusers.schedulers import scheduling_flow_match_lcm
+
+    _, theirs, _ = pipes
+    drawn = []
+
+    def wanflow_noise(shape, generator=None, device=None, dtype=None):
+        drawn.append(shape)
+        return step_noise(tuple(shape[1:]), 3, len(drawn) - 1, device or "cpu").to(dtype)
+
+    monkeypatch.setattr(scheduling_flow_match_lcm, "randn_tensor", wanflow_noise)
+    call = dict(num_inference_steps=4, guidance_scale=1.0)
+    ours.scheduler = FlowMatchLCMScheduler(shift=5.0)
+    theirs.scheduler = FlowMatchLCMScheduler(shift=5.0)
+    a = ours(generator=generator(3), **CALL, **call).frames
+    with torch.no_grad():
+        b = theirs(generator=generator(3), **CALL, **call).frames
+    assert len(drawn) == 4 and (a - b).abs().max() <= 1e-4 and a.std() > 0.05
+    ours.scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)  # the same grid, the ODE step
+    assert (ours(generator=generator(3), **CALL, **call).frames - a).abs().max() > 1e-2
 
 
 def test_the_reference_grid_as_a_scheduler_is_the_default_bit_for_bit(ours):

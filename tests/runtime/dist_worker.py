@@ -81,10 +81,12 @@ def _sample(task: str, ctx: DistContext, heads: int, sp: bool = False, cfg: bool
             model = shard_dit(model, ctx.flat_mesh())
         experts[name] = model
     hooks = [CfgParallel(mesh["cfg"])] if cfg else []
-    # (ti2v: CFG parallelism combines by the run's rule, and skip layer guidance's third pass runs on cfg rank 0)
+    # (ti2v: CFG parallelism combines by the run's rule, skip layer guidance's third pass runs on cfg rank 0, and the
+    # lcm solver's fresh noise is each rank's own draw of the same seed)
     guidance = Guidance("cfg_zero_star", 1, SkipLayers((1,), 2.0, 0.0, 1.0)) if task == "ti2v" else CFG
-    schedule, solver = get_schedule("unipc", STEPS, 5.0), get_solver("unipc")
-    sampler = Sampler(schedule, solver, boundary_t, guide, batch_cfg=False, guidance=guidance)
+    name = "lcm" if task == "ti2v" else "unipc"
+    schedule, solver = get_schedule(name, STEPS, 5.0), get_solver(name)
+    sampler = Sampler(schedule, solver, boundary_t, guide, batch_cfg=False, guidance=guidance, seed=7)
     with torch.no_grad():
         return denoise(experts, noise, cond, sampler, hooks)
 

@@ -12,6 +12,7 @@ from wanflow.sampling.schedule import (
     shift_sigmas,
     unipc_schedule,
 )
+from wanflow.sampling.solvers import SOLVERS
 
 # wan22.md §4: the official FlowUniPC defaults.
 # fmt: off
@@ -79,7 +80,7 @@ def test_shift_sigmas_closed_form():
 
 
 def test_registry_and_errors():
-    assert set(SCHEDULES) == {"unipc", "dpm++", "euler"}
+    assert set(SCHEDULES) == {"unipc", "dpm++", "euler", "lcm"} == set(SOLVERS)  # (each solver has its grid)
     assert torch.equal(get_schedule("unipc", 40, 12.0).timesteps, torch.tensor(T2V_TIMESTEPS))
     with pytest.raises(ValueError, match="choose one of"):
         get_schedule("ddim", 10, 5.0)

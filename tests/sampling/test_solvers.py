@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from wanflow.sampling.schedule import UNIPC_SIGMA_MAX, dpm_schedule, get_schedule
-from wanflow.sampling.solvers import SOLVERS, get_solver
+from wanflow.sampling.solvers import SOLVERS, get_solver, step_noise
 
 NAMES = ["euler", "unipc", "dpm++"]
 
@@ -235,7 +235,29 @@ def test_the_state_carries_the_history(name):
 
 
 def test_solver_registry():
-    assert set(SOLVERS) == {"unipc", "dpm++", "euler"}
+    assert set(SOLVERS) == {"unipc", "dpm++", "euler", "lcm"}
     assert get_solver("dpm++").order == 2 and get_solver("euler").order == 1
-    with pytest.raises(ValueError, match=r"choose one of \['dpm\+\+', 'euler', 'unipc'\]"):
+    with pytest.raises(ValueError, match=r"choose one of \['dpm\+\+', 'euler', 'lcm', 'unipc'\]"):
         get_solver("heun")
+
+
+def test_lcm_noises_the_data_prediction_afresh():
+    """``(1 - s') (x - s v) + s' eps_k``, eps_k the seed's and the step's own noise; the last step is ``x - s v``."""
+    schedule = get_schedule("lcm", 3, 5.0)
+    assert torch.equal(schedule.sigmas, get_schedule("euler", 3, 5.0).sigmas)  # the few-step grid
+    solver = get_solver("lcm")
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(1, 4, 2, 3, 3, generator=g), torch.randn(1, 4, 2, 3, 3, generator=g)
+    state = solver.init(schedule, seed=11)
+    sigmas = schedule.sigmas
+    for k in range(3):
+        x0 = x - sigmas[k] * v
+        expected = x0 if k == 2 else (1 - sigmas[k + 1]) * x0 + sigmas[k + 1] * step_noise((4, 2, 3, 3), 11, k, "cpu")
+        x, state = solver.step(state, v, x, k)
+        assert torch.equal(x, expected)
+    a, b, c = (step_noise((4, 2, 3, 3), seed, k, "cpu") for seed, k in ((11, 0), (11, 1), (12, 0)))
+    assert not torch.equal(a, b) and not torch.equal(a, c)  # its own noise per step and per seed ...
+    assert torch.equal(a, step_noise((4, 2, 3, 3), 11, 0, "cpu"))  # ... and the same again for the same two
+    assert not torch.allclose(step_noise((4, 2, 3, 3), 12, 0, "cpu"), step_noise((4, 2, 3, 3), 11, 1, "cpu"))
+    with pytest.raises(ValueError, match="needs the run's seed"):
+        solver.step(solver.init(schedule), v, x, 0)

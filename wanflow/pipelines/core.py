@@ -61,6 +61,7 @@ class Sampler:
     batch_cfg: bool = True  # both guidance passes in one batch
     skipped: int = 0  # steps of the full schedule before ``schedule`` (video to video: its tail)
     guidance: Guidance = CFG  # how each step's two predictions combine
+    seed: int | None = None  # the run's seed (the lcm solver's fresh noise at each step)
 
     def steps(self) -> list[Step]:
         timesteps = self.schedule.timesteps.tolist()  # python ints (floats): no device syncs inside the loop
@@ -158,7 +159,7 @@ def denoise(
     get = experts.__getitem__ if isinstance(experts, Mapping) else experts
     hooks, steps = list(hooks), sampler.steps()
     latents = keep_first_frame(noise, cond.frame0)
-    state = sampler.solver.init(sampler.schedule)
+    state = sampler.solver.init(sampler.schedule, sampler.seed)
     try:
         for hook in hooks:
             hook.begin(steps)

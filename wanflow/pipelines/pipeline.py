@@ -555,7 +555,9 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             tail, noise = from_video(schedule, request.strength, start, noise)
             schedule, skipped = tail, schedule.num_steps - tail.num_steps
         solver, guidance = get_solver(request.solver), request.guidance
-        sampler = Sampler(schedule, solver, boundary, request.guide_scale, skipped=skipped, guidance=guidance)
+        sampler = Sampler(
+            schedule, solver, boundary, request.guide_scale, skipped=skipped, guidance=guidance, seed=request.seed
+        )
         hooks = [self._placement, FiniteLatents(), *self._hooks, *hooks]  # NaN weights: an error, not a black video
         if request.cache:
             hooks.append(self.step_cache(request.cache))

@@ -25,6 +25,7 @@ FAMILIES = {  # diffusers' class name -> wanflow's solver
     "UniPCMultistepScheduler": "unipc",
     "DPMSolverMultistepScheduler": "dpm++",
     "FlowMatchEulerDiscreteScheduler": "euler",
+    "FlowMatchLCMScheduler": "lcm",
 }
 _FLOW = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "final_sigmas_type": "zero"}
 _GRID = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
@@ -50,8 +51,9 @@ REQUIRED: dict[str, dict[str, Any]] = {  # the settings under which diffusers' s
         "variance_type": None,
     },
     "euler": {**_COMMON, "stochastic_sampling": False, "invert_sigmas": False},
+    "lcm": {**_COMMON, "invert_sigmas": False, "scale_factors": None},  # (no resizing between steps)
 }
-SHIFT_KEYS = {"unipc": "flow_shift", "dpm++": "flow_shift", "euler": "shift"}
+SHIFT_KEYS = {"unipc": "flow_shift", "dpm++": "flow_shift", "euler": "shift", "lcm": "shift"}
 
 
 def reference_config(shift: float) -> dict[str, Any]:

@@ -91,6 +91,7 @@ SCHEDULES: dict[str, Callable[..., Schedule]] = {
     "unipc": unipc_schedule,
     "dpm++": dpm_schedule,
     "euler": euler_schedule,
+    "lcm": euler_schedule,  # (the few-step grid: linspace(1, 0, N + 1)[:N] shifted)
 }
 
 

@@ -12,15 +12,22 @@ Use::
 
 A step never mutates its state; it returns a new one. The math follows the reference schedulers (wan22.md §8):
 coefficients are float32 scalars from the float32 sigmas, the last step (sigma 0) returns ``x0_hat``.
+
+``lcm`` is not an ODE solver: each step predicts the data and noises it afresh to the next sigma,
+``(1 - sigma') x0_hat + sigma' eps_k`` (diffusers' ``FlowMatchLCMScheduler``, ComfyUI's ``lcm`` sampler: how
+consistency- and DMD-distilled models are sampled). Its noise ``eps_k`` is a function of the run's seed and the step
+(``step_noise``), so a seed gives one video on any number of ranks, as the initial noise does.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from wanflow.sampling.noise import MAX_SEED, initial_noise
 from wanflow.sampling.schedule import Schedule
 
 
@@ -33,6 +40,7 @@ class SolverState:
     last_sample: torch.Tensor | None = None  # UniPC: the sample the previous predictor started from
     last_order: int = 0  # UniPC: the previous predictor's order, reused by this step's corrector
     index: int | None = None  # the last step taken; None before the first
+    seed: int | None = None  # the run's seed: lcm's fresh noise at each step
 
 
 Stepped = tuple[torch.Tensor, SolverState]  # (x_next, state)
@@ -59,6 +67,27 @@ def euler_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, inde
     sigmas = state.schedule.sigmas
     x_next = x.float() + (sigmas[k + 1] - sigmas[k]) * velocity
     return x_next.to(velocity.dtype), SolverState(state.schedule, index=k)
+
+
+def step_noise(shape: tuple[int, ...], seed: int, index: int, device: torch.device | str) -> torch.Tensor:
+    """The fresh noise step ``index`` of a run with ``seed`` draws: a generator seeded by a hash of the two (so the
+    runs of neighbouring seeds do not share their streams), on ``device``, as ``initial_noise``."""
+    digest = hashlib.blake2b(f"wanflow-step-noise:{seed}:{index}".encode(), digest_size=8).digest()
+    return initial_noise(shape, int.from_bytes(digest, "little") & MAX_SEED, device)
+
+
+def lcm_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
+    """``(1 - sigma_{k+1}) x0_hat + sigma_{k+1} eps_k`` in float32 (``x0_hat`` itself at the last step), cast back to
+    the model output's dtype."""
+    k = _check_index(state, index)
+    if state.seed is None:
+        raise ValueError("the lcm solver noises each step afresh: it needs the run's seed (init(schedule, seed))")
+    sigmas = state.schedule.sigmas
+    x0 = x.float() - sigmas[k] * velocity
+    sigma_next = sigmas[k + 1]
+    if sigma_next > 0:
+        x0 = (1 - sigma_next) * x0 + sigma_next * step_noise(tuple(x.shape[1:]), state.seed, k, x.device)
+    return x0.to(velocity.dtype), SolverState(state.schedule, index=k, seed=state.seed)
 
 
 def _unipc_predict(sigmas: torch.Tensor, k: int, x0: tuple[torch.Tensor, ...], x: torch.Tensor, order: int):
@@ -139,14 +168,15 @@ class Solver:
     step: StepFn  # (state, velocity, x, index) -> (x_next, state)
     order: int  # order of accuracy in the step size
 
-    def init(self, schedule: Schedule) -> SolverState:
-        return SolverState(schedule)
+    def init(self, schedule: Schedule, seed: int | None = None) -> SolverState:
+        return SolverState(schedule, seed=seed)
 
 
 SOLVERS: dict[str, Solver] = {
     "unipc": Solver("unipc", unipc_step, 2),
     "dpm++": Solver("dpm++", dpm_step, 2),
     "euler": Solver("euler", euler_step, 1),
+    "lcm": Solver("lcm", lcm_step, 1),
 }
 
 
