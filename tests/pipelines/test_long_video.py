@@ -144,3 +144,19 @@ def test_each_window_prompt_is_extended_once(tiny, monkeypatch):
         pipe.set_prompt_extender(None)
     assert asked == ["a", "b"] and [w[3] for w in windows] == ["A", "B", "B", "B"]
     assert video.metadata["window_prompts"] == ["A", "B", "B", "B"] and video.metadata["original_prompt"] == "a | b"
+
+
+def test_each_window_runs_with_its_own_seed(tiny, monkeypatch):
+    """Window k's request carries ``seed + k``: its initial noise, and the lcm solver's fresh noise of each step (the
+    windows do not share one stream)."""
+    pipe, seen = tiny["t2v-A14B"], []
+    sample = pipe.sample
+
+    def record(noise, cond, request, hooks=(), start=None):
+        seen.append((request.seed, noise.clone()))
+        return sample(noise, cond, request, hooks, start)
+
+    monkeypatch.setattr(pipe, "sample", record)
+    pipe("a | b | c", frames=17, window_frames=9, window_overlap=4, seed=40, solver="lcm", steps=3)
+    assert [s for s, _ in seen] == [40, 41, 42]
+    assert all(torch.equal(noise, pipe.noise(noise.shape[1:], s)) for s, noise in seen)

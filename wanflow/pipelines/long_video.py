@@ -88,7 +88,7 @@ def sample_windows(
         start_latents = None if source is None else window_latents(source, start, end, given)
         timings["encode"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        noise = pipe.noise(prepared.shape, request.seed + k)
+        noise = pipe.noise(prepared.shape, part.seed)
         out = pipe.sample(noise, prepared.cond, part, hooks, start_latents)
         timings["denoise"] += time.perf_counter() - t0
         if k:  # the given frames as the earlier windows made them (I2V's DiT made its own of them)
@@ -112,11 +112,13 @@ def given_window(pipe, frames: list, shape: tuple[int, ...]) -> Window:
 
 
 def window_request(request: Request, k: int, latent_frames: int, last: bool) -> Request:
-    """Window ``k`` as a one-window request: its prompt, its length, the last image only on the last window."""
+    """Window ``k`` as a one-window request: its prompt, its length, its seed (``seed + k``: its noise, the lcm
+    solver's too), the last image only on the last window."""
     return dataclasses.replace(
         request,
         prompt=request.windows.prompts[k],
         frames=pixel_count(latent_frames),
+        seed=request.seed + k,
         last_image=request.last_image if last else None,
         windows=None,
     )
