@@ -157,6 +157,26 @@ def test_the_negative_prompt_is_encoded_once_when_nag_reads_it_too(monkeypatch):
     texts.clear()
     pipe(PROMPT, steps=2, seed=1, guide_scale=3.0, nag_scale=2.0, negative_prompt="green", nag_negative_prompt="blue")
     assert texts == [PROMPT, "green", "blue"]
+    texts.clear()
+    pipe(PROMPT, steps=2, seed=1, guide_scale=1.0, nag_scale=2.0, negative_prompt="green")
+    assert texts == [PROMPT, "green"]  # guidance 1: the negative prompt is read by NAG alone
+
+
+def test_given_negative_states_are_nag_negative_by_default():
+    """diffusers' ``negative_prompt_embeds`` are the run's negative prompt: NAG reads them unless it is given its own
+    text (as the authors' pipeline takes the CFG negative embeds)."""
+    pipe = WanPipeline.from_builtin("t2v-A14B")
+    states = pipe.encode_prompt("green", do_classifier_free_guidance=False)[0]
+    call = dict(num_inference_steps=3, generator=torch.Generator().manual_seed(2), output_type="pt", nag_scale=3.0)
+    for scale in (1.0, 3.0):
+        by_text = pipe(prompt=PROMPT, negative_prompt="green", guidance_scale=scale, **call).frames
+        call["generator"] = torch.Generator().manual_seed(2)
+        by_states = pipe(prompt=PROMPT, negative_prompt_embeds=states, guidance_scale=scale, **call).frames
+        call["generator"] = torch.Generator().manual_seed(2)
+        assert torch.allclose(by_text, by_states, atol=1e-6)
+        other = pipe(prompt=PROMPT, negative_prompt="blue", guidance_scale=scale, **call).frames
+        call["generator"] = torch.Generator().manual_seed(2)
+        assert (other - by_text).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize(
@@ -178,7 +198,8 @@ def test_refusals(options, message):
 
 def test_defaults_and_the_diffusers_shaped_call():
     request = resolve(GenerateOptions(PROMPT, nag_scale=4.0, negative_prompt="dim"), TASKS["t2v-A14B"])
-    assert request.nag == NagSettings(4.0, 2.5, 0.25, "dim")  # the authors' defaults; the run's negative prompt
+    assert request.nag == NagSettings(4.0, 2.5, 0.25, None)  # the authors' defaults; the run's negative prompt
+    assert request.metadata()["nag"]["negative_prompt"] == "dim"
     pipe = WanPipeline.from_builtin("t2v-A14B")
     out = pipe(prompt=PROMPT, num_inference_steps=2, nag_scale=4.0, output_type="np")  # the authors' pipeline's call
     assert out.frames[0].shape == (9, 64, 64, 3)  # diffusers' output, not a wanflow Video

@@ -480,17 +480,21 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         self, request: Request, progress: Progress, given: tuple[torch.Tensor | None, ...] = (None, None)
     ) -> Conditioning:
         """The (prompt, negative prompt) states the DiT reads, padded to its ``text_len``, and NAG's negative states
-        where it is on (the negative prompt's, encoded once, when it is the same text); ``given`` states (L, dim)
-        take the place of encoding the text where not None (diffusers' ``prompt_embeds``)."""
+        where it is on (by default the run's negative prompt's, encoded or given, computed once); ``given`` states
+        (L, dim) take the place of encoding the text where not None (diffusers' ``prompt_embeds``)."""
         scales = request.guide_scale if isinstance(request.guide_scale, tuple) else (request.guide_scale,)
         guided = set(scales) != {1.0}  # guidance 1 everywhere: no unconditional pass reads the negative prompt
-        texts = [request.prompt, request.negative_prompt][: 1 + guided]
-        given = list(given[: len(texts)])
+        texts, given = [request.prompt, request.negative_prompt], [*given, None][:2]
         nag = request.nag
-        if nag is not None and not (guided and given[1] is None and nag.negative_prompt == texts[1]):
-            texts, given = [*texts, nag.negative_prompt], [*given, None]
+        nag_text = None if nag is None else nag.negative_prompt
+        shared = nag is not None and (nag_text is None or (nag_text == texts[1] and given[1] is None))
+        if not guided:  # the negative's pass is NAG's own, or there is none
+            texts, given = (texts, given) if shared else (texts[:1], given[:1])
+        if nag is not None and not shared:
+            texts, given = [*texts, nag_text], [*given, None]
         states = self.prompt_states(texts, given, progress)
-        return Conditioning(states[0], states[1 if guided else 0], context_nag=states[-1] if nag is not None else None)
+        null = states[1] if guided else states[0]
+        return Conditioning(states[0], null, context_nag=None if nag is None else states[1 if shared else -1])
 
     def prompt_states(
         self, texts: Sequence[str], given: Sequence[torch.Tensor | None], progress: Progress

@@ -236,7 +236,7 @@ class Request:
             **({"video_strength": self.strength} if self.video is not None else {}),
             **({"guidance": str(self.guidance)} if self.guidance.rule != "cfg" else {}),
             **({"slg": self.guidance.slg.metadata()} if self.guidance.slg is not None else {}),
-            **({"nag": self.nag.metadata()} if self.nag is not None else {}),
+            **({"nag": self.nag.metadata(self.negative_prompt)} if self.nag is not None else {}),
         }
 
     def require_image(self) -> Image.Image:
@@ -296,7 +296,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         strength=strength if video else None,
         extend=extend or None,
         guidance=dataclasses.replace(parse_guidance(o.guidance), slg=_slg(o)),
-        nag=_nag(o, negative_prompt),
+        nag=_nag(o),
     )
 
 
@@ -334,7 +334,7 @@ def _block_list(value: Any) -> tuple[int, ...]:
     return (value,) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
 
 
-def _nag(o: GenerateOptions, negative_prompt: str) -> NagSettings | None:
+def _nag(o: GenerateOptions) -> NagSettings | None:
     """NAG's settings where ``nag_scale`` turns it on (above 1), with the authors' defaults for the others."""
     given = {"tau": o.nag_tau, "alpha": o.nag_alpha}
     if o.nag_scale is None:
@@ -343,8 +343,7 @@ def _nag(o: GenerateOptions, negative_prompt: str) -> NagSettings | None:
         return None
     if o.nag_negative_prompt is not None and not isinstance(o.nag_negative_prompt, str):
         raise ValueError("nag_negative_prompt must be a string (None: the run's negative prompt)")
-    text = negative_prompt if o.nag_negative_prompt is None else o.nag_negative_prompt
-    return NagSettings(**_numbers("nag", {"scale": o.nag_scale, **given}), negative_prompt=text)
+    return NagSettings(**_numbers("nag", {"scale": o.nag_scale, **given}), negative_prompt=o.nag_negative_prompt)
 
 
 def _off(prefix: str, details: dict[str, Any], what: str, how: str) -> None:

@@ -33,7 +33,7 @@ class NagSettings:
     scale: float  # phi > 1: how far from the negative (1: off)
     tau: float = 2.5  # the cap on the norm ratio
     alpha: float = 0.25  # the share of the guided output in the blend
-    negative_prompt: str = ""
+    negative_prompt: str | None = None  # None: the run's negative prompt (its states, encoded or given as embeds)
 
     def __post_init__(self):
         if not all(math.isfinite(x) for x in (self.scale, self.tau, self.alpha)):
@@ -45,8 +45,9 @@ class NagSettings:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"nag_alpha is a blend weight in [0, 1] (0.25 by default), got {self.alpha!r}")
 
-    def metadata(self) -> dict[str, object]:
-        return {"scale": self.scale, "tau": self.tau, "alpha": self.alpha, "negative_prompt": self.negative_prompt}
+    def metadata(self, run_negative: str) -> dict[str, object]:
+        negative = run_negative if self.negative_prompt is None else self.negative_prompt
+        return {"scale": self.scale, "tau": self.tau, "alpha": self.alpha, "negative_prompt": negative}
 
 
 def guide(positive: torch.Tensor, negative: torch.Tensor, settings: NagSettings) -> torch.Tensor:
