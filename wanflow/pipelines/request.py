@@ -274,10 +274,9 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
     windows = _windows(o, task, frames, len(extend) if extend else None)
     frames = frames or pixel_count(windows.total)
     seed = draw_seed(o.seed)
-    negative_prompt = task.negative_prompt if o.negative_prompt is None else o.negative_prompt
     return Request(
         prompt=o.prompt if isinstance(o.prompt, str) else " | ".join(o.prompt),
-        negative_prompt=negative_prompt,
+        negative_prompt=task.negative_prompt if o.negative_prompt is None else o.negative_prompt,
         image=image,
         size=(width, height),
         frames=frames,
