@@ -41,7 +41,7 @@ from wanflow.runtime.ring_attention import ulysses_ring_attention
 from wanflow.runtime.sequence_parallel import UlyssesSequence, parallelize_sequence
 from wanflow.runtime.vae_parallel import decode_parallel, split_tile
 from wanflow.runtime.vae_tiling import plan_tiles
-from wanflow.sampling.guidance import CFG, Guidance, SkipLayers
+from wanflow.sampling.guidance import Guidance, SkipLayers
 from wanflow.sampling.noise import draw_seed
 from wanflow.sampling.schedule import get_schedule
 from wanflow.sampling.solvers import get_solver
@@ -63,7 +63,9 @@ def _case(task: str) -> tuple[dict, torch.Tensor, Conditioning, float | None, tu
     return {"dense": 3}, noise, Conditioning(ctx[:1], ctx[1:], frame0=frame0), None, 5.0
 
 
-def _sample(task: str, ctx: DistContext, heads: int, sp: bool = False, cfg: bool = False, fsdp: bool = False):
+def _sample(
+    task: str, ctx: DistContext, heads: int, sp: bool = False, cfg: bool = False, fsdp: bool = False, slg: str = ""
+):
     seeds, noise, cond, boundary_t, guide = _case(task)
     dit_cfg = (TINY_T2V if task == "t2v" else TINY_TI2V).replace(dim=12 * heads, num_heads=heads)
     experts = {}
@@ -83,7 +85,10 @@ def _sample(task: str, ctx: DistContext, heads: int, sp: bool = False, cfg: bool
     hooks = [CfgParallel(mesh["cfg"])] if cfg else []
     # (ti2v: CFG parallelism combines by the run's rule, skip layer guidance's third pass runs on cfg rank 0, and the
     # lcm solver's fresh noise is each rank's own draw of the same seed)
-    guidance = Guidance("cfg_zero_star", 1, SkipLayers((1,), 2.0, 0.0, 1.0)) if task == "ti2v" else CFG
+    # t2v: SLG's uncond mode (rank 1 of a CFG pair leaves the blocks out), or under FSDP its third pass (every rank)
+    mode = slg or ("pass" if fsdp else "uncond")
+    t2v_slg = Guidance(slg=SkipLayers((1,), 2.0, 0.0, 1.0, mode))
+    guidance = Guidance("cfg_zero_star", 1, SkipLayers((1,), 2.0, 0.0, 1.0)) if task == "ti2v" else t2v_slg
     name = "lcm" if task == "ti2v" else "unipc"
     schedule, solver = get_schedule(name, STEPS, 5.0), get_solver(name)
     sampler = Sampler(schedule, solver, boundary_t, guide, batch_cfg=False, guidance=guidance, seed=7)
@@ -108,7 +113,8 @@ def check_sample(
     relative = heads is not None
     if heads is None:
         heads = 4 if sp and ulysses == 4 else 2  # the tiny DiT has 2 heads; pure Ulysses over 4 ranks needs 4
-    serial = _sample(task, DistContext(0, 1, 0, ctx.device, None), heads)  # no collectives: the plain loop
+    one = DistContext(0, 1, 0, ctx.device, None)
+    serial = _sample(task, one, heads, slg="pass" if fsdp else "uncond")  # no collectives: the plain loop
     diff = (_sample(task, ctx, heads, sp, cfg, fsdp) - serial).abs().max().item()
     return diff / serial.abs().max().item() if relative else diff
 

@@ -150,9 +150,32 @@ def test_slg_velocity_in_closed_form():
         v_c, v_u = model(x, t, cond.context), model(x, t, cond.context_null)
         v_skip = model(x, t, cond.context, skip_blocks=(0,))
         for scale, base in ((1.0, v_c), (4.0, rule.combine(v_c, v_u, 4.0))):
-            ours = guided_velocity(model, x, t, cond, scale, batch_cfg=False, guidance=rule, skip=(0,))
+            ours = guided_velocity(model, x, t, cond, scale, batch_cfg=False, guidance=rule, skip=((0,), ()))
             assert torch.allclose(ours, base + 2.5 * (v_c - v_skip), atol=1e-6)
             assert (v_c - v_skip).abs().max() > 0.01
+
+
+def test_slg_uncond_mode_weakens_the_unconditional_pass():
+    """ComfyUI's ``SkipLayerGuidanceDiTSimple``: on SLG's steps the unconditional pass leaves the blocks out and no
+    third pass runs, ``v_u' + g (v_c - v_u')`` (the batched CFG forward is split for it); nothing at guidance 1."""
+    pipe = WanPipeline.from_builtin("t2v-A14B")
+    model = pipe.experts["high"]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, pipe.vae.cfg.z_dim, 3, 8, 8, generator=g)
+    text = (1, model.cfg.text_len, model.cfg.text_dim)
+    cond = Conditioning(torch.randn(*text, generator=g), torch.randn(*text, generator=g))
+    t = torch.tensor([700])
+    request = resolve(GenerateOptions(PROMPT, slg_layers="1", slg_mode="uncond", slg_start=0.0), TASKS["t2v-A14B"])
+    rule = request.guidance
+    assert rule.skipped_layers(1, 20) == ((), (1,)) and rule.skipped_layers(0, 20) == ((), ())
+    with torch.no_grad():
+        v_c, v_u = model(x, t, cond.context), model(x, t, cond.context_null, skip_blocks=(1,))
+        ours = guided_velocity(model, x, t, cond, 4.0, guidance=rule, skip=((), (1,)))  # (batch_cfg: split here)
+        assert torch.allclose(ours, v_u + 4.0 * (v_c - v_u), atol=1e-5)
+        plain = guided_velocity(model, x, t, cond, 4.0)
+        assert (ours - plain).abs().max() > 0.01
+        assert torch.equal(guided_velocity(model, x, t, cond, 1.0, guidance=rule, skip=((), (1,))), v_c)
+    assert request.metadata()["slg"] == {"layers": [1], "start": 0.0, "stop": 0.2, "mode": "uncond"}
 
 
 @pytest.mark.parametrize(
@@ -163,6 +186,9 @@ def test_slg_velocity_in_closed_form():
         (dict(slg_layers=[-1]), r"slg_layers are block indices \(0, 1, ...\)"),
         (dict(slg_layers="1", slg_start=0.5, slg_stop=0.2), "0 <= start <= stop <= 1"),
         (dict(slg_layers="1", slg_scale="2"), "slg_scale must be a number"),
+        (dict(slg_layers="1", slg_mode="uncond", slg_scale=2.0), "slg_mode uncond has none"),
+        (dict(slg_layers="1", slg_mode="third"), "slg_mode is one of pass, uncond"),
+        (dict(slg_mode="uncond"), r"\['slg_mode'\] set skip layer guidance's details"),
     ],
 )
 def test_slg_refusals(options, message):

@@ -55,7 +55,7 @@ OPTION_FLAGS = {
     "cache": "cache",
     "switch_step": "switch_step",
     "guidance": "guidance",
-    **{name: name for name in ("slg_layers", "slg_scale", "slg_start", "slg_stop")},
+    **{name: name for name in ("slg_layers", "slg_scale", "slg_start", "slg_stop", "slg_mode")},
     **{name: name for name in ("nag_scale", "nag_tau", "nag_alpha", "nag_negative_prompt")},
 }
 
@@ -152,6 +152,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(p, "slg_scale", type=float, help="skip layer guidance's scale (default 2.8)")
     add_flag(p, "slg_start", type=float, help="SLG runs on the steps after this fraction of them (default 0.01)")
     add_flag(p, "slg_stop", type=float, help="... and before this fraction (default 0.2)")
+    add_flag(
+        p,
+        "slg_mode",
+        choices=["pass", "uncond"],
+        help="pass: a third pass (default); uncond: the unconditional pass leaves the blocks out (ComfyUI's Simple)",
+    )
     add_nag_arguments(p)
     add_flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")
     add_flag(p, "ulysses_size", type=int, default=1, help="sequence-parallel ranks (torchrun; default 1)")

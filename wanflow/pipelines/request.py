@@ -67,6 +67,7 @@ class GenerateOptions:
     slg_scale: float | None = None  # SLG's scale; None: 2.8
     slg_start: float | None = None  # SLG runs on the steps strictly after int(start * steps); None: 0.01
     slg_stop: float | None = None  # ... and before int(stop * steps); None: 0.2
+    slg_mode: str | None = None  # "pass" (a third pass; None) or "uncond" (the unconditional pass without the blocks)
     nag_scale: float | None = None  # NAG (``runtime.nag``): above 1 turns it on; None: off
     nag_tau: float | None = None  # NAG's cap on the norm ratio; None: 2.5
     nag_alpha: float | None = None  # NAG's blend weight; None: 0.25
@@ -319,8 +320,12 @@ def _slg(o: GenerateOptions) -> SkipLayers | None:
     """Skip layer guidance's settings where ``slg_layers`` names blocks, diffusers' defaults for the others."""
     given = {"scale": o.slg_scale, "start": o.slg_start, "stop": o.slg_stop}
     if o.slg_layers is None:
-        return _off("slg", given, "skip layer guidance", "slg_layers (the blocks to skip) turns it on")
-    return SkipLayers(_block_list(o.slg_layers), **_numbers("slg", given))
+        details = {**given, "mode": o.slg_mode}
+        return _off("slg", details, "skip layer guidance", "slg_layers (the blocks to skip) turns it on")
+    if o.slg_mode == "uncond" and o.slg_scale is not None:
+        raise ValueError("slg_scale is the third pass's: slg_mode uncond has none (it weakens the unconditional pass)")
+    mode = {} if o.slg_mode is None else {"mode": o.slg_mode}
+    return SkipLayers(_block_list(o.slg_layers), **_numbers("slg", given), **mode)
 
 
 def _block_list(value: Any) -> tuple[int, ...]:

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FSDPModule
 
 from wanflow.runtime.distributed import as_group
 from wanflow.sampling.guidance import CFG, Guidance
@@ -40,25 +41,24 @@ class CfgParallel(StepHook):
         cond,
         scale: float,
         guidance: Guidance = CFG,
-        skip: tuple[int, ...] = (),
+        skip: tuple[tuple[int, ...], tuple[int, ...]] = ((), ()),
     ) -> torch.Tensor:
         """The two passes combined by ``guidance`` (``uncond + scale * (cond - uncond)``); ``cond`` is the loop's
-        ``Conditioning``. Skip layer guidance's third pass (``skip`` blocks left out) runs on rank 0, which sends it
-        to rank 1."""
-        v_skip = self._skip_pass(model, latents, t, cond, skip) if skip else None
+        ``Conditioning``. Skip layer guidance's third pass (``skip[0]`` blocks left out) runs on both ranks (the same
+        prediction: nothing to exchange, and FSDP-sharded blocks see the same forwards on every rank); its ``uncond``
+        mode's blocks (``skip[1]``) are left out of rank 1's pass, which FSDP cannot follow (refused)."""
+        third, uncond_skip = skip
+        if uncond_skip and any(isinstance(m, FSDPModule) for m in model.modules()):
+            raise ValueError(
+                "slg_mode uncond leaves blocks out of one rank's pass: not with --cfg_parallel and a DiT sharded by "
+                "--dit_fsdp (every rank must run every sharded block); use slg_mode pass, or one of the two"
+            )
+        v_skip = model(latents, t, cond.positive(), y=cond.y, skip_blocks=third) if third else None
         if scale == 1.0:  # guidance off: both ranks run the conditional pass, nothing to exchange
             return guidance.combine(model(latents, t, cond.positive(), y=cond.y), None, scale, v_skip)
-        context = cond.positive() if self.rank == 0 else cond.context_null
-        mine = model(latents, t, context, y=cond.y).contiguous()
+        context, blocks = (cond.positive(), ()) if self.rank == 0 else (cond.context_null, uncond_skip)
+        mine = model(latents, t, context, y=cond.y, skip_blocks=blocks).contiguous()
         both = [torch.empty_like(mine) for _ in range(2)]
         dist.all_gather(both, mine, group=self.group)
         v_cond, v_uncond = both
         return guidance.combine(v_cond, v_uncond, scale, v_skip)
-
-    def _skip_pass(self, model: nn.Module, latents: torch.Tensor, t, cond, skip: tuple[int, ...]) -> torch.Tensor:
-        if self.rank == 0:
-            out = model(latents, t, cond.positive(), y=cond.y, skip_blocks=skip).contiguous()
-        else:
-            out = torch.empty(latents.shape[0], model.cfg.out_dim, *latents.shape[2:], device=latents.device)
-        dist.broadcast(out, src=dist.get_global_rank(self.group, 0), group=self.group)
-        return out

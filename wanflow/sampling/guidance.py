@@ -14,6 +14,9 @@ At guidance 1 both are the conditional prediction alone (no unconditional pass r
 Beside either rule, skip layer guidance (SLG; StabilityAI's, as diffusers' ``SkipLayerGuidance`` and ComfyUI's
 ``SkipLayerGuidanceDiT`` node run it): on the steps in its range a third pass, the prompt's with some DiT blocks left
 out, and ``v + s (v_c - v_skip)`` added to the rule's velocity, to steer away from what a weakened model predicts.
+Its ``uncond`` mode (ComfyUI's ``SkipLayerGuidanceDiTSimple``, Kijai's ``WanVideoSLG``) runs no third pass: the
+unconditional pass itself leaves the blocks out, so guidance pushes away from the weakened model's unconditional
+prediction (no scale; nothing at guidance 1, where no unconditional pass runs).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 RULES = ("cfg", "cfg_zero_star")
+SLG_MODES = ("pass", "uncond")
 MAX_ZERO_STEPS = 100
 
 
@@ -36,8 +40,11 @@ class SkipLayers:
     scale: float = 2.8
     start: float = 0.01
     stop: float = 0.2
+    mode: str = "pass"  # "pass": a third pass; "uncond": the unconditional pass without the blocks
 
     def __post_init__(self):
+        if self.mode not in SLG_MODES:
+            raise ValueError(f"slg_mode is one of {', '.join(SLG_MODES)}, got {self.mode!r}")
         if not self.layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.layers):
             raise ValueError(f"slg_layers are block indices (0, 1, ...), at least one, got {self.layers!r}")
         if not (math.isfinite(self.scale) and self.scale >= 0):
@@ -50,7 +57,8 @@ class SkipLayers:
         return int(self.start * total) < index < int(self.stop * total)
 
     def metadata(self) -> dict[str, object]:
-        return {"layers": list(self.layers), "scale": self.scale, "start": self.start, "stop": self.stop}
+        out = {"layers": list(self.layers), "start": self.start, "stop": self.stop, "mode": self.mode}
+        return out | ({"scale": self.scale} if self.mode == "pass" else {})
 
 
 @dataclass(frozen=True)
@@ -71,9 +79,12 @@ class Guidance:
         """Whether step ``index`` of the run moves nothing."""
         return index < self.zero_init_steps
 
-    def skipped_layers(self, index: int, total: int) -> tuple[int, ...]:
-        """The blocks step ``index`` of ``total`` runs a third pass without (SLG); () for none."""
-        return self.slg.layers if self.slg is not None and self.slg.runs_at(index, total) else ()
+    def skipped_layers(self, index: int, total: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The blocks step ``index`` of ``total`` leaves out of (SLG's third pass, the unconditional pass); () for
+        none."""
+        if self.slg is None or not self.slg.runs_at(index, total):
+            return (), ()
+        return ((), self.slg.layers) if self.slg.mode == "uncond" else (self.slg.layers, ())
 
     def combine(
         self, v_cond: torch.Tensor, v_uncond: torch.Tensor | None, scale: float, v_skip: torch.Tensor | None = None

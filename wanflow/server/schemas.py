@@ -111,6 +111,7 @@ class GenerateRequest(BaseModel):
     slg_scale: float | None = Field(None, ge=0, le=MAX_GUIDE, description="skip layer guidance's scale (2.8)")
     slg_start: float | None = Field(None, ge=0, le=1, description="SLG's first steps, a fraction (0.01)")
     slg_stop: float | None = Field(None, ge=0, le=1, description="SLG's last steps, a fraction (0.2)")
+    slg_mode: Literal["pass", "uncond"] | None = Field(None, description="SLG: a third pass, or a weakened uncond")
     nag_scale: float | None = Field(
         None, ge=1, le=MAX_GUIDE, description="NAG: the negative prompt also at guidance 1; above 1 turns it on"
     )
@@ -210,6 +211,7 @@ class GenerateRequest(BaseModel):
             slg_scale=self.slg_scale,
             slg_start=self.slg_start,
             slg_stop=self.slg_stop,
+            slg_mode=self.slg_mode,
             nag_scale=self.nag_scale,
             nag_tau=self.nag_tau,
             nag_alpha=self.nag_alpha,
