@@ -14,7 +14,7 @@ At guidance 1 both are the conditional prediction alone (no unconditional pass r
 Beside either rule, skip layer guidance (SLG; StabilityAI's, as diffusers' ``SkipLayerGuidance`` and ComfyUI's
 ``SkipLayerGuidanceDiT`` node run it): on the steps in its range a third pass, the prompt's with some DiT blocks left
 out, and ``v + s (v_c - v_skip)`` added to the rule's velocity, to steer away from what a weakened model predicts.
-Its ``uncond`` mode (ComfyUI's ``SkipLayerGuidanceDiTSimple``, Kijai's ``WanVideoSLG``) runs no third pass: the
+Its ``uncond`` mode (ComfyUI's ``SkipLayerGuidanceDiTSimple``) runs no third pass: the
 unconditional pass itself leaves the blocks out, so guidance pushes away from the weakened model's unconditional
 prediction (no scale; nothing at guidance 1, where no unconditional pass runs).
 """
