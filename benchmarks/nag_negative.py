@@ -33,13 +33,16 @@ from wanflow.pipelines.pipeline import WanPipeline
 from wanflow.pipelines.progress import quiet_calls
 
 
-def runs(scale: float, colour: str) -> dict[str, dict]:
-    return {
+def runs(scale: float, colour: str, preset: str | None) -> dict[str, dict]:
+    """The runs of one prompt; with a preset only the guidance-1 ones (the preset's guidance is 1: no CFG to
+    compare)."""
+    all_runs = {
         "g1": dict(guide_scale=1.0),
         "g1+nag": dict(guide_scale=1.0, nag_scale=scale, nag_negative_prompt=colour),
         "cfg": dict(negative_prompt=colour),
         "cfg+task": {},
     }
+    return {name: options for name, options in all_runs.items() if not (preset and name.startswith("cfg"))}
 
 
 def main() -> None:
@@ -54,14 +57,12 @@ def main() -> None:
     pipe = WanPipeline.from_builtin(args.task)
     width, height = pipe.task.size
     clips = combo_clips(args.seed, seen_combos(), args.per_combo, height, width, pipe.task.frames)
-    hits = {name: np.zeros(3) for name in runs(args.scale, "")}
+    hits = {name: np.zeros(3) for name in runs(args.scale, "", args.preset)}
     seconds = dict.fromkeys(hits, 0.0)
     for i, clip in enumerate(clips):
         prompt = f"a {clip.colour} {clip.shape} moving {clip.direction}"
-        for name, options in runs(args.scale, clip.colour).items():
+        for name, options in runs(args.scale, clip.colour, args.preset).items():
             t0 = time.perf_counter()
-            if args.preset and name.startswith("cfg"):
-                continue  # (the preset's guidance is 1: no classifier-free guidance to compare)
             with quiet_calls():
                 video = pipe(prompt, seed=args.seed + i, preset=args.preset, **options)
             seconds[name] += time.perf_counter() - t0
@@ -72,8 +73,6 @@ def main() -> None:
           f"negative prompt = the prompt's colour, NAG scale {args.scale}, preset {args.preset}")  # fmt: skip
     print(f"{'run':10s} {'colour':>7s} {'shape':>7s} {'direction':>9s} {'s/video':>8s}")
     for name, h in hits.items():
-        if args.preset and name.startswith("cfg"):
-            continue
         colour, shape, direction = h / n
         print(f"{name:10s} {colour:7.2f} {shape:7.2f} {direction:9.2f} {seconds[name] / n:8.2f}")
 

@@ -135,15 +135,21 @@ def test_slg_steps_and_its_third_pass():
         pipe(PROMPT, steps=2, slg_layers=[last + 1])
 
 
+def expert_inputs(seed: int) -> tuple[torch.nn.Module, torch.Tensor, Conditioning]:
+    """The built-in t2v model's high-noise expert, random latents (1, C, 3, 8, 8) and random prompt and negative
+    states, from ``seed``."""
+    pipe = WanPipeline.from_builtin("t2v-A14B")
+    model = pipe.experts["high"]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, pipe.vae.cfg.z_dim, 3, 8, 8, generator=g)
+    text = (1, model.cfg.text_len, model.cfg.text_dim)
+    return model, x, Conditioning(torch.randn(*text, generator=g), torch.randn(*text, generator=g))
+
+
 def test_slg_velocity_in_closed_form():
     """``v + s (v_c - v_skip)`` on top of the rule's velocity, at guidance 1 too (ComfyUI's form; diffusers' guider
     takes ``v_skip + s (v_c - v_skip)`` when guidance is exactly 1, which is not its CFG form's limit)."""
-    pipe = WanPipeline.from_builtin("t2v-A14B")
-    model = pipe.experts["high"]
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, pipe.vae.cfg.z_dim, 3, 8, 8, generator=g)
-    text = (1, model.cfg.text_len, model.cfg.text_dim)
-    cond = Conditioning(torch.randn(*text, generator=g), torch.randn(*text, generator=g))
+    model, x, cond = expert_inputs(seed=0)
     t = torch.tensor([900])
     rule = Guidance("cfg_zero_star", 0, SkipLayers((0,), scale=2.5))
     with torch.no_grad():
@@ -158,12 +164,7 @@ def test_slg_velocity_in_closed_form():
 def test_slg_uncond_mode_weakens_the_unconditional_pass():
     """ComfyUI's ``SkipLayerGuidanceDiTSimple``: on SLG's steps the unconditional pass leaves the blocks out and no
     third pass runs, ``v_u' + g (v_c - v_u')`` (the batched CFG forward is split for it); nothing at guidance 1."""
-    pipe = WanPipeline.from_builtin("t2v-A14B")
-    model = pipe.experts["high"]
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(1, pipe.vae.cfg.z_dim, 3, 8, 8, generator=g)
-    text = (1, model.cfg.text_len, model.cfg.text_dim)
-    cond = Conditioning(torch.randn(*text, generator=g), torch.randn(*text, generator=g))
+    model, x, cond = expert_inputs(seed=1)
     t = torch.tensor([700])
     request = resolve(GenerateOptions(PROMPT, slg_layers="1", slg_mode="uncond", slg_start=0.0), TASKS["t2v-A14B"])
     rule = request.guidance

@@ -123,11 +123,11 @@ def guided_velocity(
     ``batch_cfg`` (not with NAG, whose conditional pass reads a context of twice the batch, nor when the
     unconditional pass leaves blocks out); ``skip``: the blocks skip layer guidance leaves out of its third pass (the
     prompt's) and of the unconditional pass, on its steps."""
-    y = cond.y
+    y, positive = cond.y, cond.positive()
     third, uncond_skip = skip
-    v_skip = None if not third else model(latents, t, cond.positive(), y=y, skip_blocks=third)
+    v_skip = None if not third else model(latents, t, positive, y=y, skip_blocks=third)
     if scale == 1.0:  # guidance off: uncond + 1 * (cond - uncond) == cond, no unconditional pass
-        return guidance.combine(model(latents, t, cond.positive(), y=y), None, scale, v_skip)
+        return guidance.combine(model(latents, t, positive, y=y), None, scale, v_skip)
     if batch_cfg and cond.context_nag is None and not uncond_skip:
         both = model(
             torch.cat([latents, latents]),
@@ -137,7 +137,7 @@ def guided_velocity(
         )
         v_cond, v_uncond = both.chunk(2)
     else:
-        v_cond = model(latents, t, cond.positive(), y=y)
+        v_cond = model(latents, t, positive, y=y)
         v_uncond = model(latents, t, cond.context_null, y=y, skip_blocks=uncond_skip)
     return guidance.combine(v_cond, v_uncond, scale, v_skip)
 

@@ -53,10 +53,11 @@ class CfgParallel(StepHook):
                 "slg_mode uncond leaves blocks out of one rank's pass: not with --cfg_parallel and a DiT sharded by "
                 "--dit_fsdp (every rank must run every sharded block); use slg_mode pass, or one of the two"
             )
-        v_skip = model(latents, t, cond.positive(), y=cond.y, skip_blocks=third) if third else None
+        positive = cond.positive()
+        v_skip = model(latents, t, positive, y=cond.y, skip_blocks=third) if third else None
         if scale == 1.0:  # guidance off: both ranks run the conditional pass, nothing to exchange
-            return guidance.combine(model(latents, t, cond.positive(), y=cond.y), None, scale, v_skip)
-        context, blocks = (cond.positive(), ()) if self.rank == 0 else (cond.context_null, uncond_skip)
+            return guidance.combine(model(latents, t, positive, y=cond.y), None, scale, v_skip)
+        context, blocks = (positive, ()) if self.rank == 0 else (cond.context_null, uncond_skip)
         mine = model(latents, t, context, y=cond.y, skip_blocks=blocks).contiguous()
         both = [torch.empty_like(mine) for _ in range(2)]
         dist.all_gather(both, mine, group=self.group)

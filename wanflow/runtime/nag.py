@@ -86,8 +86,12 @@ class Nag(StepHook):
     def __init__(self, settings: NagSettings):
         self.attend = nag_attention(settings)
         self._set: list[tuple[nn.Module, object]] = []  # (cross-attention, the ``attend`` it had on the instance)
+        self._models: set[int] = set()  # the experts already set this run
 
     def before(self, step: Step, model: nn.Module) -> None:
+        if id(model) in self._models:
+            return
+        self._models.add(id(model))
         for name, module in model.named_modules():  # (through any wrapper a block is in)
             if name.rpartition(".")[2] == "cross_attn" and module.__dict__.get("attend") is not self.attend:
                 self._set.append((module, module.__dict__.get("attend")))
@@ -100,3 +104,4 @@ class Nag(StepHook):
             else:
                 module.attend = previous
         self._set.clear()
+        self._models.clear()
