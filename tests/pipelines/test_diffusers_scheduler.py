@@ -3,6 +3,8 @@ and to wanflow gives the same frames (UniPC, DPM++ and flow-matching Euler on th
 two-expert checkpoint both read; flow-matching LCM with the same noise at each step); the reference's grid given as a
 scheduler is wanflow's default bit for bit; a scheduler or an option wanflow cannot run exactly is refused."""
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from diffusers import (
 from tests.pipelines.test_parity import ReferenceUniPC
 from tests.tiny.checkpoint import write_both_layouts
 from wanflow.pipelines.pipeline import WanPipeline
+from wanflow.sampling.comfy_schedules import comfy_sigmas
 from wanflow.sampling.diffusers_schedulers import ReferenceScheduler
 from wanflow.sampling.solvers import step_noise
 from wanflow.tasks import TASKS
@@ -196,3 +199,60 @@ def test_the_euler_grid_is_read_from_the_scheduler(ours):
     assert np.allclose([s.timestep for s in steps], sigmas * 1000, rtol=0, atol=1e-3)
     assert all(isinstance(s.timestep, float) for s in steps)
     assert [s.expert for s in steps] == ["high", "high", "low", "low"]  # the switch at t >= 875, as diffusers'
+
+
+class GivenSigmas(FlowMatchEulerDiscreteScheduler):
+    """diffusers' flow-matching Euler on a grid given as it is (its ``set_timesteps(sigmas=...)`` at shift 1, the DiT
+    fed ``1000 * sigma``), whatever step count the pipeline asks for."""
+
+    sigmas_given: ClassVar[list[float]] = []
+
+    def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
+        super().set_timesteps(sigmas=self.sigmas_given, device=device)
+
+
+def test_a_comfyui_scheduler_gives_diffusers_frames_on_its_sigmas(pipes, ours):
+    """ComfyUI's beta scheduler at shift 8 (its sigmas: tests/sampling/test_comfy_schedules.py) with the Euler solver
+    and CFG on both experts gives the frames of diffusers' ``WanPipeline`` stepping flow-matching Euler through the same
+    sigmas: float timesteps fed as they are, the experts switched at t >= 875 by them. The same sigmas given as
+    ``sigmas=`` give the same frames bit for bit."""
+    _, theirs, _ = pipes
+    call = dict(scheduler="beta", solver="euler", shift=8.0, num_inference_steps=7, guidance_scale=4.5)
+    steps = []
+    a = ours(generator=generator(), **CALL, **call, guidance_scale_2=3.0, callback=steps.append)
+    sigmas = comfy_sigmas("beta", 7, 8.0)
+    GivenSigmas.sigmas_given = sigmas[:-1].tolist()
+    theirs.scheduler = GivenSigmas(shift=1.0)
+    with torch.no_grad():
+        b = theirs(
+            generator=generator(), **CALL, num_inference_steps=7, guidance_scale=4.5, guidance_scale_2=3.0
+        ).frames
+    assert (a.frames - b).abs().max() <= 1e-4 and b.std() > 0.05
+    assert [s.timestep for s in steps] == (sigmas[:-1] * 1000).tolist()
+    assert [s.expert for s in steps] == ["high"] * 4 + ["low"] * 3  # 1000, 990.5, 966.5, 922.8 | 843.2, ...
+    given = ours(generator=generator(), **CALL, sigmas=sigmas.tolist(), solver="euler", guidance_scale=4.5,
+                 guidance_scale_2=3.0)  # fmt: skip
+    assert torch.equal(given.frames, a.frames)
+    default = ours(generator=generator(), **CALL, solver="euler", shift=8.0, num_inference_steps=7)
+    assert (default.frames - a.frames).abs().max() > 1e-2  # the scheduler was followed
+    short = dict(size=(64, 64), frames=9, seed=1)
+    assert ours(PROMPT, scheduler="beta", steps=7, **short).metadata["scheduler"] == "beta"
+    named = ours(PROMPT, sigmas="1,0.5", **short).metadata
+    assert (named["scheduler"], named["sigmas"], named["steps"]) == ("sigmas", [1.0, 0.5, 0.0], 2)
+
+
+@pytest.mark.parametrize("solver", ["unipc", "dpm++", "lcm"])
+def test_every_solver_walks_a_comfyui_schedule_from_sigma_one(ours, solver):
+    """karras at shift 8 starts at sigma 1 (log-SNR -inf), where the multistep solvers' first ratios are infinite:
+    the frames stay finite and differ from Euler's on the same steps."""
+    call = dict(size=(64, 64), frames=9, steps=6, scheduler="karras", shift=8.0, guide_scale=(3.0, 4.0), seed=5)
+    video = ours(PROMPT, solver=solver, **call).frames
+    euler = ours(PROMPT, solver="euler", **call).frames
+    assert torch.isfinite(video).all() and video.std() > 0.05 and (video - euler).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("option", [{"scheduler": "beta"}, {"sigmas": [1.0, 0.75, 0.5, 0.25]}])
+def test_a_comfyui_schedule_is_refused_under_a_scheduler(ours, option):
+    ours.scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)
+    with pytest.raises(ValueError, match=r"pipe\.scheduler"):
+        ours(PROMPT, size=(64, 64), frames=9, steps=4, **option)

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from tests.server.conftest import Server
 from tests.tiny.checkpoint import TINY_DITS
 from tests.tiny.lora import make_lora
+from wanflow.sampling.comfy_schedules import SCHEDULERS
 
 T2V = {"task": "t2v-A14B", "prompt": "a red fox in the snow", "width": 32, "height": 32, "frames": 5, "steps": 2}
 
@@ -96,10 +97,11 @@ def test_a_server_without_lora_dir_takes_none(server):
 
 
 def test_the_page_sends_the_more_section(browser, lora_server):
-    """The page's "More" section: its lists come from the server (presets, guidance rules, the LoRA folder's names),
-    and a job sent with a preset, two LoRAs, CFG-Zero* and NAG runs with them: its parameters say so, its video is
-    the same request's sent as JSON, and its card shows them. (The form's solver used to be sent as unipc always,
-    so the page ran the lightning preset with UniPC instead of its Euler.)"""
+    """The page's "More" section: its lists come from the server (presets, guidance rules, ComfyUI's schedulers, the
+    LoRA folder's names), and a job sent with a preset, two LoRAs, CFG-Zero*, NAG and the beta scheduler runs with
+    them: its parameters say so, its video is the same request's sent as JSON (and not the one without the
+    scheduler), and its card shows them. (The form's solver used to be sent as unipc always, so the page ran the
+    lightning preset with UniPC instead of its Euler.)"""
     from tests.server.test_page import open_page
 
     errors: list = []
@@ -109,6 +111,7 @@ def test_the_page_sends_the_more_section(browser, lora_server):
     listed = "s => Array.from(s.options, o => o.value)"
     assert page.eval_on_selector("#preset", listed) == ["", "lightning"]
     assert page.eval_on_selector("#guidance", listed) == ["cfg", "cfg_zero_star"]
+    assert page.eval_on_selector("#scheduler", listed) == ["", *sorted(SCHEDULERS)]
     page.select_option("#task", "t2v-A14B")
     page.fill("textarea[name=prompt]", "a fox from the page")
     fields = {"width": "32", "height": "32", "frames": "5", "seed": "5", "nag_scale": "3", "slg_layers": "1"}
@@ -117,6 +120,7 @@ def test_the_page_sends_the_more_section(browser, lora_server):
     page.select_option("#preset", "lightning")
     page.fill("input[name=loras]", "style:0.5, lightning@low")
     page.select_option("#guidance", "cfg_zero_star")
+    page.select_option("#scheduler", "beta")
     page.fill("textarea[name=nag_negative_prompt]", "blurry")
     page.click("button[type=submit]")
     card = page.locator("#gallery .card", has_text="a fox from the page")
@@ -126,12 +130,14 @@ def test_the_page_sends_the_more_section(browser, lora_server):
     assert job["status"] == "done" and p["preset"] == "lightning" and p["guidance"] == "cfg_zero_star"
     assert p["solver"] == "euler"  # the preset's: the form's solver left at "(default)" is not sent
     assert p["loras"] == [{"name": "style", "strength": 0.5}, {"name": "lightning", "strength": 1.0, "expert": "low"}]
-    assert (p["nag_scale"], p["nag_negative_prompt"], p["slg_layers"]) == (3.0, "blurry", "1")
+    assert (p["nag_scale"], p["nag_negative_prompt"], p["slg_layers"], p["scheduler"]) == (3.0, "blurry", "1", "beta")
     same = dict(prompt="a fox from the page", preset="lightning", steps=None, guidance="cfg_zero_star", nag_scale=3,
-                nag_negative_prompt="blurry", loras=p["loras"], slg_layers="1")  # fmt: skip
+                nag_negative_prompt="blurry", loras=p["loras"], slg_layers="1", scheduler="beta")  # fmt: skip
     assert np.array_equal(frames(lora_server, job), frames(lora_server, run(lora_server, **same)))
+    plain = run(lora_server, **{k: v for k, v in same.items() if k != "scheduler"})  # the preset's own grid
+    assert not np.array_equal(frames(lora_server, job), frames(lora_server, plain))
     text = card.inner_text()
-    assert "style:0.5, lightning:1@low" in text and "cfg_zero_star" in text and "3 · blurry" in text
+    assert "style:0.5, lightning:1@low" in text and "cfg_zero_star" in text and "3 · blurry" in text and "beta" in text
     assert not errors, errors
 
 

@@ -23,6 +23,7 @@ from wanflow.cli.runtime_flags import add_runtime_arguments, runtime_keywords
 from wanflow.cli.single_files import add_file_arguments, files_layout_from_args, given_files
 from wanflow.pipelines.request import GenerateOptions, resolve
 from wanflow.pipelines.runtime_options import RuntimeOptions
+from wanflow.sampling.comfy_schedules import SCHEDULERS
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.tasks import TASKS, Task, get_task
 
@@ -33,7 +34,13 @@ EXAMPLE_PROMPT = (
 )
 
 # The flags of the request, by ``GenerateOptions`` field: the reference's names outside, one name inside.
-SAMPLER_FLAGS = {"sample_steps": "steps", "sample_shift": "shift", "sample_guide_scale": "guide_scale"}
+SAMPLER_FLAGS = {
+    "sample_steps": "steps",
+    "sample_shift": "shift",
+    "sample_guide_scale": "guide_scale",
+    "scheduler": "scheduler",
+    "sigmas": "sigmas",
+}
 OPTION_FLAGS = {
     "negative_prompt": "negative_prompt",
     "image": "image",
@@ -71,6 +78,20 @@ def add_sampler_arguments(p: argparse.ArgumentParser, solver: str | None) -> Non
         "sample_guide_scale",
         type=parse_guide,
         help="guidance scale; two values 'low,high' for the two experts (default per task)",
+    )
+    add_flag(
+        p,
+        "scheduler",
+        choices=sorted(SCHEDULERS),
+        help="the steps as ComfyUI's scheduler of this name makes them at --sample_shift, the DiT fed float timesteps "
+        "(default: the solver's reference grid)",
+    )
+    add_flag(
+        p,
+        "sigmas",
+        metavar="S0,S1,...",
+        help="the steps' noise levels as given, from at most 1 down to 0 (appended if left out), no shift: e.g. "
+        "1,0.9375,0.8333,0.625",
     )
 
 

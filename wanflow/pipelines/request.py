@@ -22,6 +22,7 @@ from wanflow.pipelines.windows import WindowPlan, latent_frames, pixel_count, pl
 from wanflow.prompts.system import LANGUAGES
 from wanflow.runtime.nag import NagSettings
 from wanflow.runtime.step_cache import CacheSettings, parse_cache
+from wanflow.sampling.comfy_schedules import comfy_schedule, given_schedule, parse_sigmas
 from wanflow.sampling.diffusers_schedulers import SchedulerGrid, scheduler_grid
 from wanflow.sampling.guidance import CFG, Guidance, SkipLayers, parse_guidance
 from wanflow.sampling.noise import draw_seed
@@ -72,6 +73,8 @@ class GenerateOptions:
     nag_tau: float | None = None  # NAG's cap on the norm ratio; None: 2.5
     nag_alpha: float | None = None  # NAG's blend weight; None: 0.25
     nag_negative_prompt: str | None = None  # what NAG pushes away from; None: the run's negative prompt
+    scheduler: str | None = None  # ComfyUI's scheduler names (``sampling.comfy_schedules``); None: the solver's grid
+    sigmas: Any = None  # the schedule itself, no shift ("1,0.94,0.83,0.63" or a list), ending at 0; None: off
 
     @classmethod
     def from_keywords(cls, prompt: str, **keywords: Any) -> GenerateOptions:
@@ -212,7 +215,7 @@ class Request:
     last_image: Image.Image | None = None
     extension: Extension | None = None  # rewrite the prompt first (``pipelines.prompt_extension``)
     windows: WindowPlan | None = None  # a video longer than one window; None: one window
-    grid: SchedulerGrid | None = None  # a diffusers scheduler's steps (``pipe.scheduler``), in place of the solver's
+    grid: SchedulerGrid | None = None  # pipe.scheduler's, a ComfyUI scheduler's or given steps, not the solver's
     cache: CacheSettings | None = None
     switch_step: int | None = None  # the high-noise expert's steps, in place of the boundary timestep
     video: list[Image.Image] | None = None  # video to video: the frames the run starts from, at their own size
@@ -232,7 +235,7 @@ class Request:
             **({"last_image": True} if self.last_image is not None else {}),
             **(self.windows.metadata() if self.windows is not None else {}),
             **(self.extension.metadata() if self.extension is not None else {}),
-            **({"scheduler": self.grid.name} if self.grid is not None else {}),
+            **(self.grid.metadata() if self.grid is not None else {}),
             **({"switch_step": self.switch_step} if self.switch_step is not None else {}),
             **({"video_strength": self.strength} if self.video is not None else {}),
             **({"guidance": str(self.guidance)} if self.guidance.rule != "cfg" else {}),
@@ -274,6 +277,8 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         _check_size(task, width, height, multiple or task.size_multiple)
     windows = _windows(o, task, frames, len(extend) if extend else None)
     frames = frames or pixel_count(windows.total)
+    grid = _grid(options, o, solver, steps, shift)
+    steps = steps if grid is None else grid.schedule.num_steps
     seed = draw_seed(o.seed)
     return Request(
         prompt=o.prompt if isinstance(o.prompt, str) else " | ".join(o.prompt),
@@ -286,7 +291,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         guide_scale=_guide(task.guide_scale if o.guide_scale is None else o.guide_scale, task),
         solver=solver,
         seed=seed,
-        float_timesteps=bool(o.float_timesteps),
+        float_timesteps=bool(o.float_timesteps) if grid is None else grid.schedule.timesteps.is_floating_point(),
         last_image=_last_image(o.last_image, image, task, frames),
         extension=_extension(o, seed),
         windows=windows,
@@ -297,6 +302,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         extend=extend or None,
         guidance=dataclasses.replace(parse_guidance(o.guidance), slg=_slg(o)),
         nag=_nag(o),
+        grid=grid,
     )
 
 
@@ -305,7 +311,9 @@ def with_scheduler(request: Request, options: GenerateOptions, scheduler: Any) -
     of its family, its shift. Options that choose another sampler (``shift``, ``solver``, ``float_timesteps``, or a
     preset's) are refused rather than silently dropped."""
     o = apply_preset(options, options.preset)
-    chosen = [name for name in ("shift", "solver", "float_timesteps") if getattr(o, name) is not None]
+    chosen = [
+        name for name in ("shift", "solver", "float_timesteps", "scheduler", "sigmas") if getattr(o, name) is not None
+    ]
     if chosen:
         raise ValueError(
             f"{chosen} choose the sampler, which pipe.scheduler ({type(scheduler).__name__}) sets for this pipeline; "
@@ -314,6 +322,27 @@ def with_scheduler(request: Request, options: GenerateOptions, scheduler: Any) -
     grid = scheduler_grid(scheduler, request.steps)
     floats = grid.schedule.timesteps.is_floating_point()
     return dataclasses.replace(request, solver=grid.solver, shift=grid.shift, float_timesteps=floats, grid=grid)
+
+
+def _grid(given: GenerateOptions, o: GenerateOptions, solver: str, steps: int, shift: float) -> SchedulerGrid | None:
+    """The steps of ComfyUI's scheduler ``scheduler`` or of the ``sigmas`` given (``sampling.comfy_schedules``), in
+    place of the solver's own grid; the DiT fed float timesteps unless ``float_timesteps`` is False. ``given``: the
+    options before the preset's values, so a preset's steps and shift give way to the sigmas."""
+    floats = o.float_timesteps is None or bool(o.float_timesteps)
+    if o.sigmas is None:
+        return (
+            None
+            if o.scheduler is None
+            else SchedulerGrid(o.scheduler, solver, shift, comfy_schedule(o.scheduler, steps, shift, floats))
+        )
+    if o.scheduler is not None:
+        raise ValueError("sigmas are a whole schedule: give scheduler or sigmas, not both")
+    if given.shift is not None:
+        raise ValueError("sigmas are used as given, with no shift: leave shift out (or shift the sigmas yourself)")
+    schedule = given_schedule(parse_sigmas(o.sigmas), floats)
+    if given.steps is not None and given.steps != schedule.num_steps:
+        raise ValueError(f"steps={given.steps}, but the sigmas make {schedule.num_steps} steps: leave steps out")
+    return SchedulerGrid("sigmas", solver, shift, schedule)
 
 
 def _slg(o: GenerateOptions) -> SkipLayers | None:

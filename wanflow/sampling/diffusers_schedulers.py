@@ -87,12 +87,17 @@ class ReferenceScheduler:
 
 @dataclass(frozen=True)
 class SchedulerGrid:
-    """A set scheduler's steps for one call: its own class name, wanflow's solver of its family, its shift, its grid."""
+    """The steps of one call in place of the solver's grid: a set scheduler's (its class name, wanflow's solver of its
+    family), a ComfyUI scheduler's (its name, ``sampling.comfy_schedules``) or given sigmas' ("sigmas")."""
 
     name: str
     solver: str
     shift: float
     schedule: Schedule
+
+    def metadata(self) -> dict[str, object]:
+        sigmas = {"sigmas": [round(float(s), 6) for s in self.schedule.sigmas]} if self.name == "sigmas" else {}
+        return {"scheduler": self.name, **sigmas}
 
 
 def scheduler_family(scheduler: Any) -> tuple[str, str]:

@@ -48,6 +48,15 @@ class Schedule:
     def num_steps(self) -> int:
         return len(self.timesteps)
 
+    def __eq__(self, other: object) -> bool:  # (the tensors' values, so that two requests compare)
+        if not isinstance(other, Schedule):
+            return NotImplemented
+        same = self.timesteps.dtype == other.timesteps.dtype and torch.equal(self.sigmas, other.sigmas)
+        return same and torch.equal(self.timesteps, other.timesteps)
+
+    def __hash__(self) -> int:
+        return hash((tuple(self.sigmas.tolist()), tuple(self.timesteps.tolist())))
+
 
 def _check(steps: int, shift: float) -> None:
     if not isinstance(steps, int) or steps < 1:

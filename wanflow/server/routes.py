@@ -13,6 +13,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 
 from wanflow.pipelines.presets import PRESETS
+from wanflow.sampling.comfy_schedules import SCHEDULERS
 from wanflow.sampling.guidance import RULES
 from wanflow.server.context import Context
 from wanflow.server.jobs import TERMINAL
@@ -29,13 +30,14 @@ def native_routes(api: APIRouter, ctx: Context) -> None:
     @api.get("/tasks")
     def tasks() -> dict:
         """The tasks this server runs, with their defaults and limits (for the web form); ``limits``: the server's;
-        ``presets`` and ``guidance``: the sampling presets and guidance rules a job may name."""
+        ``presets``, ``guidance`` and ``schedulers``: the sampling presets, guidance rules and ComfyUI schedulers a job
+        may name."""
         out = {}
         for task in ctx.catalog.names():
             spec = ctx.task(task)
             limits = dataclasses.asdict(ctx.limits_for(task))
             out[task] = None if spec is None else task_defaults(spec) | {"limits": limits}
-        choices = {"presets": list(PRESETS), "guidance": list(RULES)}
+        choices = {"presets": list(PRESETS), "guidance": list(RULES), "schedulers": sorted(SCHEDULERS)}
         return {"tasks": out, "limits": dataclasses.asdict(ctx.limits), **choices}
 
     @api.post("/jobs", status_code=202, response_model=JobView, openapi_extra=request_body(GenerateRequest))

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from wanflow.pipelines.presets import PRESETS
 from wanflow.pipelines.request import MAX_GUIDE, GenerateOptions
 from wanflow.prompts.system import LANGUAGES
+from wanflow.sampling.comfy_schedules import SCHEDULERS, given_schedule, parse_sigmas
 from wanflow.sampling.noise import MAX_SEED
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.server.loras import MAX_LORAS, LoraChoice, parse_choices
@@ -96,6 +97,12 @@ class GenerateRequest(BaseModel):
     )
     preset: Literal[tuple(PRESETS)] | None = Field(None, description="sampling preset (lightning: 4 steps, no CFG)")
     float_timesteps: bool | None = Field(None, description="the DiT sees 1000 * sigma unrounded (distilled LoRAs)")
+    scheduler: Literal[tuple(sorted(SCHEDULERS))] | None = Field(
+        None, description="the steps of ComfyUI's scheduler of this name (default: the solver's reference grid)"
+    )
+    sigmas: str | list[float] | None = Field(
+        None, description="the steps' noise levels as given, no shift: '1,0.9375,0.8333,0.625' (0 appended)"
+    )
     cache: str | None = Field(None, max_length=40, description="step cache: magcache or magcache:THRESHOLD")
     switch_step: int | None = Field(
         None, ge=0, description="A14B: the high-noise expert's steps (default: by timestep)"
@@ -178,6 +185,8 @@ class GenerateRequest(BaseModel):
             raise ValueError(f"frames {self.frames} is over the limit of {limits.max_frames}{why}")
         if self.steps is not None and self.steps > limits.max_steps:
             raise ValueError(f"steps {self.steps} is over the limit of {limits.max_steps}")
+        if self.sigmas is not None and given_schedule(parse_sigmas(self.sigmas)).num_steps > limits.max_steps:
+            raise ValueError(f"sigmas make more steps than the limit of {limits.max_steps}")
 
     def options(self, image=None, last_image=None, video=None) -> GenerateOptions:
         """The pipeline's options for this request (its own ``resolve`` checks them against the model)."""
@@ -198,6 +207,8 @@ class GenerateRequest(BaseModel):
             seed=self.seed,
             preset=self.preset,
             float_timesteps=self.float_timesteps,
+            scheduler=self.scheduler,
+            sigmas=self.sigmas,
             window_frames=self.window_frames,
             window_overlap=self.window_overlap,
             window_anchor=self.window_anchor,

@@ -59,11 +59,12 @@ async function loadTasks() {
 }
 $("#task").addEventListener("change", showDefaults);
 
-// The "More" section's lists: the presets and guidance rules a job may name, the LoRAs of the server's folder.
+// The "More" section's lists: the presets, guidance rules and schedulers a job may name, the server's LoRAs.
 function showChoices(served, loras) {
   const options = (values, first) => [...(first ? [first] : []), ...values.map((v) => el("option", { value: v, textContent: v }))];
   $("#preset").replaceChildren(...options(served.presets, el("option", { value: "", textContent: "(none)" })));
   $("#guidance").replaceChildren(...options(served.guidance));
+  $("#scheduler").replaceChildren(...options(served.schedulers, el("option", { value: "", textContent: "(solver's grid)" })));
   $("#lora-row").hidden = !loras.length;
   $("#lora-names").textContent = loras.length ? "LoRAs here: " + loras.join(", ") : "no LoRA folder on this server (serve --lora_dir)";
 }
@@ -170,7 +171,7 @@ function galleryCard(job) {
     "last frame": p.last_image ? "yes" : null, "from a video": p.has_video ? (p.extend ? "continued" : `strength ${p.strength ?? 0.8}`) : null,
     preset: p.preset, loras: (p.loras || []).map((l) => `${l.name}:${l.strength ?? 1}${l.expert ? "@" + l.expert : ""}`).join(", "),
     rule: p.guidance, NAG: p.nag_scale ? `${p.nag_scale}${p.nag_negative_prompt ? " · " + p.nag_negative_prompt : ""}` : null,
-    SLG: p.slg_layers, cache: p.cache };
+    SLG: p.slg_layers, scheduler: p.scheduler, sigmas: p.sigmas && [].concat(p.sigmas).join(","), cache: p.cache };
   const dl = el("dl");
   for (const [key, value] of Object.entries(settings)) {
     if (value != null && value !== "") dl.append(el("dt", { textContent: key }), el("dd", { textContent: String(value) }));
