@@ -80,7 +80,10 @@ def test_shift_sigmas_closed_form():
 
 
 def test_registry_and_errors():
-    assert set(SCHEDULES) == {"unipc", "dpm++", "euler", "lcm"} == set(SOLVERS)  # (each solver has its grid)
+    assert (
+        set(SCHEDULES) == {"unipc", "dpm++", "euler", "lcm", "dpmpp_2m", "res_multistep"} == set(SOLVERS)
+    )  # (each its grid)
+    assert SCHEDULES["dpmpp_2m"] is SCHEDULES["res_multistep"] is euler_schedule  # (from sigma 1, as ComfyUI)
     assert torch.equal(get_schedule("unipc", 40, 12.0).timesteps, torch.tensor(T2V_TIMESTEPS))
     with pytest.raises(ValueError, match="choose one of"):
         get_schedule("ddim", 10, 5.0)

@@ -1,15 +1,18 @@
 import dataclasses
+import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from wanflow.sampling.comfy_schedules import comfy_schedule
 from wanflow.sampling.schedule import UNIPC_SIGMA_MAX, dpm_schedule, get_schedule
 from wanflow.sampling.solvers import SOLVERS, get_solver, step_noise
 
-NAMES = ["euler", "unipc", "dpm++"]
+NAMES = ["euler", "unipc", "dpm++", "dpmpp_2m", "res_multistep"]
 
 
 def _sample(name, schedule, field, x):
@@ -141,8 +144,15 @@ class Gaussian:
 
 
 # (final, whole path) max errors, about 1.3x those measured for this problem (40 steps, shift 5, |x0| up to 6.5):
-# euler 0.24 / 0.24, unipc 1.9e-2 / 2.7e-2, dpm++ 3.9e-2 / 4.6e-2.
-GAUSSIAN_TOLERANCE = {"euler": (0.32, 0.32), "unipc": (2.4e-2, 3.6e-2), "dpm++": (5e-2, 6e-2)}
+# euler 0.24 / 0.24, unipc 1.9e-2 / 2.7e-2, dpm++ 3.9e-2 / 4.6e-2, dpmpp_2m 7.1e-2 / 7.4e-2, res_multistep 8.2e-2 /
+# 8.4e-2 (ComfyUI's two start at sigma 1 and step in -log sigma, which spends no steps near sigma 1 on shift 5).
+GAUSSIAN_TOLERANCE = {
+    "euler": (0.32, 0.32),
+    "unipc": (2.4e-2, 3.6e-2),
+    "dpm++": (5e-2, 6e-2),
+    "dpmpp_2m": (9.3e-2, 9.7e-2),
+    "res_multistep": (0.107, 0.109),
+}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -157,7 +167,16 @@ def test_gaussian_data_is_transported_to_the_exact_point(name):
         assert (x - g.point(z, sigma)).abs().max().item() <= path_tol
 
 
-@pytest.mark.parametrize(("name", "band"), [("euler", (0.85, 1.15)), ("unipc", (1.7, 2.5)), ("dpm++", (1.6, 2.3))])
+@pytest.mark.parametrize(
+    ("name", "band"),
+    [
+        ("euler", (0.85, 1.15)),
+        ("unipc", (1.7, 2.5)),
+        ("dpm++", (1.6, 2.3)),
+        ("dpmpp_2m", (1.8, 2.2)),  # measured 1.99
+        ("res_multistep", (1.8, 2.2)),  # measured 2.00
+    ],
+)
 def test_order_of_accuracy(name, band):
     # Uniform sigma grid (shift 1). DPM++(2M) measures ~1.75 here, not 2: with sigma spaced uniformly the steps in
     # lambda do not shrink near sigma = 0 and 1, which costs a log factor; UniPC's corrector makes up for it (~2.1).
@@ -235,9 +254,11 @@ def test_the_state_carries_the_history(name):
 
 
 def test_solver_registry():
-    assert set(SOLVERS) == {"unipc", "dpm++", "euler", "lcm"}
+    assert set(SOLVERS) == {"unipc", "dpm++", "euler", "lcm", "dpmpp_2m", "res_multistep"}
     assert get_solver("dpm++").order == 2 and get_solver("euler").order == 1
-    with pytest.raises(ValueError, match=r"choose one of \['dpm\+\+', 'euler', 'lcm', 'unipc'\]"):
+    with pytest.raises(
+        ValueError, match=r"choose one of \['dpm\+\+', 'dpmpp_2m', 'euler', 'lcm', 'res_multistep', 'unipc'\]"
+    ):
         get_solver("heun")
 
 
@@ -261,3 +282,22 @@ def test_lcm_noises_the_data_prediction_afresh():
     assert not torch.allclose(step_noise((4, 2, 3, 3), 12, 0, "cpu"), step_noise((4, 2, 3, 3), 11, 1, "cpu"))
     with pytest.raises(ValueError, match="needs the run's seed"):
         solver.step(solver.init(schedule), v, x, 0)
+
+
+COMFY = json.loads((Path(__file__).parent / "comfy_samplers.json").read_text())["cases"]
+
+
+@pytest.mark.parametrize("case", COMFY, ids=lambda c: f"{c['sampler']}-{c['scheduler']}")
+def test_comfyuis_samplers(case):
+    """ComfyUI's ``dpmpp_2m`` and ``res_multistep`` run on a toy denoiser over its schedulers' sigmas (saved in
+    comfy_samplers.json): the same denoiser, given here as the velocity ``(x - D) / sigma``, gives their samples."""
+
+    def denoiser(x, sigma):
+        return (1 - sigma) * torch.tanh(1.5 * x) + sigma * 0.25 * torch.sin(x)
+
+    schedule = comfy_schedule(case["scheduler"], case["steps"], case["shift"])
+    x = torch.randn(1, 2, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    final = _sample(case["sampler"], schedule, lambda x, s: (x - denoiser(x, s)) / s, x)[-1]
+    assert (final.flatten() - torch.tensor(case["x"])).abs().max() <= 1e-6
+    euler = _sample("euler", schedule, lambda x, s: (x - denoiser(x, s)) / s, x)[-1]
+    assert (final - euler).abs().max() > 1e-3  # (a second-order step, not Euler's)

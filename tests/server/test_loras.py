@@ -17,6 +17,7 @@ from tests.server.conftest import Server
 from tests.tiny.checkpoint import TINY_DITS
 from tests.tiny.lora import make_lora
 from wanflow.sampling.comfy_schedules import SCHEDULERS
+from wanflow.sampling.solvers import SOLVERS
 
 T2V = {"task": "t2v-A14B", "prompt": "a red fox in the snow", "width": 32, "height": 32, "frames": 5, "steps": 2}
 
@@ -112,6 +113,7 @@ def test_the_page_sends_the_more_section(browser, lora_server):
     assert page.eval_on_selector("#preset", listed) == ["", "lightning"]
     assert page.eval_on_selector("#guidance", listed) == ["cfg", "cfg_zero_star"]
     assert page.eval_on_selector("#scheduler", listed) == ["", *sorted(SCHEDULERS)]
+    assert page.eval_on_selector("select[name=solver]", listed) == ["", *SOLVERS]  # (written in the page)
     page.select_option("#task", "t2v-A14B")
     page.fill("textarea[name=prompt]", "a fox from the page")
     fields = {"width": "32", "height": "32", "frames": "5", "seed": "5", "nag_scale": "3", "slg_layers": "1"}

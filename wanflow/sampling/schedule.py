@@ -101,6 +101,9 @@ SCHEDULES: dict[str, Callable[..., Schedule]] = {
     "dpm++": dpm_schedule,
     "euler": euler_schedule,
     "lcm": euler_schedule,  # (the few-step grid: linspace(1, 0, N + 1)[:N] shifted)
+    # ComfyUI's samplers: the same grid from sigma 1 (ComfyUI's simple scheduler where N divides 1000)
+    "dpmpp_2m": euler_schedule,
+    "res_multistep": euler_schedule,
 }
 
 

@@ -13,6 +13,10 @@ Use::
 A step never mutates its state; it returns a new one. The math follows the reference schedulers (wan22.md §8):
 coefficients are float32 scalars from the float32 sigmas, the last step (sigma 0) returns ``x0_hat``.
 
+``dpmpp_2m`` and ``res_multistep`` are ComfyUI's samplers of those names, k-diffusion's multistep solvers in
+``t = -log sigma``: other solvers of the same ODE than the reference's ``dpm++`` and ``unipc``, which ComfyUI
+workflows for Wan name.
+
 ``lcm`` is not an ODE solver: each step predicts the data and noises it afresh to the next sigma,
 ``(1 - sigma') x0_hat + sigma' eps_k`` (diffusers' ``FlowMatchLCMScheduler``, ComfyUI's ``lcm`` sampler: how
 consistency- and DMD-distilled models are sampled). Its noise ``eps_k`` is a function of the run's seed and the step
@@ -162,6 +166,52 @@ def dpm_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index:
     return x_next.to(velocity.dtype), SolverState(state.schedule, x0, index=k)
 
 
+def _neg_log(sigma: torch.Tensor) -> torch.Tensor:
+    """k-diffusion's time ``t = -log(sigma)``: the flow ODE ``dx/dsigma = (x - x0_hat) / sigma`` is the one
+    k-diffusion's samplers integrate, so ComfyUI runs them on Wan unchanged."""
+    return -torch.log(sigma)
+
+
+def dpmpp_2m_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
+    """ComfyUI's ``dpmpp_2m``: k-diffusion's DPM-Solver++(2M) in ``t = -log sigma`` (not the flow half log-SNR of
+    ``dpm++``), first order at the first step and ``x0_hat`` itself at sigma 0. Sample in float32."""
+    k = _check_index(state, index)
+    sigmas = state.schedule.sigmas
+    sigma, sigma_next = sigmas[k], sigmas[k + 1]
+    x0 = x.float() - sigma * velocity
+    if sigma_next == 0:
+        x_next = x0
+    else:
+        h = _neg_log(sigma_next) - _neg_log(sigma)
+        d = x0
+        if state.x0:
+            half_r = 0.5 * h / (_neg_log(sigma) - _neg_log(sigmas[k - 1]))  # 1 / (2 r)
+            d = (1 + half_r) * x0 - half_r * state.x0[-1]
+        x_next = sigma_next / sigma * x.float() - torch.expm1(-h) * d
+    return x_next.to(velocity.dtype), SolverState(state.schedule, (x0,), index=k)
+
+
+def res_multistep_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
+    """ComfyUI's ``res_multistep`` (Zhang et al.'s second-order RES multistep, arXiv 2308.02157, deterministic): an
+    Euler step first and at sigma 0, else ``e^-h x + h (b1 x0_hat + b2 x0_prev)`` in ``t = -log sigma`` with
+    ``b1 = phi1(-h) - phi2(-h) / c2``, ``b2 = phi2(-h) / c2``, ``c2`` the previous step's length over this one's."""
+    k = _check_index(state, index)
+    sigmas = state.schedule.sigmas
+    sigma, sigma_next = sigmas[k], sigmas[k + 1]
+    x0 = x.float() - sigma * velocity
+    if sigma_next == 0 or not state.x0:
+        x_next = x.float() + (sigma_next - sigma) * velocity
+    else:
+        t = _neg_log(sigma)
+        h = _neg_log(sigma_next) - t
+        c2 = (_neg_log(sigmas[k - 1]) - t) / h
+        phi1 = torch.expm1(-h) / -h
+        phi2 = (phi1 - 1) / -h
+        b1, b2 = torch.nan_to_num(phi1 - phi2 / c2, nan=0.0), torch.nan_to_num(phi2 / c2, nan=0.0)
+        x_next = torch.exp(-h) * x.float() + h * (b1 * x0 + b2 * state.x0[-1])
+    return x_next.to(velocity.dtype), SolverState(state.schedule, (x0,), index=k)
+
+
 @dataclass(frozen=True)
 class Solver:
     name: str
@@ -177,6 +227,8 @@ SOLVERS: dict[str, Solver] = {
     "dpm++": Solver("dpm++", dpm_step, 2),
     "euler": Solver("euler", euler_step, 1),
     "lcm": Solver("lcm", lcm_step, 1),
+    "dpmpp_2m": Solver("dpmpp_2m", dpmpp_2m_step, 2),
+    "res_multistep": Solver("res_multistep", res_multistep_step, 2),
 }
 
 
