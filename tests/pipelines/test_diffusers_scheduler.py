@@ -19,9 +19,10 @@ from diffusers import (
 from tests.pipelines.test_parity import ReferenceUniPC
 from tests.tiny.checkpoint import write_both_layouts
 from wanflow.pipelines.pipeline import WanPipeline
-from wanflow.sampling.comfy_schedules import comfy_sigmas
+from wanflow.sampling.comfy_schedules import comfy_schedule, comfy_sigmas
 from wanflow.sampling.diffusers_schedulers import ReferenceScheduler
-from wanflow.sampling.solvers import step_noise
+from wanflow.sampling.hooks import StepHook
+from wanflow.sampling.solvers import get_solver, step_noise
 from wanflow.tasks import TASKS
 
 TASK = "t2v-A14B"
@@ -256,3 +257,45 @@ def test_a_comfyui_schedule_is_refused_under_a_scheduler(ours, option):
     ours.scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)
     with pytest.raises(ValueError, match=r"pipe\.scheduler"):
         ours(PROMPT, size=(64, 64), frames=9, steps=4, **option)
+
+
+class Recorder(StepHook):
+    """Each step's velocity and the latents it produced."""
+
+    def __init__(self):
+        self.velocities, self.latents = [], []
+
+    def wrap(self, velocity, step):
+        def recorded(*args):
+            out = velocity(*args)
+            self.velocities.append(out)
+            return out
+
+        return recorded
+
+    def after(self, step, latents):
+        self.latents.append(latents)
+
+
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "res_multistep", "unipc"])
+def test_comfyuis_multistep_samplers_start_afresh_at_the_expert_switch(ours, solver):
+    """ComfyUI runs each expert as its own KSamplerAdvanced call, so its multistep samplers have no history at the
+    low-noise expert's first step; wanflow's loop starts them afresh there (replaying the recorded velocities with a
+    fresh state at the switch gives the run's latents bit for bit), and carries the reference's solvers through."""
+    noise = ours.noise((16, 3, 8, 8), seed=2)
+    hook = Recorder()
+    steps = []
+    ours(PROMPT, size=(64, 64), frames=9, steps=8, solver=solver, scheduler="simple", shift=8.0, guide_scale=(3.0, 4.0),
+         latents=noise, hooks=[hook], callback=steps.append)  # fmt: skip
+    switch = next(s.index for s in steps if s.expert == "low")
+    assert 0 < switch < 8
+    schedule, fresh = comfy_schedule("simple", 8, 8.0), get_solver(solver)
+    for restart in (True, False):
+        x, state = noise, fresh.init(schedule)
+        same = []
+        for k, v in enumerate(hook.velocities):
+            if restart and k == switch:
+                state = fresh.init(schedule)
+            x, state = fresh.step(state, v, x, k)
+            same.append(torch.equal(x, hook.latents[k]))
+        assert all(same) == (restart == fresh.restarts_at_switch), (restart, same)

@@ -287,17 +287,35 @@ def test_lcm_noises_the_data_prediction_afresh():
 COMFY = json.loads((Path(__file__).parent / "comfy_samplers.json").read_text())["cases"]
 
 
-@pytest.mark.parametrize("case", COMFY, ids=lambda c: f"{c['sampler']}-{c['scheduler']}")
+def _sample_split(name, schedule, field, x, split):
+    """``_sample`` with the solver started afresh at step ``split`` (what the loop does at the expert switch for a
+    solver that ``restarts_at_switch``)."""
+    solver = get_solver(name)
+    state = solver.init(schedule)
+    for k in range(schedule.num_steps):
+        if k == split:
+            state = solver.init(schedule)
+        x, state = solver.step(state, field(x, schedule.sigmas[k].item()), x, k)
+    return x
+
+
+@pytest.mark.parametrize("case", COMFY, ids=lambda c: f"{c['sampler']}-{c['scheduler']}-{c.get('split', 'whole')}")
 def test_comfyuis_samplers(case):
     """ComfyUI's ``dpmpp_2m`` and ``res_multistep`` run on a toy denoiser over its schedulers' sigmas (saved in
-    comfy_samplers.json): the same denoiser, given here as the velocity ``(x - D) / sigma``, gives their samples."""
+    comfy_samplers.json), in one call or in two split at a step as two KSamplerAdvanced nodes run them: the same
+    denoiser, given here as the velocity ``(x - D) / sigma``, gives their samples (started afresh at the split)."""
 
     def denoiser(x, sigma):
         return (1 - sigma) * torch.tanh(1.5 * x) + sigma * 0.25 * torch.sin(x)
 
+    def field(x, s):
+        return (x - denoiser(x, s)) / s
+
     schedule = comfy_schedule(case["scheduler"], case["steps"], case["shift"])
     x = torch.randn(1, 2, 2, 3, 3, generator=torch.Generator().manual_seed(0))
-    final = _sample(case["sampler"], schedule, lambda x, s: (x - denoiser(x, s)) / s, x)[-1]
+    final = _sample_split(case["sampler"], schedule, field, x, case.get("split"))
     assert (final.flatten() - torch.tensor(case["x"])).abs().max() <= 1e-6
-    euler = _sample("euler", schedule, lambda x, s: (x - denoiser(x, s)) / s, x)[-1]
-    assert (final - euler).abs().max() > 1e-3  # (a second-order step, not Euler's)
+    assert (final - _sample("euler", schedule, field, x)[-1]).abs().max() > 1e-3  # (a second-order step)
+    if "split" in case:
+        assert (final - _sample(case["sampler"], schedule, field, x)[-1]).abs().max() > 1e-4  # (not one call)
+    assert get_solver(case["sampler"]).restarts_at_switch

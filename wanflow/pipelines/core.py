@@ -176,6 +176,8 @@ def denoise(
             else:
                 t = model_timesteps(step.timestep, latents, cond.frame0, model.cfg.patch_size)
                 v = velocity(model, latents, t, cond, step.guide_scale)
+            if sampler.solver.restarts_at_switch and step.index and step.expert != steps[step.index - 1].expert:
+                state = sampler.solver.init(sampler.schedule, sampler.seed)  # (ComfyUI's second sampler call)
             latents, state = sampler.solver.step(state, v, latents, step.index)
             latents = keep_first_frame(latents, cond.frame0)
             for hook in hooks:

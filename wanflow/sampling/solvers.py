@@ -217,6 +217,9 @@ class Solver:
     name: str
     step: StepFn  # (state, velocity, x, index) -> (x_next, state)
     order: int  # order of accuracy in the step size
+    # ComfyUI's multistep samplers start afresh at the expert switch: ComfyUI runs each expert as its own sampler call
+    # (a KSamplerAdvanced each), so the low-noise expert's first step has no history there
+    restarts_at_switch: bool = False
 
     def init(self, schedule: Schedule, seed: int | None = None) -> SolverState:
         return SolverState(schedule, seed=seed)
@@ -227,8 +230,8 @@ SOLVERS: dict[str, Solver] = {
     "dpm++": Solver("dpm++", dpm_step, 2),
     "euler": Solver("euler", euler_step, 1),
     "lcm": Solver("lcm", lcm_step, 1),
-    "dpmpp_2m": Solver("dpmpp_2m", dpmpp_2m_step, 2),
-    "res_multistep": Solver("res_multistep", res_multistep_step, 2),
+    "dpmpp_2m": Solver("dpmpp_2m", dpmpp_2m_step, 2, restarts_at_switch=True),
+    "res_multistep": Solver("res_multistep", res_multistep_step, 2, restarts_at_switch=True),
 }
 
 
