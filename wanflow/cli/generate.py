@@ -194,6 +194,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="skip DiT forwards on steps that barely change, with the checkpoint's calibration (see calibrate-cache)",
     )
     add_flag(p, "preview", metavar="FILE.png", help="a PNG of where sampling is heading, rewritten every few steps")
+    add_flag(
+        p,
+        "workflow",
+        metavar="FILE.json",
+        help="run a ComfyUI Wan 2.2 workflow (the editor's file or its API export): its files, prompts, size and "
+        "sampling as these flags, which the flags given here override",
+    )
+    add_flag(p, "comfy_dir", metavar="DIR", help="ComfyUI's folder: where --workflow's models and images are")
+
+
+def with_workflow(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the settings of ``--workflow`` where the command line left a flag at its default (a LoRA flag:
+    the workflow's LoRAs, then the command line's)."""
+    from wanflow.cli.workflow import workflow_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    workflow = parser.parse_args(workflow_arguments(args.workflow, args.comfy_dir))
+    merged = vars(args).copy()
+    for name, value in vars(workflow).items():
+        default = parser.get_default(name)
+        if isinstance(value, list) and value != default:
+            merged[name] = value + (merged.get(name) or [])
+        elif merged.get(name) == default and not (name == "prompt" and args.prompt_text is not None):
+            merged[name] = value
+    return argparse.Namespace(**merged)
 
 
 def generate_options(args: argparse.Namespace) -> GenerateOptions:
@@ -235,6 +261,7 @@ def default_save_file(task: str, size: tuple[int, int] | None, prompt: str | lis
 def run(args: argparse.Namespace) -> int:
     from wanflow.io.video import check_writable, remove_stale_temps
 
+    args = with_workflow(args) if args.workflow else args
     options = generate_options(args)
     runtime = runtime_options(args)
     runtime.resolved_device()  # a device this machine lacks: one line now, not a traceback after the loading

@@ -1,0 +1,261 @@
+"""``wanflow generate --workflow``: a ComfyUI Wan 2.2 workflow (the editor's file, or its API export) runs as the
+flags of the same settings (the same video, byte for byte); bypassed and muted nodes, reroutes, primitive and switch
+nodes and subgraphs are followed as the editor runs them; what wanflow cannot run as ComfyUI does is an error naming
+the node.
+
+The workflows here are written in the layout of ComfyUI's own Wan 2.2 templates (Comfy-Org/workflow_templates:
+video_wan2_2_14B_t2v.json, video_wan2_2_14B_i2v.json with its subgraph and switches, video_wan2_2_14B_flf2v.json),
+with tiny files."""
+
+import json
+import logging
+
+import pytest
+import torch
+
+from tests.checkpoints.test_single_file import comfy_folder
+from tests.tiny.checkpoint import write_official_checkpoint
+from wanflow.cli import main
+from wanflow.cli.workflow import workflow_arguments
+from wanflow.io.comfy_workflow import read_workflow
+
+NEGATIVE = "blurry, static"
+HIGH, LOW = "wan2.2_t2v_high_noise_14B_Q8_0.gguf", "wan2.2_t2v_low_noise_14B_Q8_0.gguf"  # (city96's GGUF files)
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory):
+    """A ComfyUI folder: ``models/`` with a tiny T2V-A14B's files under ComfyUI's names."""
+    root = tmp_path_factory.mktemp("comfy")
+    ckpt = write_official_checkpoint(root / "ckpt", "t2v-A14B")
+    comfy_folder(ckpt, root / "models")
+    return root
+
+
+class Editor:
+    """A workflow in the editor's format: nodes with widget values by position, links as lists."""
+
+    def __init__(self):
+        self.nodes, self.links = [], []
+
+    def add(self, node_id, kind, widgets=(), mode=0, **inputs):
+        """``inputs``: name -> (node id, output slot) links, in order."""
+        entries = []
+        for name, (source, slot) in inputs.items():
+            link = len(self.links) + 1
+            self.links.append([link, source, slot, node_id, len(entries), "*"])
+            entries.append({"name": name, "type": "*", "link": link})
+        self.nodes.append(
+            {"id": node_id, "type": kind, "mode": mode, "inputs": entries, "widgets_values": list(widgets)}
+        )
+        return self
+
+    def json(self, **extra):
+        return {"nodes": self.nodes, "links": self.links, **extra}
+
+
+def t2v(high=(0, 2), low=(2, 10000), steps=4, sampler="euler", scheduler="simple", shift=8.000000000000002):
+    """The layout of ComfyUI's Wan 2.2 14B T2V template: two experts, each through ModelSamplingSD3 into its
+    KSamplerAdvanced, the first adding noise and handing its leftover noise to the second."""
+    w = Editor()
+    w.add(38, "CLIPLoader", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", "default"])
+    w.add(6, "CLIPTextEncode", ["a red circle moving right"], clip=(38, 0))
+    w.add(7, "CLIPTextEncode", [NEGATIVE], clip=(38, 0))
+    w.add(39, "VAELoader", ["wan_2.1_vae.safetensors"])
+    w.add(37, "UnetLoaderGGUF", [HIGH]).add(56, "UnetLoaderGGUF", [LOW])
+    w.add(54, "ModelSamplingSD3", [shift], model=(37, 0)).add(55, "ModelSamplingSD3", [8], model=(56, 0))
+    w.add(59, "EmptyHunyuanLatentVideo", [64, 48, 5, 1])
+    w.add(57, "KSamplerAdvanced", ["enable", 3, "randomize", steps, 3.5, sampler, scheduler, *high, "enable"],
+          model=(54, 0), positive=(6, 0), negative=(7, 0), latent_image=(59, 0))  # fmt: skip
+    w.add(58, "KSamplerAdvanced", ["disable", 0, "fixed", steps, 3.0, sampler, scheduler, *low, "disable"],
+          model=(55, 0), positive=(6, 0), negative=(7, 0), latent_image=(57, 0))  # fmt: skip
+    w.add(8, "VAEDecode", samples=(58, 0), vae=(39, 0)).add(60, "CreateVideo", [16], images=(8, 0))
+    return w
+
+
+def node(w: Editor, node_id: int) -> dict:
+    return next(n for n in w.nodes if n["id"] == node_id)
+
+
+def relink(w: Editor, target: int, name: str, source: int) -> None:
+    """Input ``name`` of node ``target`` linked to output 0 of ``source`` instead."""
+    link = max(lk[0] for lk in w.links) + 1
+    entry = next(i for i in node(w, target)["inputs"] if i["name"] == name)
+    entry["link"] = link
+    w.links.append([link, source, 0, target, node(w, target)["inputs"].index(entry), "*"])
+
+
+def write(tmp_path, workflow, name="workflow.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(workflow), encoding="utf-8")
+    return path
+
+
+def api(editor: Editor) -> dict:
+    """The same workflow as ComfyUI's "Export (API)" writes it."""
+    from wanflow.io.comfy_workflow import WIDGETS
+
+    out = {}
+    for node in editor.nodes:
+        inputs = dict(zip(WIDGETS.get(node["type"], ()), node["widgets_values"], strict=False))
+        for entry in node["inputs"]:
+            link = next(lk for lk in editor.links if lk[0] == entry["link"])
+            inputs[entry["name"]] = [str(link[1]), link[2]]
+        out[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return out
+
+
+FLAGS = [
+    "--prompt", "a red circle moving right", "--negative_prompt", NEGATIVE, "--size", "64*48", "--frame_num", "5",
+    "--sample_steps", "4", "--sample_solver", "euler", "--scheduler", "simple", "--sample_shift", "8",
+    "--sample_guide_scale", "3,3.5", "--switch_step", "2", "--base_seed", "3",
+]  # fmt: skip
+
+
+def test_a_workflow_makes_the_video_of_its_flags(comfy, tmp_path):
+    m = comfy / "models"
+    files = ["--dit", str(m / "diffusion_models" / HIGH), "--dit_low", str(m / "diffusion_models" / LOW),
+             "--vae", str(m / "vae" / "wan_2.1_vae.safetensors"),
+             "--t5", str(m / "text_encoders" / "umt5_xxl_fp8_e4m3fn_scaled.safetensors")]  # fmt: skip
+    tokenizer = ["--tokenizer", str(m / "text_encoders" / "tokenizer")]
+    assert main(["generate", *FLAGS, *files, *tokenizer, "--save_file", str(tmp_path / "flags.gif")]) == 0
+    path = write(tmp_path, t2v().json())
+    argv = ["generate", "--workflow", str(path), "--comfy_dir", str(comfy), *tokenizer]
+    assert main([*argv, "--save_file", str(tmp_path / "workflow.gif")]) == 0
+    assert (tmp_path / "workflow.gif").read_bytes() == (tmp_path / "flags.gif").read_bytes()
+    assert sorted(workflow_arguments(path, str(comfy))) == sorted([*FLAGS, *files, "--task", "t2v-A14B"])
+    exported = write(tmp_path, api(t2v()), "api.json")
+    assert workflow_arguments(exported, str(comfy)) == workflow_arguments(path, str(comfy))
+    # a flag given beside the workflow overrides its setting
+    assert main([*argv, "--sample_steps", "3", "--switch_step", "1", "--save_file", str(tmp_path / "three.gif")]) == 0
+    assert (tmp_path / "three.gif").read_bytes() != (tmp_path / "flags.gif").read_bytes()
+
+
+def test_bypassed_muted_rerouted_and_switched_nodes(comfy, tmp_path):
+    """A bypassed LoRA loader passes its model on; a muted second output is not a second video; a reroute and a
+    switch node (on a primitive boolean) lead to the model they choose; primitive nodes give the steps and cfg."""
+    w = t2v()
+    (comfy / "models" / "loras").mkdir(exist_ok=True)
+    (comfy / "models" / "loras" / "style.safetensors").touch()
+    w.add(90, "LoraLoaderModelOnly", ["style.safetensors", 1.0], mode=4, model=(37, 0))
+    w.add(91, "Reroute", model=(90, 0))
+    w.add(92, "PrimitiveBoolean", [True]).add(93, "ComfySwitchNode", [False], on_true=(91, 0), on_false=(56, 0),
+                                               switch=(92, 0))  # fmt: skip
+    w.add(94, "PrimitiveInt", [4, "fixed"]).add(95, "PrimitiveFloat", [2.5])
+    relink(w, 54, "model", 93)  # the high-noise ModelSamplingSD3 takes the switch's model
+    node(w, 58)["inputs"].append({"name": "cfg", "type": "FLOAT", "link": 501, "widget": {"name": "cfg"}})
+    w.links.append([501, 95, 0, 58, 4, "FLOAT"])  # the low-noise cfg from the primitive
+    w.add(96, "VAEDecode", mode=2, samples=(57, 0), vae=(39, 0))  # muted: not run
+    args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    assert args[args.index("--dit") + 1].endswith(HIGH) and "--lora_high" not in args  # (bypassed)
+    assert args[args.index("--sample_guide_scale") + 1] == "2.5,3.5"
+    node(w, 90)["mode"] = 0  # the LoRA loader runs
+    args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    assert args[args.index("--lora_high") + 1] == f"{comfy / 'models' / 'loras' / 'style.safetensors'}:1"
+    node(w, 92)["widgets_values"] = [False]  # the switch takes the low-noise file
+    args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    assert args[args.index("--dit") + 1].endswith(LOW)
+
+
+def test_a_subgraph_is_inlined(comfy, tmp_path):
+    """The layout of ComfyUI's newer templates: the samplers inside a subgraph whose inputs are the outer graph's
+    links or the instance's promoted widgets (the prompt here), its output the decoded images."""
+    inner = t2v()
+    inner.nodes = [n for n in inner.nodes if n["id"] not in (60,)]
+    text = next(n for n in inner.nodes if n["id"] == 6)
+    text["inputs"].append({"name": "text", "type": "STRING", "link": 900, "widget": {"name": "text"}})
+    links = [{"id": lk[0], "origin_id": lk[1], "origin_slot": lk[2], "target_id": lk[3], "target_slot": lk[4],
+              "type": lk[5]} for lk in inner.links]  # fmt: skip
+    links += [
+        {"id": 900, "origin_id": -10, "origin_slot": 0, "target_id": 6, "target_slot": 1, "type": "STRING"},
+        {"id": 901, "origin_id": 8, "origin_slot": 0, "target_id": -20, "target_slot": 0, "type": "IMAGE"},
+    ]
+    subgraph = {"id": "sub-1", "name": "Wan", "inputs": [{"name": "text", "type": "STRING", "linkIds": [900]}],
+                "outputs": [{"name": "IMAGE", "type": "IMAGE", "linkIds": [901]}], "nodes": inner.nodes,
+                "links": links}  # fmt: skip
+    outer = Editor()
+    outer.nodes.append({"id": 129, "type": "sub-1", "mode": 0, "inputs": [{"name": "text", "type": "STRING",
+                        "link": None, "widget": {"name": "text"}}], "widgets_values": ["a blue square"],
+                        "properties": {"proxyWidgets": [["-1", "text"]]}})  # fmt: skip
+    outer.add(60, "CreateVideo", [16], images=(129, 0))
+    path = write(tmp_path, outer.json(definitions={"subgraphs": [subgraph]}))
+    args = workflow_arguments(path, str(comfy))
+    assert args[args.index("--prompt") + 1] == "a blue square" and args[args.index("--switch_step") + 1] == "2"
+    assert sorted(read_workflow(path).nodes) == sorted(["60", *(f"129:{n['id']}" for n in inner.nodes)])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(sampler="heun"), "uses sampler 'heun'"),
+        (dict(scheduler="bong_tangent"), "scheduler 'bong_tangent'"),
+        (dict(high=(0, 2), low=(3, 10000)), "do not split one run"),
+        (dict(high=(1, 2)), "do not split one run"),
+        (dict(shift=5.0), r"shifts differ \(\[5.0, 8.0\]\)"),
+    ],
+)
+def test_what_wanflow_cannot_run_as_comfyui_does_is_an_error(comfy, tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        workflow_arguments(write(tmp_path, t2v(**change).json()), str(comfy))
+
+
+def test_unknown_nodes_and_missing_files_are_named(comfy, tmp_path, caplog):
+    w = t2v()
+    w.add(70, "WanVideoTeaCacheKJ", [0.2], model=(54, 0))
+    relink(w, 57, "model", 70)
+    with pytest.raises(ValueError, match=r"node 70 \(WanVideoTeaCacheKJ\) changes the model"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    w.nodes[-1]["type"] = "PathchSageAttentionKJ"  # speed only: passed over, and said
+    with caplog.at_level(logging.WARNING, logger="wanflow"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    assert "node 70 (PathchSageAttentionKJ) only changes speed; passed over" in caplog.text
+    path = write(tmp_path, t2v().json())
+    with pytest.raises(ValueError, match=f"diffusion_models file {HIGH} is not in .*pass --comfy_dir"):
+        workflow_arguments(path, str(tmp_path))
+    two = t2v().add(96, "VAEDecode", samples=(57, 0), vae=(39, 0))
+    with pytest.raises(ValueError, match="2 decoded outputs"):
+        workflow_arguments(write(tmp_path, two.json()), str(comfy))
+    (tmp_path / "bad.json").write_text('{"nodes": 1}')
+    assert main(["generate", "--workflow", str(tmp_path / "bad.json")]) == 2
+
+
+def test_first_last_frame_layout(comfy, tmp_path):
+    """ComfyUI's FLF2V template: the prompts pass through WanFirstLastFrameToVideo (positive, negative, latent) with
+    a LoadImage for each end, files under ComfyUI's input folder; a cfg of 1 leaves the negative prompt unread."""
+    (comfy / "input").mkdir(exist_ok=True)
+    for name in ("start.png", "end.png"):
+        (comfy / "input" / name).touch()
+    w = t2v()
+    w.add(80, "LoadImage", ["start.png", "image"]).add(89, "LoadImage", ["end.png", "image"])
+    w.add(81, "WanFirstLastFrameToVideo", [640, 640, 81, 1], positive=(6, 0), negative=(7, 0), vae=(39, 0),
+          start_image=(80, 0), end_image=(89, 0))  # fmt: skip
+    for sampler in (57, 58):
+        relink(w, sampler, "positive", 81)
+        entry = next(i for i in node(w, sampler)["inputs"] if i["name"] == "negative")
+        next(lk for lk in w.links if lk[0] == entry["link"])[1:3] = [81, 1]
+        node(w, sampler)["widgets_values"][4] = 1.0  # cfg 1
+    relink(w, 57, "latent_image", 81)
+    next(lk for lk in w.links if lk[3] == 57 and lk[1] == 81 and lk[4] == 3)[2] = 2  # (its LATENT output)
+    args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    assert args[args.index("--task") + 1] == "i2v-A14B" and args[args.index("--size") + 1] == "640*640"
+    assert args[args.index("--image") + 1] == str(comfy / "input" / "start.png")
+    assert args[args.index("--last_image") + 1] == str(comfy / "input" / "end.png")
+    assert "--negative_prompt" not in args and args[args.index("--sample_guide_scale") + 1] == "1,1"
+
+
+def test_on_a_cpu_a_seed_gives_comfyuis_initial_noise():
+    """ComfyUI's ``prepare_noise``: ``torch.manual_seed(seed)`` and one float32 randn of the latent (batch 1) on the
+    CPU; wanflow's initial noise on the CPU is the same draw (on a GPU wanflow draws on the GPU)."""
+    from wanflow.sampling.noise import initial_noise
+
+    seed = 774388746670969  # (the T2V template's)
+    with torch.random.fork_rng():  # (the global generator left as it was)
+        comfy = torch.randn([1, 16, 2, 6, 8], generator=torch.manual_seed(seed), dtype=torch.float32, device="cpu")
+    assert torch.equal(initial_noise((16, 2, 6, 8), seed, "cpu"), comfy)
+
+
+def test_a_setting_the_file_lacks_is_named(comfy, tmp_path):
+    w = t2v()
+    node(w, 59)["widgets_values"] = [64, 48]  # (no length)
+    with pytest.raises(ValueError, match=r"node 59 \(EmptyHunyuanLatentVideo\) has no setting length"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))

@@ -1,0 +1,269 @@
+"""``wanflow generate --workflow FILE``: a ComfyUI Wan 2.2 workflow run by wanflow.
+
+The workflow's graph (``io.comfy_workflow``) is read for what ComfyUI's own Wan nodes set, and each setting becomes
+the ``wanflow generate`` flag of the same meaning: the model files (UNETLoader / UnetLoaderGGUF, CLIPLoader,
+VAELoader, found under ``--comfy_dir``'s ``models`` folders), the LoRAs on each expert (LoraLoaderModelOnly,
+LoraLoader), the shift (ModelSamplingSD3), the prompts (CLIPTextEncode), the size, frames and input images
+(EmptyHunyuanLatentVideo, Wan22ImageToVideoLatent, WanImageToVideo, WanFirstLastFrameToVideo, LoadImage), and the
+sampling (one KSampler, or the two KSamplerAdvanced nodes of the A14B experts: steps, cfg per expert, sampler,
+scheduler, seed, the step the experts switch at; CFGZeroStar). A node wanflow cannot run as ComfyUI does is an error
+naming it, never skipped in silence; nodes that only change speed (attention kernels, compilation) are passed over
+and named in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from pathlib import Path
+
+from wanflow.io.comfy_workflow import Graph, Node, describe, read_workflow
+from wanflow.sampling.comfy_schedules import SCHEDULERS
+
+log = logging.getLogger("wanflow")
+
+SAMPLER_NODES = ("KSamplerAdvanced", "KSampler")
+SAMPLERS = {"euler": "euler", "lcm": "lcm", "dpmpp_2m": "dpmpp_2m", "res_multistep": "res_multistep"}
+APPROXIMATE = {"uni_pc": "unipc", "uni_pc_bh2": "unipc"}  # ComfyUI's UniPC is not the reference's: a warning
+SPEED_ONLY = {"PathchSageAttentionKJ", "ModelPatchTorchSettings", "TorchCompileModel", "TorchCompileModelWanVideoV2"}
+LATENTS = ("EmptyHunyuanLatentVideo", "Wan22ImageToVideoLatent", "WanImageToVideo", "WanFirstLastFrameToVideo")
+FOLDERS = {  # ComfyUI's model folders (and their older names)
+    "diffusion_models": ("diffusion_models", "unet"),
+    "text_encoders": ("text_encoders", "clip"),
+    "vae": ("vae",),
+    "loras": ("loras",),
+    "input": ("input",),
+}
+COMFY_WAN_SHIFT = 8.0  # ComfyUI's shift for Wan models when no ModelSamplingSD3 node sets one
+
+
+def workflow_arguments(path: str | Path, comfy_dir: str | None = None) -> list[str]:
+    """``wanflow generate`` flags for the workflow at ``path``, its files found under ``comfy_dir``."""
+    graph = read_workflow(path)
+    files = Files(Path(path).parent, comfy_dir)
+    chain = sampler_chain(graph)
+    experts = ["high", "low"] if len(chain) == 2 else [None]
+    args = sampling_arguments(graph, chain)
+    for sampler, expert in zip(chain, experts, strict=True):
+        args += model_arguments(graph, sampler, expert, files)
+    args += text_arguments(graph, chain[0], files, guided=any(float(graph.value(s, "cfg")) != 1 for s in chain))
+    args += latent_arguments(graph, chain[0], two_experts=len(chain) == 2, files=files)
+    decode = next(n for n in graph.of_type("VAEDecode") if graph.upstream(n, "samples") is chain[-1])
+    args += ["--vae", files.find(graph.value(graph.upstream(decode, "vae"), "vae_name"), "vae")]
+    log.warning("workflow %s: wanflow generate %s", graph.name, shlex.join(args))
+    return args
+
+
+def sampler_chain(graph: Graph) -> list[Node]:
+    """The samplers of the video the workflow decodes, first first: one KSampler, or two KSamplerAdvanced nodes."""
+    finals = {graph.upstream(n, "samples").id: graph.upstream(n, "samples") for n in graph.of_type("VAEDecode")}
+    if len(finals) != 1:
+        raise ValueError(f"{graph.name}: {len(finals)} decoded outputs; wanflow runs a workflow that makes one video")
+    chain = [next(iter(finals.values()))]
+    while chain[0].type in SAMPLER_NODES and graph.upstream(chain[0], "latent_image").type in SAMPLER_NODES:
+        chain.insert(0, graph.upstream(chain[0], "latent_image"))
+    if any(s.type not in SAMPLER_NODES for s in chain) or len(chain) > 2:
+        raise ValueError(
+            f"{graph.name}: the video comes from {', '.join(map(describe, chain))}; wanflow runs one "
+            "KSampler, or two KSamplerAdvanced nodes (the high- and then the low-noise expert)"
+        )
+    return chain
+
+
+def sampling_arguments(graph: Graph, chain: list[Node]) -> list[str]:
+    """Steps, guidance, sampler, scheduler, seed and the expert switch of the sampler nodes."""
+    first = chain[0]
+    value = graph.value
+    name, scheduler = value(first, "sampler_name"), value(first, "scheduler")
+    steps = int(value(first, "steps"))
+    for key in ("steps", "sampler_name", "scheduler"):
+        if any(value(s, key) != value(first, key) for s in chain):
+            raise ValueError(f"{graph.name}: the two samplers differ in {key}; wanflow runs one schedule for both")
+    args = ["--sample_steps", str(steps), "--sample_solver", solver_name(graph, first, name)]
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"{graph.name}: scheduler {scheduler!r}; wanflow has ComfyUI's {sorted(SCHEDULERS)}")
+    args += ["--scheduler", scheduler, "--sample_shift", f"{shift_of(graph, chain):g}"]
+    seed = value(first, "noise_seed" if first.type == "KSamplerAdvanced" else "seed")
+    args += ["--base_seed", str(int(seed))]
+    cfg = [float(value(s, "cfg")) for s in chain]
+    args += ["--sample_guide_scale", ",".join(f"{c:g}" for c in reversed(cfg))]  # (low-noise, high-noise)
+    if len(chain) == 1:
+        if first.type == "KSamplerAdvanced":
+            check_alone(graph, first, steps)
+        elif float(value(first, "denoise", 1.0)) != 1.0:
+            raise ValueError(
+                f"{graph.name}: {describe(first)} denoises {value(first, 'denoise')} of the way from "
+                "an empty latent; wanflow starts from noise (or from a video: --video)"
+            )
+        return args
+    return [*args, "--switch_step", str(check_split(graph, chain, steps))]
+
+
+def solver_name(graph: Graph, node: Node, name: str) -> str:
+    if name in SAMPLERS:
+        return SAMPLERS[name]
+    if name in APPROXIMATE:
+        log.warning(
+            "workflow %s: ComfyUI's sampler %s runs as wanflow's unipc (the reference's UniPC, bh2, second "
+            "order), which is not ComfyUI's implementation",
+            graph.name,
+            name,
+        )
+        return APPROXIMATE[name]
+    raise ValueError(f"{graph.name}: {describe(node)} uses sampler {name!r}; wanflow runs ComfyUI's {sorted(SAMPLERS)}")
+
+
+def check_split(graph: Graph, chain: list[Node], steps: int) -> int:
+    """The step the experts switch at, where the two KSamplerAdvanced nodes make one run (ComfyUI's split)."""
+    high, low = chain
+    value = graph.value
+    if high.type != "KSamplerAdvanced" or low.type != "KSamplerAdvanced":
+        raise ValueError(f"{graph.name}: two experts need two KSamplerAdvanced nodes")
+    switch = int(value(high, "end_at_step"))
+    ok = (
+        int(value(high, "start_at_step")) == 0
+        and 0 < switch < steps
+        and int(value(low, "start_at_step")) == switch
+        and int(value(low, "end_at_step")) >= steps
+        and value(high, "add_noise") == "enable"
+        and value(low, "add_noise") == "disable"
+        and value(high, "return_with_leftover_noise") == "enable"
+    )
+    if not ok:
+        raise ValueError(
+            f"{graph.name}: the two KSamplerAdvanced nodes do not split one run (the first from step 0 "
+            "adding noise and returning it, the second from its end step to the last without adding "
+            "noise); wanflow runs that split only"
+        )
+    return switch
+
+
+def check_alone(graph: Graph, node: Node, steps: int) -> None:
+    value = graph.value
+    if int(value(node, "start_at_step")) != 0 or int(value(node, "end_at_step")) < steps:
+        raise ValueError(f"{graph.name}: {describe(node)} runs part of its steps; wanflow runs them all")
+    if value(node, "add_noise") != "enable":
+        raise ValueError(f"{graph.name}: {describe(node)} adds no noise; wanflow starts from noise")
+
+
+def model_path(graph: Graph, sampler: Node) -> list[Node]:
+    """The nodes from the sampler's model input up to its loader, loader last."""
+    path, node = [], graph.upstream(sampler, "model")
+    while True:
+        path.append(node)
+        if node.type in ("UNETLoader", "UnetLoaderGGUF"):
+            return path
+        if node.type not in ("ModelSamplingSD3", "LoraLoaderModelOnly", "LoraLoader", "CFGZeroStar", *SPEED_ONLY):
+            raise ValueError(
+                f"{graph.name}: {describe(node)} changes the model, and wanflow does not know how; "
+                "bypass it, or run the workflow in ComfyUI"
+            )
+        if node.type in SPEED_ONLY:
+            log.warning("workflow %s: %s only changes speed; passed over", graph.name, describe(node))
+        node = graph.upstream(node, "model")
+
+
+def shift_of(graph: Graph, chain: list[Node]) -> float:
+    shifts = set()
+    for sampler in chain:
+        found = [graph.value(n, "shift") for n in model_path(graph, sampler) if n.type == "ModelSamplingSD3"]
+        shifts.add(round(float(found[0]), 6) if found else COMFY_WAN_SHIFT)  # (the editor saves 8.000000000000002)
+    if len(shifts) > 1:
+        raise ValueError(
+            f"{graph.name}: the experts' ModelSamplingSD3 shifts differ ({sorted(shifts)}); wanflow runs one schedule"
+        )
+    return shifts.pop()
+
+
+def model_arguments(graph: Graph, sampler: Node, expert: str | None, files: Files) -> list[str]:
+    """The DiT file of one expert (``expert`` None: the only model), its LoRAs, FP8 and CFG-Zero*."""
+    path = model_path(graph, sampler)
+    loader = path[-1]
+    args = [
+        "--dit_low" if expert == "low" else "--dit",
+        files.find(graph.value(loader, "unet_name"), "diffusion_models"),
+    ]
+    if str(graph.value(loader, "weight_dtype", "default")).startswith("fp8_e4m3fn"):
+        args.append("--fp8")
+    flag = {"high": "--lora_high", "low": "--lora_low", None: "--lora"}[expert]
+    for node in reversed(path):
+        if node.type in ("LoraLoaderModelOnly", "LoraLoader") and float(graph.value(node, "strength_model")) != 0:
+            lora = files.find(graph.value(node, "lora_name"), "loras")
+            args += [flag, f"{lora}:{float(graph.value(node, 'strength_model')):g}"]
+        if node.type == "CFGZeroStar" and expert != "low":
+            args += ["--guidance", "cfg_zero_star:0"]  # (ComfyUI's node: the optimised scale, no zeroed steps)
+    return args
+
+
+def text_arguments(graph: Graph, sampler: Node, files: Files, guided: bool) -> list[str]:
+    """The prompt, the negative prompt (where guidance reads it) and the text encoder file."""
+    positive = prompt_node(graph, sampler, "positive", 0)
+    args = ["--prompt", str(graph.value(positive, "text"))]
+    if guided:
+        args += ["--negative_prompt", str(graph.value(prompt_node(graph, sampler, "negative", 1), "text"))]
+    encoder = graph.upstream(positive, "clip")
+    if encoder.type not in ("CLIPLoader", "CLIPLoaderGGUF"):
+        raise ValueError(f"{graph.name}: the prompt is encoded by {describe(encoder)}; wanflow reads a CLIPLoader")
+    args += ["--t5", files.find(graph.value(encoder, "clip_name"), "text_encoders")]
+    return args + (["--t5_cpu"] if graph.value(encoder, "device") == "cpu" else [])
+
+
+def prompt_node(graph: Graph, sampler: Node, name: str, slot: int) -> Node:
+    """The CLIPTextEncode node of a sampler's conditioning, through the image-to-video nodes that pass it on."""
+    node = graph.upstream(sampler, name)
+    while node.type in ("WanImageToVideo", "WanFirstLastFrameToVideo"):
+        node = graph.upstream(node, name)
+    if node.type != "CLIPTextEncode":
+        raise ValueError(
+            f"{graph.name}: the {name} conditioning comes from {describe(node)}; wanflow reads a "
+            "CLIPTextEncode (with a cfg of 1 the negative one is not read)"
+        )
+    return node
+
+
+def latent_arguments(graph: Graph, sampler: Node, two_experts: bool, files: Files) -> list[str]:
+    """Task, size, frames and the input images of the latent the first sampler starts from."""
+    node = graph.upstream(sampler, "latent_image")
+    if node.type not in LATENTS:
+        raise ValueError(f"{graph.name}: the video starts from {describe(node)}; wanflow reads {', '.join(LATENTS)}")
+    if int(graph.value(node, "batch_size", 1)) != 1:
+        raise ValueError(f"{graph.name}: {describe(node)} makes a batch; wanflow makes one video a run")
+    images = {"WanImageToVideo": "i2v-A14B", "WanFirstLastFrameToVideo": "i2v-A14B"}
+    task = images.get(node.type, "t2v-A14B" if two_experts else "ti2v-5B")
+    if (task == "ti2v-5B") == two_experts:
+        raise ValueError(
+            f"{graph.name}: {describe(node)} with {'two experts' if two_experts else 'one model'}: not a Wan 2.2 task"
+        )
+    width, height, length = (int(graph.value(node, k)) for k in ("width", "height", "length"))
+    args = ["--task", task, "--size", f"{width}*{height}", "--frame_num", str(length)]
+    for name, flag in (("start_image", "--image"), ("end_image", "--last_image")):
+        if graph.source(node, name) is not None:
+            loader = graph.upstream(node, name)
+            if loader.type != "LoadImage":
+                raise ValueError(f"{graph.name}: {name} comes from {describe(loader)}; wanflow reads a LoadImage")
+            args += [flag, files.find(graph.value(loader, "image"), "input")]
+    if task == "i2v-A14B" and "--image" not in args:
+        raise ValueError(f"{graph.name}: {describe(node)} has no start_image")
+    return args
+
+
+class Files:
+    """Where the files a workflow names are: ComfyUI's folders under ``comfy_dir`` (ComfyUI's folder, or its
+    ``models`` folder), else beside the workflow, else the current folder."""
+
+    def __init__(self, workflow_dir: Path, comfy_dir: str | None):
+        self.workflow_dir, self.comfy_dir = workflow_dir, Path(comfy_dir) if comfy_dir else None
+
+    def find(self, name: str, kind: str) -> str:
+        relative = Path(str(name).replace("\\", "/"))
+        places = []
+        if self.comfy_dir is not None:
+            for folder in FOLDERS[kind]:
+                top = self.comfy_dir if kind == "input" else self.comfy_dir / "models"
+                places += [top / folder, self.comfy_dir / folder]
+        places += [self.workflow_dir, Path.cwd()]
+        for place in places:
+            if (place / relative).is_file():
+                return str(place / relative)
+        where = ", ".join(dict.fromkeys(str(p) for p in places))
+        raise ValueError(f"the workflow's {kind} file {name} is not in {where}; pass --comfy_dir (ComfyUI's folder)")
