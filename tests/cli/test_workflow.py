@@ -259,3 +259,30 @@ def test_a_setting_the_file_lacks_is_named(comfy, tmp_path):
     node(w, 59)["widgets_values"] = [64, 48]  # (no length)
     with pytest.raises(ValueError, match=r"node 59 \(EmptyHunyuanLatentVideo\) has no setting length"):
         workflow_arguments(write(tmp_path, w.json()), str(comfy))
+
+
+def test_the_workflow_inside_comfyuis_png_and_mp4(comfy, tmp_path):
+    """ComfyUI keeps the workflow in what it saves: SaveImage's PNG text chunks, SaveVideo's MP4 metadata (``workflow``
+    and ``prompt``, JSON); either gives the workflow file's flags (the editor's when both are there)."""
+    import av
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    expected = workflow_arguments(write(tmp_path, t2v().json()), str(comfy))
+    info = PngInfo()
+    info.add_text("prompt", json.dumps(api(t2v())))
+    info.add_text("workflow", json.dumps(t2v().json()))
+    Image.new("RGB", (8, 8)).save(tmp_path / "still.png", pnginfo=info)
+    assert workflow_arguments(tmp_path / "still.png", str(comfy)) == expected
+    with av.open(str(tmp_path / "clip.mp4"), "w", options={"movflags": "use_metadata_tags"}) as out:
+        out.metadata["prompt"] = json.dumps(api(t2v()))  # (the API format only)
+        stream = out.add_stream("libx264", rate=16)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        for packet in stream.encode(av.VideoFrame.from_image(Image.new("RGB", (16, 16)))):
+            out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    assert workflow_arguments(tmp_path / "clip.mp4", str(comfy)) == expected
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    with pytest.raises(ValueError, match="holds no ComfyUI workflow"):
+        workflow_arguments(tmp_path / "plain.png", str(comfy))

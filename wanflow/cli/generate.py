@@ -198,8 +198,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p,
         "workflow",
         metavar="FILE.json",
-        help="run a ComfyUI Wan 2.2 workflow (the editor's file or its API export): its files, prompts, size and "
-        "sampling as these flags, which the flags given here override",
+        help="run a ComfyUI Wan 2.2 workflow (the editor's file, its API export, or a PNG/MP4 ComfyUI saved): its "
+        "files, prompts, size and sampling as these flags, which the flags given here override",
     )
     add_flag(p, "comfy_dir", metavar="DIR", help="ComfyUI's folder: where --workflow's models and images are")
 

@@ -132,12 +132,17 @@ def describe(node: Node) -> str:
 
 
 def read_workflow(path: str | Path) -> Graph:
-    """A workflow file of either format as a ``Graph``."""
+    """A workflow file of either format as a ``Graph``; or the workflow ComfyUI keeps inside what it saves: a PNG's
+    text chunks, a video's container metadata (SaveVideo's ``workflow`` / ``prompt``, Video Helper Suite's
+    ``comment``)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not a JSON file ({e})") from None
+    if path.suffix.lower() != ".json":
+        data = embedded_workflow(path)
+    else:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not a JSON file ({e})") from None
     if isinstance(data, dict) and isinstance(data.get("prompt"), dict):  # (the API format inside a job request)
         data = data["prompt"]
     if isinstance(data, dict) and "nodes" in data and "links" in data:
@@ -145,6 +150,42 @@ def read_workflow(path: str | Path) -> Graph:
     if isinstance(data, dict) and data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
         return Graph({str(k): _api_node(str(k), v) for k, v in data.items()}, path.name)
     raise ValueError(f"{path}: not a ComfyUI workflow (neither the editor's nodes and links nor the API format)")
+
+
+def embedded_workflow(path: Path) -> dict:
+    """The workflow saved inside an image or a video ComfyUI wrote: the editor's (``workflow``) if there, else the
+    API one (``prompt``)."""
+    fields: dict = {}
+    try:
+        if path.suffix.lower() in (".png", ".webp"):
+            from PIL import Image
+
+            with Image.open(path) as image:
+                fields = dict(image.info)
+        else:
+            import av
+
+            with av.open(str(path)) as container:
+                fields = dict(container.metadata)
+    except Exception as e:  # (PIL and PyAV raise their own kinds for a file they cannot read)
+        raise ValueError(f"{path}: cannot read its metadata ({e})") from None
+    comment = _json(fields.get("comment"))
+    if isinstance(comment, dict):  # (Video Helper Suite: one JSON object with both)
+        fields = {**comment, **fields}
+    for key in ("workflow", "prompt"):
+        data = _json(fields.get(key))
+        if isinstance(data, dict):
+            return data
+    raise ValueError(f"{path}: holds no ComfyUI workflow (no 'workflow' or 'prompt' in its metadata)")
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, (dict, list)) or value is None:
+        return value
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _api_node(node_id: str, spec: dict) -> Node:
