@@ -16,12 +16,16 @@ from wanflow.cli import main
 FAST = ["--size", "64*48", "--frame_num", "5", "--sample_steps", "2", "--base_seed", "3"]
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("files")
+def comfy_models(root):
+    """``root/models``: a tiny T2V-A14B's files in ComfyUI's folders under ComfyUI's names (GGUF experts)."""
     ckpt = write_official_checkpoint(root / "ckpt", "t2v-A14B")
     comfy_folder(ckpt, root / "models")
     return root
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return comfy_models(tmp_path_factory.mktemp("files"))
 
 
 def files(models) -> list[str]:

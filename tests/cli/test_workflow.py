@@ -13,8 +13,7 @@ import logging
 import pytest
 import torch
 
-from tests.checkpoints.test_single_file import comfy_folder
-from tests.tiny.checkpoint import write_official_checkpoint
+from tests.cli.test_single_files import comfy_models
 from wanflow.cli import main
 from wanflow.cli.workflow import workflow_arguments
 from wanflow.io.comfy_workflow import read_workflow
@@ -26,10 +25,7 @@ HIGH, LOW = "wan2.2_t2v_high_noise_14B_Q8_0.gguf", "wan2.2_t2v_low_noise_14B_Q8_
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory):
     """A ComfyUI folder: ``models/`` with a tiny T2V-A14B's files under ComfyUI's names."""
-    root = tmp_path_factory.mktemp("comfy")
-    ckpt = write_official_checkpoint(root / "ckpt", "t2v-A14B")
-    comfy_folder(ckpt, root / "models")
-    return root
+    return comfy_models(tmp_path_factory.mktemp("comfy"))
 
 
 class Editor:
@@ -286,3 +282,21 @@ def test_the_workflow_inside_comfyuis_png_and_mp4(comfy, tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     with pytest.raises(ValueError, match="holds no ComfyUI workflow"):
         workflow_arguments(tmp_path / "plain.png", str(comfy))
+
+
+def test_a_checkpoint_beside_the_workflow_replaces_its_model_files(comfy, tmp_path):
+    """``--ckpt_dir`` with ``--workflow``: the checkpoint's models (the workflow's files need not exist), the
+    workflow's settings; a prompt on the command line replaces the workflow's."""
+    w = t2v()
+    node(w, 37)["widgets_values"] = ["somewhere_else.safetensors"]
+    path = write(tmp_path, w.json())
+    with pytest.raises(ValueError, match=r"somewhere_else\.safetensors is not in"):
+        workflow_arguments(path, str(comfy))
+    args = workflow_arguments(path, str(comfy), models=False)
+    assert not {"--dit", "--dit_low", "--t5", "--vae"} & set(args) and "--switch_step" in args
+    ckpt = ["--ckpt_dir", str(comfy / "ckpt")]
+    out = tmp_path / "a.gif"
+    assert main(["generate", "a green cross", "--workflow", str(path), *ckpt, "--save_file", str(out)]) == 0
+    flags = [f for f in FLAGS if f not in ("--prompt", "a red circle moving right")]
+    assert main(["generate", "a green cross", *flags, *ckpt, "--save_file", str(tmp_path / "b.gif")]) == 0
+    assert out.read_bytes() == (tmp_path / "b.gif").read_bytes()

@@ -206,18 +206,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def with_workflow(args: argparse.Namespace) -> argparse.Namespace:
     """``args`` with the settings of ``--workflow`` where the command line left a flag at its default (a LoRA flag:
-    the workflow's LoRAs, then the command line's)."""
+    the workflow's LoRAs, then the command line's; ``--ckpt_dir``: its models, not the workflow's files)."""
     from wanflow.cli.workflow import workflow_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    workflow = parser.parse_args(workflow_arguments(args.workflow, args.comfy_dir))
+    workflow = parser.parse_args(workflow_arguments(args.workflow, args.comfy_dir, models=args.ckpt_dir is None))
     merged = vars(args).copy()
     for name, value in vars(workflow).items():
         default = parser.get_default(name)
         if isinstance(value, list) and value != default:
             merged[name] = value + (merged.get(name) or [])
-        elif merged.get(name) == default and not (name == "prompt" and args.prompt_text is not None):
+        elif merged.get(name) == default and not (name == "prompt" and (args.prompt_text or args.prompt_file)):
             merged[name] = value
     return argparse.Namespace(**merged)
 

@@ -34,13 +34,15 @@ FOLDERS = {  # ComfyUI's model folders (and their older names)
     "loras": ("loras",),
     "input": ("input",),
 }
+MODEL_FLAGS = ("--dit", "--dit_low", "--t5", "--vae")  # (left out when a checkpoint is named instead)
 COMFY_WAN_SHIFT = 8.0  # ComfyUI's shift for Wan models when no ModelSamplingSD3 node sets one
 
 
-def workflow_arguments(path: str | Path, comfy_dir: str | None = None) -> list[str]:
-    """``wanflow generate`` flags for the workflow at ``path``, its files found under ``comfy_dir``."""
+def workflow_arguments(path: str | Path, comfy_dir: str | None = None, models: bool = True) -> list[str]:
+    """``wanflow generate`` flags for the workflow at ``path``, its files found under ``comfy_dir``; without
+    ``models``, not its model files (the caller names a checkpoint instead)."""
     graph = read_workflow(path)
-    files = Files(Path(path).parent, comfy_dir)
+    files = Files(Path(path).parent, comfy_dir, models)
     chain = sampler_chain(graph)
     experts = ["high", "low"] if len(chain) == 2 else [None]
     args = sampling_arguments(graph, chain)
@@ -50,6 +52,8 @@ def workflow_arguments(path: str | Path, comfy_dir: str | None = None) -> list[s
     args += latent_arguments(graph, chain[0], two_experts=len(chain) == 2, files=files)
     decode = next(n for n in graph.of_type("VAEDecode") if graph.upstream(n, "samples") is chain[-1])
     args += ["--vae", files.find(graph.value(graph.upstream(decode, "vae"), "vae_name"), "vae")]
+    if not models:
+        args = [a for i, a in enumerate(args) if a not in MODEL_FLAGS and (i == 0 or args[i - 1] not in MODEL_FLAGS)]
     log.warning("workflow %s: wanflow generate %s", graph.name, shlex.join(args))
     return args
 
@@ -251,10 +255,13 @@ class Files:
     """Where the files a workflow names are: ComfyUI's folders under ``comfy_dir`` (ComfyUI's folder, or its
     ``models`` folder), else beside the workflow, else the current folder."""
 
-    def __init__(self, workflow_dir: Path, comfy_dir: str | None):
+    def __init__(self, workflow_dir: Path, comfy_dir: str | None, models: bool = True):
         self.workflow_dir, self.comfy_dir = workflow_dir, Path(comfy_dir) if comfy_dir else None
+        self.models = models  # False: the model files are not looked for (a checkpoint is named instead)
 
     def find(self, name: str, kind: str) -> str:
+        if not self.models and kind in ("diffusion_models", "text_encoders", "vae"):
+            return str(name)
         relative = Path(str(name).replace("\\", "/"))
         places = []
         if self.comfy_dir is not None:
