@@ -41,8 +41,14 @@ COMFY_WAN_SHIFT = 8.0  # ComfyUI's shift for Wan models when no ModelSamplingSD3
 def workflow_arguments(path: str | Path, comfy_dir: str | None = None, models: bool = True) -> list[str]:
     """``wanflow generate`` flags for the workflow at ``path``, its files found under ``comfy_dir``; without
     ``models``, not its model files (the caller names a checkpoint instead)."""
+    return workflow_settings(path, Files(Path(path).parent, comfy_dir, models))[0]
+
+
+def workflow_settings(path: str | Path, files: Files) -> tuple[list[str], list[str]]:
+    """The flags of the workflow at ``path`` (its files as ``files`` finds them) and what was said about it on the
+    way (a sampler run as another, nodes passed over)."""
     graph = read_workflow(path)
-    files = Files(Path(path).parent, comfy_dir, models)
+    models = files.models
     chain = sampler_chain(graph)
     experts = ["high", "low"] if len(chain) == 2 else [None]
     args = sampling_arguments(graph, chain)
@@ -55,7 +61,7 @@ def workflow_arguments(path: str | Path, comfy_dir: str | None = None, models: b
     if not models:
         args = [a for i, a in enumerate(args) if a not in MODEL_FLAGS and (i == 0 or args[i - 1] not in MODEL_FLAGS)]
     log.warning("workflow %s: wanflow generate %s", graph.name, shlex.join(args))
-    return args
+    return args, graph.notes
 
 
 def sampler_chain(graph: Graph) -> list[Node]:
@@ -107,11 +113,9 @@ def solver_name(graph: Graph, node: Node, name: str) -> str:
     if name in SAMPLERS:
         return SAMPLERS[name]
     if name in APPROXIMATE:
-        log.warning(
-            "workflow %s: ComfyUI's sampler %s runs as wanflow's unipc (the reference's UniPC, bh2, second "
-            "order), which is not ComfyUI's implementation",
-            graph.name,
-            name,
+        graph.say(
+            f"ComfyUI's sampler {name} runs as wanflow's unipc (the reference's UniPC, bh2, second order), which is "
+            "not ComfyUI's implementation"
         )
         return APPROXIMATE[name]
     raise ValueError(f"{graph.name}: {describe(node)} uses sampler {name!r}; wanflow runs ComfyUI's {sorted(SAMPLERS)}")
@@ -163,7 +167,7 @@ def model_path(graph: Graph, sampler: Node) -> list[Node]:
                 "bypass it, or run the workflow in ComfyUI"
             )
         if node.type in SPEED_ONLY:
-            log.warning("workflow %s: %s only changes speed; passed over", graph.name, describe(node))
+            graph.say(f"{describe(node)} only changes speed; passed over")
         node = graph.upstream(node, "model")
 
 
@@ -255,12 +259,13 @@ class Files:
     """Where the files a workflow names are: ComfyUI's folders under ``comfy_dir`` (ComfyUI's folder, or its
     ``models`` folder), else beside the workflow, else the current folder."""
 
-    def __init__(self, workflow_dir: Path, comfy_dir: str | None, models: bool = True):
+    def __init__(self, workflow_dir: Path, comfy_dir: str | None, models: bool = True, lookup: bool = True):
         self.workflow_dir, self.comfy_dir = workflow_dir, Path(comfy_dir) if comfy_dir else None
         self.models = models  # False: the model files are not looked for (a checkpoint is named instead)
+        self.lookup = lookup  # False: no file is looked for, names are kept as the workflow gives them (a server's)
 
     def find(self, name: str, kind: str) -> str:
-        if not self.models and kind in ("diffusion_models", "text_encoders", "vae"):
+        if not self.lookup or (not self.models and kind in ("diffusion_models", "text_encoders", "vae")):
             return str(name)
         relative = Path(str(name).replace("\\", "/"))
         places = []

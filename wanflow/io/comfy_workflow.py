@@ -14,9 +14,12 @@ a primitive node's, a switch node's choice.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("wanflow")
 
 # The widget names of the nodes whose settings are read, in the order the editor saves their values.
 WIDGETS: dict[str, tuple[str, ...]] = {
@@ -81,6 +84,12 @@ class Graph:
 
     def __init__(self, nodes: dict[str, Node], name: str = "workflow"):
         self.nodes, self.name = nodes, name
+        self.notes: list[str] = []  # what the reader of the graph said about it (``say``)
+
+    def say(self, text: str) -> None:
+        """A note about how the workflow is run, logged and kept."""
+        self.notes.append(text)
+        log.warning("workflow %s: %s", self.name, text)
 
     def of_type(self, *types: str) -> list[Node]:
         return [n for n in self.nodes.values() if n.type in types]

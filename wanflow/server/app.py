@@ -33,6 +33,7 @@ from wanflow.server.routes import STATIC, native_routes, openai_routes, service_
 from wanflow.server.schemas import Limits
 from wanflow.server.uploads import BodyLimit
 from wanflow.server.worker import Worker, default_name
+from wanflow.server.workflow import workflow_routes
 from wanflow.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def create_app(
     ctx = Context(app, catalog, files, limits, max_queue, event_interval)
     native_routes(api, ctx)
     lora_routes(api, loras)
+    workflow_routes(api, ctx, loras)
     openai_routes(openai, ctx)
     service_routes(app, ctx, auth)
     app.include_router(api)

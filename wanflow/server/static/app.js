@@ -84,6 +84,43 @@ function showDefaults() {
   $("#last-image-row").hidden = !d.last_image;  // first-last frame: the models that take a last frame
 }
 
+// A ComfyUI workflow fills the form: the server reads it (POST /api/workflow) into job fields, and says what it
+// cannot carry over (its model files, LoRAs this server lacks, the images to upload).
+$("#workflow").addEventListener("change", async (event) => {
+  const file = event.target.files[0];
+  $("#workflow-notes").textContent = "";
+  $("#form-error").textContent = "";
+  if (!file) return;
+  try {
+    fillForm(await api("/api/workflow?name=" + encodeURIComponent(file.name), { method: "POST", body: file }));
+  } catch (e) {
+    $("#form-error").textContent = e.message;
+  }
+});
+
+function fillForm(read) {
+  const form = $("#form");
+  const f = read.fields;
+  if (!(read.task in tasks)) throw new Error(`the workflow is ${read.task}, which this server does not run`);
+  $("#task").value = read.task;
+  showDefaults();
+  for (const name of ["prompt", "negative_prompt", "width", "height", "frames", "steps", "shift", "seed", "switch_step",
+    "solver", "scheduler", "guidance"]) {
+    const value = String(f[name] ?? (name === "seed" ? "-1" : ""));
+    const field = form[name];
+    if (field.tagName === "SELECT" && ![...field.options].some((o) => o.value === value)) {
+      field.append(el("option", { value, textContent: value }));  // (such as cfg_zero_star:0, ComfyUI's CFGZeroStar)
+    }
+    field.value = value;
+  }
+  form.guide_scale.value = (f.guide_scale || []).join(",");
+  form.loras.value = (f.loras || []).map((l) => `${l.name}:${l.strength}${l.expert ? "@" + l.expert : ""}`).join(", ");
+  $("#no-negative").checked = f.negative_prompt === "";  // "" is no negative prompt; absent, the task's
+  form.negative_prompt.disabled = f.negative_prompt === "";
+  $("#more").open = true;  // (the scheduler, the switch and the LoRAs are there)
+  $("#workflow-notes").textContent = read.notes.join(" · ");
+}
+
 $("#no-negative").addEventListener("change", (event) => {
   $("#form").negative_prompt.disabled = event.target.checked;
 });
@@ -171,7 +208,7 @@ function galleryCard(job) {
     "last frame": p.last_image ? "yes" : null, "from a video": p.has_video ? (p.extend ? "continued" : `strength ${p.strength ?? 0.8}`) : null,
     preset: p.preset, loras: (p.loras || []).map((l) => `${l.name}:${l.strength ?? 1}${l.expert ? "@" + l.expert : ""}`).join(", "),
     rule: p.guidance, NAG: p.nag_scale ? `${p.nag_scale}${p.nag_negative_prompt ? " · " + p.nag_negative_prompt : ""}` : null,
-    SLG: p.slg_layers, scheduler: p.scheduler, sigmas: p.sigmas && [].concat(p.sigmas).join(","), cache: p.cache };
+    SLG: p.slg_layers, scheduler: p.scheduler, sigmas: p.sigmas && [].concat(p.sigmas).join(","), "switch step": p.switch_step, cache: p.cache };
   const dl = el("dl");
   for (const [key, value] of Object.entries(settings)) {
     if (value != null && value !== "") dl.append(el("dt", { textContent: key }), el("dd", { textContent: String(value) }));

@@ -1,0 +1,135 @@
+"""``POST /api/workflow`` and the page's workflow input: a ComfyUI workflow read into this server's job fields (its
+LoRAs by this server's names, what cannot carry over said in notes); the page fills its form with them, and the job
+it sends is the job of those fields."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from safetensors.torch import save_file
+
+from tests.cli.test_workflow import api, node, t2v
+from tests.server.conftest import Server
+from tests.tiny.checkpoint import TINY_DITS
+from tests.tiny.lora import make_lora
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, checkpoints):
+    folder = tmp_path_factory.mktemp("loras")
+    save_file(make_lora("kohya", TINY_DITS["t2v-A14B"])[0], folder / "style.safetensors")
+    srv = Server(tmp_path_factory.mktemp("data"), {"t2v-A14B": checkpoints["t2v-A14B"]}, lora_dir=folder).start()
+    yield srv
+    srv.stop()
+
+
+def workflow():
+    """ComfyUI's T2V template layout (tests/cli/test_workflow.py) with a LoRA this server has on the high-noise
+    expert and one it lacks on the low-noise one."""
+    w = t2v()
+    w.add(90, "LoraLoaderModelOnly", ["style.safetensors", 0.5], model=(37, 0))
+    w.add(91, "LoraLoaderModelOnly", ["loras\\absent.safetensors", 1.0], model=(56, 0))
+    for sampling, lora in ((54, 90), (55, 91)):
+        entry = node(w, sampling)["inputs"][0]
+        next(lk for lk in w.links if lk[0] == entry["link"])[1] = lora
+    return w
+
+
+FIELDS = {
+    "task": "t2v-A14B", "prompt": "a red circle moving right", "negative_prompt": "blurry, static", "width": 64,
+    "height": 48, "frames": 5, "steps": 4, "shift": 8.0, "guide_scale": [3.0, 3.5], "solver": "euler",
+    "scheduler": "simple", "seed": "3", "switch_step": 2, "loras": [{"name": "style", "strength": 0.5,
+    "expert": "high"}],
+}  # fmt: skip
+
+
+def test_a_workflow_becomes_job_fields(served):
+    r = served.client.post("/api/workflow", content=json.dumps(workflow().json()))
+    assert r.status_code == 200, r.text
+    read = r.json()
+    assert read["task"] == "t2v-A14B" and read["fields"] == FIELDS
+    assert "LoRA absent is not in this server's LoRA folder: left out" in read["notes"]
+    assert "this server runs its own t2v-A14B model, not the workflow's files" in read["notes"]
+    api_export = served.client.post("/api/workflow?name=w.json", content=json.dumps(api(workflow())))
+    assert api_export.json()["fields"] == FIELDS
+    info = PngInfo()
+    info.add_text("workflow", json.dumps(workflow().json()))
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, "PNG", pnginfo=info)
+    assert served.client.post("/api/workflow?name=still.png", content=png.getvalue()).json()["fields"] == FIELDS
+    job = served.client.post("/api/jobs", json=FIELDS)
+    assert job.status_code == 202 and served.wait(job.json()["id"])["status"] == "done"
+
+
+@pytest.mark.parametrize(
+    ("body", "name", "status", "message"),
+    [
+        (b"{not json", "w.json", 422, "not a JSON file"),
+        (b"{}", "w.json", 422, "not a ComfyUI workflow"),
+        (b"{}", "w.exe", 422, "a workflow is a .json"),
+        (b"\x89PNG\r\n", "w.png", 422, "cannot read its metadata"),
+    ],
+)
+def test_what_is_not_a_workflow_is_a_clear_error(served, body, name, status, message):
+    r = served.client.post(f"/api/workflow?name={name}", content=body)
+    assert r.status_code == status and message in r.json()["detail"], r.text
+
+
+def test_the_page_fills_its_form_from_a_workflow(browser, served, tmp_path):
+    from tests.server.test_page import open_page
+
+    w = workflow()
+    node(w, 6)["widgets_values"] = ["a fox from a workflow"]  # (the prompt: this test's job and card alone)
+    fields = FIELDS | {"prompt": "a fox from a workflow"}
+    path = tmp_path / "wan22.json"
+    path.write_text(json.dumps(w.json()), encoding="utf-8")
+    errors: list = []
+    page = open_page(browser, served, errors)
+    page.set_input_files("#workflow", str(path))
+    page.wait_for_function("document.querySelector('#workflow-notes').textContent.includes('LoRA absent')")
+    values = page.eval_on_selector(
+        "#form", "f => Object.fromEntries([...new FormData(f)].filter(([k, v]) => typeof v === 'string'))"
+    )
+    expected = {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in fields.items() if not isinstance(v, list)}
+    assert {k: values.get(k) for k in expected} == expected
+    assert values["guide_scale"] == "3,3.5" and values["loras"] == "style:0.5@high"
+    page.click("button[type=submit]")
+    card = page.locator("#gallery .card", has_text="a fox from a workflow")
+    card.wait_for(timeout=60_000)
+    job = next(j for j in served.client.get("/api/jobs").json() if j["params"]["prompt"] == fields["prompt"])
+    assert job["status"] == "done", job
+    sent = {k: job["params"].get(k) for k in ("steps", "shift", "solver", "scheduler", "switch_step", "loras")}
+    assert sent == {k: fields[k] for k in sent}
+    same = served.client.post("/api/jobs", json=fields).json()["id"]
+    assert np.array_equal(video(served, job["id"]), video(served, served.wait(same)["id"]))
+    assert not errors, errors
+
+
+def video(server, job_id) -> np.ndarray:
+    from tests.server.test_loras import frames
+
+    return frames(server, server.client.get(f"/api/jobs/{job_id}").json())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"scheduler": "karas"}, "scheduler"),
+        ({"sigmas": "1,a"}, "separated by commas"),
+        ({"sigmas": "1,0.5,0.7"}, "fall strictly"),
+        ({"sigmas": [1.0, 0.5], "shift": 3}, "no shift"),
+        ({"sigmas": ",".join(str(1 - i / 2000) for i in range(1500))}, "more steps than the limit"),
+        ({"switch_step": 9}, "high-noise steps, 0..4"),
+    ],
+)
+def test_schedule_fields_are_checked_before_queueing(served, change, message):
+    base = {
+        k: v for k, v in FIELDS.items() if k not in ("loras", *(("scheduler", "shift") if "sigmas" in change else ()))
+    }
+    r = served.client.post("/api/jobs", json=base | change)
+    assert r.status_code == 422 and message in r.text, r.text

@@ -1,0 +1,100 @@
+"""``POST /api/workflow``: a ComfyUI Wan 2.2 workflow read into this server's job fields (the page fills its form).
+
+The body is the workflow file itself (the editor's JSON, its API export, or a PNG or MP4 ComfyUI saved;
+``?name=FILE`` tells which by its extension). The workflow is read as ``wanflow generate --workflow`` reads it
+(``cli/workflow.py``), without looking for its files: the server runs its own models, its LoRAs by the names of its
+LoRA folder, and the images are the client's to upload. What cannot carry over is said in ``notes``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from fastapi import HTTPException, Request
+
+from wanflow.cli.lora import LORA_FLAGS
+from wanflow.server.loras import LoraLibrary
+from wanflow.server.uploads import max_body
+
+SUFFIXES = (".json", ".png", ".webp", ".mp4", ".webm", ".mov")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise ValueError(message)
+
+
+def workflow_fields(data: bytes, name: str, loras: LoraLibrary) -> dict:
+    """``{"task", "fields", "notes"}``: the job fields (``GenerateRequest``'s names) of a workflow file's bytes."""
+    from wanflow.cli.generate import add_arguments
+    from wanflow.cli.workflow import Files, workflow_settings
+
+    suffix = Path(name).suffix.lower() or ".json"
+    if suffix not in SUFFIXES:
+        raise ValueError(f"a workflow is a {', '.join(SUFFIXES)} file, got {name!r}")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"workflow{suffix}"
+        path.write_bytes(data)
+        flags, notes = workflow_settings(path, Files(path.parent, None, lookup=False))
+    parser = _Parser()
+    add_arguments(parser)
+    args = parser.parse_args(flags)
+    width, height = args.size
+    fields = {
+        "task": args.task,
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "width": width,
+        "height": height,
+        "frames": args.frame_num,
+        "steps": args.sample_steps,
+        "shift": args.sample_shift,
+        "guide_scale": list(args.sample_guide_scale) if isinstance(args.sample_guide_scale, tuple) else None,
+        "solver": args.sample_solver,
+        "scheduler": args.scheduler,
+        "seed": str(args.base_seed),  # (a string: exact past 2^53 in a browser, as the jobs' seeds)
+        "switch_step": args.switch_step,
+        "guidance": args.guidance,
+    }
+    if fields["guide_scale"] is None:
+        fields["guide_scale"] = [args.sample_guide_scale]
+    fields["loras"] = _loras(args, loras, notes)
+    for flag, what in (("image", "start image"), ("last_image", "last image")):
+        if getattr(args, flag):
+            notes.append(f"the workflow's {what} is {Path(getattr(args, flag)).name}: upload it with the job")
+    notes.append(f"this server runs its own {args.task} model, not the workflow's files")
+    return {"task": args.task, "fields": {k: v for k, v in fields.items() if v is not None}, "notes": notes}
+
+
+def _loras(args: argparse.Namespace, library: LoraLibrary, notes: list[str]) -> list[dict]:
+    """The workflow's LoRAs this server has (by file name), each on its expert; the others named in ``notes``."""
+    have = set(library.names())
+    chosen = []
+    for flag, expert in LORA_FLAGS.items():
+        for path, strength in getattr(args, flag) or []:
+            stem = Path(path.replace("\\", "/")).name.removesuffix(".safetensors")
+            if stem not in have:
+                notes.append(f"LoRA {stem} is not in this server's LoRA folder: left out")
+                continue
+            chosen.append({"name": stem, "strength": strength, **({"expert": expert} if expert else {})})
+    return chosen
+
+
+def workflow_routes(api, ctx, loras: LoraLibrary) -> None:
+    @api.post("/workflow")
+    async def read(request: Request, name: str = "workflow.json") -> dict:
+        """A ComfyUI workflow (the request body: the file itself) as this server's job fields, and notes."""
+        limit = max_body(ctx.limits)
+        if int(request.headers.get("content-length") or 0) > limit:
+            raise HTTPException(413, f"a workflow file may be up to {limit} bytes")
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > limit:
+                raise HTTPException(413, f"a workflow file may be up to {limit} bytes")
+        try:
+            return workflow_fields(bytes(data), name, loras)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
