@@ -80,6 +80,51 @@ def test_what_is_not_a_workflow_is_a_clear_error(served, body, name, status, mes
     assert r.status_code == status and message in r.json()["detail"], r.text
 
 
+def broken(kind: str) -> dict:
+    """Workflows that are JSON and look like ComfyUI's, but are not runnable graphs."""
+    w = t2v()
+    if kind == "steps of the wrong kind":
+        node(w, 57)["widgets_values"][3] = {"a": 1}
+        return w.json()
+    if kind == "a node without its type":
+        del node(w, 39)["type"]
+        return w.json()
+    if kind == "a loop of samplers":
+        entry = node(w, 57)["inputs"][3]  # the high-noise sampler's latent from the low-noise one
+        next(lk for lk in w.links if lk[0] == entry["link"])[1] = 58
+        return w.json()
+    if kind == "a loop of switches":
+        w.add(93, "ComfySwitchNode", [True], on_true=(94, 0)).add(94, "ComfySwitchNode", [True], on_true=(93, 0))
+        entry = node(w, 54)["inputs"][0]
+        next(lk for lk in w.links if lk[0] == entry["link"])[1] = 93
+        return w.json()
+    if kind == "a subgraph inside itself":
+        inner = {"id": 1, "type": "loop", "mode": 0, "inputs": [], "widgets_values": []}
+        sub = {"id": "loop", "inputs": [], "outputs": [], "nodes": [inner], "links": []}
+        return {"nodes": [dict(inner)], "links": [], "definitions": {"subgraphs": [sub]}}
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("steps of the wrong kind", "malformed workflow"),
+        ("a node without its type", "malformed workflow"),
+        ("a loop of samplers", "KSampler, or two KSamplerAdvanced"),
+        ("a loop of switches", "form a loop"),
+        ("a subgraph inside itself", "nested more than"),
+    ],
+)
+def test_a_broken_graph_is_a_clear_error(served, kind, message):
+    r = served.client.post("/api/workflow", content=json.dumps(broken(kind)))
+    assert r.status_code == 422 and message in r.json()["detail"], r.text
+
+
+def test_json_nested_too_deeply(served):
+    r = served.client.post("/api/workflow", content="[" * 100_000 + "]" * 100_000)
+    assert r.status_code == 422 and "nested too deeply" in r.json()["detail"], r.text
+
+
 def test_the_page_fills_its_form_from_a_workflow(browser, served, tmp_path):
     from tests.server.test_page import open_page
 

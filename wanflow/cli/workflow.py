@@ -48,6 +48,13 @@ def workflow_settings(path: str | Path, files: Files) -> tuple[list[str], list[s
     """The flags of the workflow at ``path`` (its files as ``files`` finds them) and what was said about it on the
     way (a sampler run as another, nodes passed over)."""
     graph = read_workflow(path)
+    try:
+        return _settings(graph, files)
+    except (TypeError, KeyError, AttributeError, IndexError) as e:  # (a setting of the wrong kind)
+        raise ValueError(f"{graph.name}: a malformed workflow ({type(e).__name__}: {e})") from None
+
+
+def _settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
     models = files.models
     chain = sampler_chain(graph)
     experts = ["high", "low"] if len(chain) == 2 else [None]
@@ -72,6 +79,8 @@ def sampler_chain(graph: Graph) -> list[Node]:
     chain = [next(iter(finals.values()))]
     while chain[0].type in SAMPLER_NODES and graph.upstream(chain[0], "latent_image").type in SAMPLER_NODES:
         chain.insert(0, graph.upstream(chain[0], "latent_image"))
+        if len(chain) > 2:
+            break  # (refused below; also ends a loop of samplers)
     if any(s.type not in SAMPLER_NODES for s in chain) or len(chain) > 2:
         raise ValueError(
             f"{graph.name}: the video comes from {', '.join(map(describe, chain))}; wanflow runs one "
@@ -159,6 +168,8 @@ def model_path(graph: Graph, sampler: Node) -> list[Node]:
     path, node = [], graph.upstream(sampler, "model")
     while True:
         path.append(node)
+        if len(path) > len(graph.nodes):
+            raise ValueError(f"{graph.name}: the model nodes before {describe(sampler)} form a loop")
         if node.type in ("UNETLoader", "UnetLoaderGGUF"):
             return path
         if node.type not in ("ModelSamplingSD3", "LoraLoaderModelOnly", "LoraLoader", "CFGZeroStar", *SPEED_ONLY):
@@ -219,7 +230,9 @@ def text_arguments(graph: Graph, sampler: Node, files: Files, guided: bool) -> l
 def prompt_node(graph: Graph, sampler: Node, name: str, slot: int) -> Node:
     """The CLIPTextEncode node of a sampler's conditioning, through the image-to-video nodes that pass it on."""
     node = graph.upstream(sampler, name)
-    while node.type in ("WanImageToVideo", "WanFirstLastFrameToVideo"):
+    for _ in graph.nodes:
+        if node.type not in ("WanImageToVideo", "WanFirstLastFrameToVideo"):
+            break
         node = graph.upstream(node, name)
     if node.type != "CLIPTextEncode":
         raise ValueError(

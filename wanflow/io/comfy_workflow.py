@@ -63,6 +63,7 @@ PRIMITIVES = {"PrimitiveInt", "PrimitiveFloat", "PrimitiveBoolean", "PrimitiveSt
 BYPASSED, MUTED = 4, 2  # the editor's node modes (0: runs)
 SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20  # the ids of a subgraph's input and output nodes in its links
 MISSING = object()
+MAX_DEPTH = 200  # links followed through reroutes, bypassed nodes and subgraphs, and subgraphs within subgraphs
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,11 @@ class Graph:
 
     def upstream(self, node: Node, name: str) -> Node:
         """The node input ``name`` comes from, through switch nodes; an error naming the input where none does."""
-        found = self.source(node, name)
+        found, hops = self.source(node, name), 0
         while found is not None and found[0].type == "ComfySwitchNode":
+            hops += 1
+            if hops > len(self.nodes):
+                raise ValueError(f"{self.name}: the switch nodes before {describe(node)}'s {name} form a loop")
             found = self.source(found[0], "on_true" if self.value(found[0], "switch") else "on_false")
         if found is None:
             raise ValueError(f"{self.name}: {describe(node)} has no {name} input linked")
@@ -150,14 +154,19 @@ def read_workflow(path: str | Path) -> Graph:
     else:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not a JSON file ({e})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: JSON nested too deeply") from None
     if isinstance(data, dict) and isinstance(data.get("prompt"), dict):  # (the API format inside a job request)
         data = data["prompt"]
-    if isinstance(data, dict) and "nodes" in data and "links" in data:
-        return Graph(_editor_nodes(data), path.name)
-    if isinstance(data, dict) and data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
-        return Graph({str(k): _api_node(str(k), v) for k, v in data.items()}, path.name)
+    try:
+        if isinstance(data, dict) and "nodes" in data and "links" in data:
+            return Graph(_editor_nodes(data), path.name)
+        if isinstance(data, dict) and data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
+            return Graph({str(k): _api_node(str(k), v) for k, v in data.items()}, path.name)
+    except (TypeError, KeyError, AttributeError, IndexError) as e:  # (a field of the wrong kind, or missing)
+        raise ValueError(f"{path.name}: a malformed workflow ({type(e).__name__}: {e})") from None
     raise ValueError(f"{path}: not a ComfyUI workflow (neither the editor's nodes and links nor the API format)")
 
 
@@ -238,6 +247,8 @@ def _collect(node_specs, link_specs, prefix, subgraphs, raw, links, outer_inputs
     for spec in node_specs:
         node_id = prefix + str(spec["id"])
         if spec["type"] in subgraphs and spec.get("mode", 0) not in (BYPASSED, MUTED):
+            if prefix.count(":") >= MAX_DEPTH // 10:
+                raise ValueError(f"subgraphs nested more than {MAX_DEPTH // 10} deep (a subgraph inside itself?)")
             _inline({**spec, "_prefix": prefix}, node_id, subgraphs, raw, links)
         else:
             raw[node_id] = {**spec, "_prefix": prefix}
@@ -295,7 +306,7 @@ def _resolve(key: str, raw: dict, links: dict, depth: int = 0) -> Any:
     """Where link ``key`` really comes from: through reroutes, bypassed nodes and subgraph boundaries; a value for a
     subgraph input given as a promoted widget; None where nothing runs upstream."""
     found = links.get(key)
-    if found is None or depth > 1000:
+    if found is None or depth > MAX_DEPTH:
         return None
     if found[0] == "link":
         return _resolve(found[1], raw, links, depth + 1)

@@ -12,6 +12,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from anyio import to_thread
 from fastapi import HTTPException, Request
 
 from wanflow.cli.lora import LORA_FLAGS
@@ -94,7 +95,7 @@ def workflow_routes(api, ctx, loras: LoraLibrary) -> None:
             data += chunk
             if len(data) > limit:
                 raise HTTPException(413, f"a workflow file may be up to {limit} bytes")
-        try:
-            return workflow_fields(bytes(data), name, loras)
+        try:  # (off the event loop, a few at a time, as uploaded images are decoded)
+            return await to_thread.run_sync(workflow_fields, bytes(data), name, loras, limiter=ctx.decodes)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
