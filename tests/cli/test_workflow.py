@@ -300,3 +300,31 @@ def test_a_checkpoint_beside_the_workflow_replaces_its_model_files(comfy, tmp_pa
     flags = [f for f in FLAGS if f not in ("--prompt", "a red circle moving right")]
     assert main(["generate", "a green cross", *flags, *ckpt, "--save_file", str(tmp_path / "b.gif")]) == 0
     assert out.read_bytes() == (tmp_path / "b.gif").read_bytes()
+
+
+def test_the_5b_layout(comfy, tmp_path, caplog):
+    """ComfyUI's TI2V-5B template: one model, one KSampler (uni_pc, simple, 20 steps, cfg 5, shift 8) from
+    Wan22ImageToVideoLatent, here with a start image; its uni_pc runs as the reference's UniPC, and says so."""
+    (comfy / "input").mkdir(exist_ok=True)
+    (comfy / "input" / "first.png").touch()
+    w = Editor()
+    w.add(38, "CLIPLoader", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", "cpu"])
+    w.add(6, "CLIPTextEncode", ["a boat"], clip=(38, 0)).add(7, "CLIPTextEncode", [NEGATIVE], clip=(38, 0))
+    w.add(39, "VAELoader", ["wan_2.1_vae.safetensors"]).add(37, "UnetLoaderGGUF", [HIGH])
+    w.add(48, "ModelSamplingSD3", [8], model=(37, 0)).add(56, "LoadImage", ["first.png", "image"])
+    w.add(55, "Wan22ImageToVideoLatent", [1280, 704, 121, 1], vae=(39, 0), start_image=(56, 0))
+    w.add(3, "KSampler", [898471028164125, "randomize", 20, 5, "uni_pc", "simple", 1],
+          model=(48, 0), positive=(6, 0), negative=(7, 0), latent_image=(55, 0))  # fmt: skip
+    w.add(8, "VAEDecode", samples=(3, 0), vae=(39, 0))
+    with caplog.at_level(logging.WARNING, logger="wanflow"):
+        args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    given = {flag: args[i + 1] for i, flag in enumerate(args[:-1]) if flag.startswith("--")}
+    assert (given["--task"], given["--size"], given["--frame_num"]) == ("ti2v-5B", "1280*704", "121")
+    assert (given["--sample_solver"], given["--scheduler"], given["--sample_steps"]) == ("unipc", "simple", "20")
+    assert given["--sample_guide_scale"] == "5" and given["--base_seed"] == "898471028164125"
+    assert given["--image"] == str(comfy / "input" / "first.png") and "--switch_step" not in args
+    assert "--t5_cpu" in args and "--dit_low" not in args
+    assert "ComfyUI's sampler uni_pc runs as wanflow's unipc" in caplog.text
+    node(w, 3)["widgets_values"][6] = 0.7  # denoise below 1 from an empty latent
+    with pytest.raises(ValueError, match=r"denoises 0\.7 of the way"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
