@@ -328,3 +328,27 @@ def test_the_5b_layout(comfy, tmp_path, caplog):
     node(w, 3)["widgets_values"][6] = 0.7  # denoise below 1 from an empty latent
     with pytest.raises(ValueError, match=r"denoises 0\.7 of the way"):
         workflow_arguments(write(tmp_path, w.json()), str(comfy))
+
+
+def test_kjnodes_nag(comfy, tmp_path, caplog):
+    """KJNodes' WanVideoNAG on both experts (its conditioning: a prompt of its own) becomes wanflow's NAG; on one
+    expert only, or with other settings on each, it is an error; at scale 1 it is left out and said."""
+    w = t2v().add(9, "CLIPTextEncode", ["blurry"], clip=(38, 0))
+    for sampler, sampling, node_id in ((57, 54, 70), (58, 55, 71)):
+        w.add(node_id, "WanVideoNAG", [11.0, 0.25, 2.5, "default"], model=(sampling, 0), conditioning=(9, 0))
+        relink(w, sampler, "model", node_id)
+    with caplog.at_level(logging.WARNING, logger="wanflow"):
+        args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    at = args.index("--nag_scale")
+    assert args[at : at + 8] == ["--nag_scale", "11", "--nag_alpha", "0.25", "--nag_tau", "2.5",
+                                 "--nag_negative_prompt", "blurry"]  # fmt: skip
+    assert "runs as wanflow's NAG" in caplog.text
+    node(w, 71)["widgets_values"][0] = 5.0
+    with pytest.raises(ValueError, match="WanVideoNAG differs between the experts"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    relink(w, 58, "model", 55)  # the low-noise expert without NAG
+    with pytest.raises(ValueError, match="WanVideoNAG differs between the experts"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    relink(w, 58, "model", 71)
+    node(w, 70)["widgets_values"][0] = node(w, 71)["widgets_values"][0] = 1.0
+    assert "--nag_scale" not in workflow_arguments(write(tmp_path, w.json()), str(comfy))

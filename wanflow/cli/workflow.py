@@ -25,6 +25,7 @@ log = logging.getLogger("wanflow")
 SAMPLER_NODES = ("KSamplerAdvanced", "KSampler")
 SAMPLERS = {"euler": "euler", "lcm": "lcm", "dpmpp_2m": "dpmpp_2m", "res_multistep": "res_multistep"}
 APPROXIMATE = {"uni_pc": "unipc", "uni_pc_bh2": "unipc"}  # ComfyUI's UniPC is not the reference's: a warning
+MODEL_NODES = {"ModelSamplingSD3", "LoraLoaderModelOnly", "LoraLoader", "CFGZeroStar", "WanVideoNAG"}  # (understood)
 SPEED_ONLY = {"PathchSageAttentionKJ", "ModelPatchTorchSettings", "TorchCompileModel", "TorchCompileModelWanVideoV2"}
 LATENTS = ("EmptyHunyuanLatentVideo", "Wan22ImageToVideoLatent", "WanImageToVideo", "WanFirstLastFrameToVideo")
 FOLDERS = {  # ComfyUI's model folders (and their older names)
@@ -61,6 +62,7 @@ def _settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
     args = sampling_arguments(graph, chain)
     for sampler, expert in zip(chain, experts, strict=True):
         args += model_arguments(graph, sampler, expert, files)
+    args += nag_arguments(graph, chain)
     args += text_arguments(graph, chain[0], files, guided=any(float(graph.value(s, "cfg")) != 1 for s in chain))
     args += latent_arguments(graph, chain[0], two_experts=len(chain) == 2, files=files)
     decode = next(n for n in graph.of_type("VAEDecode") if graph.upstream(n, "samples") is chain[-1])
@@ -172,7 +174,7 @@ def model_path(graph: Graph, sampler: Node) -> list[Node]:
             raise ValueError(f"{graph.name}: the model nodes before {describe(sampler)} form a loop")
         if node.type in ("UNETLoader", "UnetLoaderGGUF"):
             return path
-        if node.type not in ("ModelSamplingSD3", "LoraLoaderModelOnly", "LoraLoader", "CFGZeroStar", *SPEED_ONLY):
+        if node.type not in MODEL_NODES | SPEED_ONLY:
             raise ValueError(
                 f"{graph.name}: {describe(node)} changes the model, and wanflow does not know how; "
                 "bypass it, or run the workflow in ComfyUI"
@@ -212,6 +214,33 @@ def model_arguments(graph: Graph, sampler: Node, expert: str | None, files: File
         if node.type == "CFGZeroStar" and expert != "low":
             args += ["--guidance", "cfg_zero_star:0"]  # (ComfyUI's node: the optimised scale, no zeroed steps)
     return args
+
+
+def nag_arguments(graph: Graph, chain: list[Node]) -> list[str]:
+    """KJNodes' WanVideoNAG (scale, alpha, tau and the negative prompt of its conditioning) as wanflow's NAG, which
+    runs the authors' formulation on every expert: the same settings on each expert, or an error."""
+    found = []
+    for sampler in chain:
+        nodes = [n for n in model_path(graph, sampler) if n.type == "WanVideoNAG"]
+        found.append(
+            None
+            if not nodes
+            else (
+                *(float(graph.value(nodes[0], k)) for k in ("nag_scale", "nag_alpha", "nag_tau")),
+                str(graph.value(prompt_node(graph, nodes[0], "conditioning", 0), "text")),
+            )
+        )
+    if len(set(found)) > 1:
+        raise ValueError(f"{graph.name}: WanVideoNAG differs between the experts; wanflow runs one NAG on every expert")
+    if found[0] is None:
+        return []
+    scale, alpha, tau, negative = found[0]
+    if scale <= 1:
+        graph.say(f"WanVideoNAG at scale {scale:g} changes nothing (NAG acts above 1); left out")
+        return []
+    graph.say("KJNodes' WanVideoNAG runs as wanflow's NAG (the authors' formulation)")
+    return ["--nag_scale", f"{scale:g}", "--nag_alpha", f"{alpha:g}", "--nag_tau", f"{tau:g}",
+            "--nag_negative_prompt", negative]  # fmt: skip
 
 
 def text_arguments(graph: Graph, sampler: Node, files: Files, guided: bool) -> list[str]:

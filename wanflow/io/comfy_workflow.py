@@ -51,6 +51,7 @@ WIDGETS: dict[str, tuple[str, ...]] = {
     "WanFirstLastFrameToVideo": ("width", "height", "length", "batch_size"),
     "LoadImage": ("image", "upload"),
     "CreateVideo": ("fps",),
+    "WanVideoNAG": ("nag_scale", "nag_alpha", "nag_tau", "input_type"),  # (KJNodes)
     "ComfySwitchNode": ("switch",),
     "PrimitiveInt": ("value", "control_after_generate"),
     "PrimitiveFloat": ("value",),
