@@ -10,6 +10,7 @@ this machine (``fastapi_offline`` ships Swagger UI's files), so they work withou
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Mapping
@@ -114,6 +115,10 @@ def _lifespan(
         app.state.store, app.state.stopping = store, threading.Event()
         app.state.worker = _worker(store, models, files, loras, worker, alone) if worker["run_jobs"] else None
         app.state.decodes = CapacityLimiter(limits.max_decodes)
+        # The startup heap (torch, transformers and the rest, a few million objects) out of the collector's scans:
+        # a full collection over it paused every thread for 0.2-0.4 s while requests came in (GET /health under
+        # image uploads and running jobs, tests/server/test_hardening.py), at moments that moved with unrelated code
+        gc.freeze()
         access = quiet_access_log()  # (uvicorn has configured its loggers by now)
         if app.state.worker is not None:
             app.state.worker.start()
