@@ -75,7 +75,7 @@ def _settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
 
 def sampler_chain(graph: Graph) -> list[Node]:
     """The samplers of the video the workflow decodes, first first: one KSampler, or two KSamplerAdvanced nodes."""
-    finals = {graph.upstream(n, "samples").id: graph.upstream(n, "samples") for n in graph.of_type("VAEDecode")}
+    finals = {s.id: s for s in (graph.upstream(n, "samples") for n in graph.of_type("VAEDecode"))}
     if len(finals) != 1:
         raise ValueError(f"{graph.name}: {len(finals)} decoded outputs; wanflow runs a workflow that makes one video")
     chain = [next(iter(finals.values()))]

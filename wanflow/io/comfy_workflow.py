@@ -112,10 +112,14 @@ class Graph:
             hops += 1
             if hops > len(self.nodes):
                 raise ValueError(f"{self.name}: the switch nodes before {describe(node)}'s {name} form a loop")
-            found = self.source(found[0], "on_true" if self.value(found[0], "switch") else "on_false")
+            found = self.source(found[0], self.branch(found[0]))
         if found is None:
             raise ValueError(f"{self.name}: {describe(node)} has no {name} input linked")
         return found[0]
+
+    def branch(self, switch: Node) -> str:
+        """The input a switch node passes on: ``on_true`` or ``on_false``, as its switch says."""
+        return "on_true" if self.value(switch, "switch") else "on_false"
 
     def value(self, node: Node, name: str, default: Any = MISSING) -> Any:
         """The setting ``name`` of ``node``: its widget's value, or what a linked primitive or switch node gives
@@ -132,7 +136,7 @@ class Graph:
             if node is None or seen > len(self.nodes):
                 raise ValueError(f"{self.name}: the setting {name} comes from a node that does not run")
             if node.type == "ComfySwitchNode":
-                name = "on_true" if self.value(node, "switch") else "on_false"
+                name = self.branch(node)
             elif node.type in PRIMITIVES or node.type == "PrimitiveNode":
                 name = "value"
             else:

@@ -52,15 +52,13 @@ def workflow_fields(data: bytes, name: str, loras: LoraLibrary) -> dict:
         "frames": args.frame_num,
         "steps": args.sample_steps,
         "shift": args.sample_shift,
-        "guide_scale": list(args.sample_guide_scale) if isinstance(args.sample_guide_scale, tuple) else None,
+        "guide_scale": list(guide) if isinstance(guide := args.sample_guide_scale, tuple) else [guide],
         "solver": args.sample_solver,
         "scheduler": args.scheduler,
         "seed": str(args.base_seed),  # (a string: exact past 2^53 in a browser, as the jobs' seeds)
         "switch_step": args.switch_step,
         "guidance": args.guidance,
     }
-    if fields["guide_scale"] is None:
-        fields["guide_scale"] = [args.sample_guide_scale]
     fields["loras"] = _loras(args, loras, notes)
     for flag, what in (("image", "start image"), ("last_image", "last image")):
         if getattr(args, flag):
