@@ -242,7 +242,7 @@ def test_a_comfyui_scheduler_gives_diffusers_frames_on_its_sigmas(pipes, ours):
     assert (named["scheduler"], named["sigmas"], named["steps"]) == ("sigmas", [1.0, 0.5, 0.0], 2)
 
 
-@pytest.mark.parametrize("solver", ["unipc", "dpm++", "lcm", "dpmpp_2m", "res_multistep"])
+@pytest.mark.parametrize("solver", ["unipc", "dpm++", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2"])
 def test_every_solver_walks_a_comfyui_schedule_from_sigma_one(ours, solver):
     """karras at shift 8 starts at sigma 1 (log-SNR -inf), where the multistep solvers' first ratios are infinite:
     the frames stay finite and differ from Euler's on the same steps."""
@@ -277,11 +277,12 @@ class Recorder(StepHook):
         self.latents.append(latents)
 
 
-@pytest.mark.parametrize("solver", ["dpmpp_2m", "res_multistep", "unipc"])
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "unipc"])
 def test_comfyuis_multistep_samplers_start_afresh_at_the_expert_switch(ours, solver):
     """ComfyUI runs each expert as its own KSamplerAdvanced call, so its multistep samplers have no history at the
     low-noise expert's first step; wanflow's loop starts them afresh there (replaying the recorded velocities with a
-    fresh state at the switch gives the run's latents bit for bit), and carries the reference's solvers through."""
+    fresh state at the switch gives the run's latents bit for bit; the first expert's state ends at the switch, where
+    ComfyUI's first call ends), and carries the reference's solvers through."""
     noise = ours.noise((16, 3, 8, 8), seed=2)
     hook = Recorder()
     steps = []
@@ -289,9 +290,9 @@ def test_comfyuis_multistep_samplers_start_afresh_at_the_expert_switch(ours, sol
          latents=noise, hooks=[hook], callback=steps.append)  # fmt: skip
     switch = next(s.index for s in steps if s.expert == "low")
     assert 0 < switch < 8
-    schedule, fresh = comfy_schedule("simple", 8, 8.0), get_solver(solver)
+    schedule, fresh = comfy_schedule("simple", 8, 8.0, sampler=solver), get_solver(solver)
     for restart in (True, False):
-        x, state = noise, fresh.init(schedule)
+        x, state = noise, fresh.init(schedule, stop=switch if restart else None)
         same = []
         for k, v in enumerate(hook.velocities):
             if restart and k == switch:

@@ -2,10 +2,12 @@ import numpy as np
 import pytest
 import torch
 
+from wanflow.sampling.comfy_schedules import comfy_schedule
 from wanflow.sampling.schedule import (
     SCHEDULES,
     UNIPC_SIGMA_MAX,
     Schedule,
+    comfy_uni_pc_schedule,
     dpm_schedule,
     euler_schedule,
     get_schedule,
@@ -80,10 +82,10 @@ def test_shift_sigmas_closed_form():
 
 
 def test_registry_and_errors():
-    assert (
-        set(SCHEDULES) == {"unipc", "dpm++", "euler", "lcm", "dpmpp_2m", "res_multistep"} == set(SOLVERS)
-    )  # (each its grid)
+    names = {"unipc", "dpm++", "euler", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2"}
+    assert set(SCHEDULES) == names == set(SOLVERS)  # (each its grid)
     assert SCHEDULES["dpmpp_2m"] is SCHEDULES["res_multistep"] is euler_schedule  # (from sigma 1, as ComfyUI)
+    assert SCHEDULES["uni_pc"] is SCHEDULES["uni_pc_bh2"] is comfy_uni_pc_schedule
     assert torch.equal(get_schedule("unipc", 40, 12.0).timesteps, torch.tensor(T2V_TIMESTEPS))
     with pytest.raises(ValueError, match="choose one of"):
         get_schedule("ddim", 10, 5.0)
@@ -93,3 +95,19 @@ def test_registry_and_errors():
         dpm_schedule(10, 0.0)
     with pytest.raises(ValueError):
         Schedule(torch.tensor([1.0, 0.5]), torch.tensor([1000]))  # no final 0
+
+
+@pytest.mark.parametrize(("n", "shift"), [(4, 5.0), (9, 8.0), (19, 3.0)])
+def test_the_uni_pc_grid_is_comfyuis_ksampler_layout(n, shift):
+    # ComfyUI's KSampler asks its scheduler for n + 1 steps for uni_pc and drops the penultimate sigma; where n + 1
+    # divides 1000 its simple scheduler is the euler grid of n + 1 steps (in float32 rather than float64)
+    grid = get_schedule("uni_pc", n, shift, float_timesteps=True)
+    comfy = comfy_schedule("simple", n, shift, sampler="uni_pc")
+    assert grid.num_steps == comfy.num_steps == n
+    torch.testing.assert_close(grid.sigmas, comfy.sigmas, atol=1e-6, rtol=0)
+    full = euler_schedule(n + 1, shift, float_timesteps=True)
+    assert torch.equal(grid.sigmas, torch.cat([full.sigmas[:-2], full.sigmas[-1:]]))
+    assert torch.equal(grid.timesteps, full.timesteps[:-1])  # (the model never sees the dropped sigma)
+    assert torch.equal(
+        comfy_schedule("simple", n, shift, sampler="euler").sigmas, comfy_schedule("simple", n, shift).sigmas
+    )

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from wanflow.sampling.comfy_schedules import comfy_schedule
+from wanflow.sampling.comfy_solvers import UNI_PC_LAST_SIGMA
 from wanflow.sampling.schedule import UNIPC_SIGMA_MAX, dpm_schedule, get_schedule
 from wanflow.sampling.solvers import SOLVERS, get_solver, step_noise
 
-NAMES = ["euler", "unipc", "dpm++", "dpmpp_2m", "res_multistep"]
+NAMES = ["euler", "unipc", "dpm++", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2"]
+UNI_PC = ("uni_pc", "uni_pc_bh2")  # (ComfyUI's: they stop at sigma 0.001, not 0)
 
 
 def _sample(name, schedule, field, x):
@@ -121,9 +123,20 @@ def test_point_mass_is_integrated_exactly(name, shift):
     schedule = get_schedule(name, 12, shift)
     sigma0 = schedule.sigmas[0].item()
     samples = _sample(name, schedule, lambda x, s: (x - x0) / s, (1 - sigma0) * x0 + sigma0 * eps)
-    for sigma, x in zip(schedule.sigmas.tolist(), samples, strict=True):
+    for sigma, x in zip(schedule.sigmas.tolist()[:-1], samples[:-1], strict=True):
         torch.testing.assert_close(x, (1 - sigma) * x0 + sigma * eps, atol=2e-6, rtol=0)
-    assert (samples[-1] - x0).abs().max().item() <= 1e-6
+    if name not in UNI_PC:
+        assert (samples[-1] - x0).abs().max().item() <= 1e-6
+        return
+    # ComfyUI's UniPC stops at sigma 0.001, returns that sample over its VP alpha, and ComfyUI divides it by 1 - 0.001
+    # (its inverse noise scaling, with the 0.001 sample_unipc wrote over the final sigma): x0 + 0.001 / 0.999 eps,
+    # times sqrt(1 + 0.001^2). To 1e-4: ComfyUI's float32 lambda is 2% off at sigma 0.001 (measured 8.8e-5).
+    final = (x0 + eps * UNI_PC_LAST_SIGMA / (1 - UNI_PC_LAST_SIGMA)) * math.sqrt(1 + UNI_PC_LAST_SIGMA**2)
+    assert (samples[-1] - final).abs().max().item() <= 1e-4
+    assert (samples[-1] - x0).abs().max().item() > 2e-3  # (not x0 itself)
+    # a call of one step (the second expert's, at the last step) takes a first-order step; ComfyUI's takes none
+    one = _sample_split(name, schedule, lambda x, s: (x - x0) / s, samples[0], schedule.num_steps - 1)
+    assert (one - final).abs().max().item() <= 1e-4
 
 
 class Gaussian:
@@ -152,6 +165,8 @@ GAUSSIAN_TOLERANCE = {
     "dpm++": (5e-2, 6e-2),
     "dpmpp_2m": (9.3e-2, 9.7e-2),
     "res_multistep": (0.107, 0.109),
+    "uni_pc": (5.2e-2, 5.2e-2),  # (measured 3.97e-2: the last step, to 0.001, is the longest, as ComfyUI lays it out)
+    "uni_pc_bh2": (5.7e-2, 5.7e-2),  # (measured 4.37e-2)
 }
 
 
@@ -175,6 +190,9 @@ def test_gaussian_data_is_transported_to_the_exact_point(name):
         ("dpm++", (1.6, 2.3)),
         ("dpmpp_2m", (1.8, 2.2)),  # measured 1.99
         ("res_multistep", (1.8, 2.2)),  # measured 2.00
+        # third-order steps (2.7 from 20 to 80 steps), down to 2.40 and 2.55 by the floor of stopping at sigma 0.001
+        ("uni_pc", (2.2, 2.8)),
+        ("uni_pc_bh2", (2.3, 2.9)),
     ],
 )
 def test_order_of_accuracy(name, band):
@@ -254,10 +272,12 @@ def test_the_state_carries_the_history(name):
 
 
 def test_solver_registry():
-    assert set(SOLVERS) == {"unipc", "dpm++", "euler", "lcm", "dpmpp_2m", "res_multistep"}
+    assert set(SOLVERS) == {"unipc", "dpm++", "euler", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2"}
     assert get_solver("dpm++").order == 2 and get_solver("euler").order == 1
     with pytest.raises(
-        ValueError, match=r"choose one of \['dpm\+\+', 'dpmpp_2m', 'euler', 'lcm', 'res_multistep', 'unipc'\]"
+        ValueError,
+        match=r"choose one of \['dpm\+\+', 'dpmpp_2m', 'euler', 'lcm', 'res_multistep', 'uni_pc', 'uni_pc_bh2', "
+        r"'unipc'\]",
     ):
         get_solver("heun")
 
@@ -291,7 +311,7 @@ def _sample_split(name, schedule, field, x, split):
     """``_sample`` with the solver started afresh at step ``split`` (what the loop does at the expert switch for a
     solver that ``restarts_at_switch``)."""
     solver = get_solver(name)
-    state = solver.init(schedule)
+    state = solver.init(schedule, stop=split)
     for k in range(schedule.num_steps):
         if k == split:
             state = solver.init(schedule)
@@ -301,9 +321,11 @@ def _sample_split(name, schedule, field, x, split):
 
 @pytest.mark.parametrize("case", COMFY, ids=lambda c: f"{c['sampler']}-{c['scheduler']}-{c.get('split', 'whole')}")
 def test_comfyuis_samplers(case):
-    """ComfyUI's ``dpmpp_2m`` and ``res_multistep`` run on a toy denoiser over its schedulers' sigmas (saved in
-    comfy_samplers.json), in one call or in two split at a step as two KSamplerAdvanced nodes run them: the same
-    denoiser, given here as the velocity ``(x - D) / sigma``, gives their samples (started afresh at the split)."""
+    """ComfyUI's ``dpmpp_2m``, ``res_multistep``, ``uni_pc`` and ``uni_pc_bh2`` run on a toy denoiser over its
+    schedulers' sigmas (saved in comfy_samplers.json; for the UniPC samplers laid out as KSampler lays them out, one
+    step more and the penultimate dropped, and scaled in and out of each call as KSAMPLER.sample scales a flow model's),
+    in one call or in two split at a step as two KSamplerAdvanced nodes run them: the same denoiser, given here as the
+    velocity ``(x - D) / sigma``, gives their samples (started afresh at the split)."""
 
     def denoiser(x, sigma):
         return (1 - sigma) * torch.tanh(1.5 * x) + sigma * 0.25 * torch.sin(x)
@@ -311,11 +333,13 @@ def test_comfyuis_samplers(case):
     def field(x, s):
         return (x - denoiser(x, s)) / s
 
-    schedule = comfy_schedule(case["scheduler"], case["steps"], case["shift"])
+    schedule = comfy_schedule(case["scheduler"], case["steps"], case["shift"], sampler=case["sampler"])
+    if "sigmas" in case:
+        assert torch.equal(schedule.sigmas, torch.tensor(case["sigmas"]))
     x = torch.randn(1, 2, 2, 3, 3, generator=torch.Generator().manual_seed(0))
     final = _sample_split(case["sampler"], schedule, field, x, case.get("split"))
     assert (final.flatten() - torch.tensor(case["x"])).abs().max() <= 1e-6
     assert (final - _sample("euler", schedule, field, x)[-1]).abs().max() > 1e-3  # (a second-order step)
     if "split" in case:
-        assert (final - _sample(case["sampler"], schedule, field, x)[-1]).abs().max() > 1e-4  # (not one call)
+        assert (final - _sample(case["sampler"], schedule, field, x)[-1]).abs().max() > 1e-5  # (not one call)
     assert get_solver(case["sampler"]).restarts_at_switch

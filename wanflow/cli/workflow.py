@@ -23,8 +23,7 @@ from wanflow.sampling.comfy_schedules import SCHEDULERS
 log = logging.getLogger("wanflow")
 
 SAMPLER_NODES = ("KSamplerAdvanced", "KSampler")
-SAMPLERS = {"euler": "euler", "lcm": "lcm", "dpmpp_2m": "dpmpp_2m", "res_multistep": "res_multistep"}
-APPROXIMATE = {"uni_pc": "unipc", "uni_pc_bh2": "unipc"}  # ComfyUI's UniPC is not the reference's: a warning
+SAMPLERS = ("euler", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2")  # (ComfyUI's, by its names)
 MODEL_NODES = {"ModelSamplingSD3", "LoraLoaderModelOnly", "LoraLoader", "CFGZeroStar", "WanVideoNAG"}  # (understood)
 SPEED_ONLY = {"PathchSageAttentionKJ", "ModelPatchTorchSettings", "TorchCompileModel", "TorchCompileModelWanVideoV2"}
 LATENTS = ("EmptyHunyuanLatentVideo", "Wan22ImageToVideoLatent", "WanImageToVideo", "WanFirstLastFrameToVideo")
@@ -122,13 +121,7 @@ def sampling_arguments(graph: Graph, chain: list[Node]) -> list[str]:
 
 def solver_name(graph: Graph, node: Node, name: str) -> str:
     if name in SAMPLERS:
-        return SAMPLERS[name]
-    if name in APPROXIMATE:
-        graph.say(
-            f"ComfyUI's sampler {name} runs as wanflow's unipc (the reference's UniPC, bh2, second order), which is "
-            "not ComfyUI's implementation"
-        )
-        return APPROXIMATE[name]
+        return name
     raise ValueError(f"{graph.name}: {describe(node)} uses sampler {name!r}; wanflow runs ComfyUI's {sorted(SAMPLERS)}")
 
 

@@ -11,7 +11,7 @@ CFG parallelism (which replaces the velocity computation), a step cache, per-ste
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +22,7 @@ from wanflow.sampling.experts import guidance_for, select_expert
 from wanflow.sampling.guidance import CFG, Guidance
 from wanflow.sampling.hooks import Step, StepHook, Velocity
 from wanflow.sampling.schedule import Schedule
+from wanflow.sampling.solver_state import SolverState
 from wanflow.sampling.solvers import Solver
 
 
@@ -149,6 +150,15 @@ def _base_velocity(batch_cfg: bool, step: Step) -> Velocity:
     )
 
 
+def _solver_state(sampler: Sampler, steps: Sequence[Step], first: int) -> SolverState:
+    """A fresh solver state for the steps from ``first``: to the expert switch for a solver that starts afresh there
+    (ComfyUI's samplers: each expert is a sampler call of its own)."""
+    stop = None
+    if sampler.solver.restarts_at_switch:
+        stop = next((s.index + 1 for s in steps[first:] if s.next_expert not in (None, s.expert)), None)
+    return sampler.solver.init(sampler.schedule, sampler.seed, stop)
+
+
 def denoise(
     experts: Callable[[str], nn.Module] | Mapping[str, nn.Module],
     noise: torch.Tensor,
@@ -161,7 +171,7 @@ def denoise(
     get = experts.__getitem__ if isinstance(experts, Mapping) else experts
     hooks, steps = list(hooks), sampler.steps()
     latents = keep_first_frame(noise, cond.frame0)
-    state = sampler.solver.init(sampler.schedule, sampler.seed)
+    state = _solver_state(sampler, steps, 0)
     try:
         for hook in hooks:
             hook.begin(steps)
@@ -177,7 +187,7 @@ def denoise(
                 t = model_timesteps(step.timestep, latents, cond.frame0, model.cfg.patch_size)
                 v = velocity(model, latents, t, cond, step.guide_scale)
             if sampler.solver.restarts_at_switch and step.index and step.expert != steps[step.index - 1].expert:
-                state = sampler.solver.init(sampler.schedule, sampler.seed)  # (ComfyUI's second sampler call)
+                state = _solver_state(sampler, steps, step.index)  # (ComfyUI's second sampler call)
             latents, state = sampler.solver.step(state, v, latents, step.index)
             latents = keep_first_frame(latents, cond.frame0)
             for hook in hooks:

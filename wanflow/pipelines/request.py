@@ -333,7 +333,7 @@ def _grid(given: GenerateOptions, o: GenerateOptions, solver: str, steps: int, s
         return (
             None
             if o.scheduler is None
-            else SchedulerGrid(o.scheduler, solver, shift, comfy_schedule(o.scheduler, steps, shift, floats))
+            else SchedulerGrid(o.scheduler, solver, shift, comfy_schedule(o.scheduler, steps, shift, floats, solver))
         )
     if o.scheduler is not None:
         raise ValueError("sigmas are a whole schedule: give scheduler or sigmas, not both")

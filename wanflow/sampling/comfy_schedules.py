@@ -9,8 +9,9 @@ arithmetic, and ComfyUI's rounding quirks with them: ``simple`` truncates its ta
 entries (so fewer steps than asked can run), ``ddim_uniform`` never starts at sigma 1.
 
 The DiT sees ``1000 * sigma`` as floats, as ComfyUI feeds it (``float_timesteps``). The names are ComfyUI's; the step
-itself is wanflow's solver (euler and lcm are ComfyUI's samplers of the same names; unipc and dpm++ are the
-reference's, not ComfyUI's uni_pc and dpmpp_2m).
+itself is wanflow's solver (euler, lcm, dpmpp_2m, res_multistep, uni_pc and uni_pc_bh2 are ComfyUI's samplers of the
+same names; unipc and dpm++ are the reference's). For uni_pc and uni_pc_bh2, ComfyUI's KSampler lays out one step
+more and drops the penultimate sigma (``comfy_schedule(..., sampler=)``).
 
 ``given_schedule`` takes the sigmas themselves (ComfyUI's custom sigma nodes, a distilled model's published steps):
 decreasing from at most 1, ending at 0 (appended when left out), no shift applied.
@@ -132,10 +133,24 @@ def comfy_sigmas(name: str, steps: int, shift: float) -> torch.Tensor:
     return SCHEDULERS[name](flow_table(shift), steps, shift)
 
 
-def comfy_schedule(name: str, steps: int, shift: float, float_timesteps: bool = True) -> Schedule:
+# samplers ComfyUI's KSampler lays one step more out for, dropping the penultimate sigma (it does so for dpm_2 too)
+DISCARD_PENULTIMATE = ("uni_pc", "uni_pc_bh2")
+
+
+def comfy_schedule(
+    name: str, steps: int, shift: float, float_timesteps: bool = True, sampler: str | None = None
+) -> Schedule:
     """``comfy_sigmas`` as a ``Schedule``: the DiT fed ``1000 * sigma`` as floats (ComfyUI's), or truncated to
-    integers (the reference's) with ``float_timesteps=False``."""
+    integers (the reference's) with ``float_timesteps=False``; laid out as ComfyUI's KSampler does for ``sampler``."""
+    if sampler in DISCARD_PENULTIMATE:
+        return schedule_of(discard_penultimate(comfy_sigmas(name, steps + 1, shift)), float_timesteps)
     return schedule_of(comfy_sigmas(name, steps, shift), float_timesteps)
+
+
+def discard_penultimate(sigmas: torch.Tensor) -> torch.Tensor:
+    """``sigmas`` (ending at 0) without the one before the 0: the steps ComfyUI's KSampler gives its UniPC samplers
+    (asked for one step more, so that the last step is the longer one)."""
+    return torch.cat([sigmas[:-2], sigmas[-1:]])
 
 
 def parse_sigmas(value: str | Sequence[float]) -> tuple[float, ...]:

@@ -96,6 +96,13 @@ def euler_schedule(steps: int, shift: float, float_timesteps: bool = False) -> S
     return dpm_schedule(steps, shift, float_timesteps)
 
 
+def comfy_uni_pc_schedule(steps: int, shift: float, float_timesteps: bool = False) -> Schedule:
+    """The grid of ``euler`` laid out as ComfyUI's KSampler lays steps out for its UniPC samplers: one step more, the
+    penultimate sigma dropped (ComfyUI's simple scheduler where N + 1 divides 1000)."""
+    grid = euler_schedule(steps + 1, shift, float_timesteps)
+    return Schedule(torch.cat([grid.sigmas[:-2], grid.sigmas[-1:]]), grid.timesteps[:-1])
+
+
 SCHEDULES: dict[str, Callable[..., Schedule]] = {
     "unipc": unipc_schedule,
     "dpm++": dpm_schedule,
@@ -104,6 +111,8 @@ SCHEDULES: dict[str, Callable[..., Schedule]] = {
     # ComfyUI's samplers: the same grid from sigma 1 (ComfyUI's simple scheduler where N divides 1000)
     "dpmpp_2m": euler_schedule,
     "res_multistep": euler_schedule,
+    "uni_pc": comfy_uni_pc_schedule,
+    "uni_pc_bh2": comfy_uni_pc_schedule,
 }
 
 

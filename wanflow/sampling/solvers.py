@@ -13,9 +13,9 @@ Use::
 A step never mutates its state; it returns a new one. The math follows the reference schedulers (wan22.md §8):
 coefficients are float32 scalars from the float32 sigmas, the last step (sigma 0) returns ``x0_hat``.
 
-``dpmpp_2m`` and ``res_multistep`` are ComfyUI's samplers of those names, k-diffusion's multistep solvers in
-``t = -log sigma``: other solvers of the same ODE than the reference's ``dpm++`` and ``unipc``, which ComfyUI
-workflows for Wan name.
+``dpmpp_2m``, ``res_multistep``, ``uni_pc`` and ``uni_pc_bh2`` are ComfyUI's samplers of those names
+(``sampling.comfy_solvers``): other solvers of the same ODE than the reference's ``dpm++`` and ``unipc``, which
+ComfyUI workflows for Wan name.
 
 ``lcm`` is not an ODE solver: each step predicts the data and noises it afresh to the next sigma,
 ``(1 - sigma') x0_hat + sigma' eps_k`` (diffusers' ``FlowMatchLCMScheduler``, ComfyUI's ``lcm`` sampler: how
@@ -26,29 +26,14 @@ consistency- and DMD-distilled models are sampled). Its noise ``eps_k`` is a fun
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from wanflow.sampling.comfy_solvers import dpmpp_2m_step, res_multistep_step, uni_pc_bh2_step, uni_pc_step
 from wanflow.sampling.noise import MAX_SEED, initial_noise
 from wanflow.sampling.schedule import Schedule
-
-
-@dataclass(frozen=True, eq=False)
-class SolverState:
-    """What a multistep solver carries from one step to the next."""
-
-    schedule: Schedule
-    x0: tuple[torch.Tensor, ...] = ()  # data predictions of the previous steps, oldest first (at most 2 kept)
-    last_sample: torch.Tensor | None = None  # UniPC: the sample the previous predictor started from
-    last_order: int = 0  # UniPC: the previous predictor's order, reused by this step's corrector
-    index: int | None = None  # the last step taken; None before the first
-    seed: int | None = None  # the run's seed: lcm's fresh noise at each step
-
-
-Stepped = tuple[torch.Tensor, SolverState]  # (x_next, state)
-StepFn = Callable[[SolverState, torch.Tensor, torch.Tensor, int], Stepped]
+from wanflow.sampling.solver_state import SolverState, StepFn, Stepped, check_index
 
 
 def _lambda(sigma: torch.Tensor) -> torch.Tensor:
@@ -56,18 +41,9 @@ def _lambda(sigma: torch.Tensor) -> torch.Tensor:
     return torch.log(1 - sigma) - torch.log(sigma)
 
 
-def _check_index(state: SolverState, index: int) -> int:
-    n = state.schedule.num_steps
-    if not 0 <= index < n:
-        raise ValueError(f"step index {index} is outside the schedule's {n} steps")
-    if state.index is not None and index != state.index + 1:
-        raise ValueError(f"step {index} follows step {state.index}; multistep solvers take consecutive steps")
-    return index
-
-
 def euler_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
     """``x + (sigma_{k+1} - sigma_k) v``, in float32, cast back to the model output's dtype."""
-    k = _check_index(state, index)
+    k = check_index(state, index)
     sigmas = state.schedule.sigmas
     x_next = x.float() + (sigmas[k + 1] - sigmas[k]) * velocity
     return x_next.to(velocity.dtype), SolverState(state.schedule, index=k)
@@ -83,7 +59,7 @@ def step_noise(shape: tuple[int, ...], seed: int, index: int, device: torch.devi
 def lcm_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
     """``(1 - sigma_{k+1}) x0_hat + sigma_{k+1} eps_k`` in float32 (``x0_hat`` itself at the last step), cast back to
     the model output's dtype."""
-    k = _check_index(state, index)
+    k = check_index(state, index)
     if state.seed is None:
         raise ValueError("the lcm solver noises each step afresh: it needs the run's seed (init(schedule, seed))")
     sigmas = state.schedule.sigmas
@@ -135,7 +111,7 @@ def _unipc_correct(sigmas, k: int, x0: tuple[torch.Tensor, ...], last_sample, x0
 
 def unipc_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
     """UniPC, bh2, order 2: corrector on every step after the first, order 1 at the first and last steps."""
-    k = _check_index(state, index)
+    k = check_index(state, index)
     sigmas = state.schedule.sigmas
     x0_new = x - sigmas[k] * velocity  # from the uncorrected sample
     if state.last_sample is not None:
@@ -151,7 +127,7 @@ def dpm_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index:
 
     On the official DPM++ grid sigma_0 = 1 (lambda = -inf), so the second step's correction term is 0 as well.
     """
-    k = _check_index(state, index)
+    k = check_index(state, index)
     sigmas = state.schedule.sigmas
     x0_new = x - sigmas[k] * velocity
     sigma_t, sigma_s = sigmas[k + 1], sigmas[k]
@@ -166,52 +142,6 @@ def dpm_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index:
     return x_next.to(velocity.dtype), SolverState(state.schedule, x0, index=k)
 
 
-def _neg_log(sigma: torch.Tensor) -> torch.Tensor:
-    """k-diffusion's time ``t = -log(sigma)``: the flow ODE ``dx/dsigma = (x - x0_hat) / sigma`` is the one
-    k-diffusion's samplers integrate, so ComfyUI runs them on Wan unchanged."""
-    return -torch.log(sigma)
-
-
-def dpmpp_2m_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
-    """ComfyUI's ``dpmpp_2m``: k-diffusion's DPM-Solver++(2M) in ``t = -log sigma`` (not the flow half log-SNR of
-    ``dpm++``), first order at the first step and ``x0_hat`` itself at sigma 0. Sample in float32."""
-    k = _check_index(state, index)
-    sigmas = state.schedule.sigmas
-    sigma, sigma_next = sigmas[k], sigmas[k + 1]
-    x0 = x.float() - sigma * velocity
-    if sigma_next == 0:
-        x_next = x0
-    else:
-        h = _neg_log(sigma_next) - _neg_log(sigma)
-        d = x0
-        if state.x0:
-            half_r = 0.5 * h / (_neg_log(sigma) - _neg_log(sigmas[k - 1]))  # 1 / (2 r)
-            d = (1 + half_r) * x0 - half_r * state.x0[-1]
-        x_next = sigma_next / sigma * x.float() - torch.expm1(-h) * d
-    return x_next.to(velocity.dtype), SolverState(state.schedule, (x0,), index=k)
-
-
-def res_multistep_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
-    """ComfyUI's ``res_multistep`` (Zhang et al.'s second-order RES multistep, arXiv 2308.02157, deterministic): an
-    Euler step first and at sigma 0, else ``e^-h x + h (b1 x0_hat + b2 x0_prev)`` in ``t = -log sigma`` with
-    ``b1 = phi1(-h) - phi2(-h) / c2``, ``b2 = phi2(-h) / c2``, ``c2`` the previous step's length over this one's."""
-    k = _check_index(state, index)
-    sigmas = state.schedule.sigmas
-    sigma, sigma_next = sigmas[k], sigmas[k + 1]
-    x0 = x.float() - sigma * velocity
-    if sigma_next == 0 or not state.x0:
-        x_next = x.float() + (sigma_next - sigma) * velocity
-    else:
-        t = _neg_log(sigma)
-        h = _neg_log(sigma_next) - t
-        c2 = (_neg_log(sigmas[k - 1]) - t) / h
-        phi1 = torch.expm1(-h) / -h
-        phi2 = (phi1 - 1) / -h
-        b1, b2 = torch.nan_to_num(phi1 - phi2 / c2, nan=0.0), torch.nan_to_num(phi2 / c2, nan=0.0)
-        x_next = torch.exp(-h) * x.float() + h * (b1 * x0 + b2 * state.x0[-1])
-    return x_next.to(velocity.dtype), SolverState(state.schedule, (x0,), index=k)
-
-
 @dataclass(frozen=True)
 class Solver:
     name: str
@@ -221,8 +151,10 @@ class Solver:
     # (a KSamplerAdvanced each), so the low-noise expert's first step has no history there
     restarts_at_switch: bool = False
 
-    def init(self, schedule: Schedule, seed: int | None = None) -> SolverState:
-        return SolverState(schedule, seed=seed)
+    def init(self, schedule: Schedule, seed: int | None = None, stop: int | None = None) -> SolverState:
+        """A fresh state; ``stop``: the step this run of the solver ends before (a ComfyUI sampler call's end at the
+        expert switch), None for the schedule's end."""
+        return SolverState(schedule, seed=seed, stop=stop)
 
 
 SOLVERS: dict[str, Solver] = {
@@ -232,6 +164,8 @@ SOLVERS: dict[str, Solver] = {
     "lcm": Solver("lcm", lcm_step, 1),
     "dpmpp_2m": Solver("dpmpp_2m", dpmpp_2m_step, 2, restarts_at_switch=True),
     "res_multistep": Solver("res_multistep", res_multistep_step, 2, restarts_at_switch=True),
+    "uni_pc": Solver("uni_pc", uni_pc_step, 3, restarts_at_switch=True),
+    "uni_pc_bh2": Solver("uni_pc_bh2", uni_pc_bh2_step, 3, restarts_at_switch=True),
 }
 
 

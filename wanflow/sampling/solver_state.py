@@ -1,0 +1,42 @@
+"""What a solver carries from one step to the next, and the check every step makes of its index."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from wanflow.sampling.schedule import Schedule
+
+
+@dataclass(frozen=True, eq=False)
+class SolverState:
+    """What a multistep solver carries from one step to the next."""
+
+    schedule: Schedule
+    x0: tuple[torch.Tensor, ...] = ()  # data predictions of the previous steps, oldest first (at most 3 kept)
+    last_sample: torch.Tensor | None = None  # UniPC: the sample the previous predictor started from
+    last_order: int = 0  # UniPC: the previous predictor's order, reused by this step's corrector
+    index: int | None = None  # the last step taken; None before the first
+    seed: int | None = None  # the run's seed: lcm's fresh noise at each step
+    # the steps this state integrates, [start, stop): ComfyUI's uni_pc picks its orders by the length of the sampler
+    # call (a KSamplerAdvanced's share of the steps); start is the first step taken, stop None the schedule's end
+    start: int | None = None
+    stop: int | None = None
+
+
+Stepped = tuple[torch.Tensor, SolverState]  # (x_next, state)
+StepFn = Callable[[SolverState, torch.Tensor, torch.Tensor, int], Stepped]
+
+
+def check_index(state: SolverState, index: int) -> int:
+    """``index`` if it is the schedule's and follows the state's last step (any step may start a fresh state)."""
+    n = state.schedule.num_steps
+    if not 0 <= index < n:
+        raise ValueError(f"step index {index} is outside the schedule's {n} steps")
+    if state.stop is not None and index >= state.stop:
+        raise ValueError(f"step {index} is past the steps this state integrates (to step {state.stop})")
+    if state.index is not None and index != state.index + 1:
+        raise ValueError(f"step {index} follows step {state.index}; multistep solvers take consecutive steps")
+    return index
