@@ -119,12 +119,48 @@ def test_a_workflow_makes_the_video_of_its_flags(comfy, tmp_path):
     argv = ["generate", "--workflow", str(path), "--comfy_dir", str(comfy), *tokenizer]
     assert main([*argv, "--save_file", str(tmp_path / "workflow.gif")]) == 0
     assert (tmp_path / "workflow.gif").read_bytes() == (tmp_path / "flags.gif").read_bytes()
-    assert sorted(workflow_arguments(path, str(comfy))) == sorted([*FLAGS, *files, "--task", "t2v-A14B"])
+    expected = [*FLAGS, *files, "--task", "t2v-A14B", "--fps", "16"]  # (CreateVideo's rate: the task's)
+    assert sorted(workflow_arguments(path, str(comfy))) == sorted(expected)
     exported = write(tmp_path, api(t2v()), "api.json")
     assert workflow_arguments(exported, str(comfy)) == workflow_arguments(path, str(comfy))
     # a flag given beside the workflow overrides its setting
     assert main([*argv, "--sample_steps", "3", "--switch_step", "1", "--save_file", str(tmp_path / "three.gif")]) == 0
     assert (tmp_path / "three.gif").read_bytes() != (tmp_path / "flags.gif").read_bytes()
+
+
+def test_the_frame_rate_of_the_video_node(comfy, tmp_path):
+    """CreateVideo's fps (SaveAnimatedWEBP's, SaveAnimatedPNG's) is the saved video's frame rate, ``--fps``: the
+    workflow's MP4 is the flags' at that rate, byte for byte; rates wanflow does not write are errors."""
+    import av
+
+    m = comfy / "models"
+    files = ["--dit", str(m / "diffusion_models" / HIGH), "--dit_low", str(m / "diffusion_models" / LOW),
+             "--vae", str(m / "vae" / "wan_2.1_vae.safetensors"),
+             "--t5", str(m / "text_encoders" / "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+             "--tokenizer", str(m / "text_encoders" / "tokenizer")]  # fmt: skip
+    w = t2v()
+    node(w, 60)["widgets_values"][0] = 24.0
+    path = write(tmp_path, w.json())
+    args = workflow_arguments(path, str(comfy))
+    assert args[args.index("--fps") + 1] == "24"
+    out, flags = tmp_path / "workflow.mp4", tmp_path / "flags.mp4"
+    assert (
+        main(["generate", "--workflow", str(path), "--comfy_dir", str(comfy), *files[-2:], "--save_file", str(out)])
+        == 0
+    )
+    assert main(["generate", *FLAGS, *files, "--fps", "24", "--save_file", str(flags)]) == 0
+    assert out.read_bytes() == flags.read_bytes()
+    with av.open(str(out)) as video:
+        assert video.streams.video[0].average_rate == 24
+    webp = t2v()
+    webp.add(61, "SaveAnimatedWEBP", ["ComfyUI", 12.0, False, 90, "default"], images=(8, 0))
+    with pytest.raises(ValueError, match=r"saved at 2 frame rates \(\[12\.0, 16\.0\]\)"):
+        workflow_arguments(write(tmp_path, webp.json()), str(comfy))
+    node(webp, 61)["widgets_values"][1] = 16.0
+    assert workflow_arguments(write(tmp_path, webp.json()), str(comfy))[-2:] == ["--fps", "16"]
+    node(w, 60)["widgets_values"][0] = 23.976
+    with pytest.raises(ValueError, match=r"a frame rate of 23\.976; wanflow writes whole frame rates"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
 
 
 def test_bypassed_muted_rerouted_and_switched_nodes(comfy, tmp_path):

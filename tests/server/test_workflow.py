@@ -55,6 +55,13 @@ def test_a_workflow_becomes_job_fields(served):
     assert read["task"] == "t2v-A14B" and read["fields"] == FIELDS
     assert "LoRA absent is not in this server's LoRA folder: left out" in read["notes"]
     assert "this server runs its own t2v-A14B model, not the workflow's files" in read["notes"]
+    assert not any("fps" in note for note in read["notes"])  # (CreateVideo at 16: the task's rate)
+    faster = workflow()
+    node(faster, 60)["widgets_values"][0] = 24
+    notes = served.client.post("/api/workflow", content=json.dumps(faster.json())).json()["notes"]
+    assert (
+        "the workflow saves its video at 24 fps; this server saves t2v-A14B videos at 16 fps (the same frames)" in notes
+    )
     api_export = served.client.post("/api/workflow?name=w.json", content=json.dumps(api(workflow())))
     assert api_export.json()["fields"] == FIELDS
     info = PngInfo()

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from wanflow.cli.lora import add_lora_arguments, cli_loras, load_cli_loras
-from wanflow.cli.parsers import add_flag, parse_guide, parse_size, str2bool
+from wanflow.cli.parsers import add_flag, parse_guide, parse_size, positive_int, str2bool
 from wanflow.cli.prompt_extend import EXTEND_FLAGS, add_prompt_extend_arguments, cli_extender
 from wanflow.cli.runtime_flags import add_runtime_arguments, runtime_keywords
 from wanflow.cli.single_files import add_file_arguments, files_layout_from_args, given_files
@@ -181,6 +181,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_nag_arguments(p)
     add_flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")
+    add_flag(p, "fps", type=positive_int, help="frames per second of the saved video (default: the task's, 16 or 24)")
     add_flag(p, "ulysses_size", type=int, default=1, help="sequence-parallel ranks (torchrun; default 1)")
     add_flag(p, "dit_fsdp", action="store_true", help="shard the DiT experts with FSDP2 (torchrun)")
     add_flag(p, "t5_fsdp", action="store_true", help="shard the text encoder with FSDP2 (torchrun)")
@@ -318,6 +319,8 @@ def generate(args, ctx, layout, task: Task, options: GenerateOptions, runtime: R
         return 0  # only rank 0 writes the file
     if options.seed is None or options.seed < 0:
         print(f"seed: {video.seed}", file=sys.stderr)
+    if args.fps is not None:
+        video = replace(video, fps=args.fps)  # (the same frames, shown at another rate)
     with out_of_memory_as_error():
         path = video.save(save_file)
     print(summary(video, load_time, time.perf_counter() - start, path))

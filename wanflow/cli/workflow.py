@@ -17,6 +17,7 @@ import logging
 import shlex
 from pathlib import Path
 
+from wanflow.cli.workflow_custom import as_ksamplers
 from wanflow.io.comfy_workflow import Graph, Node, describe, read_workflow
 from wanflow.sampling.comfy_schedules import SCHEDULERS
 
@@ -26,6 +27,7 @@ SAMPLER_NODES = ("KSamplerAdvanced", "KSampler")
 SAMPLERS = ("euler", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2")  # (ComfyUI's, by its names)
 MODEL_NODES = {"ModelSamplingSD3", "LoraLoaderModelOnly", "LoraLoader", "CFGZeroStar", "WanVideoNAG"}  # (understood)
 SPEED_ONLY = {"PathchSageAttentionKJ", "ModelPatchTorchSettings", "TorchCompileModel", "TorchCompileModelWanVideoV2"}
+FPS_NODES = ("CreateVideo", "SaveAnimatedWEBP", "SaveAnimatedPNG")  # (nodes that give the decoded frames a rate)
 LATENTS = ("EmptyHunyuanLatentVideo", "Wan22ImageToVideoLatent", "WanImageToVideo", "WanFirstLastFrameToVideo")
 FOLDERS = {  # ComfyUI's model folders (and their older names)
     "diffusion_models": ("diffusion_models", "unet"),
@@ -47,7 +49,11 @@ def workflow_arguments(path: str | Path, comfy_dir: str | None = None, models: b
 def workflow_settings(path: str | Path, files: Files) -> tuple[list[str], list[str]]:
     """The flags of the workflow at ``path`` (its files as ``files`` finds them) and what was said about it on the
     way (a sampler run as another, nodes passed over)."""
-    graph = read_workflow(path)
+    return graph_settings(read_workflow(path), files)
+
+
+def graph_settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
+    """``workflow_settings`` of a graph read already."""
     try:
         return _settings(graph, files)
     except (TypeError, KeyError, AttributeError, IndexError) as e:  # (a setting of the wrong kind)
@@ -56,6 +62,7 @@ def workflow_settings(path: str | Path, files: Files) -> tuple[list[str], list[s
 
 def _settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
     models = files.models
+    as_ksamplers(graph, shift_of)  # (custom sampling nodes: the KSamplerAdvanced each amounts to)
     chain = sampler_chain(graph)
     experts = ["high", "low"] if len(chain) == 2 else [None]
     args = sampling_arguments(graph, chain)
@@ -66,6 +73,7 @@ def _settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
     args += latent_arguments(graph, chain[0], two_experts=len(chain) == 2, files=files)
     decode = next(n for n in graph.of_type("VAEDecode") if graph.upstream(n, "samples") is chain[-1])
     args += ["--vae", files.find(graph.value(graph.upstream(decode, "vae"), "vae_name"), "vae")]
+    args += fps_arguments(graph, decode)
     if not models:
         args = [a for i, a in enumerate(args) if a not in MODEL_FLAGS and (i == 0 or args[i - 1] not in MODEL_FLAGS)]
     log.warning("workflow %s: wanflow generate %s", graph.name, shlex.join(args))
@@ -262,6 +270,22 @@ def prompt_node(graph: Graph, sampler: Node, name: str, slot: int) -> Node:
             "CLIPTextEncode (with a cfg of 1 the negative one is not read)"
         )
     return node
+
+
+def fps_arguments(graph: Graph, decode: Node) -> list[str]:
+    """``--fps`` of the node that makes the decoded frames a video (CreateVideo, SaveAnimatedWEBP,
+    SaveAnimatedPNG); none where no such node reads them (the task's rate). A rate that is not a whole number is
+    an error: wanflow writes whole frame rates."""
+    rates = {float(graph.value(n, "fps")) for n in graph.of_type(*FPS_NODES) if graph.source(n, "images")
+             and graph.upstream(n, "images") is decode}  # fmt: skip
+    if len(rates) > 1:
+        raise ValueError(f"{graph.name}: the video is saved at {len(rates)} frame rates ({sorted(rates)}); pick one")
+    if not rates:
+        return []
+    fps = rates.pop()
+    if fps != int(fps) or fps < 1:
+        raise ValueError(f"{graph.name}: a frame rate of {fps:g}; wanflow writes whole frame rates of 1 or more")
+    return ["--fps", str(int(fps))]
 
 
 def latent_arguments(graph: Graph, sampler: Node, two_experts: bool, files: Files) -> list[str]:

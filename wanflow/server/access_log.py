@@ -33,8 +33,22 @@ class AccessLog(logging.Filter):
         return True
 
 
+class WebSocketLog(logging.Filter):
+    """Redacts ``access_token`` from uvicorn's lines of a websocket's opening (``'%s - "WebSocket %s" ...'``, which
+    it writes to its error logger, with the query string)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and '"WebSocket %s"' in record.msg and isinstance(record.args, tuple):
+            record.args = tuple(redact(str(a)) if i == 1 else a for i, a in enumerate(record.args))
+        return True
+
+
 def quiet_access_log(logger: logging.Logger | None = None) -> AccessLog:
-    """Adds the filter to uvicorn's access logger (once); returns it, for ``logger.removeFilter``."""
+    """Adds the filter to uvicorn's access logger (once), and ``WebSocketLog`` to its error logger (once); returns
+    the first, for ``logger.removeFilter``."""
+    errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, WebSocketLog) for f in errors.filters):
+        errors.addFilter(WebSocketLog())
     logger = logger or logging.getLogger("uvicorn.access")
     for existing in logger.filters:
         if isinstance(existing, AccessLog):

@@ -24,6 +24,7 @@ from fastapi_offline import FastAPIOffline
 
 from wanflow.server.access_log import quiet_access_log
 from wanflow.server.catalog import Catalog
+from wanflow.server.comfy_api import comfy_routes
 from wanflow.server.context import Context
 from wanflow.server.engines import open_store
 from wanflow.server.errors import bearer, install_error_handlers
@@ -93,6 +94,7 @@ def create_app(
     workflow_routes(api, ctx, loras)
     openai_routes(openai, ctx)
     service_routes(app, ctx, auth)
+    comfy_routes(app, ctx, loras, auth, token)
     app.include_router(api)
     app.include_router(openai)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -80,11 +80,12 @@ class Context:
         if self.store.request_cancel(job_id) == "requested" and self.worker is not None:
             self.worker.cancel(job_id)
 
-    async def submit(self, fields: dict, inputs: Inputs = NO_INPUTS) -> dict:
-        """Validate, store the uploads, queue the job; its params say ``last_image: true`` when it has a last frame
-        (first-last frame) and ``has_video: true`` when it starts from a video (video to video)."""
+    async def submit(self, fields: dict, inputs: Inputs = NO_INPUTS, job_id: str | None = None) -> dict:
+        """Validate, store the uploads, queue the job (as ``job_id``: a new id's form, for the ComfyUI API's prompt
+        ids); its params say ``last_image: true`` when it has a last frame (first-last frame) and ``has_video: true``
+        when it starts from a video (video to video)."""
         req = self.parse(fields)
-        job_id = new_id()
+        job_id = job_id or new_id()
         if not inputs.any():
             self.check(req)
         else:  # a big image takes a while to check (a copy) and to write: not on the event loop

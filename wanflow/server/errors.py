@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # The routes a browser element reads by URL alone: server-sent events, and the video of <video src>.
 QUERY_TOKEN_ROUTES = frozenset(
-    {"/api/jobs/{job_id}/events", "/api/jobs/{job_id}/video", "/v1/videos/{video_id}/content"}
+    {"/api/jobs/{job_id}/events", "/api/jobs/{job_id}/video", "/v1/videos/{video_id}/content", "/view"}
 )
 
 

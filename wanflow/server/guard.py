@@ -77,6 +77,10 @@ class Guard:
                 status, message = refusal
                 response = JSONResponse(error_body(Request(scope), status, message), status)
                 return await response(scope, receive, send)
+        if scope["type"] == "websocket":  # (a browser opens one from any page: no CORS; checked as a change)
+            if self.refusal(Headers(scope=scope), "WEBSOCKET") is not None:
+                await receive()  # (websocket.connect)
+                return await send({"type": "websocket.close", "code": 1008})
         await self.app(scope, receive, send)
 
     def refusal(self, headers: Headers, method: str) -> tuple[int, str] | None:

@@ -95,12 +95,16 @@ class Files:
         """The running job's live preview (``server.previews``), where every server can read it; gone at its end."""
         return self.root / "previews" / f"{job_id}.png"
 
+    def comfy_prompt(self, job_id: str) -> Path:
+        """The workflow and client of a job queued through the ComfyUI API (``server.comfy_api``)."""
+        return self.root / "comfy" / "prompts" / f"{job_id}.json"
+
     def remove(self, job_id: str) -> None:
         """The job's files, and the temporaries an interrupted write of its video left."""
         from wanflow.io.video import remove_stale_temps
 
         inputs = (self.image(job_id), self.last_image(job_id), self.input_video(job_id))
-        for path in (self.video(job_id), *inputs, self.preview(job_id)):
+        for path in (self.video(job_id), *inputs, self.preview(job_id), self.comfy_prompt(job_id)):
             path.unlink(missing_ok=True)
         remove_stale_temps(self.video(job_id))
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from anyio import to_thread
 from fastapi import HTTPException, Request
 
 from wanflow.cli.lora import LORA_FLAGS
+from wanflow.io.comfy_workflow import Graph, read_workflow
 from wanflow.server.loras import LoraLibrary
 from wanflow.server.uploads import max_body
+from wanflow.tasks import TASKS
 
 SUFFIXES = (".json", ".png", ".webp", ".mp4", ".webm", ".mov")
 
@@ -27,10 +30,23 @@ class _Parser(argparse.ArgumentParser):
         raise ValueError(message)
 
 
-def workflow_fields(data: bytes, name: str, loras: LoraLibrary) -> dict:
-    """``{"task", "fields", "notes"}``: the job fields (``GenerateRequest``'s names) of a workflow file's bytes."""
+@dataclass
+class WorkflowRead:
+    """A workflow file read into this server's job fields (``GenerateRequest``'s names)."""
+
+    task: str
+    fields: dict
+    notes: list[str]  # what could not carry over
+    images: dict[str, str]  # "image" / "last_image": the workflow's file name of that input (the client sends it)
+    missing_loras: list[str]  # the workflow's LoRAs this server's LoRA folder lacks (left out of ``fields``)
+    graph: Graph
+
+
+def read_workflow_bytes(data: bytes, name: str, loras: LoraLibrary) -> WorkflowRead:
+    """The workflow in a file's bytes (``name`` tells its kind by its extension), read as ``wanflow generate
+    --workflow`` reads it, without looking for its files."""
     from wanflow.cli.generate import add_arguments
-    from wanflow.cli.workflow import Files, workflow_settings
+    from wanflow.cli.workflow import Files, graph_settings
 
     suffix = Path(name).suffix.lower() or ".json"
     if suffix not in SUFFIXES:
@@ -38,7 +54,8 @@ def workflow_fields(data: bytes, name: str, loras: LoraLibrary) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"workflow{suffix}"
         path.write_bytes(data)
-        flags, notes = workflow_settings(path, Files(path.parent, None, lookup=False))
+        graph = read_workflow(path)
+        flags, notes = graph_settings(graph, Files(path.parent, None, lookup=False))
     parser = _Parser()
     add_arguments(parser)
     args = parser.parse_args(flags)
@@ -59,23 +76,37 @@ def workflow_fields(data: bytes, name: str, loras: LoraLibrary) -> dict:
         "switch_step": args.switch_step,
         "guidance": args.guidance,
     }
-    fields["loras"] = _loras(args, loras, notes)
+    missing: list[str] = []
+    fields["loras"] = _loras(args, loras, missing)
+    notes += [f"LoRA {stem} is not in this server's LoRA folder: left out" for stem in missing]
+    if args.fps is not None and args.fps != TASKS[args.task].fps:
+        notes.append(f"the workflow saves its video at {args.fps} fps; this server saves {args.task} videos at "
+                     f"{TASKS[args.task].fps} fps (the same frames)")  # fmt: skip
+    images = {flag: getattr(args, flag) for flag in ("image", "last_image") if getattr(args, flag)}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    return WorkflowRead(args.task, fields, notes, images, missing, graph)
+
+
+def workflow_fields(data: bytes, name: str, loras: LoraLibrary) -> dict:
+    """``{"task", "fields", "notes"}``: the job fields of a workflow file's bytes, and what the page's user is told."""
+    read = read_workflow_bytes(data, name, loras)
+    notes = list(read.notes)
     for flag, what in (("image", "start image"), ("last_image", "last image")):
-        if getattr(args, flag):
-            notes.append(f"the workflow's {what} is {Path(getattr(args, flag)).name}: upload it with the job")
-    notes.append(f"this server runs its own {args.task} model, not the workflow's files")
-    return {"task": args.task, "fields": {k: v for k, v in fields.items() if v is not None}, "notes": notes}
+        if flag in read.images:
+            notes.append(f"the workflow's {what} is {Path(read.images[flag]).name}: upload it with the job")
+    notes.append(f"this server runs its own {read.task} model, not the workflow's files")
+    return {"task": read.task, "fields": read.fields, "notes": notes}
 
 
-def _loras(args: argparse.Namespace, library: LoraLibrary, notes: list[str]) -> list[dict]:
-    """The workflow's LoRAs this server has (by file name), each on its expert; the others named in ``notes``."""
+def _loras(args: argparse.Namespace, library: LoraLibrary, missing: list[str]) -> list[dict]:
+    """The workflow's LoRAs this server has (by file name), each on its expert; the others' names in ``missing``."""
     have = set(library.names())
     chosen = []
     for flag, expert in LORA_FLAGS.items():
         for path, strength in getattr(args, flag) or []:
             stem = Path(path.replace("\\", "/")).name.removesuffix(".safetensors")
             if stem not in have:
-                notes.append(f"LoRA {stem} is not in this server's LoRA folder: left out")
+                missing.append(stem)
                 continue
             chosen.append({"name": stem, "strength": strength, **({"expert": expert} if expert else {})})
     return chosen
