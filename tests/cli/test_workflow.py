@@ -104,7 +104,7 @@ def api(editor: Editor) -> dict:
 FLAGS = [
     "--prompt", "a red circle moving right", "--negative_prompt", NEGATIVE, "--size", "64*48", "--frame_num", "5",
     "--sample_steps", "4", "--sample_solver", "euler", "--scheduler", "simple", "--sample_shift", "8",
-    "--sample_guide_scale", "3,3.5", "--switch_step", "2", "--base_seed", "3",
+    "--sample_guide_scale", "3,3.5", "--switch_step", "2", "--base_seed", "3", "--noise_device", "cpu",
 ]  # fmt: skip
 
 
@@ -157,7 +157,8 @@ def test_the_frame_rate_of_the_video_node(comfy, tmp_path):
     with pytest.raises(ValueError, match=r"saved at 2 frame rates \(\[12\.0, 16\.0\]\)"):
         workflow_arguments(write(tmp_path, webp.json()), str(comfy))
     node(webp, 61)["widgets_values"][1] = 16.0
-    assert workflow_arguments(write(tmp_path, webp.json()), str(comfy))[-2:] == ["--fps", "16"]
+    args = workflow_arguments(write(tmp_path, webp.json()), str(comfy))
+    assert args[args.index("--fps") + 1] == "16"
     node(w, 60)["widgets_values"][0] = 23.976
     with pytest.raises(ValueError, match=r"a frame rate of 23\.976; wanflow writes whole frame rates"):
         workflow_arguments(write(tmp_path, w.json()), str(comfy))
@@ -275,15 +276,24 @@ def test_first_last_frame_layout(comfy, tmp_path):
     assert "--negative_prompt" not in args and args[args.index("--sample_guide_scale") + 1] == "1,1"
 
 
-def test_on_a_cpu_a_seed_gives_comfyuis_initial_noise():
+def test_a_seed_gives_comfyuis_initial_noise_on_any_device():
     """ComfyUI's ``prepare_noise``: ``torch.manual_seed(seed)`` and one float32 randn of the latent (batch 1) on the
-    CPU; wanflow's initial noise on the CPU is the same draw (on a GPU wanflow draws on the GPU)."""
+    CPU. wanflow's initial noise on the CPU is the same draw; with ``noise_device="cpu"`` (what a workflow sets) it is
+    drawn on the CPU whatever the device, then moved there (here: the meta device, which has no generator of its
+    own, so the draw can only have been the CPU's)."""
     from wanflow.sampling.noise import initial_noise
 
     seed = 774388746670969  # (the T2V template's)
     with torch.random.fork_rng():  # (the global generator left as it was)
         comfy = torch.randn([1, 16, 2, 6, 8], generator=torch.manual_seed(seed), dtype=torch.float32, device="cpu")
     assert torch.equal(initial_noise((16, 2, 6, 8), seed, "cpu"), comfy)
+    assert torch.equal(initial_noise((16, 2, 6, 8), seed, "cpu", on="cpu"), comfy)
+    moved = initial_noise((16, 2, 6, 8), seed, "meta", on="cpu")
+    assert moved.device.type == "meta" and moved.shape == comfy.shape
+    with pytest.raises(RuntimeError):
+        initial_noise((16, 2, 6, 8), seed, "meta")  # (drawn on the device itself by default)
+    with pytest.raises(ValueError, match="noise_device is one of"):
+        initial_noise((16, 2, 6, 8), seed, "cpu", on="gpu")
 
 
 def test_a_setting_the_file_lacks_is_named(comfy, tmp_path):

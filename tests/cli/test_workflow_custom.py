@@ -52,6 +52,10 @@ def test_custom_sampling_is_its_ksamplers(comfy, tmp_path):  # noqa: F811 (the f
     quarter = custom(split=("SplitSigmasDenoise", [0.25]))
     args = workflow_arguments(write(tmp_path, quarter.json()), str(comfy))
     assert args[args.index("--switch_step") + 1] == "3"
+    # lcm draws each call's step noise from that call's seed: the second KSamplerAdvanced's noise_seed, DisableNoise's 0
+    lcm = workflow_arguments(write(tmp_path, t2v(sampler="lcm").json(), "l.json"), str(comfy))
+    assert lcm[lcm.index("--low_noise_seed") + 1] == "0" and "--low_noise_seed" not in expected
+    assert workflow_arguments(write(tmp_path, custom(sampler="lcm").json()), str(comfy)) == lcm
     basic = workflow_arguments(write(tmp_path, custom(guider="BasicGuider").json()), str(comfy))
     assert basic[basic.index("--sample_guide_scale") + 1] == "1,1" and "--negative_prompt" not in basic
 

@@ -444,8 +444,9 @@ def test_diffusers_names_map_onto_generate_options():
         negative_prompt="blurry",
     )
     assert options == GenerateOptions(
-        "x", negative_prompt="blurry", size=(832, 480), frames=81, steps=30, guide_scale=(3.0, 4.0), seed=5
-    )
+        "x", negative_prompt="blurry", size=(832, 480), frames=81, steps=30, guide_scale=(3.0, 4.0), seed=5,
+        noise_device="cpu",  # (a CPU generator: diffusers draws its noise on the CPU, on any device)
+    )  # fmt: skip
     assert GenerateOptions.from_keywords("x", guidance_scale=4.0, guidance_scale_2=None).guide_scale == 4.0
     assert GenerateOptions.from_keywords("x", guidance_scale=0.0, guidance_scale_2=5.0).guide_scale == 1.0
 
@@ -610,3 +611,17 @@ def test_set_progress_bar_config_as_in_diffusers(monkeypatch):
     assert log.getvalue().count("working") >= 3 and "█" not in log.getvalue()
     with pytest.raises(ValueError, match=r"unknown: \['colour_scheme', 'total'\]"):
         pipe.set_progress_bar_config(total=3, colour_scheme="x")
+
+
+def test_a_batch_from_a_cpu_generator_draws_on_the_cpu():
+    """One CPU generator for a batch: every video's noise is its row of one CPU draw (diffusers draws a CPU
+    generator's noise on the CPU and moves it), on any device; the meta device has no generator of its own."""
+    from wanflow.pipelines.diffusers_batch import batch_calls
+
+    calls = batch_calls([PROMPT, "a blue square"], {"generator": seeded(4)}, None)
+    noise = [options["latents"] for _, options in calls]
+    assert [n.on for n in noise] == ["cpu", "cpu"]
+    whole = torch.randn((2, 16, 2, 4, 4), generator=seeded(4))
+    for k, n in enumerate(noise):
+        assert torch.equal(n.draw((16, 2, 4, 4), torch.device("cpu")), whole[k : k + 1])
+        assert n.draw((16, 2, 4, 4), torch.device("meta")).device.type == "meta"

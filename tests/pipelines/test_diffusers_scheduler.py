@@ -300,3 +300,28 @@ def test_comfyuis_multistep_samplers_start_afresh_at_the_expert_switch(ours, sol
             x, state = fresh.step(state, v, x, k)
             same.append(torch.equal(x, hook.latents[k]))
         assert all(same) == (restart == fresh.restarts_at_switch), (restart, same)
+
+
+def test_lcm_draws_the_low_noise_experts_noise_from_its_own_seed(ours):
+    """ComfyUI's lcm draws each sampler call's step noise from that call's seed: with ``low_noise_seed`` the loop
+    starts the low-noise expert's draws afresh from it (replaying the recorded velocities so gives the run's latents
+    bit for bit); without, the draws go on from the run's seed. The two runs agree up to the switch only."""
+    noise = ours.noise((16, 3, 8, 8), seed=2)
+    schedule, lcm = comfy_schedule("simple", 6, 8.0), get_solver("lcm")
+    runs = {}
+    for low_seed in (4, None):
+        hook, steps = Recorder(), []
+        ours(PROMPT, size=(64, 64), frames=9, steps=6, solver="lcm", scheduler="simple", shift=8.0, seed=9,
+             low_noise_seed=low_seed, guide_scale=(3.0, 4.0), latents=noise, hooks=[hook],
+             callback=steps.append)  # fmt: skip
+        switch = next(s.index for s in steps if s.expert == "low")
+        x, state = noise, lcm.init(schedule, 9)
+        for k, v in enumerate(hook.velocities):
+            if k == switch and low_seed is not None:
+                state = lcm.init(schedule, low_seed)
+            x, state = lcm.step(state, v, x, k)
+            assert torch.equal(x, hook.latents[k])
+        runs[low_seed] = hook.latents
+    assert 0 < switch < 5
+    same = [torch.equal(a, b) for a, b in zip(runs[4], runs[None], strict=True)]
+    assert same == [True] * switch + [False] * (6 - switch)

@@ -40,6 +40,21 @@ def test_cli_server_and_python_give_the_same_request():
     assert requests[0].negative_prompt == task.negative_prompt and requests[0].guide_scale == 4.5
 
 
+def test_the_noise_device_is_the_same_request_from_every_surface():
+    task = TASKS["t2v-A14B"]
+    args = cli("a fox", "--noise_device", "cpu", "--base_seed", "2")
+    server = GenerateRequest(task="t2v-A14B", prompt="a fox", noise_device="cpu", seed=2)
+    python = GenerateOptions("a fox", noise_device="cpu", seed=2)
+    requests = [resolve(o, task) for o in (generate_options(args), server.options(), python)]
+    assert requests[0] == requests[1] == requests[2]
+    assert requests[0].noise_device == "cpu" and requests[0].metadata()["noise_device"] == "cpu"
+    for default in (None, "device"):  # (the run's device: nothing in the metadata)
+        request = resolve(GenerateOptions("a fox", noise_device=default), task)
+        assert request.noise_device is None and "noise_device" not in request.metadata()
+    with pytest.raises(ValueError, match=r"noise_device is one of \('device', 'cpu'\)"):
+        resolve(GenerateOptions("a fox", noise_device="cuda"), task)
+
+
 def test_choices_come_from_the_registries():
     parser = argparse.ArgumentParser()
     add_arguments(parser)

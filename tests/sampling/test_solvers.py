@@ -307,21 +307,21 @@ def test_lcm_noises_the_data_prediction_afresh():
 COMFY = json.loads((Path(__file__).parent / "comfy_samplers.json").read_text())["cases"]
 
 
-def _sample_split(name, schedule, field, x, split):
+def _sample_split(name, schedule, field, x, split, seed=None, seed_low=None):
     """``_sample`` with the solver started afresh at step ``split`` (what the loop does at the expert switch for a
-    solver that ``restarts_at_switch``)."""
+    solver that ``restarts_at_switch``, or one given the low-noise expert's seed, ``seed_low``)."""
     solver = get_solver(name)
-    state = solver.init(schedule, stop=split)
+    state = solver.init(schedule, seed, stop=split)
     for k in range(schedule.num_steps):
         if k == split:
-            state = solver.init(schedule)
+            state = solver.init(schedule, seed_low)
         x, state = solver.step(state, field(x, schedule.sigmas[k].item()), x, k)
     return x
 
 
 @pytest.mark.parametrize("case", COMFY, ids=lambda c: f"{c['sampler']}-{c['scheduler']}-{c.get('split', 'whole')}")
 def test_comfyuis_samplers(case):
-    """ComfyUI's ``dpmpp_2m``, ``res_multistep``, ``uni_pc`` and ``uni_pc_bh2`` run on a toy denoiser over its
+    """ComfyUI's ``dpmpp_2m``, ``res_multistep``, ``uni_pc``, ``uni_pc_bh2`` and ``lcm`` run on a toy denoiser over its
     schedulers' sigmas (saved in comfy_samplers.json; for the UniPC samplers laid out as KSampler lays them out, one
     step more and the penultimate dropped, and scaled in and out of each call as KSAMPLER.sample scales a flow model's),
     in one call or in two split at a step as two KSamplerAdvanced nodes run them: the same denoiser, given here as the
@@ -337,9 +337,13 @@ def test_comfyuis_samplers(case):
     if "sigmas" in case:
         assert torch.equal(schedule.sigmas, torch.tensor(case["sigmas"]))
     x = torch.randn(1, 2, 2, 3, 3, generator=torch.Generator().manual_seed(0))
-    final = _sample_split(case["sampler"], schedule, field, x, case.get("split"))
+    final = _sample_split(
+        case["sampler"], schedule, field, x, case.get("split"), case.get("seed"), case.get("seed_low")
+    )
     assert (final.flatten() - torch.tensor(case["x"])).abs().max() <= 1e-6
-    assert (final - _sample("euler", schedule, field, x)[-1]).abs().max() > 1e-3  # (a second-order step)
+    assert (final - _sample("euler", schedule, field, x)[-1]).abs().max() > 1e-3  # (another step than Euler's)
     if "split" in case:
-        assert (final - _sample(case["sampler"], schedule, field, x)[-1]).abs().max() > 1e-5  # (not one call)
-    assert get_solver(case["sampler"]).restarts_at_switch
+        one_call = _sample_split(case["sampler"], schedule, field, x, None, case.get("seed"))
+        assert (final - one_call).abs().max() > 1e-5  # (not one call)
+    solver = get_solver(case["sampler"])
+    assert solver.restarts_at_switch or solver.noised

@@ -43,8 +43,8 @@ def workflow():
 FIELDS = {
     "task": "t2v-A14B", "prompt": "a red circle moving right", "negative_prompt": "blurry, static", "width": 64,
     "height": 48, "frames": 5, "steps": 4, "shift": 8.0, "guide_scale": [3.0, 3.5], "solver": "euler",
-    "scheduler": "simple", "seed": "3", "switch_step": 2, "loras": [{"name": "style", "strength": 0.5,
-    "expert": "high"}],
+    "scheduler": "simple", "seed": "3", "switch_step": 2, "noise_device": "cpu", "loras": [{"name": "style",
+    "strength": 0.5, "expert": "high"}],
 }  # fmt: skip
 
 

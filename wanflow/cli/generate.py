@@ -24,6 +24,7 @@ from wanflow.cli.single_files import add_file_arguments, files_layout_from_args,
 from wanflow.pipelines.request import GenerateOptions, resolve
 from wanflow.pipelines.runtime_options import RuntimeOptions
 from wanflow.sampling.comfy_schedules import SCHEDULERS
+from wanflow.sampling.noise import NOISE_DEVICES
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.tasks import TASKS, Task, get_task
 
@@ -56,6 +57,8 @@ OPTION_FLAGS = {
     "sample_solver": "solver",
     **SAMPLER_FLAGS,
     "base_seed": "seed",
+    "noise_device": "noise_device",
+    "low_noise_seed": "low_noise_seed",
     "preset": "preset",
     "float_timesteps": "float_timesteps",
     **EXTEND_FLAGS,
@@ -181,6 +184,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_nag_arguments(p)
     add_flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")
+    add_flag(
+        p,
+        "noise_device",
+        choices=NOISE_DEVICES,
+        help="where the initial noise is drawn: the run's device (default, the reference's) or the CPU (ComfyUI's: "
+        "a ComfyUI workflow's seed then gives its noise on any device)",
+    )
+    add_flag(
+        p,
+        "low_noise_seed",
+        type=int,
+        help="lcm: the low-noise expert's steps draw their fresh noise from this seed (ComfyUI's second "
+        "KSamplerAdvanced's noise_seed; default: they go on drawing from the run's)",
+    )
     add_flag(p, "fps", type=positive_int, help="frames per second of the saved video (default: the task's, 16 or 24)")
     add_flag(p, "ulysses_size", type=int, default=1, help="sequence-parallel ranks (torchrun; default 1)")
     add_flag(p, "dit_fsdp", action="store_true", help="shard the DiT experts with FSDP2 (torchrun)")

@@ -74,6 +74,7 @@ def _settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
     decode = next(n for n in graph.of_type("VAEDecode") if graph.upstream(n, "samples") is chain[-1])
     args += ["--vae", files.find(graph.value(graph.upstream(decode, "vae"), "vae_name"), "vae")]
     args += fps_arguments(graph, decode)
+    args += ["--noise_device", "cpu"]  # (ComfyUI draws the initial noise on the CPU: the seed gives its noise anywhere)
     if not models:
         args = [a for i, a in enumerate(args) if a not in MODEL_FLAGS and (i == 0 or args[i - 1] not in MODEL_FLAGS)]
     log.warning("workflow %s: wanflow generate %s", graph.name, shlex.join(args))
@@ -115,6 +116,8 @@ def sampling_arguments(graph: Graph, chain: list[Node]) -> list[str]:
     args += ["--base_seed", str(int(seed))]
     cfg = [float(value(s, "cfg")) for s in chain]
     args += ["--sample_guide_scale", ",".join(f"{c:g}" for c in reversed(cfg))]  # (low-noise, high-noise)
+    if len(chain) == 2 and name == "lcm":  # (its step noise: the second call draws from its own seed)
+        args += ["--low_noise_seed", str(int(value(chain[1], "noise_seed")))]
     if len(chain) == 1:
         if first.type == "KSamplerAdvanced":
             check_alone(graph, first, steps)

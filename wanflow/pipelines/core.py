@@ -63,6 +63,9 @@ class Sampler:
     skipped: int = 0  # steps of the full schedule before ``schedule`` (video to video: its tail)
     guidance: Guidance = CFG  # how each step's two predictions combine
     seed: int | None = None  # the run's seed (the lcm solver's fresh noise at each step)
+    low_noise_seed: int | None = (
+        None  # the low-noise expert's sampler call's seed (ComfyUI's second KSamplerAdvanced's)
+    )
 
     def steps(self) -> list[Step]:
         timesteps = self.schedule.timesteps.tolist()  # python ints (floats): no device syncs inside the loop
@@ -150,13 +153,20 @@ def _base_velocity(batch_cfg: bool, step: Step) -> Velocity:
     )
 
 
+def _restarts(sampler: Sampler) -> bool:
+    """Whether the solver starts afresh at the expert switch: ComfyUI's multistep samplers (each expert is a sampler
+    call of its own), and a noising one given the low-noise expert's call a seed of its own."""
+    return sampler.solver.restarts_at_switch or (sampler.solver.noised and sampler.low_noise_seed is not None)
+
+
 def _solver_state(sampler: Sampler, steps: Sequence[Step], first: int) -> SolverState:
-    """A fresh solver state for the steps from ``first``: to the expert switch for a solver that starts afresh there
-    (ComfyUI's samplers: each expert is a sampler call of its own)."""
+    """A fresh solver state for the steps from ``first``: to the expert switch for a solver that starts afresh there,
+    with the seed of the low-noise expert's call after it (where given)."""
     stop = None
-    if sampler.solver.restarts_at_switch:
+    if _restarts(sampler):
         stop = next((s.index + 1 for s in steps[first:] if s.next_expert not in (None, s.expert)), None)
-    return sampler.solver.init(sampler.schedule, sampler.seed, stop)
+    seed = sampler.low_noise_seed if first and sampler.low_noise_seed is not None else sampler.seed
+    return sampler.solver.init(sampler.schedule, seed, stop)
 
 
 def denoise(
@@ -186,7 +196,7 @@ def denoise(
             else:
                 t = model_timesteps(step.timestep, latents, cond.frame0, model.cfg.patch_size)
                 v = velocity(model, latents, t, cond, step.guide_scale)
-            if sampler.solver.restarts_at_switch and step.index and step.expert != steps[step.index - 1].expert:
+            if _restarts(sampler) and step.index and step.expert != steps[step.index - 1].expert:
                 state = _solver_state(sampler, steps, step.index)  # (ComfyUI's second sampler call)
             latents, state = sampler.solver.step(state, v, latents, step.index)
             latents = keep_first_frame(latents, cond.frame0)

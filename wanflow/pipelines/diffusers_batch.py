@@ -21,9 +21,10 @@ class BatchNoise:
     seed: int
     index: int
     count: int
+    on: str | None = None  # "cpu": the generator is a CPU one, whose noise diffusers draws on the CPU
 
     def draw(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        return initial_noise((self.count, *shape), self.seed, device)[0][self.index : self.index + 1]
+        return initial_noise((self.count, *shape), self.seed, device, self.on)[0][self.index : self.index + 1]
 
 
 def batch_calls(prompt: Any, options: dict[str, Any], latents: Any) -> list[tuple[str, dict[str, Any]]] | None:
@@ -47,6 +48,7 @@ def batch_calls(prompt: Any, options: dict[str, Any], latents: Any) -> list[tupl
     if latents is not None and (not isinstance(latents, torch.Tensor) or latents.shape[0] != count):
         raise ValueError(f"latents for a batch of {count} videos: a tensor of {count} rows (one per video)")
     seed = None if isinstance(generator, list) else generator.initial_seed() if generator is not None else draw_seed(-1)
+    on = "cpu" if isinstance(generator, torch.Generator) and generator.device.type == "cpu" else None
     calls = []
     for k in range(count):
         item = {**options, "num_videos_per_prompt": None, "negative_prompt": negatives[k // per_prompt]}
@@ -55,7 +57,7 @@ def batch_calls(prompt: Any, options: dict[str, Any], latents: Any) -> list[tupl
         else:
             item.update(generator=None, seed=seed)
         item["latents"] = (
-            latents[k : k + 1] if latents is not None else None if seed is None else BatchNoise(seed, k, count)
+            latents[k : k + 1] if latents is not None else None if seed is None else BatchNoise(seed, k, count, on)
         )
         calls.append((prompts[k // per_prompt], item))
     return calls

@@ -88,7 +88,7 @@ def sample_windows(
         start_latents = None if source is None else window_latents(source, start, end, given)
         timings["encode"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        noise = pipe.noise(prepared.shape, part.seed)
+        noise = pipe.noise(prepared.shape, part.seed, part.noise_device)
         out = pipe.sample(noise, prepared.cond, part, hooks, start_latents)
         timings["denoise"] += time.perf_counter() - t0
         if k:  # the given frames as the earlier windows made them (I2V's DiT made its own of them)

@@ -422,7 +422,9 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         start = None if request.video is None else self.encode_video(request.video, prepared.shape)
         timings["encode"] = time.perf_counter() - t0
         noise = (
-            self.noise(prepared.shape, request.seed) if latents is None else self.given_latents(latents, prepared.shape)
+            self.noise(prepared.shape, request.seed, request.noise_device)
+            if latents is None
+            else self.given_latents(latents, prepared.shape)
         )
         t0 = time.perf_counter()
         out = self.sample(noise, prepared.cond, request, hooks, start)
@@ -531,8 +533,9 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         """The latents (1, C, T, H, W) of a given video's frames, sized to latents of ``shape`` (..., H', W')."""
         return self.encode_image(self.video_pixels(video, shape))
 
-    def noise(self, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-        return initial_noise(shape, seed, self.device)
+    def noise(self, shape: tuple[int, ...], seed: int, on: str | None = None) -> torch.Tensor:
+        """The initial noise on this pipeline's device (``on="cpu"``: drawn on the CPU, ``sampling.noise``)."""
+        return initial_noise(shape, seed, self.device, on)
 
     def sample(
         self,
@@ -560,8 +563,9 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             schedule, skipped = tail, schedule.num_steps - tail.num_steps
         solver, guidance = get_solver(request.solver), request.guidance
         sampler = Sampler(
-            schedule, solver, boundary, request.guide_scale, skipped=skipped, guidance=guidance, seed=request.seed
-        )
+            schedule, solver, boundary, request.guide_scale, skipped=skipped, guidance=guidance, seed=request.seed,
+            low_noise_seed=request.low_noise_seed,
+        )  # fmt: skip
         hooks = [self._placement, FiniteLatents(), *self._hooks, *hooks]  # NaN weights: an error, not a black video
         if request.cache:
             hooks.append(self.step_cache(request.cache))

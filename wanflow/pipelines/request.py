@@ -25,7 +25,7 @@ from wanflow.runtime.step_cache import CacheSettings, parse_cache
 from wanflow.sampling.comfy_schedules import comfy_schedule, given_schedule, parse_sigmas
 from wanflow.sampling.diffusers_schedulers import SchedulerGrid, scheduler_grid
 from wanflow.sampling.guidance import CFG, Guidance, SkipLayers, parse_guidance
-from wanflow.sampling.noise import draw_seed
+from wanflow.sampling.noise import NOISE_DEVICES, draw_seed
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.tasks import TASKS, Task
 
@@ -49,6 +49,8 @@ class GenerateOptions:
     guide_scale: float | tuple[float, ...] | list[float] | None = None  # one value, or (low-noise, high-noise)
     solver: str | None = None  # a key of ``sampling.solvers.SOLVERS``; None: the preset's, else unipc
     seed: int | None = -1  # negative: draw one (reported in the result)
+    noise_device: str | None = None  # "cpu": the initial noise drawn on the CPU (ComfyUI's); None / "device": the run's
+    low_noise_seed: int | None = None  # the low-noise expert's own seed for lcm's step noise (ComfyUI's 2nd sampler's)
     preset: str | None = None  # a key of ``pipelines.presets.PRESETS``: values for the options left None
     float_timesteps: bool | None = None  # the DiT sees 1000 * sigma unrounded (step-distilled LoRAs); default False
     last_image: Any = None  # a path or a PIL image: the last frame (first-last frame; tasks with ``Task.last_image``)
@@ -124,7 +126,8 @@ def from_diffusers_names(keywords: dict[str, Any]) -> dict[str, Any]:
       ``guidance_scale_2`` that of ``transformer_2``, the low-noise expert (default: ``guidance_scale``), so
       ``guide_scale=(guidance_scale_2, guidance_scale)``: (low-noise, high-noise), the reference's order; a
       ``guidance_scale`` of 1 or less turns guidance off for both experts, as in diffusers (``guide_scale=1``);
-    - ``generator`` -> ``seed=generator.initial_seed()``: the seed is what counts, not the generator's device or state;
+    - ``generator`` -> ``seed=generator.initial_seed()``: the seed is what counts, and the generator's device (a CPU
+      generator: ``noise_device="cpu"``, the noise drawn on the CPU as diffusers draws it), not its state;
     - ``num_videos_per_prompt``: 1 here (a batch is split into one call per video first: ``diffusers_batch``).
     """
     given = {k: v for k, v in keywords.items() if k in DIFFUSERS_NAMES and v is not None}
@@ -136,6 +139,8 @@ def from_diffusers_names(keywords: dict[str, Any]) -> dict[str, Any]:
         "guide_scale": _diffusers_guidance(given),
         "seed": _diffusers_seed(given),
     }
+    if out.get("noise_device") is None and getattr(given.get("generator"), "device", None) == torch.device("cpu"):
+        out["noise_device"] = "cpu"  # (diffusers draws a CPU generator's noise on the CPU, then moves it)
     for name, value in renamed.items():
         if value is None:
             continue
@@ -212,6 +217,9 @@ class Request:
     solver: str
     seed: int
     float_timesteps: bool = False
+    noise_device: str | None = None  # "cpu": the initial noise drawn on the CPU; None: on the run's device
+    # lcm's step noise from the expert switch on: a generator of this seed (ComfyUI's second KSamplerAdvanced call)
+    low_noise_seed: int | None = None
     last_image: Image.Image | None = None
     extension: Extension | None = None  # rewrite the prompt first (``pipelines.prompt_extension``)
     windows: WindowPlan | None = None  # a video longer than one window; None: one window
@@ -237,6 +245,8 @@ class Request:
             **(self.extension.metadata() if self.extension is not None else {}),
             **(self.grid.metadata() if self.grid is not None else {}),
             **({"switch_step": self.switch_step} if self.switch_step is not None else {}),
+            **({"noise_device": self.noise_device} if self.noise_device is not None else {}),
+            **({"low_noise_seed": self.low_noise_seed} if self.low_noise_seed is not None else {}),
             **({"video_strength": self.strength} if self.video is not None else {}),
             **({"guidance": str(self.guidance)} if self.guidance.rule != "cfg" else {}),
             **({"slg": self.guidance.slg.metadata()} if self.guidance.slg is not None else {}),
@@ -291,6 +301,8 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         guide_scale=_guide(task.guide_scale if o.guide_scale is None else o.guide_scale, task),
         solver=solver,
         seed=seed,
+        noise_device=_noise_device(o.noise_device),
+        low_noise_seed=None if o.low_noise_seed is None else draw_seed(o.low_noise_seed, "low_noise_seed"),
         float_timesteps=bool(o.float_timesteps) if grid is None else grid.schedule.timesteps.is_floating_point(),
         last_image=_last_image(o.last_image, image, task, frames),
         extension=_extension(o, seed),
@@ -322,6 +334,12 @@ def with_scheduler(request: Request, options: GenerateOptions, scheduler: Any) -
     grid = scheduler_grid(scheduler, request.steps)
     floats = grid.schedule.timesteps.is_floating_point()
     return dataclasses.replace(request, solver=grid.solver, shift=grid.shift, float_timesteps=floats, grid=grid)
+
+
+def _noise_device(value: str | None) -> str | None:
+    if value not in (None, *NOISE_DEVICES):
+        raise ValueError(f"noise_device is one of {NOISE_DEVICES} (the CPU: ComfyUI's noise), got {value!r}")
+    return "cpu" if value == "cpu" else None
 
 
 def _grid(given: GenerateOptions, o: GenerateOptions, solver: str, steps: int, shift: float) -> SchedulerGrid | None:

@@ -20,8 +20,16 @@ def draw_seed(seed: int | None, name: str = "seed") -> int:
     return int(seed)
 
 
-def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device | str) -> torch.Tensor:
+NOISE_DEVICES = ("device", "cpu")  # where the initial noise is drawn: the run's device (the reference's), or the CPU
+
+
+def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device | str, on: str | None = None) -> torch.Tensor:
     """(1, *shape): one float32 randn of the full latent shape from a generator on ``device``, as the reference
-    draws it (so a sequence-parallel run draws the same noise as one process)."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    return torch.randn(shape, generator=generator, dtype=torch.float32, device=device)[None]
+    draws it (so a sequence-parallel run draws the same noise as one process); ``on="cpu"``: from a CPU generator,
+    then moved to ``device``, as ComfyUI draws it (and diffusers with a CPU generator): one seed, one noise on any
+    device."""
+    if on not in (None, *NOISE_DEVICES):
+        raise ValueError(f"noise_device is one of {NOISE_DEVICES}, got {on!r}")
+    draw = "cpu" if on == "cpu" else device
+    generator = torch.Generator(device=draw).manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float32, device=draw)[None].to(device)

@@ -19,19 +19,18 @@ ComfyUI workflows for Wan name.
 
 ``lcm`` is not an ODE solver: each step predicts the data and noises it afresh to the next sigma,
 ``(1 - sigma') x0_hat + sigma' eps_k`` (diffusers' ``FlowMatchLCMScheduler``, ComfyUI's ``lcm`` sampler: how
-consistency- and DMD-distilled models are sampled). Its noise ``eps_k`` is a function of the run's seed and the step
-(``step_noise``), so a seed gives one video on any number of ranks, as the initial noise does.
+consistency- and DMD-distilled models are sampled). Its noise ``eps_k`` is ComfyUI's (``step_noise``): draw k of a
+generator on the run's device seeded with the run's seed, so a seed gives one video on any number of ranks, as the
+initial noise does, and a ComfyUI workflow's lcm its noise.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from wanflow.sampling.comfy_solvers import dpmpp_2m_step, res_multistep_step, uni_pc_bh2_step, uni_pc_step
-from wanflow.sampling.noise import MAX_SEED, initial_noise
 from wanflow.sampling.schedule import Schedule
 from wanflow.sampling.solver_state import SolverState, StepFn, Stepped, check_index
 
@@ -50,10 +49,13 @@ def euler_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, inde
 
 
 def step_noise(shape: tuple[int, ...], seed: int, index: int, device: torch.device | str) -> torch.Tensor:
-    """The fresh noise step ``index`` of a run with ``seed`` draws: a generator seeded by a hash of the two (so the
-    runs of neighbouring seeds do not share their streams), on ``device``, as ``initial_noise``."""
-    digest = hashlib.blake2b(f"wanflow-step-noise:{seed}:{index}".encode(), digest_size=8).digest()
-    return initial_noise(shape, int.from_bytes(digest, "little") & MAX_SEED, device)
+    """The fresh noise of step ``index`` (counted from the sampler call's first step) of a run with ``seed``: draw
+    ``index`` of a generator on ``device`` seeded with ``seed``, each draw one float32 randn of (1, *shape), as
+    ComfyUI's noise sampler (``default_noise_sampler``) draws them for its lcm sampler."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for _ in range(index + 1):
+        noise = torch.randn((1, *shape), generator=generator, dtype=torch.float32, device=device)
+    return noise
 
 
 def lcm_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
@@ -62,12 +64,13 @@ def lcm_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index:
     k = check_index(state, index)
     if state.seed is None:
         raise ValueError("the lcm solver noises each step afresh: it needs the run's seed (init(schedule, seed))")
+    start = k if state.start is None else state.start
     sigmas = state.schedule.sigmas
     x0 = x.float() - sigmas[k] * velocity
     sigma_next = sigmas[k + 1]
     if sigma_next > 0:
-        x0 = (1 - sigma_next) * x0 + sigma_next * step_noise(tuple(x.shape[1:]), state.seed, k, x.device)
-    return x0.to(velocity.dtype), SolverState(state.schedule, index=k, seed=state.seed)
+        x0 = (1 - sigma_next) * x0 + sigma_next * step_noise(tuple(x.shape[1:]), state.seed, k - start, x.device)
+    return x0.to(velocity.dtype), replace(state, index=k, start=start)
 
 
 def _unipc_predict(sigmas: torch.Tensor, k: int, x0: tuple[torch.Tensor, ...], x: torch.Tensor, order: int):
@@ -150,6 +153,9 @@ class Solver:
     # ComfyUI's multistep samplers start afresh at the expert switch: ComfyUI runs each expert as its own sampler call
     # (a KSamplerAdvanced each), so the low-noise expert's first step has no history there
     restarts_at_switch: bool = False
+    # it draws fresh noise at each step from the seed of its sampler call: given the low-noise expert's call a seed of
+    # its own (ComfyUI's second KSamplerAdvanced's), it starts afresh there with it
+    noised: bool = False
 
     def init(self, schedule: Schedule, seed: int | None = None, stop: int | None = None) -> SolverState:
         """A fresh state; ``stop``: the step this run of the solver ends before (a ComfyUI sampler call's end at the
@@ -161,7 +167,7 @@ SOLVERS: dict[str, Solver] = {
     "unipc": Solver("unipc", unipc_step, 2),
     "dpm++": Solver("dpm++", dpm_step, 2),
     "euler": Solver("euler", euler_step, 1),
-    "lcm": Solver("lcm", lcm_step, 1),
+    "lcm": Solver("lcm", lcm_step, 1, noised=True),
     "dpmpp_2m": Solver("dpmpp_2m", dpmpp_2m_step, 2, restarts_at_switch=True),
     "res_multistep": Solver("res_multistep", res_multistep_step, 2, restarts_at_switch=True),
     "uni_pc": Solver("uni_pc", uni_pc_step, 3, restarts_at_switch=True),

@@ -97,6 +97,12 @@ class GenerateRequest(BaseModel):
     )
     preset: Literal[tuple(PRESETS)] | None = Field(None, description="sampling preset (lightning: 4 steps, no CFG)")
     float_timesteps: bool | None = Field(None, description="the DiT sees 1000 * sigma unrounded (distilled LoRAs)")
+    noise_device: Literal["device", "cpu"] | None = Field(
+        None, description="where the initial noise is drawn: the worker's device (default) or the CPU (ComfyUI's)"
+    )
+    low_noise_seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="lcm: the low-noise expert's own seed for its step noise (ComfyUI's)"
+    )
     scheduler: Literal[tuple(sorted(SCHEDULERS))] | None = Field(
         None, description="the steps of ComfyUI's scheduler of this name (default: the solver's reference grid)"
     )
@@ -205,6 +211,8 @@ class GenerateRequest(BaseModel):
             guide_scale=None if self.guide_scale is None else tuple(self.guide_scale),
             solver=self.solver,
             seed=self.seed,
+            noise_device=self.noise_device,
+            low_noise_seed=self.low_noise_seed,
             preset=self.preset,
             float_timesteps=self.float_timesteps,
             scheduler=self.scheduler,

@@ -19,8 +19,9 @@ def job_view(job: dict, waiting: str | None = None) -> JobView:
     meta = job.get("metadata") or {}
     if meta.get("prompt_extended"):
         fields["extended_prompt"] = meta["prompt"]
-    if "seed" in job["params"]:
-        fields["params"] = dict(job["params"], seed=str(job["params"]["seed"]))
+    seeds = {k: str(job["params"][k]) for k in ("seed", "low_noise_seed") if job["params"].get(k) is not None}
+    if seeds:
+        fields["params"] = dict(job["params"], **seeds)
     return JobView(**fields)
 
 

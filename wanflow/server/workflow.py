@@ -75,6 +75,8 @@ def read_workflow_bytes(data: bytes, name: str, loras: LoraLibrary) -> WorkflowR
         "seed": str(args.base_seed),  # (a string: exact past 2^53 in a browser, as the jobs' seeds)
         "switch_step": args.switch_step,
         "guidance": args.guidance,
+        "noise_device": args.noise_device,
+        "low_noise_seed": None if args.low_noise_seed is None else str(args.low_noise_seed),
     }
     missing: list[str] = []
     fields["loras"] = _loras(args, loras, missing)

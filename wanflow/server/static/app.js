@@ -105,7 +105,7 @@ function fillForm(read) {
   $("#task").value = read.task;
   showDefaults();
   for (const name of ["prompt", "negative_prompt", "width", "height", "frames", "steps", "shift", "seed", "switch_step",
-    "solver", "scheduler", "guidance"]) {
+    "solver", "scheduler", "guidance", "noise_device", "low_noise_seed"]) {
     const value = String(f[name] ?? (name === "seed" ? "-1" : ""));
     const field = form[name];
     if (field.tagName === "SELECT" && ![...field.options].some((o) => o.value === value)) {
