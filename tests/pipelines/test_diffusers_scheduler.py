@@ -242,7 +242,9 @@ def test_a_comfyui_scheduler_gives_diffusers_frames_on_its_sigmas(pipes, ours):
     assert (named["scheduler"], named["sigmas"], named["steps"]) == ("sigmas", [1.0, 0.5, 0.0], 2)
 
 
-@pytest.mark.parametrize("solver", ["unipc", "dpm++", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2"])
+@pytest.mark.parametrize(
+    "solver", ["unipc", "dpm++", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "euler_ancestral"]
+)
 def test_every_solver_walks_a_comfyui_schedule_from_sigma_one(ours, solver):
     """karras at shift 8 starts at sigma 1 (log-SNR -inf), where the multistep solvers' first ratios are infinite:
     the frames stay finite and differ from Euler's on the same steps."""

@@ -272,12 +272,14 @@ def test_the_state_carries_the_history(name):
 
 
 def test_solver_registry():
-    assert set(SOLVERS) == {"unipc", "dpm++", "euler", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2"}
+    assert set(SOLVERS) == {
+        "unipc", "dpm++", "euler", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "euler_ancestral"
+    }  # fmt: skip
     assert get_solver("dpm++").order == 2 and get_solver("euler").order == 1
     with pytest.raises(
         ValueError,
-        match=r"choose one of \['dpm\+\+', 'dpmpp_2m', 'euler', 'lcm', 'res_multistep', 'uni_pc', 'uni_pc_bh2', "
-        r"'unipc'\]",
+        match=r"choose one of \['dpm\+\+', 'dpmpp_2m', 'euler', 'euler_ancestral', 'lcm', 'res_multistep', 'uni_pc', "
+        r"'uni_pc_bh2', 'unipc'\]",
     ):
         get_solver("heun")
 
@@ -321,11 +323,12 @@ def _sample_split(name, schedule, field, x, split, seed=None, seed_low=None):
 
 @pytest.mark.parametrize("case", COMFY, ids=lambda c: f"{c['sampler']}-{c['scheduler']}-{c.get('split', 'whole')}")
 def test_comfyuis_samplers(case):
-    """ComfyUI's ``dpmpp_2m``, ``res_multistep``, ``uni_pc``, ``uni_pc_bh2`` and ``lcm`` run on a toy denoiser over its
-    schedulers' sigmas (saved in comfy_samplers.json; for the UniPC samplers laid out as KSampler lays them out, one
-    step more and the penultimate dropped, and scaled in and out of each call as KSAMPLER.sample scales a flow model's),
-    in one call or in two split at a step as two KSamplerAdvanced nodes run them: the same denoiser, given here as the
-    velocity ``(x - D) / sigma``, gives their samples (started afresh at the split)."""
+    """ComfyUI's ``dpmpp_2m``, ``res_multistep``, ``uni_pc``, ``uni_pc_bh2``, ``lcm`` and ``euler_ancestral`` run on a
+    toy denoiser over its schedulers' sigmas (saved in comfy_samplers.json; for the UniPC samplers laid out as KSampler
+    lays them out, one step more and the penultimate dropped, and scaled in and out of each call as KSAMPLER.sample
+    scales a flow model's; the stochastic ones with the noise of each call's seed), in one call or in two split at a
+    step as two KSamplerAdvanced nodes run them: the same denoiser, given here as the velocity ``(x - D) / sigma``,
+    gives their samples (started afresh at the split)."""
 
     def denoiser(x, sigma):
         return (1 - sigma) * torch.tanh(1.5 * x) + sigma * 0.25 * torch.sin(x)

@@ -20,11 +20,12 @@ from pathlib import Path
 from wanflow.cli.workflow_custom import as_ksamplers
 from wanflow.io.comfy_workflow import Graph, Node, describe, read_workflow
 from wanflow.sampling.comfy_schedules import SCHEDULERS
+from wanflow.sampling.solvers import get_solver
 
 log = logging.getLogger("wanflow")
 
 SAMPLER_NODES = ("KSamplerAdvanced", "KSampler")
-SAMPLERS = ("euler", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2")  # (ComfyUI's, by its names)
+SAMPLERS = ("euler", "euler_ancestral", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2")  # (ComfyUI's)
 MODEL_NODES = {"ModelSamplingSD3", "LoraLoaderModelOnly", "LoraLoader", "CFGZeroStar", "WanVideoNAG"}  # (understood)
 SPEED_ONLY = {"PathchSageAttentionKJ", "ModelPatchTorchSettings", "TorchCompileModel", "TorchCompileModelWanVideoV2"}
 FPS_NODES = ("CreateVideo", "SaveAnimatedWEBP", "SaveAnimatedPNG")  # (nodes that give the decoded frames a rate)
@@ -116,7 +117,7 @@ def sampling_arguments(graph: Graph, chain: list[Node]) -> list[str]:
     args += ["--base_seed", str(int(seed))]
     cfg = [float(value(s, "cfg")) for s in chain]
     args += ["--sample_guide_scale", ",".join(f"{c:g}" for c in reversed(cfg))]  # (low-noise, high-noise)
-    if len(chain) == 2 and name == "lcm":  # (its step noise: the second call draws from its own seed)
+    if len(chain) == 2 and get_solver(name).noised:  # (its step noise: the second call draws from its own seed)
         args += ["--low_noise_seed", str(int(value(chain[1], "noise_seed")))]
     if len(chain) == 1:
         if first.type == "KSamplerAdvanced":

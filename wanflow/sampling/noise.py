@@ -33,3 +33,13 @@ def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device | str,
     draw = "cpu" if on == "cpu" else device
     generator = torch.Generator(device=draw).manual_seed(seed)
     return torch.randn(shape, generator=generator, dtype=torch.float32, device=draw)[None].to(device)
+
+
+def step_noise(shape: tuple[int, ...], seed: int, index: int, device: torch.device | str) -> torch.Tensor:
+    """The fresh noise of step ``index`` (counted from the sampler call's first step) of a run with ``seed``: draw
+    ``index`` of a generator on ``device`` seeded with ``seed``, each draw one float32 randn of (1, *shape), as
+    ComfyUI's noise sampler (``default_noise_sampler``) draws them for its lcm and ancestral samplers."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for _ in range(index + 1):
+        noise = torch.randn((1, *shape), generator=generator, dtype=torch.float32, device=device)
+    return noise

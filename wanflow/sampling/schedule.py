@@ -111,6 +111,7 @@ SCHEDULES: dict[str, Callable[..., Schedule]] = {
     # ComfyUI's samplers: the same grid from sigma 1 (ComfyUI's simple scheduler where N divides 1000)
     "dpmpp_2m": euler_schedule,
     "res_multistep": euler_schedule,
+    "euler_ancestral": euler_schedule,
     "uni_pc": comfy_uni_pc_schedule,
     "uni_pc_bh2": comfy_uni_pc_schedule,
 }

@@ -13,9 +13,9 @@ Use::
 A step never mutates its state; it returns a new one. The math follows the reference schedulers (wan22.md §8):
 coefficients are float32 scalars from the float32 sigmas, the last step (sigma 0) returns ``x0_hat``.
 
-``dpmpp_2m``, ``res_multistep``, ``uni_pc`` and ``uni_pc_bh2`` are ComfyUI's samplers of those names
-(``sampling.comfy_solvers``): other solvers of the same ODE than the reference's ``dpm++`` and ``unipc``, which
-ComfyUI workflows for Wan name.
+``dpmpp_2m``, ``res_multistep``, ``uni_pc``, ``uni_pc_bh2`` and ``euler_ancestral`` are ComfyUI's samplers of those
+names (``sampling.comfy_solvers``): other solvers of the same ODE than the reference's ``dpm++`` and ``unipc`` (the
+last a stochastic one), which ComfyUI workflows for Wan name.
 
 ``lcm`` is not an ODE solver: each step predicts the data and noises it afresh to the next sigma,
 ``(1 - sigma') x0_hat + sigma' eps_k`` (diffusers' ``FlowMatchLCMScheduler``, ComfyUI's ``lcm`` sampler: how
@@ -30,7 +30,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from wanflow.sampling.comfy_solvers import dpmpp_2m_step, res_multistep_step, uni_pc_bh2_step, uni_pc_step
+from wanflow.sampling.comfy_solvers import (
+    dpmpp_2m_step,
+    euler_ancestral_step,
+    res_multistep_step,
+    uni_pc_bh2_step,
+    uni_pc_step,
+)
+from wanflow.sampling.noise import step_noise
 from wanflow.sampling.schedule import Schedule
 from wanflow.sampling.solver_state import SolverState, StepFn, Stepped, check_index
 
@@ -46,16 +53,6 @@ def euler_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, inde
     sigmas = state.schedule.sigmas
     x_next = x.float() + (sigmas[k + 1] - sigmas[k]) * velocity
     return x_next.to(velocity.dtype), SolverState(state.schedule, index=k)
-
-
-def step_noise(shape: tuple[int, ...], seed: int, index: int, device: torch.device | str) -> torch.Tensor:
-    """The fresh noise of step ``index`` (counted from the sampler call's first step) of a run with ``seed``: draw
-    ``index`` of a generator on ``device`` seeded with ``seed``, each draw one float32 randn of (1, *shape), as
-    ComfyUI's noise sampler (``default_noise_sampler``) draws them for its lcm sampler."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    for _ in range(index + 1):
-        noise = torch.randn((1, *shape), generator=generator, dtype=torch.float32, device=device)
-    return noise
 
 
 def lcm_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
@@ -172,6 +169,7 @@ SOLVERS: dict[str, Solver] = {
     "res_multistep": Solver("res_multistep", res_multistep_step, 2, restarts_at_switch=True),
     "uni_pc": Solver("uni_pc", uni_pc_step, 3, restarts_at_switch=True),
     "uni_pc_bh2": Solver("uni_pc_bh2", uni_pc_bh2_step, 3, restarts_at_switch=True),
+    "euler_ancestral": Solver("euler_ancestral", euler_ancestral_step, 1, noised=True),
 }
 
 
