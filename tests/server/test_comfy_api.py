@@ -256,3 +256,39 @@ def test_a_client_that_connects_again_is_told_on_its_new_socket(served):
             prompt_id = served.client.post("/prompt", json={"prompt": t2v_prompt(), "client_id": "c"}).json()
             said = messages_until_done(second, prompt_id["prompt_id"])
             assert said[-1]["data"] == {"node": None, "display_node": None, "prompt_id": prompt_id["prompt_id"]}
+
+
+def test_bad_requests_change_nothing(served):
+    running = served.client.post("/prompt", json={"prompt": t2v_prompt()}).json()["prompt_id"]
+    job_id = uuid.UUID(running).hex
+    served.wait(job_id, ("running",))
+    for path, body in [
+        ("/interrupt", {"prompt_id": 5}),  # (not a prompt id: no prompt, not every prompt)
+        ("/interrupt", {"prompt_id": "not-a-uuid"}),
+        ("/queue", {"delete": "abc"}),
+        ("/queue", {"delete": 5, "clear": "yes"}),
+        ("/history", {"delete": {"a": 1}}),
+    ]:
+        assert served.client.post(path, json=body).status_code == 200
+    assert served.client.post("/queue", content=b"not json").status_code == 200
+    assert served.client.get(f"/api/jobs/{job_id}").json()["status"] == "running"
+    for body, kind in [
+        (b"[]", "no_prompt"),
+        (b"not json", "invalid_prompt"),
+        (json.dumps({"prompt": {"1": "x"}}).encode(), "invalid_prompt"),
+        (json.dumps({"prompt": {"1": {"class_type": "KSampler", "inputs": {}}}}).encode(), "invalid_prompt"),
+        (json.dumps({"prompt": t2v_prompt(), "prompt_id": 7}).encode(), "invalid_prompt"),
+    ]:
+        r = served.client.post("/prompt", content=body)
+        assert r.status_code == 400 and r.json()["error"]["type"] == kind, r.text
+    text = served.client.post("/upload/image", files={"image": ("a.png", b"not an image", "image/png")})
+    assert text.status_code == 422
+    away = served.client.post(
+        "/upload/image", files={"image": ("b.png", _png(3), "image/png")}, data={"subfolder": "../a"}
+    )
+    assert away.status_code == 400
+    assert served.client.get("/view", params={"filename": f"{uuid.uuid4().hex}.mp4"}).status_code == 404
+    assert served.client.get("/view", params={"filename": f"{job_id}.mp4", "type": "temp"}).status_code == 404
+    assert served.client.get("/history/not-a-uuid").json() == {}
+    assert served.client.post("/interrupt", json={"prompt_id": running}).status_code == 200
+    assert served.wait(job_id)["status"] == "cancelled"

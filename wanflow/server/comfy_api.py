@@ -236,7 +236,7 @@ def comfy_routes(app: FastAPI, ctx: Context, loras: LoraLibrary, auth: list, tok
         """``{"delete": [prompt ids]}`` cancels those waiting; ``{"clear": true}`` every prompt waiting."""
         body = await _json_or_empty(request)
         waiting = {job["id"] for job, _ in prompts.jobs(("queued",))}
-        chosen = waiting if body.get("clear") else {job_id_of(p) for p in body.get("delete") or []} & waiting
+        chosen = waiting if body.get("clear") is True else _prompt_ids(body.get("delete")) & waiting
         for job_id in chosen:
             ctx.cancel(job_id)
         return JSONResponse({})
@@ -245,9 +245,10 @@ def comfy_routes(app: FastAPI, ctx: Context, loras: LoraLibrary, auth: list, tok
     async def interrupt(request: Request):
         """Cancels the running prompt (``{"prompt_id"}``: only that one, if it runs)."""
         body = await _json_or_empty(request)
-        wanted = job_id_of(body["prompt_id"]) if body.get("prompt_id") else None
+        given = body.get("prompt_id")
+        wanted = None if given is None else job_id_of(given)
         for job, _ in prompts.jobs(("running",)):
-            if wanted is None or job["id"] == wanted:
+            if given is None or job["id"] == wanted:  # (a prompt id that is no UUID: none of them)
                 ctx.cancel(job["id"])
         return JSONResponse({})
 
@@ -272,7 +273,7 @@ def comfy_routes(app: FastAPI, ctx: Context, loras: LoraLibrary, auth: list, tok
         """``{"delete": [prompt ids]}`` or ``{"clear": true}``: out of the history (the jobs stay in the job API)."""
         body = await _json_or_empty(request)
         finished = {job["id"] for job, _ in prompts.jobs(tuple(TERMINAL))}
-        chosen = finished if body.get("clear") else {job_id_of(p) for p in body.get("delete") or []} & finished
+        chosen = finished if body.get("clear") is True else _prompt_ids(body.get("delete")) & finished
         for job_id in chosen:
             prompts.remove(job_id)
         return JSONResponse({})
@@ -370,6 +371,11 @@ def _read_prompt(prompts: Prompts, prompt: dict, loras: LoraLibrary, ctx: Contex
             raise ValueError("invalid_prompt", f"image {name} is not uploaded (POST /upload/image)")
         images[flag] = decode_image(path.read_bytes(), ctx.limits)
     return read, nodes, Inputs(images.get("image"), images.get("last_image"))
+
+
+def _prompt_ids(given: object) -> set[str]:
+    """The job ids of a list of prompt ids (anything else: none)."""
+    return {job_id_of(p) for p in given if isinstance(p, str)} - {None} if isinstance(given, list) else set()
 
 
 def _free_name(path: Path) -> Path:
