@@ -43,7 +43,7 @@ def workflow():
 FIELDS = {
     "task": "t2v-A14B", "prompt": "a red circle moving right", "negative_prompt": "blurry, static", "width": 64,
     "height": 48, "frames": 5, "steps": 4, "shift": 8.0, "guide_scale": [3.0, 3.5], "solver": "euler",
-    "scheduler": "simple", "seed": "3", "switch_step": 2, "noise_device": "cpu", "loras": [{"name": "style",
+    "scheduler": "simple", "seed": "3", "switch_step": 2, "noise_device": "cpu", "fps": 16, "loras": [{"name": "style",
     "strength": 0.5, "expert": "high"}],
 }  # fmt: skip
 
@@ -55,13 +55,9 @@ def test_a_workflow_becomes_job_fields(served):
     assert read["task"] == "t2v-A14B" and read["fields"] == FIELDS
     assert "LoRA absent is not in this server's LoRA folder: left out" in read["notes"]
     assert "this server runs its own t2v-A14B model, not the workflow's files" in read["notes"]
-    assert not any("fps" in note for note in read["notes"])  # (CreateVideo at 16: the task's rate)
     faster = workflow()
-    node(faster, 60)["widgets_values"][0] = 24
-    notes = served.client.post("/api/workflow", content=json.dumps(faster.json())).json()["notes"]
-    assert (
-        "the workflow saves its video at 24 fps; this server saves t2v-A14B videos at 16 fps (the same frames)" in notes
-    )
+    node(faster, 60)["widgets_values"][0] = 24  # (CreateVideo's frame rate)
+    assert served.client.post("/api/workflow", content=json.dumps(faster.json())).json()["fields"]["fps"] == 24
     api_export = served.client.post("/api/workflow?name=w.json", content=json.dumps(api(workflow())))
     assert api_export.json()["fields"] == FIELDS
     info = PngInfo()
@@ -160,6 +156,20 @@ def test_the_page_fills_its_form_from_a_workflow(browser, served, tmp_path):
     same = served.client.post("/api/jobs", json=fields).json()["id"]
     assert np.array_equal(video(served, job["id"]), video(served, served.wait(same)["id"]))
     assert not errors, errors
+
+
+def test_a_job_keeps_its_frame_rate(served):
+    """``fps``: the same frames saved at that rate (a workflow's CreateVideo rate), in the MP4 and in OpenAI's view."""
+    import av
+
+    fields = {"task": "t2v-A14B", "prompt": "a fast fox", "width": 64, "height": 48, "frames": 5, "steps": 2}
+    job = served.wait(served.client.post("/api/jobs", json=fields | {"fps": 24}).json()["id"])
+    with av.open(io.BytesIO(served.client.get(f"/api/jobs/{job['id']}/video").content)) as mp4:
+        assert mp4.streams.video[0].average_rate == 24
+    assert served.client.get(f"/v1/videos/{job['id']}").json()["seconds"] == f"{4 / 24:g}"
+    plain = served.wait(served.client.post("/api/jobs", json=fields).json()["id"])
+    with av.open(io.BytesIO(served.client.get(f"/api/jobs/{plain['id']}/video").content)) as mp4:
+        assert mp4.streams.video[0].average_rate == 16  # (the task's)
 
 
 def video(server, job_id) -> np.ndarray:

@@ -86,6 +86,9 @@ class GenerateRequest(BaseModel):
     width: int | None = Field(None, gt=0, description="pixels; with an image, width * height is the area budget")
     height: int | None = Field(None, gt=0)
     frames: int | None = Field(None, ge=1, description="4n+1: 1, 5, 9, ..., 81, ...")
+    fps: int | None = Field(
+        None, ge=1, le=240, description="frames per second of the saved video (default: the task's)"
+    )
     steps: int | None = Field(None, ge=1, description="denoising steps")
     shift: float | None = Field(None, gt=0, le=100, description="noise schedule shift")
     guide_scale: list[float] | None = Field(

@@ -30,7 +30,7 @@ def video_view(job: dict, fps: int) -> VideoView:
     meta = job["metadata"] or {}
     size = f"{params['width']}x{params['height']}" if "width" in params else None
     frames = meta.get("frames") or params.get("frames")
-    seconds = None if frames is None else f"{(frames - 1) / fps:g}"
+    seconds = None if frames is None else f"{(frames - 1) / (params.get('fps') or fps):g}"
     error = None
     if job["status"] in ("failed", "cancelled"):
         error = {"code": job["status"], "message": job["error"] or job["status"]}

@@ -12,6 +12,7 @@ checks before each DiT block are a collective, so that every rank stops at the s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -235,7 +236,8 @@ def run_job(
     with loras_applied(loras, request.loras, pipe):  # beside the weights for this job only
         options = request.options(image, last, video)
         hooks = [BlockCheck(check), *(preview_hooks(pipe, files.preview(job["id"])) if previews else [])]
-        return pipe(options, progress=progress, callback=lambda step: check(), hooks=hooks)
+        out = pipe(options, progress=progress, callback=lambda step: check(), hooks=hooks)
+    return out if request.fps is None else dataclasses.replace(out, fps=request.fps)  # (the same frames, another rate)
 
 
 def _load(path):

@@ -20,7 +20,6 @@ from wanflow.cli.lora import LORA_FLAGS
 from wanflow.io.comfy_workflow import Graph, read_workflow
 from wanflow.server.loras import LoraLibrary
 from wanflow.server.uploads import max_body
-from wanflow.tasks import TASKS
 
 SUFFIXES = (".json", ".png", ".webp", ".mp4", ".webm", ".mov")
 
@@ -77,13 +76,11 @@ def read_workflow_bytes(data: bytes, name: str, loras: LoraLibrary) -> WorkflowR
         "guidance": args.guidance,
         "noise_device": args.noise_device,
         "low_noise_seed": None if args.low_noise_seed is None else str(args.low_noise_seed),
+        "fps": args.fps,
     }
     missing: list[str] = []
     fields["loras"] = _loras(args, loras, missing)
     notes += [f"LoRA {stem} is not in this server's LoRA folder: left out" for stem in missing]
-    if args.fps is not None and args.fps != TASKS[args.task].fps:
-        notes.append(f"the workflow saves its video at {args.fps} fps; this server saves {args.task} videos at "
-                     f"{TASKS[args.task].fps} fps (the same frames)")  # fmt: skip
     images = {flag: getattr(args, flag) for flag in ("image", "last_image") if getattr(args, flag)}
     fields = {k: v for k, v in fields.items() if v is not None}
     return WorkflowRead(args.task, fields, notes, images, missing, graph)

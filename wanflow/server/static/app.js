@@ -105,7 +105,7 @@ function fillForm(read) {
   $("#task").value = read.task;
   showDefaults();
   for (const name of ["prompt", "negative_prompt", "width", "height", "frames", "steps", "shift", "seed", "switch_step",
-    "solver", "scheduler", "guidance", "noise_device", "low_noise_seed"]) {
+    "solver", "scheduler", "guidance", "noise_device", "low_noise_seed", "fps"]) {
     const value = String(f[name] ?? (name === "seed" ? "-1" : ""));
     const field = form[name];
     if (field.tagName === "SELECT" && ![...field.options].some((o) => o.value === value)) {
@@ -208,7 +208,8 @@ function galleryCard(job) {
     "last frame": p.last_image ? "yes" : null, "from a video": p.has_video ? (p.extend ? "continued" : `strength ${p.strength ?? 0.8}`) : null,
     preset: p.preset, loras: (p.loras || []).map((l) => `${l.name}:${l.strength ?? 1}${l.expert ? "@" + l.expert : ""}`).join(", "),
     rule: p.guidance, NAG: p.nag_scale ? `${p.nag_scale}${p.nag_negative_prompt ? " · " + p.nag_negative_prompt : ""}` : null,
-    SLG: p.slg_layers, scheduler: p.scheduler, sigmas: p.sigmas && [].concat(p.sigmas).join(","), "switch step": p.switch_step, cache: p.cache };
+    SLG: p.slg_layers, scheduler: p.scheduler, sigmas: p.sigmas && [].concat(p.sigmas).join(","), "switch step": p.switch_step, cache: p.cache,
+    fps: p.fps, noise: p.noise_device, "low-noise seed": p.low_noise_seed };
   const dl = el("dl");
   for (const [key, value] of Object.entries(settings)) {
     if (value != null && value !== "") dl.append(el("dt", { textContent: key }), el("dd", { textContent: String(value) }));
