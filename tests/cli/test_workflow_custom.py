@@ -6,9 +6,12 @@ it would run otherwise is an error naming the node."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.cli.test_workflow import HIGH, LOW, NEGATIVE, Editor, api, comfy, node, t2v, write  # noqa: F401 (fixture)
+from wanflow.cli import main
 from wanflow.cli.workflow import workflow_arguments
+from wanflow.sampling.comfy_schedules import comfy_sigmas
 
 
 def loaders(w: Editor) -> Editor:
@@ -56,6 +59,16 @@ def test_custom_sampling_is_its_ksamplers(comfy, tmp_path):  # noqa: F811 (the f
     lcm = workflow_arguments(write(tmp_path, t2v(sampler="lcm").json(), "l.json"), str(comfy))
     assert lcm[lcm.index("--low_noise_seed") + 1] == "0" and "--low_noise_seed" not in expected
     assert workflow_arguments(write(tmp_path, custom(sampler="lcm").json()), str(comfy)) == lcm
+    # uni_pc: KSampler drops the penultimate of one sigma more, BasicScheduler does not: its sigmas go as they are
+    given = workflow_arguments(write(tmp_path, custom(sampler="uni_pc").json()), str(comfy))
+    sigmas = [float(v) for v in given[given.index("--sigmas") + 1].split(",")]
+    assert torch.equal(torch.tensor(sigmas), comfy_sigmas("simple", 4, 8.0))
+    assert not {"--scheduler", "--sample_steps", "--sample_shift"} & set(given)
+    assert given[given.index("--switch_step") + 1] == "2" and given[given.index("--sample_solver") + 1] == "uni_pc"
+    out = tmp_path / "uni_pc.gif"
+    tokenizer = ["--tokenizer", str(comfy / "models" / "text_encoders" / "tokenizer")]
+    argv = ["generate", "--workflow", str(tmp_path / "workflow.json"), "--comfy_dir", str(comfy), *tokenizer]
+    assert main([*argv, "--save_file", str(out)]) == 0 and out.stat().st_size > 0
     basic = workflow_arguments(write(tmp_path, custom(guider="BasicGuider").json()), str(comfy))
     assert basic[basic.index("--sample_guide_scale") + 1] == "1,1" and "--negative_prompt" not in basic
 
@@ -103,7 +116,6 @@ def _karras_sigmas():
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: custom(sampler="uni_pc"), "runs uni_pc on BasicScheduler's steps"),
         (_decoding_the_denoised_output, "reads the denoised_output of node 58"),
         (_scheduled_on_another_shift, "node 70 .*'s model has another shift"),
         (_karras_sigmas, r"the sigmas come from node 78 \(KarrasScheduler\)"),

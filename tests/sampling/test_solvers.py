@@ -321,7 +321,9 @@ def _sample_split(name, schedule, field, x, split, seed=None, seed_low=None):
     return x
 
 
-@pytest.mark.parametrize("case", COMFY, ids=lambda c: f"{c['sampler']}-{c['scheduler']}-{c.get('split', 'whole')}")
+@pytest.mark.parametrize(
+    "case", COMFY, ids=lambda c: f"{c['sampler']}-{c['scheduler']}-{c.get('split', 'whole')}{c.get('layout', '')}"
+)
 def test_comfyuis_samplers(case):
     """ComfyUI's ``dpmpp_2m``, ``res_multistep``, ``uni_pc``, ``uni_pc_bh2``, ``lcm`` and ``euler_ancestral`` run on a
     toy denoiser over its schedulers' sigmas (saved in comfy_samplers.json; for the UniPC samplers laid out as KSampler
@@ -336,7 +338,10 @@ def test_comfyuis_samplers(case):
     def field(x, s):
         return (x - denoiser(x, s)) / s
 
-    schedule = comfy_schedule(case["scheduler"], case["steps"], case["shift"], sampler=case["sampler"])
+    ksampler = case.get("layout") != "custom"  # (custom sampling: BasicScheduler's sigmas as they are)
+    schedule = comfy_schedule(
+        case["scheduler"], case["steps"], case["shift"], sampler=case["sampler"] if ksampler else None
+    )
     if "sigmas" in case:
         assert torch.equal(schedule.sigmas, torch.tensor(case["sigmas"]))
     x = torch.randn(1, 2, 2, 3, 3, generator=torch.Generator().manual_seed(0))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wanflow.cli.workflow_custom import as_ksamplers
 from wanflow.io.comfy_workflow import Graph, Node, describe, read_workflow
-from wanflow.sampling.comfy_schedules import SCHEDULERS
+from wanflow.sampling.comfy_schedules import SCHEDULERS, comfy_sigmas
 from wanflow.sampling.solvers import get_solver
 
 log = logging.getLogger("wanflow")
@@ -109,10 +109,14 @@ def sampling_arguments(graph: Graph, chain: list[Node]) -> list[str]:
     for key in ("steps", "sampler_name", "scheduler"):
         if any(value(s, key) != value(first, key) for s in chain):
             raise ValueError(f"{graph.name}: the two samplers differ in {key}; wanflow runs one schedule for both")
-    args = ["--sample_steps", str(steps), "--sample_solver", solver_name(graph, first, name)]
+    args = ["--sample_solver", solver_name(graph, first, name)]
     if scheduler not in SCHEDULERS:
         raise ValueError(f"{graph.name}: scheduler {scheduler!r}; wanflow has ComfyUI's {sorted(SCHEDULERS)}")
-    args += ["--scheduler", scheduler, "--sample_shift", f"{shift_of(graph, chain):g}"]
+    shift = shift_of(graph, chain)
+    if value(first, "sigmas_as_given", False):  # (custom sampling's uni_pc: BasicScheduler's sigmas themselves)
+        args += ["--sigmas", ",".join(repr(s) for s in comfy_sigmas(scheduler, steps, shift).tolist())]
+    else:
+        args += ["--sample_steps", str(steps), "--scheduler", scheduler, "--sample_shift", f"{shift:g}"]
     seed = value(first, "noise_seed" if first.type == "KSamplerAdvanced" else "seed")
     args += ["--base_seed", str(int(seed))]
     cfg = [float(value(s, "cfg")) for s in chain]

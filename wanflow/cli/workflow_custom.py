@@ -7,8 +7,8 @@ guider (``CFGGuider``: model, prompts, cfg; ``BasicGuider``: model and one promp
 ``SplitSigmas`` at a step or ``SplitSigmasDenoise`` at a fraction, the high-noise expert's share and the
 low-noise one's, the way Wan 2.2 workflows split the experts). ``SamplerCustom`` holds the noise, seed, cfg and model
 itself. Each is the KSamplerAdvanced that runs the same steps of the same schedule (ComfyUI's KSamplerAdvanced calls
-the same sampling with the same sigmas), with one exception refused: for uni_pc KSamplerAdvanced lays out one step
-more and drops the penultimate sigma, BasicScheduler does not.
+the same sampling with the same sigmas), with one difference carried over: for uni_pc, KSamplerAdvanced lays out one
+step more and drops the penultimate sigma, BasicScheduler does not (its sigmas are then given as they are).
 """
 
 from __future__ import annotations
@@ -51,12 +51,6 @@ def _ksampler(graph: Graph, node: Node, shift_of: Callable[[Graph, list[Node]], 
             f"{graph.name}: {describe(node)}'s sampler is {describe(chooser)}; wanflow reads KSamplerSelect"
         )
     name = value(chooser, "sampler_name")
-    if name in DISCARD_PENULTIMATE:
-        raise ValueError(
-            f"{graph.name}: {describe(node)} runs {name} on BasicScheduler's steps, which ComfyUI lays out "
-            f"otherwise than its KSampler does for {name}; wanflow runs {name} as KSampler lays it out (use a KSampler "
-            "or KSamplerAdvanced node)"
-        )
     schedule, steps, start, end = _sigmas(graph, node)
     inputs = {
         **guided,
@@ -69,6 +63,8 @@ def _ksampler(graph: Graph, node: Node, shift_of: Callable[[Graph, list[Node]], 
         "start_at_step": start,
         "end_at_step": end,
         "return_with_leftover_noise": "enable" if end < steps else "disable",
+        # BasicScheduler's sigmas as they are: KSampler lays one step more out for uni_pc and drops the penultimate
+        "sigmas_as_given": name in DISCARD_PENULTIMATE,
     }
     ksampler = Node(node.id, "KSamplerAdvanced", inputs, title=node.title or node.type)
     table = Node(schedule.id, "KSamplerAdvanced", {"model": schedule.inputs.get("model")}, title=schedule.title)

@@ -71,6 +71,7 @@ def read_workflow_bytes(data: bytes, name: str, loras: LoraLibrary) -> WorkflowR
         "guide_scale": list(guide) if isinstance(guide := args.sample_guide_scale, tuple) else [guide],
         "solver": args.sample_solver,
         "scheduler": args.scheduler,
+        "sigmas": args.sigmas,
         "seed": str(args.base_seed),  # (a string: exact past 2^53 in a browser, as the jobs' seeds)
         "switch_step": args.switch_step,
         "guidance": args.guidance,
