@@ -22,7 +22,6 @@ import itertools
 import json
 import re
 import secrets
-import struct
 import time
 import uuid
 from pathlib import Path
@@ -32,10 +31,10 @@ from fastapi import APIRouter, FastAPI, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 
 from wanflow.io.comfy_workflow import Graph, Node
+from wanflow.server.comfy_messages import entry, history_item, queue_info, updates
 from wanflow.server.context import Context
 from wanflow.server.jobs import TERMINAL
 from wanflow.server.loras import LoraLibrary
-from wanflow.server.previews import read_preview
 from wanflow.server.uploads import decode_image, max_body
 from wanflow.server.video_upload import Inputs
 from wanflow.server.workflow import WorkflowRead, read_workflow_bytes
@@ -48,7 +47,6 @@ OUTPUT_NODES = {
     "SaveAnimatedPNG": "images",
     "VHS_VideoCombine": "gifs",
 }
-PREVIEW_IMAGE, PNG = 1, 2  # ComfyUI's binary websocket message: its event number, then its image format's
 MAX_CLIENTS = 10_000  # websocket clients whose jobs an API server remembers
 SAFE_NAME = re.compile(r"^[\w][\w .()+,=@-]{0,199}$")  # an uploaded image's name (and each folder of its subfolder)
 
@@ -57,10 +55,6 @@ def _error(status: int, kind: str, message: str, details: str = "") -> JSONRespo
     """ComfyUI's answer to a prompt it refuses."""
     error = {"type": kind, "message": message, "details": details, "extra_info": {}}
     return JSONResponse({"error": error, "node_errors": {}}, status)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def prompt_id_of(job_id: str) -> str:
@@ -223,13 +217,13 @@ def comfy_routes(app: FastAPI, ctx: Context, loras: LoraLibrary, auth: list, tok
         return {"prompt_id": record["prompt_id"], "number": number, "node_errors": {}, "notes": read.notes}
 
     @api.get("/prompt")
-    def queue_info() -> dict:
-        return _queue_info(ctx)
+    def queue_remaining() -> dict:
+        return queue_info(ctx)
 
     @api.get("/queue")
     def queue() -> dict:
-        running = [_entry(r) for _, r in prompts.jobs(("running",))]
-        return {"queue_running": running, "queue_pending": [_entry(r) for _, r in prompts.jobs(("queued",))]}
+        running = [entry(r) for _, r in prompts.jobs(("running",))]
+        return {"queue_running": running, "queue_pending": [entry(r) for _, r in prompts.jobs(("queued",))]}
 
     @api.post("/queue")
     async def change_queue(request: Request):
@@ -257,7 +251,7 @@ def comfy_routes(app: FastAPI, ctx: Context, loras: LoraLibrary, auth: list, tok
         finished = prompts.jobs(tuple(TERMINAL))
         if max_items is not None:
             finished = finished[-max_items:] if max_items > 0 else []
-        return dict(_history_item(prompts, job, record) for job, record in finished)
+        return dict(history_item(job, record) for job, record in finished)
 
     @api.get("/history/{prompt_id}")
     def history_of(prompt_id: str) -> dict:
@@ -266,7 +260,7 @@ def comfy_routes(app: FastAPI, ctx: Context, loras: LoraLibrary, auth: list, tok
         record = None if job_id is None else prompts.record(job_id)
         if job is None or record is None or job["status"] not in TERMINAL:
             return {}
-        return dict([_history_item(prompts, job, record)])
+        return dict([history_item(job, record)])
 
     @api.post("/history")
     async def change_history(request: Request):
@@ -323,7 +317,7 @@ def comfy_routes(app: FastAPI, ctx: Context, loras: LoraLibrary, auth: list, tok
         await ws.accept()
         sid = clientId or uuid.uuid4().hex
         prompts.sockets[sid] = ws  # (a client that connects again is told here, not on its older socket)
-        await ws.send_json({"type": "status", "data": {"status": _queue_info(ctx), "sid": sid}})
+        await ws.send_json({"type": "status", "data": {"status": queue_info(ctx), "sid": sid}})
         followed: dict[str, dict] = {}
         listening = asyncio.create_task(_until_closed(ws))  # (what the client sends is not used)
         try:
@@ -331,13 +325,13 @@ def comfy_routes(app: FastAPI, ctx: Context, loras: LoraLibrary, auth: list, tok
                 for job_id in prompts.clients.get(sid, []):
                     followed.setdefault(job_id, {})
                 for job_id, seen in list(followed.items()):
-                    for message in _updates(prompts, job_id, seen):
+                    for message in updates(ctx, prompts.record, job_id, seen):
                         await (ws.send_bytes(message) if isinstance(message, bytes) else ws.send_json(message))
                     if seen.get("ended"):
                         del followed[job_id]
                         if job_id in prompts.clients.get(sid, []):
                             prompts.clients[sid].remove(job_id)
-                        await ws.send_json({"type": "status", "data": {"status": _queue_info(ctx)}})
+                        await ws.send_json({"type": "status", "data": {"status": queue_info(ctx)}})
                 await asyncio.sleep(ctx.interval)
         except WebSocketDisconnect:
             pass
@@ -407,115 +401,3 @@ def _authorized(ws: WebSocket, token: str | None) -> bool:
     header = ws.headers.get("authorization", "")
     given = header[7:] if header.lower().startswith("bearer ") else ws.query_params.get("access_token")
     return given is not None and secrets.compare_digest(given.encode(), token.encode())
-
-
-def _queue_info(ctx: Context) -> dict:
-    counts = ctx.store.counts()
-    return {"exec_info": {"queue_remaining": counts["queued"] + counts["running"]}}
-
-
-def _entry(record: dict) -> list:
-    """A queue or history entry: ComfyUI's (number, prompt id, prompt, extra data, outputs to run)."""
-    outputs = list(record["nodes"]["outputs"])
-    return [record["number"], record["prompt_id"], record["prompt"], record.get("extra_data", {}), outputs]
-
-
-def _output(job: dict, kind: str) -> dict:
-    item = {"filename": f"{job['id']}.mp4", "subfolder": "", "type": "output"}
-    if kind == "gifs":
-        return {"gifs": [item | {"format": "video/h264-mp4"}]}
-    return {"images": [item], "animated": [True]}
-
-
-def _history_item(prompts: Prompts, job: dict, record: dict) -> tuple[str, dict]:
-    pid = record["prompt_id"]
-    nodes = record["nodes"]
-    done = job["status"] == "done"
-    outputs = {node: _output(job, kind) for node, kind in nodes["outputs"].items()} if done else {}
-    messages = [[kind, data] for kind, data in (*_starting(job, record), *_ending(job, record))]
-    status = {"status_str": "success" if done else "error", "completed": done, "messages": messages}
-    meta = {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in outputs}
-    return pid, {"prompt": _entry(record), "outputs": outputs, "status": status, "meta": meta}
-
-
-def _starting(job: dict, record: dict, stamp: int | None = None) -> list[tuple[str, dict]]:
-    """ComfyUI's messages as a prompt starts (none for a prompt cancelled before it started)."""
-    if not job.get("started_at"):
-        return []
-    data = {"prompt_id": record["prompt_id"], "timestamp": stamp or int(job["started_at"] * 1000)}
-    return [("execution_start", data), ("execution_cached", {"nodes": []} | data)]
-
-
-def _ending(job: dict, record: dict) -> list[tuple[str, dict]]:
-    """ComfyUI's message as a prompt ends: ``execution_success``, ``execution_interrupted`` or ``execution_error``."""
-    pid, nodes = record["prompt_id"], record["nodes"]
-    stamp = int((job.get("finished_at") or time.time()) * 1000)
-    if job["status"] == "done":
-        return [("execution_success", {"prompt_id": pid, "timestamp": stamp})]
-    node = _node_at(job, nodes)[0] or nodes["samplers"][0]
-    node_type = record["prompt"].get(node, {}).get("class_type", "")
-    about = {"prompt_id": pid, "node_id": node, "node_type": node_type, "executed": []}
-    if job["status"] == "cancelled":
-        return [("execution_interrupted", about | {"timestamp": stamp})]
-    error = {"exception_message": job.get("error") or "", "exception_type": "RuntimeError", "traceback": []}
-    error |= {"current_inputs": {}, "current_outputs": {}, "timestamp": stamp}
-    return [("execution_error", about | error)]
-
-
-def _node_at(job: dict, nodes: dict) -> tuple[str | None, int, int]:
-    """(the node ComfyUI would be running, its progress value, its maximum) for the job's stage and step: the
-    sampler of the expert at work, counting its own steps, as each KSamplerAdvanced counts its share."""
-    stage = job.get("stage")
-    if stage == "text":
-        return nodes["text"], 0, 0
-    if stage == "decode":
-        return nodes["decode"], 0, 0
-    if stage != "denoise" or not job.get("steps"):
-        return None, 0, 0
-    step, steps, samplers, switch = job.get("step") or 0, job["steps"], nodes["samplers"], nodes.get("switch")
-    if len(samplers) == 2 and switch:
-        if step <= switch:
-            return samplers[0], step, switch
-        return samplers[1], step - switch, steps - switch
-    return samplers[0], step, steps
-
-
-def _updates(prompts: Prompts, job_id: str, seen: dict) -> list[dict | bytes]:
-    """The websocket messages for what happened to the job since ``seen`` (updated): as ComfyUI sends them while it
-    runs a prompt, its live previews as ComfyUI's binary preview messages (event 1, PNG: type 2, then the image)."""
-    job = prompts.ctx.store.get(job_id)
-    record = seen["record"] = seen.get("record") or prompts.record(job_id)
-    if job is None or record is None:
-        seen["ended"] = True
-        return []
-    pid, nodes, out = record["prompt_id"], record["nodes"], []
-
-    def send(kind: str, data: dict) -> None:
-        out.append({"type": kind, "data": data | {"prompt_id": pid}})
-
-    if job["status"] != "queued" and not seen.get("started"):
-        seen["started"] = True
-        for kind, data in _starting(job, record, _now_ms()):
-            send(kind, data)
-    if job["status"] == "running":
-        node, value, maximum = _node_at(job, nodes)
-        if node is not None and node != seen.get("node"):
-            seen["node"] = node
-            send("executing", {"node": node, "display_node": node})
-        if node in nodes["samplers"] and value and (node, value) != seen.get("progress"):  # (from the first step)
-            seen["progress"] = (node, value)
-            send("progress", {"value": value, "max": maximum, "node": node})
-        preview = read_preview(prompts.ctx.files.preview(job_id), seen.get("preview"))
-        if preview is not None:
-            seen["preview"] = preview[0]
-            out.append(struct.pack(">II", PREVIEW_IMAGE, PNG) + preview[2])
-    if job["status"] in TERMINAL:
-        seen["ended"] = True
-        if job["status"] == "done":
-            for node, kind in nodes["outputs"].items():
-                send("executing", {"node": node, "display_node": node})
-                send("executed", {"node": node, "display_node": node, "output": _output(job, kind)})
-        for kind, data in _ending(job, record):
-            send(kind, data)
-        send("executing", {"node": None, "display_node": None})
-    return out
