@@ -22,7 +22,8 @@ from wanflow.pipelines.pipeline import WanPipeline
 from wanflow.sampling.comfy_schedules import comfy_schedule, comfy_sigmas
 from wanflow.sampling.diffusers_schedulers import ReferenceScheduler
 from wanflow.sampling.hooks import StepHook
-from wanflow.sampling.solvers import get_solver, step_noise
+from wanflow.sampling.noise import step_noise
+from wanflow.sampling.solvers import get_solver
 from wanflow.tasks import TASKS
 
 TASK = "t2v-A14B"

@@ -72,7 +72,7 @@ def _settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
     args += nag_arguments(graph, chain)
     args += text_arguments(graph, chain[0], files, guided=any(float(graph.value(s, "cfg")) != 1 for s in chain))
     args += latent_arguments(graph, chain[0], two_experts=len(chain) == 2, files=files)
-    decode = next(n for n in graph.of_type("VAEDecode") if graph.upstream(n, "samples") is chain[-1])
+    decode = decoder(graph, chain)
     args += ["--vae", files.find(graph.value(graph.upstream(decode, "vae"), "vae_name"), "vae")]
     args += fps_arguments(graph, decode)
     args += ["--noise_device", "cpu"]  # (ComfyUI draws the initial noise on the CPU: the seed gives its noise anywhere)
@@ -98,6 +98,11 @@ def sampler_chain(graph: Graph) -> list[Node]:
             "KSampler, or two KSamplerAdvanced nodes (the high- and then the low-noise expert)"
         )
     return chain
+
+
+def decoder(graph: Graph, chain: list[Node]) -> Node:
+    """The VAEDecode node of the last sampler's output."""
+    return next(n for n in graph.of_type("VAEDecode") if graph.upstream(n, "samples") is chain[-1])
 
 
 def sampling_arguments(graph: Graph, chain: list[Node]) -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from wanflow.sampling.noise import step_noise
+from wanflow.sampling.noise import next_step_noise
 from wanflow.sampling.solver_state import SolverState, Stepped, check_index
 
 UNI_PC_LAST_SIGMA = 0.001  # ComfyUI's uni_pc integrates to this sigma where its sigmas end at 0
@@ -47,26 +47,25 @@ def euler_ancestral_step(state: SolverState, velocity: torch.Tensor, x: torch.Te
     """ComfyUI's ``euler_ancestral`` on a flow model (its ``sample_euler_ancestral_RF``, eta 1): an Euler step down
     to ``sigma_down = sigma'^2 / sigma``, rescaled to sigma', and fresh noise of the variance the path lacks there,
     ``sigma'^2 - sigma_down^2 (1 - sigma')^2 / (1 - sigma_down)^2``; ``x0_hat`` at sigma 0. The noise is ComfyUI's
-    noise sampler's (``step_noise``), as lcm's."""
+    noise sampler's (``next_step_noise``), as lcm's."""
     k = check_index(state, index)
     if state.seed is None:
         raise ValueError(
             "euler_ancestral draws fresh noise at each step: it needs the run's seed (init(schedule, seed))"
         )
-    start = k if state.start is None else state.start
     sigmas = state.schedule.sigmas
     sigma, sigma_next = sigmas[k], sigmas[k + 1]
     x0 = x.float() - sigma * velocity
     if sigma_next == 0:
-        return x0.to(velocity.dtype), replace(state, index=k, start=start)
-    sigma_down = sigma_next * (1 + (sigma_next / sigma - 1))
+        return x0.to(velocity.dtype), replace(state, index=k)
+    sigma_down = sigma_next * (1 + (sigma_next / sigma - 1))  # (sigma'^2 / sigma, in ComfyUI's float32 operations)
     alpha_next, alpha_down = 1 - sigma_next, 1 - sigma_down
     renoise = (sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
     ratio = sigma_down / sigma
     x_next = ratio * x.float() + (1 - ratio) * x0
-    noise = step_noise(tuple(x.shape[1:]), state.seed, k - start, x.device)
+    noise, drawn = next_step_noise(tuple(x.shape[1:]), state.seed, state.noise_generator, x.device)
     x_next = (alpha_next / alpha_down) * x_next + noise * renoise
-    return x_next.to(velocity.dtype), replace(state, index=k, start=start)
+    return x_next.to(velocity.dtype), replace(state, index=k, noise_generator=drawn)
 
 
 def res_multistep_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:

@@ -35,11 +35,25 @@ def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device | str,
     return torch.randn(shape, generator=generator, dtype=torch.float32, device=draw)[None].to(device)
 
 
+def next_step_noise(
+    shape: tuple[int, ...], seed: int, generator_state: torch.Tensor | None, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the next fresh noise of a sampler call, the generator's state after it): one float32 randn of (1, *shape) from
+    a generator on ``device`` seeded with ``seed`` (at the call's first draw, ``generator_state`` None) or set to
+    ``generator_state``, as ComfyUI's noise sampler (``default_noise_sampler``) draws them for its lcm and ancestral
+    samplers, one draw a step."""
+    generator = torch.Generator(device=device)
+    if generator_state is None:
+        generator.manual_seed(seed)
+    else:
+        generator.set_state(generator_state)
+    noise = torch.randn((1, *shape), generator=generator, dtype=torch.float32, device=device)
+    return noise, generator.get_state()
+
+
 def step_noise(shape: tuple[int, ...], seed: int, index: int, device: torch.device | str) -> torch.Tensor:
-    """The fresh noise of step ``index`` (counted from the sampler call's first step) of a run with ``seed``: draw
-    ``index`` of a generator on ``device`` seeded with ``seed``, each draw one float32 randn of (1, *shape), as
-    ComfyUI's noise sampler (``default_noise_sampler``) draws them for its lcm and ancestral samplers."""
-    generator = torch.Generator(device=device).manual_seed(seed)
+    """Draw ``index`` (from 0) of a sampler call's fresh noise with ``seed`` (``next_step_noise``)."""
+    generator_state = None
     for _ in range(index + 1):
-        noise = torch.randn((1, *shape), generator=generator, dtype=torch.float32, device=device)
+        noise, generator_state = next_step_noise(shape, seed, generator_state, device)
     return noise

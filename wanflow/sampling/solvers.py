@@ -37,7 +37,7 @@ from wanflow.sampling.comfy_solvers import (
     uni_pc_bh2_step,
     uni_pc_step,
 )
-from wanflow.sampling.noise import step_noise
+from wanflow.sampling.noise import next_step_noise
 from wanflow.sampling.schedule import Schedule
 from wanflow.sampling.solver_state import SolverState, StepFn, Stepped, check_index
 
@@ -61,13 +61,14 @@ def lcm_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index:
     k = check_index(state, index)
     if state.seed is None:
         raise ValueError("the lcm solver noises each step afresh: it needs the run's seed (init(schedule, seed))")
-    start = k if state.start is None else state.start
     sigmas = state.schedule.sigmas
     x0 = x.float() - sigmas[k] * velocity
     sigma_next = sigmas[k + 1]
     if sigma_next > 0:
-        x0 = (1 - sigma_next) * x0 + sigma_next * step_noise(tuple(x.shape[1:]), state.seed, k - start, x.device)
-    return x0.to(velocity.dtype), replace(state, index=k, start=start)
+        noise, drawn = next_step_noise(tuple(x.shape[1:]), state.seed, state.noise_generator, x.device)
+        x0 = (1 - sigma_next) * x0 + sigma_next * noise
+        state = replace(state, noise_generator=drawn)
+    return x0.to(velocity.dtype), replace(state, index=k)
 
 
 def _unipc_predict(sigmas: torch.Tensor, k: int, x0: tuple[torch.Tensor, ...], x: torch.Tensor, order: int):

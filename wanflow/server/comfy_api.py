@@ -21,7 +21,6 @@ import asyncio
 import itertools
 import json
 import re
-import secrets
 import time
 import uuid
 from pathlib import Path
@@ -30,9 +29,10 @@ from anyio import to_thread
 from fastapi import APIRouter, FastAPI, Form, HTTPException, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
 
-from wanflow.io.comfy_workflow import Graph, Node
+from wanflow.cli.workflow import decoder, sampler_chain
 from wanflow.server.comfy_messages import entry, history_item, queue_info, updates
 from wanflow.server.context import Context
+from wanflow.server.errors import has_token
 from wanflow.server.jobs import TERMINAL
 from wanflow.server.loras import LoraLibrary
 from wanflow.server.uploads import decode_image, max_body
@@ -132,18 +132,12 @@ class Prompts:
         return self.inputs.joinpath(*parts)
 
 
-def _sampler_nodes(graph: Graph) -> list[Node]:
-    from wanflow.cli.workflow import sampler_chain
-
-    return sampler_chain(graph)
-
-
 def nodes_of(read: WorkflowRead) -> dict:
     """The nodes ComfyUI would report for the workflow's stages: its samplers (first first), its text encoder, its
     decoder and its save nodes (with their output key)."""
     graph = read.graph
-    samplers = _sampler_nodes(graph)
-    decode = next(n for n in graph.of_type("VAEDecode") if graph.upstream(n, "samples") is samplers[-1])
+    samplers = sampler_chain(graph)
+    decode = decoder(graph, samplers)
     try:
         text = graph.upstream(samplers[0], "positive").id
     except ValueError:
@@ -311,7 +305,7 @@ def comfy_routes(app: FastAPI, ctx: Context, loras: LoraLibrary, auth: list, tok
 
     @app.websocket("/ws")
     async def websocket(ws: WebSocket, clientId: str = "") -> None:  # (clientId: ComfyUI's name)
-        if not _authorized(ws, token):
+        if not has_token(ws, token, query=True):  # (a websocket takes no header from a browser)
             await ws.close(code=1008)
             return
         await ws.accept()
@@ -393,11 +387,3 @@ async def _json_or_empty(request: Request) -> dict:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
-
-
-def _authorized(ws: WebSocket, token: str | None) -> bool:
-    if token is None:
-        return True
-    header = ws.headers.get("authorization", "")
-    given = header[7:] if header.lower().startswith("bearer ") else ws.query_params.get("access_token")
-    return given is not None and secrets.compare_digest(given.encode(), token.encode())

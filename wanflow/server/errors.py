@@ -13,6 +13,7 @@ import secrets
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.requests import HTTPConnection
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +36,24 @@ def check_token(token: str | None) -> None:
         raise ValueError("--token must be printable ASCII without spaces at its ends (a header carries it)")
 
 
+def has_token(connection: HTTPConnection, token: str | None, query: bool) -> bool:
+    """Whether a request (or a websocket) carries ``token``: in ``Authorization: Bearer``, or with ``query`` also as
+    ``?access_token=`` (for what a browser opens by URL alone)."""
+    if token is None:
+        return True
+    header = connection.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else None
+    if given is None and query:
+        given = connection.query_params.get("access_token")
+    return given is not None and secrets.compare_digest(given.encode(), token.encode())
+
+
 def bearer(token: str | None):
     check_token(token)
 
     def check(request: Request) -> None:
-        if token is None:
-            return
-        header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else None
         route = getattr(request.scope.get("route"), "path", None)
-        if given is None and route in QUERY_TOKEN_ROUTES:
-            given = request.query_params.get("access_token")
-        if given is None or not secrets.compare_digest(given.encode(), token.encode()):
+        if not has_token(request, token, route in QUERY_TOKEN_ROUTES):
             raise HTTPException(
                 401, "missing or wrong token: send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
             )
