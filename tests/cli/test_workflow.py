@@ -220,7 +220,7 @@ def test_a_subgraph_is_inlined(comfy, tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (dict(sampler="heun"), "uses sampler 'heun'"),
+        (dict(sampler="heun"), r"uses sampler 'heun'; wanflow runs ComfyUI's \['ddim', 'dpmpp_2m',"),
         (dict(scheduler="bong_tangent"), "scheduler 'bong_tangent'"),
         (dict(high=(0, 2), low=(3, 10000)), "do not split one run"),
         (dict(high=(1, 2)), "do not split one run"),
@@ -398,3 +398,43 @@ def test_kjnodes_nag(comfy, tmp_path, caplog):
     relink(w, 58, "model", 71)
     node(w, 70)["widgets_values"][0] = node(w, 71)["widgets_values"][0] = 1.0
     assert "--nag_scale" not in workflow_arguments(write(tmp_path, w.json()), str(comfy))
+
+
+def test_comfyuis_skip_layer_guidance(comfy, tmp_path, caplog):
+    """ComfyUI's SkipLayerGuidanceDiT on both experts becomes wanflow's SLG over its percent window (its double
+    layers: Wan's blocks), SkipLayerGuidanceDiTSimple the uncond mode; on one expert only, with its rescaling, or
+    beside custom uni_pc sigmas, an error; at scale 0 it is left out and said. The workflow's video is the flags'."""
+    w = t2v()
+    for sampler, sampling, node_id in ((57, 54, 70), (58, 55, 71)):
+        w.add(node_id, "SkipLayerGuidanceDiT", ["1", "7, 8, 9", 3.0, 0.01, 0.5, 0.0], model=(sampling, 0))
+        relink(w, sampler, "model", node_id)
+    args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    at = args.index("--slg_layers")
+    assert args[at : at + 6] == ["--slg_layers", "1", "--slg_percent", "0.01,0.5", "--slg_scale", "3.0"]
+    tokenizer = ["--tokenizer", str(comfy / "models" / "text_encoders" / "tokenizer")]
+    argv = ["generate", "--workflow", str(tmp_path / "workflow.json"), "--comfy_dir", str(comfy), *tokenizer]
+    assert main([*argv, "--save_file", str(tmp_path / "slg.gif")]) == 0
+    flags = ["generate", *args, *tokenizer, "--save_file", str(tmp_path / "flags.gif")]
+    assert main(flags) == 0 and (tmp_path / "slg.gif").read_bytes() == (tmp_path / "flags.gif").read_bytes()
+    plain = write(tmp_path, t2v().json(), "plain.json")
+    assert main(["generate", "--workflow", str(plain), "--comfy_dir", str(comfy), *tokenizer,
+                 "--save_file", str(tmp_path / "plain.gif")]) == 0  # fmt: skip
+    assert (tmp_path / "plain.gif").read_bytes() != (tmp_path / "slg.gif").read_bytes()
+    for n in (70, 71):
+        node(w, n).update(type="SkipLayerGuidanceDiTSimple", widgets_values=["9, 10", "", 0.0, 1.0])
+    args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    at = args.index("--slg_layers")
+    assert args[at : at + 6] == ["--slg_layers", "9,10", "--slg_percent", "0.0,1.0", "--slg_mode", "uncond"]
+    relink(w, 58, "model", 55)  # the low-noise expert without it
+    with pytest.raises(ValueError, match="skip layer guidance differs between the experts"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    relink(w, 58, "model", 71)
+    for n in (70, 71):
+        node(w, n).update(type="SkipLayerGuidanceDiT", widgets_values=["9", "", 3.0, 0.01, 0.15, 0.5])
+    with pytest.raises(ValueError, match="rescaling_scale"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    for n in (70, 71):
+        node(w, n)["widgets_values"][2], node(w, n)["widgets_values"][5] = 0.0, 0.0
+    with caplog.at_level(logging.WARNING, logger="wanflow"):
+        assert "--slg_layers" not in workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    assert "SkipLayerGuidanceDiT changes nothing here" in caplog.text

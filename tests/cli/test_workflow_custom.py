@@ -8,7 +8,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.cli.test_workflow import HIGH, LOW, NEGATIVE, Editor, api, comfy, node, t2v, write  # noqa: F401 (fixture)
+from tests.cli.test_workflow import (  # noqa: F401 (the fixture)
+    HIGH,
+    LOW,
+    NEGATIVE,
+    Editor,
+    api,
+    comfy,
+    node,
+    relink,
+    t2v,
+    write,
+)  # fmt: skip
 from wanflow.cli import main
 from wanflow.cli.workflow import workflow_arguments
 from wanflow.sampling.comfy_schedules import comfy_sigmas
@@ -59,6 +70,12 @@ def test_custom_sampling_is_its_ksamplers(comfy, tmp_path):  # noqa: F811 (the f
     lcm = workflow_arguments(write(tmp_path, t2v(sampler="lcm").json(), "l.json"), str(comfy))
     assert lcm[lcm.index("--low_noise_seed") + 1] == "0" and "--low_noise_seed" not in expected
     assert workflow_arguments(write(tmp_path, custom(sampler="lcm").json()), str(comfy)) == lcm
+    # ComfyUI's ddim is its euler: the same flags
+    assert workflow_arguments(write(tmp_path, t2v(sampler="ddim").json(), "d.json"), str(comfy)) == expected
+    # so do the SDE samplers their Brownian trees; their first sigma moved off 1 in both layouts alike
+    sde = workflow_arguments(write(tmp_path, t2v(sampler="dpmpp_3m_sde_gpu").json(), "s.json"), str(comfy))
+    assert sde[sde.index("--low_noise_seed") + 1] == "0" and sde[sde.index("--sample_solver") + 1] == "dpmpp_3m_sde_gpu"
+    assert workflow_arguments(write(tmp_path, custom(sampler="dpmpp_3m_sde_gpu").json()), str(comfy)) == sde
     # uni_pc: KSampler drops the penultimate of one sigma more, BasicScheduler does not: its sigmas go as they are
     given = workflow_arguments(write(tmp_path, custom(sampler="uni_pc").json()), str(comfy))
     sigmas = [float(v) for v in given[given.index("--sigmas") + 1].split(",")]
@@ -126,3 +143,19 @@ def _karras_sigmas():
 def test_what_custom_sampling_would_run_otherwise_is_an_error(comfy, tmp_path, build, message):  # noqa: F811
     with pytest.raises(ValueError, match=message):
         workflow_arguments(write(tmp_path, build().json()), str(comfy))
+
+
+def test_skip_layer_guidance_beside_custom_uni_pc_sigmas_is_an_error(comfy, tmp_path):  # noqa: F811 (the fixture)
+    """SLG's window is in the model's percent, read at the run's shift, which BasicScheduler's sigmas given as they
+    are (custom sampling's uni_pc) leave out: an error; with euler it runs on the steps as KSamplerAdvanced's."""
+    for sampler in ("euler", "uni_pc"):
+        w = custom(sampler=sampler)
+        for guider, sampling, node_id in ((75, 54, 80), (76, 55, 81)):
+            w.add(node_id, "SkipLayerGuidanceDiT", ["1", "", 3.0, 0.01, 0.5, 0.0], model=(sampling, 0))
+            relink(w, guider, "model", node_id)
+        path = write(tmp_path, w.json())
+        if sampler == "uni_pc":
+            with pytest.raises(ValueError, match="skip layer guidance beside uni_pc on BasicScheduler's sigmas"):
+                workflow_arguments(path, str(comfy))
+        else:
+            assert "--slg_percent" in workflow_arguments(path, str(comfy))

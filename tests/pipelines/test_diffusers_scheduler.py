@@ -244,7 +244,19 @@ def test_a_comfyui_scheduler_gives_diffusers_frames_on_its_sigmas(pipes, ours):
 
 
 @pytest.mark.parametrize(
-    "solver", ["unipc", "dpm++", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "euler_ancestral"]
+    "solver",
+    [
+        "unipc",
+        "dpm++",
+        "lcm",
+        "dpmpp_2m",
+        "res_multistep",
+        "uni_pc",
+        "uni_pc_bh2",
+        "euler_ancestral",
+        "dpmpp_3m_sde",
+        "ipndm_v",
+    ],
 )
 def test_every_solver_walks_a_comfyui_schedule_from_sigma_one(ours, solver):
     """karras at shift 8 starts at sigma 1 (log-SNR -inf), where the multistep solvers' first ratios are infinite:
@@ -280,7 +292,7 @@ class Recorder(StepHook):
         self.latents.append(latents)
 
 
-@pytest.mark.parametrize("solver", ["dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "unipc"])
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "ipndm", "unipc"])
 def test_comfyuis_multistep_samplers_start_afresh_at_the_expert_switch(ours, solver):
     """ComfyUI runs each expert as its own KSamplerAdvanced call, so its multistep samplers have no history at the
     low-noise expert's first step; wanflow's loop starts them afresh there (replaying the recorded velocities with a
@@ -328,3 +340,63 @@ def test_lcm_draws_the_low_noise_experts_noise_from_its_own_seed(ours):
     assert 0 < switch < 5
     same = [torch.equal(a, b) for a, b in zip(runs[4], runs[None], strict=True)]
     assert same == [True] * switch + [False] * (6 - switch)
+
+
+def test_the_sde_samplers_draw_each_calls_noise_from_its_seed(ours):
+    """ComfyUI's dpmpp_2m_sde builds a Brownian tree per sampler call from the call's seed over the call's sigmas:
+    in the loop, the high-noise expert's from the run's seed up to sigma 1 (its first sigma moved off 1), the
+    low-noise expert's from ``low_noise_seed`` from the switch down (replaying the recorded velocities so gives the
+    run's latents bit for bit); the two runs agree up to the switch only."""
+    noise = ours.noise((16, 3, 8, 8), seed=2)
+    schedule, sde = comfy_schedule("simple", 6, 8.0, sampler="dpmpp_2m_sde"), get_solver("dpmpp_2m_sde")
+    assert schedule.first_moved
+    runs = {}
+    for low_seed in (4, 5):
+        hook, steps = Recorder(), []
+        ours(PROMPT, size=(64, 64), frames=9, steps=6, solver="dpmpp_2m_sde", scheduler="simple", shift=8.0, seed=9,
+             low_noise_seed=low_seed, guide_scale=(3.0, 4.0), latents=noise, hooks=[hook],
+             callback=steps.append)  # fmt: skip
+        switch = next(s.index for s in steps if s.expert == "low")
+        x, state = noise, sde.init(schedule, 9, stop=switch)
+        for k, v in enumerate(hook.velocities):
+            if k == switch:
+                state = sde.init(schedule, low_seed)
+            x, state = sde.step(state, v, x, k)
+            assert torch.equal(x, hook.latents[k])
+        runs[low_seed] = hook.latents
+    assert 0 < switch < 5
+    same = [torch.equal(a, b) for a, b in zip(runs[4], runs[5], strict=True)]
+    assert same == [True] * switch + [False] * (6 - switch)
+
+
+class FirstInput(StepHook):
+    """The latents the first step's model call sees."""
+
+    def wrap(self, velocity, step):
+        def seen(model, latents, *args):
+            if step.index == 0:
+                self.latents = latents
+            return velocity(model, latents, *args)
+
+        return seen
+
+
+@pytest.mark.parametrize(
+    "option, scaled",
+    [({"scheduler": "ddim_uniform"}, True), ({"sigmas": "0.9,0.6,0.3"}, True), ({"scheduler": "simple"}, False),
+     ({"scheduler": "ddim_uniform", "solver": "dpmpp_2m_sde"}, True),
+     ({"sigmas": "1,0.6,0.3", "solver": "dpmpp_2m_sde"}, False), ({}, False)],
+)  # fmt: skip
+def test_a_comfyui_schedule_starting_below_one_starts_from_the_noise_scaled(ours, option, scaled):
+    """ComfyUI's KSampler starts a flow model from ``sigma_0 * noise`` on an empty latent (its noise scaling): so do
+    its schedules here where they start below 1 (ddim_uniform, given sigmas); the reference's grids start from the
+    noise, as the reference does, and a first sigma moved off 1 counts as 1."""
+    noise = ours.noise((16, 3, 8, 8), seed=2)
+    hook, steps = FirstInput(), []
+    ours(PROMPT, size=(64, 64), frames=9, steps=3, latents=noise, hooks=[hook], callback=steps.append,
+         **({"shift": 8.0} if "sigmas" not in option else {}), **option)  # fmt: skip
+    sigma0 = steps[0].timestep / 1000
+    if scaled:
+        assert sigma0 < 0.9999 and torch.allclose(hook.latents, noise * sigma0, rtol=1e-6, atol=0)
+    else:
+        assert torch.equal(hook.latents, noise)

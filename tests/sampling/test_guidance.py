@@ -18,7 +18,8 @@ from wanflow.io.video import to_uint8
 from wanflow.pipelines.core import Conditioning, guided_velocity
 from wanflow.pipelines.pipeline import WanPipeline
 from wanflow.pipelines.request import GenerateOptions, resolve
-from wanflow.sampling.guidance import CFG, Guidance, SkipLayers, parse_guidance
+from wanflow.sampling.comfy_schedules import comfy_schedule
+from wanflow.sampling.guidance import CFG, Guidance, SkipLayers, comfy_window, parse_guidance
 from wanflow.server.schemas import GenerateRequest
 from wanflow.tasks import TASKS
 
@@ -179,9 +180,40 @@ def test_slg_uncond_mode_weakens_the_unconditional_pass():
     assert request.metadata()["slg"] == {"layers": [1], "start": 0.0, "stop": 0.2, "mode": "uncond"}
 
 
+def test_slg_by_comfyuis_percent_window():
+    """ComfyUI's skip layer guidance nodes run on the steps whose sigma lies between ``percent_to_sigma`` of their
+    start and end percent (``shift(1 - p)``; 1 at 0, 0 at 1), both ends in: ``slg_percent`` at the run's shift. The
+    steps so picked reach the model as the same steps picked by fractions do (the frames equal bit for bit)."""
+    assert comfy_window(0.0, 1.0, 8.0) == (1.0, 0.0)
+    high, low = comfy_window(0.01, 0.15, 8.0)
+    assert high == 8 * 0.99 / (1 + 7 * 0.99) and low == 8 * 0.85 / (1 + 7 * 0.85)
+    rule = SkipLayers((1,), window=(high, low))
+    assert [rule.runs_at(0, 4, s) for s in (1.0, high, 0.99, low, low - 1e-9)] == [False, True, True, True, False]
+    with pytest.raises(ValueError, match="needs the step's sigma"):
+        rule.runs_at(1, 4)
+    pipe = WanPipeline.from_builtin("t2v-A14B")
+    steps, call = [], dict(steps=12, seed=3, scheduler="simple", shift=3.0, slg_layers="1", slg_scale=3.0)
+    windowed = pipe(PROMPT, slg_percent="0.01,0.5", callback=steps.append, **call)
+    picked = [s.index for s in steps if s.guidance.skipped_layers(s.index, s.total, s.sigma) != ((), ())]
+    high, low = comfy_window(0.01, 0.5, 3.0)
+    sigmas = comfy_schedule("simple", 12, 3.0).sigmas.tolist()
+    assert low == 0.75 == sigmas[6]  # (the window's end falls on a step: both ends are in)
+    assert picked == [i for i in range(12) if low <= sigmas[i] <= high] == [1, 2, 3, 4, 5, 6]  # (sigma 1 is above)
+    by_steps = pipe(PROMPT, slg_start=0.05, slg_stop=0.6, **call)  # (int(0.6) = 0 < k < int(7.2) = 7)
+    assert torch.equal(windowed.frames, by_steps.frames)
+    assert (windowed.frames - pipe(PROMPT, **{**call, "slg_layers": None, "slg_scale": None}).frames).abs().max() > 0.01
+    assert windowed.metadata["slg"] == {"layers": [1], "sigmas": [high, low], "mode": "pass", "scale": 3.0}
+    simple = resolve(GenerateOptions(PROMPT, slg_layers="9", slg_mode="uncond", slg_percent=[0, 1]), TASKS["t2v-A14B"])
+    assert simple.guidance.slg.window == (1.0, 0.0) and simple.guidance.skipped_layers(0, 4, 1.0) == ((), (9,))
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
+        (dict(slg_percent="0,1"), r"\['slg_percent'\] set skip layer guidance's details"),
+        (dict(slg_layers="1", slg_percent="0.5,0.2"), "0 <= START <= END <= 1"),
+        (dict(slg_layers="1", slg_percent="0.5"), "slg_percent is START,END"),
+        (dict(slg_layers="1", slg_percent="0,1", slg_stop=0.5), "give it or slg_start / slg_stop, not both"),
         (dict(slg_scale=2.0), r"\['slg_scale'\] set skip layer guidance's details"),
         (dict(slg_layers="a,b"), "slg_layers are block indices such as '9,10'"),
         (dict(slg_layers=[-1]), r"slg_layers are block indices \(0, 1, ...\)"),

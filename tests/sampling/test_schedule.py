@@ -4,6 +4,7 @@ import torch
 
 from wanflow.sampling.comfy_schedules import comfy_schedule
 from wanflow.sampling.schedule import (
+    MOVE_FIRST_SIGMA,
     SCHEDULES,
     UNIPC_SIGMA_MAX,
     Schedule,
@@ -82,7 +83,8 @@ def test_shift_sigmas_closed_form():
 
 
 def test_registry_and_errors():
-    names = {"unipc", "dpm++", "euler", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "euler_ancestral"}
+    names = {"unipc", "dpm++", "euler", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "euler_ancestral",
+             "ipndm", "ipndm_v", *MOVE_FIRST_SIGMA}  # fmt: skip
     assert set(SCHEDULES) == names == set(SOLVERS)  # (each its grid)
     assert SCHEDULES["dpmpp_2m"] is SCHEDULES["res_multistep"] is euler_schedule  # (from sigma 1, as ComfyUI)
     assert SCHEDULES["uni_pc"] is SCHEDULES["uni_pc_bh2"] is comfy_uni_pc_schedule

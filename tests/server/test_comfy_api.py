@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 import uuid
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -292,3 +294,16 @@ def test_bad_requests_change_nothing(served):
     assert served.client.get("/history/not-a-uuid").json() == {}
     assert served.client.post("/interrupt", json={"prompt_id": running}).status_code == 200
     assert served.wait(job_id)["status"] == "cancelled"
+
+
+def test_system_stats(served):
+    """ComfyUI's ``/system_stats``, which its clients ask to see the server is up: its shape, this machine's memory
+    (the page size times the pages), and, with no GPU here, the CPU as the device; behind the token like the rest."""
+    stats = served.client.get("/system_stats").json()
+    system, (device,) = stats["system"], stats["devices"]
+    assert system["ram_total"] == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") > 2**30
+    assert 0 < system["ram_free"] <= system["ram_total"] and system["comfyui_version"].startswith("wanflow ")
+    assert system["pytorch_version"] == torch.__version__ and {"python_version", "argv", "os"} <= set(system)
+    assert device["type"] == "cpu" and device["index"] is None and device["vram_total"] > 0
+    assert set(device) == {"name", "type", "index", "vram_total", "vram_free", "torch_vram_total", "torch_vram_free"}
+    assert served.client.get("/system_stats", headers={"Authorization": "Bearer wrong"}).status_code == 401

@@ -65,7 +65,7 @@ OPTION_FLAGS = {
     "cache": "cache",
     "switch_step": "switch_step",
     "guidance": "guidance",
-    **{name: name for name in ("slg_layers", "slg_scale", "slg_start", "slg_stop", "slg_mode")},
+    **{name: name for name in ("slg_layers", "slg_scale", "slg_start", "slg_stop", "slg_mode", "slg_percent")},
     **{name: name for name in ("nag_scale", "nag_tau", "nag_alpha", "nag_negative_prompt")},
 }
 
@@ -176,6 +176,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(p, "slg_scale", type=float, help="skip layer guidance's scale (default 2.8)")
     add_flag(p, "slg_start", type=float, help="SLG runs on the steps after this fraction of them (default 0.01)")
     add_flag(p, "slg_stop", type=float, help="... and before this fraction (default 0.2)")
+    add_flag(
+        p,
+        "slg_percent",
+        metavar="START,END",
+        help="SLG runs where the sigma lies between ComfyUI's percent_to_sigma of START and END (its skip layer "
+        "guidance nodes' start and end percent), in place of --slg_start/--slg_stop",
+    )
     add_flag(
         p,
         "slg_mode",

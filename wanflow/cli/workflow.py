@@ -18,15 +18,21 @@ import shlex
 from pathlib import Path
 
 from wanflow.cli.workflow_custom import as_ksamplers
+from wanflow.cli.workflow_slg import SLG_NODES, slg_arguments
 from wanflow.io.comfy_workflow import Graph, Node, describe, read_workflow
 from wanflow.sampling.comfy_schedules import SCHEDULERS, comfy_sigmas
+from wanflow.sampling.schedule import MOVE_FIRST_SIGMA
 from wanflow.sampling.solvers import get_solver
 
 log = logging.getLogger("wanflow")
 
 SAMPLER_NODES = ("KSamplerAdvanced", "KSampler")
-SAMPLERS = ("euler", "euler_ancestral", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2")  # (ComfyUI's)
-MODEL_NODES = {"ModelSamplingSD3", "LoraLoaderModelOnly", "LoraLoader", "CFGZeroStar", "WanVideoNAG"}  # (understood)
+SAMPLERS = (  # (ComfyUI's)
+    "euler", "euler_ancestral", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "ipndm", "ipndm_v",
+    *MOVE_FIRST_SIGMA,
+)  # fmt: skip
+ALIASES = {"ddim": "euler"}  # ComfyUI's ddim is its euler (with inpainting's noise drawn anew, which no Wan task has)
+MODEL_NODES = {"ModelSamplingSD3", "LoraLoaderModelOnly", "LoraLoader", "CFGZeroStar", "WanVideoNAG", *SLG_NODES}
 SPEED_ONLY = {"PathchSageAttentionKJ", "ModelPatchTorchSettings", "TorchCompileModel", "TorchCompileModelWanVideoV2"}
 FPS_NODES = ("CreateVideo", "SaveAnimatedWEBP", "SaveAnimatedPNG")  # (nodes that give the decoded frames a rate)
 LATENTS = ("EmptyHunyuanLatentVideo", "Wan22ImageToVideoLatent", "WanImageToVideo", "WanFirstLastFrameToVideo")
@@ -70,6 +76,11 @@ def _settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
     for sampler, expert in zip(chain, experts, strict=True):
         args += model_arguments(graph, sampler, expert, files)
     args += nag_arguments(graph, chain)
+    slg = slg_arguments(graph, chain, model_path)
+    if slg and "--sigmas" in args:  # (its window is the model's percent, at the shift given sigmas leave out)
+        raise ValueError(f"{graph.name}: skip layer guidance beside uni_pc on BasicScheduler's sigmas; wanflow "
+                         "runs it with a KSampler or KSamplerAdvanced, or without the node")  # fmt: skip
+    args += slg
     args += text_arguments(graph, chain[0], files, guided=any(float(graph.value(s, "cfg")) != 1 for s in chain))
     args += latent_arguments(graph, chain[0], two_experts=len(chain) == 2, files=files)
     decode = decoder(graph, chain)
@@ -114,7 +125,8 @@ def sampling_arguments(graph: Graph, chain: list[Node]) -> list[str]:
     for key in ("steps", "sampler_name", "scheduler"):
         if any(value(s, key) != value(first, key) for s in chain):
             raise ValueError(f"{graph.name}: the two samplers differ in {key}; wanflow runs one schedule for both")
-    args = ["--sample_solver", solver_name(graph, first, name)]
+    solver = solver_name(graph, first, name)
+    args = ["--sample_solver", solver]
     if scheduler not in SCHEDULERS:
         raise ValueError(f"{graph.name}: scheduler {scheduler!r}; wanflow has ComfyUI's {sorted(SCHEDULERS)}")
     shift = shift_of(graph, chain)
@@ -126,7 +138,7 @@ def sampling_arguments(graph: Graph, chain: list[Node]) -> list[str]:
     args += ["--base_seed", str(int(seed))]
     cfg = [float(value(s, "cfg")) for s in chain]
     args += ["--sample_guide_scale", ",".join(f"{c:g}" for c in reversed(cfg))]  # (low-noise, high-noise)
-    if len(chain) == 2 and get_solver(name).noised:  # (its step noise: the second call draws from its own seed)
+    if len(chain) == 2 and get_solver(solver).noised:  # (its step noise: the second call draws from its own seed)
         args += ["--low_noise_seed", str(int(value(chain[1], "noise_seed")))]
     if len(chain) == 1:
         if first.type == "KSamplerAdvanced":
@@ -143,7 +155,12 @@ def sampling_arguments(graph: Graph, chain: list[Node]) -> list[str]:
 def solver_name(graph: Graph, node: Node, name: str) -> str:
     if name in SAMPLERS:
         return name
-    raise ValueError(f"{graph.name}: {describe(node)} uses sampler {name!r}; wanflow runs ComfyUI's {sorted(SAMPLERS)}")
+    if name in ALIASES:
+        graph.say(f"{describe(node)}'s sampler {name} is ComfyUI's {ALIASES[name]}: run as {ALIASES[name]}")
+        return ALIASES[name]
+    raise ValueError(
+        f"{graph.name}: {describe(node)} uses sampler {name!r}; wanflow runs ComfyUI's {sorted([*SAMPLERS, *ALIASES])}"
+    )
 
 
 def check_split(graph: Graph, chain: list[Node], steps: int) -> int:

@@ -64,6 +64,15 @@ WIDGETS: dict[str, tuple[str, ...]] = {
     "SaveAnimatedWEBP": ("filename_prefix", "fps", "lossless", "quality", "method"),
     "SaveAnimatedPNG": ("filename_prefix", "fps", "compress_level"),
     "WanVideoNAG": ("nag_scale", "nag_alpha", "nag_tau", "input_type"),  # (KJNodes)
+    "SkipLayerGuidanceDiT": (
+        "double_layers",
+        "single_layers",
+        "scale",
+        "start_percent",
+        "end_percent",
+        "rescaling_scale",
+    ),
+    "SkipLayerGuidanceDiTSimple": ("double_layers", "single_layers", "start_percent", "end_percent"),
     "ComfySwitchNode": ("switch",),
     "PrimitiveInt": ("value", "control_after_generate"),
     "PrimitiveFloat": ("value",),

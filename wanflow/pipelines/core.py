@@ -69,10 +69,11 @@ class Sampler:
 
     def steps(self) -> list[Step]:
         timesteps = self.schedule.timesteps.tolist()  # python ints (floats): no device syncs inside the loop
+        sigmas = self.schedule.sigmas.tolist()
         names = [select_expert(t, self.boundary_t) for t in timesteps]
         scales = [guidance_for(t, self.boundary_t, self.guide_scale) for t in timesteps]
         return [
-            Step(i, len(timesteps), t, names[i], scales[i], nxt, self.skipped, self.guidance)
+            Step(i, len(timesteps), t, names[i], scales[i], nxt, self.skipped, self.guidance, sigmas[i])
             for i, (t, nxt) in enumerate(zip(timesteps, [*names[1:], None], strict=True))
         ]
 
@@ -147,7 +148,7 @@ def guided_velocity(
 
 
 def _base_velocity(batch_cfg: bool, step: Step) -> Velocity:
-    guidance, skip = step.guidance, step.guidance.skipped_layers(step.index, step.total)
+    guidance, skip = step.guidance, step.guidance.skipped_layers(step.index, step.total, step.sigma)
     return lambda model, latents, t, cond, scale: guided_velocity(
         model, latents, t, cond, scale, batch_cfg, guidance, skip
     )

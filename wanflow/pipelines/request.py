@@ -22,9 +22,9 @@ from wanflow.pipelines.windows import WindowPlan, latent_frames, pixel_count, pl
 from wanflow.prompts.system import LANGUAGES
 from wanflow.runtime.nag import NagSettings
 from wanflow.runtime.step_cache import CacheSettings, parse_cache
-from wanflow.sampling.comfy_schedules import comfy_schedule, given_schedule, parse_sigmas
+from wanflow.sampling.comfy_schedules import comfy_schedule, for_sampler, given_schedule, parse_sigmas
 from wanflow.sampling.diffusers_schedulers import SchedulerGrid, scheduler_grid
-from wanflow.sampling.guidance import CFG, Guidance, SkipLayers, parse_guidance
+from wanflow.sampling.guidance import CFG, Guidance, SkipLayers, comfy_window, parse_guidance
 from wanflow.sampling.noise import NOISE_DEVICES, draw_seed
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.tasks import TASKS, Task
@@ -71,6 +71,9 @@ class GenerateOptions:
     slg_start: float | None = None  # SLG runs on the steps strictly after int(start * steps); None: 0.01
     slg_stop: float | None = None  # ... and before int(stop * steps); None: 0.2
     slg_mode: str | None = None  # "pass" (a third pass; None) or "uncond" (the unconditional pass without the blocks)
+    # SLG runs where the sigma lies between ComfyUI's percent_to_sigma of START and of END ("0.01,0.15" or a pair;
+    # its skip layer guidance nodes' start and end percent, at the run's shift), in place of slg_start / slg_stop
+    slg_percent: Any = None
     nag_scale: float | None = None  # NAG (``runtime.nag``): above 1 turns it on; None: off
     nag_tau: float | None = None  # NAG's cap on the norm ratio; None: 2.5
     nag_alpha: float | None = None  # NAG's blend weight; None: 0.25
@@ -312,7 +315,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         video=video or None,
         strength=strength if video else None,
         extend=extend or None,
-        guidance=dataclasses.replace(parse_guidance(o.guidance), slg=_slg(o)),
+        guidance=dataclasses.replace(parse_guidance(o.guidance), slg=_slg(o, shift)),
         nag=_nag(o),
         grid=grid,
     )
@@ -357,22 +360,38 @@ def _grid(given: GenerateOptions, o: GenerateOptions, solver: str, steps: int, s
         raise ValueError("sigmas are a whole schedule: give scheduler or sigmas, not both")
     if given.shift is not None:
         raise ValueError("sigmas are used as given, with no shift: leave shift out (or shift the sigmas yourself)")
-    schedule = given_schedule(parse_sigmas(o.sigmas), floats)
+    schedule = for_sampler(given_schedule(parse_sigmas(o.sigmas), floats), solver, shift)  # (shift: the model's)
     if given.steps is not None and given.steps != schedule.num_steps:
         raise ValueError(f"steps={given.steps}, but the sigmas make {schedule.num_steps} steps: leave steps out")
     return SchedulerGrid("sigmas", solver, shift, schedule)
 
 
-def _slg(o: GenerateOptions) -> SkipLayers | None:
-    """Skip layer guidance's settings where ``slg_layers`` names blocks, diffusers' defaults for the others."""
+def _slg(o: GenerateOptions, shift: float) -> SkipLayers | None:
+    """Skip layer guidance's settings where ``slg_layers`` names blocks, diffusers' defaults for the others; its
+    window of sigmas from ``slg_percent`` at ``shift``, where given."""
     given = {"scale": o.slg_scale, "start": o.slg_start, "stop": o.slg_stop}
     if o.slg_layers is None:
-        details = {**given, "mode": o.slg_mode}
+        details = {**given, "mode": o.slg_mode, "percent": o.slg_percent}
         return _off("slg", details, "skip layer guidance", "slg_layers (the blocks to skip) turns it on")
     if o.slg_mode == "uncond" and o.slg_scale is not None:
         raise ValueError("slg_scale is the third pass's: slg_mode uncond has none (it weakens the unconditional pass)")
     mode = {} if o.slg_mode is None else {"mode": o.slg_mode}
-    return SkipLayers(_block_list(o.slg_layers), **_numbers("slg", given), **mode)
+    window = {}
+    if o.slg_percent is not None:
+        if o.slg_start is not None or o.slg_stop is not None:
+            raise ValueError("slg_percent is SLG's window of sigmas: give it or slg_start / slg_stop, not both")
+        window = {"window": comfy_window(*_percents(o.slg_percent), shift)}
+    return SkipLayers(_block_list(o.slg_layers), **_numbers("slg", given), **mode, **window)
+
+
+def _percents(value: Any) -> tuple[float, float]:
+    """``"0.01,0.15"`` or a pair of numbers -> (0.01, 0.15)."""
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        start, end = (float(part) for part in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"slg_percent is START,END (two numbers, such as '0.01,0.15'), got {value!r}") from None
+    return start, end
 
 
 def _block_list(value: Any) -> tuple[int, ...]:

@@ -84,6 +84,6 @@ def from_video(
 ) -> tuple[Schedule, torch.Tensor]:
     """The steps that remain and the latents they start from: ``x0`` noised to the first one's sigma."""
     k = start_step(schedule.num_steps, strength)
-    tail = Schedule(schedule.sigmas[k:], schedule.timesteps[k:])
-    sigma = float(tail.sigmas[0])
+    tail = Schedule(schedule.sigmas[k:], schedule.timesteps[k:], first_moved=schedule.first_moved and k == 0)
+    sigma = 1.0 if tail.first_moved else float(tail.sigmas[0])  # (a first sigma moved off 1 noises as 1)
     return tail, (1.0 - sigma) * x0.to(noise) + sigma * noise

@@ -30,7 +30,7 @@ class CfgParallel(StepHook):
         self.rank = dist.get_rank(self.group)
 
     def wrap(self, velocity: Velocity, step: Step) -> Velocity:
-        skip = step.guidance.skipped_layers(step.index, step.total)
+        skip = step.guidance.skipped_layers(step.index, step.total, step.sigma)
         return lambda model, latents, t, cond, scale: self.velocity(model, latents, t, cond, scale, step.guidance, skip)
 
     def velocity(

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from wanflow.sampling.schedule import NUM_TRAIN_TIMESTEPS, Schedule
+from wanflow.sampling.schedule import MOVE_FIRST_SIGMA, NUM_TRAIN_TIMESTEPS, Schedule, offset_first_sigma
 
 TABLE_SIZE = 1000  # the entries of ComfyUI's flow sigma table (its timesteps), multiplier 1000
 
@@ -144,7 +144,21 @@ def comfy_schedule(
     integers (the reference's) with ``float_timesteps=False``; laid out as ComfyUI's KSampler does for ``sampler``."""
     if sampler in DISCARD_PENULTIMATE:
         return schedule_of(discard_penultimate(comfy_sigmas(name, steps + 1, shift)), float_timesteps)
-    return schedule_of(comfy_sigmas(name, steps, shift), float_timesteps)
+    return for_sampler(schedule_of(comfy_sigmas(name, steps, shift), float_timesteps), sampler, shift)
+
+
+def for_sampler(schedule: Schedule, sampler: str | None, shift: float) -> Schedule:
+    """``schedule`` as ComfyUI's sampler ``sampler`` walks it (on a model of shift ``shift``): its first sigma moved
+    off 1 for those in log-SNR (``offset_first_sigma``), else as it is."""
+    return offset_first_sigma(schedule, shift) if sampler in MOVE_FIRST_SIGMA else schedule
+
+
+def scaled_noise(schedule: Schedule, noise: torch.Tensor) -> torch.Tensor:
+    """The latents ComfyUI's KSampler starts a flow model from on an empty latent: the noise scaled by the first
+    sigma (its ``noise_scaling``, ``sigma noise + (1 - sigma) 0``), which matters where a schedule starts below 1
+    (``ddim_uniform``, given sigmas); a first sigma moved off 1 (``offset_first_sigma``) counts as 1."""
+    sigma = 1.0 if schedule.first_moved else schedule.sigmas[0]
+    return noise if sigma == 1 else noise * sigma.to(noise.device)
 
 
 def discard_penultimate(sigmas: torch.Tensor) -> torch.Tensor:

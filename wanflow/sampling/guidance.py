@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from wanflow.sampling.schedule import percent_to_sigma
+
 RULES = ("cfg", "cfg_zero_star")
 SLG_MODES = ("pass", "uncond")
 MAX_ZERO_STEPS = 100
@@ -34,13 +36,16 @@ MAX_ZERO_STEPS = 100
 @dataclass(frozen=True)
 class SkipLayers:
     """SLG's settings: the blocks the third pass leaves out, its scale, and the steps it runs on: those strictly
-    after ``int(start * N)`` and before ``int(stop * N)`` of the run's N steps (diffusers' rule and defaults)."""
+    after ``int(start * N)`` and before ``int(stop * N)`` of the run's N steps (diffusers' rule and defaults), or, with
+    a ``window`` of sigmas (ComfyUI's nodes' start and end percent, ``comfy_window``), those whose sigma lies in it."""
 
     layers: tuple[int, ...]
     scale: float = 2.8
     start: float = 0.01
     stop: float = 0.2
     mode: str = "pass"  # "pass": a third pass; "uncond": the unconditional pass without the blocks
+    # (high, low): SLG's steps are those with low <= sigma <= high, in place of start and stop
+    window: tuple[float, float] | None = None
 
     def __post_init__(self):
         if self.mode not in SLG_MODES:
@@ -53,12 +58,31 @@ class SkipLayers:
             raise ValueError(f"slg_start and slg_stop are fractions of the steps, 0 <= start <= stop <= 1, got "
                              f"{self.start!r} and {self.stop!r}")  # fmt: skip
 
-    def runs_at(self, index: int, total: int) -> bool:
-        return int(self.start * total) < index < int(self.stop * total)
+        if self.window is not None and not 0.0 <= self.window[1] <= self.window[0] <= 1.0:
+            raise ValueError(f"slg's sigma window is (high, low) with 0 <= low <= high <= 1, got {self.window!r}")
+
+    def runs_at(self, index: int, total: int, sigma: float | None = None) -> bool:
+        """Whether step ``index`` of ``total`` (at ``sigma``, which a window needs) runs SLG."""
+        if self.window is None:
+            return int(self.start * total) < index < int(self.stop * total)
+        if sigma is None:
+            raise ValueError("skip layer guidance by a sigma window needs the step's sigma")
+        return self.window[1] <= sigma <= self.window[0]
 
     def metadata(self) -> dict[str, object]:
-        out = {"layers": list(self.layers), "start": self.start, "stop": self.stop, "mode": self.mode}
+        steps = {"start": self.start, "stop": self.stop} if self.window is None else {"sigmas": list(self.window)}
+        out = {"layers": list(self.layers), **steps, "mode": self.mode}
         return out | ({"scale": self.scale} if self.mode == "pass" else {})
+
+
+def comfy_window(start_percent: float, end_percent: float, shift: float) -> tuple[float, float]:
+    """The sigmas ComfyUI's skip layer guidance nodes run between, from their start and end percent of the model's
+    timesteps on a model of shift ``shift``: (``percent_to_sigma(start)``, ``percent_to_sigma(end)``)."""
+    if not 0.0 <= start_percent <= end_percent <= 1.0:
+        raise ValueError(
+            f"slg_percent is START,END with 0 <= START <= END <= 1, got {start_percent!r}, {end_percent!r}"
+        )
+    return percent_to_sigma(start_percent, shift), percent_to_sigma(end_percent, shift)
 
 
 @dataclass(frozen=True)
@@ -79,10 +103,12 @@ class Guidance:
         """Whether step ``index`` of the run moves nothing."""
         return index < self.zero_init_steps
 
-    def skipped_layers(self, index: int, total: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The blocks step ``index`` of ``total`` leaves out of (SLG's third pass, the unconditional pass); () for
-        none."""
-        if self.slg is None or not self.slg.runs_at(index, total):
+    def skipped_layers(
+        self, index: int, total: int, sigma: float | None = None
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The blocks step ``index`` of ``total`` (at ``sigma``) leaves out of (SLG's third pass, the unconditional
+        pass); () for none."""
+        if self.slg is None or not self.slg.runs_at(index, total, sigma):
             return (), ()
         return ((), self.slg.layers) if self.slg.mode == "uncond" else (self.slg.layers, ())
 

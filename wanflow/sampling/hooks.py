@@ -29,6 +29,7 @@ class Step:
     next_expert: str | None = None  # the expert of the following step; None after the last
     skipped: int = 0  # steps of the schedule before this run's first (video to video starts part way down it)
     guidance: Guidance = CFG  # how the step's two predictions combine (``sampling.guidance``)
+    sigma: float | None = None  # the noise level the model sees (the schedule's; ComfyUI's nodes' windows read it)
 
 
 # The velocity of one step: (model, latents, timesteps, conditioning, guidance scale) -> velocity. The conditioning

@@ -37,6 +37,9 @@ class Schedule:
 
     sigmas: torch.Tensor  # (n + 1,) float32, decreasing, sigmas[-1] == 0
     timesteps: torch.Tensor  # (n,) int64 trunc(sigma * 1000), or float32 sigma * 1000: what the DiT sees
+    # sigmas[0] stands in for sigma 1: ComfyUI's samplers in log-SNR move a first sigma of 1 (log-SNR -inf there) just
+    # below it (``comfy_schedules.offset_first_sigma``); the noise of their SDE ones still spans up to 1
+    first_moved: bool = False
 
     def __post_init__(self) -> None:
         if self.sigmas.dtype != torch.float32 or self.timesteps.dtype not in (torch.int64, torch.float32):
@@ -52,10 +55,10 @@ class Schedule:
         if not isinstance(other, Schedule):
             return NotImplemented
         same = self.timesteps.dtype == other.timesteps.dtype and torch.equal(self.sigmas, other.sigmas)
-        return same and torch.equal(self.timesteps, other.timesteps)
+        return same and torch.equal(self.timesteps, other.timesteps) and self.first_moved == other.first_moved
 
     def __hash__(self) -> int:
-        return hash((tuple(self.sigmas.tolist()), tuple(self.timesteps.tolist())))
+        return hash((tuple(self.sigmas.tolist()), tuple(self.timesteps.tolist()), self.first_moved))
 
 
 def _check(steps: int, shift: float) -> None:
@@ -103,6 +106,41 @@ def comfy_uni_pc_schedule(steps: int, shift: float, float_timesteps: bool = Fals
     return Schedule(torch.cat([grid.sigmas[:-2], grid.sigmas[-1:]]), grid.timesteps[:-1])
 
 
+# ComfyUI's samplers that step in log-SNR and move a first sigma of 1 just below it (``offset_first_sigma_for_snr``)
+MOVE_FIRST_SIGMA = tuple(
+    f"{name}{gpu}" for name in ("dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde") for gpu in ("", "_gpu")
+)
+MOVED_PERCENT = 1e-4  # the first sigma of those samplers: the model's sigma at this fraction of its timesteps
+
+
+def percent_to_sigma(percent: float, shift: float) -> float:
+    """ComfyUI's ``percent_to_sigma`` of a flow model (``ModelSamplingDiscreteFlow``), in float64: the sigma at
+    ``percent`` of the way through its timesteps, ``shift(1 - percent)``; 1 at or below 0, 0 at or above 1."""
+    if percent <= 0.0:
+        return 1.0
+    if percent >= 1.0:
+        return 0.0
+    t = 1.0 - percent
+    return t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)
+
+
+def offset_first_sigma(schedule: Schedule, shift: float) -> Schedule:
+    """ComfyUI's ``offset_first_sigma_for_snr`` on a flow model: a first sigma of 1, where the half log-SNR
+    ``log((1 - sigma) / sigma)`` is -inf, becomes the sigma at timestep percent 1e-4, ``shift(1 - 1e-4)`` (computed in
+    float64, stored in float32; the DiT is fed it too); marked ``first_moved``. Other schedules are left as they
+    are."""
+    if schedule.sigmas[0] < 1:
+        return schedule
+    sigmas, timesteps = schedule.sigmas.clone(), schedule.timesteps.clone()
+    sigmas[0] = percent_to_sigma(MOVED_PERCENT, shift)
+    timesteps[0] = (sigmas[0] * NUM_TRAIN_TIMESTEPS).to(timesteps.dtype)
+    return Schedule(sigmas, timesteps, first_moved=True)
+
+
+def _moved(grid: Callable[..., Schedule]) -> Callable[..., Schedule]:
+    return lambda steps, shift, float_timesteps=False: offset_first_sigma(grid(steps, shift, float_timesteps), shift)
+
+
 SCHEDULES: dict[str, Callable[..., Schedule]] = {
     "unipc": unipc_schedule,
     "dpm++": dpm_schedule,
@@ -112,8 +150,11 @@ SCHEDULES: dict[str, Callable[..., Schedule]] = {
     "dpmpp_2m": euler_schedule,
     "res_multistep": euler_schedule,
     "euler_ancestral": euler_schedule,
+    "ipndm": euler_schedule,
+    "ipndm_v": euler_schedule,
     "uni_pc": comfy_uni_pc_schedule,
     "uni_pc_bh2": comfy_uni_pc_schedule,
+    **{name: _moved(euler_schedule) for name in MOVE_FIRST_SIGMA},  # (the same grid, its first sigma moved off 1)
 }
 
 

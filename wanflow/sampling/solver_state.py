@@ -21,6 +21,7 @@ class SolverState:
     index: int | None = None  # the last step taken; None before the first
     seed: int | None = None  # the run's seed: lcm's fresh noise at each step
     noise_generator: torch.Tensor | None = None  # lcm, euler_ancestral: the noise generator's state after the last draw
+    noise_tree: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # the SDE samplers' Brownian noise
     # the steps this state integrates, [start, stop): ComfyUI's uni_pc picks its orders by the length of the sampler
     # call (a KSamplerAdvanced's share of the steps); start is the first step taken, stop None the schedule's end
     start: int | None = None

@@ -15,7 +15,9 @@ coefficients are float32 scalars from the float32 sigmas, the last step (sigma 0
 
 ``dpmpp_2m``, ``res_multistep``, ``uni_pc``, ``uni_pc_bh2`` and ``euler_ancestral`` are ComfyUI's samplers of those
 names (``sampling.comfy_solvers``): other solvers of the same ODE than the reference's ``dpm++`` and ``unipc`` (the
-last a stochastic one), which ComfyUI workflows for Wan name.
+last a stochastic one), which ComfyUI workflows for Wan name; ``dpmpp_2m_sde``, ``dpmpp_2m_sde_heun``,
+``dpmpp_3m_sde`` and their ``_gpu`` variants are its SDE samplers (``sampling.comfy_sde``), with Brownian noise;
+``ipndm`` and ``ipndm_v`` its Adams-Bashforth ones (``sampling.comfy_adams``).
 
 ``lcm`` is not an ODE solver: each step predicts the data and noises it afresh to the next sigma,
 ``(1 - sigma') x0_hat + sigma' eps_k`` (diffusers' ``FlowMatchLCMScheduler``, ComfyUI's ``lcm`` sampler: how
@@ -30,6 +32,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from wanflow.sampling.comfy_adams import ipndm_step, ipndm_v_step
+from wanflow.sampling.comfy_sde import SDE_STEPS
 from wanflow.sampling.comfy_solvers import (
     dpmpp_2m_step,
     euler_ancestral_step,
@@ -171,6 +175,12 @@ SOLVERS: dict[str, Solver] = {
     "uni_pc": Solver("uni_pc", uni_pc_step, 3, restarts_at_switch=True),
     "uni_pc_bh2": Solver("uni_pc_bh2", uni_pc_bh2_step, 3, restarts_at_switch=True),
     "euler_ancestral": Solver("euler_ancestral", euler_ancestral_step, 1, noised=True),
+    "ipndm": Solver("ipndm", ipndm_step, 4, restarts_at_switch=True),
+    "ipndm_v": Solver("ipndm_v", ipndm_v_step, 4, restarts_at_switch=True),
+    **{
+        name: Solver(name, step, 3 if name.startswith("dpmpp_3m") else 2, restarts_at_switch=True, noised=True)
+        for name, step in SDE_STEPS.items()
+    },
 }
 
 

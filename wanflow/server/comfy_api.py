@@ -6,10 +6,10 @@ this server (read as ``wanflow generate --workflow`` reads it, ``server.workflow
 folder, its LoadImage files from ``POST /upload/image``); ``/ws?clientId=`` tells that client what ComfyUI tells it
 (``status``, ``execution_start``, ``executing`` for the sampler, decode and save nodes, ``progress`` per sampler
 node, ``executed`` with the video, ``execution_success`` / ``execution_error`` / ``execution_interrupted``, and
-``executing`` with node null at the end); ``/history``, ``/view``, ``/queue``, ``/interrupt`` answer as ComfyUI's
-do. Where ComfyUI would run the workflow and wanflow would not run it the same way, the prompt is refused (400, in
-ComfyUI's error shape), never run differently in silence. Every job is also a job of the native API: the prompt id
-is the job id written as a UUID.
+``executing`` with node null at the end); ``/history``, ``/view``, ``/queue``, ``/interrupt`` and ``/system_stats``
+answer as ComfyUI's do. Where ComfyUI would run the workflow and wanflow would not run it the same way, the prompt is
+refused (400, in ComfyUI's error shape), never run differently in silence. Every job is also a job of the native
+API: the prompt id is the job id written as a UUID.
 
 The video is the job's MP4 whatever the workflow's save node asked for (``filename`` ``<job id>.mp4``). A client's
 websocket follows the prompts it queued on this API server (with several API servers, keep a client on one).
@@ -30,7 +30,7 @@ from fastapi import APIRouter, FastAPI, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 
 from wanflow.cli.workflow import decoder, sampler_chain
-from wanflow.server.comfy_messages import entry, history_item, queue_info, updates
+from wanflow.server.comfy_messages import entry, history_item, queue_info, system_stats, updates
 from wanflow.server.context import Context
 from wanflow.server.errors import has_token
 from wanflow.server.jobs import TERMINAL
@@ -213,6 +213,10 @@ def comfy_routes(app: FastAPI, ctx: Context, loras: LoraLibrary, auth: list, tok
     @api.get("/prompt")
     def queue_remaining() -> dict:
         return queue_info(ctx)
+
+    @api.get("/system_stats")
+    def stats() -> dict:
+        return system_stats()
 
     @api.get("/queue")
     def queue() -> dict:

@@ -4,10 +4,15 @@ and its ComfyUI record (``server.comfy_api.Prompts.record``) are read; nothing i
 
 from __future__ import annotations
 
+import os
 import struct
+import sys
 import time
 from collections.abc import Callable
 
+import torch
+
+from wanflow import __version__
 from wanflow.server.context import Context
 from wanflow.server.jobs import TERMINAL
 from wanflow.server.previews import read_preview
@@ -22,6 +27,28 @@ def _now_ms() -> int:
 def queue_info(ctx: Context) -> dict:
     counts = ctx.store.counts()
     return {"exec_info": {"queue_remaining": counts["queued"] + counts["running"]}}
+
+
+def system_stats() -> dict:
+    """``GET /system_stats`` in ComfyUI's shape, of this process (clients ask it to see that the server is up and what
+    it runs on): the machine's memory, and the device this process would run jobs on (its first GPU, or the CPU; on an
+    API server whose workers run the jobs, the API server's own). ``comfyui_version`` names wanflow's."""
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+    ram_total = page * os.sysconf("SC_PHYS_PAGES") if page else 0
+    ram_free = page * os.sysconf("SC_AVPHYS_PAGES") if page else 0
+    system = {
+        "os": os.name, "ram_total": ram_total, "ram_free": ram_free, "comfyui_version": f"wanflow {__version__}",
+        "python_version": sys.version, "pytorch_version": torch.__version__, "embedded_python": False,
+        "argv": sys.argv,
+    }  # fmt: skip
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info(0)
+        name, index, kind = torch.cuda.get_device_name(0), 0, "cuda"
+    else:
+        free, total, name, index, kind = ram_free, ram_total, "cpu", None, "cpu"
+    device = {"name": name, "type": kind, "index": index, "vram_total": total, "vram_free": free,
+              "torch_vram_total": total, "torch_vram_free": free}  # fmt: skip
+    return {"system": system, "devices": [device]}
 
 
 def entry(record: dict) -> list:

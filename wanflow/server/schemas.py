@@ -128,6 +128,9 @@ class GenerateRequest(BaseModel):
     slg_start: float | None = Field(None, ge=0, le=1, description="SLG's first steps, a fraction (0.01)")
     slg_stop: float | None = Field(None, ge=0, le=1, description="SLG's last steps, a fraction (0.2)")
     slg_mode: Literal["pass", "uncond"] | None = Field(None, description="SLG: a third pass, or a weakened uncond")
+    slg_percent: str | list[float] | None = Field(
+        None, max_length=40, description="SLG's window as ComfyUI's start and end percent, '0.01,0.15'"
+    )
     nag_scale: float | None = Field(
         None, ge=1, le=MAX_GUIDE, description="NAG: the negative prompt also at guidance 1; above 1 turns it on"
     )
@@ -234,6 +237,7 @@ class GenerateRequest(BaseModel):
             slg_start=self.slg_start,
             slg_stop=self.slg_stop,
             slg_mode=self.slg_mode,
+            slg_percent=self.slg_percent,
             nag_scale=self.nag_scale,
             nag_tau=self.nag_tau,
             nag_alpha=self.nag_alpha,

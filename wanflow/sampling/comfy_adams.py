@@ -1,0 +1,78 @@
+"""ComfyUI's ``ipndm`` and ``ipndm_v`` samplers (Zhang and Chen's improved PNDM, from zju-pi's diff-sampler): linear
+multistep (Adams-Bashforth) steps in sigma on the derivative ``d = (x - x0_hat) / sigma``, which on a flow model is
+the velocity itself, up to fourth order from the previous steps' derivatives; ``ipndm`` with the fixed coefficients
+of equal steps, ``ipndm_v`` with those of the steps' actual lengths. Same step-function convention as
+``sampling.solvers``; each sampler call starts afresh (an Euler step first) and returns ``x0_hat`` at sigma 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from wanflow.sampling.solver_state import SolverState, Stepped, check_index
+
+MAX_ORDER = 4  # ComfyUI's: three previous derivatives kept
+
+
+def _fixed(sigmas: torch.Tensor, k: int, d: torch.Tensor, past: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The step's increment, ``ipndm``: Adams-Bashforth of order ``len(past) + 1`` with equal-step coefficients."""
+    dt = sigmas[k + 1] - sigmas[k]
+    if not past:
+        return dt * d
+    if len(past) == 1:
+        return dt * (3 * d - past[-1]) / 2
+    if len(past) == 2:
+        return dt * (23 * d - 16 * past[-1] + 5 * past[-2]) / 12
+    return dt * (55 * d - 59 * past[-1] + 37 * past[-2] - 9 * past[-3]) / 24
+
+
+def _variable(sigmas: torch.Tensor, k: int, d: torch.Tensor, past: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The step's increment, ``ipndm_v``: the same orders with coefficients from the steps' lengths ``h``."""
+    h = sigmas[k + 1] - sigmas[k]
+    if not past:
+        return h * d
+    h1 = sigmas[k] - sigmas[k - 1]
+    c1, c2 = (2 + (h / h1)) / 2, -(h / h1) / 2
+    if len(past) == 1:
+        return h * (c1 * d + c2 * past[-1])
+    h2 = sigmas[k - 1] - sigmas[k - 2]
+    a = (1 - h / (3 * (h + h1)) * (h * (h + h1)) / (h1 * (h1 + h2))) / 2
+    if len(past) == 2:
+        return h * ((c1 + a) * d + (c2 - (1 + h1 / h2) * a) * past[-1] + a * h1 / h2 * past[-2])
+    h3 = sigmas[k - 2] - sigmas[k - 3]
+    ratio = h1 * (h1 + h2) / (h2 * (h2 + h3))
+    b = (
+        ((1 - h / (3 * (h + h1))) / 2 + (1 - h / (2 * (h + h1))) * h / (6 * (h + h1 + h2)))
+        * (h * (h + h1) * (h + h1 + h2))
+        / (h1 * (h1 + h2) * (h1 + h2 + h3))
+    )
+    c = (
+        c1 + a + b,
+        c2 - (1 + h1 / h2) * a - (1 + (h1 / h2) + ratio) * b,
+        a * h1 / h2 + ((h1 / h2) + ratio * (1 + h2 / h3)) * b,
+        -b * ratio * h1 / h2,
+    )
+    return h * (c[0] * d + c[1] * past[-1] + c[2] * past[-2] + c[3] * past[-3])
+
+
+def _step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int, increment) -> Stepped:
+    k = check_index(state, index)
+    sigmas = state.schedule.sigmas
+    sigma = sigmas[k]
+    x0 = x.float() - sigma * velocity
+    d = (x.float() - x0) / sigma  # (ComfyUI's derivative from its denoised output: the velocity, as it rounds it)
+    past = state.x0[-(MAX_ORDER - 1) :] if state.x0 else ()
+    x_next = x0 if sigmas[k + 1] == 0 else x.float() + increment(sigmas, k, d, past)
+    return x_next.to(velocity.dtype), replace(state, x0=(*past, d)[-(MAX_ORDER - 1) :], index=k)
+
+
+def ipndm_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
+    """ComfyUI's ``ipndm``; the state's ``x0`` holds the previous derivatives here."""
+    return _step(state, velocity, x, index, _fixed)
+
+
+def ipndm_v_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
+    """ComfyUI's ``ipndm_v``; the state's ``x0`` holds the previous derivatives here."""
+    return _step(state, velocity, x, index, _variable)
