@@ -438,3 +438,97 @@ def test_comfyuis_skip_layer_guidance(comfy, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="wanflow"):
         assert "--slg_layers" not in workflow_arguments(write(tmp_path, w.json()), str(comfy))
     assert "SkipLayerGuidanceDiT changes nothing here" in caplog.text
+
+
+def test_video_helper_suite_and_power_lora_loader(comfy, tmp_path):
+    """Video Helper Suite's VHS_VideoCombine (its widgets saved by name) gives the frame rate; rgthree's Power Lora
+    Loader gives its LoRAs in order, those switched off or at strength 0 left out; in the editor's file and in the API
+    format alike."""
+    folder = comfy / "models" / "loras"
+    folder.mkdir(exist_ok=True)
+    for name in ("style.safetensors", "wide.safetensors"):
+        (folder / name).touch()
+    vhs = {"frame_rate": 24, "loop_count": 0, "filename_prefix": "Wan", "format": "video/h264-mp4", "pingpong": False,
+           "save_output": True, "videopreview": {"hidden": False, "paused": False}}  # fmt: skip
+    rows = [{"on": True, "lora": "style.safetensors", "strength": 0.8, "strengthTwo": None},
+            {"on": False, "lora": "wide.safetensors", "strength": 1},
+            {"on": True, "lora": "wide.safetensors", "strength": 0.5, "strengthTwo": 1.0},
+            {"on": True, "lora": "style.safetensors", "strength": 0}]  # fmt: skip
+    w = t2v()
+    node(w, 60).update(type="VHS_VideoCombine", widgets_values=vhs)
+    header = {"type": "PowerLoraLoaderHeaderWidget"}
+    w.add(97, "Power Lora Loader (rgthree)", [{}, header, *rows, {}, ""], model=(37, 0), clip=(38, 0))
+    relink(w, 54, "model", 97)
+    args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    assert args[args.index("--fps") + 1] == "24"
+    loras = [args[i + 1] for i, a in enumerate(args) if a == "--lora_high"]
+    assert loras == [f"{folder / 'style.safetensors'}:0.8", f"{folder / 'wide.safetensors'}:0.5"]
+    assert "--lora_low" not in args
+    exported = api(w)
+    exported["60"]["inputs"] |= vhs
+    exported["97"]["inputs"] = {"PowerLoraLoaderHeaderWidget": header,
+                                **{f"lora_{i}": row for i, row in enumerate(rows, 1)},
+                                "➕ Add Lora": "", "model": ["37", 0], "clip": ["38", 0]}  # fmt: skip
+    assert workflow_arguments(write(tmp_path, exported, "api.json"), str(comfy)) == args
+
+
+def test_kjnodes_set_and_get_nodes(comfy, tmp_path):
+    """KJNodes' SetNode / GetNode (named links the frontend resolves, absent from the API format): a GetNode reads
+    what the SetNode of its name is linked to, so the workflow gives the flags of the same links drawn directly; a
+    GetNode whose name nothing sets is an error naming it."""
+    expected = workflow_arguments(write(tmp_path, t2v().json(), "plain.json"), str(comfy))
+    w = t2v()
+    w.add(98, "SetNode", ["model_high"], MODEL=(54, 0)).add(99, "GetNode", ["model_high"])
+    w.add(100, "SetNode", ["prompt"], CONDITIONING=(6, 0)).add(101, "GetNode", ["prompt"])
+    relink(w, 57, "model", 99)
+    relink(w, 58, "positive", 101)
+    assert workflow_arguments(write(tmp_path, w.json()), str(comfy)) == expected
+    node(w, 99)["widgets_values"] = ["model_hgih"]
+    with pytest.raises(ValueError, match=r"GetNode #99 reads 'model_hgih', which no SetNode"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+
+
+def widget_from(w: Editor, target: int, name: str, source: int) -> None:
+    """Widget ``name`` of node ``target`` turned into an input linked to output 0 of ``source``."""
+    link = max(lk[0] for lk in w.links) + 1
+    node(w, target)["inputs"].append({"name": name, "type": "*", "link": link, "widget": {"name": name}})
+    w.links.append([link, source, 0, target, len(node(w, target)["inputs"]) - 1, "*"])
+
+
+def test_constant_nodes_give_their_values(comfy, tmp_path):
+    """KJNodes' INTConstant, FloatConstant (rounded to 6 digits, as it rounds) and StringConstantMultiline (its
+    newlines taken out, as it does unless told not to) and rgthree's Seed give the settings they are linked to."""
+    w = t2v()
+    w.add(110, "INTConstant", [6]).add(111, "FloatConstant", [0.0100000004]).add(112, "Seed (rgthree)", [77, None])
+    w.add(113, "StringConstantMultiline", ["a blue square\nmoving left ", True])
+    for sampler, sampling, node_id in ((57, 54, 70), (58, 55, 71)):
+        widget_from(w, sampler, "steps", 110)
+        w.add(node_id, "SkipLayerGuidanceDiT", ["1", "", 3.0, 0.3, 0.5, 0.0], model=(sampling, 0))
+        relink(w, sampler, "model", node_id)
+        widget_from(w, node_id, "start_percent", 111)
+    widget_from(w, 57, "noise_seed", 112)
+    widget_from(w, 6, "text", 113)
+    args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    assert args[args.index("--sample_steps") + 1] == "6" and args[args.index("--base_seed") + 1] == "77"
+    assert args[args.index("--slg_percent") + 1] == "0.01,0.5"  # (0.0100000004 rounded to 6 digits)
+    assert args[args.index("--prompt") + 1] == "a blue squaremoving left"
+    node(w, 113)["widgets_values"][1] = False
+    args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    assert args[args.index("--prompt") + 1] == "a blue square\nmoving left "
+
+
+def test_a_tiled_decode_is_wanflows_exact_tiles(comfy, tmp_path, caplog):
+    """VAEDecodeTiled becomes ``--vae_tile`` (its tile size over 16): the video of the whole decode, byte for byte,
+    in tiles (64 pixels: 4 latent pixels, so the 8 x 6 latent frames of this video decode in 4 tiles), and said."""
+    tokenizer = ["--tokenizer", str(comfy / "models" / "text_encoders" / "tokenizer")]
+    plain = write(tmp_path, t2v().json(), "plain.json")
+    w = t2v()
+    node(w, 8).update(type="VAEDecodeTiled", widgets_values=[64, 32, 64, 8])
+    tiled = write(tmp_path, w.json(), "tiled.json")
+    with caplog.at_level(logging.WARNING, logger="wanflow"):
+        args = workflow_arguments(tiled, str(comfy))
+    assert args[args.index("--vae_tile") + 1] == "4" and "exact tiles (--vae_tile 4)" in caplog.text
+    for path, out in ((plain, "plain.mp4"), (tiled, "tiled.mp4")):
+        argv = ["generate", "--workflow", str(path), "--comfy_dir", str(comfy), *tokenizer]
+        assert main([*argv, "--save_file", str(tmp_path / out)]) == 0
+    assert (tmp_path / "plain.mp4").read_bytes() == (tmp_path / "tiled.mp4").read_bytes()

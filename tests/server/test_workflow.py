@@ -195,3 +195,56 @@ def test_schedule_fields_are_checked_before_queueing(served, change, message):
     }
     r = served.client.post("/api/jobs", json=base | change)
     assert r.status_code == 422 and message in r.text, r.text
+
+
+GUIDED = {"nag_scale": 11.0, "nag_alpha": 0.25, "nag_tau": 2.5, "nag_negative_prompt": "blurry",
+          "slg_layers": "1", "slg_scale": 3.0, "slg_percent": "0.01,0.5"}  # fmt: skip
+
+
+def guided_workflow():
+    """``workflow()`` with KJNodes' WanVideoNAG and ComfyUI's SkipLayerGuidanceDiT on both experts (``GUIDED``)."""
+    from tests.cli.test_workflow import relink
+
+    w = workflow().add(9, "CLIPTextEncode", ["blurry"], clip=(38, 0))
+    for sampler, sampling, nag, slg in ((57, 54, 70, 72), (58, 55, 71, 73)):
+        w.add(nag, "WanVideoNAG", [11.0, 0.25, 2.5, "default"], model=(sampling, 0), conditioning=(9, 0))
+        w.add(slg, "SkipLayerGuidanceDiT", ["1", "", 3.0, 0.01, 0.5, 0.0], model=(nag, 0))
+        relink(w, sampler, "model", slg)
+    return w
+
+
+def test_nag_and_skip_layer_guidance_carry_over(served):
+    """KJNodes' WanVideoNAG and ComfyUI's skip layer guidance nodes become the job's NAG and SLG fields (read through
+    the server as through the CLI), and the job runs them; a workflow setting no job field takes is an error, never a
+    job made without it."""
+    from wanflow.server.workflow import _check_carried
+
+    read = served.client.post("/api/workflow", content=json.dumps(guided_workflow().json())).json()
+    assert read["fields"] == FIELDS | GUIDED
+    job = served.client.post("/api/jobs", json=read["fields"])
+    assert job.status_code == 202 and served.wait(job.json()["id"])["status"] == "done"
+    with pytest.raises(ValueError, match=r"the workflow's \['cache'\] do not carry over"):
+        _check_carried(["--prompt", "a", "--cache", "magcache", "--dit", "x.gguf"])
+
+
+def test_the_page_sends_what_its_form_lacks(browser, served, tmp_path):
+    """A workflow's fields the page has inputs for (NAG scale, SLG blocks, NAG's negative prompt) fill them; the
+    others (NAG's alpha and tau, SLG's scale and window) are named in the notes and sent with the job as read."""
+    from tests.server.test_page import open_page
+
+    w = guided_workflow()
+    node(w, 6)["widgets_values"] = ["a guided fox"]
+    path = tmp_path / "guided.json"
+    path.write_text(json.dumps(w.json()), encoding="utf-8")
+    errors: list = []
+    page = open_page(browser, served, errors)
+    page.set_input_files("#workflow", str(path))
+    page.wait_for_function("document.querySelector('#workflow-notes').textContent.includes('also sent with the job')")
+    notes = page.text_content("#workflow-notes")
+    assert "slg_percent 0.01,0.5" in notes and "nag_alpha 0.25" in notes and "slg_scale 3" in notes
+    assert page.eval_on_selector("#form", "f => [f.nag_scale.value, f.slg_layers.value]") == ["11", "1"]
+    page.click("button[type=submit]")
+    page.locator("#gallery .card", has_text="a guided fox").wait_for(timeout=60_000)
+    job = next(j for j in served.client.get("/api/jobs").json() if j["params"]["prompt"] == "a guided fox")
+    assert job["status"] == "done" and {k: job["params"].get(k) for k in GUIDED} == GUIDED
+    assert not errors, errors

@@ -3,10 +3,11 @@
 The workflow's graph (``io.comfy_workflow``) is read for what ComfyUI's own Wan nodes set, and each setting becomes
 the ``wanflow generate`` flag of the same meaning: the model files (UNETLoader / UnetLoaderGGUF, CLIPLoader,
 VAELoader, found under ``--comfy_dir``'s ``models`` folders), the LoRAs on each expert (LoraLoaderModelOnly,
-LoraLoader), the shift (ModelSamplingSD3), the prompts (CLIPTextEncode), the size, frames and input images
-(EmptyHunyuanLatentVideo, Wan22ImageToVideoLatent, WanImageToVideo, WanFirstLastFrameToVideo, LoadImage), and the
-sampling (one KSampler, or the two KSamplerAdvanced nodes of the A14B experts: steps, cfg per expert, sampler,
-scheduler, seed, the step the experts switch at; CFGZeroStar). A node wanflow cannot run as ComfyUI does is an error
+LoraLoader, rgthree's Power Lora Loader), the shift (ModelSamplingSD3), the prompts (CLIPTextEncode), the size, frames
+and input images (EmptyHunyuanLatentVideo, Wan22ImageToVideoLatent, WanImageToVideo, WanFirstLastFrameToVideo,
+LoadImage), the sampling (one KSampler, or the two KSamplerAdvanced nodes of the A14B experts: steps, cfg per expert,
+sampler, scheduler, seed, the step the experts switch at; CFGZeroStar, WanVideoNAG, skip layer guidance), and the
+frame rate of the node that saves the video. A node wanflow cannot run as ComfyUI does is an error
 naming it, never skipped in silence; nodes that only change speed (attention kernels, compilation) are passed over
 and named in the log.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from wanflow.cli.workflow_custom import as_ksamplers
 from wanflow.cli.workflow_slg import SLG_NODES, slg_arguments
-from wanflow.io.comfy_workflow import Graph, Node, describe, read_workflow
+from wanflow.io.comfy_workflow import POWER_LORA_LOADER, Graph, Node, describe, read_workflow
 from wanflow.sampling.comfy_schedules import SCHEDULERS, comfy_sigmas
 from wanflow.sampling.schedule import MOVE_FIRST_SIGMA
 from wanflow.sampling.solvers import get_solver
@@ -32,9 +33,18 @@ SAMPLERS = (  # (ComfyUI's)
     *MOVE_FIRST_SIGMA,
 )  # fmt: skip
 ALIASES = {"ddim": "euler"}  # ComfyUI's ddim is its euler (with inpainting's noise drawn anew, which no Wan task has)
-MODEL_NODES = {"ModelSamplingSD3", "LoraLoaderModelOnly", "LoraLoader", "CFGZeroStar", "WanVideoNAG", *SLG_NODES}
+MODEL_NODES = {
+    "ModelSamplingSD3", "LoraLoaderModelOnly", "LoraLoader", POWER_LORA_LOADER, "CFGZeroStar", "WanVideoNAG", *SLG_NODES
+}  # fmt: skip
 SPEED_ONLY = {"PathchSageAttentionKJ", "ModelPatchTorchSettings", "TorchCompileModel", "TorchCompileModelWanVideoV2"}
-FPS_NODES = ("CreateVideo", "SaveAnimatedWEBP", "SaveAnimatedPNG")  # (nodes that give the decoded frames a rate)
+# nodes that give the decoded frames a rate, and the name of their rate
+FPS_NODES = {
+    "CreateVideo": "fps",
+    "SaveAnimatedWEBP": "fps",
+    "SaveAnimatedPNG": "fps",
+    "VHS_VideoCombine": "frame_rate",
+}
+DECODERS = ("VAEDecode", "VAEDecodeTiled")
 LATENTS = ("EmptyHunyuanLatentVideo", "Wan22ImageToVideoLatent", "WanImageToVideo", "WanFirstLastFrameToVideo")
 FOLDERS = {  # ComfyUI's model folders (and their older names)
     "diffusion_models": ("diffusion_models", "unet"),
@@ -85,7 +95,7 @@ def _settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
     args += latent_arguments(graph, chain[0], two_experts=len(chain) == 2, files=files)
     decode = decoder(graph, chain)
     args += ["--vae", files.find(graph.value(graph.upstream(decode, "vae"), "vae_name"), "vae")]
-    args += fps_arguments(graph, decode)
+    args += fps_arguments(graph, decode) + tile_arguments(graph, decode)
     args += ["--noise_device", "cpu"]  # (ComfyUI draws the initial noise on the CPU: the seed gives its noise anywhere)
     if not models:
         args = [a for i, a in enumerate(args) if a not in MODEL_FLAGS and (i == 0 or args[i - 1] not in MODEL_FLAGS)]
@@ -95,7 +105,7 @@ def _settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
 
 def sampler_chain(graph: Graph) -> list[Node]:
     """The samplers of the video the workflow decodes, first first: one KSampler, or two KSamplerAdvanced nodes."""
-    finals = {s.id: s for s in (graph.upstream(n, "samples") for n in graph.of_type("VAEDecode"))}
+    finals = {s.id: s for s in (graph.upstream(n, "samples") for n in graph.of_type(*DECODERS))}
     if len(finals) != 1:
         raise ValueError(f"{graph.name}: {len(finals)} decoded outputs; wanflow runs a workflow that makes one video")
     chain = [next(iter(finals.values()))]
@@ -112,8 +122,20 @@ def sampler_chain(graph: Graph) -> list[Node]:
 
 
 def decoder(graph: Graph, chain: list[Node]) -> Node:
-    """The VAEDecode node of the last sampler's output."""
-    return next(n for n in graph.of_type("VAEDecode") if graph.upstream(n, "samples") is chain[-1])
+    """The VAEDecode (or VAEDecodeTiled) node of the last sampler's output."""
+    return next(n for n in graph.of_type(*DECODERS) if graph.upstream(n, "samples") is chain[-1])
+
+
+def tile_arguments(graph: Graph, decode: Node) -> list[str]:
+    """VAEDecodeTiled as wanflow's exact tiles of ``tile_size / 16`` latent pixels (its pixels over the Wan 2.2 VAE's
+    16; on the 2.1 VAE's 8 the tiles are half as wide): less memory, and the frames of a whole decode, where
+    ComfyUI's tiles blend at their seams."""
+    if decode.type != "VAEDecodeTiled":
+        return []
+    tile = max(1, int(graph.value(decode, "tile_size")) // 16)
+    graph.say(f"{describe(decode)} decodes in wanflow's exact tiles (--vae_tile {tile}): the frames of a whole "
+              "decode, not ComfyUI's blended tiles")  # fmt: skip
+    return ["--vae_tile", str(tile)]
 
 
 def sampling_arguments(graph: Graph, chain: list[Node]) -> list[str]:
@@ -239,12 +261,26 @@ def model_arguments(graph: Graph, sampler: Node, expert: str | None, files: File
         args.append("--fp8")
     flag = {"high": "--lora_high", "low": "--lora_low", None: "--lora"}[expert]
     for node in reversed(path):
-        if node.type in ("LoraLoaderModelOnly", "LoraLoader") and float(graph.value(node, "strength_model")) != 0:
-            lora = files.find(graph.value(node, "lora_name"), "loras")
-            args += [flag, f"{lora}:{float(graph.value(node, 'strength_model')):g}"]
+        for name, strength in loras_of(graph, node):
+            args += [flag, f"{files.find(name, 'loras')}:{strength:g}"]
         if node.type == "CFGZeroStar" and expert != "low":
             args += ["--guidance", "cfg_zero_star:0"]  # (ComfyUI's node: the optimised scale, no zeroed steps)
     return args
+
+
+def loras_of(graph: Graph, node: Node) -> list[tuple[str, float]]:
+    """The LoRAs a model node loads, in order, as (file name, model strength), those at strength 0 (or switched off)
+    left out: ComfyUI's LoraLoaderModelOnly and LoraLoader, rgthree's Power Lora Loader (its rows ``lora_1``, ...:
+    ``on``, ``lora``, ``strength`` for the model; ``strengthTwo``, the text encoder's, changes nothing on Wan)."""
+    if node.type in ("LoraLoaderModelOnly", "LoraLoader"):
+        found = [(graph.value(node, "lora_name"), float(graph.value(node, "strength_model")))]
+    elif node.type == POWER_LORA_LOADER:
+        rows = [v for k, v in node.inputs.items() if k.upper().startswith("LORA_") and isinstance(v, dict)]
+        rows = [r for r in rows if {"on", "lora", "strength"} <= set(r)]  # (as the node reads its rows)
+        found = [(r["lora"], float(r["strength"])) for r in rows if r["on"]]
+    else:
+        return []
+    return [(name, strength) for name, strength in found if strength != 0]
 
 
 def nag_arguments(graph: Graph, chain: list[Node]) -> list[str]:
@@ -304,9 +340,9 @@ def prompt_node(graph: Graph, sampler: Node, name: str, slot: int) -> Node:
 
 def fps_arguments(graph: Graph, decode: Node) -> list[str]:
     """``--fps`` of the node that makes the decoded frames a video (CreateVideo, SaveAnimatedWEBP,
-    SaveAnimatedPNG); none where no such node reads them (the task's rate). A rate that is not a whole number is
-    an error: wanflow writes whole frame rates."""
-    rates = {float(graph.value(n, "fps")) for n in graph.of_type(*FPS_NODES) if graph.source(n, "images")
+    SaveAnimatedPNG, Video Helper Suite's VHS_VideoCombine); none where no such node reads them (the task's rate). A
+    rate that is not a whole number is an error: wanflow writes whole frame rates."""
+    rates = {float(graph.value(n, FPS_NODES[n.type])) for n in graph.of_type(*FPS_NODES) if graph.source(n, "images")
              and graph.upstream(n, "images") is decode}  # fmt: skip
     if len(rates) > 1:
         raise ValueError(f"{graph.name}: the video is saved at {len(rates)} frame rates ({sorted(rates)}); pick one")

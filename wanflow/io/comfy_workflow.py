@@ -4,7 +4,8 @@ Both of ComfyUI's formats are read: the workflow the editor saves (``nodes`` and
 subgraphs under ``definitions``) and the one "Export (API)" writes (``{id: {"class_type", "inputs"}}``). The editor's
 format is brought to the API's shape: each node's inputs by name, a linked input as a ``Link`` to the node and output
 slot it comes from. Nodes the editor bypasses pass their input of the same type through; muted ones are absent; a
-subgraph's nodes are inlined with ids ``"outer:inner"``; the frontend's reroutes and primitive nodes are followed.
+subgraph's nodes are inlined with ids ``"outer:inner"``; the frontend's reroutes and primitive nodes, and KJNodes'
+SetNode / GetNode pairs, are followed.
 
 Only the nodes whose settings are read need their widget names (``WIDGETS``); the meaning of the settings is the
 caller's (``cli/workflow.py``). ``Graph.value`` evaluates what a workflow computes without a model: a widget's value,
@@ -15,11 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("wanflow")
+
+POWER_LORA_LOADER = "Power Lora Loader (rgthree)"  # (its LoRAs are rows of one widget list, any number of them)
 
 # The widget names of the nodes whose settings are read, in the order the editor saves their values.
 WIDGETS: dict[str, tuple[str, ...]] = {
@@ -80,9 +84,27 @@ WIDGETS: dict[str, tuple[str, ...]] = {
     "PrimitiveString": ("value",),
     "PrimitiveStringMultiline": ("value",),
     "PrimitiveNode": ("value", "control_after_generate"),  # (the editor's own: its value goes to a widget input)
+    "VAEDecodeTiled": ("tile_size", "overlap", "temporal_size", "temporal_overlap"),
+    "INTConstant": ("value",),  # (KJNodes' constants)
+    "FloatConstant": ("value",),
+    "StringConstant": ("string",),
+    "StringConstantMultiline": ("string", "strip_newlines"),
+    "Seed (rgthree)": ("seed",),  # (-1: a random seed, as wanflow draws for a negative one)
 }
 PRIMITIVES = {"PrimitiveInt", "PrimitiveFloat", "PrimitiveBoolean", "PrimitiveString", "PrimitiveStringMultiline"}
+# nodes that give a value of their own: the widget it is, and what the node does to it (KJNodes' FloatConstant rounds
+# to 6 digits; its StringConstantMultiline takes the newlines out unless told not to)
+CONSTANTS: dict[str, tuple[str, Callable[[Any, Callable[..., Any]], Any]]] = {
+    **{kind: ("value", lambda v, widget: v) for kind in (*PRIMITIVES, "PrimitiveNode", "INTConstant")},
+    "FloatConstant": ("value", lambda v, widget: round(float(v), 6)),
+    "StringConstant": ("string", lambda v, widget: v),
+    "StringConstantMultiline": (
+        "string", lambda v, widget: str(v).replace("\n", "").strip() if widget("strip_newlines", True) else v
+    ),
+    "Seed (rgthree)": ("seed", lambda v, widget: v),
+}  # fmt: skip
 BYPASSED, MUTED = 4, 2  # the editor's node modes (0: runs)
+SET_GET = ("SetNode", "GetNode")  # KJNodes' named links: the frontend's, gone from the API format
 SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20  # the ids of a subgraph's input and output nodes in its links
 MISSING = object()
 MAX_DEPTH = 200  # links followed through reroutes, bypassed nodes and subgraphs, and subgraphs within subgraphs
@@ -145,12 +167,14 @@ class Graph:
     def value(self, node: Node, name: str, default: Any = MISSING) -> Any:
         """The setting ``name`` of ``node``: its widget's value, or what a linked primitive or switch node gives
         (``default`` where the node has no such setting; without one, an error naming it)."""
-        seen = 0
+        seen, done = 0, []  # (what the constant nodes on the way do to the value, outermost first)
         while True:
             value = node.inputs.get(name, default)
             if value is MISSING:
                 raise ValueError(f"{self.name}: {describe(node)} has no setting {name}")
             if not isinstance(value, Link):
+                for step in reversed(done):
+                    value = step(value)
                 return value
             node = self.nodes.get(value.node)
             seen += 1
@@ -158,8 +182,9 @@ class Graph:
                 raise ValueError(f"{self.name}: the setting {name} comes from a node that does not run")
             if node.type == "ComfySwitchNode":
                 name = self.branch(node)
-            elif node.type in PRIMITIVES or node.type == "PrimitiveNode":
-                name = "value"
+            elif node.type in CONSTANTS:
+                name, apply = CONSTANTS[node.type]
+                done.append(lambda v, apply=apply, node=node: apply(v, lambda w, d: self.value(node, w, d)))
             else:
                 raise ValueError(
                     f"{self.name}: the setting {name} is computed by {describe(node)}, which wanflow does not evaluate"
@@ -249,7 +274,7 @@ def _editor_nodes(data: dict) -> dict[str, Node]:
     _collect(data["nodes"], data["links"], "", subgraphs, raw, links, {})
     nodes = {}
     for node_id, spec in raw.items():
-        if spec.get("mode", 0) in (BYPASSED, MUTED) or spec["type"] in ("Reroute", "MarkdownNote", "Note"):
+        if spec.get("mode", 0) in (BYPASSED, MUTED) or spec["type"] in ("Reroute", *SET_GET, "MarkdownNote", "Note"):
             continue
         nodes[node_id] = _editor_node(node_id, spec, raw, links)
     return nodes
@@ -316,8 +341,7 @@ def _link_fields(spec) -> tuple[str, int, int, int, int, str]:
 
 
 def _editor_node(node_id: str, spec: dict, raw: dict, links: dict) -> Node:
-    names = WIDGETS.get(spec["type"], ())
-    inputs: dict[str, Any] = dict(zip(names, spec.get("widgets_values") or [], strict=False))
+    inputs = _widgets(spec)
     prefix = spec.get("_prefix", "")
     for entry in spec.get("inputs", []):
         if entry.get("link") is None:
@@ -326,6 +350,19 @@ def _editor_node(node_id: str, spec: dict, raw: dict, links: dict) -> Node:
         if resolved is not None:
             inputs[entry["name"]] = resolved
     return Node(node_id, spec["type"], inputs, spec.get("title"))
+
+
+def _widgets(spec: dict) -> dict[str, Any]:
+    """A node's widget values by name: in ``WIDGETS``' order; saved by name already (Video Helper Suite's nodes save
+    an object); or, for rgthree's Power Lora Loader, its LoRA rows (objects with a ``lora``) as ``lora_1``, ``lora_2``
+    ..., the names its API format gives them."""
+    values = spec.get("widgets_values") or []
+    if isinstance(values, dict):
+        return dict(values)
+    if spec["type"] == POWER_LORA_LOADER:
+        rows = [v for v in values if isinstance(v, dict) and "lora" in v]
+        return {f"lora_{i}": row for i, row in enumerate(rows, 1)}
+    return dict(zip(WIDGETS.get(spec["type"], ()), values, strict=False))
 
 
 def _resolve(key: str, raw: dict, links: dict, depth: int = 0) -> Any:
@@ -345,10 +382,24 @@ def _resolve(key: str, raw: dict, links: dict, depth: int = 0) -> Any:
     if spec["type"] == "_subgraph":
         inner = spec["_outputs"].get(slot)
         return None if inner is None else _resolve_source(inner, raw, links, depth)
-    if spec["type"] == "Reroute" or spec.get("mode", 0) == BYPASSED:
+    if spec["type"] == "GetNode":
+        spec = _setter(origin, spec, raw)
+    if spec["type"] in ("Reroute", *SET_GET) or spec.get("mode", 0) == BYPASSED:
         through = _passthrough(spec, kind, slot)
         return None if through is None else _resolve(spec.get("_prefix", "") + str(through), raw, links, depth + 1)
     return Link(origin, slot)
+
+
+def _setter(node_id: str, getter: dict, raw: dict) -> dict:
+    """The SetNode a KJNodes GetNode reads (the frontend's named links): the one of the same name in the getter's
+    graph, else in the nearest graph around it (its subgraph's, then the one that holds it)."""
+    name = (getter.get("widgets_values") or [None])[0]
+    prefix = getter.get("_prefix", "")
+    found = [s for s in raw.values() if s["type"] == "SetNode" and (s.get("widgets_values") or [None])[0] == name]
+    found = [s for s in found if prefix.startswith(s.get("_prefix", ""))]
+    if not found:
+        raise ValueError(f"GetNode #{node_id} reads {name!r}, which no SetNode in its graph or around it sets")
+    return max(found, key=lambda s: len(s.get("_prefix", "")))
 
 
 def _resolve_source(source: tuple[str, int, str], raw: dict, links: dict, depth: int) -> Any:
@@ -362,7 +413,7 @@ def _passthrough(spec: dict, kind: str, slot: int) -> Any:
     the same position if there is one, else the first input of that type (as the editor bypasses)."""
     linked = [i for i in spec.get("inputs", []) if i.get("link") is not None]
     same = [i for i in linked if i.get("type") in (kind, "*") or kind == "*"]
-    if spec["type"] == "Reroute":
+    if spec["type"] in ("Reroute", *SET_GET):  # (one input, passed on whatever its type)
         return linked[0]["link"] if linked else None
     by_slot = [i for i in same if spec.get("inputs", []).index(i) == slot]
     chosen = by_slot or same

@@ -22,6 +22,18 @@ from wanflow.server.loras import LoraLibrary
 from wanflow.server.uploads import max_body
 
 SUFFIXES = (".json", ".png", ".webp", ".mp4", ".webm", ".mov")
+# the workflow's flags this server's job takes under the same name
+SAME_NAME = (
+    "guidance", "switch_step", "noise_device", "fps", "scheduler", "sigmas",
+    "nag_scale", "nag_alpha", "nag_tau", "nag_negative_prompt",
+    "slg_layers", "slg_scale", "slg_start", "slg_stop", "slg_mode", "slg_percent",
+)  # fmt: skip
+# the other flags a job carries (under its own names, or read below), and those the server's own setup replaces
+CARRIED = {
+    "task", "prompt", "negative_prompt", "size", "frame_num", "sample_steps", "sample_shift", "sample_guide_scale",
+    "sample_solver", "base_seed", "low_noise_seed", "image", "last_image", *LORA_FLAGS,
+}  # fmt: skip
+SERVERS_OWN = {"dit", "dit_low", "t5", "vae", "fp8", "t5_cpu", "tokenizer", "vae_tile"}  # (its models, how they run)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,20 +83,25 @@ def read_workflow_bytes(data: bytes, name: str, loras: LoraLibrary) -> WorkflowR
         "guide_scale": list(guide) if isinstance(guide := args.sample_guide_scale, tuple) else [guide],
         "solver": args.sample_solver,
         "scheduler": args.scheduler,
-        "sigmas": args.sigmas,
         "seed": str(args.base_seed),  # (a string: exact past 2^53 in a browser, as the jobs' seeds)
-        "switch_step": args.switch_step,
-        "guidance": args.guidance,
-        "noise_device": args.noise_device,
         "low_noise_seed": None if args.low_noise_seed is None else str(args.low_noise_seed),
-        "fps": args.fps,
+        **{name: getattr(args, name) for name in SAME_NAME},
     }
+    _check_carried(flags)
     missing: list[str] = []
     fields["loras"] = _loras(args, loras, missing)
     notes += [f"LoRA {stem} is not in this server's LoRA folder: left out" for stem in missing]
     images = {flag: getattr(args, flag) for flag in ("image", "last_image") if getattr(args, flag)}
     fields = {k: v for k, v in fields.items() if v is not None}
     return WorkflowRead(args.task, fields, notes, images, missing, graph)
+
+
+def _check_carried(flags: list[str]) -> None:
+    """Every flag of the workflow is a job field here or the server's own to set: a setting the job would drop is an
+    error, never a video made without it."""
+    dropped = {f[2:] for f in flags if f.startswith("--")} - {*SAME_NAME, *CARRIED, *SERVERS_OWN}
+    if dropped:
+        raise ValueError(f"the workflow's {sorted(dropped)} do not carry over to this server's jobs")
 
 
 def workflow_fields(data: bytes, name: str, loras: LoraLibrary) -> dict:

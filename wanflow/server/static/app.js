@@ -98,14 +98,25 @@ $("#workflow").addEventListener("change", async (event) => {
   }
 });
 
+// A workflow's fields the form has no input for (NAG's alpha, SLG's window, ...): sent with the job as read, and named
+// in the notes, until another workflow is read.
+let workflowExtras = {};
+
 function fillForm(read) {
   const form = $("#form");
   const f = read.fields;
   if (!(read.task in tasks)) throw new Error(`the workflow is ${read.task}, which this server does not run`);
   $("#task").value = read.task;
   showDefaults();
-  for (const name of ["prompt", "negative_prompt", "width", "height", "frames", "steps", "shift", "seed", "switch_step",
-    "solver", "scheduler", "guidance", "noise_device", "low_noise_seed", "fps"]) {
+  const listed = ["prompt", "negative_prompt", "width", "height", "frames", "steps", "shift", "seed", "switch_step",
+    "solver", "scheduler", "guidance", "noise_device", "low_noise_seed", "fps"];
+  workflowExtras = {};
+  for (const [name, value] of Object.entries(f)) {
+    if (listed.includes(name) || ["task", "guide_scale", "loras"].includes(name) || value == null) continue;
+    if (form[name]) form[name].value = String(value);  // (NAG scale, SLG blocks, sigmas: the form's own inputs)
+    else workflowExtras[name] = value;
+  }
+  for (const name of listed) {
     const value = String(f[name] ?? (name === "seed" ? "-1" : ""));
     const field = form[name];
     if (field.tagName === "SELECT" && ![...field.options].some((o) => o.value === value)) {
@@ -118,7 +129,9 @@ function fillForm(read) {
   $("#no-negative").checked = f.negative_prompt === "";  // "" is no negative prompt; absent, the task's
   form.negative_prompt.disabled = f.negative_prompt === "";
   $("#more").open = true;  // (the scheduler, the switch and the LoRAs are there)
-  $("#workflow-notes").textContent = read.notes.join(" · ");
+  const extras = Object.entries(workflowExtras).map(([k, v]) => `${k} ${v}`);
+  const notes = extras.length ? [...read.notes, "also sent with the job: " + extras.join(", ")] : read.notes;
+  $("#workflow-notes").textContent = notes.join(" · ");
 }
 
 $("#no-negative").addEventListener("change", (event) => {
@@ -134,6 +147,7 @@ $("#form").addEventListener("submit", async (event) => {
     if (value === "" || (value instanceof File && (!value.size || $(row).hidden))) data.delete(key);
   }
   if (data.get("guidance") === "cfg") data.delete("guidance");  // the default: not sent
+  for (const [name, value] of Object.entries(workflowExtras)) if (!data.has(name)) data.set(name, String(value));
   if ($("#no-negative").checked) data.set("negative_prompt", "");  // "" is no negative prompt; absent, the default
   try {
     await api("/api/jobs", { method: "POST", body: data });
