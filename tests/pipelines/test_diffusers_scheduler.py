@@ -256,6 +256,7 @@ def test_a_comfyui_scheduler_gives_diffusers_frames_on_its_sigmas(pipes, ours):
         "euler_ancestral",
         "dpmpp_3m_sde",
         "ipndm_v",
+        "er_sde",
     ],
 )
 def test_every_solver_walks_a_comfyui_schedule_from_sigma_one(ours, solver):

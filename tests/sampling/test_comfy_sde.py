@@ -39,26 +39,29 @@ def _run(name, schedule, seed, split=None, seed_low=None, solver=None):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['sampler']}-{c['scheduler']}-{c.get('split', 'whole')}")
 def test_comfyuis_sde_samplers(case):
-    """ComfyUI's ``dpmpp_2m_sde``, ``dpmpp_2m_sde_heun`` and ``dpmpp_3m_sde`` on a toy denoiser over its schedulers'
-    sigmas, their Brownian noise seeded with each call's seed, in one call or two (comfy_sde.json): the model is
-    called at their sigmas (the first moved off 1 as theirs is), and the samples are theirs (bit for bit in one call,
-    to 1e-6 split); the noise's tree spans up to 1, not to the moved sigma; another seed, another sample."""
+    """ComfyUI's ``dpmpp_2m_sde``, ``dpmpp_2m_sde_heun``, ``dpmpp_3m_sde`` and ``er_sde`` on a toy denoiser over its
+    schedulers' sigmas, their noise (Brownian; er_sde's fresh draws) seeded with each call's seed, in one call or two
+    (comfy_sde.json): the model is called at their sigmas (the first moved off 1 as theirs is), and the samples are
+    theirs (bit for bit in one call, to 1e-6 split); the noise's tree spans up to 1, not to the moved sigma; another
+    seed, another sample."""
     name = case["sampler"]
     schedule = comfy_schedule(case["scheduler"], case["steps"], case["shift"], sampler=name)
     assert torch.equal(schedule.sigmas[:-1], torch.tensor(case["model_sigmas"]))
     assert schedule.first_moved == (case["scheduler"] != "ddim_uniform")  # (ddim_uniform starts below 1)
     final = _run(name, schedule, case["seed"], case.get("split"), case.get("seed_low"))
+    other_seed = _run(name, schedule, case["seed"] + 1, case.get("split"), case.get("seed_low"))
+    assert (other_seed - final).abs().max() > 1e-2
     if "split" in case:  # (the sample scaled out of the first call and back into the second: a last-digit rounding)
         assert (final.flatten() - torch.tensor(case["x"])).abs().max() <= 1e-6
     else:
         assert torch.equal(final.flatten(), torch.tensor(case["x"]))
+    if name == "er_sde":  # (fresh noise a step, as lcm's: no tree)
+        return
     gpu = _run(name + "_gpu", schedule, case["seed"], case.get("split"), case.get("seed_low"))
     assert torch.equal(gpu, final)  # (the _gpu variants' tree on the run's device: here the CPU as well)
     if schedule.first_moved:  # (the first call's noise spans up to 1, not to the moved sigma)
         unmarked = Schedule(schedule.sigmas, schedule.timesteps)
         assert (_run(name, unmarked, case["seed"], case.get("split"), case.get("seed_low")) - final).abs().max() > 1e-3
-    other_seed = _run(name, schedule, case["seed"] + 1, case.get("split"), case.get("seed_low"))
-    assert (other_seed - final).abs().max() > 1e-2
 
 
 def test_the_first_sigma_moves_off_one_on_every_grid():
@@ -93,9 +96,10 @@ def test_the_noise_is_a_brownian_motions_unit_increments():
     assert torch.equal(again(a, b), ab)  # (the seed gives the tree)
 
 
-def test_the_sde_samplers_need_the_seed():
-    schedule = get_schedule("dpmpp_2m_sde", 4, 5.0)
-    solver = get_solver("dpmpp_2m_sde")
+@pytest.mark.parametrize("name", ["dpmpp_2m_sde", "er_sde"])
+def test_the_sde_samplers_need_the_seed(name):
+    schedule = get_schedule(name, 4, 5.0)
+    solver = get_solver(name)
     x = torch.randn(1, 2, 2, 3, 3)
     with pytest.raises(ValueError, match="run's seed"):
         solver.step(solver.init(schedule), x, x, 0)
