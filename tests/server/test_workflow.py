@@ -128,18 +128,24 @@ def test_json_nested_too_deeply(served):
     assert r.status_code == 422 and "nested too deeply" in r.json()["detail"], r.text
 
 
-def test_the_page_fills_its_form_from_a_workflow(browser, served, tmp_path):
+def page_with_workflow(browser, served, tmp_path, w, prompt: str, noted: str, errors: list):
+    """The page with workflow ``w`` (its prompt set to ``prompt``: the test's job and card alone) read into its form,
+    once its notes say ``noted``."""
     from tests.server.test_page import open_page
 
-    w = workflow()
-    node(w, 6)["widgets_values"] = ["a fox from a workflow"]  # (the prompt: this test's job and card alone)
-    fields = FIELDS | {"prompt": "a fox from a workflow"}
-    path = tmp_path / "wan22.json"
+    node(w, 6)["widgets_values"] = [prompt]
+    path = tmp_path / "workflow.json"
     path.write_text(json.dumps(w.json()), encoding="utf-8")
-    errors: list = []
     page = open_page(browser, served, errors)
     page.set_input_files("#workflow", str(path))
-    page.wait_for_function("document.querySelector('#workflow-notes').textContent.includes('LoRA absent')")
+    page.wait_for_function(f"document.querySelector('#workflow-notes').textContent.includes({json.dumps(noted)})")
+    return page
+
+
+def test_the_page_fills_its_form_from_a_workflow(browser, served, tmp_path):
+    fields = FIELDS | {"prompt": "a fox from a workflow"}
+    errors: list = []
+    page = page_with_workflow(browser, served, tmp_path, workflow(), fields["prompt"], "LoRA absent", errors)
     values = page.eval_on_selector(
         "#form", "f => Object.fromEntries([...new FormData(f)].filter(([k, v]) => typeof v === 'string'))"
     )
@@ -230,16 +236,8 @@ def test_nag_and_skip_layer_guidance_carry_over(served):
 def test_the_page_sends_what_its_form_lacks(browser, served, tmp_path):
     """A workflow's fields the page has inputs for (NAG scale, SLG blocks, NAG's negative prompt) fill them; the
     others (NAG's alpha and tau, SLG's scale and window) are named in the notes and sent with the job as read."""
-    from tests.server.test_page import open_page
-
-    w = guided_workflow()
-    node(w, 6)["widgets_values"] = ["a guided fox"]
-    path = tmp_path / "guided.json"
-    path.write_text(json.dumps(w.json()), encoding="utf-8")
     errors: list = []
-    page = open_page(browser, served, errors)
-    page.set_input_files("#workflow", str(path))
-    page.wait_for_function("document.querySelector('#workflow-notes').textContent.includes('also sent with the job')")
+    page = page_with_workflow(browser, served, tmp_path, guided_workflow(), "a guided fox", "also sent", errors)
     notes = page.text_content("#workflow-notes")
     assert "slg_percent 0.01,0.5" in notes and "nag_alpha 0.25" in notes and "slg_scale 3" in notes
     assert page.eval_on_selector("#form", "f => [f.nag_scale.value, f.slg_layers.value]") == ["11", "1"]
