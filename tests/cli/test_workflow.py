@@ -224,7 +224,6 @@ def test_a_subgraph_is_inlined(comfy, tmp_path):
         (dict(scheduler="bong_tangent"), "scheduler 'bong_tangent'"),
         (dict(high=(0, 2), low=(3, 10000)), "do not split one run"),
         (dict(high=(1, 2)), "do not split one run"),
-        (dict(shift=5.0), r"shifts differ \(\[5.0, 8.0\]\)"),
     ],
 )
 def test_what_wanflow_cannot_run_as_comfyui_does_is_an_error(comfy, tmp_path, change, message):
@@ -532,3 +531,20 @@ def test_a_tiled_decode_is_wanflows_exact_tiles(comfy, tmp_path, caplog):
         argv = ["generate", "--workflow", str(path), "--comfy_dir", str(comfy), *tokenizer]
         assert main([*argv, "--save_file", str(tmp_path / out)]) == 0
     assert (tmp_path / "plain.mp4").read_bytes() == (tmp_path / "tiled.mp4").read_bytes()
+
+
+def test_experts_on_models_of_different_shifts(comfy, tmp_path):
+    """Two KSamplerAdvanced nodes on models of different ModelSamplingSD3 shifts: the high-noise call's shift is
+    ``--sample_shift``, the low-noise one's ``--low_noise_shift``; the workflow's video is the flags'."""
+    w = t2v(shift=5.0)
+    path = write(tmp_path, w.json())
+    args = workflow_arguments(path, str(comfy))
+    assert args[args.index("--sample_shift") + 1] == "5" and args[args.index("--low_noise_shift") + 1] == "8"
+    assert "--low_noise_shift" not in workflow_arguments(write(tmp_path, t2v().json(), "same.json"), str(comfy))
+    tokenizer = ["--tokenizer", str(comfy / "models" / "text_encoders" / "tokenizer")]
+    argv = ["generate", "--workflow", str(path), "--comfy_dir", str(comfy), *tokenizer]
+    assert main([*argv, "--save_file", str(tmp_path / "shifts.gif")]) == 0
+    assert main(["generate", *args, *tokenizer, "--save_file", str(tmp_path / "flags.gif")]) == 0
+    assert (tmp_path / "shifts.gif").read_bytes() == (tmp_path / "flags.gif").read_bytes()
+    assert main([*argv, "--low_noise_shift", "5", "--save_file", str(tmp_path / "one.gif")]) == 0
+    assert (tmp_path / "one.gif").read_bytes() != (tmp_path / "shifts.gif").read_bytes()

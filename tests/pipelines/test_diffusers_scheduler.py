@@ -401,3 +401,35 @@ def test_a_comfyui_schedule_starting_below_one_starts_from_the_noise_scaled(ours
         assert sigma0 < 0.9999 and torch.allclose(hook.latents, noise * sigma0, rtol=1e-6, atol=0)
     else:
         assert torch.equal(hook.latents, noise)
+
+
+def test_the_low_noise_call_on_steps_of_its_own_shift(ours):
+    """ComfyUI's two KSamplerAdvanced nodes on models of different ModelSamplingSD3 shifts each lay the steps out on
+    their own model's shift: with ``low_noise_shift`` the high-noise expert walks the scheduler's steps at ``shift`` up
+    to the switch, the low-noise one those at its own shift from there, its latents scaled out of the first call's
+    sigma and into its own, ``(1 - s') x / (1 - s)`` (the recorded velocities so replayed give the run's latents bit
+    for bit); the same shift is the one-schedule run, bit for bit; what it needs is checked."""
+    noise = ours.noise((16, 3, 8, 8), seed=2)
+    call = dict(size=(64, 64), frames=9, steps=6, solver="dpmpp_2m", scheduler="simple", shift=5.0, switch_step=3,
+                guide_scale=(3.0, 4.0), latents=noise, seed=1)  # fmt: skip
+    hook, steps = Recorder(), []
+    ours(PROMPT, low_noise_shift=8.0, hooks=[hook], callback=steps.append, **call)
+    high, low = (comfy_schedule("simple", 6, shift, sampler="dpmpp_2m") for shift in (5.0, 8.0))
+    assert [s.timestep for s in steps] == [*high.timesteps[:3].tolist(), *low.timesteps[3:].tolist()]
+    assert [s.expert for s in steps] == ["high"] * 3 + ["low"] * 3
+    solver = get_solver("dpmpp_2m")
+    x, state = noise, solver.init(high, stop=3)
+    for k, v in enumerate(hook.velocities):
+        if k == 3:
+            x, state = (1.0 - low.sigmas[3]) * (x / (1.0 - high.sigmas[3])), solver.init(low)
+        x, state = solver.step(state, v, x, k)
+        assert torch.equal(x, hook.latents[k]), k
+    one = Recorder()
+    ours(PROMPT, hooks=[one], **call)
+    same = [torch.equal(a, b) for a, b in zip(one.latents, hook.latents, strict=True)]
+    assert same == [True] * 3 + [False] * 3
+    assert torch.equal(ours(PROMPT, low_noise_shift=5.0, **call).frames, ours(PROMPT, **call).frames)
+    for change, message in (({"scheduler": None}, "it needs scheduler"), ({"switch_step": None}, "give one"),
+                            ({"slg_layers": "1", "slg_percent": "0,1"}, "not with low_noise_shift")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            ours(PROMPT, low_noise_shift=8.0, **{**call, **change})

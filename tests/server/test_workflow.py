@@ -221,12 +221,18 @@ def guided_workflow():
 
 def test_nag_and_skip_layer_guidance_carry_over(served):
     """KJNodes' WanVideoNAG and ComfyUI's skip layer guidance nodes become the job's NAG and SLG fields (read through
-    the server as through the CLI), and the job runs them; a workflow setting no job field takes is an error, never a
-    job made without it."""
+    the server as through the CLI), experts on models of different shifts its low_noise_shift, and the jobs run them;
+    a workflow setting no job field takes is an error, never a job made without it."""
     from wanflow.server.workflow import _check_carried
 
     read = served.client.post("/api/workflow", content=json.dumps(guided_workflow().json())).json()
     assert read["fields"] == FIELDS | GUIDED
+    job = served.client.post("/api/jobs", json=read["fields"])
+    assert job.status_code == 202 and served.wait(job.json()["id"])["status"] == "done"
+    shifted = workflow()
+    node(shifted, 54)["widgets_values"] = [5.0]  # (the high-noise model's shift: its steps apart from the low one's)
+    read = served.client.post("/api/workflow", content=json.dumps(shifted.json())).json()
+    assert read["fields"] == FIELDS | {"shift": 5.0, "low_noise_shift": 8.0}
     job = served.client.post("/api/jobs", json=read["fields"])
     assert job.status_code == 202 and served.wait(job.json()["id"])["status"] == "done"
     with pytest.raises(ValueError, match=r"the workflow's \['cache'\] do not carry over"):

@@ -59,6 +59,7 @@ OPTION_FLAGS = {
     "base_seed": "seed",
     "noise_device": "noise_device",
     "low_noise_seed": "low_noise_seed",
+    "low_noise_shift": "low_noise_shift",
     "preset": "preset",
     "float_timesteps": "float_timesteps",
     **EXTEND_FLAGS,
@@ -204,6 +205,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         help="lcm: the low-noise expert's steps draw their fresh noise from this seed (ComfyUI's second "
         "KSamplerAdvanced's noise_seed; default: they go on drawing from the run's)",
+    )
+    add_flag(
+        p,
+        "low_noise_shift",
+        type=float,
+        help="the low-noise expert's steps from --switch_step on laid out at this shift, as ComfyUI's second "
+        "KSamplerAdvanced lays them on its own model's shift (needs --scheduler; default: --sample_shift's steps)",
     )
     add_flag(p, "fps", type=positive_int, help="frames per second of the saved video (default: the task's, 16 or 24)")
     add_flag(p, "ulysses_size", type=int, default=1, help="sequence-parallel ranks (torchrun; default 1)")

@@ -151,11 +151,13 @@ def sampling_arguments(graph: Graph, chain: list[Node]) -> list[str]:
     args = ["--sample_solver", solver]
     if scheduler not in SCHEDULERS:
         raise ValueError(f"{graph.name}: scheduler {scheduler!r}; wanflow has ComfyUI's {sorted(SCHEDULERS)}")
-    shift = shift_of(graph, chain)
+    shift, *low = shifts_of(graph, chain)  # (the low-noise call lays its steps out at its own model's shift)
     if value(first, "sigmas_as_given", False):  # (custom sampling's uni_pc: BasicScheduler's sigmas themselves)
         args += ["--sigmas", ",".join(repr(s) for s in comfy_sigmas(scheduler, steps, shift).tolist())]
     else:
-        args += ["--sample_steps", str(steps), "--scheduler", scheduler, "--sample_shift", f"{shift:g}"]
+        args += ["--sample_steps", str(steps), "--scheduler", scheduler, "--sample_shift", f"{shift:.10g}"]
+        if low and low[0] != shift:
+            args += ["--low_noise_shift", f"{low[0]:.10g}"]
     seed = value(first, "noise_seed" if first.type == "KSamplerAdvanced" else "seed")
     args += ["--base_seed", str(int(seed))]
     cfg = [float(value(s, "cfg")) for s in chain]
@@ -237,15 +239,20 @@ def model_path(graph: Graph, sampler: Node) -> list[Node]:
         node = graph.upstream(node, "model")
 
 
-def shift_of(graph: Graph, chain: list[Node]) -> float:
-    shifts = set()
+def shifts_of(graph: Graph, chain: list[Node]) -> list[float]:
+    """The shift of each sampler's model: its ModelSamplingSD3's, else ComfyUI's for Wan."""
+    shifts = []
     for sampler in chain:
         found = [graph.value(n, "shift") for n in model_path(graph, sampler) if n.type == "ModelSamplingSD3"]
-        shifts.add(round(float(found[0]), 6) if found else COMFY_WAN_SHIFT)  # (the editor saves 8.000000000000002)
+        shifts.append(round(float(found[0]), 6) if found else COMFY_WAN_SHIFT)  # (the editor saves 8.000000000000002)
+    return shifts
+
+
+def shift_of(graph: Graph, chain: list[Node]) -> float:
+    """The one shift of the samplers' models, or an error."""
+    shifts = set(shifts_of(graph, chain))
     if len(shifts) > 1:
-        raise ValueError(
-            f"{graph.name}: the experts' ModelSamplingSD3 shifts differ ({sorted(shifts)}); wanflow runs one schedule"
-        )
+        raise ValueError(f"{graph.name}: the models' ModelSamplingSD3 shifts differ ({sorted(shifts)})")
     return shifts.pop()
 
 

@@ -2,8 +2,9 @@
 
 Per step: pick the expert and its guidance scale from the timestep (``sampling.experts``), predict the velocity with
 classifier-free guidance ``uncond + g * (cond - uncond)`` (or another rule of ``sampling.guidance``), advance one
-solver state across the whole run (it continues through the expert switch), and for TI2V with an image put the image
-latent back into frame 0.
+solver state across the whole run (it continues through the expert switch; ComfyUI's samplers start afresh there, as
+each expert is a sampler call of its own there, on steps of its own where its model's shift differs: ``SecondCall``),
+and for TI2V with an image put the image latent back into frame 0.
 
 Everything else a run needs around the steps is a ``StepHook`` (``sampling/hooks.py``): progress, expert prefetch,
 CFG parallelism (which replaces the velocity computation), a step cache, per-step LoRA strengths.
@@ -52,6 +53,30 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class SecondCall:
+    """ComfyUI's second sampler call on steps of its own (its model's shift, ``low_noise_shift``): from step ``start``
+    the solver walks ``schedule`` afresh, and the latents are first scaled out of the first call's last sigma and into
+    this call's first, ``(1 - s') x / (1 - s)``, as KSampler scales a flow model's latents out of and into each call."""
+
+    start: int
+    schedule: Schedule
+
+    def rescale(self, latents: torch.Tensor, first: Schedule) -> torch.Tensor:
+        """``latents`` at the first call's sigma of step ``start``, as the second call starts from them."""
+        into, out = (1.0 - s.sigmas[self.start].to(latents.device) for s in (self.schedule, first))  # (float32)
+        return into * (latents / out)  # (KSampler's inverse noise scaling, then its noise scaling with no noise)
+
+
+def step_levels(schedule: Schedule, second: SecondCall | None) -> tuple[list, list]:
+    """Each step's DiT timestep and sigma: the schedule's, and the second call's from its start."""
+    timesteps, sigmas = schedule.timesteps.tolist(), schedule.sigmas.tolist()[:-1]
+    if second is None:
+        return timesteps, sigmas
+    k = second.start
+    return timesteps[:k] + second.schedule.timesteps.tolist()[k:], sigmas[:k] + second.schedule.sigmas.tolist()[k:-1]
+
+
+@dataclass(frozen=True)
 class Sampler:
     """How a run integrates: the schedule, the solver, the expert boundary and the guidance."""
 
@@ -66,10 +91,10 @@ class Sampler:
     low_noise_seed: int | None = (
         None  # the low-noise expert's sampler call's seed (ComfyUI's second KSamplerAdvanced's)
     )
+    second: SecondCall | None = None  # the low-noise expert's sampler call on steps of its own
 
     def steps(self) -> list[Step]:
-        timesteps = self.schedule.timesteps.tolist()  # python ints (floats): no device syncs inside the loop
-        sigmas = self.schedule.sigmas.tolist()
+        timesteps, sigmas = step_levels(self.schedule, self.second)  # python numbers: no device syncs in the loop
         names = [select_expert(t, self.boundary_t) for t in timesteps]
         scales = [guidance_for(t, self.boundary_t, self.guide_scale) for t in timesteps]
         return [
@@ -156,18 +181,21 @@ def _base_velocity(batch_cfg: bool, step: Step) -> Velocity:
 
 def _restarts(sampler: Sampler) -> bool:
     """Whether the solver starts afresh at the expert switch: ComfyUI's multistep samplers (each expert is a sampler
-    call of its own), and a noising one given the low-noise expert's call a seed of its own."""
-    return sampler.solver.restarts_at_switch or (sampler.solver.noised and sampler.low_noise_seed is not None)
+    call of its own), a noising one given the low-noise expert's call a seed of its own, any on a second call's own
+    steps."""
+    noised = sampler.solver.noised and sampler.low_noise_seed is not None
+    return sampler.solver.restarts_at_switch or noised or sampler.second is not None
 
 
 def _solver_state(sampler: Sampler, steps: Sequence[Step], first: int) -> SolverState:
     """A fresh solver state for the steps from ``first``: to the expert switch for a solver that starts afresh there,
-    with the seed of the low-noise expert's call after it (where given)."""
+    with the seed of the low-noise expert's call after it (where given), on the second call's steps (where given)."""
     stop = None
     if _restarts(sampler):
         stop = next((s.index + 1 for s in steps[first:] if s.next_expert not in (None, s.expert)), None)
     seed = sampler.low_noise_seed if first and sampler.low_noise_seed is not None else sampler.seed
-    return sampler.solver.init(sampler.schedule, seed, stop)
+    schedule = sampler.second.schedule if first and sampler.second is not None else sampler.schedule
+    return sampler.solver.init(schedule, seed, stop)
 
 
 def denoise(
@@ -187,6 +215,10 @@ def denoise(
         for hook in hooks:
             hook.begin(steps)
         for step in steps:
+            if _restarts(sampler) and step.index and step.expert != steps[step.index - 1].expert:
+                state = _solver_state(sampler, steps, step.index)  # (ComfyUI's second sampler call)
+                if sampler.second is not None:
+                    latents = keep_first_frame(sampler.second.rescale(latents, sampler.schedule), cond.frame0)
             model = get(step.expert)
             velocity = _base_velocity(sampler.batch_cfg, step)
             for hook in hooks:
@@ -197,8 +229,6 @@ def denoise(
             else:
                 t = model_timesteps(step.timestep, latents, cond.frame0, model.cfg.patch_size)
                 v = velocity(model, latents, t, cond, step.guide_scale)
-            if _restarts(sampler) and step.index and step.expert != steps[step.index - 1].expert:
-                state = _solver_state(sampler, steps, step.index)  # (ComfyUI's second sampler call)
             latents, state = sampler.solver.step(state, v, latents, step.index)
             latents = keep_first_frame(latents, cond.frame0)
             for hook in hooks:

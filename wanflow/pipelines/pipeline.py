@@ -29,7 +29,7 @@ from wanflow.models.attention import default_backend
 from wanflow.models.dit import FP32_MODULES
 from wanflow.models.text_encoder import pad_context
 from wanflow.pipelines import lora
-from wanflow.pipelines.core import Conditioning, Sampler, denoise
+from wanflow.pipelines.core import Conditioning, Sampler, SecondCall, denoise, step_levels
 from wanflow.pipelines.diffusers_api import (
     DiffusersMethods,
     WanPipelineOutput,
@@ -553,10 +553,11 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             if request.grid is not None
             else get_schedule(request.solver, request.steps, request.shift, request.float_timesteps)
         )
+        second = None if request.low_schedule is None else SecondCall(request.switch_step, request.low_schedule)
         boundary = (  # the task's switch between experts, or after the first ``switch_step`` steps
             boundary_timestep(self.task.boundary)
             if request.switch_step is None
-            else step_boundary(schedule.timesteps.tolist(), request.switch_step)
+            else step_boundary(step_levels(schedule, second)[0], request.switch_step)
         )
         skipped = 0
         if start is not None:
@@ -567,7 +568,7 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         solver, guidance = get_solver(request.solver), request.guidance
         sampler = Sampler(
             schedule, solver, boundary, request.guide_scale, skipped=skipped, guidance=guidance, seed=request.seed,
-            low_noise_seed=request.low_noise_seed,
+            low_noise_seed=request.low_noise_seed, second=second,
         )  # fmt: skip
         hooks = [self._placement, FiniteLatents(), *self._hooks, *hooks]  # NaN weights: an error, not a black video
         if request.cache:

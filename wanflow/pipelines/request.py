@@ -26,6 +26,7 @@ from wanflow.sampling.comfy_schedules import comfy_schedule, for_sampler, given_
 from wanflow.sampling.diffusers_schedulers import SchedulerGrid, scheduler_grid
 from wanflow.sampling.guidance import CFG, Guidance, SkipLayers, comfy_window, parse_guidance
 from wanflow.sampling.noise import NOISE_DEVICES, draw_seed
+from wanflow.sampling.schedule import Schedule
 from wanflow.sampling.solvers import SOLVERS
 from wanflow.tasks import TASKS, Task
 
@@ -51,6 +52,9 @@ class GenerateOptions:
     seed: int | None = -1  # negative: draw one (reported in the result)
     noise_device: str | None = None  # "cpu": the initial noise drawn on the CPU (ComfyUI's); None / "device": the run's
     low_noise_seed: int | None = None  # the low-noise expert's own seed for lcm's step noise (ComfyUI's 2nd sampler's)
+    # the low-noise expert's sampler call laid out at its own shift from switch_step on (ComfyUI's second
+    # KSamplerAdvanced on a model whose ModelSamplingSD3 shift differs); needs a ComfyUI scheduler; None: one schedule
+    low_noise_shift: float | None = None
     preset: str | None = None  # a key of ``pipelines.presets.PRESETS``: values for the options left None
     float_timesteps: bool | None = None  # the DiT sees 1000 * sigma unrounded (step-distilled LoRAs); default False
     last_image: Any = None  # a path or a PIL image: the last frame (first-last frame; tasks with ``Task.last_image``)
@@ -223,6 +227,9 @@ class Request:
     noise_device: str | None = None  # "cpu": the initial noise drawn on the CPU; None: on the run's device
     # lcm's step noise from the expert switch on: a generator of this seed (ComfyUI's second KSamplerAdvanced call)
     low_noise_seed: int | None = None
+    # the low-noise expert's call's steps at its own shift from switch_step on (``low_noise_shift``); None: one schedule
+    low_schedule: Schedule | None = None
+    low_noise_shift: float | None = None
     last_image: Image.Image | None = None
     extension: Extension | None = None  # rewrite the prompt first (``pipelines.prompt_extension``)
     windows: WindowPlan | None = None  # a video longer than one window; None: one window
@@ -250,6 +257,7 @@ class Request:
             **({"switch_step": self.switch_step} if self.switch_step is not None else {}),
             **({"noise_device": self.noise_device} if self.noise_device is not None else {}),
             **({"low_noise_seed": self.low_noise_seed} if self.low_noise_seed is not None else {}),
+            **({"low_noise_shift": self.low_noise_shift} if self.low_noise_shift is not None else {}),
             **({"video_strength": self.strength} if self.video is not None else {}),
             **({"guidance": str(self.guidance)} if self.guidance.rule != "cfg" else {}),
             **({"slg": self.guidance.slg.metadata()} if self.guidance.slg is not None else {}),
@@ -291,7 +299,9 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
     windows = _windows(o, task, frames, len(extend) if extend else None)
     frames = frames or pixel_count(windows.total)
     grid = _grid(options, o, solver, steps, shift)
-    steps = steps if grid is None else grid.schedule.num_steps
+    asked_steps, steps = steps, steps if grid is None else grid.schedule.num_steps
+    switch = _switch_step(o.switch_step, task, steps)
+    low_shift, low_schedule = _low_call(o, grid, solver, asked_steps, switch, shift, bool(video or extend or windows))
     seed = draw_seed(o.seed)
     return Request(
         prompt=o.prompt if isinstance(o.prompt, str) else " | ".join(o.prompt),
@@ -311,7 +321,9 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         extension=_extension(o, seed),
         windows=windows,
         cache=parse_cache(o.cache),
-        switch_step=_switch_step(o.switch_step, task, steps),
+        switch_step=switch,
+        low_schedule=low_schedule,
+        low_noise_shift=low_shift,
         video=video or None,
         strength=strength if video else None,
         extend=extend or None,
@@ -430,6 +442,37 @@ def _numbers(prefix: str, values: dict[str, Any]) -> dict[str, float]:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ValueError(f"{prefix}_{name} must be a number, got {value!r}")
     return {name: float(value) for name, value in values.items() if value is not None}
+
+
+def _low_call(
+    o: GenerateOptions,
+    grid: SchedulerGrid | None,
+    solver: str,
+    steps: int,
+    switch: int | None,
+    shift: float,
+    windowed: bool,
+) -> tuple[float | None, Schedule | None]:
+    """``low_noise_shift`` and the low-noise call's schedule at it: ComfyUI's scheduler ``o.scheduler`` for ``steps``
+    laid out at that shift (as many steps as the first call's); (None, None) where it is not given or is ``shift``."""
+    if o.low_noise_shift is None:
+        return None, None
+    low = _shift(o.low_noise_shift)
+    if low == shift:
+        return None, None
+    if grid is None or o.scheduler is None:
+        raise ValueError("low_noise_shift lays the low-noise call's steps out at its own shift: it needs scheduler")
+    if switch is None or not 0 < switch < grid.schedule.num_steps:
+        raise ValueError("low_noise_shift starts the low-noise call at switch_step: give one, 0 < switch_step < steps")
+    if windowed:
+        raise ValueError("low_noise_shift runs one window from noise: not with video, extend or a longer video")
+    if o.slg_percent is not None:
+        raise ValueError("slg_percent's window is one model's percent: not with low_noise_shift (each expert's)")
+    floats = grid.schedule.timesteps.is_floating_point()
+    schedule = comfy_schedule(o.scheduler, steps, low, floats, solver)
+    if schedule.num_steps != grid.schedule.num_steps:
+        raise ValueError(f"the {o.scheduler} steps at shifts {shift:g} and {low:g} differ in number; pick one shift")
+    return low, schedule
 
 
 def _switch_step(value: Any, task: Task, steps: int) -> int | None:

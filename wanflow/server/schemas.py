@@ -106,6 +106,9 @@ class GenerateRequest(BaseModel):
     low_noise_seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="lcm: the low-noise expert's own seed for its step noise (ComfyUI's)"
     )
+    low_noise_shift: float | None = Field(
+        None, gt=0, le=100, description="the low-noise expert's steps at their own shift (ComfyUI's 2nd sampler)"
+    )
     scheduler: Literal[tuple(sorted(SCHEDULERS))] | None = Field(
         None, description="the steps of ComfyUI's scheduler of this name (default: the solver's reference grid)"
     )
@@ -219,6 +222,7 @@ class GenerateRequest(BaseModel):
             seed=self.seed,
             noise_device=self.noise_device,
             low_noise_seed=self.low_noise_seed,
+            low_noise_shift=self.low_noise_shift,
             preset=self.preset,
             float_timesteps=self.float_timesteps,
             scheduler=self.scheduler,
