@@ -1,5 +1,5 @@
-"""ComfyUI's ``ipndm`` and ``ipndm_v`` (``sampling.comfy_adams``): against ComfyUI's own functions run as an oracle,
-and their order of accuracy on an exact flow."""
+"""ComfyUI's ``ipndm``, ``ipndm_v`` and ``gradient_estimation`` (``sampling.comfy_adams``): against ComfyUI's own
+functions run as an oracle, and their accuracy on an exact flow."""
 
 import json
 from pathlib import Path
@@ -17,9 +17,9 @@ CASES = json.loads((Path(__file__).parent / "comfy_adams.json").read_text())["ca
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['sampler']}-{c['scheduler']}-{c.get('split', 'whole')}")
 def test_comfyuis_ipndm_samplers(case):
-    """ComfyUI's ``ipndm`` and ``ipndm_v`` on a toy flow model over its schedulers' sigmas, in one call or two
-    (comfy_adams.json): the samples are theirs, bit for bit in one call (to 1e-6 split), and neither Euler's nor, where
-    split, one call's."""
+    """ComfyUI's ``ipndm``, ``ipndm_v`` and ``gradient_estimation`` on a toy flow model over its schedulers' sigmas,
+    in one call or two (comfy_adams.json): the samples are theirs, bit for bit in one call (to 1e-6 split), and
+    neither Euler's nor, where split, one call's."""
     name = case["sampler"]
     schedule = comfy_schedule(case["scheduler"], case["steps"], case["shift"], sampler=name)
     assert torch.equal(schedule.sigmas[:-1], torch.tensor(case["model_sigmas"]))

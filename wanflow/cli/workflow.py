@@ -30,7 +30,7 @@ log = logging.getLogger("wanflow")
 SAMPLER_NODES = ("KSamplerAdvanced", "KSampler")
 SAMPLERS = (  # (ComfyUI's)
     "euler", "euler_ancestral", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "ipndm", "ipndm_v",
-    *MOVE_FIRST_SIGMA,
+    "gradient_estimation", *MOVE_FIRST_SIGMA,
 )  # fmt: skip
 ALIASES = {"ddim": "euler"}  # ComfyUI's ddim is its euler (with inpainting's noise drawn anew, which no Wan task has)
 MODEL_NODES = {

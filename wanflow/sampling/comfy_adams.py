@@ -1,8 +1,10 @@
-"""ComfyUI's ``ipndm`` and ``ipndm_v`` samplers (Zhang and Chen's improved PNDM, from zju-pi's diff-sampler): linear
-multistep (Adams-Bashforth) steps in sigma on the derivative ``d = (x - x0_hat) / sigma``, which on a flow model is
-the velocity itself, up to fourth order from the previous steps' derivatives; ``ipndm`` with the fixed coefficients
-of equal steps, ``ipndm_v`` with those of the steps' actual lengths. Same step-function convention as
-``sampling.solvers``; each sampler call starts afresh (an Euler step first) and returns ``x0_hat`` at sigma 0.
+"""ComfyUI's samplers that step in sigma on the derivative ``d = (x - x0_hat) / sigma`` (on a flow model the velocity
+itself) and earlier steps' derivatives: ``ipndm`` and ``ipndm_v`` (Zhang and Chen's improved PNDM, from zju-pi's
+diff-sampler), linear multistep (Adams-Bashforth) steps up to fourth order, ``ipndm`` with the fixed coefficients of
+equal steps, ``ipndm_v`` with those of the steps' actual lengths; and ``gradient_estimation`` (Permenter and Yuan's),
+an Euler step corrected by ``(gamma - 1)`` times the change of ``d`` since the step before (gamma 2). Same
+step-function convention as ``sampling.solvers``; each sampler call starts afresh (an Euler step first) and returns
+``x0_hat`` at sigma 0.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ from wanflow.sampling.solver_state import SolverState, Stepped, check_index
 MAX_ORDER = 4  # ComfyUI's: three previous derivatives kept
 
 
-def _fixed(sigmas: torch.Tensor, k: int, d: torch.Tensor, past: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """The step's increment, ``ipndm``: Adams-Bashforth of order ``len(past) + 1`` with equal-step coefficients."""
+def _fixed(sigmas: torch.Tensor, k: int, x: torch.Tensor, d: torch.Tensor, past: tuple) -> torch.Tensor:
+    """The next sample, ``ipndm``: Adams-Bashforth of order ``len(past) + 1`` with equal-step coefficients."""
+    return x + _fixed_increment(sigmas, k, d, past)
+
+
+def _fixed_increment(sigmas: torch.Tensor, k: int, d: torch.Tensor, past: tuple[torch.Tensor, ...]) -> torch.Tensor:
     dt = sigmas[k + 1] - sigmas[k]
     if not past:
         return dt * d
@@ -28,8 +34,12 @@ def _fixed(sigmas: torch.Tensor, k: int, d: torch.Tensor, past: tuple[torch.Tens
     return dt * (55 * d - 59 * past[-1] + 37 * past[-2] - 9 * past[-3]) / 24
 
 
-def _variable(sigmas: torch.Tensor, k: int, d: torch.Tensor, past: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """The step's increment, ``ipndm_v``: the same orders with coefficients from the steps' lengths ``h``."""
+def _variable(sigmas: torch.Tensor, k: int, x: torch.Tensor, d: torch.Tensor, past: tuple) -> torch.Tensor:
+    """The next sample, ``ipndm_v``: the same orders with coefficients from the steps' lengths ``h``."""
+    return x + _variable_increment(sigmas, k, d, past)
+
+
+def _variable_increment(sigmas: torch.Tensor, k: int, d: torch.Tensor, past: tuple[torch.Tensor, ...]) -> torch.Tensor:
     h = sigmas[k + 1] - sigmas[k]
     if not past:
         return h * d
@@ -57,14 +67,24 @@ def _variable(sigmas: torch.Tensor, k: int, d: torch.Tensor, past: tuple[torch.T
     return h * (c[0] * d + c[1] * past[-1] + c[2] * past[-2] + c[3] * past[-3])
 
 
-def _step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int, increment) -> Stepped:
+GE_GAMMA = 2.0  # ComfyUI's gradient_estimation default
+
+
+def _gradient(sigmas: torch.Tensor, k: int, x: torch.Tensor, d: torch.Tensor, past: tuple) -> torch.Tensor:
+    """The next sample, ``gradient_estimation``: Euler's step, then ``(gamma - 1) (d - d_prev)`` over the step too."""
+    dt = sigmas[k + 1] - sigmas[k]
+    x = x + d * dt
+    return x if not past else x + (GE_GAMMA - 1) * (d - past[-1]) * dt
+
+
+def _step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int, advance) -> Stepped:
     k = check_index(state, index)
     sigmas = state.schedule.sigmas
     sigma = sigmas[k]
     x0 = x.float() - sigma * velocity
     d = (x.float() - x0) / sigma  # (ComfyUI's derivative from its denoised output: the velocity, as it rounds it)
     past = state.x0[-(MAX_ORDER - 1) :] if state.x0 else ()
-    x_next = x0 if sigmas[k + 1] == 0 else x.float() + increment(sigmas, k, d, past)
+    x_next = x0 if sigmas[k + 1] == 0 else advance(sigmas, k, x.float(), d, past)
     return x_next.to(velocity.dtype), replace(state, x0=(*past, d)[-(MAX_ORDER - 1) :], index=k)
 
 
@@ -76,3 +96,8 @@ def ipndm_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, inde
 def ipndm_v_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
     """ComfyUI's ``ipndm_v``; the state's ``x0`` holds the previous derivatives here."""
     return _step(state, velocity, x, index, _variable)
+
+
+def gradient_estimation_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
+    """ComfyUI's ``gradient_estimation``; the state's ``x0`` holds the previous derivatives here."""
+    return _step(state, velocity, x, index, _gradient)

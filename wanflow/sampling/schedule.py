@@ -153,6 +153,7 @@ SCHEDULES: dict[str, Callable[..., Schedule]] = {
     "euler_ancestral": euler_schedule,
     "ipndm": euler_schedule,
     "ipndm_v": euler_schedule,
+    "gradient_estimation": euler_schedule,
     "uni_pc": comfy_uni_pc_schedule,
     "uni_pc_bh2": comfy_uni_pc_schedule,
     **{name: _moved(euler_schedule) for name in MOVE_FIRST_SIGMA},  # (the same grid, its first sigma moved off 1)

@@ -17,7 +17,8 @@ coefficients are float32 scalars from the float32 sigmas, the last step (sigma 0
 names (``sampling.comfy_solvers``): other solvers of the same ODE than the reference's ``dpm++`` and ``unipc`` (the
 last a stochastic one), which ComfyUI workflows for Wan name; ``dpmpp_2m_sde``, ``dpmpp_2m_sde_heun``,
 ``dpmpp_3m_sde`` and their ``_gpu`` variants are its SDE samplers (``sampling.comfy_sde``), with Brownian noise;
-``ipndm`` and ``ipndm_v`` its Adams-Bashforth ones (``sampling.comfy_adams``), ``er_sde`` its ER-SDE solver
+``ipndm``, ``ipndm_v`` and ``gradient_estimation`` its steps on past derivatives (``sampling.comfy_adams``),
+``er_sde`` its ER-SDE solver
 (``sampling.comfy_er_sde``).
 
 ``lcm`` is not an ODE solver: each step predicts the data and noises it afresh to the next sigma,
@@ -33,7 +34,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from wanflow.sampling.comfy_adams import ipndm_step, ipndm_v_step
+from wanflow.sampling.comfy_adams import gradient_estimation_step, ipndm_step, ipndm_v_step
 from wanflow.sampling.comfy_er_sde import er_sde_step
 from wanflow.sampling.comfy_sde import SDE_STEPS
 from wanflow.sampling.comfy_solvers import (
@@ -180,6 +181,7 @@ SOLVERS: dict[str, Solver] = {
     "ipndm": Solver("ipndm", ipndm_step, 4, restarts_at_switch=True),
     "ipndm_v": Solver("ipndm_v", ipndm_v_step, 4, restarts_at_switch=True),
     "er_sde": Solver("er_sde", er_sde_step, 3, restarts_at_switch=True, noised=True),
+    "gradient_estimation": Solver("gradient_estimation", gradient_estimation_step, 2, restarts_at_switch=True),
     **{
         name: Solver(name, step, 3 if name.startswith("dpmpp_3m") else 2, restarts_at_switch=True, noised=True)
         for name, step in SDE_STEPS.items()
