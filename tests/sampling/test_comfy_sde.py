@@ -104,3 +104,14 @@ def test_the_sde_samplers_need_the_seed(name):
     with pytest.raises(ValueError, match="run's seed"):
         solver.step(solver.init(schedule), x, x, 0)
     assert solver.restarts_at_switch and solver.noised
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m_sde", "dpmpp_3m_sde"])
+def test_the_cpu_trees_noise_follows_the_latents_to_their_device(name):
+    """The schedule's sigmas and the Brownian tree live on the CPU; each step's noise goes to the latents' device
+    (the meta device stands in for a GPU here: no GPU on this machine)."""
+    schedule, solver = comfy_schedule("simple", 4, 8.0, sampler=name), get_solver(name)
+    state, x = solver.init(schedule, 3), torch.randn(1, 2, 2, 3, 3, device="meta")
+    for k in range(schedule.num_steps):
+        x, state = solver.step(state, torch.randn(1, 2, 2, 3, 3, device="meta"), x, k)
+    assert x.device.type == "meta" and x.shape == (1, 2, 2, 3, 3)

@@ -2,7 +2,7 @@
 runs it on a flow model. Same step-function convention as ``sampling.solvers``.
 
 In ``lambda = sigma / (1 - sigma)`` (the inverse of the flow's signal-to-noise ratio; ComfyUI moves a first sigma of 1
-off 1, ``comfy_schedules.offset_first_sigma``): an exponential Euler step whose noise share follows the solver's
+off 1, ``schedule.offset_first_sigma``): an exponential Euler step whose noise share follows the solver's
 noise scaler ``f(l) = l (e^(l^0.3) + 10)``, then second- and third-stage corrections from the previous data
 predictions' divided differences, with the integrals of ``1 / f`` taken over 200 points as ComfyUI takes them, and
 fresh noise drawn as its lcm's (``noise.next_step_noise``). Up to third order; each sampler call starts afresh.

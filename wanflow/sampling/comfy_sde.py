@@ -3,7 +3,7 @@
 Same step-function convention as ``sampling.solvers``.
 
 On a flow model ComfyUI runs them in the half log-SNR ``lambda = log((1 - sigma) / sigma)``, with the first sigma moved
-off 1 (``comfy_schedules.offset_first_sigma``). Their noise is a Brownian motion over sigma, not fresh draws: each
+off 1 (``schedule.offset_first_sigma``). Their noise is a Brownian motion over sigma, not fresh draws: each
 sampler call builds a Brownian tree (torchsde's ``BrownianTree``, the one ComfyUI builds, seeded with the call's seed,
 spanning the call's positive sigmas; up to 1 where the first sigma was moved) and each step takes its increment over
 the step, scaled to unit variance. The tree lives on the CPU, so one seed gives one video on any device; the ``_gpu``
@@ -31,7 +31,7 @@ class BrownianNoise:
     def __init__(self, like: torch.Tensor, sigma_min: torch.Tensor, sigma_max: torch.Tensor, seed: int, cpu: bool):
         import torchsde  # (only these samplers need it)
 
-        self.cpu = cpu
+        self.cpu, self.device = cpu, like.device
         w0 = torch.zeros(like.shape, dtype=torch.float32, device="cpu" if cpu else like.device)
         t0, t1 = (s.detach().to(w0.device) for s in (sigma_min, sigma_max))
         with _quiet():
@@ -43,7 +43,8 @@ class BrownianNoise:
             low, high = low.cpu().float(), high.cpu().float()
         with _quiet():
             w = self.tree(low, high)
-        return -w.to(device=sigma.device, dtype=sigma.dtype) / (sigma_next - sigma).abs().sqrt()
+        scale = (sigma_next - sigma).abs().sqrt().to(self.device)  # (the schedule's sigmas live on the CPU)
+        return -w.to(device=self.device, dtype=sigma.dtype) / scale
 
 
 @contextmanager

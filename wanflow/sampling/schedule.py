@@ -38,7 +38,7 @@ class Schedule:
     sigmas: torch.Tensor  # (n + 1,) float32, decreasing, sigmas[-1] == 0
     timesteps: torch.Tensor  # (n,) int64 trunc(sigma * 1000), or float32 sigma * 1000: what the DiT sees
     # sigmas[0] stands in for sigma 1: ComfyUI's samplers in log-SNR move a first sigma of 1 (log-SNR -inf there) just
-    # below it (``comfy_schedules.offset_first_sigma``); the noise of their SDE ones still spans up to 1
+    # below it (``offset_first_sigma``); the noise of their SDE ones still spans up to 1
     first_moved: bool = False
 
     def __post_init__(self) -> None:
