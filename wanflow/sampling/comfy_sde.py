@@ -39,8 +39,7 @@ class BrownianNoise:
 
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         low, high = sigma_next.detach(), sigma.detach()  # (sorted: sigmas fall)
-        if self.cpu:
-            low, high = low.cpu().float(), high.cpu().float()
+        low, high = (low.cpu().float(), high.cpu().float()) if self.cpu else (low.to(self.device), high.to(self.device))
         with _quiet():
             w = self.tree(low, high)
         scale = (sigma_next - sigma).abs().sqrt().to(self.device)  # (the schedule's sigmas live on the CPU)
