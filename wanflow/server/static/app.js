@@ -84,10 +84,15 @@ function showDefaults() {
   $("#last-image-row").hidden = !d.last_image;  // first-last frame: the models that take a last frame
 }
 
+// A workflow's fields the form has no input for (NAG's alpha, SLG's window, ...): sent with the job as read, and named
+// in the notes, until another workflow is read.
+let workflowExtras = {};
+
 // A ComfyUI workflow fills the form: the server reads it (POST /api/workflow) into job fields, and says what it
 // cannot carry over (its model files, LoRAs this server lacks, the images to upload).
 $("#workflow").addEventListener("change", async (event) => {
   const file = event.target.files[0];
+  workflowExtras = {};  // (the last workflow's, gone with it)
   $("#workflow-notes").textContent = "";
   $("#form-error").textContent = "";
   if (!file) return;
@@ -97,10 +102,6 @@ $("#workflow").addEventListener("change", async (event) => {
     $("#form-error").textContent = e.message;
   }
 });
-
-// A workflow's fields the form has no input for (NAG's alpha, SLG's window, ...): sent with the job as read, and named
-// in the notes, until another workflow is read.
-let workflowExtras = {};
 
 function fillForm(read) {
   const form = $("#form");
