@@ -548,3 +548,16 @@ def test_experts_on_models_of_different_shifts(comfy, tmp_path):
     assert (tmp_path / "shifts.gif").read_bytes() == (tmp_path / "flags.gif").read_bytes()
     assert main([*argv, "--low_noise_shift", "5", "--save_file", str(tmp_path / "one.gif")]) == 0
     assert (tmp_path / "one.gif").read_bytes() != (tmp_path / "shifts.gif").read_bytes()
+
+
+def test_nodes_after_the_decoder_are_said(comfy, tmp_path, caplog):
+    """A node between the decoder and a save node (frame interpolation here) is not run: said, naming it; the video is
+    the decoded frames, at the task's rate (the save node's rate is for the interpolated frames). A node that reads
+    the frames but feeds no output (an info node) is not."""
+    w = t2v()
+    w.add(62, "RIFE VFI", ["rife47.pth", 10, 2], frames=(8, 0)).add(63, "GetImageSizeAndCount", image=(8, 0))
+    relink(w, 60, "images", 62)
+    with caplog.at_level(logging.WARNING, logger="wanflow"):
+        args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    assert "node 62 (RIFE VFI) works on the decoded frames and is not run" in caplog.text
+    assert "GetImageSizeAndCount" not in caplog.text and "--fps" not in args

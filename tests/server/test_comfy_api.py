@@ -182,7 +182,9 @@ def test_what_would_not_run_as_in_comfyui_is_refused(served):
     no_output = {k: v for k, v in good.items() if k != "61"}
     heun = _change(good, "57", sampler_name="heun")
     heun = _change(heun, "58", sampler_name="heun")
+    rife = _change(good, "60", images=["62", 0]) | {"62": {"class_type": "RIFE VFI", "inputs": {"frames": ["8", 0]}}}
     cases = [
+        ({"prompt": rife}, "invalid_prompt", "node 62 (RIFE VFI) works on the decoded frames"),
         ({"prompt": relinked}, "value_not_in_list", "absent"),
         ({"prompt": no_output}, "prompt_no_outputs", "SaveVideo"),
         ({"prompt": heun}, "invalid_prompt", "'heun'"),

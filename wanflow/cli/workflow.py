@@ -19,6 +19,7 @@ import shlex
 from pathlib import Path
 
 from wanflow.cli.workflow_custom import as_ksamplers
+from wanflow.cli.workflow_output import DECODERS, decoder, fps_arguments, tile_arguments, unrun_after
 from wanflow.cli.workflow_slg import SLG_NODES, slg_arguments
 from wanflow.io.comfy_workflow import POWER_LORA_LOADER, Graph, Node, describe, read_workflow
 from wanflow.sampling.comfy_schedules import SCHEDULERS, comfy_sigmas
@@ -37,14 +38,6 @@ MODEL_NODES = {
     "ModelSamplingSD3", "LoraLoaderModelOnly", "LoraLoader", POWER_LORA_LOADER, "CFGZeroStar", "WanVideoNAG", *SLG_NODES
 }  # fmt: skip
 SPEED_ONLY = {"PathchSageAttentionKJ", "ModelPatchTorchSettings", "TorchCompileModel", "TorchCompileModelWanVideoV2"}
-# nodes that give the decoded frames a rate, and the name of their rate
-FPS_NODES = {
-    "CreateVideo": "fps",
-    "SaveAnimatedWEBP": "fps",
-    "SaveAnimatedPNG": "fps",
-    "VHS_VideoCombine": "frame_rate",
-}
-DECODERS = ("VAEDecode", "VAEDecodeTiled")
 LATENTS = ("EmptyHunyuanLatentVideo", "Wan22ImageToVideoLatent", "WanImageToVideo", "WanFirstLastFrameToVideo")
 FOLDERS = {  # ComfyUI's model folders (and their older names)
     "diffusion_models": ("diffusion_models", "unet"),
@@ -96,6 +89,8 @@ def _settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
     decode = decoder(graph, chain)
     args += ["--vae", files.find(graph.value(graph.upstream(decode, "vae"), "vae_name"), "vae")]
     args += fps_arguments(graph, decode) + tile_arguments(graph, decode)
+    for node in unrun_after(graph, decode):
+        graph.say(f"{describe(node)} works on the decoded frames and is not run: the video is the decoded frames")
     args += ["--noise_device", "cpu"]  # (ComfyUI draws the initial noise on the CPU: the seed gives its noise anywhere)
     if not models:
         args = [a for i, a in enumerate(args) if a not in MODEL_FLAGS and (i == 0 or args[i - 1] not in MODEL_FLAGS)]
@@ -119,23 +114,6 @@ def sampler_chain(graph: Graph) -> list[Node]:
             "KSampler, or two KSamplerAdvanced nodes (the high- and then the low-noise expert)"
         )
     return chain
-
-
-def decoder(graph: Graph, chain: list[Node]) -> Node:
-    """The VAEDecode (or VAEDecodeTiled) node of the last sampler's output."""
-    return next(n for n in graph.of_type(*DECODERS) if graph.upstream(n, "samples") is chain[-1])
-
-
-def tile_arguments(graph: Graph, decode: Node) -> list[str]:
-    """VAEDecodeTiled as wanflow's exact tiles of ``tile_size / 16`` latent pixels (its pixels over the Wan 2.2 VAE's
-    16; on the 2.1 VAE's 8 the tiles are half as wide): less memory, and the frames of a whole decode, where
-    ComfyUI's tiles blend at their seams."""
-    if decode.type != "VAEDecodeTiled":
-        return []
-    tile = max(1, int(graph.value(decode, "tile_size")) // 16)
-    graph.say(f"{describe(decode)} decodes in wanflow's exact tiles (--vae_tile {tile}): the frames of a whole "
-              "decode, not ComfyUI's blended tiles")  # fmt: skip
-    return ["--vae_tile", str(tile)]
 
 
 def sampling_arguments(graph: Graph, chain: list[Node]) -> list[str]:
@@ -343,22 +321,6 @@ def prompt_node(graph: Graph, sampler: Node, name: str, slot: int) -> Node:
             "CLIPTextEncode (with a cfg of 1 the negative one is not read)"
         )
     return node
-
-
-def fps_arguments(graph: Graph, decode: Node) -> list[str]:
-    """``--fps`` of the node that makes the decoded frames a video (CreateVideo, SaveAnimatedWEBP,
-    SaveAnimatedPNG, Video Helper Suite's VHS_VideoCombine); none where no such node reads them (the task's rate). A
-    rate that is not a whole number is an error: wanflow writes whole frame rates."""
-    rates = {float(graph.value(n, FPS_NODES[n.type])) for n in graph.of_type(*FPS_NODES) if graph.source(n, "images")
-             and graph.upstream(n, "images") is decode}  # fmt: skip
-    if len(rates) > 1:
-        raise ValueError(f"{graph.name}: the video is saved at {len(rates)} frame rates ({sorted(rates)}); pick one")
-    if not rates:
-        return []
-    fps = rates.pop()
-    if fps != int(fps) or fps < 1:
-        raise ValueError(f"{graph.name}: a frame rate of {fps:g}; wanflow writes whole frame rates of 1 or more")
-    return ["--fps", str(int(fps))]
 
 
 def latent_arguments(graph: Graph, sampler: Node, two_experts: bool, files: Files) -> list[str]:

@@ -30,6 +30,8 @@ from fastapi import APIRouter, FastAPI, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 
 from wanflow.cli.workflow import decoder, sampler_chain
+from wanflow.cli.workflow_output import unrun_after
+from wanflow.io.comfy_workflow import describe
 from wanflow.server.comfy_messages import entry, history_item, queue_info, system_stats, updates
 from wanflow.server.context import Context
 from wanflow.server.errors import has_token
@@ -138,6 +140,11 @@ def nodes_of(read: WorkflowRead) -> dict:
     graph = read.graph
     samplers = sampler_chain(graph)
     decode = decoder(graph, samplers)
+    for node in unrun_after(graph, decode):
+        raise ValueError(
+            "invalid_prompt", f"{describe(node)} works on the decoded frames; wanflow saves the decoded frames as they "
+            "are: bypass it, or run the workflow in ComfyUI",
+        )  # fmt: skip
     try:
         text = graph.upstream(samplers[0], "positive").id
     except ValueError:
