@@ -18,12 +18,8 @@ from wanflow.sampling.solver_state import SolverState, Stepped, check_index
 MAX_ORDER = 4  # ComfyUI's: three previous derivatives kept
 
 
-def _fixed(sigmas: torch.Tensor, k: int, x: torch.Tensor, d: torch.Tensor, past: tuple) -> torch.Tensor:
-    """The next sample, ``ipndm``: Adams-Bashforth of order ``len(past) + 1`` with equal-step coefficients."""
-    return x + _fixed_increment(sigmas, k, d, past)
-
-
-def _fixed_increment(sigmas: torch.Tensor, k: int, d: torch.Tensor, past: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def _fixed(sigmas: torch.Tensor, k: int, d: torch.Tensor, past: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The step's increment, ``ipndm``: Adams-Bashforth of order ``len(past) + 1`` with equal-step coefficients."""
     dt = sigmas[k + 1] - sigmas[k]
     if not past:
         return dt * d
@@ -34,12 +30,8 @@ def _fixed_increment(sigmas: torch.Tensor, k: int, d: torch.Tensor, past: tuple[
     return dt * (55 * d - 59 * past[-1] + 37 * past[-2] - 9 * past[-3]) / 24
 
 
-def _variable(sigmas: torch.Tensor, k: int, x: torch.Tensor, d: torch.Tensor, past: tuple) -> torch.Tensor:
-    """The next sample, ``ipndm_v``: the same orders with coefficients from the steps' lengths ``h``."""
-    return x + _variable_increment(sigmas, k, d, past)
-
-
-def _variable_increment(sigmas: torch.Tensor, k: int, d: torch.Tensor, past: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def _variable(sigmas: torch.Tensor, k: int, d: torch.Tensor, past: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The step's increment, ``ipndm_v``: the same orders with coefficients from the steps' lengths ``h``."""
     h = sigmas[k + 1] - sigmas[k]
     if not past:
         return h * d
@@ -88,14 +80,19 @@ def _step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: in
     return x_next.to(velocity.dtype), replace(state, x0=(*past, d)[-(MAX_ORDER - 1) :], index=k)
 
 
+def _added(increment):
+    """The next sample of an Adams-Bashforth ``increment``: ``x`` plus it."""
+    return lambda sigmas, k, x, d, past: x + increment(sigmas, k, d, past)
+
+
 def ipndm_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
     """ComfyUI's ``ipndm``; the state's ``x0`` holds the previous derivatives here."""
-    return _step(state, velocity, x, index, _fixed)
+    return _step(state, velocity, x, index, _added(_fixed))
 
 
 def ipndm_v_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
     """ComfyUI's ``ipndm_v``; the state's ``x0`` holds the previous derivatives here."""
-    return _step(state, velocity, x, index, _variable)
+    return _step(state, velocity, x, index, _added(_variable))
 
 
 def gradient_estimation_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
