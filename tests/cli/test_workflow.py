@@ -253,7 +253,8 @@ def test_unknown_nodes_and_missing_files_are_named(comfy, tmp_path, caplog):
 
 def test_first_last_frame_layout(comfy, tmp_path):
     """ComfyUI's FLF2V template: the prompts pass through WanFirstLastFrameToVideo (positive, negative, latent) with
-    a LoadImage for each end, files under ComfyUI's input folder; a cfg of 1 leaves the negative prompt unread."""
+    a LoadImage for each end, files under ComfyUI's input folder; a cfg of 1 leaves the negative prompt unread; the
+    images are fit as ComfyUI fits them (``--image_fit crop``)."""
     (comfy / "input").mkdir(exist_ok=True)
     for name in ("start.png", "end.png"):
         (comfy / "input" / name).touch()
@@ -273,6 +274,8 @@ def test_first_last_frame_layout(comfy, tmp_path):
     assert args[args.index("--image") + 1] == str(comfy / "input" / "start.png")
     assert args[args.index("--last_image") + 1] == str(comfy / "input" / "end.png")
     assert "--negative_prompt" not in args and args[args.index("--sample_guide_scale") + 1] == "1,1"
+    assert args[args.index("--image_fit") + 1] == "crop"  # (the node's size, each image fit to it as ComfyUI fits it)
+    assert "--image_fit" not in workflow_arguments(write(tmp_path, t2v().json(), "t2v.json"), str(comfy))
 
 
 def test_a_seed_gives_comfyuis_initial_noise_on_any_device():

@@ -52,3 +52,22 @@ def test_clear_errors(tmp_path):
         load_image(tmp_path)
     with pytest.raises(ValueError, match="image not found"):
         load_image(tmp_path / "y.png")
+
+
+def test_comfyuis_fit_of_an_image():
+    """``comfy_fit``: ComfyUI's WanImageToVideo fit (common_upscale, bilinear, centre crop, run as an oracle and saved
+    in comfy_fit.json) of LoadImage's floats, then ``2 x - 1`` as its VAE takes them: bit for bit, for a wider, a
+    taller, a larger and the same size."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from wanflow.io.image import comfy_fit
+
+    saved = json.loads((Path(__file__).parent / "comfy_fit.json").read_text())
+    picture = Image.fromarray(np.array(saved["picture"], dtype=np.uint8).reshape(saved["shape"]))
+    for case in saved["cases"]:
+        w, h = case["width"], case["height"]
+        theirs = torch.tensor(case["pixels"], dtype=torch.float32).reshape(h, w, 3).permute(2, 0, 1)
+        assert torch.equal(comfy_fit(picture, w, h), theirs * 2.0 - 1.0), (w, h)

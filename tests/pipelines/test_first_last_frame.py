@@ -100,3 +100,28 @@ def _optional_image():
     import dataclasses
 
     return dataclasses.replace(TASKS["i2v-A14B"], image="optional")
+
+
+def test_comfyuis_image_fit(monkeypatch):
+    """``image_fit="crop"`` (ComfyUI's Wan image nodes): the video has the size asked, not the image's aspect within
+    its area, and the first and last frames the VAE encodes are ``comfy_fit``'s of the two images at that size, each
+    cropped to it whatever its own aspect (the reference's ``area`` fit gives another size, and wants the last image
+    of the first's aspect)."""
+    from wanflow.io.image import comfy_fit
+
+    pipe = Ours.from_builtin("i2v-A14B")
+    wide = Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 96, 3), dtype=np.uint8))
+    tall = Image.fromarray(np.random.default_rng(2).integers(0, 256, (80, 40, 3), dtype=np.uint8))
+    seen = []
+    encode = pipe.encode_image
+    monkeypatch.setattr(pipe, "encode_image", lambda clip: seen.append(clip) or encode(clip))
+    call = dict(size=(64, 48), frames=9, steps=2, seed=1)
+    video = pipe(PROMPT, image=wide, last_image=tall, image_fit="crop", **call).frames
+    assert video.shape[-2:] == (48, 64)
+    clip = seen[-1]
+    assert torch.equal(clip[0, :, 0], comfy_fit(wide, 64, 48)) and torch.equal(clip[0, :, -1], comfy_fit(tall, 64, 48))
+    assert pipe(PROMPT, image=wide, **call).frames.shape[-2:] != (48, 64)  # (area: the image's aspect)
+    with pytest.raises(ValueError, match="same aspect ratio"):  # (area: the last image fits the first's size)
+        pipe(PROMPT, image=wide, last_image=tall, **call)
+    with pytest.raises(ValueError, match="image_fit is one of area, crop"):
+        pipe(PROMPT, image=wide, image_fit="stretch", **call)

@@ -60,6 +60,7 @@ OPTION_FLAGS = {
     "noise_device": "noise_device",
     "low_noise_seed": "low_noise_seed",
     "low_noise_shift": "low_noise_shift",
+    "image_fit": "image_fit",
     "preset": "preset",
     "float_timesteps": "float_timesteps",
     **EXTEND_FLAGS,
@@ -205,6 +206,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         help="lcm: the low-noise expert's steps draw their fresh noise from this seed (ComfyUI's second "
         "KSamplerAdvanced's noise_seed; default: they go on drawing from the run's)",
+    )
+    add_flag(
+        p,
+        "image_fit",
+        choices=["area", "crop"],
+        help="how an input image meets --size: area (default, the reference's: its aspect within the size's area) or "
+        "crop (ComfyUI's Wan image nodes': the size itself, the image's centre cropped and resized bilinear)",
     )
     add_flag(
         p,

@@ -346,7 +346,7 @@ def latent_arguments(graph: Graph, sampler: Node, two_experts: bool, files: File
             args += [flag, files.find(graph.value(loader, "image"), "input")]
     if task == "i2v-A14B" and "--image" not in args:
         raise ValueError(f"{graph.name}: {describe(node)} has no start_image")
-    return args
+    return args + (["--image_fit", "crop"] if "--image" in args else [])  # (the node's size, the image fit to it)
 
 
 class Files:

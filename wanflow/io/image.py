@@ -10,6 +10,7 @@ import urllib.request
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 
@@ -84,3 +85,23 @@ def resize_center_crop(image: Image.Image, width: int, height: int) -> Image.Ima
     image = image.resize((round(iw * scale), round(ih * scale)), Image.LANCZOS)
     left, top = (image.width - width) // 2, (image.height - height) // 2
     return image.crop((left, top, left + width, top + height))
+
+
+IMAGE_FITS = ("area", "crop")  # the reference's (the image's aspect within the area), ComfyUI's (the exact size)
+
+
+def comfy_fit(image: Image.Image, width: int, height: int) -> torch.Tensor:
+    """(3, height, width) float32 in [-1, 1]: the image as ComfyUI's Wan image nodes fit it (WanImageToVideo,
+    WanFirstLastFrameToVideo, Wan22ImageToVideoLatent: ``common_upscale(..., "bilinear", "center")`` of LoadImage's
+    ``uint8 / 255``): the centre cropped to the target's aspect, resized bilinear, then ``2 x - 1`` as its VAE takes
+    it."""
+    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    old_w, old_h = x.shape[-1], x.shape[-2]
+    old_aspect, new_aspect = old_w / old_h, width / height
+    left = top = 0
+    if old_aspect > new_aspect:
+        left = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
+    elif old_aspect < new_aspect:
+        top = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
+    x = x.narrow(-2, top, old_h - top * 2).narrow(-1, left, old_w - left * 2)
+    return (F.interpolate(x, size=(height, width), mode="bilinear")[0] * 2) - 1

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from wanflow.io.image import load_image
+from wanflow.io.image import IMAGE_FITS, load_image
 from wanflow.pipelines.presets import apply_preset
 from wanflow.pipelines.video_to_video import read_extended, read_video, video_size
 from wanflow.pipelines.windows import WindowPlan, latent_frames, pixel_count, plan_windows
@@ -58,6 +58,9 @@ class GenerateOptions:
     preset: str | None = None  # a key of ``pipelines.presets.PRESETS``: values for the options left None
     float_timesteps: bool | None = None  # the DiT sees 1000 * sigma unrounded (step-distilled LoRAs); default False
     last_image: Any = None  # a path or a PIL image: the last frame (first-last frame; tasks with ``Task.last_image``)
+    # how an input image meets the size: "area" (the reference's: its aspect within the size's area) or "crop"
+    # (ComfyUI's Wan image nodes': the size itself, the image's centre cropped and resized bilinear); None: "area"
+    image_fit: str | None = None
     window_frames: int | None = None  # frames per window of a longer video (4n+1); None: the published model's frames
     window_overlap: int | None = None  # frames a window takes from the one before (a multiple of 4); None: 16 or less
     window_anchor: float | None = None  # 0..1: grade each window's colours towards window 1's; None: 0 (off)
@@ -231,6 +234,7 @@ class Request:
     low_schedule: Schedule | None = None
     low_noise_shift: float | None = None
     last_image: Image.Image | None = None
+    image_fit: str = "area"  # "crop": the size itself, the input images fit as ComfyUI's Wan image nodes fit them
     extension: Extension | None = None  # rewrite the prompt first (``pipelines.prompt_extension``)
     windows: WindowPlan | None = None  # a video longer than one window; None: one window
     grid: SchedulerGrid | None = None  # pipe.scheduler's, a ComfyUI scheduler's or given steps, not the solver's
@@ -251,6 +255,7 @@ class Request:
         """What a last image, a longer video and an extended prompt add to the output's metadata."""
         return {
             **({"last_image": True} if self.last_image is not None else {}),
+            **({"image_fit": self.image_fit} if self.image_fit != "area" and self.image is not None else {}),
             **(self.windows.metadata() if self.windows is not None else {}),
             **(self.extension.metadata() if self.extension is not None else {}),
             **(self.grid.metadata() if self.grid is not None else {}),
@@ -294,7 +299,8 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
     solver = _solver(o.solver or "unipc")
     width, height = _size(o.size, video or extend, task, multiple)
     image = None if o.image is None else load_image(o.image)
-    if image is None:
+    image_fit = _image_fit(o.image_fit)
+    if image is None or image_fit == "crop":  # (the size itself: it must fit the latent grid)
         _check_size(task, width, height, multiple or task.size_multiple)
     windows = _windows(o, task, frames, len(extend) if extend else None)
     frames = frames or pixel_count(windows.total)
@@ -317,7 +323,8 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         noise_device=_noise_device(o.noise_device),
         low_noise_seed=None if o.low_noise_seed is None else draw_seed(o.low_noise_seed, "low_noise_seed"),
         float_timesteps=bool(o.float_timesteps) if grid is None else grid.schedule.timesteps.is_floating_point(),
-        last_image=_last_image(o.last_image, image, task, frames),
+        last_image=_last_image(o.last_image, image, task, frames, image_fit == "crop"),
+        image_fit=image_fit,
         extension=_extension(o, seed),
         windows=windows,
         cache=parse_cache(o.cache),
@@ -475,6 +482,14 @@ def _low_call(
     return low, schedule
 
 
+def _image_fit(value: Any) -> str:
+    if value is None:
+        return "area"
+    if value not in IMAGE_FITS:
+        raise ValueError(f"image_fit is one of {', '.join(IMAGE_FITS)} (crop: ComfyUI's), got {value!r}")
+    return value
+
+
 def _switch_step(value: Any, task: Task, steps: int) -> int | None:
     if value is None:
         return None
@@ -509,8 +524,11 @@ def _windows(o: GenerateOptions, task: Task, frames: int | None, given: int | No
 ASPECT_TOLERANCE = 0.01  # relative: a last image is resized to the first's size, so their shapes must agree
 
 
-def _last_image(source: Any, first: Image.Image | None, task: Task, frames: int) -> Image.Image | None:
-    """The last frame, checked: a task that takes one, a first image beside it, the same aspect ratio."""
+def _last_image(
+    source: Any, first: Image.Image | None, task: Task, frames: int, crop: bool = False
+) -> Image.Image | None:
+    """The last frame, checked: a task that takes one, a first image beside it, the same aspect ratio (each is
+    cropped to the size's aspect where ``crop``, as ComfyUI's WanFirstLastFrameToVideo fits them)."""
     if source is None:
         return None
     if not task.last_image:
@@ -521,7 +539,7 @@ def _last_image(source: Any, first: Image.Image | None, task: Task, frames: int)
         raise ValueError(f"a first and a last frame need at least 5 frames, got {frames}")
     last = load_image(source)
     a, b = first.width / first.height, last.width / last.height
-    if abs(a / b - 1) > ASPECT_TOLERANCE:
+    if abs(a / b - 1) > ASPECT_TOLERANCE and not crop:
         raise ValueError(
             f"the last image is {last.width}x{last.height} (aspect {b:.3f}) but the first is {first.width}x"
             f"{first.height} (aspect {a:.3f}): give a last image of the same aspect ratio (it is resized to the "

@@ -106,6 +106,9 @@ class GenerateRequest(BaseModel):
     low_noise_seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="lcm: the low-noise expert's own seed for its step noise (ComfyUI's)"
     )
+    image_fit: Literal["area", "crop"] | None = Field(
+        None, description="area (the reference's) or crop (ComfyUI's: the size itself, the image centre-cropped)"
+    )
     low_noise_shift: float | None = Field(
         None, gt=0, le=100, description="the low-noise expert's steps at their own shift (ComfyUI's 2nd sampler)"
     )
@@ -223,6 +226,7 @@ class GenerateRequest(BaseModel):
             noise_device=self.noise_device,
             low_noise_seed=self.low_noise_seed,
             low_noise_shift=self.low_noise_shift,
+            image_fit=self.image_fit,
             preset=self.preset,
             float_timesteps=self.float_timesteps,
             scheduler=self.scheduler,
