@@ -519,7 +519,7 @@ def test_constant_nodes_give_their_values(comfy, tmp_path):
     assert args[args.index("--prompt") + 1] == "a blue square\nmoving left "
 
 
-def test_a_tiled_decode_is_wanflows_exact_tiles(comfy, tmp_path, caplog):
+def test_a_tiled_decode_is_wanflows_exact_tiles(comfy, tmp_path, caplog, monkeypatch):
     """VAEDecodeTiled becomes ``--vae_tile`` (its tile size over 16): the video of the whole decode, byte for byte,
     in tiles (64 pixels: 4 latent pixels, so the 8 x 6 latent frames of this video decode in 4 tiles), and said."""
     tokenizer = ["--tokenizer", str(comfy / "models" / "text_encoders" / "tokenizer")]
@@ -530,9 +530,17 @@ def test_a_tiled_decode_is_wanflows_exact_tiles(comfy, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="wanflow"):
         args = workflow_arguments(tiled, str(comfy))
     assert args[args.index("--vae_tile") + 1] == "4" and "exact tiles (--vae_tile 4)" in caplog.text
+    import wanflow.pipelines.pipeline as pipeline_module
+
+    tiled_decodes = []
+    decode_tiled = pipeline_module.decode_tiled
+    monkeypatch.setattr(
+        pipeline_module, "decode_tiled", lambda *a, **k: tiled_decodes.append(1) or decode_tiled(*a, **k)
+    )
     for path, out in ((plain, "plain.mp4"), (tiled, "tiled.mp4")):
         argv = ["generate", "--workflow", str(path), "--comfy_dir", str(comfy), *tokenizer]
         assert main([*argv, "--save_file", str(tmp_path / out)]) == 0
+        assert len(tiled_decodes) == (out == "tiled.mp4")  # (the tiled decode ran for the tiled workflow only)
     assert (tmp_path / "plain.mp4").read_bytes() == (tmp_path / "tiled.mp4").read_bytes()
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from wanflow.io.comfy_workflow import Graph, Link, Node, describe
-from wanflow.sampling.comfy_schedules import DISCARD_PENULTIMATE
+from wanflow.sampling.schedule import DISCARD_PENULTIMATE
 
 CUSTOM = ("SamplerCustomAdvanced", "SamplerCustom")
 LAST = 10000  # (KSamplerAdvanced's end_at_step for "to the end")

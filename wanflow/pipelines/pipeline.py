@@ -58,7 +58,7 @@ from wanflow.runtime.precision import cast_model
 from wanflow.runtime.preview import DEFAULT_EVERY, Preview, load_preview_map
 from wanflow.runtime.step_cache import CacheSettings, MagCache
 from wanflow.runtime.vae_tiling import decode_tiled
-from wanflow.sampling.comfy_schedules import SCHEDULERS, scaled_noise
+from wanflow.sampling.comfy_schedules import scaled_noise
 from wanflow.sampling.experts import boundary_timestep, step_boundary
 from wanflow.sampling.hooks import Step, StepHook
 from wanflow.sampling.noise import initial_noise
@@ -563,7 +563,7 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         if start is not None:
             tail, noise = from_video(schedule, request.strength, start, noise)
             schedule, skipped = tail, schedule.num_steps - tail.num_steps
-        elif request.grid is not None and request.grid.name in (*SCHEDULERS, "sigmas"):  # (ComfyUI's steps)
+        elif request.grid is not None and request.grid.comfy:
             noise = scaled_noise(schedule, noise)
         solver, guidance = get_solver(request.solver), request.guidance
         sampler = Sampler(

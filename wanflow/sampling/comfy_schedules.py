@@ -25,7 +25,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from wanflow.sampling.schedule import MOVE_FIRST_SIGMA, NUM_TRAIN_TIMESTEPS, Schedule, offset_first_sigma
+from wanflow.sampling.schedule import (
+    DISCARD_PENULTIMATE,
+    MOVE_FIRST_SIGMA,
+    NUM_TRAIN_TIMESTEPS,
+    Schedule,
+    discard_penultimate,
+    offset_first_sigma,
+)
 
 TABLE_SIZE = 1000  # the entries of ComfyUI's flow sigma table (its timesteps), multiplier 1000
 
@@ -133,17 +140,13 @@ def comfy_sigmas(name: str, steps: int, shift: float) -> torch.Tensor:
     return SCHEDULERS[name](flow_table(shift), steps, shift)
 
 
-# samplers ComfyUI's KSampler lays one step more out for, dropping the penultimate sigma (it does so for dpm_2 too)
-DISCARD_PENULTIMATE = ("uni_pc", "uni_pc_bh2")
-
-
 def comfy_schedule(
     name: str, steps: int, shift: float, float_timesteps: bool = True, sampler: str | None = None
 ) -> Schedule:
     """``comfy_sigmas`` as a ``Schedule``: the DiT fed ``1000 * sigma`` as floats (ComfyUI's), or truncated to
     integers (the reference's) with ``float_timesteps=False``; laid out as ComfyUI's KSampler does for ``sampler``."""
     if sampler in DISCARD_PENULTIMATE:
-        return schedule_of(discard_penultimate(comfy_sigmas(name, steps + 1, shift)), float_timesteps)
+        return discard_penultimate(schedule_of(comfy_sigmas(name, steps + 1, shift), float_timesteps))
     return for_sampler(schedule_of(comfy_sigmas(name, steps, shift), float_timesteps), sampler, shift)
 
 
@@ -159,12 +162,6 @@ def scaled_noise(schedule: Schedule, noise: torch.Tensor) -> torch.Tensor:
     (``ddim_uniform``, given sigmas); a first sigma moved off 1 (``offset_first_sigma``) counts as 1."""
     sigma = 1.0 if schedule.first_moved else schedule.sigmas[0]
     return noise if sigma == 1 else noise * sigma.to(noise.device)
-
-
-def discard_penultimate(sigmas: torch.Tensor) -> torch.Tensor:
-    """``sigmas`` (ending at 0) without the one before the 0: the steps ComfyUI's KSampler gives its UniPC samplers
-    (asked for one step more, so that the last step is the longer one)."""
-    return torch.cat([sigmas[:-2], sigmas[-1:]])
 
 
 def parse_sigmas(value: str | Sequence[float]) -> tuple[float, ...]:

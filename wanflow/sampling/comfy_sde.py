@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import torch
 
-from wanflow.sampling.solver_state import SolverState, Stepped, check_index
+from wanflow.sampling.solver_state import SolverState, Stepped, begun, check_index
 
 ETA = 1.0  # ComfyUI's default (KSampler passes no other)
 
@@ -78,8 +78,7 @@ def sde_step(
     """One step of DPM-Solver++(2M or 3M) SDE from ComfyUI's k-diffusion samplers, in float32, their operations in
     their order: ``x0_hat`` at sigma 0. ``cpu``: the Brownian tree on the CPU (else on ``x``'s device)."""
     k = check_index(state, index)
-    if state.index is None:
-        state = replace(state, start=k)
+    state = begun(state, k)
     sigmas = state.schedule.sigmas
     sigma, sigma_next = sigmas[k], sigmas[k + 1]
     denoised = x.float() - sigma * velocity

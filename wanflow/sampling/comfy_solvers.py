@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from wanflow.sampling.noise import next_step_noise
-from wanflow.sampling.solver_state import SolverState, Stepped, check_index
+from wanflow.sampling.solver_state import SolverState, Stepped, begun, check_index
 
 UNI_PC_LAST_SIGMA = 0.001  # ComfyUI's uni_pc integrates to this sigma where its sigmas end at 0
 
@@ -186,7 +186,7 @@ def _uni_pc_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, in
     vp_sample = x.float() / torch.sqrt(1.0 + sigmas[k] ** 2.0)  # (the sample scaled to the VP process)
     x0 = (vp_sample - std * velocity.float()) / alpha  # (x0_hat as ComfyUI computes it, with its float32 std)
     if state.last_sample is None:  # (the call's first step)
-        state = replace(state, start=k, stop=state.stop or state.schedule.num_steps)
+        state = replace(begun(state, k), stop=state.stop or state.schedule.num_steps)
         sample = vp_sample
     else:  # (the corrector of the update that led here, now that x0 here is known)
         sample = _uni_pc_update(state, state.last_sample, k - 1, state.last_order, bh2).correct(x0)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from wanflow.configs import DiffusersConfig
+from wanflow.sampling.comfy_schedules import SCHEDULERS
 from wanflow.sampling.schedule import Schedule
 
 FAMILIES = {  # diffusers' class name -> wanflow's solver
@@ -94,6 +95,12 @@ class SchedulerGrid:
     solver: str
     shift: float
     schedule: Schedule
+
+    @property
+    def comfy(self) -> bool:
+        """Whether these are ComfyUI's steps (a scheduler of its, or given sigmas), which its KSampler starts from the
+        noise scaled by their first sigma (``comfy_schedules.scaled_noise``), not a diffusers scheduler's."""
+        return self.name in (*SCHEDULERS, "sigmas")
 
     def metadata(self) -> dict[str, object]:
         sigmas = {"sigmas": [round(float(s), 6) for s in self.schedule.sigmas]} if self.name == "sigmas" else {}

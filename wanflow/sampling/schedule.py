@@ -99,11 +99,21 @@ def euler_schedule(steps: int, shift: float, float_timesteps: bool = False) -> S
     return dpm_schedule(steps, shift, float_timesteps)
 
 
+# samplers ComfyUI's KSampler lays one step more out for, dropping the penultimate sigma (it does so for dpm_2 too)
+DISCARD_PENULTIMATE = ("uni_pc", "uni_pc_bh2")
+
+
+def discard_penultimate(schedule: Schedule) -> Schedule:
+    """``schedule`` without its sigma before the final 0 (and the last step's timestep): the steps ComfyUI's KSampler
+    gives its UniPC samplers, asked for one step more, so that the last step is the longer one."""
+    sigmas = torch.cat([schedule.sigmas[:-2], schedule.sigmas[-1:]])
+    return Schedule(sigmas, schedule.timesteps[:-1], first_moved=schedule.first_moved)
+
+
 def comfy_uni_pc_schedule(steps: int, shift: float, float_timesteps: bool = False) -> Schedule:
     """The grid of ``euler`` laid out as ComfyUI's KSampler lays steps out for its UniPC samplers: one step more, the
     penultimate sigma dropped (ComfyUI's simple scheduler where N + 1 divides 1000)."""
-    grid = euler_schedule(steps + 1, shift, float_timesteps)
-    return Schedule(torch.cat([grid.sigmas[:-2], grid.sigmas[-1:]]), grid.timesteps[:-1])
+    return discard_penultimate(euler_schedule(steps + 1, shift, float_timesteps))
 
 
 # ComfyUI's samplers that step in log-SNR and move a first sigma of 1 just below it (``offset_first_sigma_for_snr``)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -42,3 +42,9 @@ def check_index(state: SolverState, index: int) -> int:
     if state.index is not None and index != state.index + 1:
         raise ValueError(f"step {index} follows step {state.index}; multistep solvers take consecutive steps")
     return index
+
+
+def begun(state: SolverState, index: int) -> SolverState:
+    """``state`` with ``start`` set where ``index`` is its first step: a sampler call's solvers that need where their
+    call began (ComfyUI's uni_pc for its orders, the SDE samplers for their noise's span) read it there."""
+    return replace(state, start=index) if state.index is None else state
