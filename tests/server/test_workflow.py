@@ -113,7 +113,7 @@ def broken(kind: str) -> dict:
     [
         ("steps of the wrong kind", "malformed workflow"),
         ("a node without its type", "malformed workflow"),
-        ("a loop of samplers", "KSampler, or two KSamplerAdvanced"),
+        ("a loop of samplers", "or a loop of them"),
         ("a loop of switches", "form a loop"),
         ("a subgraph inside itself", "nested more than"),
     ],
@@ -251,4 +251,57 @@ def test_the_page_sends_what_its_form_lacks(browser, served, tmp_path):
     page.locator("#gallery .card", has_text="a guided fox").wait_for(timeout=60_000)
     job = next(j for j in served.client.get("/api/jobs").json() if j["params"]["prompt"] == "a guided fox")
     assert job["status"] == "done" and {k: job["params"].get(k) for k in GUIDED} == GUIDED
+    assert not errors, errors
+
+
+def three_samplers():
+    """The "three KSampler" recipe (tests/cli/test_workflow_calls.py) with this server's LoRA: the high-noise model
+    alone at cfg 3.5 for steps 0-2, with the LoRA at cfg 1 for 2-4, the low-noise model at cfg 1 from 4."""
+    from tests.cli.test_workflow import relink
+
+    w = t2v(high=(0, 2), low=(4, 10000), steps=6)
+    w.add(63, "LoraLoaderModelOnly", ["style.safetensors", 1.0], model=(37, 0))
+    w.add(62, "ModelSamplingSD3", [8], model=(63, 0))
+    w.add(61, "KSamplerAdvanced", ["disable", 4, "fixed", 6, 1.0, "euler", "simple", 2, 4, "enable"],
+          model=(62, 0), positive=(6, 0), negative=(7, 0), latent_image=(57, 0))  # fmt: skip
+    relink(w, 58, "latent_image", 61)
+    node(w, 58)["widgets_values"][4] = 1.0
+    return w
+
+
+CALLS = {
+    "steps": 6, "switch_step": 4, "guide_scale": [1.0, 3.5], "sampler_calls": "2,4", "call_guide_scale": "3.5,1,1",
+    "loras": [{"name": "style", "strength": [0.0, 1.0], "expert": "high"}],
+}  # fmt: skip
+
+
+def test_a_chain_of_samplers_carries_over(served):
+    """The three samplers become the job's sampler calls, its LoRA a strength for each high-noise call; the job runs
+    them, and strengths that do not fit the calls are refused when the job is sent."""
+    read = served.client.post("/api/workflow", content=json.dumps(three_samplers().json())).json()
+    assert read["fields"] == {k: v for k, v in FIELDS.items() if k != "loras"} | CALLS
+    made = {}
+    for name, strength in (("calls", [0.0, 1.0]), ("off", 0.0), ("on", 1.0)):  # (each call's, or one for all)
+        fields = read["fields"] | {"loras": [{"name": "style", "strength": strength, "expert": "high"}]}
+        job = served.client.post("/api/jobs", json=fields)
+        assert job.status_code == 202 and served.wait(job.json()["id"])["status"] == "done"
+        made[name] = video(served, job.json()["id"])
+    assert not np.array_equal(made["calls"], made["off"]) and not np.array_equal(made["calls"], made["on"])
+    bad = read["fields"] | {"loras": "style:0;1;1@high"}  # (the form's spelling: three for two high-noise calls)
+    r = served.client.post("/api/jobs", json=bad)
+    assert r.status_code == 422 and "3 strengths for the 2 sampler calls of its experts" in r.text
+
+
+def test_the_page_sends_a_chain_of_samplers(browser, served, tmp_path):
+    """The page shows the LoRA's strength for each call in its form (``style:0;1@high``) and sends the calls."""
+    errors: list = []
+    page = page_with_workflow(browser, served, tmp_path, three_samplers(), "a chained fox", "also sent", errors)
+    assert "sampler_calls 2,4" in page.text_content("#workflow-notes")
+    assert page.eval_on_selector("#form", "f => f.loras.value") == "style:0;1@high"
+    page.click("button[type=submit]")
+    page.locator("#gallery .card", has_text="a chained fox").wait_for(timeout=60_000)
+    job = next(j for j in served.client.get("/api/jobs").json() if j["params"]["prompt"] == "a chained fox")
+    assert job["status"] == "done", job
+    assert {k: job["params"].get(k) for k in CALLS if k != "guide_scale"} == {k: v for k, v in CALLS.items()
+                                                                               if k != "guide_scale"}  # fmt: skip
     assert not errors, errors

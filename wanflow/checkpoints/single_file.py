@@ -213,13 +213,15 @@ def _gguf_tensor(path: Path, t) -> Tensor:
     if qtype not in ggml.FORMATS:
         raise CheckpointError(f"{path}: tensor {t.name} is stored as {qtype}, a type wanflow does not read")
     data = torch.from_numpy(t.data)
-    if qtype == "F32":
-        return data.reshape(shape)
+    if qtype not in ("F32", "F16", "BF16"):
+        return QuantTensor(shape, qtype, data.view(torch.uint8))  # (its blocks are never written)
+    # a float tensor is copied out of the read-only memory map: a model on the CPU in its dtype would hold the map
+    # itself, and a LoRA's bias and norm deltas rebuild such parameters in place (writing the map: a crash)
     if qtype == "F16":
-        return data.view(torch.float16).reshape(shape)
-    if qtype == "BF16":
-        return data.view(torch.uint8).reshape(-1).view(torch.bfloat16).reshape(shape)
-    return QuantTensor(shape, qtype, data.view(torch.uint8))
+        data = data.view(torch.float16)
+    elif qtype == "BF16":
+        data = data.view(torch.uint8).reshape(-1).view(torch.bfloat16)
+    return data.reshape(shape).clone()
 
 
 def dit_config_from_file(file: SingleFile) -> DiTConfig:

@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from wanflow.cli.lora import add_lora_arguments, cli_loras, load_cli_loras
+from wanflow.cli.lora import add_lora_arguments, check_call_strengths, cli_loras, load_cli_loras
 from wanflow.cli.parsers import add_flag, parse_guide, parse_size, positive_int, str2bool
 from wanflow.cli.prompt_extend import EXTEND_FLAGS, add_prompt_extend_arguments, cli_extender
 from wanflow.cli.runtime_flags import add_runtime_arguments, runtime_keywords
@@ -66,6 +66,7 @@ OPTION_FLAGS = {
     **EXTEND_FLAGS,
     "cache": "cache",
     "switch_step": "switch_step",
+    **{name: name for name in ("sampler_calls", "call_guide_scale", "call_seeds")},
     "guidance": "guidance",
     **{name: name for name in ("slg_layers", "slg_scale", "slg_start", "slg_stop", "slg_mode", "slg_percent")},
     **{name: name for name in ("nag_scale", "nag_tau", "nag_alpha", "nag_negative_prompt")},
@@ -166,6 +167,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="A14B: the high-noise expert runs the first K steps, the low-noise one the rest (as ComfyUI's two "
         "KSamplerAdvanced nodes); default: the switch at the task's boundary timestep",
+    )
+    add_flag(
+        p,
+        "sampler_calls",
+        metavar="K1,K2,...",
+        help="run as ComfyUI's chain of KSamplerAdvanced calls, the ones after the first starting at these steps "
+        "(on A14B --switch_step is one): each starts its solver afresh, with its own guidance (--call_guide_scale), "
+        "step noise (--call_seeds) and LoRA strengths (--lora_high PATH:S1,S2); e.g. the three-sampler recipe: "
+        "--sample_steps 8 --switch_step 4 --sampler_calls 2,4 --call_guide_scale 3.5,1,1 --lora_high L:0,1",
+    )
+    add_flag(p, "call_guide_scale", metavar="G1,G2,...", help="each sampler call's guidance scale, first first")
+    add_flag(
+        p,
+        "call_seeds",
+        metavar="S2,S3,...",
+        help="the seeds of the calls after the first, for the solvers that draw step noise (ComfyUI's noise_seed of "
+        "each KSamplerAdvanced; default: each call draws from --base_seed)",
     )
     add_flag(
         p,
@@ -308,6 +326,7 @@ def run(args: argparse.Namespace) -> int:
     runtime.resolved_device()  # a device this machine lacks: one line now, not a traceback after the loading
     layout, task = checkpoint_and_task(args)
     checked = resolve(options, task, image_hint="an input image: --image PATH")  # every value, before any loading
+    check_call_strengths(args, checked)
     read = dict(image=checked.image, last_image=checked.last_image, video=checked.video, extend=checked.extend)
     read["image"] = None if checked.extend and options.image is None else read["image"]  # (taken from the video again)
     options = dataclasses.replace(options, **read)
@@ -344,7 +363,8 @@ def generate(args, ctx, layout, task: Task, options: GenerateOptions, runtime: R
     extender = cli_extender(args, options.image is not None, ctx.is_rank0)  # before the video models, as loras
     start = time.perf_counter()
     pipe = WanPipeline.from_pretrained(layout, task=task, **vars(runtime))
-    load_cli_loras(pipe, loras, getattr(args, "lora_merge", False))
+    per_call = load_cli_loras(pipe, loras, getattr(args, "lora_merge", False))
+    options = replace(options, call_loras=per_call) if per_call else options
     pipe.set_prompt_extender(extender)
     if ctx.is_distributed:
         from wanflow.pipelines.parallel import parallelize_pipeline

@@ -24,21 +24,23 @@ from wanflow.pipelines.presets import PRESETS
 LORA_FLAGS = {"lora": None, "lora_high": HIGH, "lora_low": LOW}  # flag -> the expert it loads onto (None: every)
 
 
-def parse_lora_arg(value: str) -> tuple[str, float]:
-    """``PATH[:STRENGTH]`` -> (path, strength); a path that exists is taken whole (it may hold a colon), and so is an
+def parse_lora_arg(value: str) -> tuple[str, float | tuple[float, ...]]:
+    """``PATH[:STRENGTH]`` -> (path, strength); ``PATH:S1,S2,...``: a strength for each sampler call of its experts
+    (``--sampler_calls``), as a tuple. A path that exists is taken whole (it may hold a colon), and so is an
     ``hf://`` address without a strength."""
     if os.path.exists(value) or ":" not in value.removeprefix(HF_PREFIX):
         return value, 1.0
     path, _, text = value.rpartition(":")
     try:
-        strength = float(text)
+        strengths = tuple(float(t) for t in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{value!r}: no such file, and {text!r} after the last ':' is not a number (PATH[:STRENGTH])"
+            f"{value!r}: no such file, and {text!r} after the last ':' is not a number (PATH[:STRENGTH], or "
+            "PATH:S1,S2,... for each sampler call)"
         ) from None
-    if not math.isfinite(strength):
+    if not all(math.isfinite(s) for s in strengths):
         raise argparse.ArgumentTypeError(f"{value!r}: the strength must be a finite number")
-    return path, strength
+    return path, strengths[0] if len(strengths) == 1 else strengths
 
 
 def add_lora_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,12 +72,13 @@ def add_lora_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_lora_file_arguments(p: argparse.ArgumentParser) -> None:
     """``--lora/--lora_high/--lora_low PATH[:STRENGTH]`` (repeatable): which LoRAs, on which experts."""
-    common = dict(action="append", type=parse_lora_arg, metavar="PATH[:STRENGTH]")
+    common = dict(action="append", type=parse_lora_arg, metavar="PATH[:STRENGTH]")  # (STRENGTH: S or S1,S2,...)
     add_flag(
         p,
         "lora",
         help="a LoRA file (any format) on every expert, or a folder of high_noise_model/low_noise_model files each "
-        "on its expert, either also as hf://ORG/NAME/PATH on the Hub; STRENGTH default 1; repeatable",
+        "on its expert, either also as hf://ORG/NAME/PATH on the Hub; STRENGTH default 1, or S1,S2,... one for each "
+        "of --sampler_calls' calls its experts run; repeatable",
         **common,
     )
     add_flag(p, "lora_high", help="a LoRA on the high-noise expert only (A14B); repeatable", **common)
@@ -105,12 +108,32 @@ def cli_loras(args: argparse.Namespace, layout) -> list[tuple[str, float, dict]]
     return out
 
 
-def load_cli_loras(pipe, loras: list[tuple[str, float, dict]], merge: bool) -> None:
-    """Load what ``cli_loras`` read onto the pipeline (a one-shot run keeps no originals of merged weights)."""
+def load_cli_loras(pipe, loras: list[tuple[str, float | tuple, dict]], merge: bool) -> dict[str, tuple[float, ...]]:
+    """Load what ``cli_loras`` read onto the pipeline (a one-shot run keeps no originals of merged weights); returns
+    the per-call strengths given (``PATH:S1,S2``) by the names the LoRAs were loaded under (``call_loras``)."""
     from wanflow.pipelines.lora import load_lora
 
+    per_call = {}
     for path, strength, targets in loras:
-        load_lora(pipe, path, strength, merge=merge, keep_originals=False, targets=targets)
+        first = strength[0] if isinstance(strength, tuple) else strength
+        name = load_lora(pipe, path, first, merge=merge, keep_originals=False, targets=targets)
+        if isinstance(strength, tuple):
+            per_call[name] = strength
+    return per_call
+
+
+def check_call_strengths(args: argparse.Namespace, request) -> None:
+    """Per-call strengths (``PATH:S1,S2``) against the resolved request's calls, before any loading: one for each
+    call of the flag's experts, beside the weights."""
+    from wanflow.pipelines.calls import check_strengths
+
+    for flag, expert in LORA_FLAGS.items():
+        for path, strength in getattr(args, flag, None) or []:
+            if isinstance(strength, tuple):
+                if getattr(args, "lora_merge", False):
+                    raise ValueError(f"--{flag} {path}: a strength for each sampler call needs the LoRAs beside the "
+                                     "weights, not --lora_merge")  # fmt: skip
+                check_strengths(request, expert, strength, f"--{flag} {path}")
 
 
 def is_lora(path: str) -> bool:

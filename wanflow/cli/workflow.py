@@ -6,7 +6,8 @@ VAELoader, found under ``--comfy_dir``'s ``models`` folders), the LoRAs on each 
 LoraLoader, rgthree's Power Lora Loader), the shift (ModelSamplingSD3), the prompts (CLIPTextEncode), the size, frames
 and input images (EmptyHunyuanLatentVideo, Wan22ImageToVideoLatent, WanImageToVideo, WanFirstLastFrameToVideo,
 LoadImage), the sampling (one KSampler, or the two KSamplerAdvanced nodes of the A14B experts: steps, cfg per expert,
-sampler, scheduler, seed, the step the experts switch at; CFGZeroStar, WanVideoNAG, skip layer guidance), and the
+sampler, scheduler, seed, the step the experts switch at; a chain of more KSamplerAdvanced nodes, each with its
+guidance, seed and LoRA strengths; CFGZeroStar, WanVideoNAG, skip layer guidance), and the
 frame rate of the node that saves the video. A node wanflow cannot run as ComfyUI does is an error
 naming it, never skipped in silence; nodes that only change speed (attention kernels, compilation) are passed over
 and named in the log.
@@ -48,6 +49,7 @@ FOLDERS = {  # ComfyUI's model folders (and their older names)
 }
 MODEL_FLAGS = ("--dit", "--dit_low", "--t5", "--vae")  # (left out when a checkpoint is named instead)
 COMFY_WAN_SHIFT = 8.0  # ComfyUI's shift for Wan models when no ModelSamplingSD3 node sets one
+MAX_CALLS = 8  # samplers in a row (ComfyUI's chains run two to four)
 
 
 def workflow_arguments(path: str | Path, comfy_dir: str | None = None, models: bool = True) -> list[str]:
@@ -74,10 +76,10 @@ def _settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
     models = files.models
     as_ksamplers(graph, shift_of)  # (custom sampling nodes: the KSamplerAdvanced each amounts to)
     chain = sampler_chain(graph)
-    experts = ["high", "low"] if len(chain) == 2 else [None]
-    args = sampling_arguments(graph, chain)
-    for sampler, expert in zip(chain, experts, strict=True):
-        args += model_arguments(graph, sampler, expert, files)
+    experts = chain_experts(graph, chain)
+    args = sampling_arguments(graph, chain, experts)
+    for expert in dict.fromkeys(experts):
+        args += model_arguments(graph, [s for s, e in zip(chain, experts, strict=True) if e == expert], expert, files)
     args += nag_arguments(graph, chain)
     slg = slg_arguments(graph, chain, model_path)
     if slg and "--sigmas" in args:  # (its window is the model's percent, at the shift given sigmas leave out)
@@ -85,7 +87,7 @@ def _settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
                          "runs it with a KSampler or KSamplerAdvanced, or without the node")  # fmt: skip
     args += slg
     args += text_arguments(graph, chain[0], files, guided=any(float(graph.value(s, "cfg")) != 1 for s in chain))
-    args += latent_arguments(graph, chain[0], two_experts=len(chain) == 2, files=files)
+    args += latent_arguments(graph, chain[0], two_experts=experts[-1] == "low", files=files)
     decode = decoder(graph, chain)
     args += ["--vae", files.find(graph.value(graph.upstream(decode, "vae"), "vae_name"), "vae")]
     args += fps_arguments(graph, decode) + tile_arguments(graph, decode)
@@ -99,49 +101,70 @@ def _settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
 
 
 def sampler_chain(graph: Graph) -> list[Node]:
-    """The samplers of the video the workflow decodes, first first: one KSampler, or two KSamplerAdvanced nodes."""
+    """The samplers of the video the workflow decodes, first first: one KSampler, or a chain of KSamplerAdvanced
+    nodes (the two experts' two, or more: the "three KSampler" recipes)."""
     finals = {s.id: s for s in (graph.upstream(n, "samples") for n in graph.of_type(*DECODERS))}
     if len(finals) != 1:
         raise ValueError(f"{graph.name}: {len(finals)} decoded outputs; wanflow runs a workflow that makes one video")
     chain = [next(iter(finals.values()))]
     while chain[0].type in SAMPLER_NODES and graph.upstream(chain[0], "latent_image").type in SAMPLER_NODES:
         chain.insert(0, graph.upstream(chain[0], "latent_image"))
-        if len(chain) > 2:
-            break  # (refused below; also ends a loop of samplers)
-    if any(s.type not in SAMPLER_NODES for s in chain) or len(chain) > 2:
+        if len(chain) > MAX_CALLS:
+            raise ValueError(f"{graph.name}: more than {MAX_CALLS} samplers in a row (or a loop of them)")
+    if any(s.type not in SAMPLER_NODES for s in chain) or (len(chain) > 1 and chain[0].type == "KSampler"):
         raise ValueError(
             f"{graph.name}: the video comes from {', '.join(map(describe, chain))}; wanflow runs one "
-            "KSampler, or two KSamplerAdvanced nodes (the high- and then the low-noise expert)"
+            "KSampler, or KSamplerAdvanced nodes that split one run's steps"
         )
     return chain
 
 
-def sampling_arguments(graph: Graph, chain: list[Node]) -> list[str]:
-    """Steps, guidance, sampler, scheduler, seed and the expert switch of the sampler nodes."""
+def chain_experts(graph: Graph, chain: list[Node]) -> list[str | None]:
+    """The expert each sampler runs: None for one model; for two (told apart by their files), ``high`` for the first
+    model's samplers and ``low`` for the other's, which come after them."""
+    files = [loader_file(graph, s) for s in chain]
+    models = list(dict.fromkeys(files))
+    if len(models) == 1:
+        return [None] * len(chain)
+    high = files.index(models[1])
+    if len(models) > 2 or models[0] in files[high:]:
+        raise ValueError(f"{graph.name}: the samplers run {', '.join(f[0] for f in files)}; wanflow runs the "
+                         "high-noise expert's samplers, then the low-noise one's")  # fmt: skip
+    return ["high"] * high + ["low"] * (len(chain) - high)
+
+
+def loader_file(graph: Graph, sampler: Node) -> tuple[str, str]:
+    """The file of a sampler's model, and the weight dtype it is loaded at."""
+    loader = model_path(graph, sampler)[-1]
+    return str(graph.value(loader, "unet_name")), str(graph.value(loader, "weight_dtype", "default"))
+
+
+def sampling_arguments(graph: Graph, chain: list[Node], experts: list[str | None]) -> list[str]:
+    """Steps, guidance, sampler, scheduler, seed and the expert switch of the sampler nodes (and, for more calls than
+    the two experts' two, each call's start, guidance and seed)."""
     first = chain[0]
     value = graph.value
     name, scheduler = value(first, "sampler_name"), value(first, "scheduler")
     steps = int(value(first, "steps"))
     for key in ("steps", "sampler_name", "scheduler"):
         if any(value(s, key) != value(first, key) for s in chain):
-            raise ValueError(f"{graph.name}: the two samplers differ in {key}; wanflow runs one schedule for both")
+            raise ValueError(f"{graph.name}: the samplers differ in {key}; wanflow runs one schedule for all")
     solver = solver_name(graph, first, name)
     args = ["--sample_solver", solver]
     if scheduler not in SCHEDULERS:
         raise ValueError(f"{graph.name}: scheduler {scheduler!r}; wanflow has ComfyUI's {sorted(SCHEDULERS)}")
-    shift, *low = shifts_of(graph, chain)  # (the low-noise call lays its steps out at its own model's shift)
+    shift, low = expert_shifts(graph, chain, experts)  # (the low-noise calls lay their steps out at their own shift)
     if value(first, "sigmas_as_given", False):  # (custom sampling's uni_pc: BasicScheduler's sigmas themselves)
         args += ["--sigmas", ",".join(repr(s) for s in comfy_sigmas(scheduler, steps, shift).tolist())]
     else:
         args += ["--sample_steps", str(steps), "--scheduler", scheduler, "--sample_shift", f"{shift:.10g}"]
-        if low and low[0] != shift:
-            args += ["--low_noise_shift", f"{low[0]:.10g}"]
+        if low is not None and low != shift:
+            args += ["--low_noise_shift", f"{low:.10g}"]
     seed = value(first, "noise_seed" if first.type == "KSamplerAdvanced" else "seed")
     args += ["--base_seed", str(int(seed))]
     cfg = [float(value(s, "cfg")) for s in chain]
-    args += ["--sample_guide_scale", ",".join(f"{c:g}" for c in reversed(cfg))]  # (low-noise, high-noise)
-    if len(chain) == 2 and get_solver(solver).noised:  # (its step noise: the second call draws from its own seed)
-        args += ["--low_noise_seed", str(int(value(chain[1], "noise_seed")))]
+    by_expert = [cfg[experts.index(e)] for e in dict.fromkeys(experts)]  # (each expert's first call's)
+    args += ["--sample_guide_scale", ",".join(f"{c:g}" for c in reversed(by_expert))]  # (low-noise, high-noise)
     if len(chain) == 1:
         if first.type == "KSamplerAdvanced":
             check_alone(graph, first, steps)
@@ -151,7 +174,15 @@ def sampling_arguments(graph: Graph, chain: list[Node]) -> list[str]:
                 "an empty latent; wanflow starts from noise (or from a video: --video)"
             )
         return args
-    return [*args, "--switch_step", str(check_split(graph, chain, steps))]
+    starts = check_chain(graph, chain, steps)
+    seeds = [str(int(value(s, "noise_seed"))) for s in chain[1:]]  # (the later calls' step noise)
+    noised = get_solver(solver).noised
+    switch = ["--switch_step", str(starts[experts.index("low")])] if "low" in experts else []
+    if experts == ["high", "low"]:  # (the two experts' two calls: the reference's flags)
+        return [*args, *switch, *(["--low_noise_seed", seeds[0]] if noised else [])]
+    args += [*switch, "--sampler_calls", ",".join(map(str, starts[1:]))]
+    args += ["--call_guide_scale", ",".join(f"{c:g}" for c in cfg)]
+    return args + (["--call_seeds", ",".join(seeds)] if noised else [])
 
 
 def solver_name(graph: Graph, node: Node, name: str) -> str:
@@ -165,29 +196,31 @@ def solver_name(graph: Graph, node: Node, name: str) -> str:
     )
 
 
-def check_split(graph: Graph, chain: list[Node], steps: int) -> int:
-    """The step the experts switch at, where the two KSamplerAdvanced nodes make one run (ComfyUI's split)."""
-    high, low = chain
+def check_chain(graph: Graph, chain: list[Node], steps: int) -> list[int]:
+    """The step each KSamplerAdvanced starts at, where the nodes split one run (ComfyUI's split): the first from step
+    0 adding noise, each next one from the step the one before ends at without adding noise, each but the last
+    returning its leftover noise, the last to the end."""
     value = graph.value
-    if high.type != "KSamplerAdvanced" or low.type != "KSamplerAdvanced":
-        raise ValueError(f"{graph.name}: two experts need two KSamplerAdvanced nodes")
-    switch = int(value(high, "end_at_step"))
+    if any(s.type != "KSamplerAdvanced" for s in chain):
+        raise ValueError(f"{graph.name}: samplers in a row must be KSamplerAdvanced nodes")
+    starts = [int(value(s, "start_at_step")) for s in chain]
+    ends = [int(value(s, "end_at_step")) for s in chain]
     ok = (
-        int(value(high, "start_at_step")) == 0
-        and 0 < switch < steps
-        and int(value(low, "start_at_step")) == switch
-        and int(value(low, "end_at_step")) >= steps
-        and value(high, "add_noise") == "enable"
-        and value(low, "add_noise") == "disable"
-        and value(high, "return_with_leftover_noise") == "enable"
+        starts[0] == 0
+        and all(0 < end < steps and end == nxt for end, nxt in zip(ends[:-1], starts[1:], strict=True))
+        and starts == sorted(set(starts))
+        and ends[-1] >= steps
+        and value(chain[0], "add_noise") == "enable"
+        and all(value(s, "add_noise") == "disable" for s in chain[1:])
+        and all(value(s, "return_with_leftover_noise") == "enable" for s in chain[:-1])
     )
     if not ok:
         raise ValueError(
-            f"{graph.name}: the two KSamplerAdvanced nodes do not split one run (the first from step 0 "
-            "adding noise and returning it, the second from its end step to the last without adding "
-            "noise); wanflow runs that split only"
+            f"{graph.name}: the KSamplerAdvanced nodes do not split one run (the first from step 0 adding noise "
+            "and returning it, each next one from the step the one before ends at without adding noise); wanflow "
+            "runs that split only"
         )
-    return switch
+    return starts
 
 
 def check_alone(graph: Graph, node: Node, steps: int) -> None:
@@ -234,10 +267,21 @@ def shift_of(graph: Graph, chain: list[Node]) -> float:
     return shifts.pop()
 
 
-def model_arguments(graph: Graph, sampler: Node, expert: str | None, files: Files) -> list[str]:
-    """The DiT file of one expert (``expert`` None: the only model), its LoRAs, FP8 and CFG-Zero*."""
-    path = model_path(graph, sampler)
-    loader = path[-1]
+def expert_shifts(graph: Graph, chain: list[Node], experts: list[str | None]) -> tuple[float, float | None]:
+    """The shift of the first expert's samplers, and of the low-noise expert's (None without one): one each."""
+    shifts = shifts_of(graph, chain)
+    found = [{s for s, e in zip(shifts, experts, strict=True) if e == expert} for expert in dict.fromkeys(experts)]
+    if any(len(f) > 1 for f in found):
+        raise ValueError(f"{graph.name}: one expert's samplers have models of different ModelSamplingSD3 shifts "
+                         f"({sorted(shifts)})")  # fmt: skip
+    return found[0].pop(), found[1].pop() if len(found) > 1 else None
+
+
+def model_arguments(graph: Graph, calls: list[Node], expert: str | None, files: Files) -> list[str]:
+    """The DiT file of one expert (``expert`` None: the only model), the LoRAs of its sampler calls (where their
+    strengths differ between its calls, one for each: ``PATH:S1,S2``), FP8 and CFG-Zero*."""
+    paths = [model_path(graph, sampler) for sampler in calls]
+    loader = paths[0][-1]
     args = [
         "--dit_low" if expert == "low" else "--dit",
         files.find(graph.value(loader, "unet_name"), "diffusion_models"),
@@ -245,11 +289,16 @@ def model_arguments(graph: Graph, sampler: Node, expert: str | None, files: File
     if str(graph.value(loader, "weight_dtype", "default")).startswith("fp8_e4m3fn"):
         args.append("--fp8")
     flag = {"high": "--lora_high", "low": "--lora_low", None: "--lora"}[expert]
-    for node in reversed(path):
-        for name, strength in loras_of(graph, node):
-            args += [flag, f"{files.find(name, 'loras')}:{strength:g}"]
-        if node.type == "CFGZeroStar" and expert != "low":
-            args += ["--guidance", "cfg_zero_star:0"]  # (ComfyUI's node: the optimised scale, no zeroed steps)
+    strengths: dict[str, list[float]] = {}  # file -> its strength in each call (summed where loaded twice)
+    for k, path in enumerate(paths):
+        for node in reversed(path):
+            for name, strength in loras_of(graph, node):
+                strengths.setdefault(name, [0.0] * len(paths))[k] += strength
+    for name, per_call in strengths.items():
+        given = f"{per_call[0]:g}" if len(set(per_call)) == 1 else ",".join(f"{s:g}" for s in per_call)
+        args += [flag, f"{files.find(name, 'loras')}:{given}"]
+    if expert != "low" and any(n.type == "CFGZeroStar" for path in paths for n in path):
+        args += ["--guidance", "cfg_zero_star:0"]  # (ComfyUI's node: the optimised scale, no zeroed steps)
     return args
 
 
@@ -283,7 +332,8 @@ def nag_arguments(graph: Graph, chain: list[Node]) -> list[str]:
             )
         )
     if len(set(found)) > 1:
-        raise ValueError(f"{graph.name}: WanVideoNAG differs between the experts; wanflow runs one NAG on every expert")
+        raise ValueError(f"{graph.name}: WanVideoNAG differs between the experts (their samplers); wanflow runs one "
+                         "NAG on every expert")  # fmt: skip
     if found[0] is None:
         return []
     scale, alpha, tau, negative = found[0]

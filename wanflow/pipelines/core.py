@@ -3,7 +3,8 @@
 Per step: pick the expert and its guidance scale from the timestep (``sampling.experts``), predict the velocity with
 classifier-free guidance ``uncond + g * (cond - uncond)`` (or another rule of ``sampling.guidance``), advance one
 solver state across the whole run (it continues through the expert switch; ComfyUI's samplers start afresh there, as
-each expert is a sampler call of its own there, on steps of its own where its model's shift differs: ``SecondCall``),
+each expert is a sampler call of its own there; a chain of ComfyUI's calls, each with its own guidance, step noise
+and steps, is a ``Call`` each),
 and for TI2V with an image put the image latent back into frame 0.
 
 Everything else a run needs around the steps is a ``StepHook`` (``sampling/hooks.py``): progress, expert prefetch,
@@ -53,32 +54,44 @@ class Prepared:
 
 
 @dataclass(frozen=True)
-class SecondCall:
-    """ComfyUI's second sampler call on steps of its own (its model's shift, ``low_noise_shift``): from step ``start``
-    the solver walks ``schedule`` afresh, and the latents are first scaled out of the first call's last sigma and into
-    this call's first, ``(1 - s') x / (1 - s)``, as KSampler scales a flow model's latents out of and into each call."""
+class Call:
+    """One of ComfyUI's sampler calls (a KSamplerAdvanced of a chain): from step ``start`` the solver starts afresh,
+    drawing its step noise from ``seed`` (None: the run's seed), on ``schedule`` (None: the call before's, or the
+    run's; a model of another shift lays the call's steps out at its own, ``low_noise_shift``), at guidance
+    ``guide_scale`` (None: its expert's). Where a call's schedule is not the call's before it, the latents are first
+    scaled out of the last call's sigma and into this one's, ``(1 - s') x / (1 - s)``, as KSampler scales a flow
+    model's latents out of and into each call."""
 
     start: int
-    schedule: Schedule
-
-    def rescale(self, latents: torch.Tensor, first: Schedule) -> torch.Tensor:
-        """``latents`` at the first call's sigma of step ``start``, as the second call starts from them."""
-        into, out = (1.0 - s.sigmas[self.start].to(latents.device) for s in (self.schedule, first))  # (float32)
-        return into * (latents / out)  # (KSampler's inverse noise scaling, then its noise scaling with no noise)
+    seed: int | None = None
+    schedule: Schedule | None = None
+    guide_scale: float | None = None
 
 
-def step_levels(schedule: Schedule, second: SecondCall | None) -> tuple[list, list]:
-    """Each step's DiT timestep and sigma: the schedule's, and the second call's from its start."""
+def rescale(latents: torch.Tensor, start: int, before: Schedule, after: Schedule) -> torch.Tensor:
+    """``latents`` at ``before``'s sigma of step ``start``, as a call on ``after`` starts from them."""
+    into, out = (1.0 - s.sigmas[start].to(latents.device) for s in (after, before))  # (float32)
+    return into * (latents / out)  # (KSampler's inverse noise scaling, then its noise scaling with no noise)
+
+
+def call_of(calls: Sequence[Call], index: int) -> int:
+    """Which of ``calls`` (sorted by start, the first at 0) runs step ``index``."""
+    return max(i for i, c in enumerate(calls) if c.start <= index)
+
+
+def step_levels(schedule: Schedule, calls: Sequence[Call] = ()) -> tuple[list, list]:
+    """Each step's DiT timestep and sigma: from the schedule the call that runs it walks (``_schedule``)."""
     timesteps, sigmas = schedule.timesteps.tolist(), schedule.sigmas.tolist()[:-1]
-    if second is None:
-        return timesteps, sigmas
-    k = second.start
-    return timesteps[:k] + second.schedule.timesteps.tolist()[k:], sigmas[:k] + second.schedule.sigmas.tolist()[k:-1]
+    for call in calls:
+        if call.schedule is not None:
+            k, own = call.start, call.schedule
+            timesteps[k:], sigmas[k:] = own.timesteps.tolist()[k:], own.sigmas.tolist()[k:-1]
+    return timesteps, sigmas
 
 
 @dataclass(frozen=True)
 class Sampler:
-    """How a run integrates: the schedule, the solver, the expert boundary and the guidance."""
+    """How a run integrates: the schedule, the solver, the expert boundary and the guidance, in sampler calls."""
 
     schedule: Schedule
     solver: Solver
@@ -87,20 +100,32 @@ class Sampler:
     batch_cfg: bool = True  # both guidance passes in one batch
     skipped: int = 0  # steps of the full schedule before ``schedule`` (video to video: its tail)
     guidance: Guidance = CFG  # how each step's two predictions combine
-    seed: int | None = None  # the run's seed (the lcm solver's fresh noise at each step)
-    low_noise_seed: int | None = (
-        None  # the low-noise expert's sampler call's seed (ComfyUI's second KSamplerAdvanced's)
-    )
-    second: SecondCall | None = None  # the low-noise expert's sampler call on steps of its own
+    seed: int | None = None  # the run's seed (the step noise of the solvers that draw it)
+    # ComfyUI's sampler calls, the first at step 0 (``Call``); none given: one call, split at the expert switch for a
+    # solver that starts afresh there (each expert is a sampler call of its own in ComfyUI)
+    calls: tuple[Call, ...] = ()
 
     def steps(self) -> list[Step]:
-        timesteps, sigmas = step_levels(self.schedule, self.second)  # python numbers: no device syncs in the loop
+        timesteps, sigmas = step_levels(self.schedule, self.calls)  # python numbers: no device syncs in the loop
         names = [select_expert(t, self.boundary_t) for t in timesteps]
-        scales = [guidance_for(t, self.boundary_t, self.guide_scale) for t in timesteps]
+        calls = self.calls_of(names)
+        owner = [call_of(calls, i) for i in range(len(timesteps))]
+        scales = [
+            guidance_for(t, self.boundary_t, self.guide_scale) if calls[n].guide_scale is None else calls[n].guide_scale
+            for t, n in zip(timesteps, owner, strict=True)
+        ]
         return [
-            Step(i, len(timesteps), t, names[i], scales[i], nxt, self.skipped, self.guidance, sigmas[i])
+            Step(i, len(timesteps), t, names[i], scales[i], nxt, self.skipped, self.guidance, sigmas[i], owner[i])
             for i, (t, nxt) in enumerate(zip(timesteps, [*names[1:], None], strict=True))
         ]
+
+    def calls_of(self, experts: Sequence[str]) -> tuple[Call, ...]:
+        """The run's calls, given each step's expert: as given, else the one call (split at the switch, for a solver
+        that starts afresh there)."""
+        if self.calls:
+            return self.calls
+        switch = next((i for i in range(1, len(experts)) if experts[i] != experts[i - 1]), None)
+        return (Call(0),) if switch is None or not self.solver.restarts_at_switch else (Call(0), Call(switch))
 
 
 def known_frames(frame0: torch.Tensor) -> int:
@@ -179,23 +204,17 @@ def _base_velocity(batch_cfg: bool, step: Step) -> Velocity:
     )
 
 
-def _restarts(sampler: Sampler) -> bool:
-    """Whether the solver starts afresh at the expert switch: ComfyUI's multistep samplers (each expert is a sampler
-    call of its own), a noising one given the low-noise expert's call a seed of its own, any on a second call's own
-    steps."""
-    noised = sampler.solver.noised and sampler.low_noise_seed is not None
-    return sampler.solver.restarts_at_switch or noised or sampler.second is not None
+def _solver_state(sampler: Sampler, calls: Sequence[Call], n: int) -> SolverState:
+    """A fresh solver state for call ``n`` of ``calls``: on its schedule, from its seed, to its end."""
+    call = calls[n]
+    stop = calls[n + 1].start if n + 1 < len(calls) else None
+    seed = sampler.seed if call.seed is None else call.seed
+    return sampler.solver.init(_schedule(sampler, calls, n), seed, stop)
 
 
-def _solver_state(sampler: Sampler, steps: Sequence[Step], first: int) -> SolverState:
-    """A fresh solver state for the steps from ``first``: to the expert switch for a solver that starts afresh there,
-    with the seed of the low-noise expert's call after it (where given), on the second call's steps (where given)."""
-    stop = None
-    if _restarts(sampler):
-        stop = next((s.index + 1 for s in steps[first:] if s.next_expert not in (None, s.expert)), None)
-    seed = sampler.low_noise_seed if first and sampler.low_noise_seed is not None else sampler.seed
-    schedule = sampler.second.schedule if first and sampler.second is not None else sampler.schedule
-    return sampler.solver.init(schedule, seed, stop)
+def _schedule(sampler: Sampler, calls: Sequence[Call], n: int) -> Schedule:
+    """The schedule call ``n`` walks: its own, else the last one given before it, else the run's."""
+    return next((c.schedule for c in reversed(calls[: n + 1]) if c.schedule is not None), sampler.schedule)
 
 
 def denoise(
@@ -209,16 +228,18 @@ def denoise(
     policy, ``runtime.offload.ExpertPlacement``), or ``experts`` is a mapping of them."""
     get = experts.__getitem__ if isinstance(experts, Mapping) else experts
     hooks, steps = list(hooks), sampler.steps()
+    calls = sampler.calls_of([s.expert for s in steps])
     latents = keep_first_frame(noise, cond.frame0)
-    state = _solver_state(sampler, steps, 0)
+    state = _solver_state(sampler, calls, 0)
     try:
         for hook in hooks:
             hook.begin(steps)
         for step in steps:
-            if _restarts(sampler) and step.index and step.expert != steps[step.index - 1].expert:
-                state = _solver_state(sampler, steps, step.index)  # (ComfyUI's second sampler call)
-                if sampler.second is not None:
-                    latents = keep_first_frame(sampler.second.rescale(latents, sampler.schedule), cond.frame0)
+            if step.index and step.call != steps[step.index - 1].call:  # (ComfyUI's next sampler call)
+                state = _solver_state(sampler, calls, step.call)
+                before, after = (_schedule(sampler, calls, n) for n in (step.call - 1, step.call))
+                if after is not before:
+                    latents = keep_first_frame(rescale(latents, step.index, before, after), cond.frame0)
             model = get(step.expert)
             velocity = _base_velocity(sampler.batch_cfg, step)
             for hook in hooks:

@@ -24,12 +24,14 @@ from wanflow.builtin import builtin_checkpoint
 from wanflow.checkpoints.hub import HUB_OPTIONS, local_checkpoint
 from wanflow.checkpoints.layouts import Layout, detect_layout, files_layout
 from wanflow.checkpoints.load import Components, load_components
+from wanflow.configs import LOW
 from wanflow.io.video import save_video
 from wanflow.models.attention import default_backend
 from wanflow.models.dit import FP32_MODULES
 from wanflow.models.text_encoder import pad_context
 from wanflow.pipelines import lora
-from wanflow.pipelines.core import Conditioning, Sampler, SecondCall, denoise, step_levels
+from wanflow.pipelines.calls import CallLoras, loop_calls
+from wanflow.pipelines.core import Conditioning, Sampler, denoise, step_levels
 from wanflow.pipelines.diffusers_api import (
     DiffusersMethods,
     WanPipelineOutput,
@@ -59,7 +61,7 @@ from wanflow.runtime.preview import DEFAULT_EVERY, Preview, load_preview_map
 from wanflow.runtime.step_cache import CacheSettings, MagCache
 from wanflow.runtime.vae_tiling import decode_tiled
 from wanflow.sampling.comfy_schedules import scaled_noise
-from wanflow.sampling.experts import boundary_timestep, step_boundary
+from wanflow.sampling.experts import boundary_timestep, select_expert, step_boundary
 from wanflow.sampling.hooks import Step, StepHook
 from wanflow.sampling.noise import initial_noise
 from wanflow.sampling.schedule import get_schedule
@@ -451,7 +453,7 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         run's share of the work is not estimated."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             return
-        scales = request.guide_scale if isinstance(request.guide_scale, tuple) else (request.guide_scale,)
+        scales = request.scales
         need = memory_need(
             self.dit_cfg,
             self.vae.cfg,
@@ -485,8 +487,7 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         """The (prompt, negative prompt) states the DiT reads, padded to its ``text_len``, and NAG's negative states
         where it is on (by default the run's negative prompt's, encoded or given, computed once); ``given`` states
         (L, dim) take the place of encoding the text where not None (diffusers' ``prompt_embeds``)."""
-        scales = request.guide_scale if isinstance(request.guide_scale, tuple) else (request.guide_scale,)
-        guided = set(scales) != {1.0}  # guidance 1 everywhere: no unconditional pass reads the negative prompt
+        guided = set(request.scales) != {1.0}  # guidance 1 everywhere: no unconditional pass reads the negative prompt
         texts, given = [request.prompt, request.negative_prompt], [*given, None][:2]
         nag = request.nag
         nag_text = None if nag is None else nag.negative_prompt
@@ -553,11 +554,12 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             if request.grid is not None
             else get_schedule(request.solver, request.steps, request.shift, request.float_timesteps)
         )
-        second = None if request.low_schedule is None else SecondCall(request.switch_step, request.low_schedule)
+        solver, guidance = get_solver(request.solver), request.guidance
+        low = loop_calls(None, request.switch_step, None, request.low_schedule, False)  # (its own steps, if any)
         boundary = (  # the task's switch between experts, or after the first ``switch_step`` steps
             boundary_timestep(self.task.boundary)
             if request.switch_step is None
-            else step_boundary(step_levels(schedule, second)[0], request.switch_step)
+            else step_boundary(step_levels(schedule, low)[0], request.switch_step)
         )
         skipped = 0
         if start is not None:
@@ -565,12 +567,16 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             schedule, skipped = tail, schedule.num_steps - tail.num_steps
         elif request.grid is not None and request.grid.comfy:
             noise = scaled_noise(schedule, noise)
-        solver, guidance = get_solver(request.solver), request.guidance
+        timesteps = step_levels(schedule, low)[0]
+        switch = next((i for i, t in enumerate(timesteps) if select_expert(t, boundary) == LOW), None)
+        calls = loop_calls(request.calls, switch, request.low_noise_seed, request.low_schedule, solver.noised)
         sampler = Sampler(
             schedule, solver, boundary, request.guide_scale, skipped=skipped, guidance=guidance, seed=request.seed,
-            low_noise_seed=request.low_noise_seed, second=second,
+            calls=calls,
         )  # fmt: skip
         hooks = [self._placement, FiniteLatents(), *self._hooks, *hooks]  # NaN weights: an error, not a black video
+        if request.calls is not None and request.calls.loras:
+            hooks.append(CallLoras(request.calls, switch, self._placement.experts))
         if request.cache:
             hooks.append(self.step_cache(request.cache))
         if request.nag:

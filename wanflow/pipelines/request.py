@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from wanflow.io.image import IMAGE_FITS, load_image
+from wanflow.pipelines.calls import CallPlan, resolve_calls
 from wanflow.pipelines.presets import apply_preset
 from wanflow.pipelines.video_to_video import read_extended, read_video, video_size
 from wanflow.pipelines.windows import WindowPlan, latent_frames, pixel_count, plan_windows
@@ -87,6 +88,14 @@ class GenerateOptions:
     nag_negative_prompt: str | None = None  # what NAG pushes away from; None: the run's negative prompt
     scheduler: str | None = None  # ComfyUI's scheduler names (``sampling.comfy_schedules``); None: the solver's grid
     sigmas: Any = None  # the schedule itself, no shift ("1,0.94,0.83,0.63" or a list), ending at 0; None: off
+    # ComfyUI's chain of sampler calls (``pipelines.calls``): the steps the calls after the first start at ("2,4" or
+    # [2, 4]; on two experts switch_step is one of them), each call's guidance scale ("3.5,1,1"; None: its expert's),
+    # the later calls' step-noise seeds ("5,6"; None: the run's), a loaded LoRA's strength in each call of its experts
+    # ({"lightx2v": [0, 1]}); each call starts its solver afresh
+    sampler_calls: Any = None
+    call_guide_scale: Any = None
+    call_seeds: Any = None
+    call_loras: Any = None
 
     @classmethod
     def from_keywords(cls, prompt: str, **keywords: Any) -> GenerateOptions:
@@ -245,6 +254,13 @@ class Request:
     extend: list[Image.Image] | None = None  # the frames of a video being continued (window 1 of ``windows``)
     guidance: Guidance = CFG  # how each step's two predictions combine (``sampling.guidance``)
     nag: NagSettings | None = None  # normalized attention guidance (``runtime.nag``); None: off
+    calls: CallPlan | None = None  # ComfyUI's chain of sampler calls (``pipelines.calls``); None: one run
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        """Every guidance scale a step of the run may use."""
+        experts = self.guide_scale if isinstance(self.guide_scale, tuple) else (self.guide_scale,)
+        return experts if self.calls is None or self.calls.guide_scales is None else self.calls.guide_scales
 
     @property
     def window_frames(self) -> int:
@@ -267,6 +283,7 @@ class Request:
             **({"guidance": str(self.guidance)} if self.guidance.rule != "cfg" else {}),
             **({"slg": self.guidance.slg.metadata()} if self.guidance.slg is not None else {}),
             **({"nag": self.nag.metadata(self.negative_prompt)} if self.nag is not None else {}),
+            **(self.calls.metadata() if self.calls is not None else {}),
         }
 
     def require_image(self) -> Image.Image:
@@ -308,6 +325,8 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
     asked_steps, steps = steps, steps if grid is None else grid.schedule.num_steps
     switch = _switch_step(o.switch_step, task, steps)
     low_shift, low_schedule = _low_call(o, grid, solver, asked_steps, switch, shift, bool(video or extend or windows))
+    one_window = not (video or extend or windows)
+    calls = resolve_calls(o, steps, switch, task.is_moe, one_window, MAX_GUIDE)
     seed = draw_seed(o.seed)
     return Request(
         prompt=o.prompt if isinstance(o.prompt, str) else " | ".join(o.prompt),
@@ -337,6 +356,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         guidance=dataclasses.replace(parse_guidance(o.guidance), slg=_slg(o, shift)),
         nag=_nag(o),
         grid=grid,
+        calls=calls,
     )
 
 

@@ -30,6 +30,7 @@ class Step:
     skipped: int = 0  # steps of the schedule before this run's first (video to video starts part way down it)
     guidance: Guidance = CFG  # how the step's two predictions combine (``sampling.guidance``)
     sigma: float | None = None  # the noise level the model sees (the schedule's; ComfyUI's nodes' windows read it)
+    call: int = 0  # which of the run's sampler calls runs it (``pipelines.core.Call``; ComfyUI's KSamplerAdvanced)
 
 
 # The velocity of one step: (model, latents, timesteps, conditioning, guidance scale) -> velocity. The conditioning

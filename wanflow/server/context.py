@@ -171,5 +171,5 @@ class Context:
         resolved = resolve(options, task, multiple, image_hint=IMAGE_HINT)
         if hasattr(loaded, "check_request"):
             loaded.check_request(resolved)
-        check_loras(getattr(self.app.state, "loras", None), req.loras, loaded)
+        check_loras(getattr(self.app.state, "loras", None), req.loras, loaded, resolved)
         return resolved

@@ -22,6 +22,7 @@ from wanflow.checkpoints.lora import EXPERT_FILES, LoraFile, read_lora
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 MAX_LORAS = 8  # per request
+MAX_CALLS = 8  # strengths of one LoRA, one for each sampler call
 
 
 class LoraChoice(BaseModel):
@@ -30,26 +31,36 @@ class LoraChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="a LoRA this server lists at GET /api/loras")
-    strength: float = Field(1.0, ge=-10, le=10, description="how strongly it applies (1 = as trained)")
+    strength: float | list[float] = Field(
+        1.0, description="how strongly it applies (1 = as trained), -10..10; or a list: one for each sampler call of "
+        "its experts (sampler_calls)"
+    )  # fmt: skip
     expert: Literal["high", "low"] | None = Field(None, description="only on this expert (A14B); default: every")
 
     @field_validator("strength")
     @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("strength must be a finite number")
+    def _finite(cls, value: float | list[float]) -> float | list[float]:
+        values = value if isinstance(value, list) else [value]
+        if not values or len(values) > MAX_CALLS or not all(math.isfinite(v) and -10 <= v <= 10 for v in values):
+            raise ValueError(f"strength: a finite number in -10..10, or a list of 1 to {MAX_CALLS} of them")
         return value
+
+    def first(self) -> float:
+        """The strength it loads at (the first call's)."""
+        return self.strength[0] if isinstance(self.strength, list) else self.strength
 
 
 def parse_choices(value):
-    """A form field: ``"name[:strength][@expert], ..."`` (JSON bodies send the list of objects itself)."""
+    """A form field: ``"name[:strength][@expert], ..."``, a strength for each sampler call as ``S1;S2`` (JSON bodies
+    send the list of objects itself)."""
     if not isinstance(value, str):
         return value
     choices = []
     for item in filter(None, (part.strip() for part in value.split(","))):
         item, _, expert = item.partition("@")
         name, _, strength = item.partition(":")
-        choices.append({"name": name, "strength": strength or 1.0, **({"expert": expert} if expert else {})})
+        given = strength.split(";") if ";" in strength else strength or 1.0
+        choices.append({"name": name, "strength": given, **({"expert": expert} if expert else {})})
     return choices
 
 
@@ -102,8 +113,10 @@ def _per_expert(folder: Path) -> bool:
     return any((folder / f).is_file() for f in EXPERT_FILES.values())
 
 
-def check_loras(library: LoraLibrary | None, choices: Sequence[LoraChoice], pipe) -> None:
-    """Every choice against the library and, when its pipeline is loaded, against the experts' weights."""
+def check_loras(library: LoraLibrary | None, choices: Sequence[LoraChoice], pipe, request=None) -> None:
+    """Every choice against the library, its strengths for each sampler call against the resolved ``request``'s
+    calls, and, when its pipeline is loaded, against the experts' weights."""
+    from wanflow.pipelines.calls import check_strengths
     from wanflow.pipelines.lora import assign_experts, check_on
 
     library = library or LoraLibrary(None)
@@ -111,26 +124,33 @@ def check_loras(library: LoraLibrary | None, choices: Sequence[LoraChoice], pipe
         raise ValueError(f"at most {MAX_LORAS} LoRAs per request, got {len(choices)}")
     for choice in choices:
         files = library.read(choice.name)
+        if isinstance(choice.strength, list) and request is not None:
+            check_strengths(request, choice.expert, tuple(choice.strength), f"LoRA {choice.name}")
         if pipe is not None:
             experts = pipe.experts
             check_on(experts, assign_experts(files, choice.expert, list(experts), choice.name))
 
 
 @contextmanager
-def loras_applied(library: LoraLibrary | None, choices: Sequence[LoraChoice], pipe) -> Iterator[None]:
-    """The request's LoRAs beside the pipeline's weights for the length of the block, then taken off."""
+def loras_applied(
+    library: LoraLibrary | None, choices: Sequence[LoraChoice], pipe
+) -> Iterator[dict[str, list[float]] | None]:
+    """The request's LoRAs beside the pipeline's weights for the length of the block, then taken off; the block gets
+    the strengths given for each sampler call, by the names they were loaded under (``call_loras``), or None."""
     if not choices:
-        yield
+        yield None
         return
     from wanflow.pipelines.lora import assign_experts, load_lora, unload_lora
 
     library = library or LoraLibrary(None)
-    names = []
+    names, per_call = [], {}
     try:
         for i, choice in enumerate(choices):
             targets = assign_experts(library.read(choice.name), choice.expert, list(pipe.experts), choice.name)
-            names.append(load_lora(pipe, choice.name, choice.strength, name=f"{choice.name}#{i}", targets=targets))
-        yield
+            names.append(load_lora(pipe, choice.name, choice.first(), name=f"{choice.name}#{i}", targets=targets))
+            if isinstance(choice.strength, list):
+                per_call[names[-1]] = choice.strength
+        yield per_call or None
     finally:
         for name in names:
             unload_lora(pipe, name)

@@ -122,6 +122,15 @@ class GenerateRequest(BaseModel):
     switch_step: int | None = Field(
         None, ge=0, description="A14B: the high-noise expert's steps (default: by timestep)"
     )
+    sampler_calls: str | list[int] | None = Field(
+        None, max_length=40, description="ComfyUI's chain of sampler calls: the steps the later ones start at, '2,4'"
+    )
+    call_guide_scale: str | list[float] | None = Field(
+        None, max_length=80, description="each sampler call's guidance scale, '3.5,1,1'"
+    )
+    call_seeds: str | list[int] | None = Field(
+        None, max_length=80, description="the later sampler calls' step-noise seeds (default: the run's)"
+    )
     strength: float | None = Field(
         None, gt=0, le=1, description="with a video file: the share of the steps that run (default 0.8)"
     )
@@ -239,6 +248,9 @@ class GenerateRequest(BaseModel):
             prompt_extend_seed=self.prompt_extend_seed,
             cache=self.cache,
             switch_step=self.switch_step,
+            sampler_calls=self.sampler_calls,
+            call_guide_scale=self.call_guide_scale,
+            call_seeds=self.call_seeds,
             guidance=self.guidance,
             slg_layers=self.slg_layers,
             slg_scale=self.slg_scale,

@@ -233,8 +233,8 @@ def run_job(
     pipe = models.get(job.get("model") or job["task"])
     image = _load(files.image(job["id"])) if job["has_image"] else None
     last = _load(files.last_image(job["id"])) if has_last else None
-    with loras_applied(loras, request.loras, pipe):  # beside the weights for this job only
-        options = request.options(image, last, video)
+    with loras_applied(loras, request.loras, pipe) as per_call:  # beside the weights for this job only
+        options = dataclasses.replace(request.options(image, last, video), call_loras=per_call)
         hooks = [BlockCheck(check), *(preview_hooks(pipe, files.preview(job["id"])) if previews else [])]
         out = pipe(options, progress=progress, callback=lambda step: check(), hooks=hooks)
     return out if request.fps is None else dataclasses.replace(out, fps=request.fps)  # (the same frames, another rate)

@@ -25,6 +25,7 @@ SUFFIXES = (".json", ".png", ".webp", ".mp4", ".webm", ".mov")
 # the workflow's flags this server's job takes under the same name
 SAME_NAME = (
     "guidance", "switch_step", "noise_device", "fps", "scheduler", "sigmas", "low_noise_shift", "image_fit",
+    "sampler_calls", "call_guide_scale", "call_seeds",
     "nag_scale", "nag_alpha", "nag_tau", "nag_negative_prompt",
     "slg_layers", "slg_scale", "slg_start", "slg_stop", "slg_mode", "slg_percent",
 )  # fmt: skip
@@ -125,7 +126,8 @@ def _loras(args: argparse.Namespace, library: LoraLibrary, missing: list[str]) -
             if stem not in have:
                 missing.append(stem)
                 continue
-            chosen.append({"name": stem, "strength": strength, **({"expert": expert} if expert else {})})
+            given = list(strength) if isinstance(strength, tuple) else strength  # (a tuple: one for each call)
+            chosen.append({"name": stem, "strength": given, **({"expert": expert} if expert else {})})
     return chosen
 
 

@@ -126,7 +126,8 @@ function fillForm(read) {
     field.value = value;
   }
   form.guide_scale.value = (f.guide_scale || []).join(",");
-  form.loras.value = (f.loras || []).map((l) => `${l.name}:${l.strength}${l.expert ? "@" + l.expert : ""}`).join(", ");
+  const strength = (l) => (Array.isArray(l.strength) ? l.strength.join(";") : l.strength);  // (one for each call)
+  form.loras.value = (f.loras || []).map((l) => `${l.name}:${strength(l)}${l.expert ? "@" + l.expert : ""}`).join(", ");
   $("#no-negative").checked = f.negative_prompt === "";  // "" is no negative prompt; absent, the task's
   form.negative_prompt.disabled = f.negative_prompt === "";
   $("#more").open = true;  // (the scheduler, the switch and the LoRAs are there)

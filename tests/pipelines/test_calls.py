@@ -1,0 +1,143 @@
+"""A run as ComfyUI's chain of sampler calls (``pipelines.calls``): the "three KSampler" recipe on a tiny T2V-A14B,
+checked step by step against what each call must compute (its expert, its guidance scale and its LoRA strengths,
+evaluated again by hand from the step's own inputs), and against its solver started afresh at each call with that
+call's seed (replaying the recorded velocities gives the run's latents bit for bit)."""
+
+import re
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.tiny.checkpoint import TINY_DITS, write_official_checkpoint
+from tests.tiny.lora import make_lora
+from wanflow.pipelines.core import guided_velocity
+from wanflow.pipelines.pipeline import WanPipeline
+from wanflow.runtime.lora import loaded_loras, set_strength
+from wanflow.sampling.comfy_schedules import comfy_schedule
+from wanflow.sampling.hooks import StepHook
+from wanflow.sampling.solvers import get_solver
+
+PROMPT = "a red circle moving right"
+TASK = "t2v-A14B"
+RUN = dict(size=(64, 64), frames=5, steps=6, scheduler="simple", shift=8.0, switch_step=4, seed=3, noise_device="cpu")
+RECIPE = dict(sampler_calls=[2, 4], call_guide_scale=[3.5, 1, 1.5])
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calls")
+    pipe = WanPipeline.from_pretrained(write_official_checkpoint(root / "ckpt", TASK, seed=11), device="cpu")
+    for expert, seed in (("high", 5), ("low", 6)):
+        state, _ = make_lora("lightx2v", TINY_DITS[TASK], seed)
+        save_file(state, root / f"{expert}.safetensors")
+        pipe.load_lora(root / f"{expert}.safetensors", 0.7, expert=expert, name=f"fast_{expert}")
+    return pipe
+
+
+class Inputs(StepHook):
+    """Each step's model call (its model, latents, timesteps, conditioning and scale, and the velocity), with the
+    strength each LoRA had on that model then, and the latents the step produced."""
+
+    def __init__(self):
+        self.calls, self.latents = [], []
+
+    def wrap(self, velocity, step):
+        def seen(model, latents, t, cond, scale):
+            out = velocity(model, latents, t, cond, scale)
+            strengths = {a.name: a.strength for a in loaded_loras(model)}
+            self.calls.append((step, model, latents, t, cond, scale, strengths, out))
+            return out
+
+        return seen
+
+    def after(self, step, latents):
+        self.latents.append(latents)
+
+
+def test_each_call_runs_its_expert_scale_and_lora_strengths(pipe):
+    """High-noise steps 0-1 without the fast LoRA at guidance 3.5, steps 2-3 with it at guidance 1, the low-noise
+    steps 4-5 with its own at 1.5: each step's velocity equals the guided velocity computed again from the step's
+    inputs with the expected strength set on the model; the strengths come back at the end."""
+    hook = Inputs()
+    pipe(PROMPT, solver="dpmpp_2m", call_loras={"fast_high": [0, 1], "fast_low": [0.8]}, hooks=[hook], **RUN, **RECIPE)
+    expect = [("high", 3.5, 0.0), ("high", 3.5, 0.0), ("high", 1.0, 1.0), ("high", 1.0, 1.0),
+              ("low", 1.5, 0.8), ("low", 1.5, 0.8)]  # fmt: skip
+    assert len(hook.calls) == 6
+    for k, (step, model, latents, t, cond, scale, strengths, v) in enumerate(hook.calls):
+        expert, want_scale, want_strength = expect[k]
+        assert (step.expert, step.call, scale) == (expert, [0, 0, 1, 1, 2, 2][k], want_scale)
+        assert strengths == {f"fast_{expert}": want_strength}
+        loaded = {a.name: a.strength for a in loaded_loras(model)}
+        try:
+            set_strength(model, f"fast_{expert}", want_strength)
+            again = guided_velocity(model, latents, t, cond, want_scale)
+        finally:
+            for name, s in loaded.items():
+                set_strength(model, name, s)
+        assert torch.equal(again, v), k
+    assert {a.name: a.strength for m in pipe.experts.values() for a in loaded_loras(m)} == {
+        "fast_high": 0.7,
+        "fast_low": 0.7,
+    }
+
+
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "lcm", "uni_pc"])
+def test_each_call_starts_its_solver_afresh_from_its_seed(pipe, solver):
+    """Replaying the run's velocities through the solver started afresh at each call (each to its own end, from its
+    seed) gives the run's latents bit for bit; the same run as one call does not, for these solvers (a history, or
+    step noise from one generator); other call seeds change the steps from the call they seed on, and no others."""
+    schedule, fresh = comfy_schedule("simple", 6, 8.0, sampler=solver), get_solver(solver)
+    runs = {}
+    for seeds in ((7, 8), (7, 9)):
+        hook = Inputs()
+        pipe(PROMPT, solver=solver, call_seeds=list(seeds), hooks=[hook], **RUN, **RECIPE)
+        bounds, x = [(0, 2, 3), (2, 4, seeds[0]), (4, None, seeds[1])], hook.calls[0][2]
+        for start, stop, seed in bounds:
+            state = fresh.init(schedule, seed, stop)
+            for k in range(start, stop or 6):
+                x, state = fresh.step(state, hook.calls[k][-1], x, k)
+                assert torch.equal(x, hook.latents[k]), (seeds, k)
+        state, x, whole = fresh.init(schedule, 3), hook.calls[0][2], []
+        for k in range(6):
+            x, state = fresh.step(state, hook.calls[k][-1], x, k)
+            whole.append(torch.equal(x, hook.latents[k]))
+        assert not all(whole)
+        runs[seeds] = hook.latents
+    same = [torch.equal(a, b) for a, b in zip(runs[(7, 8)], runs[(7, 9)], strict=True)]
+    assert same == [True] * 4 + [False] * 2 if fresh.noised else same == [True] * 6
+
+
+def test_a_run_of_calls_is_the_steps_of_the_plain_run_up_to_where_it_differs(pipe):
+    """Calls of the same guidance and LoRAs as the plain run, on a solver with no state (euler), give the plain run's
+    frames bit for bit; a later call at another scale keeps the frames before it (output latents compared)."""
+    plain = pipe(PROMPT, solver="euler", guide_scale=(3.0, 3.5), output_type="latent", **RUN).frames
+    calls = pipe(PROMPT, solver="euler", sampler_calls=[2, 4], call_guide_scale=[3.5, 3.5, 3.0],
+                 output_type="latent", **RUN).frames  # fmt: skip
+    assert torch.equal(plain, calls)
+    hooks = [Inputs(), Inputs()]
+    pipe(PROMPT, solver="euler", guide_scale=(3.0, 3.5), hooks=[hooks[0]], **RUN)
+    pipe(PROMPT, solver="euler", sampler_calls=[2, 4], call_guide_scale=[3.5, 2.0, 3.0], hooks=[hooks[1]], **RUN)
+    same = [torch.equal(a, b) for a, b in zip(hooks[0].latents, hooks[1].latents, strict=True)]
+    assert same == [True, True, False, False, False, False]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(sampler_calls=[2]), "switch is a call of its own"),
+        (dict(sampler_calls=[4, 2]), "rising"),
+        (dict(sampler_calls=[2, 6]), "rising, 1..5"),
+        (dict(sampler_calls="2,x"), "ints separated by commas"),
+        (dict(call_guide_scale=[3.5, 1]), "each of the 3 calls"),
+        (dict(call_seeds=[1]), "each call after the first (2)"),
+        (dict(call_loras={"nope": [0, 1]}), "not loaded"),
+        (dict(call_loras={"fast_high": [0, 1, 1]}), "each of the 2 calls of its experts (high)"),
+        (dict(cache="magcache"), "not with sampler_calls"),
+        (dict(low_noise_seed=4), "give call_seeds"),
+        (dict(sampler_calls=None), "give sampler_calls"),
+    ],
+)
+def test_calls_asked_wrong_are_clear_errors(pipe, change, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pipe(PROMPT, solver="euler", **{**RUN, **RECIPE, **change})
