@@ -220,7 +220,7 @@ def test_a_subgraph_is_inlined(comfy, tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (dict(sampler="heun"), r"uses sampler 'heun'; wanflow runs ComfyUI's \['ddim', 'dpmpp_2m',"),
+        (dict(sampler="heun"), r"uses sampler 'heun'; wanflow runs ComfyUI's \['ddim', 'deis', 'dpmpp_2m',"),
         (dict(scheduler="bong_tangent"), "scheduler 'bong_tangent'"),
         (dict(high=(0, 2), low=(3, 10000)), "do not split one run"),
         (dict(high=(1, 2)), "do not split one run"),
@@ -251,10 +251,9 @@ def test_unknown_nodes_and_missing_files_are_named(comfy, tmp_path, caplog):
     assert main(["generate", "--workflow", str(tmp_path / "bad.json")]) == 2
 
 
-def test_first_last_frame_layout(comfy, tmp_path):
-    """ComfyUI's FLF2V template: the prompts pass through WanFirstLastFrameToVideo (positive, negative, latent) with
-    a LoadImage for each end, files under ComfyUI's input folder; a cfg of 1 leaves the negative prompt unread; the
-    images are fit as ComfyUI fits them (``--image_fit crop``)."""
+def first_last(comfy) -> Editor:
+    """ComfyUI's FLF2V template's layout: the prompts through WanFirstLastFrameToVideo, a LoadImage at each end (80:
+    start.png, 89: end.png, under ComfyUI's input folder), cfg 1."""
     (comfy / "input").mkdir(exist_ok=True)
     for name in ("start.png", "end.png"):
         (comfy / "input" / name).touch()
@@ -269,13 +268,39 @@ def test_first_last_frame_layout(comfy, tmp_path):
         node(w, sampler)["widgets_values"][4] = 1.0  # cfg 1
     relink(w, 57, "latent_image", 81)
     next(lk for lk in w.links if lk[3] == 57 and lk[1] == 81 and lk[4] == 3)[2] = 2  # (its LATENT output)
-    args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    return w
+
+
+def test_first_last_frame_layout(comfy, tmp_path):
+    """ComfyUI's FLF2V template: the prompts pass through WanFirstLastFrameToVideo (positive, negative, latent) with
+    a LoadImage for each end, files under ComfyUI's input folder; a cfg of 1 leaves the negative prompt unread; the
+    images are fit as ComfyUI fits them (``--image_fit crop``)."""
+    args = workflow_arguments(write(tmp_path, first_last(comfy).json()), str(comfy))
     assert args[args.index("--task") + 1] == "i2v-A14B" and args[args.index("--size") + 1] == "640*640"
     assert args[args.index("--image") + 1] == str(comfy / "input" / "start.png")
     assert args[args.index("--last_image") + 1] == str(comfy / "input" / "end.png")
     assert "--negative_prompt" not in args and args[args.index("--sample_guide_scale") + 1] == "1,1"
     assert args[args.index("--image_fit") + 1] == "crop"  # (the node's size, each image fit to it as ComfyUI fits it)
     assert "--image_fit" not in workflow_arguments(write(tmp_path, t2v().json(), "t2v.json"), str(comfy))
+
+
+def test_an_image_scale_node_before_the_images(comfy, tmp_path):
+    """ComfyUI's ImageScale between each LoadImage and the Wan node becomes ``--image_scale`` (run before the fit);
+    the two images scaled differently, or by a method wanflow lacks, are errors naming it."""
+    w = first_last(comfy)
+    w.add(82, "ImageScale", ["lanczos", 832, 480, "center"], image=(80, 0))
+    w.add(83, "ImageScale", ["lanczos", 832, 480, "center"], image=(89, 0))
+    relink(w, 81, "start_image", 82)
+    relink(w, 81, "end_image", 83)
+    args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    assert args[args.index("--image_scale") + 1] == "lanczos:832*480:center"
+    assert args[args.index("--image") + 1] == str(comfy / "input" / "start.png")
+    node(w, 83)["widgets_values"] = ["bicubic", 0, 480, "disabled"]
+    with pytest.raises(ValueError, match="scaled differently"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    node(w, 82)["widgets_values"] = node(w, 83)["widgets_values"] = ["bislerp", 0, 480, "disabled"]
+    with pytest.raises(ValueError, match="image_scale is METHOD"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
 
 
 def test_a_seed_gives_comfyuis_initial_noise_on_any_device():

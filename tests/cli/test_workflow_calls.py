@@ -84,13 +84,15 @@ def test_three_samplers_run_as_three_calls(comfy, tmp_path):
         assert not (other.frames == video.frames).all()
 
 
-def test_each_calls_seed_for_the_samplers_that_draw_noise(comfy, tmp_path):
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "res_multistep_ancestral"])
+def test_each_calls_seed_for_the_samplers_that_draw_noise(comfy, tmp_path, sampler):
     """An ancestral sampler's step noise comes from each KSamplerAdvanced's noise_seed: the later calls' seeds."""
-    w = three_samplers(comfy, sampler="euler_ancestral")
+    w = three_samplers(comfy, sampler=sampler)
     node(w, 61)["widgets_values"][1] = 11
     node(w, 58)["widgets_values"][1] = 12
     args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
     assert flag(args, "--call_seeds") == ["11,12"] and flag(args, "--base_seed") == ["3"]
+    assert flag(args, "--sample_solver") == [sampler]
 
 
 @pytest.mark.parametrize(

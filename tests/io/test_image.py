@@ -71,3 +71,30 @@ def test_comfyuis_fit_of_an_image():
         w, h = case["width"], case["height"]
         theirs = torch.tensor(case["pixels"], dtype=torch.float32).reshape(h, w, 3).permute(2, 0, 1)
         assert torch.equal(comfy_fit(picture, w, h), theirs * 2.0 - 1.0), (w, h)
+
+
+def test_comfyuis_image_scale_before_the_fit():
+    """``ImageScale`` then ``comfy_fit``: ComfyUI's ImageScale node (every method: torch's interpolations and lanczos
+    through PIL; crop on and off; a side of 0 from the aspect; both 0) and then its Wan node's fit, run as an oracle
+    (comfy_scale.json): bit for bit; the scaled size is theirs; without the node the image differs."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from wanflow.io.image import ImageScale, comfy_fit
+
+    saved = json.loads((Path(__file__).parent / "comfy_scale.json").read_text())
+    picture = Image.fromarray(np.array(saved["picture"], dtype=np.uint8).reshape(saved["shape"]))
+    x = torch.from_numpy(np.asarray(picture).astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    for case in saved["cases"]:
+        scale = ImageScale.parse(f"{case['method']}:{case['width']}*{case['height']}:{case['crop']}")
+        assert list(scale.apply(x).shape[2:]) == case["scaled"]
+        (w, h), text = case["video"], str(scale)
+        theirs = torch.tensor(case["pixels"], dtype=torch.float32).reshape(h, w, 3).permute(2, 0, 1)
+        assert torch.equal(comfy_fit(picture, w, h, scale), theirs * 2.0 - 1.0), text
+        if case["width"] or case["height"]:
+            assert not torch.equal(comfy_fit(picture, w, h), theirs * 2.0 - 1.0), text
+    for bad in ("bislerp:64*64", "lanczos:64", "lanczos:64*x", "area:64*64:left"):
+        with pytest.raises(ValueError, match="image_scale is METHOD:W"):
+            ImageScale.parse(bad)

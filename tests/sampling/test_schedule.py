@@ -84,7 +84,8 @@ def test_shift_sigmas_closed_form():
 
 def test_registry_and_errors():
     names = {"unipc", "dpm++", "euler", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "euler_ancestral",
-             "ipndm", "ipndm_v", "gradient_estimation", *MOVE_FIRST_SIGMA}  # fmt: skip
+             "ipndm", "ipndm_v", "gradient_estimation", "deis", "res_multistep_ancestral",
+             *MOVE_FIRST_SIGMA}  # fmt: skip
     assert set(SCHEDULES) == names == set(SOLVERS)  # (each its grid)
     assert SCHEDULES["dpmpp_2m"] is SCHEDULES["res_multistep"] is euler_schedule  # (from sigma 1, as ComfyUI)
     assert SCHEDULES["uni_pc"] is SCHEDULES["uni_pc_bh2"] is comfy_uni_pc_schedule

@@ -305,3 +305,18 @@ def test_the_page_sends_a_chain_of_samplers(browser, served, tmp_path):
     assert {k: job["params"].get(k) for k in CALLS if k != "guide_scale"} == {k: v for k, v in CALLS.items()
                                                                                if k != "guide_scale"}  # fmt: skip
     assert not errors, errors
+
+
+def test_an_image_scale_carries_over(served, tmp_path):
+    """ComfyUI's ImageScale before the Wan image node becomes the job's image_scale beside image_fit crop."""
+    from tests.cli.test_workflow import first_last, relink
+
+    w = first_last(tmp_path)
+    w.add(82, "ImageScale", ["area", 0, 480, "disabled"], image=(80, 0))
+    relink(w, 81, "start_image", 82)
+    w.nodes = [n for n in w.nodes if n["id"] != 89]  # (no end image)
+    for entry in node(w, 81)["inputs"]:
+        entry["link"] = None if entry["name"] == "end_image" else entry["link"]
+    read = served.client.post("/api/workflow", content=json.dumps(w.json())).json()
+    assert read["task"] == "i2v-A14B", read
+    assert read["fields"]["image_scale"] == "area:0*480" and read["fields"]["image_fit"] == "crop"

@@ -61,6 +61,7 @@ OPTION_FLAGS = {
     "low_noise_seed": "low_noise_seed",
     "low_noise_shift": "low_noise_shift",
     "image_fit": "image_fit",
+    "image_scale": "image_scale",
     "preset": "preset",
     "float_timesteps": "float_timesteps",
     **EXTEND_FLAGS,
@@ -231,6 +232,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["area", "crop"],
         help="how an input image meets --size: area (default, the reference's: its aspect within the size's area) or "
         "crop (ComfyUI's Wan image nodes': the size itself, the image's centre cropped and resized bilinear)",
+    )
+    add_flag(
+        p,
+        "image_scale",
+        metavar="METHOD:W*H[:center]",
+        help="with --image_fit crop: ComfyUI's ImageScale node on the input images first (METHOD nearest-exact, "
+        "bilinear, area, bicubic or lanczos; a side 0 keeps the aspect; center crops to W*H's aspect first)",
     )
     add_flag(
         p,

@@ -5,9 +5,9 @@ the ``wanflow generate`` flag of the same meaning: the model files (UNETLoader /
 VAELoader, found under ``--comfy_dir``'s ``models`` folders), the LoRAs on each expert (LoraLoaderModelOnly,
 LoraLoader, rgthree's Power Lora Loader), the shift (ModelSamplingSD3), the prompts (CLIPTextEncode), the size, frames
 and input images (EmptyHunyuanLatentVideo, Wan22ImageToVideoLatent, WanImageToVideo, WanFirstLastFrameToVideo,
-LoadImage), the sampling (one KSampler, or the two KSamplerAdvanced nodes of the A14B experts: steps, cfg per expert,
-sampler, scheduler, seed, the step the experts switch at; a chain of more KSamplerAdvanced nodes, each with its
-guidance, seed and LoRA strengths; CFGZeroStar, WanVideoNAG, skip layer guidance), and the
+LoadImage, an ImageScale between), the sampling (one KSampler, or the two KSamplerAdvanced nodes of the A14B experts:
+steps, cfg per expert, sampler, scheduler, seed, the step the experts switch at; a chain of more KSamplerAdvanced
+nodes, each with its guidance, seed and LoRA strengths; CFGZeroStar, WanVideoNAG, skip layer guidance), and the
 frame rate of the node that saves the video. A node wanflow cannot run as ComfyUI does is an error
 naming it, never skipped in silence; nodes that only change speed (attention kernels, compilation) are passed over
 and named in the log.
@@ -23,6 +23,7 @@ from wanflow.cli.workflow_custom import as_ksamplers
 from wanflow.cli.workflow_output import DECODERS, decoder, fps_arguments, tile_arguments, unrun_after
 from wanflow.cli.workflow_slg import SLG_NODES, slg_arguments
 from wanflow.io.comfy_workflow import POWER_LORA_LOADER, Graph, Node, describe, read_workflow
+from wanflow.io.image import ImageScale
 from wanflow.sampling.comfy_schedules import SCHEDULERS, comfy_sigmas
 from wanflow.sampling.schedule import MOVE_FIRST_SIGMA
 from wanflow.sampling.solvers import get_solver
@@ -32,7 +33,7 @@ log = logging.getLogger("wanflow")
 SAMPLER_NODES = ("KSamplerAdvanced", "KSampler")
 SAMPLERS = (  # (ComfyUI's)
     "euler", "euler_ancestral", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "ipndm", "ipndm_v",
-    "gradient_estimation", *MOVE_FIRST_SIGMA,
+    "gradient_estimation", "deis", "res_multistep_ancestral", *MOVE_FIRST_SIGMA,
 )  # fmt: skip
 ALIASES = {"ddim": "euler"}  # ComfyUI's ddim is its euler (with inpainting's noise drawn anew, which no Wan task has)
 MODEL_NODES = {
@@ -388,15 +389,37 @@ def latent_arguments(graph: Graph, sampler: Node, two_experts: bool, files: File
         )
     width, height, length = (int(graph.value(node, k)) for k in ("width", "height", "length"))
     args = ["--task", task, "--size", f"{width}*{height}", "--frame_num", str(length)]
+    scales = set()
     for name, flag in (("start_image", "--image"), ("end_image", "--last_image")):
         if graph.source(node, name) is not None:
-            loader = graph.upstream(node, name)
-            if loader.type != "LoadImage":
-                raise ValueError(f"{graph.name}: {name} comes from {describe(loader)}; wanflow reads a LoadImage")
+            loader, scale = image_source(graph, node, name)
+            scales.add(scale)
             args += [flag, files.find(graph.value(loader, "image"), "input")]
     if task == "i2v-A14B" and "--image" not in args:
         raise ValueError(f"{graph.name}: {describe(node)} has no start_image")
+    if len(scales) > 1:
+        raise ValueError(f"{graph.name}: the two images are scaled differently ({sorted(map(str, scales))}); "
+                         "wanflow scales both alike")  # fmt: skip
+    scale = next(iter(scales), None)
+    args += [] if scale is None else ["--image_scale", scale]
     return args + (["--image_fit", "crop"] if "--image" in args else [])  # (the node's size, the image fit to it)
+
+
+def image_source(graph: Graph, node: Node, name: str) -> tuple[Node, str | None]:
+    """The LoadImage of a Wan node's image input, and the settings of an ImageScale node between them (as
+    ``--image_scale`` takes them), if any."""
+    loader, scale = graph.upstream(node, name), None
+    if loader.type == "ImageScale":
+        value = graph.value
+        width, height = int(value(loader, "width")), int(value(loader, "height"))
+        crop = ":center" if value(loader, "crop") == "center" else ""
+        scale = f"{value(loader, 'upscale_method')}:{width}*{height}{crop}"
+        ImageScale.parse(scale)  # (a method wanflow lacks: an error naming it)
+        loader = graph.upstream(loader, "image")
+    if loader.type != "LoadImage":
+        raise ValueError(f"{graph.name}: {name} comes from {describe(loader)}; wanflow reads a LoadImage (through an "
+                         "ImageScale)")  # fmt: skip
+    return loader, scale
 
 
 class Files:

@@ -64,6 +64,7 @@ WIDGETS: dict[str, tuple[str, ...]] = {
     "WanImageToVideo": ("width", "height", "length", "batch_size"),
     "WanFirstLastFrameToVideo": ("width", "height", "length", "batch_size"),
     "LoadImage": ("image", "upload"),
+    "ImageScale": ("upscale_method", "width", "height", "crop"),
     "CreateVideo": ("fps",),
     "SaveAnimatedWEBP": ("filename_prefix", "fps", "lossless", "quality", "method"),
     "SaveAnimatedPNG": ("filename_prefix", "fps", "compress_level"),

@@ -7,6 +7,7 @@ import math
 import os
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -90,18 +91,80 @@ def resize_center_crop(image: Image.Image, width: int, height: int) -> Image.Ima
 IMAGE_FITS = ("area", "crop")  # the reference's (the image's aspect within the area), ComfyUI's (the exact size)
 
 
-def comfy_fit(image: Image.Image, width: int, height: int) -> torch.Tensor:
+UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")  # ComfyUI's ImageScale's
+
+
+@dataclass(frozen=True)
+class ImageScale:
+    """ComfyUI's ImageScale node on an input image before its Wan image node fits it: ``method`` (one of
+    ``UPSCALE_METHODS``) to ``width`` x ``height`` (a side of 0: from the other, keeping the aspect; both 0: the image
+    unchanged), its centre cropped to that aspect first where ``crop``."""
+
+    method: str
+    width: int
+    height: int
+    crop: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> ImageScale:
+        """``METHOD:W*H[:center]``, e.g. ``lanczos:832*480:center`` or ``bicubic:0*480``."""
+        method, _, rest = str(text).partition(":")
+        size, _, crop = rest.partition(":")
+        width, _, height = size.replace("x", "*").partition("*")
+        if (
+            method not in UPSCALE_METHODS
+            or crop not in ("", "center", "disabled")
+            or not (width.isdigit() and height.isdigit())
+        ):
+            raise ValueError(
+                f"image_scale is METHOD:W*H[:center], METHOD one of {', '.join(UPSCALE_METHODS)} (ComfyUI's "
+                f"ImageScale), a side 0 to keep the aspect; got {text!r}"
+            )
+        return cls(method, int(width), int(height), crop == "center")
+
+    def __str__(self) -> str:
+        return f"{self.method}:{self.width}*{self.height}" + (":center" if self.crop else "")
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, 3, H, W) floats in [0, 1], scaled."""
+        width, height = self.width, self.height
+        if width == 0 and height == 0:
+            return x
+        if width == 0:
+            width = max(1, round(x.shape[3] * height / x.shape[2]))
+        elif height == 0:
+            height = max(1, round(x.shape[2] * width / x.shape[3]))
+        return comfy_upscale(x, width, height, self.method, self.crop)
+
+
+def comfy_upscale(
+    x: torch.Tensor, width: int, height: int, method: str = "bilinear", crop: bool = True
+) -> torch.Tensor:
+    """ComfyUI's ``common_upscale`` of (1, 3, H, W) floats in [0, 1]: the centre cropped to the target's aspect
+    (where ``crop``), then resized by ``method``: torch's interpolation of that name, or lanczos through PIL on the
+    image as uint8 (ComfyUI's, truncated from ``255 x``)."""
+    if crop:
+        old_w, old_h = x.shape[-1], x.shape[-2]
+        old_aspect, new_aspect = old_w / old_h, width / height
+        left = top = 0
+        if old_aspect > new_aspect:
+            left = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
+        elif old_aspect < new_aspect:
+            top = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
+        x = x.narrow(-2, top, old_h - top * 2).narrow(-1, left, old_w - left * 2)
+    if method != "lanczos":
+        return F.interpolate(x, size=(height, width), mode=method)
+    picture = Image.fromarray(np.clip(255.0 * x[0].permute(1, 2, 0).numpy(), 0, 255).astype(np.uint8))
+    resized = picture.resize((width, height), resample=Image.Resampling.LANCZOS)
+    return torch.from_numpy(np.asarray(resized).astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def comfy_fit(image: Image.Image, width: int, height: int, scale: ImageScale | None = None) -> torch.Tensor:
     """(3, height, width) float32 in [-1, 1]: the image as ComfyUI's Wan image nodes fit it (WanImageToVideo,
     WanFirstLastFrameToVideo, Wan22ImageToVideoLatent: ``common_upscale(..., "bilinear", "center")`` of LoadImage's
-    ``uint8 / 255``): the centre cropped to the target's aspect, resized bilinear, then ``2 x - 1`` as its VAE takes
-    it."""
+    ``uint8 / 255``, after an ImageScale node where ``scale`` is given): the centre cropped to the target's aspect,
+    resized bilinear, then ``2 x - 1`` as its VAE takes it."""
     x = torch.from_numpy(np.asarray(image, dtype=np.uint8).astype(np.float32) / 255.0).permute(2, 0, 1)[None]
-    old_w, old_h = x.shape[-1], x.shape[-2]
-    old_aspect, new_aspect = old_w / old_h, width / height
-    left = top = 0
-    if old_aspect > new_aspect:
-        left = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
-    elif old_aspect < new_aspect:
-        top = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
-    x = x.narrow(-2, top, old_h - top * 2).narrow(-1, left, old_w - left * 2)
-    return (F.interpolate(x, size=(height, width), mode="bilinear")[0] * 2) - 1
+    if scale is not None:
+        x = scale.apply(x)
+    return (comfy_upscale(x, width, height)[0] * 2) - 1

@@ -27,7 +27,8 @@ def prepare(pipe, request: Request, cond: Conditioning) -> Prepared:
         lat_h, lat_w = max_area_latent_size(image.width, image.height, width * height, s, pipe.patch[1])
     h, w = lat_h * s, lat_w * s
     crop = request.image_fit == "crop"
-    fit = (lambda im: comfy_fit(im, w, h)[None, :, None]) if crop else (lambda im: _pixels(im, h, w))
+    scale = request.image_scale
+    fit = (lambda im: comfy_fit(im, w, h, scale)[None, :, None]) if crop else (lambda im: _pixels(im, h, w))
     last = [] if request.last_image is None else [fit(request.last_image)]  # resized to the first's size
     grey = torch.zeros(1, 3, request.frames - 1 - len(last), h, w)
     latent = pipe.encode_image(torch.cat([fit(image), grey, *last], dim=2))  # (1, 16, T', lat_h, lat_w)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from wanflow.io.image import IMAGE_FITS, load_image
+from wanflow.io.image import IMAGE_FITS, ImageScale, load_image
 from wanflow.pipelines.calls import CallPlan, resolve_calls
 from wanflow.pipelines.presets import apply_preset
 from wanflow.pipelines.video_to_video import read_extended, read_video, video_size
@@ -62,6 +62,9 @@ class GenerateOptions:
     # how an input image meets the size: "area" (the reference's: its aspect within the size's area) or "crop"
     # (ComfyUI's Wan image nodes': the size itself, the image's centre cropped and resized bilinear); None: "area"
     image_fit: str | None = None
+    # ComfyUI's ImageScale node on the input images before that fit ("lanczos:832*480:center", ``io.image.ImageScale``;
+    # with image_fit "crop"); None: none
+    image_scale: Any = None
     window_frames: int | None = None  # frames per window of a longer video (4n+1); None: the published model's frames
     window_overlap: int | None = None  # frames a window takes from the one before (a multiple of 4); None: 16 or less
     window_anchor: float | None = None  # 0..1: grade each window's colours towards window 1's; None: 0 (off)
@@ -244,6 +247,7 @@ class Request:
     low_noise_shift: float | None = None
     last_image: Image.Image | None = None
     image_fit: str = "area"  # "crop": the size itself, the input images fit as ComfyUI's Wan image nodes fit them
+    image_scale: ImageScale | None = None  # ComfyUI's ImageScale node on the input images before that fit
     extension: Extension | None = None  # rewrite the prompt first (``pipelines.prompt_extension``)
     windows: WindowPlan | None = None  # a video longer than one window; None: one window
     grid: SchedulerGrid | None = None  # pipe.scheduler's, a ComfyUI scheduler's or given steps, not the solver's
@@ -272,6 +276,7 @@ class Request:
         return {
             **({"last_image": True} if self.last_image is not None else {}),
             **({"image_fit": self.image_fit} if self.image_fit != "area" and self.image is not None else {}),
+            **({"image_scale": str(self.image_scale)} if self.image_scale is not None else {}),
             **(self.windows.metadata() if self.windows is not None else {}),
             **(self.extension.metadata() if self.extension is not None else {}),
             **(self.grid.metadata() if self.grid is not None else {}),
@@ -344,6 +349,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         float_timesteps=bool(o.float_timesteps) if grid is None else grid.schedule.timesteps.is_floating_point(),
         last_image=_last_image(o.last_image, image, task, frames, image_fit == "crop"),
         image_fit=image_fit,
+        image_scale=_image_scale(o.image_scale, image, image_fit),
         extension=_extension(o, seed),
         windows=windows,
         cache=parse_cache(o.cache),
@@ -508,6 +514,17 @@ def _image_fit(value: Any) -> str:
     if value not in IMAGE_FITS:
         raise ValueError(f"image_fit is one of {', '.join(IMAGE_FITS)} (crop: ComfyUI's), got {value!r}")
     return value
+
+
+def _image_scale(value: Any, image: Image.Image | None, fit: str) -> ImageScale | None:
+    if value is None:
+        return None
+    scale = value if isinstance(value, ImageScale) else ImageScale.parse(value)
+    if image is None:
+        raise ValueError("image_scale scales the input image: give one")
+    if fit != "crop":
+        raise ValueError("image_scale runs ComfyUI's ImageScale before ComfyUI's fit: give image_fit crop")
+    return scale
 
 
 def _switch_step(value: Any, task: Task, steps: int) -> int | None:

@@ -18,7 +18,7 @@ def prepare(pipe, request: Request, cond: Conditioning) -> Prepared:
     step = s * pipe.patch[1]
     if request.image_fit == "crop":  # (ComfyUI's Wan22ImageToVideoLatent: the exact size)
         ow, oh = width, height
-        image = comfy_fit(request.image, ow, oh)
+        image = comfy_fit(request.image, ow, oh, request.image_scale)
     else:
         ow, oh = best_output_size(request.image.width, request.image.height, step, step, width * height)
         image = to_tensor(resize_center_crop(request.image, ow, oh))

@@ -89,6 +89,43 @@ def res_multistep_step(state: SolverState, velocity: torch.Tensor, x: torch.Tens
     return x_next.to(velocity.dtype), replace(state, x0=(x0,), index=k)
 
 
+def _ancestral(sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-diffusion's ancestral step at eta 1, as ComfyUI takes it on a flow model too: (sigma_down, sigma_up),
+    ``sigma_up = min(s', s' sqrt(s^2 - s'^2) / s)``, ``sigma_down = sqrt(s'^2 - sigma_up^2)``."""
+    up = min(sigma_next, 1.0 * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+    return (sigma_next**2 - up**2) ** 0.5, up
+
+
+def res_multistep_ancestral_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
+    """ComfyUI's ``res_multistep_ancestral`` (eta 1): ``res_multistep``'s step down to the ancestral ``sigma_down``
+    (in ``t = -log sigma``, its earlier step from the earlier ``sigma_down``), then fresh noise times ``sigma_up``
+    (ComfyUI's noise sampler's, as lcm's); k-diffusion's VP ancestral step, which ComfyUI does not adapt to flow
+    models for this sampler. An Euler step first and at sigma 0."""
+    k = check_index(state, index)
+    if state.seed is None:
+        raise ValueError("res_multistep_ancestral draws fresh noise at each step: it needs the run's seed")
+    sigmas = state.schedule.sigmas
+    sigma, sigma_next = sigmas[k], sigmas[k + 1]
+    x0 = x.float() - sigma * velocity
+    down, up = _ancestral(sigma, sigma_next)
+    if down == 0 or not state.x0:
+        x_next = x.float() + (x.float() - x0) / sigma * (down - sigma)
+    else:
+        t, t_old, t_next, t_prev = (_neg_log(s) for s in (sigma, _ancestral(sigmas[k - 1], sigma)[0], down,
+                                                          sigmas[k - 1]))  # fmt: skip
+        h = t_next - t
+        c2 = (t_prev - t_old) / h
+        phi1 = torch.expm1(-h) / -h
+        phi2 = (phi1 - 1.0) / -h
+        b1, b2 = torch.nan_to_num(phi1 - phi2 / c2, nan=0.0), torch.nan_to_num(phi2 / c2, nan=0.0)
+        x_next = torch.exp(-h) * x.float() + h * (b1 * x0 + b2 * state.x0[-1])
+    generator = state.noise_generator
+    if sigma_next > 0:
+        noise, generator = next_step_noise(tuple(x.shape[1:]), state.seed, generator, x.device)
+        x_next = x_next + noise * 1.0 * up
+    return x_next.to(velocity.dtype), replace(state, x0=(x0,), index=k, noise_generator=generator)
+
+
 # ---------------------------------------------------------------- uni_pc, uni_pc_bh2
 #
 # ComfyUI's UniPC (comfy/extra_samplers/uni_pc.py) runs the data-prediction UniPC of Zhao et al. (arXiv 2302.04867)

@@ -164,6 +164,8 @@ SCHEDULES: dict[str, Callable[..., Schedule]] = {
     "ipndm": euler_schedule,
     "ipndm_v": euler_schedule,
     "gradient_estimation": euler_schedule,
+    "deis": euler_schedule,
+    "res_multistep_ancestral": euler_schedule,
     "uni_pc": comfy_uni_pc_schedule,
     "uni_pc_bh2": comfy_uni_pc_schedule,
     **{name: _moved(euler_schedule) for name in MOVE_FIRST_SIGMA},  # (the same grid, its first sigma moved off 1)

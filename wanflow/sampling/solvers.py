@@ -35,11 +35,13 @@ from dataclasses import dataclass, replace
 import torch
 
 from wanflow.sampling.comfy_adams import gradient_estimation_step, ipndm_step, ipndm_v_step
+from wanflow.sampling.comfy_deis import deis_step
 from wanflow.sampling.comfy_er_sde import er_sde_step
 from wanflow.sampling.comfy_sde import SDE_STEPS
 from wanflow.sampling.comfy_solvers import (
     dpmpp_2m_step,
     euler_ancestral_step,
+    res_multistep_ancestral_step,
     res_multistep_step,
     uni_pc_bh2_step,
     uni_pc_step,
@@ -182,6 +184,10 @@ SOLVERS: dict[str, Solver] = {
     "ipndm_v": Solver("ipndm_v", ipndm_v_step, 4, restarts_at_switch=True),
     "er_sde": Solver("er_sde", er_sde_step, 3, restarts_at_switch=True, noised=True),
     "gradient_estimation": Solver("gradient_estimation", gradient_estimation_step, 2, restarts_at_switch=True),
+    "deis": Solver("deis", deis_step, 3, restarts_at_switch=True),
+    "res_multistep_ancestral": Solver(
+        "res_multistep_ancestral", res_multistep_ancestral_step, 2, restarts_at_switch=True, noised=True
+    ),
     **{
         name: Solver(name, step, 3 if name.startswith("dpmpp_3m") else 2, restarts_at_switch=True, noised=True)
         for name, step in SDE_STEPS.items()

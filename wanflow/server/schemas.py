@@ -109,6 +109,9 @@ class GenerateRequest(BaseModel):
     image_fit: Literal["area", "crop"] | None = Field(
         None, description="area (the reference's) or crop (ComfyUI's: the size itself, the image centre-cropped)"
     )
+    image_scale: str | None = Field(
+        None, max_length=40, description="with image_fit crop: ComfyUI's ImageScale first, 'lanczos:832*480:center'"
+    )
     low_noise_shift: float | None = Field(
         None, gt=0, le=100, description="the low-noise expert's steps at their own shift (ComfyUI's 2nd sampler)"
     )
@@ -236,6 +239,7 @@ class GenerateRequest(BaseModel):
             low_noise_seed=self.low_noise_seed,
             low_noise_shift=self.low_noise_shift,
             image_fit=self.image_fit,
+            image_scale=self.image_scale,
             preset=self.preset,
             float_timesteps=self.float_timesteps,
             scheduler=self.scheduler,

@@ -25,7 +25,7 @@ SUFFIXES = (".json", ".png", ".webp", ".mp4", ".webm", ".mov")
 # the workflow's flags this server's job takes under the same name
 SAME_NAME = (
     "guidance", "switch_step", "noise_device", "fps", "scheduler", "sigmas", "low_noise_shift", "image_fit",
-    "sampler_calls", "call_guide_scale", "call_seeds",
+    "sampler_calls", "call_guide_scale", "call_seeds", "image_scale",
     "nag_scale", "nag_alpha", "nag_tau", "nag_negative_prompt",
     "slg_layers", "slg_scale", "slg_start", "slg_stop", "slg_mode", "slg_percent",
 )  # fmt: skip
