@@ -141,3 +141,60 @@ def test_a_run_of_calls_is_the_steps_of_the_plain_run_up_to_where_it_differs(pip
 def test_calls_asked_wrong_are_clear_errors(pipe, change, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         pipe(PROMPT, solver="euler", **{**RUN, **RECIPE, **change})
+
+
+def test_calls_on_one_model():
+    """A dense model (TI2V-5B) in two calls: the second at its own guidance, its solver afresh (dpmpp_2m: replaying
+    the velocities with a fresh state at the second call gives the run's latents bit for bit)."""
+    pipe = WanPipeline.from_builtin("ti2v-5B")
+    hook = Inputs()
+    pipe(PROMPT, solver="dpmpp_2m", scheduler="simple", shift=5.0, steps=5, size=(64, 64), frames=5, seed=2,
+         sampler_calls="3", call_guide_scale="4,1", hooks=[hook])  # fmt: skip
+    assert [(s.expert, s.call, scale) for s, _, _, _, _, scale, _, _ in hook.calls] == [
+        ("dense", 0, 4.0), ("dense", 0, 4.0), ("dense", 0, 4.0), ("dense", 1, 1.0), ("dense", 1, 1.0)
+    ]  # fmt: skip
+    schedule, fresh = comfy_schedule("simple", 5, 5.0, sampler="dpmpp_2m"), get_solver("dpmpp_2m")
+    x = hook.calls[0][2]
+    for start, stop in ((0, 3), (3, None)):
+        state = fresh.init(schedule, 2, stop)
+        for k in range(start, stop or 5):
+            x, state = fresh.step(state, hook.calls[k][-1], x, k)
+            assert torch.equal(x, hook.latents[k]), k
+
+
+class ModelCalls(StepHook):
+    """Every model call of every step: (step, latents, timesteps, velocity)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def wrap(self, velocity, step):
+        def seen(model, latents, t, cond, scale):
+            out = velocity(model, latents, t, cond, scale)
+            self.seen.append((step.index, latents, t, out))
+            return out
+
+        return seen
+
+
+@pytest.mark.parametrize("solver", ["heun", "dpm_2", "dpmpp_2s_ancestral"])
+def test_two_model_calls_a_step_in_the_loop(pipe, solver):
+    """heun, dpm_2 and dpmpp_2s_ancestral in the shared loop: each step but the last calls its expert twice, the
+    second time where the solver asks (at timestep 1000 sigma, float), and driving the solver with the recorded
+    velocities gives the run's final latents bit for bit; the step cache refuses them."""
+    hook = ModelCalls()
+    out = pipe(PROMPT, solver=solver, output_type="latent", hooks=[hook], **{**RUN, "steps": 4}).frames
+    assert [k for k, *_ in hook.seen] == [0, 0, 1, 1, 2, 2, 3]
+    schedule, fresh = comfy_schedule("simple", 4, 8.0, sampler=solver), get_solver(solver)
+    x, state, calls = hook.seen[0][1], fresh.init(schedule, 3), iter(hook.seen)
+    for k in range(4):
+        _, _, _, v = next(calls)
+        x, state = fresh.step(state, v, x, k)
+        while state.pending is not None:
+            _, at, t, v = next(calls)
+            assert torch.equal(at, state.pending[0]) and t.dtype == torch.float32
+            assert float(t[0]) == float(torch.tensor(float(state.pending[1]) * 1000.0))
+            x, state = fresh.step(state, v, x, k)
+    assert torch.equal(x, out)
+    with pytest.raises(ValueError, match="two a step"):
+        pipe(PROMPT, solver=solver, cache="magcache", **{**RUN, "steps": 4})

@@ -276,17 +276,18 @@ def test_solver_registry():
     assert set(SOLVERS) == {
         "unipc", "dpm++", "euler", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "euler_ancestral",
         "ipndm", "ipndm_v", "er_sde", "gradient_estimation", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde",
-        "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde_gpu", "deis", "res_multistep_ancestral",
+        "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde_gpu", "deis", "res_multistep_ancestral", "heun",
+        "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral",
     }  # fmt: skip
     assert get_solver("dpm++").order == 2 and get_solver("euler").order == 1 and get_solver("dpmpp_3m_sde").order == 3
     with pytest.raises(
         ValueError,
-        match=r"choose one of \['deis', 'dpm\+\+', 'dpmpp_2m', 'dpmpp_2m_sde', 'dpmpp_2m_sde_gpu', "
-        r"'dpmpp_2m_sde_heun', 'dpmpp_2m_sde_heun_gpu', 'dpmpp_3m_sde', 'dpmpp_3m_sde_gpu', 'er_sde', 'euler', "
-        r"'euler_ancestral', 'gradient_estimation', 'ipndm', "
+        match=r"choose one of \['deis', 'dpm\+\+', 'dpm_2', 'dpm_2_ancestral', 'dpmpp_2m', 'dpmpp_2m_sde', "
+        r"'dpmpp_2m_sde_gpu', 'dpmpp_2m_sde_heun', 'dpmpp_2m_sde_heun_gpu', 'dpmpp_2s_ancestral', 'dpmpp_3m_sde', "
+        r"'dpmpp_3m_sde_gpu', 'er_sde', 'euler', 'euler_ancestral', 'gradient_estimation', 'heun', 'ipndm', "
         r"'ipndm_v', 'lcm', 'res_multistep', 'res_multistep_ancestral', 'uni_pc', 'uni_pc_bh2', 'unipc'\]",
     ):
-        get_solver("heun")
+        get_solver("dpmpp_sde")
 
 
 def test_lcm_noises_the_data_prediction_afresh():

@@ -33,7 +33,8 @@ log = logging.getLogger("wanflow")
 SAMPLER_NODES = ("KSamplerAdvanced", "KSampler")
 SAMPLERS = (  # (ComfyUI's)
     "euler", "euler_ancestral", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "ipndm", "ipndm_v",
-    "gradient_estimation", "deis", "res_multistep_ancestral", *MOVE_FIRST_SIGMA,
+    "gradient_estimation", "deis", "res_multistep_ancestral", "heun", "dpm_2",
+    "dpm_2_ancestral", "dpmpp_2s_ancestral", *MOVE_FIRST_SIGMA,
 )  # fmt: skip
 ALIASES = {"ddim": "euler"}  # ComfyUI's ddim is its euler (with inpainting's noise drawn anew, which no Wan task has)
 MODEL_NODES = {

@@ -204,6 +204,15 @@ def _base_velocity(batch_cfg: bool, step: Step) -> Velocity:
     )
 
 
+def _evaluate(
+    model: nn.Module, velocity: Velocity, x: torch.Tensor, timestep: int | float, cond: Conditioning, step: Step
+) -> torch.Tensor:
+    """The step's velocity at ``x`` and ``timestep``; zero on CFG-Zero*'s first steps (no forward)."""
+    if step.guidance.zeroed(step.index):
+        return torch.zeros_like(x, dtype=torch.float32)
+    return velocity(model, x, model_timesteps(timestep, x, cond.frame0, model.cfg.patch_size), cond, step.guide_scale)
+
+
 def _solver_state(sampler: Sampler, calls: Sequence[Call], n: int) -> SolverState:
     """A fresh solver state for call ``n`` of ``calls``: on its schedule, from its seed, to its end."""
     call = calls[n]
@@ -245,12 +254,12 @@ def denoise(
             for hook in hooks:
                 hook.before(step, model)
                 velocity = hook.wrap(velocity, step)
-            if step.guidance.zeroed(step.index):  # (CFG-Zero*'s first steps: no forward)
-                v = torch.zeros_like(latents, dtype=torch.float32)
-            else:
-                t = model_timesteps(step.timestep, latents, cond.frame0, model.cfg.patch_size)
-                v = velocity(model, latents, t, cond, step.guide_scale)
+            v = _evaluate(model, velocity, latents, step.timestep, cond, step)
             latents, state = sampler.solver.step(state, v, latents, step.index)
+            while state.pending is not None:  # (a step of two model calls: heun's, dpm_2's, at the sigma it asks)
+                x = keep_first_frame(state.pending[0].to(latents.dtype), cond.frame0)
+                v = _evaluate(model, velocity, x, float(state.pending[1]) * 1000.0, cond, step)
+                latents, state = sampler.solver.step(state, v, latents, step.index)
             latents = keep_first_frame(latents, cond.frame0)
             for hook in hooks:
                 replaced = hook.after(step, latents)

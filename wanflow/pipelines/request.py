@@ -28,7 +28,7 @@ from wanflow.sampling.diffusers_schedulers import SchedulerGrid, scheduler_grid
 from wanflow.sampling.guidance import CFG, Guidance, SkipLayers, comfy_window, parse_guidance
 from wanflow.sampling.noise import NOISE_DEVICES, draw_seed
 from wanflow.sampling.schedule import Schedule
-from wanflow.sampling.solvers import SOLVERS
+from wanflow.sampling.solvers import SOLVERS, get_solver
 from wanflow.tasks import TASKS, Task
 
 log = logging.getLogger(__name__)
@@ -352,7 +352,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         image_scale=_image_scale(o.image_scale, image, image_fit),
         extension=_extension(o, seed),
         windows=windows,
-        cache=parse_cache(o.cache),
+        cache=_cache(o.cache, solver),
         switch_step=switch,
         low_schedule=low_schedule,
         low_noise_shift=low_shift,
@@ -514,6 +514,13 @@ def _image_fit(value: Any) -> str:
     if value not in IMAGE_FITS:
         raise ValueError(f"image_fit is one of {', '.join(IMAGE_FITS)} (crop: ComfyUI's), got {value!r}")
     return value
+
+
+def _cache(value: Any, solver: str) -> CacheSettings | None:
+    settings = parse_cache(value)
+    if settings is not None and get_solver(solver).model_calls > 1:
+        raise ValueError(f"the step cache plans one model call a step: not with {solver} (two a step)")
+    return settings
 
 
 def _image_scale(value: Any, image: Image.Image | None, fit: str) -> ImageScale | None:

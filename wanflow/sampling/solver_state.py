@@ -26,6 +26,9 @@ class SolverState:
     # call (a KSamplerAdvanced's share of the steps); start is the first step taken, stop None the schedule's end
     start: int | None = None
     stop: int | None = None
+    # a step of two model calls (heun, dpm_2): where its next call is, (x, sigma), and what it keeps until then
+    pending: tuple[torch.Tensor, torch.Tensor] | None = None
+    partial: tuple[torch.Tensor, ...] = ()
 
 
 Stepped = tuple[torch.Tensor, SolverState]  # (x_next, state)
@@ -39,6 +42,10 @@ def check_index(state: SolverState, index: int) -> int:
         raise ValueError(f"step index {index} is outside the schedule's {n} steps")
     if state.stop is not None and index >= state.stop:
         raise ValueError(f"step {index} is past the steps this state integrates (to step {state.stop})")
+    if state.pending is not None:
+        if index != state.index:
+            raise ValueError(f"step {state.index} awaits its next model call, not step {index}")
+        return index
     if state.index is not None and index != state.index + 1:
         raise ValueError(f"step {index} follows step {state.index}; multistep solvers take consecutive steps")
     return index

@@ -37,6 +37,7 @@ import torch
 from wanflow.sampling.comfy_adams import gradient_estimation_step, ipndm_step, ipndm_v_step
 from wanflow.sampling.comfy_deis import deis_step
 from wanflow.sampling.comfy_er_sde import er_sde_step
+from wanflow.sampling.comfy_heun import dpm_2_ancestral_step, dpm_2_step, dpmpp_2s_ancestral_step, heun_step
 from wanflow.sampling.comfy_sde import SDE_STEPS
 from wanflow.sampling.comfy_solvers import (
     dpmpp_2m_step,
@@ -163,6 +164,7 @@ class Solver:
     # it draws fresh noise at each step from the seed of its sampler call: given the low-noise expert's call a seed of
     # its own (ComfyUI's second KSamplerAdvanced's), it starts afresh there with it
     noised: bool = False
+    model_calls: int = 1  # model calls a step (heun, dpm_2: two; ``SolverState.pending`` between them)
 
     def init(self, schedule: Schedule, seed: int | None = None, stop: int | None = None) -> SolverState:
         """A fresh state; ``stop``: the step this run of the solver ends before (a ComfyUI sampler call's end at the
@@ -185,6 +187,10 @@ SOLVERS: dict[str, Solver] = {
     "er_sde": Solver("er_sde", er_sde_step, 3, restarts_at_switch=True, noised=True),
     "gradient_estimation": Solver("gradient_estimation", gradient_estimation_step, 2, restarts_at_switch=True),
     "deis": Solver("deis", deis_step, 3, restarts_at_switch=True),
+    "heun": Solver("heun", heun_step, 2, model_calls=2),
+    "dpm_2": Solver("dpm_2", dpm_2_step, 2, model_calls=2),
+    "dpm_2_ancestral": Solver("dpm_2_ancestral", dpm_2_ancestral_step, 2, noised=True, model_calls=2),
+    "dpmpp_2s_ancestral": Solver("dpmpp_2s_ancestral", dpmpp_2s_ancestral_step, 2, noised=True, model_calls=2),
     "res_multistep_ancestral": Solver(
         "res_multistep_ancestral", res_multistep_ancestral_step, 2, restarts_at_switch=True, noised=True
     ),
