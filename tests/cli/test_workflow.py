@@ -220,7 +220,7 @@ def test_a_subgraph_is_inlined(comfy, tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (dict(sampler="dpmpp_sde"), r"uses sampler 'dpmpp_sde'; wanflow runs ComfyUI's \['ddim', 'deis', 'dpm_2', "),
+        (dict(sampler="lms"), r"uses sampler 'lms'; wanflow runs ComfyUI's \['ddim', 'deis', 'dpm_2', "),
         (dict(scheduler="bong_tangent"), "scheduler 'bong_tangent'"),
         (dict(high=(0, 2), low=(3, 10000)), "do not split one run"),
         (dict(high=(1, 2)), "do not split one run"),

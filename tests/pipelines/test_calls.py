@@ -177,10 +177,10 @@ class ModelCalls(StepHook):
         return seen
 
 
-@pytest.mark.parametrize("solver", ["heun", "dpm_2", "dpmpp_2s_ancestral"])
+@pytest.mark.parametrize("solver", ["heun", "dpm_2", "dpmpp_2s_ancestral", "dpmpp_sde"])
 def test_two_model_calls_a_step_in_the_loop(pipe, solver):
-    """heun, dpm_2 and dpmpp_2s_ancestral in the shared loop: each step but the last calls its expert twice, the
-    second time where the solver asks (at timestep 1000 sigma, float), and driving the solver with the recorded
+    """heun, dpm_2, dpmpp_2s_ancestral and dpmpp_sde in the shared loop: each step but the last calls its expert twice,
+    the second time where the solver asks (at timestep 1000 sigma, float), and driving the solver with the recorded
     velocities gives the run's final latents bit for bit; the step cache refuses them."""
     hook = ModelCalls()
     out = pipe(PROMPT, solver=solver, output_type="latent", hooks=[hook], **{**RUN, "steps": 4}).frames

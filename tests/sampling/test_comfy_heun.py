@@ -1,5 +1,5 @@
-"""ComfyUI's ``heun``, ``dpm_2``, ``dpm_2_ancestral`` and ``dpmpp_2s_ancestral`` (``sampling.comfy_heun``), samplers
-of two model calls a step: against ComfyUI's
+"""ComfyUI's ``heun``, ``dpm_2``, ``dpm_2_ancestral`` and ``dpmpp_2s_ancestral`` (``sampling.comfy_heun``) and
+``dpmpp_sde`` (``sampling.comfy_sde``), samplers of two model calls a step: against ComfyUI's
 own functions run as an oracle (comfy_heun.json), driven as the loop drives them (``state.pending``), and in the
 pipeline's loop."""
 
@@ -20,7 +20,8 @@ def _run(name, schedule, split=None, seed=None, seed_low=None):
     """The solver over ``schedule`` from the oracle's noise, each step's further model calls where it asks them
     (``state.pending``), started afresh at ``split``; (the sample, the sigmas the model was called at)."""
     solver, seen = get_solver(name), []
-    x = torch.randn(1, 2, 2, 3, 3, generator=torch.Generator().manual_seed(0)) * schedule.sigmas[0]
+    x = torch.randn(1, 2, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    x = x * (1.0 if schedule.first_moved else schedule.sigmas[0])  # (KSampler's noise scaling: sigma noise)
     state = solver.init(schedule, seed, stop=split)
     for k in range(schedule.num_steps):
         if k == split:

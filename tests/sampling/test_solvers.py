@@ -277,17 +277,18 @@ def test_solver_registry():
         "unipc", "dpm++", "euler", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "euler_ancestral",
         "ipndm", "ipndm_v", "er_sde", "gradient_estimation", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde",
         "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde_gpu", "deis", "res_multistep_ancestral", "heun",
-        "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral",
+        "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu",
     }  # fmt: skip
     assert get_solver("dpm++").order == 2 and get_solver("euler").order == 1 and get_solver("dpmpp_3m_sde").order == 3
     with pytest.raises(
         ValueError,
         match=r"choose one of \['deis', 'dpm\+\+', 'dpm_2', 'dpm_2_ancestral', 'dpmpp_2m', 'dpmpp_2m_sde', "
         r"'dpmpp_2m_sde_gpu', 'dpmpp_2m_sde_heun', 'dpmpp_2m_sde_heun_gpu', 'dpmpp_2s_ancestral', 'dpmpp_3m_sde', "
-        r"'dpmpp_3m_sde_gpu', 'er_sde', 'euler', 'euler_ancestral', 'gradient_estimation', 'heun', 'ipndm', "
-        r"'ipndm_v', 'lcm', 'res_multistep', 'res_multistep_ancestral', 'uni_pc', 'uni_pc_bh2', 'unipc'\]",
+        r"'dpmpp_3m_sde_gpu', 'dpmpp_sde', 'dpmpp_sde_gpu', 'er_sde', 'euler', 'euler_ancestral', "
+        r"'gradient_estimation', 'heun', 'ipndm', 'ipndm_v', 'lcm', 'res_multistep', 'res_multistep_ancestral', "
+        r"'uni_pc', 'uni_pc_bh2', 'unipc'\]",
     ):
-        get_solver("dpmpp_sde")
+        get_solver("lms")
 
 
 def test_lcm_noises_the_data_prediction_afresh():

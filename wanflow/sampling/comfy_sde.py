@@ -1,5 +1,6 @@
 """ComfyUI's SDE samplers for flow models: ``dpmpp_2m_sde`` (midpoint), ``dpmpp_2m_sde_heun`` and ``dpmpp_3m_sde``
-(Lu et al.'s DPM-Solver++ multistep, second and third order, on the SDE with eta 1), and their ``_gpu`` variants.
+(Lu et al.'s DPM-Solver++ multistep, second and third order, on the SDE with eta 1), ``dpmpp_sde`` (the singlestep
+stochastic DPM-Solver++, two model calls a step), and their ``_gpu`` variants.
 Same step-function convention as ``sampling.solvers``.
 
 On a flow model ComfyUI runs them in the half log-SNR ``lambda = log((1 - sigma) / sigma)``, with the first sigma moved
@@ -117,6 +118,45 @@ def sde_step(
     return x_next.to(velocity.dtype), replace(state, x0=history, index=k, noise_tree=tree)
 
 
+def _ancestral_vp(sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-diffusion's ancestral step at eta 1 (sigma_down, sigma_up), on the VP sigmas ``exp(-lambda)``."""
+    up = min(sigma_next, ETA * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+    return (sigma_next**2 - up**2) ** 0.5, up
+
+
+def dpmpp_sde_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int, cpu: bool) -> Stepped:
+    """ComfyUI's ``dpmpp_sde`` (DPM-Solver++ stochastic, r 1/2, eta 1) on a flow model, in the half log-SNR: two model
+    calls a step (the second at the mid half log-SNR, ``state.pending``), each half an ancestral step with the
+    Brownian tree's noise; ``x0_hat`` at sigma 0."""
+    k = check_index(state, index)
+    state = begun(state, k)
+    sigmas = state.schedule.sigmas
+    sigma, sigma_next = sigmas[k], sigmas[k + 1]
+    lambda_s, lambda_t = _half_log_snr(sigma), _half_log_snr(sigma_next)
+    alpha_s, alpha_t = sigma * lambda_s.exp(), sigma_next * lambda_t.exp()
+    tree = _noise(state, x, cpu) if sigma_next > 0 else state.noise_tree
+    if state.pending is None:
+        denoised = x.float() - sigma * velocity
+        if sigma_next == 0:
+            return denoised.to(velocity.dtype), replace(state, index=k)
+        lambda_s1 = lambda_s + 0.5 * (lambda_t - lambda_s)
+        sigma_s1 = lambda_s1.neg().sigmoid()
+        alpha_s1 = sigma_s1 * lambda_s1.exp()
+        down, up = _ancestral_vp(lambda_s.neg().exp(), lambda_s1.neg().exp())
+        h = down.log().neg() - lambda_s
+        x_2 = (alpha_s1 / alpha_s) * (-h).exp() * x.float() - alpha_s1 * (-h).expm1() * denoised
+        x_2 = x_2 + alpha_s1 * tree(sigma, sigma_s1) * 1.0 * up
+        return x, replace(state, index=k, pending=(x_2, sigma_s1), partial=(denoised,), noise_tree=tree)
+    (x_2, sigma_s1), (denoised,) = state.pending, state.partial
+    denoised_2 = x_2 - sigma_s1 * velocity
+    down, up = _ancestral_vp(lambda_s.neg().exp(), lambda_t.neg().exp())
+    h = down.log().neg() - lambda_s
+    denoised_d = (1 - 1.0) * denoised + 1.0 * denoised_2
+    x_next = (alpha_t / alpha_s) * (-h).exp() * x.float() - alpha_t * (-h).expm1() * denoised_d
+    x_next = x_next + alpha_t * tree(sigma, sigma_next) * 1.0 * up
+    return x_next.to(velocity.dtype), replace(state, pending=None, partial=())
+
+
 def _sampler(order: int, heun: bool, cpu: bool):
     def step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
         return sde_step(state, velocity, x, index, order, heun, cpu)
@@ -125,9 +165,13 @@ def _sampler(order: int, heun: bool, cpu: bool):
 
 
 # ComfyUI's names: DPM-Solver++(2M) SDE with the midpoint or Heun's correction, DPM-Solver++(3M) SDE (2M at its second
-# step); all first order at their first step
+# step), all first order at their first step; DPM-Solver++ SDE (two model calls a step)
 SDE_STEPS = {
     f"{name}{gpu}": _sampler(order, heun, cpu=not gpu)
     for name, order, heun in (("dpmpp_2m_sde", 2, False), ("dpmpp_2m_sde_heun", 2, True), ("dpmpp_3m_sde", 3, False))
     for gpu in ("", "_gpu")
+} | {
+    f"dpmpp_sde{gpu}": (lambda cpu: lambda state, v, x, index: dpmpp_sde_step(state, v, x, index, cpu))(not gpu)
+    for gpu in ("", "_gpu")
 }
+TWO_CALLS = ("dpmpp_sde", "dpmpp_sde_gpu")  # (of ``SDE_STEPS``: two model calls a step)

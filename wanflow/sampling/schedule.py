@@ -118,7 +118,11 @@ def comfy_uni_pc_schedule(steps: int, shift: float, float_timesteps: bool = Fals
 
 # ComfyUI's samplers that step in log-SNR and move a first sigma of 1 just below it (``offset_first_sigma_for_snr``)
 MOVE_FIRST_SIGMA = (
-    *(f"{name}{gpu}" for name in ("dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde") for gpu in ("", "_gpu")),
+    *(
+        f"{name}{gpu}"
+        for name in ("dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "dpmpp_sde")
+        for gpu in ("", "_gpu")
+    ),
     "er_sde",
 )
 MOVED_PERCENT = 1e-4  # the first sigma of those samplers: the model's sigma at this fraction of its timesteps

@@ -38,7 +38,7 @@ from wanflow.sampling.comfy_adams import gradient_estimation_step, ipndm_step, i
 from wanflow.sampling.comfy_deis import deis_step
 from wanflow.sampling.comfy_er_sde import er_sde_step
 from wanflow.sampling.comfy_heun import dpm_2_ancestral_step, dpm_2_step, dpmpp_2s_ancestral_step, heun_step
-from wanflow.sampling.comfy_sde import SDE_STEPS
+from wanflow.sampling.comfy_sde import SDE_STEPS, TWO_CALLS
 from wanflow.sampling.comfy_solvers import (
     dpmpp_2m_step,
     euler_ancestral_step,
@@ -195,7 +195,14 @@ SOLVERS: dict[str, Solver] = {
         "res_multistep_ancestral", res_multistep_ancestral_step, 2, restarts_at_switch=True, noised=True
     ),
     **{
-        name: Solver(name, step, 3 if name.startswith("dpmpp_3m") else 2, restarts_at_switch=True, noised=True)
+        name: Solver(
+            name,
+            step,
+            3 if name.startswith("dpmpp_3m") else 2,
+            restarts_at_switch=True,
+            noised=True,
+            model_calls=2 if name in TWO_CALLS else 1,
+        )
         for name, step in SDE_STEPS.items()
     },
 }
