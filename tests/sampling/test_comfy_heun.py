@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.sampling.test_comfy_sde import _field
+from tests.sampling.test_comfy_sde import _drive, _field
 from wanflow.sampling.comfy_schedules import comfy_schedule
 from wanflow.sampling.solvers import get_solver
 
@@ -17,22 +17,9 @@ CASES = json.loads((Path(__file__).parent / "comfy_heun.json").read_text())["cas
 
 
 def _run(name, schedule, split=None, seed=None, seed_low=None):
-    """The solver over ``schedule`` from the oracle's noise, each step's further model calls where it asks them
-    (``state.pending``), started afresh at ``split``; (the sample, the sigmas the model was called at)."""
-    solver, seen = get_solver(name), []
-    x = torch.randn(1, 2, 2, 3, 3, generator=torch.Generator().manual_seed(0))
-    x = x * (1.0 if schedule.first_moved else schedule.sigmas[0])  # (KSampler's noise scaling: sigma noise)
-    state = solver.init(schedule, seed, stop=split)
-    for k in range(schedule.num_steps):
-        if k == split:
-            state = solver.init(schedule, seed_low)
-        seen.append(float(schedule.sigmas[k]))
-        x, state = solver.step(state, _field(x, schedule.sigmas[k]), x, k)
-        while state.pending is not None:
-            x_2, sigma = state.pending
-            seen.append(float(sigma))
-            x, state = solver.step(state, _field(x_2, sigma), x, k)
-    return x, seen
+    """The solver over ``schedule`` from the oracle's noise as the loop drives it, started afresh at ``split``; (the
+    sample, the sigmas the model was called at)."""
+    return _drive(get_solver(name), schedule, seed, split, seed_low)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['sampler']}-{c['scheduler']}-{c.get('split', 'whole')}")

@@ -26,15 +26,25 @@ def _field(x, sigma):
 def _run(name, schedule, seed, split=None, seed_low=None, solver=None):
     """The solver over ``schedule`` from the oracle's noise, started afresh at ``split`` with ``seed_low`` (the
     loop's two sampler calls)."""
-    solver = solver or get_solver(name)
+    return _drive(solver or get_solver(name), schedule, seed, split, seed_low)[0]
+
+
+def _drive(solver, schedule, seed, split=None, seed_low=None):
+    """``_run``'s steps, each step's further model calls where the solver asks them (``state.pending``), as the loop
+    drives it; (the sample, the sigmas the model was called at)."""
     x = torch.randn(1, 2, 2, 3, 3, generator=torch.Generator().manual_seed(0))
     x = x * (1.0 if schedule.first_moved else schedule.sigmas[0])  # (KSampler's noise scaling: sigma noise)
-    state = solver.init(schedule, seed, stop=split)
+    state, seen = solver.init(schedule, seed, stop=split), []
     for k in range(schedule.num_steps):
         if k == split:
             state = solver.init(schedule, seed_low)
+        seen.append(float(schedule.sigmas[k]))
         x, state = solver.step(state, _field(x, schedule.sigmas[k]), x, k)
-    return x
+        while state.pending is not None:
+            x_2, sigma = state.pending
+            seen.append(float(sigma))
+            x, state = solver.step(state, _field(x_2, sigma), x, k)
+    return x, seen
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['sampler']}-{c['scheduler']}-{c.get('split', 'whole')}")

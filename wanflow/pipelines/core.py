@@ -106,6 +106,11 @@ class Sampler:
     calls: tuple[Call, ...] = ()
 
     def steps(self) -> list[Step]:
+        """The run's steps (``plan``'s)."""
+        return self.plan()[0]
+
+    def plan(self) -> tuple[list[Step], tuple[Call, ...]]:
+        """The run's steps and the sampler calls they belong to (``Step.call`` indexes them)."""
         timesteps, sigmas = step_levels(self.schedule, self.calls)  # python numbers: no device syncs in the loop
         names = [select_expert(t, self.boundary_t) for t in timesteps]
         calls = self.calls_of(names)
@@ -114,10 +119,11 @@ class Sampler:
             guidance_for(t, self.boundary_t, self.guide_scale) if calls[n].guide_scale is None else calls[n].guide_scale
             for t, n in zip(timesteps, owner, strict=True)
         ]
-        return [
+        steps = [
             Step(i, len(timesteps), t, names[i], scales[i], nxt, self.skipped, self.guidance, sigmas[i], owner[i])
             for i, (t, nxt) in enumerate(zip(timesteps, [*names[1:], None], strict=True))
         ]
+        return steps, calls
 
     def calls_of(self, experts: Sequence[str]) -> tuple[Call, ...]:
         """The run's calls, given each step's expert: as given, else the one call (split at the switch, for a solver
@@ -236,8 +242,7 @@ def denoise(
     """Integrate from noise to data latents. ``experts(name)`` returns the expert ready on the device (a placement
     policy, ``runtime.offload.ExpertPlacement``), or ``experts`` is a mapping of them."""
     get = experts.__getitem__ if isinstance(experts, Mapping) else experts
-    hooks, steps = list(hooks), sampler.steps()
-    calls = sampler.calls_of([s.expert for s in steps])
+    hooks, (steps, calls) = list(hooks), sampler.plan()
     latents = keep_first_frame(noise, cond.frame0)
     state = _solver_state(sampler, calls, 0)
     try:

@@ -61,7 +61,7 @@ from wanflow.runtime.preview import DEFAULT_EVERY, Preview, load_preview_map
 from wanflow.runtime.step_cache import CacheSettings, MagCache
 from wanflow.runtime.vae_tiling import decode_tiled
 from wanflow.sampling.comfy_schedules import scaled_noise
-from wanflow.sampling.experts import boundary_timestep, select_expert, step_boundary
+from wanflow.sampling.experts import boundary_timestep, step_boundary
 from wanflow.sampling.hooks import Step, StepHook
 from wanflow.sampling.noise import initial_noise
 from wanflow.sampling.schedule import get_schedule
@@ -567,13 +567,13 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             schedule, skipped = tail, schedule.num_steps - tail.num_steps
         elif request.grid is not None and request.grid.comfy:
             noise = scaled_noise(schedule, noise)
-        timesteps = step_levels(schedule, low)[0]
-        switch = next((i for i, t in enumerate(timesteps) if select_expert(t, boundary) == LOW), None)
-        calls = loop_calls(request.calls, switch, request.low_noise_seed, request.low_schedule, solver.noised)
         sampler = Sampler(
             schedule, solver, boundary, request.guide_scale, skipped=skipped, guidance=guidance, seed=request.seed,
-            calls=calls,
+            calls=low,
         )  # fmt: skip
+        switch = next((s.index for s in sampler.steps() if s.expert == LOW), None)  # (the loop's own expert rule)
+        calls = loop_calls(request.calls, switch, request.low_noise_seed, request.low_schedule, solver.noised)
+        sampler = dataclasses.replace(sampler, calls=calls)
         hooks = [self._placement, FiniteLatents(), *self._hooks, *hooks]  # NaN weights: an error, not a black video
         if request.calls is not None and request.calls.loras:
             hooks.append(CallLoras(request.calls, switch, self._placement.experts))

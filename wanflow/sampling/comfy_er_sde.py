@@ -5,7 +5,7 @@ In ``lambda = sigma / (1 - sigma)`` (the inverse of the flow's signal-to-noise r
 off 1, ``schedule.offset_first_sigma``): an exponential Euler step whose noise share follows the solver's
 noise scaler ``f(l) = l (e^(l^0.3) + 10)``, then second- and third-stage corrections from the previous data
 predictions' divided differences, with the integrals of ``1 / f`` taken over 200 points as ComfyUI takes them, and
-fresh noise drawn as its lcm's (``noise.next_step_noise``). Up to third order; each sampler call starts afresh.
+fresh noise drawn as its lcm's (``solver_state.fresh_noise``). Up to third order; each sampler call starts afresh.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from dataclasses import replace
 
 import torch
 
-from wanflow.sampling.noise import next_step_noise
-from wanflow.sampling.solver_state import SolverState, Stepped, check_index
+from wanflow.sampling.solver_state import SolverState, Stepped, check_index, fresh_noise
 
 MAX_STAGE = 3
 POINTS = 200.0  # ComfyUI's integration points
@@ -35,8 +34,6 @@ def _lambdas(sigmas: torch.Tensor) -> torch.Tensor:
 def er_sde_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
     """ComfyUI's ``er_sde`` (s_noise 1, max_stage 3), in float32; ``x0_hat`` at sigma 0."""
     k = check_index(state, index)
-    if state.seed is None:
-        raise ValueError("er_sde draws fresh noise at each step: it needs the run's seed (init(schedule, seed))")
     sigmas = state.schedule.sigmas
     denoised = x.float() - sigmas[k] * velocity
     history = (*state.x0, denoised)[-MAX_STAGE:]
@@ -60,7 +57,7 @@ def er_sde_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, ind
             u = (d - d_old) / ((lam_s - lam[k - 2]) / 2)
             s_u = torch.sum((positions - lam_s) / scaled) * step
             x_next = x_next + alpha_t * ((dt**2) / 2 + s_u * _scaler(lam_t)) * u
-    noise, drawn = next_step_noise(tuple(x.shape[1:]), state.seed, state.noise_generator, x.device)
+    noise, state = fresh_noise(state, x, "er_sde")
     spread = (lam_t**2 - lam_s**2 * r**2).sqrt().nan_to_num(nan=0.0)
     x_next = x_next + alpha_t * noise * spread
-    return x_next.to(velocity.dtype), replace(state, x0=history, index=k, noise_generator=drawn)
+    return x_next.to(velocity.dtype), replace(state, x0=history, index=k)

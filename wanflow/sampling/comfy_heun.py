@@ -17,8 +17,8 @@ from dataclasses import replace
 
 import torch
 
-from wanflow.sampling.noise import next_step_noise
-from wanflow.sampling.solver_state import SolverState, Stepped, check_index
+from wanflow.sampling.comfy_solvers import flow_ancestral
+from wanflow.sampling.solver_state import SolverState, Stepped, check_index, fresh_noise
 
 
 def _derivative(x: torch.Tensor, sigma: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
@@ -65,28 +65,25 @@ def dpm_2_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, inde
     return _two_calls(state, velocity, x, index, _dpm_2)
 
 
-def _down(sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ComfyUI's flow ancestral step at eta 1: (sigma_down, the latents' rescale to sigma', the fresh noise's scale)."""
-    sigma_down = sigma_next * (1 + (sigma_next / sigma - 1) * 1.0)
-    alpha_next, alpha_down = 1 - sigma_next, 1 - sigma_down
-    renoise = (sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
-    return sigma_down, alpha_next / alpha_down, renoise
+def _renoised(state: SolverState, x: torch.Tensor, ancestral: tuple, sampler: str) -> Stepped:
+    """``x`` at sigma_down rescaled to sigma' and renoised there (``flow_ancestral``'s ``ancestral``); the step done."""
+    _, rescale, renoise = ancestral
+    noise, state = fresh_noise(state, x, sampler)
+    return rescale * x + noise * 1.0 * renoise, replace(state, pending=None, partial=())
 
 
-def _renoised(state: SolverState, x: torch.Tensor, rescale: torch.Tensor, renoise: torch.Tensor) -> Stepped:
-    if state.seed is None:
-        raise ValueError("the ancestral samplers draw fresh noise at each step: they need the run's seed")
-    noise, drawn = next_step_noise(tuple(x.shape[1:]), state.seed, state.noise_generator, x.device)
-    return rescale * x + noise * 1.0 * renoise, replace(state, pending=None, partial=(), noise_generator=drawn)
+def _ancestral_levels(state: SolverState, index: int) -> tuple[int, torch.Tensor, torch.Tensor, tuple]:
+    """(the step, its sigma, the next, ``flow_ancestral``'s coefficients between them) of an ancestral step."""
+    k = check_index(state, index)
+    sigma, sigma_next = state.schedule.sigmas[k], state.schedule.sigmas[k + 1]
+    return k, sigma, sigma_next, flow_ancestral(sigma, sigma_next)
 
 
 def dpm_2_ancestral_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
     """ComfyUI's ``dpm_2_ancestral`` on a flow model (``sample_dpm_2_ancestral_RF``, eta 1): DPM-Solver-2 down to
     ``sigma_down`` (its second call at their geometric mid sigma), then renoised to sigma'."""
-    k = check_index(state, index)
-    sigmas = state.schedule.sigmas
-    sigma, sigma_next = sigmas[k], sigmas[k + 1]
-    sigma_down, rescale, renoise = _down(sigma, sigma_next)
+    k, sigma, _, ancestral = _ancestral_levels(state, index)
+    sigma_down = ancestral[0]
     if state.pending is None:
         d = _derivative(x.float(), sigma, velocity)
         if sigma_down == 0:
@@ -95,11 +92,12 @@ def dpm_2_ancestral_step(state: SolverState, velocity: torch.Tensor, x: torch.Te
         return x, replace(state, index=k, pending=(x.float() + d * (sigma_mid - sigma), sigma_mid))
     x_2, sigma_mid = state.pending
     x_next = x.float() + _derivative(x_2, sigma_mid, velocity) * (sigma_down - sigma)
-    x_next, state = _renoised(state, x_next, rescale, renoise)
+    x_next, state = _renoised(state, x_next, ancestral, "dpm_2_ancestral")
     return x_next.to(velocity.dtype), state
 
 
 def _half_log_snr(sigma: torch.Tensor) -> torch.Tensor:
+    """``log((1 - sigma) / sigma)`` as this sampler of ComfyUI's forms it (its SDE ones take ``-logit``)."""
     return ((1 - sigma) / sigma).log()
 
 
@@ -107,10 +105,8 @@ def dpmpp_2s_ancestral_step(state: SolverState, velocity: torch.Tensor, x: torch
     """ComfyUI's ``dpmpp_2s_ancestral`` on a flow model (``sample_dpmpp_2s_ancestral_RF``, eta 1): DPM-Solver++(2S)
     down to ``sigma_down``, its second call at the mid point in the half log-SNR (0.9999 from sigma 1), on the data
     predictions; then renoised to sigma'."""
-    k = check_index(state, index)
-    sigmas = state.schedule.sigmas
-    sigma, sigma_next = sigmas[k], sigmas[k + 1]
-    sigma_down, rescale, renoise = _down(sigma, sigma_next)
+    k, sigma, sigma_next, ancestral = _ancestral_levels(state, index)
+    sigma_down = ancestral[0]
     if state.pending is None:
         if sigma_next == 0:
             d = _derivative(x.float(), sigma, velocity)
@@ -126,5 +122,5 @@ def dpmpp_2s_ancestral_step(state: SolverState, velocity: torch.Tensor, x: torch
     u, sigma_s = state.pending
     denoised_2 = u - velocity * sigma_s
     ratio = sigma_down / sigma
-    x_next, state = _renoised(state, ratio * x.float() + (1 - ratio) * denoised_2, rescale, renoise)
+    x_next, state = _renoised(state, ratio * x.float() + (1 - ratio) * denoised_2, ancestral, "dpmpp_2s_ancestral")
     return x_next.to(velocity.dtype), state

@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import torch
 
+from wanflow.sampling.comfy_solvers import vp_ancestral
 from wanflow.sampling.solver_state import SolverState, Stepped, begun, check_index
 
 ETA = 1.0  # ComfyUI's default (KSampler passes no other)
@@ -118,12 +119,6 @@ def sde_step(
     return x_next.to(velocity.dtype), replace(state, x0=history, index=k, noise_tree=tree)
 
 
-def _ancestral_vp(sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-diffusion's ancestral step at eta 1 (sigma_down, sigma_up), on the VP sigmas ``exp(-lambda)``."""
-    up = min(sigma_next, ETA * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
-    return (sigma_next**2 - up**2) ** 0.5, up
-
-
 def dpmpp_sde_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int, cpu: bool) -> Stepped:
     """ComfyUI's ``dpmpp_sde`` (DPM-Solver++ stochastic, r 1/2, eta 1) on a flow model, in the half log-SNR: two model
     calls a step (the second at the mid half log-SNR, ``state.pending``), each half an ancestral step with the
@@ -142,14 +137,14 @@ def dpmpp_sde_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, 
         lambda_s1 = lambda_s + 0.5 * (lambda_t - lambda_s)
         sigma_s1 = lambda_s1.neg().sigmoid()
         alpha_s1 = sigma_s1 * lambda_s1.exp()
-        down, up = _ancestral_vp(lambda_s.neg().exp(), lambda_s1.neg().exp())
+        down, up = vp_ancestral(lambda_s.neg().exp(), lambda_s1.neg().exp())
         h = down.log().neg() - lambda_s
         x_2 = (alpha_s1 / alpha_s) * (-h).exp() * x.float() - alpha_s1 * (-h).expm1() * denoised
         x_2 = x_2 + alpha_s1 * tree(sigma, sigma_s1) * 1.0 * up
         return x, replace(state, index=k, pending=(x_2, sigma_s1), partial=(denoised,), noise_tree=tree)
     (x_2, sigma_s1), (denoised,) = state.pending, state.partial
     denoised_2 = x_2 - sigma_s1 * velocity
-    down, up = _ancestral_vp(lambda_s.neg().exp(), lambda_t.neg().exp())
+    down, up = vp_ancestral(lambda_s.neg().exp(), lambda_t.neg().exp())
     h = down.log().neg() - lambda_s
     denoised_d = (1 - 1.0) * denoised + 1.0 * denoised_2
     x_next = (alpha_t / alpha_s) * (-h).exp() * x.float() - alpha_t * (-h).expm1() * denoised_d

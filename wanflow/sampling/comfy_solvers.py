@@ -13,8 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from wanflow.sampling.noise import next_step_noise
-from wanflow.sampling.solver_state import SolverState, Stepped, begun, check_index
+from wanflow.sampling.solver_state import SolverState, Stepped, begun, check_index, fresh_noise
 
 UNI_PC_LAST_SIGMA = 0.001  # ComfyUI's uni_pc integrates to this sigma where its sigmas end at 0
 
@@ -43,29 +42,41 @@ def dpmpp_2m_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, i
     return x_next.to(velocity.dtype), replace(state, x0=(x0,), index=k)
 
 
+def flow_ancestral(sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ComfyUI's ancestral step on a flow model at eta 1 (its ``_RF`` samplers): (``sigma_down = sigma'^2 / sigma``,
+    the latents' rescale from it to sigma' ``(1 - sigma') / (1 - sigma_down)``, and the fresh noise's scale, the
+    deviation the path lacks there ``sqrt(sigma'^2 - sigma_down^2 (1 - sigma')^2 / (1 - sigma_down)^2)``), in
+    ComfyUI's float32 operations."""
+    sigma_down = sigma_next * (1 + (sigma_next / sigma - 1) * 1.0)
+    alpha_next, alpha_down = 1 - sigma_next, 1 - sigma_down
+    renoise = (sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
+    return sigma_down, alpha_next / alpha_down, renoise
+
+
+def vp_ancestral(sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-diffusion's ancestral step at eta 1 (``get_ancestral_step``), which ComfyUI also takes on flow models for
+    res_multistep_ancestral and, on ``exp(-lambda)``, for dpmpp_sde: (sigma_down, sigma_up), ``sigma_up = min(s',
+    s' sqrt(s^2 - s'^2) / s)``, ``sigma_down = sqrt(s'^2 - sigma_up^2)``."""
+    up = min(sigma_next, 1.0 * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+    return (sigma_next**2 - up**2) ** 0.5, up
+
+
 def euler_ancestral_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
     """ComfyUI's ``euler_ancestral`` on a flow model (its ``sample_euler_ancestral_RF``, eta 1): an Euler step down
-    to ``sigma_down = sigma'^2 / sigma``, rescaled to sigma', and fresh noise of the variance the path lacks there,
-    ``sigma'^2 - sigma_down^2 (1 - sigma')^2 / (1 - sigma_down)^2``; ``x0_hat`` at sigma 0. The noise is ComfyUI's
-    noise sampler's (``next_step_noise``), as lcm's."""
+    to ``sigma_down``, rescaled to sigma', and fresh noise of the variance the path lacks there (``flow_ancestral``);
+    ``x0_hat`` at sigma 0. The noise is ComfyUI's noise sampler's (``fresh_noise``), as lcm's."""
     k = check_index(state, index)
-    if state.seed is None:
-        raise ValueError(
-            "euler_ancestral draws fresh noise at each step: it needs the run's seed (init(schedule, seed))"
-        )
     sigmas = state.schedule.sigmas
     sigma, sigma_next = sigmas[k], sigmas[k + 1]
     x0 = x.float() - sigma * velocity
     if sigma_next == 0:
         return x0.to(velocity.dtype), replace(state, index=k)
-    sigma_down = sigma_next * (1 + (sigma_next / sigma - 1))  # (sigma'^2 / sigma, in ComfyUI's float32 operations)
-    alpha_next, alpha_down = 1 - sigma_next, 1 - sigma_down
-    renoise = (sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
+    sigma_down, rescale, renoise = flow_ancestral(sigma, sigma_next)
     ratio = sigma_down / sigma
     x_next = ratio * x.float() + (1 - ratio) * x0
-    noise, drawn = next_step_noise(tuple(x.shape[1:]), state.seed, state.noise_generator, x.device)
-    x_next = (alpha_next / alpha_down) * x_next + noise * renoise
-    return x_next.to(velocity.dtype), replace(state, index=k, noise_generator=drawn)
+    noise, state = fresh_noise(state, x, "euler_ancestral")
+    x_next = rescale * x_next + noise * renoise
+    return x_next.to(velocity.dtype), replace(state, index=k)
 
 
 def res_multistep_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
@@ -89,29 +100,20 @@ def res_multistep_step(state: SolverState, velocity: torch.Tensor, x: torch.Tens
     return x_next.to(velocity.dtype), replace(state, x0=(x0,), index=k)
 
 
-def _ancestral(sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-diffusion's ancestral step at eta 1, as ComfyUI takes it on a flow model too: (sigma_down, sigma_up),
-    ``sigma_up = min(s', s' sqrt(s^2 - s'^2) / s)``, ``sigma_down = sqrt(s'^2 - sigma_up^2)``."""
-    up = min(sigma_next, 1.0 * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
-    return (sigma_next**2 - up**2) ** 0.5, up
-
-
 def res_multistep_ancestral_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
     """ComfyUI's ``res_multistep_ancestral`` (eta 1): ``res_multistep``'s step down to the ancestral ``sigma_down``
     (in ``t = -log sigma``, its earlier step from the earlier ``sigma_down``), then fresh noise times ``sigma_up``
     (ComfyUI's noise sampler's, as lcm's); k-diffusion's VP ancestral step, which ComfyUI does not adapt to flow
     models for this sampler. An Euler step first and at sigma 0."""
     k = check_index(state, index)
-    if state.seed is None:
-        raise ValueError("res_multistep_ancestral draws fresh noise at each step: it needs the run's seed")
     sigmas = state.schedule.sigmas
     sigma, sigma_next = sigmas[k], sigmas[k + 1]
     x0 = x.float() - sigma * velocity
-    down, up = _ancestral(sigma, sigma_next)
+    down, up = vp_ancestral(sigma, sigma_next)
     if down == 0 or not state.x0:
         x_next = x.float() + (x.float() - x0) / sigma * (down - sigma)
     else:
-        t, t_old, t_next, t_prev = (_neg_log(s) for s in (sigma, _ancestral(sigmas[k - 1], sigma)[0], down,
+        t, t_old, t_next, t_prev = (_neg_log(s) for s in (sigma, vp_ancestral(sigmas[k - 1], sigma)[0], down,
                                                           sigmas[k - 1]))  # fmt: skip
         h = t_next - t
         c2 = (t_prev - t_old) / h
@@ -119,11 +121,10 @@ def res_multistep_ancestral_step(state: SolverState, velocity: torch.Tensor, x: 
         phi2 = (phi1 - 1.0) / -h
         b1, b2 = torch.nan_to_num(phi1 - phi2 / c2, nan=0.0), torch.nan_to_num(phi2 / c2, nan=0.0)
         x_next = torch.exp(-h) * x.float() + h * (b1 * x0 + b2 * state.x0[-1])
-    generator = state.noise_generator
     if sigma_next > 0:
-        noise, generator = next_step_noise(tuple(x.shape[1:]), state.seed, generator, x.device)
+        noise, state = fresh_noise(state, x, "res_multistep_ancestral")
         x_next = x_next + noise * 1.0 * up
-    return x_next.to(velocity.dtype), replace(state, x0=(x0,), index=k, noise_generator=generator)
+    return x_next.to(velocity.dtype), replace(state, x0=(x0,), index=k)
 
 
 # ---------------------------------------------------------------- uni_pc, uni_pc_bh2

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from wanflow.sampling.noise import next_step_noise
 from wanflow.sampling.schedule import Schedule
 
 
@@ -55,3 +56,12 @@ def begun(state: SolverState, index: int) -> SolverState:
     """``state`` with ``start`` set where ``index`` is its first step: a sampler call's solvers that need where their
     call began (ComfyUI's uni_pc for its orders, the SDE samplers for their noise's span) read it there."""
     return replace(state, start=index) if state.index is None else state
+
+
+def fresh_noise(state: SolverState, x: torch.Tensor, sampler: str) -> tuple[torch.Tensor, SolverState]:
+    """The sampler call's next fresh noise for ``x`` (ComfyUI's noise sampler's draw, ``noise.next_step_noise``) and
+    the state after it; without the run's seed, an error naming ``sampler``."""
+    if state.seed is None:
+        raise ValueError(f"{sampler} draws fresh noise at each step: it needs the run's seed (init(schedule, seed))")
+    noise, drawn = next_step_noise(tuple(x.shape[1:]), state.seed, state.noise_generator, x.device)
+    return noise, replace(state, noise_generator=drawn)

@@ -47,9 +47,8 @@ from wanflow.sampling.comfy_solvers import (
     uni_pc_bh2_step,
     uni_pc_step,
 )
-from wanflow.sampling.noise import next_step_noise
 from wanflow.sampling.schedule import Schedule
-from wanflow.sampling.solver_state import SolverState, StepFn, Stepped, check_index
+from wanflow.sampling.solver_state import SolverState, StepFn, Stepped, check_index, fresh_noise
 
 
 def _lambda(sigma: torch.Tensor) -> torch.Tensor:
@@ -69,15 +68,12 @@ def lcm_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index:
     """``(1 - sigma_{k+1}) x0_hat + sigma_{k+1} eps_k`` in float32 (``x0_hat`` itself at the last step), cast back to
     the model output's dtype."""
     k = check_index(state, index)
-    if state.seed is None:
-        raise ValueError("the lcm solver noises each step afresh: it needs the run's seed (init(schedule, seed))")
     sigmas = state.schedule.sigmas
     x0 = x.float() - sigmas[k] * velocity
     sigma_next = sigmas[k + 1]
     if sigma_next > 0:
-        noise, drawn = next_step_noise(tuple(x.shape[1:]), state.seed, state.noise_generator, x.device)
+        noise, state = fresh_noise(state, x, "lcm")
         x0 = (1 - sigma_next) * x0 + sigma_next * noise
-        state = replace(state, noise_generator=drawn)
     return x0.to(velocity.dtype), replace(state, index=k)
 
 
