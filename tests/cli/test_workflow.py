@@ -217,11 +217,18 @@ def test_a_subgraph_is_inlined(comfy, tmp_path):
     assert sorted(read_workflow(path).nodes) == sorted(["60", *(f"129:{n['id']}" for n in inner.nodes)])
 
 
+@pytest.mark.parametrize("scheduler", ["bong_tangent", "beta57"])
+def test_res4lyfs_schedulers_are_flags(comfy, tmp_path, scheduler):
+    """The two schedulers RES4LYF adds to KSampler's list run as wanflow's (sampling/comfy_schedules)."""
+    args = workflow_arguments(write(tmp_path, t2v(scheduler=scheduler, steps=8).json()), str(comfy))
+    assert args[args.index("--scheduler") + 1] == scheduler and args[args.index("--sample_steps") + 1] == "8"
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (dict(sampler="lms"), r"uses sampler 'lms'; wanflow runs ComfyUI's \['ddim', 'deis', 'dpm_2', "),
-        (dict(scheduler="bong_tangent"), "scheduler 'bong_tangent'"),
+        (dict(sampler="ddpm"), r"uses sampler 'ddpm'; wanflow runs ComfyUI's \['ddim', 'deis', 'dpm_2', "),
+        (dict(scheduler="GITS[coeff=1.2]"), r"scheduler 'GITS\[coeff=1.2\]'"),
         (dict(high=(0, 2), low=(3, 10000)), "do not split one run"),
         (dict(high=(1, 2)), "do not split one run"),
     ],

@@ -177,14 +177,22 @@ class ModelCalls(StepHook):
         return seen
 
 
-@pytest.mark.parametrize("solver", ["heun", "dpm_2", "dpmpp_2s_ancestral", "dpmpp_sde"])
-def test_two_model_calls_a_step_in_the_loop(pipe, solver):
-    """heun, dpm_2, dpmpp_2s_ancestral and dpmpp_sde in the shared loop: each step but the last calls its expert twice,
-    the second time where the solver asks (at timestep 1000 sigma, float), and driving the solver with the recorded
-    velocities gives the run's final latents bit for bit; the step cache refuses them."""
+TWO_CALLS, THREE_CALLS = [0, 0, 1, 1, 2, 2, 3], [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("solver", "steps"),
+    [("heun", TWO_CALLS), ("dpm_2", TWO_CALLS), ("dpmpp_2s_ancestral", TWO_CALLS), ("dpmpp_sde", TWO_CALLS),
+     ("seeds_2", TWO_CALLS), ("seeds_3", THREE_CALLS), ("heunpp2", [0, 0, 0, 1, 1, 1, 2, 2, 3])],
+)  # fmt: skip
+def test_more_model_calls_a_step_in_the_loop(pipe, solver, steps):
+    """Samplers of two or three model calls a step in the shared loop: each step but the last calls its expert two or
+    three times (heunpp2: two on the second last step), the later times where the solver asks (at timestep 1000 sigma,
+    float), and driving the solver with the recorded velocities gives the run's final latents bit for bit; the step
+    cache refuses them."""
     hook = ModelCalls()
     out = pipe(PROMPT, solver=solver, output_type="latent", hooks=[hook], **{**RUN, "steps": 4}).frames
-    assert [k for k, *_ in hook.seen] == [0, 0, 1, 1, 2, 2, 3]
+    assert [k for k, *_ in hook.seen] == steps
     schedule, fresh = comfy_schedule("simple", 4, 8.0, sampler=solver), get_solver(solver)
     x, state, calls = hook.seen[0][1], fresh.init(schedule, 3), iter(hook.seen)
     for k in range(4):
@@ -196,5 +204,5 @@ def test_two_model_calls_a_step_in_the_loop(pipe, solver):
             assert float(t[0]) == float(torch.tensor(float(state.pending[1]) * 1000.0))
             x, state = fresh.step(state, v, x, k)
     assert torch.equal(x, out)
-    with pytest.raises(ValueError, match="two a step"):
+    with pytest.raises(ValueError, match=f"not with {solver} \\({get_solver(solver).model_calls} model calls a step"):
         pipe(PROMPT, solver=solver, cache="magcache", **{**RUN, "steps": 4})

@@ -1,7 +1,7 @@
-"""ComfyUI's ``heun``, ``dpm_2``, ``dpm_2_ancestral`` and ``dpmpp_2s_ancestral`` (``sampling.comfy_heun``) and
-``dpmpp_sde`` (``sampling.comfy_sde``), samplers of two model calls a step: against ComfyUI's
-own functions run as an oracle (comfy_heun.json), driven as the loop drives them (``state.pending``), and in the
-pipeline's loop."""
+"""ComfyUI's ``heun``, ``dpm_2``, ``dpm_2_ancestral``, ``dpmpp_2s_ancestral`` and ``heunpp2``
+(``sampling.comfy_heun``), ``dpmpp_sde`` (``sampling.comfy_sde``), ``seeds_2`` and ``seeds_3``
+(``sampling.comfy_seeds``), samplers of two or three model calls a step: against ComfyUI's own functions run as an
+oracle (comfy_heun.json), driven as the loop drives them (``state.pending``), and in the pipeline's loop."""
 
 import json
 from pathlib import Path
@@ -23,15 +23,20 @@ def _run(name, schedule, split=None, seed=None, seed_low=None):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['sampler']}-{c['scheduler']}-{c.get('split', 'whole')}")
-def test_comfyuis_heun_and_dpm_2(case):
+def test_comfyuis_samplers_of_more_calls_a_step(case):
     """On a toy flow model over ComfyUI's schedulers' sigmas, in one call or two (each call's noise from its seed):
-    the model is called where ComfyUI calls it (two calls a step, one on the last), and the samples are theirs, bit
-    for bit in one call (to 1e-6 split); not Euler's, nor another seed's."""
+    the model is called where ComfyUI calls it (two or three calls a step, one on the last; heunpp2: two on a call's
+    second last step, one on its last), and the samples are theirs, bit for bit in one call (to 1e-6 split); not
+    Euler's, nor another seed's."""
     name = case["sampler"]
     schedule = comfy_schedule(case["scheduler"], case["steps"], case["shift"], sampler=name)
     final, seen = _run(name, schedule, case.get("split"), case["seed"], case.get("seed_low"))
     assert torch.tensor(seen).equal(torch.tensor(case["model_sigmas"]))
-    assert len(seen) == 2 * schedule.num_steps - 1
+    calls, n = get_solver(name).model_calls, schedule.num_steps
+    if name == "heunpp2":  # (each sampler call's last step: one call, its second last: two)
+        assert len(seen) == 3 * n - 3 * (1 if "split" not in case else 2)
+    else:  # (the last step, to sigma 0: one call)
+        assert len(seen) == calls * n - (calls - 1)
     if "split" in case:  # (the sample scaled out of the first call and back into the second: a last-digit rounding)
         assert (final.flatten() - torch.tensor(case["x"])).abs().max() <= 1e-6
     else:

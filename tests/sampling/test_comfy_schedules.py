@@ -1,6 +1,7 @@
 """ComfyUI's schedulers on the flow sigma table: every name gives ComfyUI's own sigmas bit for bit (its
-``calculate_sigmas`` run on ``ModelSamplingDiscreteFlow(shift)``, saved in comfy_sigmas.json with the commits read),
-and given sigmas are checked and kept as they are."""
+``calculate_sigmas`` run on ``ModelSamplingDiscreteFlow(shift)``, saved in comfy_sigmas.json with the commits read;
+the two RES4LYF adds to its list, bong_tangent and beta57, through the same function with RES4LYF's handlers, in
+res4lyf_sigmas.json), and given sigmas are checked and kept as they are."""
 
 import json
 from pathlib import Path
@@ -19,12 +20,15 @@ from wanflow.sampling.comfy_schedules import (
 )
 from wanflow.sampling.schedule import euler_schedule
 
-CASES = json.loads((Path(__file__).parent / "comfy_sigmas.json").read_text())["cases"]
+COMFY_CASES = json.loads((Path(__file__).parent / "comfy_sigmas.json").read_text())["cases"]
+RES4LYF_CASES = json.loads((Path(__file__).parent / "res4lyf_sigmas.json").read_text())["cases"]
+CASES = COMFY_CASES + [c for c in RES4LYF_CASES if "error" not in c]
 
 
 def test_every_scheduler_is_in_the_saved_cases():
     assert {c["scheduler"] for c in CASES} == set(SCHEDULERS)
-    assert {c["shift"] for c in CASES} == {1.0, 5.0, 8.0} and {c["steps"] for c in CASES} == {1, 3, 4, 7, 30}
+    assert {c["shift"] for c in CASES} == {1.0, 5.0, 8.0} and {c["steps"] for c in COMFY_CASES} == {1, 3, 4, 7, 30}
+    assert {c["steps"] for c in RES4LYF_CASES} == {1, 2, 3, 4, 7, 8, 20, 30}
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['scheduler']}-{c['shift']:g}-{c['steps']}")
@@ -98,3 +102,15 @@ def test_refusals():
         comfy_sigmas("karas", 4, 5.0)
     with pytest.raises(ValueError, match="kl_optimal scheduler needs 2 steps"):
         comfy_sigmas("kl_optimal", 1, 5.0)
+    failed = [c for c in RES4LYF_CASES if "error" in c]  # (RES4LYF's own function divides by zero there)
+    assert [(c["scheduler"], c["steps"]) for c in failed] == [("bong_tangent", 1)] * 3
+    with pytest.raises(ValueError, match="bong_tangent scheduler needs 2 steps"):
+        comfy_sigmas("bong_tangent", 1, 5.0)
+
+
+def test_bong_tangent_meets_half_at_sixty_percent_and_ignores_the_shift():
+    """Its two ramps meet at sigma 0.5, point ``int(0.6 (steps + 2)) - 1``; the shift does not move it."""
+    for steps in (2, 5, 8, 20):
+        sigmas = comfy_sigmas("bong_tangent", steps, 5.0)
+        assert sigmas[int(0.6 * (steps + 2)) - 1] == 0.5 and sigmas[0] == 1.0 and sigmas[-1] == 0.0
+        assert torch.equal(sigmas, comfy_sigmas("bong_tangent", steps, 1.0))

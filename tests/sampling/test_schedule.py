@@ -85,7 +85,7 @@ def test_shift_sigmas_closed_form():
 def test_registry_and_errors():
     names = {"unipc", "dpm++", "euler", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "euler_ancestral",
              "ipndm", "ipndm_v", "gradient_estimation", "deis", "res_multistep_ancestral", "heun", "dpm_2",
-             "dpm_2_ancestral", "dpmpp_2s_ancestral",
+             "dpm_2_ancestral", "dpmpp_2s_ancestral", "lms", "heunpp2",
              *MOVE_FIRST_SIGMA}  # fmt: skip
     assert set(SCHEDULES) == names == set(SOLVERS)  # (each its grid)
     assert SCHEDULES["dpmpp_2m"] is SCHEDULES["res_multistep"] is euler_schedule  # (from sigma 1, as ComfyUI)

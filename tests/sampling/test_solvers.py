@@ -277,7 +277,8 @@ def test_solver_registry():
         "unipc", "dpm++", "euler", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "euler_ancestral",
         "ipndm", "ipndm_v", "er_sde", "gradient_estimation", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde",
         "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde_gpu", "deis", "res_multistep_ancestral", "heun",
-        "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu",
+        "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu", "lms", "heunpp2", "seeds_2",
+        "seeds_3",
     }  # fmt: skip
     assert get_solver("dpm++").order == 2 and get_solver("euler").order == 1 and get_solver("dpmpp_3m_sde").order == 3
     with pytest.raises(
@@ -285,10 +286,10 @@ def test_solver_registry():
         match=r"choose one of \['deis', 'dpm\+\+', 'dpm_2', 'dpm_2_ancestral', 'dpmpp_2m', 'dpmpp_2m_sde', "
         r"'dpmpp_2m_sde_gpu', 'dpmpp_2m_sde_heun', 'dpmpp_2m_sde_heun_gpu', 'dpmpp_2s_ancestral', 'dpmpp_3m_sde', "
         r"'dpmpp_3m_sde_gpu', 'dpmpp_sde', 'dpmpp_sde_gpu', 'er_sde', 'euler', 'euler_ancestral', "
-        r"'gradient_estimation', 'heun', 'ipndm', 'ipndm_v', 'lcm', 'res_multistep', 'res_multistep_ancestral', "
-        r"'uni_pc', 'uni_pc_bh2', 'unipc'\]",
+        r"'gradient_estimation', 'heun', 'heunpp2', 'ipndm', 'ipndm_v', 'lcm', 'lms', 'res_multistep', "
+        r"'res_multistep_ancestral', 'seeds_2', 'seeds_3', 'uni_pc', 'uni_pc_bh2', 'unipc'\]",
     ):
-        get_solver("lms")
+        get_solver("ddpm")
 
 
 def test_lcm_noises_the_data_prediction_afresh():

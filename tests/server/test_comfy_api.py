@@ -180,14 +180,14 @@ def test_what_would_not_run_as_in_comfyui_is_refused(served):
     good = t2v_prompt()
     relinked = _change(good, "55", model=["91", 0])  # (the LoRA this server lacks, on the low-noise expert again)
     no_output = {k: v for k, v in good.items() if k != "61"}
-    lms = _change(good, "57", sampler_name="lms")
-    lms = _change(lms, "58", sampler_name="lms")
+    ddpm = _change(good, "57", sampler_name="ddpm")
+    ddpm = _change(ddpm, "58", sampler_name="ddpm")
     rife = _change(good, "60", images=["62", 0]) | {"62": {"class_type": "RIFE VFI", "inputs": {"frames": ["8", 0]}}}
     cases = [
         ({"prompt": rife}, "invalid_prompt", "node 62 (RIFE VFI) works on the decoded frames"),
         ({"prompt": relinked}, "value_not_in_list", "absent"),
         ({"prompt": no_output}, "prompt_no_outputs", "SaveVideo"),
-        ({"prompt": lms}, "invalid_prompt", "'lms'"),
+        ({"prompt": ddpm}, "invalid_prompt", "'ddpm'"),
         ({"prompt": workflow().json()}, "invalid_prompt", "API-format"),
         ({"client_id": "x"}, "no_prompt", "No prompt"),
         ({"prompt": good, "prompt_id": "not-a-uuid"}, "invalid_prompt", "not a UUID"),

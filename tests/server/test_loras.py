@@ -113,7 +113,7 @@ def test_the_page_sends_the_more_section(browser, lora_server):
     assert page.eval_on_selector("#preset", listed) == ["", "lightning"]
     assert page.eval_on_selector("#guidance", listed) == ["cfg", "cfg_zero_star"]
     assert page.eval_on_selector("#scheduler", listed) == ["", *sorted(SCHEDULERS)]
-    assert page.eval_on_selector("select[name=solver]", listed) == ["", *SOLVERS]  # (written in the page)
+    assert page.eval_on_selector("select[name=solver]", listed) == ["", *SOLVERS]
     assert page.eval_on_selector("select[name=image_fit]", listed) == ["", "crop"]  # (area: left out)
     page.select_option("#task", "t2v-A14B")
     page.fill("textarea[name=prompt]", "a fox from the page")

@@ -25,17 +25,12 @@ from wanflow.cli.workflow_slg import SLG_NODES, slg_arguments
 from wanflow.io.comfy_workflow import POWER_LORA_LOADER, Graph, Node, describe, read_workflow
 from wanflow.io.image import ImageScale
 from wanflow.sampling.comfy_schedules import SCHEDULERS, comfy_sigmas
-from wanflow.sampling.schedule import MOVE_FIRST_SIGMA
-from wanflow.sampling.solvers import get_solver
+from wanflow.sampling.solvers import REFERENCE_SOLVERS, SOLVERS, get_solver
 
 log = logging.getLogger("wanflow")
 
 SAMPLER_NODES = ("KSamplerAdvanced", "KSampler")
-SAMPLERS = (  # (ComfyUI's)
-    "euler", "euler_ancestral", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "ipndm", "ipndm_v",
-    "gradient_estimation", "deis", "res_multistep_ancestral", "heun", "dpm_2",
-    "dpm_2_ancestral", "dpmpp_2s_ancestral", *MOVE_FIRST_SIGMA,
-)  # fmt: skip
+SAMPLERS = tuple(name for name in SOLVERS if name not in REFERENCE_SOLVERS)  # (ComfyUI's)
 ALIASES = {"ddim": "euler"}  # ComfyUI's ddim is its euler (with inpainting's noise drawn anew, which no Wan task has)
 MODEL_NODES = {
     "ModelSamplingSD3", "LoraLoaderModelOnly", "LoraLoader", POWER_LORA_LOADER, "CFGZeroStar", "WanVideoNAG", *SLG_NODES

@@ -518,8 +518,9 @@ def _image_fit(value: Any) -> str:
 
 def _cache(value: Any, solver: str) -> CacheSettings | None:
     settings = parse_cache(value)
-    if settings is not None and get_solver(solver).model_calls > 1:
-        raise ValueError(f"the step cache plans one model call a step: not with {solver} (two a step)")
+    calls = get_solver(solver).model_calls
+    if settings is not None and calls > 1:
+        raise ValueError(f"the step cache plans one model call a step: not with {solver} ({calls} model calls a step)")
     return settings
 
 

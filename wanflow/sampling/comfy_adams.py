@@ -1,7 +1,8 @@
 """ComfyUI's samplers that step in sigma on the derivative ``d = (x - x0_hat) / sigma`` (on a flow model the velocity
 itself) and earlier steps' derivatives: ``ipndm`` and ``ipndm_v`` (Zhang and Chen's improved PNDM, from zju-pi's
 diff-sampler), linear multistep (Adams-Bashforth) steps up to fourth order, ``ipndm`` with the fixed coefficients of
-equal steps, ``ipndm_v`` with those of the steps' actual lengths; and ``gradient_estimation`` (Permenter and Yuan's),
+equal steps, ``ipndm_v`` with those of the steps' actual lengths; ``lms`` (k-diffusion's linear multistep, fourth
+order, its coefficients integrated numerically over the sigmas); and ``gradient_estimation`` (Permenter and Yuan's),
 an Euler step corrected by ``(gamma - 1)`` times the change of ``d`` since the step before (gamma 2). Same
 step-function convention as ``sampling.solvers``; each sampler call starts afresh (an Euler step first) and returns
 ``x0_hat`` at sigma 0.
@@ -59,6 +60,28 @@ def _variable(sigmas: torch.Tensor, k: int, d: torch.Tensor, past: tuple[torch.T
     return h * (c[0] * d + c[1] * past[-1] + c[2] * past[-2] + c[3] * past[-3])
 
 
+def _lms(sigmas: torch.Tensor, k: int, d: torch.Tensor, past: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The step's increment, ``lms``: the derivatives' Lagrange polynomial over their sigmas integrated across the step
+    (scipy's ``quad``, relative tolerance 1e-4, on the float32 sigmas, as k-diffusion integrates it); newest first."""
+    from scipy import integrate
+
+    t = sigmas.numpy()
+    order = len(past) + 1
+
+    def basis(j: int):
+        def fn(tau):
+            prod = 1.0
+            for m in range(order):
+                if m != j:
+                    prod *= (tau - t[k - m]) / (t[k - j] - t[k - m])
+            return prod
+
+        return fn
+
+    coefficients = [integrate.quad(basis(j), t[k], t[k + 1], epsrel=1e-4)[0] for j in range(order)]
+    return sum(c * derivative for c, derivative in zip(coefficients, (d, *reversed(past)), strict=True))
+
+
 GE_GAMMA = 2.0  # ComfyUI's gradient_estimation default
 
 
@@ -93,6 +116,11 @@ def ipndm_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, inde
 def ipndm_v_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
     """ComfyUI's ``ipndm_v``; the state's ``x0`` holds the previous derivatives here."""
     return _step(state, velocity, x, index, _added(_variable))
+
+
+def lms_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
+    """ComfyUI's ``lms`` (order 4); the state's ``x0`` holds the previous derivatives here."""
+    return _step(state, velocity, x, index, _added(_lms))
 
 
 def gradient_estimation_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:

@@ -1,14 +1,15 @@
-"""ComfyUI's samplers of two model calls a step: ``heun`` (Karras et al.'s Algorithm 2 without churn: an Euler step to
-the next sigma, the model again there, the two derivatives averaged) and ``dpm_2`` (DPM-Solver-2: the model again at
-the geometric mid sigma, whose derivative takes the whole step), k-diffusion's unchanged on a flow model; and the
-ancestral ``dpm_2_ancestral`` and ``dpmpp_2s_ancestral`` in ComfyUI's forms for flow models (its ``_RF`` functions,
-eta 1): the step down to ``sigma_down = sigma'^2 / sigma``, then the latents rescaled to sigma' and fresh noise of the
-variance the path lacks there (as its ``euler_ancestral``), drawn as lcm's. The last step (to sigma 0) is an Euler
-step of one call.
+"""ComfyUI's samplers of two or three model calls a step: ``heun`` (Karras et al.'s Algorithm 2 without churn: an
+Euler step to the next sigma, the model again there, the two derivatives averaged) and ``dpm_2`` (DPM-Solver-2: the
+model again at the geometric mid sigma, whose derivative takes the whole step), k-diffusion's unchanged on a flow
+model; the ancestral ``dpm_2_ancestral`` and ``dpmpp_2s_ancestral`` in ComfyUI's forms for flow models (its ``_RF``
+functions, eta 1): the step down to ``sigma_down = sigma'^2 / sigma``, then the latents rescaled to sigma' and fresh
+noise of the variance the path lacks there (as its ``euler_ancestral``), drawn as lcm's; and ``heunpp2`` (Heun++,
+three calls a step). The last step (to sigma 0) is an Euler step of one call.
 
 A step function of these returns with ``state.pending = (x, sigma)`` after its first call: the loop evaluates the
 same expert there (at timestep ``1000 sigma``, as ComfyUI feeds it) and calls the step function again with that
-velocity, which completes the step. Derivatives are ``d = (x - x0_hat) / sigma``, as ComfyUI rounds them.
+velocity, which completes the step or asks for the next call likewise. Derivatives are ``d = (x - x0_hat) / sigma``,
+as ComfyUI rounds them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import replace
 import torch
 
 from wanflow.sampling.comfy_solvers import flow_ancestral
-from wanflow.sampling.solver_state import SolverState, Stepped, check_index, fresh_noise
+from wanflow.sampling.solver_state import SolverState, Stepped, begun, check_index, fresh_noise
 
 
 def _derivative(x: torch.Tensor, sigma: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
@@ -63,6 +64,35 @@ def heun_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index
 def dpm_2_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
     """ComfyUI's ``dpm_2``."""
     return _two_calls(state, velocity, x, index, _dpm_2)
+
+
+def heunpp2_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
+    """ComfyUI's ``heunpp2`` (from sd-webui-samplers-scheduler): Euler steps to the next two sigmas with the model
+    called at each, the three derivatives weighted by those sigmas over three times the call's first sigma (two
+    derivatives over twice it on the call's second last step; Euler on its last), the weighted derivative taking the
+    step. Three model calls a step, so it reads its call's sigmas: from its first step to its stop."""
+    k = check_index(state, index)
+    state = begun(state, k)
+    sigmas = state.schedule.sigmas
+    first, end = sigmas[state.start], sigmas[-1 if state.stop is None else state.stop]
+    sigma, dt = sigmas[k], sigmas[k + 1] - sigmas[k]
+    if state.pending is None:
+        d = _derivative(x.float(), sigma, velocity)
+        if sigmas[k + 1] == end:
+            return (x.float() + d * dt).to(velocity.dtype), replace(state, index=k)
+        return x, replace(state, index=k, pending=(x.float() + d * dt, sigmas[k + 1]), partial=(d,))
+    (x_2, sigma_2), done = state.pending, state.partial
+    done = (*done, _derivative(x_2, sigma_2, velocity))
+    if len(done) == 2 and sigmas[k + 2] != end:  # (Heun++: an Euler step on to the sigma after, called there)
+        return x, replace(state, pending=(x_2 + done[1] * (sigmas[k + 2] - sigmas[k + 1]), sigmas[k + 2]), partial=done)
+    w = len(done) * first
+    w_2 = sigmas[k + 1] / w
+    if len(done) == 2:
+        d_prime = done[0] * (1 - w_2) + done[1] * w_2
+    else:
+        w_3 = sigmas[k + 2] / w
+        d_prime = (1 - w_2 - w_3) * done[0] + w_2 * done[1] + w_3 * done[2]
+    return (x.float() + d_prime * dt).to(velocity.dtype), replace(state, pending=None, partial=())
 
 
 def _renoised(state: SolverState, x: torch.Tensor, ancestral: tuple, sampler: str) -> Stepped:

@@ -120,6 +120,30 @@ def kl_optimal(table: torch.Tensor, steps: int, shift: float) -> torch.Tensor:
     return _with_zero((w * math.atan(float(table[0])) + (1 - w) * math.atan(float(table[-1]))).tan_())
 
 
+def _arctangent_ramp(count: int, slope: float, pivot: int, start: float, end: float) -> list[float]:
+    """``count`` levels from ``start`` down to ``end`` along an arctangent step of ``slope`` centred on index
+    ``pivot``, its two ends pinned to ``start`` and ``end`` (float64)."""
+
+    def level(i: int) -> float:
+        return ((2 / math.pi) * math.atan(-slope * (i - pivot)) + 1) / 2
+
+    top, bottom = level(0), level(count - 1)
+    return [(level(i) - bottom) * (1 / (top - bottom)) * (start - end) + end for i in range(count)]
+
+
+def bong_tangent(table: torch.Tensor, steps: int, shift: float, pivot: float = 0.6, slope: float = 0.2) -> torch.Tensor:
+    """RES4LYF's ``bong_tangent``: two arctangent ramps, 1 to 0.5 then 0.5 to 0, meeting at 60% of ``steps + 2``
+    points, each steeper the fewer the steps; the shift and the table play no part (the ramps are the sigmas)."""
+    if steps < 2:
+        raise ValueError("the bong_tangent scheduler needs 2 steps or more")
+    points = steps + 2
+    meet = int(points * pivot)
+    slope = slope / (points / 40)
+    first = _arctangent_ramp(meet, slope, meet, 1.0, 0.5)
+    second = _arctangent_ramp(points - meet, slope, 0, 0.5, 0.0)
+    return torch.tensor(first[:-1] + second, dtype=torch.float32)
+
+
 SCHEDULERS: dict[str, Callable[[torch.Tensor, int, float], torch.Tensor]] = {
     "simple": simple,
     "sgm_uniform": lambda table, steps, shift: uniform(table, steps, shift, sgm=True),
@@ -130,6 +154,8 @@ SCHEDULERS: dict[str, Callable[[torch.Tensor, int, float], torch.Tensor]] = {
     "normal": uniform,
     "linear_quadratic": linear_quadratic,
     "kl_optimal": kl_optimal,
+    "bong_tangent": bong_tangent,  # (RES4LYF's custom node adds these two to KSampler's list)
+    "beta57": lambda table, steps, shift: beta(table, steps, shift, a=0.5, b=0.7),
 }
 
 

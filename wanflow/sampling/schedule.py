@@ -124,6 +124,8 @@ MOVE_FIRST_SIGMA = (
         for gpu in ("", "_gpu")
     ),
     "er_sde",
+    "seeds_2",
+    "seeds_3",
 )
 MOVED_PERCENT = 1e-4  # the first sigma of those samplers: the model's sigma at this fraction of its timesteps
 
@@ -174,6 +176,8 @@ SCHEDULES: dict[str, Callable[..., Schedule]] = {
     "dpm_2_ancestral": euler_schedule,
     "dpmpp_2s_ancestral": euler_schedule,
     "res_multistep_ancestral": euler_schedule,
+    "lms": euler_schedule,
+    "heunpp2": euler_schedule,
     "uni_pc": comfy_uni_pc_schedule,
     "uni_pc_bh2": comfy_uni_pc_schedule,
     **{name: _moved(euler_schedule) for name in MOVE_FIRST_SIGMA},  # (the same grid, its first sigma moved off 1)

@@ -34,11 +34,18 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from wanflow.sampling.comfy_adams import gradient_estimation_step, ipndm_step, ipndm_v_step
+from wanflow.sampling.comfy_adams import gradient_estimation_step, ipndm_step, ipndm_v_step, lms_step
 from wanflow.sampling.comfy_deis import deis_step
 from wanflow.sampling.comfy_er_sde import er_sde_step
-from wanflow.sampling.comfy_heun import dpm_2_ancestral_step, dpm_2_step, dpmpp_2s_ancestral_step, heun_step
+from wanflow.sampling.comfy_heun import (
+    dpm_2_ancestral_step,
+    dpm_2_step,
+    dpmpp_2s_ancestral_step,
+    heun_step,
+    heunpp2_step,
+)
 from wanflow.sampling.comfy_sde import SDE_STEPS, TWO_CALLS
+from wanflow.sampling.comfy_seeds import seeds_2_step, seeds_3_step
 from wanflow.sampling.comfy_solvers import (
     dpmpp_2m_step,
     euler_ancestral_step,
@@ -160,7 +167,7 @@ class Solver:
     # it draws fresh noise at each step from the seed of its sampler call: given the low-noise expert's call a seed of
     # its own (ComfyUI's second KSamplerAdvanced's), it starts afresh there with it
     noised: bool = False
-    model_calls: int = 1  # model calls a step (heun, dpm_2: two; ``SolverState.pending`` between them)
+    model_calls: int = 1  # model calls a step, at most (heun, dpm_2: two; ``SolverState.pending`` between them)
 
     def init(self, schedule: Schedule, seed: int | None = None, stop: int | None = None) -> SolverState:
         """A fresh state; ``stop``: the step this run of the solver ends before (a ComfyUI sampler call's end at the
@@ -190,6 +197,10 @@ SOLVERS: dict[str, Solver] = {
     "res_multistep_ancestral": Solver(
         "res_multistep_ancestral", res_multistep_ancestral_step, 2, restarts_at_switch=True, noised=True
     ),
+    "lms": Solver("lms", lms_step, 4, restarts_at_switch=True),
+    "heunpp2": Solver("heunpp2", heunpp2_step, 3, restarts_at_switch=True, model_calls=3),
+    "seeds_2": Solver("seeds_2", seeds_2_step, 2, restarts_at_switch=True, noised=True, model_calls=2),
+    "seeds_3": Solver("seeds_3", seeds_3_step, 3, restarts_at_switch=True, noised=True, model_calls=3),
     **{
         name: Solver(
             name,
@@ -202,6 +213,9 @@ SOLVERS: dict[str, Solver] = {
         for name, step in SDE_STEPS.items()
     },
 }
+
+
+REFERENCE_SOLVERS = ("unipc", "dpm++")  # the reference's own; the other names are ComfyUI's samplers
 
 
 def get_solver(name: str) -> Solver:

@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from wanflow.pipelines.presets import PRESETS
 from wanflow.sampling.comfy_schedules import SCHEDULERS
 from wanflow.sampling.guidance import RULES
+from wanflow.sampling.solvers import SOLVERS
 from wanflow.server.context import Context
 from wanflow.server.jobs import TERMINAL
 from wanflow.server.metrics import metrics_text
@@ -30,14 +31,15 @@ def native_routes(api: APIRouter, ctx: Context) -> None:
     @api.get("/tasks")
     def tasks() -> dict:
         """The tasks this server runs, with their defaults and limits (for the web form); ``limits``: the server's;
-        ``presets``, ``guidance`` and ``schedulers``: the sampling presets, guidance rules and ComfyUI schedulers a job
-        may name."""
+        ``solvers``, ``presets``, ``guidance`` and ``schedulers``: the solvers, sampling presets, guidance rules and
+        ComfyUI schedulers a job may name."""
         out = {}
         for task in ctx.catalog.names():
             spec = ctx.task(task)
             limits = dataclasses.asdict(ctx.limits_for(task))
             out[task] = None if spec is None else task_defaults(spec) | {"limits": limits}
-        choices = {"presets": list(PRESETS), "guidance": list(RULES), "schedulers": sorted(SCHEDULERS)}
+        choices = {"solvers": list(SOLVERS), "presets": list(PRESETS), "guidance": list(RULES)}
+        choices["schedulers"] = sorted(SCHEDULERS)
         return {"tasks": out, "limits": dataclasses.asdict(ctx.limits), **choices}
 
     @api.post("/jobs", status_code=202, response_model=JobView, openapi_extra=request_body(GenerateRequest))

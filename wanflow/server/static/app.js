@@ -59,9 +59,10 @@ async function loadTasks() {
 }
 $("#task").addEventListener("change", showDefaults);
 
-// The "More" section's lists: the presets, guidance rules and schedulers a job may name, the server's LoRAs.
+// The form's lists: the solvers, presets, guidance rules and schedulers a job may name, the server's LoRAs.
 function showChoices(served, loras) {
   const options = (values, first) => [...(first ? [first] : []), ...values.map((v) => el("option", { value: v, textContent: v }))];
+  $("#solver").replaceChildren(...options(served.solvers, el("option", { value: "", textContent: "(default)" })));
   $("#preset").replaceChildren(...options(served.presets, el("option", { value: "", textContent: "(none)" })));
   $("#guidance").replaceChildren(...options(served.guidance));
   $("#scheduler").replaceChildren(...options(served.schedulers, el("option", { value: "", textContent: "(solver's grid)" })));
