@@ -12,8 +12,7 @@ from wanflow.runtime.cache_curve import CURVE_FILE, load_curve
 from wanflow.runtime.preview import PREVIEW_FILE, load_preview_map
 from wanflow.runtime.step_cache import CacheSettings, plan
 from wanflow.sampling.experts import boundary_timestep
-from wanflow.sampling.schedule import get_schedule
-from wanflow.sampling.solvers import get_solver
+from wanflow.sampling.solvers import get_schedule, get_solver
 from wanflow.tasks import get_task
 
 # Block-stack runs of 20 steps at the default threshold ('.' runs, 's' reuses), as in README "Step cache".

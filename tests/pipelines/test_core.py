@@ -4,8 +4,7 @@ from tests.sync import HostTransfers
 from tests.tiny.dit import TINY_TI2V
 from wanflow.models.dit import TokenTimesteps, WanDiT
 from wanflow.pipelines.core import Conditioning, Sampler, denoise, model_timesteps, twice
-from wanflow.sampling.schedule import get_schedule
-from wanflow.sampling.solvers import get_solver
+from wanflow.sampling.solvers import get_schedule, get_solver
 
 
 def test_t2v_timesteps_are_one_per_sample():

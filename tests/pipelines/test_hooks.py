@@ -8,8 +8,7 @@ import torch
 
 from wanflow.pipelines.core import Conditioning, Sampler, denoise
 from wanflow.sampling.hooks import StepHook
-from wanflow.sampling.schedule import get_schedule
-from wanflow.sampling.solvers import get_solver
+from wanflow.sampling.solvers import get_schedule, get_solver
 
 
 class Ones(torch.nn.Module):

@@ -43,8 +43,7 @@ from wanflow.runtime.vae_parallel import decode_parallel, split_tile
 from wanflow.runtime.vae_tiling import plan_tiles
 from wanflow.sampling.guidance import Guidance, SkipLayers
 from wanflow.sampling.noise import draw_seed
-from wanflow.sampling.schedule import get_schedule
-from wanflow.sampling.solvers import get_solver
+from wanflow.sampling.solvers import get_schedule, get_solver
 
 STEPS = 3
 

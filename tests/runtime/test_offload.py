@@ -9,8 +9,7 @@ from wanflow.pipelines.progress import Callback
 from wanflow.runtime import offload
 from wanflow.runtime.offload import ExpertPlacement, stream_blocks
 from wanflow.sampling.experts import select_expert
-from wanflow.sampling.schedule import get_schedule
-from wanflow.sampling.solvers import get_solver
+from wanflow.sampling.solvers import get_schedule, get_solver
 
 KW = dict(size=(64, 64), frames=5, steps=3, seed=9)
 

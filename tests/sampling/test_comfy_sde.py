@@ -9,8 +9,8 @@ import torch
 
 from wanflow.sampling.comfy_schedules import comfy_schedule
 from wanflow.sampling.comfy_sde import BrownianNoise
-from wanflow.sampling.schedule import MOVE_FIRST_SIGMA, Schedule, get_schedule
-from wanflow.sampling.solvers import get_solver
+from wanflow.sampling.schedule import MOVE_FIRST_SIGMA, Schedule
+from wanflow.sampling.solvers import get_schedule, get_solver
 
 CASES = json.loads((Path(__file__).parent / "comfy_sde.json").read_text())["cases"]
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from wanflow.sampling.experts import select_expert
-from wanflow.sampling.schedule import get_schedule, shift_sigmas
+from wanflow.sampling.schedule import shift_sigmas
+from wanflow.sampling.solvers import get_schedule
 
 
 def closed_form(n: int, shift: float) -> list[float]:

@@ -5,17 +5,16 @@ import torch
 from wanflow.sampling.comfy_schedules import comfy_schedule
 from wanflow.sampling.schedule import (
     MOVE_FIRST_SIGMA,
-    SCHEDULES,
     UNIPC_SIGMA_MAX,
     Schedule,
     comfy_uni_pc_schedule,
     dpm_schedule,
     euler_schedule,
-    get_schedule,
+    moved_euler_schedule,
     shift_sigmas,
     unipc_schedule,
 )
-from wanflow.sampling.solvers import SOLVERS
+from wanflow.sampling.solvers import REFERENCE_SOLVERS, SOLVERS, get_schedule
 
 # wan22.md §4: the official FlowUniPC defaults.
 # fmt: off
@@ -82,14 +81,21 @@ def test_shift_sigmas_closed_form():
     assert shift_sigmas(0.5, 3.0) == 0.75
 
 
+def test_each_solver_has_its_grid():
+    """The reference's solvers their grids; ComfyUI's samplers its simple scheduler's grid, the first sigma moved off
+    1 for those stepping in log-SNR and one step more less the penultimate for its UniPC ones."""
+    grids = {name: solver.grid for name, solver in SOLVERS.items()}
+    assert (grids["unipc"], grids["dpm++"]) == (unipc_schedule, dpm_schedule)
+    assert set(REFERENCE_SOLVERS) == {"unipc", "dpm++"}
+    assert {name for name, grid in grids.items() if grid is moved_euler_schedule} == set(MOVE_FIRST_SIGMA)
+    assert {name for name, grid in grids.items() if grid is comfy_uni_pc_schedule} == {"uni_pc", "uni_pc_bh2"}
+    rest = set(SOLVERS) - set(MOVE_FIRST_SIGMA) - {"unipc", "dpm++", "uni_pc", "uni_pc_bh2"}
+    assert rest and all(grids[name] is euler_schedule for name in rest)
+    moved = get_schedule("dpmpp_sde", 8, 5.0)
+    assert moved.first_moved and torch.equal(moved.sigmas[1:], euler_schedule(8, 5.0).sigmas[1:])
+
+
 def test_registry_and_errors():
-    names = {"unipc", "dpm++", "euler", "lcm", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2", "euler_ancestral",
-             "ipndm", "ipndm_v", "gradient_estimation", "deis", "res_multistep_ancestral", "heun", "dpm_2",
-             "dpm_2_ancestral", "dpmpp_2s_ancestral", "lms", "heunpp2",
-             *MOVE_FIRST_SIGMA}  # fmt: skip
-    assert set(SCHEDULES) == names == set(SOLVERS)  # (each its grid)
-    assert SCHEDULES["dpmpp_2m"] is SCHEDULES["res_multistep"] is euler_schedule  # (from sigma 1, as ComfyUI)
-    assert SCHEDULES["uni_pc"] is SCHEDULES["uni_pc_bh2"] is comfy_uni_pc_schedule
     assert torch.equal(get_schedule("unipc", 40, 12.0).timesteps, torch.tensor(T2V_TIMESTEPS))
     with pytest.raises(ValueError, match="choose one of"):
         get_schedule("ddim", 10, 5.0)

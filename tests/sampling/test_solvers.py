@@ -11,8 +11,8 @@ import torch
 from wanflow.sampling.comfy_schedules import comfy_schedule
 from wanflow.sampling.comfy_solvers import UNI_PC_LAST_SIGMA
 from wanflow.sampling.noise import step_noise
-from wanflow.sampling.schedule import UNIPC_SIGMA_MAX, dpm_schedule, get_schedule
-from wanflow.sampling.solvers import SOLVERS, get_solver
+from wanflow.sampling.schedule import UNIPC_SIGMA_MAX, dpm_schedule
+from wanflow.sampling.solvers import SOLVERS, get_schedule, get_solver
 
 NAMES = ["euler", "unipc", "dpm++", "dpmpp_2m", "res_multistep", "uni_pc", "uni_pc_bh2"]
 UNI_PC = ("uni_pc", "uni_pc_bh2")  # (ComfyUI's: they stop at sigma 0.001, not 0)

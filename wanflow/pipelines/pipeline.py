@@ -64,8 +64,7 @@ from wanflow.sampling.comfy_schedules import scaled_noise
 from wanflow.sampling.experts import boundary_timestep, step_boundary
 from wanflow.sampling.hooks import Step, StepHook
 from wanflow.sampling.noise import initial_noise
-from wanflow.sampling.schedule import get_schedule
-from wanflow.sampling.solvers import get_solver
+from wanflow.sampling.solvers import get_schedule, get_solver
 from wanflow.tasks import Task, get_task, task_for_model
 
 log = logging.getLogger(__name__)

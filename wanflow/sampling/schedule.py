@@ -11,7 +11,6 @@ step-distilled LoRAs (Wan2.2-Lightning, LightX2V) were trained on float timestep
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -154,39 +153,7 @@ def offset_first_sigma(schedule: Schedule, shift: float) -> Schedule:
     return Schedule(sigmas, timesteps, first_moved=True)
 
 
-def _moved(grid: Callable[..., Schedule]) -> Callable[..., Schedule]:
-    return lambda steps, shift, float_timesteps=False: offset_first_sigma(grid(steps, shift, float_timesteps), shift)
-
-
-SCHEDULES: dict[str, Callable[..., Schedule]] = {
-    "unipc": unipc_schedule,
-    "dpm++": dpm_schedule,
-    "euler": euler_schedule,
-    "lcm": euler_schedule,  # (the few-step grid: linspace(1, 0, N + 1)[:N] shifted)
-    # ComfyUI's samplers: the same grid from sigma 1 (ComfyUI's simple scheduler where N divides 1000)
-    "dpmpp_2m": euler_schedule,
-    "res_multistep": euler_schedule,
-    "euler_ancestral": euler_schedule,
-    "ipndm": euler_schedule,
-    "ipndm_v": euler_schedule,
-    "gradient_estimation": euler_schedule,
-    "deis": euler_schedule,
-    "heun": euler_schedule,
-    "dpm_2": euler_schedule,
-    "dpm_2_ancestral": euler_schedule,
-    "dpmpp_2s_ancestral": euler_schedule,
-    "res_multistep_ancestral": euler_schedule,
-    "lms": euler_schedule,
-    "heunpp2": euler_schedule,
-    "uni_pc": comfy_uni_pc_schedule,
-    "uni_pc_bh2": comfy_uni_pc_schedule,
-    **{name: _moved(euler_schedule) for name in MOVE_FIRST_SIGMA},  # (the same grid, its first sigma moved off 1)
-}
-
-
-def get_schedule(solver: str, steps: int, shift: float, float_timesteps: bool = False) -> Schedule:
-    """The schedule the reference pairs with ``solver`` (a key of ``SCHEDULES``); ``float_timesteps``: the DiT sees
-    ``1000 * sigma`` unrounded (the step-distilled LoRAs' convention) instead of the reference's truncated integers."""
-    if solver not in SCHEDULES:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SCHEDULES)}")
-    return SCHEDULES[solver](steps, shift, float_timesteps)
+def moved_euler_schedule(steps: int, shift: float, float_timesteps: bool = False) -> Schedule:
+    """``euler_schedule`` with its first sigma moved off 1 (``offset_first_sigma``): the grid of the samplers in
+    ``MOVE_FIRST_SIGMA``."""
+    return offset_first_sigma(euler_schedule(steps, shift, float_timesteps), shift)

@@ -30,6 +30,7 @@ initial noise does, and a ComfyUI workflow's lcm its noise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -54,7 +55,14 @@ from wanflow.sampling.comfy_solvers import (
     uni_pc_bh2_step,
     uni_pc_step,
 )
-from wanflow.sampling.schedule import Schedule
+from wanflow.sampling.schedule import (
+    Schedule,
+    comfy_uni_pc_schedule,
+    dpm_schedule,
+    euler_schedule,
+    moved_euler_schedule,
+    unipc_schedule,
+)
 from wanflow.sampling.solver_state import SolverState, StepFn, Stepped, check_index, fresh_noise
 
 
@@ -168,6 +176,9 @@ class Solver:
     # its own (ComfyUI's second KSamplerAdvanced's), it starts afresh there with it
     noised: bool = False
     model_calls: int = 1  # model calls a step, at most (heun, dpm_2: two; ``SolverState.pending`` between them)
+    # its steps where no scheduler is named: (steps, shift, float_timesteps) -> Schedule; ComfyUI's samplers take the
+    # grid of its simple scheduler (the same from sigma 1 where the steps divide 1000), the reference's solvers theirs
+    grid: Callable[..., Schedule] = euler_schedule
 
     def init(self, schedule: Schedule, seed: int | None = None, stop: int | None = None) -> SolverState:
         """A fresh state; ``stop``: the step this run of the solver ends before (a ComfyUI sampler call's end at the
@@ -176,18 +187,18 @@ class Solver:
 
 
 SOLVERS: dict[str, Solver] = {
-    "unipc": Solver("unipc", unipc_step, 2),
-    "dpm++": Solver("dpm++", dpm_step, 2),
+    "unipc": Solver("unipc", unipc_step, 2, grid=unipc_schedule),
+    "dpm++": Solver("dpm++", dpm_step, 2, grid=dpm_schedule),
     "euler": Solver("euler", euler_step, 1),
     "lcm": Solver("lcm", lcm_step, 1, noised=True),
     "dpmpp_2m": Solver("dpmpp_2m", dpmpp_2m_step, 2, restarts_at_switch=True),
     "res_multistep": Solver("res_multistep", res_multistep_step, 2, restarts_at_switch=True),
-    "uni_pc": Solver("uni_pc", uni_pc_step, 3, restarts_at_switch=True),
-    "uni_pc_bh2": Solver("uni_pc_bh2", uni_pc_bh2_step, 3, restarts_at_switch=True),
+    "uni_pc": Solver("uni_pc", uni_pc_step, 3, restarts_at_switch=True, grid=comfy_uni_pc_schedule),
+    "uni_pc_bh2": Solver("uni_pc_bh2", uni_pc_bh2_step, 3, restarts_at_switch=True, grid=comfy_uni_pc_schedule),
     "euler_ancestral": Solver("euler_ancestral", euler_ancestral_step, 1, noised=True),
     "ipndm": Solver("ipndm", ipndm_step, 4, restarts_at_switch=True),
     "ipndm_v": Solver("ipndm_v", ipndm_v_step, 4, restarts_at_switch=True),
-    "er_sde": Solver("er_sde", er_sde_step, 3, restarts_at_switch=True, noised=True),
+    "er_sde": Solver("er_sde", er_sde_step, 3, restarts_at_switch=True, noised=True, grid=moved_euler_schedule),
     "gradient_estimation": Solver("gradient_estimation", gradient_estimation_step, 2, restarts_at_switch=True),
     "deis": Solver("deis", deis_step, 3, restarts_at_switch=True),
     "heun": Solver("heun", heun_step, 2, model_calls=2),
@@ -199,8 +210,12 @@ SOLVERS: dict[str, Solver] = {
     ),
     "lms": Solver("lms", lms_step, 4, restarts_at_switch=True),
     "heunpp2": Solver("heunpp2", heunpp2_step, 3, restarts_at_switch=True, model_calls=3),
-    "seeds_2": Solver("seeds_2", seeds_2_step, 2, restarts_at_switch=True, noised=True, model_calls=2),
-    "seeds_3": Solver("seeds_3", seeds_3_step, 3, restarts_at_switch=True, noised=True, model_calls=3),
+    **{
+        f"seeds_{n}": Solver(
+            f"seeds_{n}", step, n, restarts_at_switch=True, noised=True, model_calls=n, grid=moved_euler_schedule
+        )
+        for n, step in ((2, seeds_2_step), (3, seeds_3_step))
+    },
     **{
         name: Solver(
             name,
@@ -209,6 +224,7 @@ SOLVERS: dict[str, Solver] = {
             restarts_at_switch=True,
             noised=True,
             model_calls=2 if name in TWO_CALLS else 1,
+            grid=moved_euler_schedule,
         )
         for name, step in SDE_STEPS.items()
     },
@@ -222,3 +238,10 @@ def get_solver(name: str) -> Solver:
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; choose one of {sorted(SOLVERS)}")
     return SOLVERS[name]
+
+
+def get_schedule(solver: str, steps: int, shift: float, float_timesteps: bool = False) -> Schedule:
+    """The steps ``solver`` takes where no scheduler is named: its grid (the reference's for its solvers);
+    ``float_timesteps``: the DiT sees ``1000 * sigma`` unrounded (the step-distilled LoRAs' convention) instead of the
+    reference's truncated integers."""
+    return get_solver(solver).grid(steps, shift, float_timesteps)
