@@ -29,15 +29,16 @@ def _run(name, schedule, seed, split=None, seed_low=None, solver=None):
     return _drive(solver or get_solver(name), schedule, seed, split, seed_low)[0]
 
 
-def _drive(solver, schedule, seed, split=None, seed_low=None):
+def _drive(solver, schedule, seed, split=None, seed_low=None, shift=None):
     """``_run``'s steps, each step's further model calls where the solver asks them (``state.pending``), as the loop
-    drives it; (the sample, the sigmas the model was called at)."""
+    drives it (``shift``: the model's, for the solvers that read it); (the sample, the sigmas the model was called
+    at)."""
     x = torch.randn(1, 2, 2, 3, 3, generator=torch.Generator().manual_seed(0))
     x = x * (1.0 if schedule.first_moved else schedule.sigmas[0])  # (KSampler's noise scaling: sigma noise)
-    state, seen = solver.init(schedule, seed, stop=split), []
+    state, seen = solver.init(schedule, seed, stop=split, shift=shift), []
     for k in range(schedule.num_steps):
         if k == split:
-            state = solver.init(schedule, seed_low)
+            state = solver.init(schedule, seed_low, shift=shift)
         seen.append(float(schedule.sigmas[k]))
         x, state = solver.step(state, _field(x, schedule.sigmas[k]), x, k)
         while state.pending is not None:

@@ -104,6 +104,7 @@ class Sampler:
     # ComfyUI's sampler calls, the first at step 0 (``Call``); none given: one call, split at the expert switch for a
     # solver that starts afresh there (each expert is a sampler call of its own in ComfyUI)
     calls: tuple[Call, ...] = ()
+    shift: float | None = None  # the model's shift (the noise interval of sa_solver, ComfyUI's model sampling)
 
     def steps(self) -> list[Step]:
         """The run's steps (``plan``'s)."""
@@ -224,7 +225,7 @@ def _solver_state(sampler: Sampler, calls: Sequence[Call], n: int) -> SolverStat
     call = calls[n]
     stop = calls[n + 1].start if n + 1 < len(calls) else None
     seed = sampler.seed if call.seed is None else call.seed
-    return sampler.solver.init(_schedule(sampler, calls, n), seed, stop)
+    return sampler.solver.init(_schedule(sampler, calls, n), seed, stop, sampler.shift)
 
 
 def _schedule(sampler: Sampler, calls: Sequence[Call], n: int) -> Schedule:

@@ -568,7 +568,7 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             noise = scaled_noise(schedule, noise)
         sampler = Sampler(
             schedule, solver, boundary, request.guide_scale, skipped=skipped, guidance=guidance, seed=request.seed,
-            calls=low,
+            calls=low, shift=request.shift,
         )  # fmt: skip
         switch = next((s.index for s in sampler.steps() if s.expert == LOW), None)  # (the loop's own expert rule)
         calls = loop_calls(request.calls, switch, request.low_noise_seed, request.low_schedule, solver.noised)

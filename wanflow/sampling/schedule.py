@@ -125,6 +125,8 @@ MOVE_FIRST_SIGMA = (
     "er_sde",
     "seeds_2",
     "seeds_3",
+    "sa_solver",
+    "sa_solver_pece",
 )
 MOVED_PERCENT = 1e-4  # the first sigma of those samplers: the model's sigma at this fraction of its timesteps
 

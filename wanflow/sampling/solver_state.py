@@ -16,13 +16,15 @@ class SolverState:
     """What a multistep solver carries from one step to the next."""
 
     schedule: Schedule
-    x0: tuple[torch.Tensor, ...] = ()  # data predictions of the previous steps, oldest first (at most 3 kept)
-    last_sample: torch.Tensor | None = None  # UniPC: the sample the previous predictor started from
+    x0: tuple[torch.Tensor, ...] = ()  # data predictions of the previous steps, oldest first (as many as it needs)
+    last_sample: torch.Tensor | None = None  # UniPC, SA-Solver: the sample the previous predictor started from
     last_order: int = 0  # UniPC: the previous predictor's order, reused by this step's corrector
     index: int | None = None  # the last step taken; None before the first
     seed: int | None = None  # the run's seed: lcm's fresh noise at each step
     noise_generator: torch.Tensor | None = None  # lcm, euler_ancestral: the noise generator's state after the last draw
     noise_tree: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # the SDE samplers' Brownian noise
+    last_noise: torch.Tensor | None = None  # SA-Solver: the noise its previous predictor added (its corrector adds it)
+    shift: float | None = None  # the model's shift (ComfyUI's model sampling), for samplers whose rules are in it
     # the steps this state integrates, [start, stop): ComfyUI's uni_pc picks its orders by the length of the sampler
     # call (a KSamplerAdvanced's share of the steps); start is the first step taken, stop None the schedule's end
     start: int | None = None

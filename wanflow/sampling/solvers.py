@@ -17,9 +17,10 @@ coefficients are float32 scalars from the float32 sigmas, the last step (sigma 0
 names (``sampling.comfy_solvers``): other solvers of the same ODE than the reference's ``dpm++`` and ``unipc`` (the
 last a stochastic one), which ComfyUI workflows for Wan name; ``dpmpp_2m_sde``, ``dpmpp_2m_sde_heun``,
 ``dpmpp_3m_sde`` and their ``_gpu`` variants are its SDE samplers (``sampling.comfy_sde``), with Brownian noise;
-``ipndm``, ``ipndm_v`` and ``gradient_estimation`` its steps on past derivatives (``sampling.comfy_adams``),
-``er_sde`` its ER-SDE solver
-(``sampling.comfy_er_sde``).
+``ipndm``, ``ipndm_v``, ``gradient_estimation`` and ``lms`` its steps on past derivatives (``sampling.comfy_adams``),
+``er_sde`` its ER-SDE solver (``sampling.comfy_er_sde``), ``deis`` (``sampling.comfy_deis``), ``sa_solver`` and
+``sa_solver_pece`` (``sampling.comfy_sa_solver``); its samplers of two or three model calls a step are in
+``sampling.comfy_heun``, ``sampling.comfy_sde`` (``dpmpp_sde``) and ``sampling.comfy_seeds``.
 
 ``lcm`` is not an ODE solver: each step predicts the data and noises it afresh to the next sigma,
 ``(1 - sigma') x0_hat + sigma' eps_k`` (diffusers' ``FlowMatchLCMScheduler``, ComfyUI's ``lcm`` sampler: how
@@ -45,6 +46,7 @@ from wanflow.sampling.comfy_heun import (
     heun_step,
     heunpp2_step,
 )
+from wanflow.sampling.comfy_sa_solver import sa_solver_pece_step, sa_solver_step
 from wanflow.sampling.comfy_sde import SDE_STEPS, TWO_CALLS
 from wanflow.sampling.comfy_seeds import seeds_2_step, seeds_3_step
 from wanflow.sampling.comfy_solvers import (
@@ -180,10 +182,12 @@ class Solver:
     # grid of its simple scheduler (the same from sigma 1 where the steps divide 1000), the reference's solvers theirs
     grid: Callable[..., Schedule] = euler_schedule
 
-    def init(self, schedule: Schedule, seed: int | None = None, stop: int | None = None) -> SolverState:
+    def init(
+        self, schedule: Schedule, seed: int | None = None, stop: int | None = None, shift: float | None = None
+    ) -> SolverState:
         """A fresh state; ``stop``: the step this run of the solver ends before (a ComfyUI sampler call's end at the
-        expert switch), None for the schedule's end."""
-        return SolverState(schedule, seed=seed, stop=stop)
+        expert switch), None for the schedule's end; ``shift``: the model's (sa_solver's noise interval)."""
+        return SolverState(schedule, seed=seed, stop=stop, shift=shift)
 
 
 SOLVERS: dict[str, Solver] = {
@@ -210,6 +214,10 @@ SOLVERS: dict[str, Solver] = {
     ),
     "lms": Solver("lms", lms_step, 4, restarts_at_switch=True),
     "heunpp2": Solver("heunpp2", heunpp2_step, 3, restarts_at_switch=True, model_calls=3),
+    **{
+        name: Solver(name, step, 3, restarts_at_switch=True, noised=True, model_calls=calls, grid=moved_euler_schedule)
+        for name, step, calls in (("sa_solver", sa_solver_step, 1), ("sa_solver_pece", sa_solver_pece_step, 2))
+    },
     **{
         f"seeds_{n}": Solver(
             f"seeds_{n}", step, n, restarts_at_switch=True, noised=True, model_calls=n, grid=moved_euler_schedule
