@@ -217,11 +217,16 @@ def test_a_subgraph_is_inlined(comfy, tmp_path):
     assert sorted(read_workflow(path).nodes) == sorted(["60", *(f"129:{n['id']}" for n in inner.nodes)])
 
 
-@pytest.mark.parametrize("scheduler", ["bong_tangent", "beta57"])
-def test_res4lyfs_schedulers_are_flags(comfy, tmp_path, scheduler):
-    """The two schedulers RES4LYF adds to KSampler's list run as wanflow's (sampling/comfy_schedules)."""
-    args = workflow_arguments(write(tmp_path, t2v(scheduler=scheduler, steps=8).json()), str(comfy))
+@pytest.mark.parametrize(
+    ("sampler", "scheduler"), [("euler", "bong_tangent"), ("euler", "beta57"), ("res_2s", "bong_tangent")]
+)
+def test_res4lyfs_samplers_and_schedulers_are_flags(comfy, tmp_path, sampler, scheduler):
+    """The schedulers and the res_2s samplers RES4LYF adds to KSampler's list run as wanflow's (sampling/res4lyf,
+    sampling/comfy_schedules); res_2s's noise follows the first KSampler's seed in both experts' calls, as in ComfyUI:
+    no seed of the second call's is carried."""
+    args = workflow_arguments(write(tmp_path, t2v(sampler=sampler, scheduler=scheduler, steps=8).json()), str(comfy))
     assert args[args.index("--scheduler") + 1] == scheduler and args[args.index("--sample_steps") + 1] == "8"
+    assert args[args.index("--sample_solver") + 1] == sampler and "--low_noise_seed" not in args
 
 
 @pytest.mark.parametrize(
