@@ -24,6 +24,7 @@ from dataclasses import replace
 
 import torch
 
+from wanflow.sampling.comfy_sde import half_log_snr
 from wanflow.sampling.schedule import percent_to_sigma
 from wanflow.sampling.solver_state import SolverState, Stepped, begun, check_index, fresh_noise
 
@@ -70,7 +71,7 @@ def _step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: in
     k = check_index(state, index)
     state = begun(state, k)
     sigmas = state.schedule.sigmas
-    lambdas = sigmas.logit().neg()
+    lambdas = half_log_snr(sigmas)
     i, stop = k - state.start, state.schedule.num_steps if state.stop is None else state.stop
     steps, to_zero = stop - state.start, sigmas[stop] == 0  # (the call's steps; whether it ends at sigma 0)
     if state.pending is not None:  # (PECE: the model again at the corrected sample)

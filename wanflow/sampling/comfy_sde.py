@@ -57,7 +57,8 @@ def _quiet():
         yield
 
 
-def _half_log_snr(sigma: torch.Tensor) -> torch.Tensor:
+def half_log_snr(sigma: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's ``sigma_tohalf_log_snr`` on a flow model: ``log((1 - sigma) / sigma)`` as ``-logit(sigma)``."""
     return sigma.logit().neg()
 
 
@@ -87,7 +88,7 @@ def sde_step(
     history = (*state.x0, denoised)[-3:]
     if sigma_next == 0:
         return denoised.to(velocity.dtype), replace(state, x0=history, index=k)
-    lam = _half_log_snr
+    lam = half_log_snr
     lambda_s, lambda_t = lam(sigma), lam(sigma_next)
     h = lambda_t - lambda_s
     h_eta = h * (ETA + 1)
@@ -127,7 +128,7 @@ def dpmpp_sde_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, 
     state = begun(state, k)
     sigmas = state.schedule.sigmas
     sigma, sigma_next = sigmas[k], sigmas[k + 1]
-    lambda_s, lambda_t = _half_log_snr(sigma), _half_log_snr(sigma_next)
+    lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
     alpha_s, alpha_t = sigma * lambda_s.exp(), sigma_next * lambda_t.exp()
     tree = _noise(state, x, cpu) if sigma_next > 0 else state.noise_tree
     if state.pending is None:

@@ -1,12 +1,12 @@
 """ComfyUI's SEEDS samplers (Gonzalez et al. 2023: stochastic explicit exponential derivative-free solvers, on the data
 prediction) for flow models: ``seeds_2``, two model calls a step (the second at half the step in the half log-SNR),
 and ``seeds_3``, three (at a third and two thirds), eta 1. They step in the half log-SNR ``lambda = -logit(sigma)``
-with the first sigma moved off 1 (``schedule.offset_first_sigma``), each stage an exponential-integrator step from
-the step's start with the stages' data predictions so far. Their noise is fresh draws from the sampler call's seed
-(ComfyUI's default noise sampler, drawn as lcm's), one a stage: the noise of the stage before decays over the next
-segment and a new draw tops it up to the variance the path needs there. The last step (to sigma 0) returns ``x0_hat``
-after one call. Same step-function convention as ``sampling.solvers``; a step's later calls go through
-``state.pending`` (``sampling.comfy_heun`` says how the loop drives them).
+(``comfy_sde.half_log_snr``) with the first sigma moved off 1 (``schedule.offset_first_sigma``), each stage an
+exponential-integrator step from the step's start with the stages' data predictions so far. Their noise is fresh
+draws from the sampler call's seed (ComfyUI's default noise sampler, drawn as lcm's), one a stage: the noise of the
+stage before decays over the next segment and a new draw tops it up to the variance the path needs there. The last
+step (to sigma 0) returns ``x0_hat`` after one call. Same step-function convention as ``sampling.solvers``; a step's
+later calls go through ``state.pending`` (``sampling.comfy_heun`` says how the loop drives them).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import torch
 
+from wanflow.sampling.comfy_sde import half_log_snr
 from wanflow.sampling.solver_state import SolverState, Stepped, check_index, fresh_noise
 
 ETA = 1.0  # ComfyUI's defaults (KSampler passes no others)
@@ -64,7 +65,7 @@ def _step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: in
     else:
         (x_stage, sigma_stage), (noise, *done) = state.pending, state.partial
         done = (*done, x_stage - sigma_stage * velocity)
-    lambda_s, lambda_t = sigma.logit().neg(), sigma_next.logit().neg()
+    lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
     h = lambda_t - lambda_s
     h_eta = h * (ETA + 1)
     stage = len(done)  # (the stage to form: 1 .. len(fractions), then the step's end)
