@@ -10,8 +10,10 @@ with tiny files."""
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.cli.test_single_files import comfy_models
 from wanflow.cli import main
@@ -312,6 +314,54 @@ def test_an_image_scale_node_before_the_images(comfy, tmp_path):
         workflow_arguments(write(tmp_path, w.json()), str(comfy))
     node(w, 82)["widgets_values"] = node(w, 83)["widgets_values"] = ["bislerp", 0, 480, "disabled"]
     with pytest.raises(ValueError, match="image_scale is METHOD"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+
+
+def kj_i2v(comfy, mode="crop", sized_by="ImageResizeKJv2") -> Editor:
+    """An image-to-video layout of the community's: LoadImage (a real 37x23 picture) through KJNodes'
+    ImageResizeKJv2 into WanImageToVideo, whose width and height are the resize node's size outputs (or a
+    GetImageSize's of its image)."""
+    w = first_last(comfy)
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (23, 37, 3), dtype=np.uint8)).save(
+        comfy / "input" / "start.png"
+    )
+    wan = node(w, 81)
+    wan["type"], wan["inputs"] = "WanImageToVideo", [i for i in wan["inputs"] if i["name"] != "end_image"]
+    w.add(84, "ImageResizeKJv2", [24, 16, "lanczos", mode, "0, 0, 0", "left", 8, "cpu"], image=(80, 0))
+    relink(w, 81, "start_image", 84)
+    source = {"ImageResizeKJv2": (84, 1, 2), "GetImageSize": (85, 0, 1)}[sized_by]
+    if sized_by == "GetImageSize":
+        w.add(85, "GetImageSize", image=(84, 0))
+    for name, slot in (("width", source[1]), ("height", source[2])):
+        link = max(lk[0] for lk in w.links) + 1
+        wan["inputs"].append({"name": name, "type": "INT", "widget": {"name": name}, "link": link})
+        w.links.append([link, source[0], slot, 81, len(wan["inputs"]) - 1, "INT"])
+    return w
+
+
+@pytest.mark.parametrize(
+    ("mode", "sized_by", "size"),
+    [("crop", "ImageResizeKJv2", "24*16"), ("resize", "ImageResizeKJv2", "24*8"), ("resize", "GetImageSize", "24*8"),
+     ("stretch", "GetImageSize", "24*16")],
+)  # fmt: skip
+def test_a_kjnodes_resize_before_the_image(comfy, tmp_path, mode, sized_by, size):
+    """KJNodes' ImageResizeKJv2 between the LoadImage and the Wan node becomes ``--image_scale`` in its KJNodes form,
+    and the video's size, which the workflow takes from the resized image, is worked out from the picture's own size
+    (37x23: resize to within 24x16 is 24x15, cut to multiples of 8); the padding modes are named errors; without the
+    picture the size is an error."""
+    path = write(tmp_path, kj_i2v(comfy, mode, sized_by).json())
+    args = workflow_arguments(path, str(comfy))
+    assert args[args.index("--image_scale") + 1] == f"lanczos:24*16:{mode}:left:8"
+    assert args[args.index("--size") + 1] == size and args[args.index("--task") + 1] == "i2v-A14B"
+    assert args[args.index("--image") + 1] == str(comfy / "input" / "start.png")
+    from wanflow.cli.workflow import Files, workflow_settings
+
+    with pytest.raises(ValueError, match=r"size of the image start\.png"):
+        workflow_settings(path, Files(tmp_path, None, lookup=False))
+    sized = workflow_settings(path, Files(tmp_path, None, lookup=False, image_sizes=lambda name: (37, 23)))[0]
+    assert sized[sized.index("--size") + 1] == size
+    w = kj_i2v(comfy, "pad_edge", sized_by)
+    with pytest.raises(ValueError, match="keeps the proportion by 'pad_edge'; wanflow runs stretch, resize, crop"):
         workflow_arguments(write(tmp_path, w.json()), str(comfy))
 
 

@@ -127,22 +127,23 @@ def test_comfyuis_image_fit(monkeypatch):
         pipe(PROMPT, image=wide, image_fit="stretch", **call)
 
 
-def test_comfyuis_image_scale_before_the_fit(monkeypatch):
-    """``image_scale`` (ComfyUI's ImageScale node before its Wan image node): the first and last frames the VAE
-    encodes are ``comfy_fit``'s of the scaled images (i2v-A14B; ti2v-5B's image too), not the unscaled ones'; it
-    needs an image and the crop fit."""
-    from wanflow.io.image import ImageScale, comfy_fit
+@pytest.mark.parametrize("spec", ["lanczos:30*20:center", "bicubic:32*24:crop:left:8"])
+def test_comfyuis_image_scale_before_the_fit(monkeypatch, spec):
+    """``image_scale`` (ComfyUI's ImageScale node, or KJNodes' ImageResizeKJv2, before its Wan image node): the first
+    and last frames the VAE encodes are ``comfy_fit``'s of the scaled images (i2v-A14B; ti2v-5B's image too), not the
+    unscaled ones'; it needs an image and the crop fit."""
+    from wanflow.io.image import comfy_fit, image_scale
 
     wide = Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 96, 3), dtype=np.uint8))
     tall = Image.fromarray(np.random.default_rng(2).integers(0, 256, (80, 40, 3), dtype=np.uint8))
-    scale = ImageScale.parse("lanczos:30*20:center")
+    scale = image_scale(spec)
     for task, size, last in (("i2v-A14B", (64, 48), tall), ("ti2v-5B", (64, 64), None)):
         pipe = Ours.from_builtin(task)
         seen, encode = [], pipe.encode_image
         record = lambda clip, encode=encode, seen=seen: seen.append(clip) or encode(clip)  # noqa: E731
         monkeypatch.setattr(pipe, "encode_image", record)
         call = dict(size=size, frames=9, steps=2, seed=1, image_fit="crop")
-        pipe(PROMPT, image=wide, last_image=last, image_scale="lanczos:30*20:center", **call)
+        pipe(PROMPT, image=wide, last_image=last, image_scale=spec, **call)
         first = seen[-1][0, :, 0]
         assert torch.equal(first, comfy_fit(wide, *size, scale)) and not torch.equal(first, comfy_fit(wide, *size))
         if last is not None:

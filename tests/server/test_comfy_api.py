@@ -170,6 +170,27 @@ def test_an_uploaded_image_starts_an_image_to_video_prompt(served):
     assert missing.status_code == 400 and "never.png is not uploaded" in missing.json()["error"]["details"]
 
 
+def test_a_video_size_that_follows_the_uploaded_image(served):
+    """KJNodes' ImageResizeKJv2 before WanImageToVideo, its size outputs the video's size: worked out from the
+    uploaded image's size (64x48 resized within 32x32 is 32x24, cut to multiples of 16: 32x16), the resize carried
+    as the job's image_scale; the job runs."""
+    served.client.post("/upload/image", files={"image": ("kj.png", _png(3), "image/png")})
+    prompt = i2v_prompt("kj.png")
+    prompt["84"] = {"class_type": "ImageResizeKJv2", "inputs": {
+        "width": 32, "height": 32, "upscale_method": "bilinear", "keep_proportion": "resize", "pad_color": "0, 0, 0",
+        "crop_position": "center", "divisible_by": 16, "device": "cpu", "image": ["80", 0]}}  # fmt: skip
+    prompt["81"]["inputs"] |= {"start_image": ["84", 0], "width": ["84", 1], "height": ["84", 2]}
+    r = served.client.post("/prompt", json={"prompt": prompt})
+    assert r.status_code == 200, r.text
+    job = served.wait(uuid.UUID(r.json()["prompt_id"]).hex)
+    assert job["status"] == "done", job
+    params = job["params"]
+    assert (params["width"], params["height"], params["image_scale"]) == (32, 16, "bilinear:32*32:resize:center:16")
+    prompt["80"]["inputs"]["image"] = "never.png"
+    missing = served.client.post("/prompt", json={"prompt": prompt})
+    assert missing.status_code == 400 and "never.png is not uploaded" in missing.json()["error"]["details"]
+
+
 def _change(prompt: dict, node_id: str, **inputs) -> dict:
     prompt = json.loads(json.dumps(prompt))
     prompt[node_id]["inputs"].update(inputs)

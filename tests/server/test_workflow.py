@@ -307,6 +307,21 @@ def test_the_page_sends_a_chain_of_samplers(browser, served, tmp_path):
     assert not errors, errors
 
 
+def test_a_kjnodes_resize_carries_over_where_the_size_is_given(served, tmp_path):
+    """KJNodes' ImageResizeKJv2 becomes the job's image_scale; where the video's size is the resized image's, the
+    page's workflow (read without its image) is an error saying so."""
+    from tests.cli.test_workflow import kj_i2v
+
+    w = kj_i2v(tmp_path)
+    refused = served.client.post("/api/workflow", content=json.dumps(w.json()))
+    assert refused.status_code == 422 and "size of the image start.png" in refused.text
+    wan = node(w, 81)
+    wan["inputs"] = [i for i in wan["inputs"] if i["name"] not in ("width", "height")]  # (the node's own size)
+    read = served.client.post("/api/workflow", content=json.dumps(w.json())).json()
+    assert read["fields"]["image_scale"] == "lanczos:24*16:crop:left:8" and read["fields"]["image_fit"] == "crop"
+    assert (read["fields"]["width"], read["fields"]["height"]) == (640, 640)
+
+
 def test_an_image_scale_carries_over(served, tmp_path):
     """ComfyUI's ImageScale before the Wan image node becomes the job's image_scale beside image_fit crop."""
     from tests.cli.test_workflow import first_last, relink

@@ -238,7 +238,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "image_scale",
         metavar="METHOD:W*H[:center]",
         help="with --image_fit crop: ComfyUI's ImageScale node on the input images first (METHOD nearest-exact, "
-        "bilinear, area, bicubic or lanczos; a side 0 keeps the aspect; center crops to W*H's aspect first)",
+        "bilinear, area, bicubic or lanczos; a side 0 keeps the aspect; center crops to W*H's aspect first); or "
+        "METHOD:W*H:MODE[:POSITION][:DIVISIBLE_BY], KJNodes' ImageResizeKJv2 (MODE stretch, resize, crop or "
+        "total_pixels; POSITION of the crop: center, top, bottom, left, right; the sides cut to multiples of "
+        "DIVISIBLE_BY, 2 if left out)",
     )
     add_flag(
         p,

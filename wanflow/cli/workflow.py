@@ -20,10 +20,11 @@ import shlex
 from pathlib import Path
 
 from wanflow.cli.workflow_custom import as_ksamplers
+from wanflow.cli.workflow_image import ImageSize, image_source, size_setting
 from wanflow.cli.workflow_output import DECODERS, decoder, fps_arguments, tile_arguments, unrun_after
 from wanflow.cli.workflow_slg import SLG_NODES, slg_arguments
 from wanflow.io.comfy_workflow import POWER_LORA_LOADER, Graph, Node, describe, read_workflow
-from wanflow.io.image import ImageScale
+from wanflow.io.image import load_image
 from wanflow.sampling.comfy_schedules import SCHEDULERS, comfy_sigmas
 from wanflow.sampling.solvers import REFERENCE_SOLVERS, SOLVERS, get_solver
 
@@ -383,7 +384,8 @@ def latent_arguments(graph: Graph, sampler: Node, two_experts: bool, files: File
         raise ValueError(
             f"{graph.name}: {describe(node)} with {'two experts' if two_experts else 'one model'}: not a Wan 2.2 task"
         )
-    width, height, length = (int(graph.value(node, k)) for k in ("width", "height", "length"))
+    width, height = (size_setting(graph, node, k, files.image_size) for k in ("width", "height"))
+    length = int(graph.value(node, "length"))
     args = ["--task", task, "--size", f"{width}*{height}", "--frame_num", str(length)]
     scales = set()
     for name, flag in (("start_image", "--image"), ("end_image", "--last_image")):
@@ -401,31 +403,30 @@ def latent_arguments(graph: Graph, sampler: Node, two_experts: bool, files: File
     return args + (["--image_fit", "crop"] if "--image" in args else [])  # (the node's size, the image fit to it)
 
 
-def image_source(graph: Graph, node: Node, name: str) -> tuple[Node, str | None]:
-    """The LoadImage of a Wan node's image input, and the settings of an ImageScale node between them (as
-    ``--image_scale`` takes them), if any."""
-    loader, scale = graph.upstream(node, name), None
-    if loader.type == "ImageScale":
-        value = graph.value
-        width, height = int(value(loader, "width")), int(value(loader, "height"))
-        crop = ":center" if value(loader, "crop") == "center" else ""
-        scale = f"{value(loader, 'upscale_method')}:{width}*{height}{crop}"
-        ImageScale.parse(scale)  # (a method wanflow lacks: an error naming it)
-        loader = graph.upstream(loader, "image")
-    if loader.type != "LoadImage":
-        raise ValueError(f"{graph.name}: {name} comes from {describe(loader)}; wanflow reads a LoadImage (through an "
-                         "ImageScale)")  # fmt: skip
-    return loader, scale
-
-
 class Files:
     """Where the files a workflow names are: ComfyUI's folders under ``comfy_dir`` (ComfyUI's folder, or its
     ``models`` folder), else beside the workflow, else the current folder."""
 
-    def __init__(self, workflow_dir: Path, comfy_dir: str | None, models: bool = True, lookup: bool = True):
+    def __init__(
+        self,
+        workflow_dir: Path,
+        comfy_dir: str | None,
+        models: bool = True,
+        lookup: bool = True,
+        image_sizes: ImageSize | None = None,
+    ):
         self.workflow_dir, self.comfy_dir = workflow_dir, Path(comfy_dir) if comfy_dir else None
         self.models = models  # False: the model files are not looked for (a checkpoint is named instead)
         self.lookup = lookup  # False: no file is looked for, names are kept as the workflow gives them (a server's)
+        self.image_sizes = image_sizes  # (without lookup: the input images' sizes by name, where the caller has them)
+
+    def image_size(self, name: str) -> tuple[int, int]:
+        """The (width, height) of the input image ``name``, upright (as LoadImage reads it)."""
+        if self.lookup:
+            return load_image(self.find(name, "input")).size
+        if self.image_sizes is None:
+            raise ValueError(f"the video's size follows the size of the image {name}: send the workflow with it")
+        return self.image_sizes(name)
 
     def find(self, name: str, kind: str) -> str:
         if not self.lookup or (not self.models and kind in ("diffusion_models", "text_encoders", "vae")):

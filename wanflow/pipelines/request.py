@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from wanflow.io.image import IMAGE_FITS, ImageScale, load_image
+from wanflow.io.image import IMAGE_FITS, ImageResize, ImageScale, image_scale, load_image
 from wanflow.pipelines.calls import CallPlan, resolve_calls
 from wanflow.pipelines.presets import apply_preset
 from wanflow.pipelines.video_to_video import read_extended, read_video, video_size
@@ -62,8 +62,9 @@ class GenerateOptions:
     # how an input image meets the size: "area" (the reference's: its aspect within the size's area) or "crop"
     # (ComfyUI's Wan image nodes': the size itself, the image's centre cropped and resized bilinear); None: "area"
     image_fit: str | None = None
-    # ComfyUI's ImageScale node on the input images before that fit ("lanczos:832*480:center", ``io.image.ImageScale``;
-    # with image_fit "crop"); None: none
+    # ComfyUI's ImageScale node on the input images before that fit ("lanczos:832*480:center", ``io.image.ImageScale``),
+    # or KJNodes' ImageResizeKJv2 ("lanczos:832*480:crop:center:16", ``io.image.ImageResize``); with image_fit "crop";
+    # None: none
     image_scale: Any = None
     window_frames: int | None = None  # frames per window of a longer video (4n+1); None: the published model's frames
     window_overlap: int | None = None  # frames a window takes from the one before (a multiple of 4); None: 16 or less
@@ -247,7 +248,8 @@ class Request:
     low_noise_shift: float | None = None
     last_image: Image.Image | None = None
     image_fit: str = "area"  # "crop": the size itself, the input images fit as ComfyUI's Wan image nodes fit them
-    image_scale: ImageScale | None = None  # ComfyUI's ImageScale node on the input images before that fit
+    # ComfyUI's ImageScale node (or KJNodes' ImageResizeKJv2) on the input images before that fit
+    image_scale: ImageScale | ImageResize | None = None
     extension: Extension | None = None  # rewrite the prompt first (``pipelines.prompt_extension``)
     windows: WindowPlan | None = None  # a video longer than one window; None: one window
     grid: SchedulerGrid | None = None  # pipe.scheduler's, a ComfyUI scheduler's or given steps, not the solver's
@@ -526,14 +528,15 @@ def _cache(value: Any, solver: str) -> CacheSettings | None:
     return settings
 
 
-def _image_scale(value: Any, image: Image.Image | None, fit: str) -> ImageScale | None:
+def _image_scale(value: Any, image: Image.Image | None, fit: str) -> ImageScale | ImageResize | None:
     if value is None:
         return None
-    scale = value if isinstance(value, ImageScale) else ImageScale.parse(value)
+    scale = value if isinstance(value, (ImageScale, ImageResize)) else image_scale(value)
     if image is None:
         raise ValueError("image_scale scales the input image: give one")
     if fit != "crop":
-        raise ValueError("image_scale runs ComfyUI's ImageScale before ComfyUI's fit: give image_fit crop")
+        raise ValueError("image_scale runs ComfyUI's ImageScale (or KJNodes' resize) before ComfyUI's fit: give "
+                         "image_fit crop")  # fmt: skip
     return scale
 
 

@@ -32,6 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from wanflow.cli.workflow import decoder, sampler_chain
 from wanflow.cli.workflow_output import unrun_after
 from wanflow.io.comfy_workflow import describe
+from wanflow.io.image import load_image
 from wanflow.server.comfy_messages import entry, history_item, queue_info, system_stats, updates
 from wanflow.server.context import Context
 from wanflow.server.errors import has_token
@@ -356,7 +357,7 @@ def body_extra(body: dict, client: str | None) -> dict:
 def _read_prompt(prompts: Prompts, prompt: dict, loras: LoraLibrary, ctx: Context) -> tuple[WorkflowRead, dict, Inputs]:
     """The job a prompt makes (blocking: a worker thread): its fields, nodes and input images; ValueError when this
     server would not run it as ComfyUI would."""
-    read = read_workflow_bytes(json.dumps(prompt).encode(), "prompt.json", loras)
+    read = read_workflow_bytes(json.dumps(prompt).encode(), "prompt.json", loras, lambda name: _size(prompts, name))
     if read.missing_loras:
         missing = ", ".join(read.missing_loras)
         raise ValueError("value_not_in_list", f"LoRAs not in this server's LoRA folder: {missing}")
@@ -370,6 +371,14 @@ def _read_prompt(prompts: Prompts, prompt: dict, loras: LoraLibrary, ctx: Contex
             raise ValueError("invalid_prompt", f"image {name} is not uploaded (POST /upload/image)")
         images[flag] = decode_image(path.read_bytes(), ctx.limits)
     return read, nodes, Inputs(images.get("image"), images.get("last_image"))
+
+
+def _size(prompts: Prompts, name: str) -> tuple[int, int]:
+    """An uploaded input's (width, height), upright (for a video size that follows the image's)."""
+    path = prompts.input_file(name)
+    if not path.is_file():
+        raise ValueError("invalid_prompt", f"image {name} is not uploaded (POST /upload/image)")
+    return load_image(path).size
 
 
 def _prompt_ids(given: object) -> set[str]:

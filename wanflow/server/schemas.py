@@ -110,7 +110,10 @@ class GenerateRequest(BaseModel):
         None, description="area (the reference's) or crop (ComfyUI's: the size itself, the image centre-cropped)"
     )
     image_scale: str | None = Field(
-        None, max_length=40, description="with image_fit crop: ComfyUI's ImageScale first, 'lanczos:832*480:center'"
+        None,
+        max_length=60,
+        description="with image_fit crop: ComfyUI's ImageScale first, 'lanczos:832*480:center', or KJNodes' "
+        "ImageResizeKJv2, 'lanczos:832*480:crop:center:16'",
     )
     low_noise_shift: float | None = Field(
         None, gt=0, le=100, description="the low-noise expert's steps at their own shift (ComfyUI's 2nd sampler)"

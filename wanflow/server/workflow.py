@@ -17,6 +17,7 @@ from anyio import to_thread
 from fastapi import HTTPException, Request
 
 from wanflow.cli.lora import LORA_FLAGS
+from wanflow.cli.workflow_image import ImageSize
 from wanflow.io.comfy_workflow import Graph, read_workflow
 from wanflow.server.loras import LoraLibrary
 from wanflow.server.uploads import max_body
@@ -54,9 +55,12 @@ class WorkflowRead:
     graph: Graph
 
 
-def read_workflow_bytes(data: bytes, name: str, loras: LoraLibrary) -> WorkflowRead:
+def read_workflow_bytes(
+    data: bytes, name: str, loras: LoraLibrary, image_sizes: ImageSize | None = None
+) -> WorkflowRead:
     """The workflow in a file's bytes (``name`` tells its kind by its extension), read as ``wanflow generate
-    --workflow`` reads it, without looking for its files."""
+    --workflow`` reads it, without looking for its files; ``image_sizes``: its input images' sizes by name, where
+    the caller has the images (a video size that follows the image's needs them)."""
     from wanflow.cli.generate import add_arguments
     from wanflow.cli.workflow import Files, graph_settings
 
@@ -67,7 +71,7 @@ def read_workflow_bytes(data: bytes, name: str, loras: LoraLibrary) -> WorkflowR
         path = Path(folder) / f"workflow{suffix}"
         path.write_bytes(data)
         graph = read_workflow(path)
-        flags, notes = graph_settings(graph, Files(path.parent, None, lookup=False))
+        flags, notes = graph_settings(graph, Files(path.parent, None, lookup=False, image_sizes=image_sizes))
     parser = _Parser()
     add_arguments(parser)
     args = parser.parse_args(flags)
