@@ -208,3 +208,19 @@ def test_more_model_calls_a_step_in_the_loop(pipe, solver, steps):
     assert torch.equal(x, out)
     with pytest.raises(ValueError, match=f"not with {solver} \\({get_solver(solver).model_calls} model calls a step"):
         pipe(PROMPT, solver=solver, cache="magcache", **{**RUN, "steps": 4})
+
+
+def test_a_call_at_its_own_shift_gives_its_solver_that_shift():
+    """low_noise_shift's call (and the calls after it) hands its solver its own model's shift (sa_solver's noise
+    interval, res_2s's smallest sigma), the calls before it the run's."""
+    from wanflow.pipelines.calls import CallPlan, loop_calls
+    from wanflow.pipelines.core import Sampler, _solver_state
+
+    schedule, low = comfy_schedule("simple", 6, 8.0, sampler="sa_solver"), comfy_schedule("simple", 6, 5.0)
+    solver = get_solver("sa_solver")
+    for plan in (None, CallPlan((0, 2, 4), seeds=(1, 1, 1))):
+        calls = loop_calls(plan, 2, None, low, True, 5.0)
+        sampler = Sampler(schedule, solver, 500.0, 3.0, seed=1, calls=calls, shift=8.0)
+        shifts = [_solver_state(sampler, calls, n).shift for n in range(len(calls))]
+        assert shifts == ([8.0, 5.0] if plan is None else [8.0, 5.0, 5.0])
+        assert _solver_state(sampler, calls, 1).schedule is low

@@ -430,7 +430,6 @@ def test_the_low_noise_call_on_steps_of_its_own_shift(ours):
     assert same == [True] * 3 + [False] * 3
     assert torch.equal(ours(PROMPT, low_noise_shift=5.0, **call).frames, ours(PROMPT, **call).frames)
     for change, message in (({"scheduler": None}, "it needs scheduler"), ({"switch_step": None}, "give one"),
-                            ({"slg_layers": "1", "slg_percent": "0,1"}, "not with low_noise_shift"),
-                            ({"solver": "sa_solver"}, "sa_solver's noise interval is one model")):  # fmt: skip
+                            ({"slg_layers": "1", "slg_percent": "0,1"}, "not with low_noise_shift")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             ours(PROMPT, low_noise_shift=8.0, **{**call, **change})

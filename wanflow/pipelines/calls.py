@@ -106,18 +106,23 @@ def _loras(value: Any) -> tuple[tuple[str, tuple[float, ...]], ...]:
 
 
 def loop_calls(
-    plan: CallPlan | None, switch: int | None, low_seed: int | None, low_schedule: Schedule | None, noised: bool
+    plan: CallPlan | None,
+    switch: int | None,
+    low_seed: int | None,
+    low_schedule: Schedule | None,
+    noised: bool,
+    low_shift: float | None = None,
 ) -> tuple[Call, ...]:
-    """The shared loop's calls: the plan's (the call at the switch on ``low_schedule`` where given), else ComfyUI's
-    two where the low-noise call has a seed of its own (a solver that draws noise) or steps of its own, else none
-    (the loop's default: one call, split at the switch for the solvers that start afresh there)."""
+    """The shared loop's calls: the plan's (the call at the switch on ``low_schedule`` at ``low_shift`` where given),
+    else ComfyUI's two where the low-noise call has a seed of its own (a solver that draws noise) or steps of its own,
+    else none (the loop's default: one call, split at the switch for the solvers that start afresh there)."""
     if plan is None:
         if switch is None or (low_schedule is None and not (noised and low_seed is not None)):
             return ()
-        return Call(0), Call(switch, seed=low_seed, schedule=low_schedule)
+        return Call(0), Call(switch, seed=low_seed, schedule=low_schedule, shift=low_shift)
     scales = plan.guide_scales or (None,) * len(plan.starts)
     return tuple(
-        Call(start, seed, low_schedule if start == switch else None, scale)
+        Call(start, seed, low_schedule, scale, low_shift) if start == switch else Call(start, seed, guide_scale=scale)
         for start, seed, scale in zip(plan.starts, plan.seeds, scales, strict=True)
     )
 

@@ -66,6 +66,7 @@ class Call:
     seed: int | None = None
     schedule: Schedule | None = None
     guide_scale: float | None = None
+    shift: float | None = None  # the model's shift from this call on (its own: low_noise_shift); None: as before
 
 
 def rescale(latents: torch.Tensor, start: int, before: Schedule, after: Schedule) -> torch.Tensor:
@@ -104,7 +105,7 @@ class Sampler:
     # ComfyUI's sampler calls, the first at step 0 (``Call``); none given: one call, split at the expert switch for a
     # solver that starts afresh there (each expert is a sampler call of its own in ComfyUI)
     calls: tuple[Call, ...] = ()
-    shift: float | None = None  # the model's shift (the noise interval of sa_solver, ComfyUI's model sampling)
+    shift: float | None = None  # the model's shift (sa_solver's noise interval, res_2s's smallest sigma)
 
     def steps(self) -> list[Step]:
         """The run's steps (``plan``'s)."""
@@ -225,7 +226,8 @@ def _solver_state(sampler: Sampler, calls: Sequence[Call], n: int) -> SolverStat
     call = calls[n]
     stop = calls[n + 1].start if n + 1 < len(calls) else None
     seed = sampler.seed if call.seed is None else call.seed
-    return sampler.solver.init(_schedule(sampler, calls, n), seed, stop, sampler.shift)
+    shift = next((c.shift for c in reversed(calls[: n + 1]) if c.shift is not None), sampler.shift)
+    return sampler.solver.init(_schedule(sampler, calls, n), seed, stop, shift)
 
 
 def _schedule(sampler: Sampler, calls: Sequence[Call], n: int) -> Schedule:

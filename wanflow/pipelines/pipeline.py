@@ -554,7 +554,8 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             else get_schedule(request.solver, request.steps, request.shift, request.float_timesteps)
         )
         solver, guidance = get_solver(request.solver), request.guidance
-        low = loop_calls(None, request.switch_step, None, request.low_schedule, False)  # (its own steps, if any)
+        low_shift = request.low_noise_shift
+        low = loop_calls(None, request.switch_step, None, request.low_schedule, False, low_shift)  # (its own steps)
         boundary = (  # the task's switch between experts, or after the first ``switch_step`` steps
             boundary_timestep(self.task.boundary)
             if request.switch_step is None
@@ -571,7 +572,9 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             calls=low, shift=request.shift,
         )  # fmt: skip
         switch = next((s.index for s in sampler.steps() if s.expert == LOW), None)  # (the loop's own expert rule)
-        calls = loop_calls(request.calls, switch, request.low_noise_seed, request.low_schedule, solver.noised)
+        calls = loop_calls(
+            request.calls, switch, request.low_noise_seed, request.low_schedule, solver.noised, low_shift
+        )
         sampler = dataclasses.replace(sampler, calls=calls)
         hooks = [self._placement, FiniteLatents(), *self._hooks, *hooks]  # NaN weights: an error, not a black video
         if request.calls is not None and request.calls.loras:

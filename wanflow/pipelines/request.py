@@ -503,8 +503,6 @@ def _low_call(
         raise ValueError("low_noise_shift runs one window from noise: not with video, extend or a longer video")
     if o.slg_percent is not None:
         raise ValueError("slg_percent's window is one model's percent: not with low_noise_shift (each expert's)")
-    if solver in ("sa_solver", "sa_solver_pece"):
-        raise ValueError(f"{solver}'s noise interval is one model's percent: not with low_noise_shift (each expert's)")
     floats = grid.schedule.timesteps.is_floating_point()
     schedule = comfy_schedule(o.scheduler, steps, low, floats, solver)
     if schedule.num_steps != grid.schedule.num_steps:
