@@ -220,11 +220,12 @@ def test_a_subgraph_is_inlined(comfy, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("sampler", "scheduler"), [("euler", "bong_tangent"), ("euler", "beta57"), ("res_2s", "bong_tangent")]
+    ("sampler", "scheduler"),
+    [("euler", "bong_tangent"), ("euler", "beta57"), ("res_2s", "bong_tangent"), ("res_3s", "beta57")],
 )
 def test_res4lyfs_samplers_and_schedulers_are_flags(comfy, tmp_path, sampler, scheduler):
-    """The schedulers and the res_2s samplers RES4LYF adds to KSampler's list run as wanflow's (sampling/res4lyf,
-    sampling/comfy_schedules); res_2s's noise follows the first KSampler's seed in both experts' calls, as in ComfyUI:
+    """The schedulers and the samplers RES4LYF adds to KSampler's list run as wanflow's (sampling/res4lyf,
+    sampling/comfy_schedules); their noise follows the first KSampler's seed in both experts' calls, as in ComfyUI:
     no seed of the second call's is carried."""
     args = workflow_arguments(write(tmp_path, t2v(sampler=sampler, scheduler=scheduler, steps=8).json()), str(comfy))
     assert args[args.index("--scheduler") + 1] == scheduler and args[args.index("--sample_steps") + 1] == "8"

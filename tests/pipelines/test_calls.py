@@ -184,12 +184,14 @@ TWO_CALLS, THREE_CALLS = [0, 0, 1, 1, 2, 2, 3], [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
     ("solver", "steps"),
     [("heun", TWO_CALLS), ("dpm_2", TWO_CALLS), ("dpmpp_2s_ancestral", TWO_CALLS), ("dpmpp_sde", TWO_CALLS),
      ("seeds_2", TWO_CALLS), ("seeds_3", THREE_CALLS), ("heunpp2", [0, 0, 0, 1, 1, 1, 2, 2, 3]),
-     ("sa_solver_pece", [0, 1, 1, 2, 2, 3, 3]), ("res_2s", [0, 0, 1, 1, 2, 2, 3, 3])],
+     ("sa_solver_pece", [0, 1, 1, 2, 2, 3, 3]), ("res_2s", [0, 0, 1, 1, 2, 2, 3, 3]),
+     ("res_3s", [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]), ("res_2m", [0, 0, 1, 1, 2, 3, 3])],
 )  # fmt: skip
 def test_more_model_calls_a_step_in_the_loop(pipe, solver, steps):
     """Samplers of two or three model calls a step in the shared loop: each step but the last calls its expert two or
     three times (heunpp2: two on the second last step; sa_solver_pece: once on its first, at its prediction, then
-    also at each corrected sample; res_2s: twice on the last too, to sigma_min), the later times where the solver
+    also at each corrected sample; res_2s and res_3s: on the last too, to sigma_min; res_2m: twice on its first two
+    steps, then once, and twice on its last: a step that long is a res_2s one), the later times where the solver
     asks (at timestep 1000 sigma, float), and driving the solver with the recorded velocities (and the run's shift)
     gives the run's final latents bit for bit; the step cache refuses them."""
     hook = ModelCalls()

@@ -1,5 +1,6 @@
-"""RES4LYF's ``res_2s`` and ``res_2s_ode`` (``sampling.res4lyf``): against RES4LYF's own sampler run as an oracle
-(res4lyf_res.json), driven as the loop drives them, and what their noise, their last step and their bongmath are."""
+"""RES4LYF's ``res_2s``, ``res_3s``, ``res_2m`` and their ``_ode`` forms (``sampling.res4lyf``): against RES4LYF's own
+samplers run as an oracle (res4lyf_res.json), driven as the loop drives them, and what their noise, their last step
+and their bongmath are."""
 
 import json
 from pathlib import Path
@@ -30,12 +31,12 @@ def _ids(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_res4lyfs_res_2s(case):
+def test_res4lyfs_samplers(case):
     """On a toy flow model over ComfyUI's schedulers' sigmas (RES4LYF's bong_tangent too) and given sigmas, in one
     call or two (the chain's calls all seeded from the first KSampler's seed, as ComfyUI seeds torch): the model is
-    called at RES4LYF's sigmas (the start and the midpoint of each step) and the samples are its own, bit for bit in
-    one call, to 1e-6 split; where the last sigma is sigma_min already, the loop's last call is not used (RES4LYF makes
-    none there)."""
+    called at RES4LYF's sigmas (each stage of each step; res_2m's multistep steps once) and the samples are its own,
+    bit for bit in one call, to 1e-6 split; where the last sigma is sigma_min already, the loop's last call is not
+    used (RES4LYF makes none there)."""
     name, shift = case["sampler"], case["shift"]
     schedule = _schedule(case)
     final, seen = _run(name, schedule, shift, case["seed"], case.get("split"))
@@ -47,7 +48,7 @@ def test_res4lyfs_res_2s(case):
     else:
         assert torch.equal(final.flatten(), torch.tensor(case["x"]))
     other = _run(name, schedule, shift, case["seed"] + 1, case.get("split"))[0]
-    assert torch.equal(final, other) == (name == "res_2s_ode")  # (no noise: no seed)
+    assert torch.equal(final, other) == name.endswith("_ode")  # (no noise: no seed)
 
 
 def test_the_unused_last_call_is_unused():

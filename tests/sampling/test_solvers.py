@@ -278,7 +278,8 @@ def test_solver_registry():
         "ipndm", "ipndm_v", "er_sde", "gradient_estimation", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde",
         "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde_gpu", "deis", "res_multistep_ancestral", "heun",
         "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu", "lms", "heunpp2", "seeds_2",
-        "seeds_3", "sa_solver", "sa_solver_pece", "res_2s", "res_2s_ode",
+        "seeds_3", "sa_solver", "sa_solver_pece", "res_2s", "res_2s_ode", "res_3s", "res_3s_ode", "res_2m",
+        "res_2m_ode",
     }  # fmt: skip
     assert get_solver("dpm++").order == 2 and get_solver("euler").order == 1 and get_solver("dpmpp_3m_sde").order == 3
     with pytest.raises(
@@ -287,8 +288,9 @@ def test_solver_registry():
         r"'dpmpp_2m_sde_gpu', 'dpmpp_2m_sde_heun', 'dpmpp_2m_sde_heun_gpu', 'dpmpp_2s_ancestral', 'dpmpp_3m_sde', "
         r"'dpmpp_3m_sde_gpu', 'dpmpp_sde', 'dpmpp_sde_gpu', 'er_sde', 'euler', 'euler_ancestral', "
         r"'gradient_estimation', 'heun', 'heunpp2', 'ipndm', 'ipndm_v', 'lcm', 'lms', "
-        r"'res_2s', 'res_2s_ode', 'res_multistep', 'res_multistep_ancestral', 'sa_solver', 'sa_solver_pece', "
-        r"'seeds_2', 'seeds_3', 'uni_pc', 'uni_pc_bh2', 'unipc'\]",
+        r"'res_2m', 'res_2m_ode', 'res_2s', 'res_2s_ode', 'res_3s', 'res_3s_ode', 'res_multistep', "
+        r"'res_multistep_ancestral', 'sa_solver', 'sa_solver_pece', 'seeds_2', 'seeds_3', 'uni_pc', 'uni_pc_bh2', "
+        r"'unipc'\]",
     ):
         get_solver("ddpm")
 

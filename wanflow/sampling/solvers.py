@@ -57,7 +57,7 @@ from wanflow.sampling.comfy_solvers import (
     uni_pc_bh2_step,
     uni_pc_step,
 )
-from wanflow.sampling.res4lyf import res_2s_ode_step, res_2s_step
+from wanflow.sampling.res4lyf import RES4LYF_STEPS
 from wanflow.sampling.schedule import (
     Schedule,
     comfy_uni_pc_schedule,
@@ -218,8 +218,8 @@ SOLVERS: dict[str, Solver] = {
     # RES4LYF's: noise seeded from the run's seed in every call (ComfyUI's torch seed: the first KSampler's), so not
     # ``noised`` (no call seed of its own)
     **{
-        name: Solver(name, step, 2, restarts_at_switch=True, model_calls=2)
-        for name, step in (("res_2s", res_2s_step), ("res_2s_ode", res_2s_ode_step))
+        name: Solver(name, step, order, restarts_at_switch=True, model_calls=calls)
+        for name, (step, order, calls) in RES4LYF_STEPS.items()
     },
     **{
         name: Solver(name, step, 3, restarts_at_switch=True, noised=True, model_calls=calls, grid=moved_euler_schedule)
