@@ -226,3 +226,21 @@ def test_a_call_at_its_own_shift_gives_its_solver_that_shift():
         shifts = [_solver_state(sampler, calls, n).shift for n in range(len(calls))]
         assert shifts == ([8.0, 5.0] if plan is None else [8.0, 5.0, 5.0])
         assert _solver_state(sampler, calls, 1).schedule is low
+
+
+def test_a_step_that_needs_no_model_output_makes_no_call(pipe):
+    """res_2s on karras (its last sigma the model's smallest): the last step is RES4LYF's denoise alone and the loop
+    calls no expert there; the other steps call it twice; the latents are those of the solver driven with the calls'
+    velocities."""
+    hook = ModelCalls()
+    call = {**RUN, "steps": 4, "scheduler": "karras"}
+    out = pipe(PROMPT, solver="res_2s", output_type="latent", hooks=[hook], **call).frames
+    assert [k for k, *_ in hook.seen] == [0, 0, 1, 1, 2, 2]
+    schedule, fresh = comfy_schedule("karras", 4, 8.0, sampler="res_2s"), get_solver("res_2s")
+    x, state, calls = hook.seen[0][1], fresh.init(schedule, 3, shift=8.0), iter(hook.seen)
+    for k in range(4):
+        v = next(calls)[3] if fresh.calls_model(state, k) else torch.zeros_like(x)
+        x, state = fresh.step(state, v, x, k)
+        while state.pending is not None:
+            x, state = fresh.step(state, next(calls)[3], x, k)
+    assert torch.equal(x, out)

@@ -39,8 +39,11 @@ def _drive(solver, schedule, seed, split=None, seed_low=None, shift=None):
     for k in range(schedule.num_steps):
         if k == split:
             state = solver.init(schedule, seed_low, shift=shift)
-        seen.append(float(schedule.sigmas[k]))
-        x, state = solver.step(state, _field(x, schedule.sigmas[k]), x, k)
+        if solver.calls_model(state, k):  # (as the loop: a step may need no model output)
+            seen.append(float(schedule.sigmas[k]))
+            x, state = solver.step(state, _field(x, schedule.sigmas[k]), x, k)
+        else:
+            x, state = solver.step(state, torch.zeros_like(x), x, k)
         while state.pending is not None:
             x_2, sigma = state.pending
             seen.append(float(sigma))

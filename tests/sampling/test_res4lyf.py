@@ -35,14 +35,12 @@ def test_res4lyfs_samplers(case):
     """On a toy flow model over ComfyUI's schedulers' sigmas (RES4LYF's bong_tangent too) and given sigmas, in one
     call or two (the chain's calls all seeded from the first KSampler's seed, as ComfyUI seeds torch): the model is
     called at RES4LYF's sigmas (each stage of each step; res_2m's multistep steps once) and the samples are its own,
-    bit for bit in one call, to 1e-6 split; where the last sigma is sigma_min already, the loop's last call is not
-    used (RES4LYF makes none there)."""
+    bit for bit in one call, to 1e-6 split; where the last sigma is sigma_min already, the last step makes no call
+    (RES4LYF makes none there: ``needs_model``)."""
     name, shift = case["sampler"], case["shift"]
     schedule = _schedule(case)
     final, seen = _run(name, schedule, shift, case["seed"], case.get("split"))
-    theirs = case["model_sigmas"]
-    last_is_min = bool(schedule.sigmas[-2] <= flow_table(shift)[0] + res4lyf.MIN_GAP)
-    assert seen[: len(theirs)] == theirs and len(seen) == len(theirs) + last_is_min
+    assert seen == case["model_sigmas"]
     if "split" in case:  # (the sample scaled out of the first call and back into the second: a last-digit rounding)
         assert (final.flatten() - torch.tensor(case["x"])).abs().max() <= 1e-6
     else:
@@ -51,21 +49,26 @@ def test_res4lyfs_samplers(case):
     assert torch.equal(final, other) == name.endswith("_ode")  # (no noise: no seed)
 
 
-def test_the_unused_last_call_is_unused():
-    """karras ends at the model's smallest sigma: the last step is RES4LYF's denoise alone, whatever the model says."""
-    schedule, solver = comfy_schedule("karras", 6, 8.0), get_solver("res_2s")
-    x = torch.randn(1, 2, 2, 3, 3, generator=torch.Generator().manual_seed(0))
-    outs = []
-    for garbage in (False, True):
-        y, state = x.clone(), solver.init(schedule, 3, shift=8.0)
-        for k in range(schedule.num_steps):
-            last = k == schedule.num_steps - 1
-            v = torch.full_like(y, 1e3) if garbage and last else _field(y, schedule.sigmas[k])
-            y, state = solver.step(state, v, y, k)
-            while state.pending is not None:
-                y, state = solver.step(state, _field(state.pending[0], state.pending[1]), y, k)
-        outs.append(y)
-    assert torch.equal(*outs)
+def test_no_model_call_where_the_last_sigma_is_the_smallest():
+    """karras ends at the model's smallest sigma: the last step is RES4LYF's denoise alone, so it asks for no model
+    output there (whatever it would get, the sample is the same); simple's last step, to a sigma_min put in, does."""
+    for scheduler, last_call in (("karras", False), ("simple", True)):
+        schedule, solver = comfy_schedule(scheduler, 6, 8.0), get_solver("res_2s")
+        last_is_min = bool(schedule.sigmas[-2] <= flow_table(8.0)[0] + res4lyf.MIN_GAP)
+        assert last_is_min != last_call
+        x = torch.randn(1, 2, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+        outs = []
+        for garbage in (False, True):
+            y, state = x.clone(), solver.init(schedule, 3, shift=8.0)
+            for k in range(schedule.num_steps):
+                assert solver.calls_model(state, k) == (k < schedule.num_steps - 1 or last_call)
+                last = k == schedule.num_steps - 1
+                v = torch.full_like(y, 1e3) if garbage and last else _field(y, schedule.sigmas[k])
+                y, state = solver.step(state, v, y, k)
+                while state.pending is not None:
+                    y, state = solver.step(state, _field(state.pending[0], state.pending[1]), y, k)
+            outs.append(y)
+        assert torch.equal(*outs) != last_call
 
 
 def test_ode_split_is_one_call_and_bongmath_matters(monkeypatch):

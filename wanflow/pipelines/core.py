@@ -262,7 +262,10 @@ def denoise(
             for hook in hooks:
                 hook.before(step, model)
                 velocity = hook.wrap(velocity, step)
-            v = _evaluate(model, velocity, latents, step.timestep, cond, step)
+            if sampler.solver.calls_model(state, step.index):
+                v = _evaluate(model, velocity, latents, step.timestep, cond, step)
+            else:  # (a step that needs no model output: RES4LYF's last, a denoise at the model's smallest sigma)
+                v = torch.zeros_like(latents)
             latents, state = sampler.solver.step(state, v, latents, step.index)
             while state.pending is not None:  # (a step of two model calls: heun's, dpm_2's, at the sigma it asks)
                 x = keep_first_frame(state.pending[0].to(latents.dtype), cond.frame0)

@@ -17,9 +17,9 @@ stage lies on the step's exponential path (where sigma > 0.03 and h < 1/2). The 
 
 A sampler call that ends at sigma 0 steps to the model's smallest sigma instead (ComfyUI's table's first entry) and
 then takes ``x - sigma_min eps`` with that step's straight-line eps, with no model call; where its last sigma already
-is that smallest one, the last step is that alone and the loop's model call there is unused. Latents are float32
-between the model calls, the sigmas and coefficients float64, as RES4LYF keeps them; the noised sample stays float64
-until the next step, and the step returns it as the velocity's dtype.
+is that smallest one, the last step is that alone, and the loop makes no model call there (``needs_model``).
+Latents are float32 between the model calls, the sigmas and coefficients float64, as RES4LYF keeps them; the noised
+sample stays float64 until the next step, and the step returns it as the velocity's dtype.
 
 Same step-function convention as ``sampling.solvers``; a step's later calls go through ``state.pending``, the call's
 own record (its sigmas, its noise generators, its last step, the step's stages) through ``state.carry``.
@@ -232,7 +232,7 @@ def _step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: in
     state = begun(state, k)
     carry = state.carry if state.carry is not None else _start(state, k)
     i = k - state.start
-    if i >= carry.steps:  # (the call's last sigma was at sigma_min: no step is left; the model's output is unused)
+    if i >= carry.steps:  # (the call's last sigma was at sigma_min: no step is left; ``needs_model`` said so)
         x_last = _denoised(carry, carry.sample, carry.eps) if carry.denoise_at_end else carry.sample
         return x_last.to(velocity.dtype), replace(state, index=k, carry=carry)
     if state.pending is None:  # (the step's first call, at its start)
@@ -301,6 +301,14 @@ def _stage(carry: Carry, stages: Stages, denoised: torch.Tensor, eta: float):
 def _denoised(carry: Carry, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """``x - sigma_min eps``: ComfyUI's denoised output of a flow model at its smallest sigma."""
     return x - eps * carry.sigma_min.view((1,) * x.ndim).to(x).view(())
+
+
+def needs_model(state: SolverState, index: int) -> bool:
+    """Whether step ``index`` of a call takes the model's output: not where the call's last sigma was the model's
+    smallest already (RES4LYF makes no call there: the step is its denoise alone)."""
+    start = index if state.index is None else state.start
+    carry = state.carry if state.carry is not None else _start(state, start)
+    return index - start < carry.steps
 
 
 def _sampler(method: str, form: str):

@@ -58,6 +58,7 @@ from wanflow.sampling.comfy_solvers import (
     uni_pc_step,
 )
 from wanflow.sampling.res4lyf import RES4LYF_STEPS
+from wanflow.sampling.res4lyf import needs_model as res4lyf_needs_model
 from wanflow.sampling.schedule import (
     Schedule,
     comfy_uni_pc_schedule,
@@ -182,6 +183,11 @@ class Solver:
     # its steps where no scheduler is named: (steps, shift, float_timesteps) -> Schedule; ComfyUI's samplers take the
     # grid of its simple scheduler (the same from sigma 1 where the steps divide 1000), the reference's solvers theirs
     grid: Callable[..., Schedule] = euler_schedule
+    # whether step ``index`` needs the model's output at its start (state, index) -> bool; None: every step does
+    needs_model: Callable[[SolverState, int], bool] | None = None
+
+    def calls_model(self, state: SolverState, index: int) -> bool:
+        return self.needs_model is None or self.needs_model(state, index)
 
     def init(
         self, schedule: Schedule, seed: int | None = None, stop: int | None = None, shift: float | None = None
@@ -218,7 +224,7 @@ SOLVERS: dict[str, Solver] = {
     # RES4LYF's: noise seeded from the run's seed in every call (ComfyUI's torch seed: the first KSampler's), so not
     # ``noised`` (no call seed of its own)
     **{
-        name: Solver(name, step, order, restarts_at_switch=True, model_calls=calls)
+        name: Solver(name, step, order, restarts_at_switch=True, model_calls=calls, needs_model=res4lyf_needs_model)
         for name, (step, order, calls) in RES4LYF_STEPS.items()
     },
     **{
