@@ -4,8 +4,8 @@ diff-sampler), linear multistep (Adams-Bashforth) steps up to fourth order, ``ip
 equal steps, ``ipndm_v`` with those of the steps' actual lengths; ``lms`` (k-diffusion's linear multistep, fourth
 order, its coefficients integrated numerically over the sigmas); and ``gradient_estimation`` (Permenter and Yuan's),
 an Euler step corrected by ``(gamma - 1)`` times the change of ``d`` since the step before (gamma 2). Same
-step-function convention as ``sampling.solvers``; each sampler call starts afresh (an Euler step first) and returns
-``x0_hat`` at sigma 0.
+step-function convention as ``sampling.solvers``, the previous derivatives (three at most) in the state's ``carry``;
+each sampler call starts afresh (an Euler step first) and returns ``x0_hat`` at sigma 0.
 """
 
 from __future__ import annotations
@@ -98,9 +98,9 @@ def _step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: in
     sigma = sigmas[k]
     x0 = x.float() - sigma * velocity
     d = (x.float() - x0) / sigma  # (ComfyUI's derivative from its denoised output: the velocity, as it rounds it)
-    past = state.x0[-(MAX_ORDER - 1) :] if state.x0 else ()
+    past = state.carry or ()  # (the previous steps' derivatives, oldest first)
     x_next = x0 if sigmas[k + 1] == 0 else advance(sigmas, k, x.float(), d, past)
-    return x_next.to(velocity.dtype), replace(state, x0=(*past, d)[-(MAX_ORDER - 1) :], index=k)
+    return x_next.to(velocity.dtype), replace(state, carry=(*past, d)[-(MAX_ORDER - 1) :], index=k)
 
 
 def _added(increment):
@@ -109,20 +109,20 @@ def _added(increment):
 
 
 def ipndm_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
-    """ComfyUI's ``ipndm``; the state's ``x0`` holds the previous derivatives here."""
+    """ComfyUI's ``ipndm``."""
     return _step(state, velocity, x, index, _added(_fixed))
 
 
 def ipndm_v_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
-    """ComfyUI's ``ipndm_v``; the state's ``x0`` holds the previous derivatives here."""
+    """ComfyUI's ``ipndm_v``."""
     return _step(state, velocity, x, index, _added(_variable))
 
 
 def lms_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
-    """ComfyUI's ``lms`` (order 4); the state's ``x0`` holds the previous derivatives here."""
+    """ComfyUI's ``lms`` (order 4)."""
     return _step(state, velocity, x, index, _added(_lms))
 
 
 def gradient_estimation_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int) -> Stepped:
-    """ComfyUI's ``gradient_estimation``; the state's ``x0`` holds the previous derivatives here."""
+    """ComfyUI's ``gradient_estimation``."""
     return _step(state, velocity, x, index, _gradient)

@@ -26,7 +26,9 @@ class SolverState:
     noise_tree: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # the SDE samplers' Brownian noise
     last_noise: torch.Tensor | None = None  # SA-Solver: the noise its previous predictor added (its corrector adds it)
     shift: float | None = None  # the model's shift (ComfyUI's model sampling), for samplers whose rules are in it
-    carry: Any = None  # a solver's own record of its sampler call (RES4LYF's: its sigmas, noise generators, last step)
+    # a solver's own record of its sampler call (RES4LYF's: its sigmas, noise generators, last step; ipndm's and lms's:
+    # the previous derivatives)
+    carry: Any = None
     # the steps this state integrates, [start, stop): ComfyUI's uni_pc picks its orders by the length of the sampler
     # call (a KSamplerAdvanced's share of the steps); start is the first step taken, stop None the schedule's end
     start: int | None = None
