@@ -64,6 +64,7 @@ def _tau(sigma: torch.Tensor, shift: float | None) -> float:
 
 
 def _combined(predictions: tuple[torch.Tensor, ...], weights: torch.Tensor) -> torch.Tensor:
+    weights = weights.to(predictions[0].device)  # (worked out on the schedule's CPU sigmas)
     return torch.tensordot(torch.stack(list(predictions), dim=1), weights, dims=([1], [0]))
 
 

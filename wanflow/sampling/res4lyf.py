@@ -150,8 +150,9 @@ class Carry:
     stages: Stages | None = None
 
 
-def _start(state: SolverState, k: int) -> Carry:
-    """The call's record at its first step: its sigmas laid out as RES4LYF lays them out."""
+def _start(state: SolverState, k: int, device: torch.device) -> Carry:
+    """The call's record at its first step: its sigmas laid out as RES4LYF lays them out, its noise generators on
+    the latents' ``device``."""
     if state.seed is None or state.shift is None:
         raise ValueError("RES4LYF's samplers draw their noise from the run's seed and step to the model's smallest "
                          "sigma: init(schedule, seed, shift=)")  # fmt: skip
@@ -162,7 +163,7 @@ def _start(state: SolverState, k: int) -> Carry:
         sigmas = torch.cat([sigmas[:-2], sigma_min.view(1), sigmas[-1:]])
     elif sigmas[-1] == 0 and (sigmas[-2] - sigma_min).abs() > MIN_GAP:
         sigmas = torch.cat([sigmas[:-1], sigma_min.view(1), sigmas[-1:]])
-    generator = torch.Generator()
+    generator = torch.Generator(device=device)
     step_noise = generator.manual_seed(state.seed + 1).get_state()
     substep_noise = generator.manual_seed(SUBSTEP_SEED).get_state()
     steps, denoise = len(sigmas) - (2 if sigmas[-1] == 0 else 1), bool(sigmas[-1] == 0 and sigmas[-2] == sigma_min)
@@ -185,7 +186,7 @@ def _h(sigma_to: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def _weighted(row: torch.Tensor, eps: tuple | list) -> torch.Tensor:
-    return torch.einsum("i, i... -> ...", row.to(eps[0].dtype), torch.stack(list(eps)))
+    return torch.einsum("i, i... -> ...", row.to(eps[0].device, eps[0].dtype), torch.stack(list(eps)))
 
 
 def _eps(x_0, x, denoised, sigma, sub_sigma) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,14 +206,16 @@ def _noised(x_0, x, sigma, sigma_to, eta: float, generator: torch.Tensor) -> tup
     """``x`` (at ``sigma_to``) noised RES4LYF's way, and the generator's state after the draw."""
     up, down, alpha = _hard(sigma_to, eta)
     eps = (x_0 - x) / (sigma - sigma_to)
-    noise, generator = _draw(generator, x_0.shape)
+    noise, generator = _draw(generator, x_0.shape, x_0.device)
     return alpha * (x_0 - sigma * eps + down * eps) + up * noise * 1.0, generator
 
 
-def _draw(generator_state: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator()
+def _draw(generator_state: torch.Tensor, shape, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """RES4LYF's gaussian noise: float64, from a generator on the latents' device (as its noise generators are),
+    standardised over the whole latent, then per channel and frame."""
+    generator = torch.Generator(device=device)
     generator.set_state(generator_state)
-    noise = torch.randn(shape, dtype=F64, generator=generator)
+    noise = torch.randn(shape, dtype=F64, generator=generator, device=device)
     noise = (noise - noise.mean()) / noise.std()
     noise = noise.sub_(noise.mean(dim=(-2, -1), keepdim=True)).div_(noise.std(dim=(-2, -1), keepdim=True))
     return noise, generator.get_state()
@@ -230,7 +233,7 @@ def _levels(method: str, carry: Carry, i: int) -> tuple:
 def _step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int, method: str, eta: float) -> Stepped:
     k = check_index(state, index)
     state = begun(state, k)
-    carry = state.carry if state.carry is not None else _start(state, k)
+    carry = state.carry if state.carry is not None else _start(state, k, x.device)
     i = k - state.start
     if i >= carry.steps:  # (the call's last sigma was at sigma_min: no step is left; ``needs_model`` said so)
         x_last = _denoised(carry, carry.sample, carry.eps) if carry.denoise_at_end else carry.sample
@@ -307,8 +310,8 @@ def needs_model(state: SolverState, index: int) -> bool:
     """Whether step ``index`` of a call takes the model's output: not where the call's last sigma was the model's
     smallest already (RES4LYF makes no call there: the step is its denoise alone)."""
     start = index if state.index is None else state.start
-    carry = state.carry if state.carry is not None else _start(state, start)
-    return index - start < carry.steps
+    carry = state.carry if state.carry is not None else _start(state, start, torch.device("cpu"))
+    return index - start < carry.steps  # (the steps alone matter here: any device)
 
 
 def _sampler(method: str, form: str):
