@@ -82,7 +82,8 @@ def test_comfyuis_image_scale_before_the_fit():
 
     import torch
 
-    from wanflow.io.image import ImageScale, comfy_fit
+    from wanflow.io.image import comfy_fit
+    from wanflow.io.resize_nodes import ImageScale
 
     saved = json.loads((Path(__file__).parent / "comfy_scale.json").read_text())
     picture = Image.fromarray(np.array(saved["picture"], dtype=np.uint8).reshape(saved["shape"]))
@@ -101,33 +102,42 @@ def test_comfyuis_image_scale_before_the_fit():
 
 
 def test_kjnodes_resize_before_the_fit():
-    """KJNodes' ImageResizeKJv2, run as an oracle (kj_resize.json): for each mode, position, divisible_by and method,
-    its size outputs and its image are wanflow's bit for bit; the spec round-trips; bad specs are named."""
+    """KJNodes' ImageResizeKJv2 (and its ImagePadKJ), run as an oracle (kj_resize.json): for each mode (the padding
+    ones with pad colours of three forms), position, divisible_by and method, its size outputs and its image are
+    wanflow's bit for bit; the spec round-trips; bad specs are named."""
     import base64
     import json
     from pathlib import Path
 
     import torch
 
-    from wanflow.io.image import ImageResize, ImageScale, image_scale
+    from wanflow.io.resize_nodes import ImageResize, ImageScale, image_scale
 
     saved = json.loads((Path(__file__).parent / "kj_resize.json").read_text())
     pictures = [np.frombuffer(base64.b64decode(p["pixels"]), np.uint8).reshape(p["shape"]) for p in saved["pictures"]]
     for case in saved["cases"]:
         resize = ImageResize(case["method"], case["width"], case["height"], case["mode"], case["position"],
-                             case["divisible_by"])  # fmt: skip
-        assert image_scale(str(resize)) == resize
+                             case["divisible_by"], case["pad_color"])  # fmt: skip
+        assert str(image_scale(str(resize))) == str(resize)  # (the colour is written for the padding modes alone)
         picture = pictures[case["picture"]]
         x = torch.from_numpy(picture.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
         size = (case["out_width"], case["out_height"])
         assert resize.size(picture.shape[1], picture.shape[0]) == size, str(resize)
         theirs = np.frombuffer(base64.b64decode(case["pixels"]), "<f4").reshape(size[1], size[0], 3)
         assert torch.equal(resize.apply(x)[0], torch.from_numpy(theirs.copy()).permute(2, 0, 1)), str(resize)
-    assert {c["mode"] for c in saved["cases"]} == {"stretch", "resize", "crop", "total_pixels"}
+    modes = {"stretch", "resize", "crop", "total_pixels", "pad", "pad_edge", "pad_edge_pixel"}
+    assert {c["mode"] for c in saved["cases"]} == modes
     assert image_scale("lanczos:832*480") == ImageScale("lanczos", 832, 480)
     assert image_scale("area:64*64:resize") == ImageResize("area", 64, 64, "resize", "center", 2)
-    for bad in ("lanczos:64*64:pad", "lanczos:64*64:crop:middle", "lanczos:64*64:crop:center:x", "lanczos:64:crop"):
-        with pytest.raises(ValueError, match="KJNodes resize is METHOD:W\\*H:MODE"):
+    for bad in (
+        "lanczos:64*64:pillarbox_blur",
+        "lanczos:64*64:crop:middle",
+        "lanczos:64*64:crop:center:x",
+        "lanczos:64:crop",
+        "lanczos:0*64:pad",
+        "lanczos:64*64:pad:center:2:zebra-ish",
+    ):
+        with pytest.raises(ValueError, match=r"KJNodes resize is METHOD:W\*H:MODE|give both sides|a pad colour is"):
             image_scale(bad)
     with pytest.raises(ValueError, match="image_scale is METHOD:W"):
         image_scale("lanczos:64")

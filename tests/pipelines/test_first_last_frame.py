@@ -132,7 +132,8 @@ def test_comfyuis_image_scale_before_the_fit(monkeypatch, spec):
     """``image_scale`` (ComfyUI's ImageScale node, or KJNodes' ImageResizeKJv2, before its Wan image node): the first
     and last frames the VAE encodes are ``comfy_fit``'s of the scaled images (i2v-A14B; ti2v-5B's image too), not the
     unscaled ones'; it needs an image and the crop fit."""
-    from wanflow.io.image import comfy_fit, image_scale
+    from wanflow.io.image import comfy_fit
+    from wanflow.io.resize_nodes import image_scale
 
     wide = Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 96, 3), dtype=np.uint8))
     tall = Image.fromarray(np.random.default_rng(2).integers(0, 256, (80, 40, 3), dtype=np.uint8))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from wanflow.io.comfy_workflow import Graph, Node, describe
-from wanflow.io.image import RESIZE_MODES, ImageResize, ImageScale
+from wanflow.io.resize_nodes import RESIZE_MODES, ImageResize, ImageScale
 
 RESIZE = "ImageResizeKJv2"
 PASS_THROUGH = {"GetImageSizeAndCount": 0}  # nodes whose output slot passes their image on
@@ -43,9 +43,10 @@ def resizer(graph: Graph, node: Node) -> ImageScale | ImageResize:
     mode = value(node, "keep_proportion")
     if mode not in RESIZE_MODES:
         raise ValueError(f"{graph.name}: {describe(node)} keeps the proportion by {mode!r}; wanflow runs "
-                         f"{', '.join(RESIZE_MODES)} (not the padding ones)")  # fmt: skip
+                         f"{', '.join(RESIZE_MODES)}")  # fmt: skip
     position, by = value(node, "crop_position", "center"), int(value(node, "divisible_by", 2))
-    return ImageResize.parse(f"{method}:{width}*{height}:{mode}:{position}:{by}")
+    color = value(node, "pad_color", "0, 0, 0")
+    return ImageResize.parse(f"{method}:{width}*{height}:{mode}:{position}:{by}:{color}")
 
 
 def size_setting(graph: Graph, node: Node, name: str, image_size: ImageSize | None) -> int:

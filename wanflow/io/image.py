@@ -7,12 +7,15 @@ import math
 import os
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from wanflow.io.resize_nodes import NodeResize
 
 
 def load_image(source: str | os.PathLike | Image.Image, timeout: float = 30.0) -> Image.Image:
@@ -91,147 +94,7 @@ def resize_center_crop(image: Image.Image, width: int, height: int) -> Image.Ima
 IMAGE_FITS = ("area", "crop")  # the reference's (the image's aspect within the area), ComfyUI's (the exact size)
 
 
-UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")  # ComfyUI's ImageScale's
-
-
-@dataclass(frozen=True)
-class ImageScale:
-    """ComfyUI's ImageScale node on an input image before its Wan image node fits it: ``method`` (one of
-    ``UPSCALE_METHODS``) to ``width`` x ``height`` (a side of 0: from the other, keeping the aspect; both 0: the image
-    unchanged), its centre cropped to that aspect first where ``crop``."""
-
-    method: str
-    width: int
-    height: int
-    crop: bool = False
-
-    @classmethod
-    def parse(cls, text: str) -> ImageScale:
-        """``METHOD:W*H[:center]``, e.g. ``lanczos:832*480:center`` or ``bicubic:0*480``."""
-        method, _, rest = str(text).partition(":")
-        size, _, crop = rest.partition(":")
-        width, _, height = size.replace("x", "*").partition("*")
-        if (
-            method not in UPSCALE_METHODS
-            or crop not in ("", "center", "disabled")
-            or not (width.isdigit() and height.isdigit())
-        ):
-            raise ValueError(
-                f"image_scale is METHOD:W*H[:center], METHOD one of {', '.join(UPSCALE_METHODS)} (ComfyUI's "
-                f"ImageScale), a side 0 to keep the aspect; got {text!r}"
-            )
-        return cls(method, int(width), int(height), crop == "center")
-
-    def __str__(self) -> str:
-        return f"{self.method}:{self.width}*{self.height}" + (":center" if self.crop else "")
-
-    def size(self, width: int, height: int) -> tuple[int, int]:
-        """The (width, height) the node makes of an image of ``width`` x ``height``."""
-        if self.width == 0 and self.height == 0:
-            return width, height
-        if self.width == 0:
-            return max(1, round(width * self.height / height)), self.height
-        if self.height == 0:
-            return self.width, max(1, round(height * self.width / width))
-        return self.width, self.height
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """(1, 3, H, W) floats in [0, 1], scaled."""
-        if self.width == 0 and self.height == 0:
-            return x
-        return comfy_upscale(x, *self.size(x.shape[3], x.shape[2]), self.method, self.crop)
-
-
-RESIZE_MODES = ("stretch", "resize", "crop", "total_pixels")  # KJNodes' ImageResizeKJv2's keep_proportion, less padding
-RESIZE_POSITIONS = ("center", "top", "bottom", "left", "right")
-
-
-@dataclass(frozen=True)
-class ImageResize:
-    """KJNodes' ImageResizeKJv2 node (kijai/ComfyUI-KJNodes, 2025-06 to 2026-08) on an input image before its Wan
-    image node: ``mode`` stretch (to ``width`` x ``height``), resize (the largest size of the image's aspect within
-    them), crop (the image cropped to their aspect at ``position``, then scaled to them) or total_pixels (the image's
-    aspect at ``width * height`` pixels); a side 0 keeps the image's (stretch, crop) or its aspect (resize); the sides
-    then cut down to multiples of ``divisible_by``; scaled by ``method`` as ComfyUI's ``common_upscale``. Its size
-    outputs are the scaled image's (``size``), which Wan workflows feed the Wan node."""
-
-    method: str
-    width: int
-    height: int
-    mode: str
-    position: str = "center"
-    divisible_by: int = 2  # (the node's default)
-
-    @classmethod
-    def parse(cls, text: str) -> ImageResize:
-        """``METHOD:W*H:MODE[:POSITION][:DIVISIBLE_BY]``, e.g. ``lanczos:832*480:crop:center:16``."""
-        method, size, mode, *rest = [*str(text).split(":"), "", ""][:5]
-        position, by = (rest[0] or "center"), (rest[1] or "2")
-        width, _, height = size.replace("x", "*").partition("*")
-        if (
-            method not in UPSCALE_METHODS
-            or mode not in RESIZE_MODES
-            or position not in RESIZE_POSITIONS
-            or not (width.isdigit() and height.isdigit() and by.isdigit())
-        ):
-            raise ValueError(
-                f"a KJNodes resize is METHOD:W*H:MODE[:POSITION][:DIVISIBLE_BY], METHOD one of "
-                f"{', '.join(UPSCALE_METHODS)}, MODE one of {', '.join(RESIZE_MODES)}, POSITION one of "
-                f"{', '.join(RESIZE_POSITIONS)}; got {text!r}"
-            )
-        return cls(method, int(width), int(height), mode, position, int(by))
-
-    def __str__(self) -> str:
-        return f"{self.method}:{self.width}*{self.height}:{self.mode}:{self.position}:{self.divisible_by}"
-
-    def size(self, width: int, height: int) -> tuple[int, int]:
-        """The (width, height) the node makes of an image of ``width`` x ``height`` (its size outputs)."""
-        w, h = self.width, self.height
-        if self.mode == "total_pixels":
-            w, h = int(math.sqrt(w * h * (width / height))), int(math.sqrt(w * h / (width / height)))
-        elif self.mode == "resize" and w == 0 and h == 0:
-            w, h = width, height
-        elif self.mode == "resize" and w == 0:
-            w = round(width * (h / height))
-        elif self.mode == "resize" and h == 0:
-            h = round(height * (w / width))
-        elif self.mode == "resize":
-            ratio = min(w / width, h / height)
-            w, h = round(width * ratio), round(height * ratio)
-        else:
-            w, h = w or width, h or height
-        if self.divisible_by > 1:
-            w, h = w - w % self.divisible_by, h - h % self.divisible_by
-        if w < 1 or h < 1:
-            raise ValueError(f"the resize {self} makes nothing of a {width}x{height} image")
-        return w, h
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """(1, 3, H, W) floats in [0, 1], resized."""
-        width, height = self.size(x.shape[3], x.shape[2])
-        if self.mode == "crop":
-            x = _crop_to(x, width / height, self.position)
-        return comfy_upscale(x, width, height, self.method, crop=False)
-
-
-def _crop_to(x: torch.Tensor, aspect: float, position: str) -> torch.Tensor:
-    """ImageResizeKJv2's crop: the largest part of ``x`` of that aspect, at ``position``."""
-    old_h, old_w = x.shape[2], x.shape[3]
-    if old_w / old_h > aspect:
-        crop_w, crop_h = round(old_h * aspect), old_h
-    else:
-        crop_w, crop_h = old_w, round(old_w / aspect)
-    left = {"left": 0, "right": old_w - crop_w}.get(position, (old_w - crop_w) // 2)
-    top = {"top": 0, "bottom": old_h - crop_h}.get(position, (old_h - crop_h) // 2)
-    return x.narrow(-1, left, crop_w).narrow(-2, top, crop_h)
-
-
-def image_scale(text: str) -> ImageScale | ImageResize:
-    """``--image_scale``'s two forms: ComfyUI's ImageScale (``METHOD:W*H[:center]``) or KJNodes' ImageResizeKJv2
-    (``METHOD:W*H:MODE[:POSITION][:DIVISIBLE_BY]``), told apart by their third part."""
-    parts = str(text).split(":")
-    kj = len(parts) > 2 and parts[2] not in ("", "center", "disabled")  # (a third that is no crop: a MODE)
-    return ImageResize.parse(text) if kj else ImageScale.parse(text)
+UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")  # ComfyUI's common_upscale's
 
 
 def comfy_upscale(
@@ -256,9 +119,7 @@ def comfy_upscale(
     return torch.from_numpy(np.asarray(resized).astype(np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
-def comfy_fit(
-    image: Image.Image, width: int, height: int, scale: ImageScale | ImageResize | None = None
-) -> torch.Tensor:
+def comfy_fit(image: Image.Image, width: int, height: int, scale: NodeResize | None = None) -> torch.Tensor:
     """(3, height, width) float32 in [-1, 1]: the image as ComfyUI's Wan image nodes fit it (WanImageToVideo,
     WanFirstLastFrameToVideo, Wan22ImageToVideoLatent: ``common_upscale(..., "bilinear", "center")`` of LoadImage's
     ``uint8 / 255``, after an ImageScale or ImageResizeKJv2 node where ``scale`` is given): the centre cropped to the

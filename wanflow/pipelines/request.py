@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from wanflow.io.image import IMAGE_FITS, ImageResize, ImageScale, image_scale, load_image
+from wanflow.io.image import IMAGE_FITS, load_image
+from wanflow.io.resize_nodes import ImageResize, ImageScale, image_scale
 from wanflow.pipelines.calls import CallPlan, resolve_calls
 from wanflow.pipelines.presets import apply_preset
 from wanflow.pipelines.video_to_video import read_extended, read_video, video_size
@@ -62,9 +63,8 @@ class GenerateOptions:
     # how an input image meets the size: "area" (the reference's: its aspect within the size's area) or "crop"
     # (ComfyUI's Wan image nodes': the size itself, the image's centre cropped and resized bilinear); None: "area"
     image_fit: str | None = None
-    # ComfyUI's ImageScale node on the input images before that fit ("lanczos:832*480:center", ``io.image.ImageScale``),
-    # or KJNodes' ImageResizeKJv2 ("lanczos:832*480:crop:center:16", ``io.image.ImageResize``); with image_fit "crop";
-    # None: none
+    # ComfyUI's ImageScale node on the input images before that fit ("lanczos:832*480:center") or KJNodes'
+    # ImageResizeKJv2 ("lanczos:832*480:crop:center:16"), ``io.resize_nodes``; with image_fit "crop"; None: none
     image_scale: Any = None
     window_frames: int | None = None  # frames per window of a longer video (4n+1); None: the published model's frames
     window_overlap: int | None = None  # frames a window takes from the one before (a multiple of 4); None: 16 or less
