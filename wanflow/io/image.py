@@ -7,15 +7,18 @@ import math
 import os
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-if TYPE_CHECKING:
-    from wanflow.io.resize_nodes import NodeResize
+
+class Resizer(Protocol):
+    """A resize node run before the Wan node's fit (``io.resize_nodes``): (1, 3, H, W) floats in [0, 1] in, out."""
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 def load_image(source: str | os.PathLike | Image.Image, timeout: float = 30.0) -> Image.Image:
@@ -119,7 +122,7 @@ def comfy_upscale(
     return torch.from_numpy(np.asarray(resized).astype(np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
-def comfy_fit(image: Image.Image, width: int, height: int, scale: NodeResize | None = None) -> torch.Tensor:
+def comfy_fit(image: Image.Image, width: int, height: int, scale: Resizer | None = None) -> torch.Tensor:
     """(3, height, width) float32 in [-1, 1]: the image as ComfyUI's Wan image nodes fit it (WanImageToVideo,
     WanFirstLastFrameToVideo, Wan22ImageToVideoLatent: ``common_upscale(..., "bilinear", "center")`` of LoadImage's
     ``uint8 / 255``, after an ImageScale or ImageResizeKJv2 node where ``scale`` is given): the centre cropped to the

@@ -228,6 +228,3 @@ def image_scale(text: str) -> ImageScale | ImageResize:
     parts = str(text).split(":")
     kj = len(parts) > 2 and parts[2] not in ("", "center", "disabled")  # (a third that is no crop: a MODE)
     return ImageResize.parse(text) if kj else ImageScale.parse(text)
-
-
-NodeResize = ImageScale | ImageResize
