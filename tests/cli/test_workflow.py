@@ -343,16 +343,17 @@ def kj_i2v(comfy, mode="crop", sized_by="ImageResizeKJv2") -> Editor:
 @pytest.mark.parametrize(
     ("mode", "sized_by", "size"),
     [("crop", "ImageResizeKJv2", "24*16"), ("resize", "ImageResizeKJv2", "24*8"), ("resize", "GetImageSize", "24*8"),
-     ("stretch", "GetImageSize", "24*16"), ("pad_edge", "ImageResizeKJv2", "24*16")],
+     ("stretch", "GetImageSize", "24*16"), ("pad_edge", "ImageResizeKJv2", "24*16"),
+     ("pillarbox_blur", "GetImageSize", "24*16")],
 )  # fmt: skip
 def test_a_kjnodes_resize_before_the_image(comfy, tmp_path, mode, sized_by, size):
     """KJNodes' ImageResizeKJv2 between the LoadImage and the Wan node becomes ``--image_scale`` in its KJNodes form,
     and the video's size, which the workflow takes from the resized image, is worked out from the picture's own size
-    (37x23: resize to within 24x16 is 24x15, cut to multiples of 8; padded out to 24x16); pillarbox_blur is a named
-    error; without the picture the size is an error."""
+    (37x23: resize to within 24x16 is 24x15, cut to multiples of 8; padded out to 24x16); its nvidia_rtx_vsr
+    method is a named error; without the picture the size is an error."""
     path = write(tmp_path, kj_i2v(comfy, mode, sized_by).json())
     args = workflow_arguments(path, str(comfy))
-    pad = ":0, 0, 0" if mode.startswith("pad") else ""
+    pad = ":0, 0, 0" if mode.startswith(("pad", "pillarbox")) else ""
     assert args[args.index("--image_scale") + 1] == f"lanczos:24*16:{mode}:left:8{pad}"
     assert args[args.index("--size") + 1] == size and args[args.index("--task") + 1] == "i2v-A14B"
     assert args[args.index("--image") + 1] == str(comfy / "input" / "start.png")
@@ -362,10 +363,9 @@ def test_a_kjnodes_resize_before_the_image(comfy, tmp_path, mode, sized_by, size
         workflow_settings(path, Files(tmp_path, None, lookup=False))
     sized = workflow_settings(path, Files(tmp_path, None, lookup=False, image_sizes=lambda name: (37, 23)))[0]
     assert sized[sized.index("--size") + 1] == size
-    w = kj_i2v(comfy, "pillarbox_blur", sized_by)
-    with pytest.raises(
-        ValueError, match="keeps the proportion by 'pillarbox_blur'; wanflow runs stretch, resize, crop"
-    ):
+    w = kj_i2v(comfy, "crop", sized_by)
+    node(w, 84)["widgets_values"][2] = "nvidia_rtx_vsr"
+    with pytest.raises(ValueError, match=r"KJNodes resize is METHOD.*METHOD one of nearest-exact"):
         workflow_arguments(write(tmp_path, w.json()), str(comfy))
 
 

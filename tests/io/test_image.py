@@ -125,12 +125,13 @@ def test_kjnodes_resize_before_the_fit():
         assert resize.size(picture.shape[1], picture.shape[0]) == size, str(resize)
         theirs = np.frombuffer(base64.b64decode(case["pixels"]), "<f4").reshape(size[1], size[0], 3)
         assert torch.equal(resize.apply(x)[0], torch.from_numpy(theirs.copy()).permute(2, 0, 1)), str(resize)
-    modes = {"stretch", "resize", "crop", "total_pixels", "pad", "pad_edge", "pad_edge_pixel"}
+    modes = {"stretch", "resize", "crop", "total_pixels", "pad", "pad_edge", "pad_edge_pixel", "pillarbox_blur"}
     assert {c["mode"] for c in saved["cases"]} == modes
     assert image_scale("lanczos:832*480") == ImageScale("lanczos", 832, 480)
     assert image_scale("area:64*64:resize") == ImageResize("area", 64, 64, "resize", "center", 2)
     for bad in (
-        "lanczos:64*64:pillarbox_blur",
+        "lanczos:64*64:letterbox",
+        "nvidia_rtx_vsr:64*64:crop",
         "lanczos:64*64:crop:middle",
         "lanczos:64*64:crop:center:x",
         "lanczos:64:crop",

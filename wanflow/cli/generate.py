@@ -240,9 +240,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --image_fit crop: ComfyUI's ImageScale node on the input images first (METHOD nearest-exact, "
         "bilinear, area, bicubic or lanczos; a side 0 keeps the aspect; center crops to W*H's aspect first); or "
         "METHOD:W*H:MODE[:POSITION][:DIVISIBLE_BY][:PAD_COLOR], KJNodes' ImageResizeKJv2 (MODE stretch, resize, "
-        "crop, total_pixels, pad, pad_edge or pad_edge_pixel; POSITION of the crop or the padding: center, top, "
-        "bottom, left, right; the sides cut to multiples of DIVISIBLE_BY, 2 if left out; PAD_COLOR as the node "
-        "takes it, '0, 0, 0' if left out)",
+        "crop, total_pixels, pad, pad_edge, pad_edge_pixel or pillarbox_blur; POSITION of the crop or the padding: "
+        "center, top, bottom, left, right; the sides cut to multiples of DIVISIBLE_BY, 2 if left out; PAD_COLOR as "
+        "the node takes it, '0, 0, 0' if left out)",
     )
     add_flag(
         p,

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from PIL import ImageColor
 
 from wanflow.io.image import UPSCALE_METHODS, comfy_upscale
@@ -61,8 +62,9 @@ class ImageScale:
         return comfy_upscale(x, *self.size(x.shape[3], x.shape[2]), self.method, self.crop)
 
 
-PAD_MODES = {"pad": "color", "pad_edge": "edge", "pad_edge_pixel": "edge_pixel"}  # (ImagePadKJ's fills)
-RESIZE_MODES = ("stretch", "resize", "crop", "total_pixels", *PAD_MODES)  # ImageResizeKJv2's, all but pillarbox_blur
+# (ImagePadKJ's fills)
+PAD_MODES = {"pad": "color", "pad_edge": "edge", "pad_edge_pixel": "edge_pixel", "pillarbox_blur": "pillarbox_blur"}
+RESIZE_MODES = ("stretch", "resize", "crop", "total_pixels", *PAD_MODES)  # ImageResizeKJv2's
 RESIZE_POSITIONS = ("center", "top", "bottom", "left", "right")
 
 
@@ -71,8 +73,9 @@ class ImageResize:
     """KJNodes' ImageResizeKJv2 node (kijai/ComfyUI-KJNodes, 2025-06 to 2026-08) on an input image before its Wan
     image node: ``mode`` stretch (to ``width`` x ``height``), resize (the largest size of the image's aspect within
     them), crop (the image cropped to their aspect at ``position``, then scaled to them), total_pixels (the image's
-    aspect at ``width * height`` pixels), or pad, pad_edge, pad_edge_pixel (resize's, then padded out to them at
-    ``position``: with ``pad_color``, each side's mean edge colour, or its edge pixels); a side 0 keeps the image's
+    aspect at ``width * height`` pixels), or pad, pad_edge, pad_edge_pixel, pillarbox_blur (resize's, then padded out
+    to them at ``position``: with ``pad_color``, each side's mean edge colour, its edge pixels, or the image itself
+    scaled to cover, blurred, desaturated and dimmed); a side 0 keeps the image's
     (stretch, crop) or its aspect (resize); the sides then cut down to multiples of ``divisible_by`` (a padded image
     padded on to the next multiple); scaled by ``method`` as ComfyUI's ``common_upscale``. Its size outputs are the
     resized image's (``size``), which Wan workflows feed the Wan node."""
@@ -182,10 +185,44 @@ def _padded(x: torch.Tensor, pads: tuple[int, int, int, int], fill: str, color: 
         out[top : top + h, left + w :] = image[:, w - 1].unsqueeze(1)
         out[:top, :left], out[:top, left + w :] = image[0, 0], image[0, w - 1]
         out[top + h :, :left], out[top + h :, left + w :] = image[h - 1, 0], image[h - 1, w - 1]
+    elif fill == "pillarbox_blur":
+        out[:] = _pillarbox(image, *out.shape[:2])
     else:
         out[:] = torch.tensor([v / 255.0 for v in pad_rgb(color)], dtype=image.dtype, device=image.device)
     out[top : top + h, left : left + w] = image
     return out.movedim(-1, 0)[None]
+
+
+def _pillarbox(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """ImagePadKJ's pillarbox_blur background: ``image`` (h, w, c) scaled bilinear to cover (height, width), its centre
+    cut out (replicated out where short), blurred (a Gaussian of sigma ``max(1, 0.006 min(height, width))``, one
+    axis then the other), 20% desaturated towards its luma and dimmed to 35%; (height, width, c)."""
+    h, w = image.shape[:2]
+    fill = max(width / float(w), height / float(h))
+    bg_w, bg_h = max(1, round(w * fill)), max(1, round(h * fill))
+    bg = F.interpolate(image.movedim(-1, 0).unsqueeze(0), size=(bg_h, bg_w), mode="bilinear")
+    y0, x0 = max(0, (bg_h - height) // 2), max(0, (bg_w - width) // 2)
+    bg = bg[:, :, y0 : min(bg_h, y0 + height), x0 : min(bg_w, x0 + width)]
+    if bg.shape[2] != height or bg.shape[3] != width:
+        short_h, short_w = height - bg.shape[2], width - bg.shape[3]
+        top, left = max(0, short_h // 2), max(0, short_w // 2)
+        bg = F.pad(bg, (left, max(0, short_w - left), top, max(0, short_h - top)), mode="replicate")
+    bg = _blurred(bg, max(1.0, 0.006 * float(min(height, width))))
+    r, g, b = bg[:, 0:1], bg[:, 1:2], bg[:, 2:3]
+    luma = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    bg[:, 0:3] = torch.cat([r, g, b], dim=1) * (1.0 - 0.2) + torch.cat([luma, luma, luma], dim=1) * 0.2
+    return torch.clamp(bg * 0.35, 0.0, 1.0).squeeze(0).movedim(0, -1)
+
+
+def _blurred(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A separable Gaussian blur of (1, c, h, w), zero-padded, as ImagePadKJ blurs."""
+    radius = max(1, int(3.0 * float(sigma)))
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-(taps * taps) / (2.0 * float(sigma) * float(sigma)))
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), padding=(0, radius), groups=c)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), padding=(radius, 0), groups=c)
 
 
 def pad_rgb(text: str) -> list[int]:
