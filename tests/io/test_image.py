@@ -144,3 +144,19 @@ def test_kjnodes_resize_before_the_fit():
         image_scale("lanczos:64")
     with pytest.raises(ValueError, match="makes nothing"):
         ImageResize("area", 3, 3, "stretch", divisible_by=4).size(10, 10)
+
+
+def test_image_size_reads_the_header_as_load_image_turns_it(tmp_path):
+    """An EXIF orientation of 6 (a quarter turn) swaps the sides, as ``load_image`` does; none keeps them."""
+    from wanflow.io.image import ORIENTATION, image_size
+
+    picture = Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8))
+    for orientation, name in ((6, "turned.jpg"), (1, "upright.jpg")):
+        exif = Image.Exif()
+        exif[ORIENTATION] = orientation
+        picture.save(tmp_path / name, exif=exif)
+        assert (
+            image_size(tmp_path / name)
+            == load_image(tmp_path / name).size
+            == ((20, 30) if orientation == 6 else (30, 20))
+        )

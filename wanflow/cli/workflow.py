@@ -24,7 +24,7 @@ from wanflow.cli.workflow_image import ImageSize, image_source, size_setting
 from wanflow.cli.workflow_output import DECODERS, decoder, fps_arguments, tile_arguments, unrun_after
 from wanflow.cli.workflow_slg import SLG_NODES, slg_arguments
 from wanflow.io.comfy_workflow import POWER_LORA_LOADER, Graph, Node, describe, read_workflow
-from wanflow.io.image import load_image
+from wanflow.io.image import image_size
 from wanflow.sampling.comfy_schedules import SCHEDULERS, comfy_sigmas
 from wanflow.sampling.solvers import REFERENCE_SOLVERS, SOLVERS, get_solver
 
@@ -423,7 +423,7 @@ class Files:
     def image_size(self, name: str) -> tuple[int, int]:
         """The (width, height) of the input image ``name``, upright (as LoadImage reads it)."""
         if self.lookup:
-            return load_image(self.find(name, "input")).size
+            return image_size(self.find(name, "input"))
         if self.image_sizes is None:
             raise ValueError(f"the video's size follows the size of the image {name}: send the workflow with it")
         return self.image_sizes(name)

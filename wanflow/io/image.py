@@ -38,6 +38,20 @@ def load_image(source: str | os.PathLike | Image.Image, timeout: float = 30.0) -
         return _decode(f.read(), path)
 
 
+ORIENTATION = 0x0112  # the EXIF tag; its values 5 to 8 turn the picture a quarter
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """The (width, height) of an image file as ``load_image`` turns it upright, read from its header alone."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            turned = im.getexif().get(ORIENTATION) in (5, 6, 7, 8)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    return (height, width) if turned else (width, height)
+
+
 def _download(url: str, timeout: float) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # (http or https only: the caller checked)

@@ -29,7 +29,7 @@ from wanflow.sampling.schedule import percent_to_sigma
 from wanflow.sampling.solver_state import SolverState, Stepped, begun, check_index, fresh_noise
 
 PREDICTOR_ORDER, CORRECTOR_ORDER = 3, 4  # ComfyUI's defaults
-ETA, S_NOISE = 1.0, 1.0
+ETA = 1.0  # (and s_noise 1: ComfyUI's defaults)
 NOISE_FROM, NOISE_TO = 0.2, 0.8  # the noisy interval: the sigmas at these fractions of the model's timesteps
 
 
@@ -68,51 +68,57 @@ def _combined(predictions: tuple[torch.Tensor, ...], weights: torch.Tensor) -> t
     return torch.tensordot(torch.stack(list(predictions), dim=1), weights, dims=([1], [0]))
 
 
+def _left(state: SolverState, k: int) -> int | None:
+    """The steps of the call left after step ``k`` where it ends at sigma 0 (the orders fall towards its end), else
+    None."""
+    stop = state.schedule.num_steps if state.stop is None else state.stop
+    return stop - 1 - k if state.schedule.sigmas[stop] == 0 else None
+
+
 def _step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int, pece: bool) -> Stepped:
     k = check_index(state, index)
     state = begun(state, k)
     sigmas = state.schedule.sigmas
-    lambdas = half_log_snr(sigmas)
-    i, stop = k - state.start, state.schedule.num_steps if state.stop is None else state.stop
-    steps, to_zero = stop - state.start, sigmas[stop] == 0  # (the call's steps; whether it ends at sigma 0)
     if state.pending is not None:  # (PECE: the model again at the corrected sample)
         corrected = state.pending[0]
         predictions = (*state.x0[:-1], corrected - sigmas[k] * velocity)
-        return _predict(replace(state, pending=None, x0=predictions), corrected, k, i, steps, to_zero, lambdas)
+        return _predict(replace(state, pending=None, x0=predictions), corrected, k)
     predictions = (*state.x0, x.float() - sigmas[k] * velocity)[-max(PREDICTOR_ORDER, CORRECTOR_ORDER) :]
-    state = replace(state, index=k, x0=predictions)
-    order = 0 if i == 0 or (sigmas[k + 1] == 0 and not pece) else min(CORRECTOR_ORDER, len(predictions))
-    order = min(order, steps - i) if to_zero else order
+    state, left = replace(state, index=k, x0=predictions), _left(state, k)
+    order = 0 if k == state.start or (sigmas[k + 1] == 0 and not pece) else min(CORRECTOR_ORDER, len(predictions))
+    order = order if left is None else min(order, left + 1)
     if order == 0:
-        return _predict(state, x.float(), k, i, steps, to_zero, lambdas)
+        return _predict(state, x.float(), k)
+    lambdas = half_log_snr(sigmas)
     tau = _tau(sigmas[k], state.shift)  # (the last predictor's)
     weights = _weights(sigmas[k], lambdas[k - order + 1 : k + 1], lambdas[k - 1], lambdas[k], tau)
     h = lambdas[k] - lambdas[k - 1]
     corrected = sigmas[k] / sigmas[k - 1] * (-(tau**2) * h).exp() * state.last_sample
     corrected = corrected + _combined(predictions[-order:], weights)
-    if tau > 0 and S_NOISE > 0:
+    if tau > 0:
         corrected = corrected + state.last_noise  # (the noise the last predictor added)
     if pece:
         return x, replace(state, pending=(corrected, sigmas[k]))
-    return _predict(state, corrected, k, i, steps, to_zero, lambdas)
+    return _predict(state, corrected, k)
 
 
-def _predict(state: SolverState, x: torch.Tensor, k: int, i: int, steps: int, to_zero, lambdas) -> Stepped:
-    """The predictor from the corrected sample ``x`` of step ``k`` (the call's step ``i`` of ``steps``): the next
-    prediction, the state keeping ``x`` and the noise added; ``x0_hat`` at sigma 0."""
-    sigmas, predictions = state.schedule.sigmas, state.x0
+def _predict(state: SolverState, x: torch.Tensor, k: int) -> Stepped:
+    """The predictor from the corrected sample ``x`` of step ``k``: the next prediction, the state keeping ``x`` and
+    the noise added; ``x0_hat`` at sigma 0."""
+    sigmas, predictions, left = state.schedule.sigmas, state.x0, _left(state, k)
     if sigmas[k + 1] == 0:
         return predictions[-1], replace(state, last_sample=x)
     order = min(PREDICTOR_ORDER, len(predictions))
-    order = min(order, steps - 1 - i) if to_zero else order
+    order = order if left is None else min(order, left)
+    lambdas = half_log_snr(sigmas)
     tau = _tau(sigmas[k + 1], state.shift)
     weights = _weights(sigmas[k + 1], lambdas[k - order + 1 : k + 1], lambdas[k], lambdas[k + 1], tau)
     h = lambdas[k + 1] - lambdas[k]
     x_next = sigmas[k + 1] / sigmas[k] * (-(tau**2) * h).exp() * x + _combined(predictions[-order:], weights)
     noise = None
-    if tau > 0 and S_NOISE > 0:
+    if tau > 0:
         fresh, state = fresh_noise(state, x, "sa_solver")
-        noise = fresh * sigmas[k + 1] * (-2 * tau**2 * h).expm1().neg().sqrt() * S_NOISE
+        noise = fresh * sigmas[k + 1] * (-2 * tau**2 * h).expm1().neg().sqrt()
         x_next = x_next + noise
     state = replace(state, last_sample=x, last_noise=noise)
     if state.stop is not None and k + 1 == state.stop and not sigmas[k + 1] == 0:

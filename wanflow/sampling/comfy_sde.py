@@ -141,16 +141,15 @@ def dpmpp_sde_step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, 
         down, up = vp_ancestral(lambda_s.neg().exp(), lambda_s1.neg().exp())
         h = down.log().neg() - lambda_s
         x_2 = (alpha_s1 / alpha_s) * (-h).exp() * x.float() - alpha_s1 * (-h).expm1() * denoised
-        x_2 = x_2 + alpha_s1 * tree(sigma, sigma_s1) * 1.0 * up
-        return x, replace(state, index=k, pending=(x_2, sigma_s1), partial=(denoised,), noise_tree=tree)
-    (x_2, sigma_s1), (denoised,) = state.pending, state.partial
+        x_2 = x_2 + alpha_s1 * tree(sigma, sigma_s1) * up
+        return x, replace(state, index=k, pending=(x_2, sigma_s1), noise_tree=tree)
+    x_2, sigma_s1 = state.pending  # (its r of 1/2 weighs the first data prediction 0: the second alone takes the step)
     denoised_2 = x_2 - sigma_s1 * velocity
     down, up = vp_ancestral(lambda_s.neg().exp(), lambda_t.neg().exp())
     h = down.log().neg() - lambda_s
-    denoised_d = (1 - 1.0) * denoised + 1.0 * denoised_2
-    x_next = (alpha_t / alpha_s) * (-h).exp() * x.float() - alpha_t * (-h).expm1() * denoised_d
-    x_next = x_next + alpha_t * tree(sigma, sigma_next) * 1.0 * up
-    return x_next.to(velocity.dtype), replace(state, pending=None, partial=())
+    x_next = (alpha_t / alpha_s) * (-h).exp() * x.float() - alpha_t * (-h).expm1() * denoised_2
+    x_next = x_next + alpha_t * tree(sigma, sigma_next) * up
+    return x_next.to(velocity.dtype), replace(state, pending=None)
 
 
 def _sampler(order: int, heun: bool, cpu: bool):

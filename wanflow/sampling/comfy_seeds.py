@@ -18,8 +18,7 @@ import torch
 from wanflow.sampling.comfy_sde import half_log_snr
 from wanflow.sampling.solver_state import SolverState, Stepped, check_index, fresh_noise
 
-ETA = 1.0  # ComfyUI's defaults (KSampler passes no others)
-S_NOISE = 1.0
+ETA = 1.0  # ComfyUI's default, and s_noise 1 (KSampler passes no others)
 
 
 def _phi_1(h: torch.Tensor) -> torch.Tensor:
@@ -47,7 +46,7 @@ def _noised(state: SolverState, x: torch.Tensor, carried: torch.Tensor | None, s
         noise = segment.mul(2).expm1().neg().sqrt() * fresh
     else:
         noise = carried * segment.exp() + segment.mul(2).expm1().neg().sqrt() * fresh
-    return x + noise * sigma * S_NOISE, noise, state
+    return x + noise * sigma, noise, state
 
 
 def _step(state: SolverState, velocity: torch.Tensor, x: torch.Tensor, index: int, fractions: tuple[float, ...]):

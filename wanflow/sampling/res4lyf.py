@@ -150,9 +150,9 @@ class Carry:
     stages: Stages | None = None
 
 
-def _start(state: SolverState, k: int, device: torch.device) -> Carry:
-    """The call's record at its first step: its sigmas laid out as RES4LYF lays them out, its noise generators on
-    the latents' ``device``."""
+def _laid_out(state: SolverState, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The call from step ``k`` as RES4LYF lays it out: (its sigmas, float64, sigma_min put before a final 0 or in
+    place of a last sigma under it; the model's smallest sigma; its Runge-Kutta steps)."""
     if state.seed is None or state.shift is None:
         raise ValueError("RES4LYF's samplers draw their noise from the run's seed and step to the model's smallest "
                          "sigma: init(schedule, seed, shift=)")  # fmt: skip
@@ -163,22 +163,27 @@ def _start(state: SolverState, k: int, device: torch.device) -> Carry:
         sigmas = torch.cat([sigmas[:-2], sigma_min.view(1), sigmas[-1:]])
     elif sigmas[-1] == 0 and (sigmas[-2] - sigma_min).abs() > MIN_GAP:
         sigmas = torch.cat([sigmas[:-1], sigma_min.view(1), sigmas[-1:]])
+    return sigmas, sigma_min, len(sigmas) - (2 if sigmas[-1] == 0 else 1)
+
+
+def _start(state: SolverState, k: int, device: torch.device) -> Carry:
+    """The call's record at its first step: its sigmas (``_laid_out``), its noise generators on the latents'
+    ``device``."""
+    sigmas, sigma_min, steps = _laid_out(state, k)
     generator = torch.Generator(device=device)
     step_noise = generator.manual_seed(state.seed + 1).get_state()
     substep_noise = generator.manual_seed(SUBSTEP_SEED).get_state()
-    steps, denoise = len(sigmas) - (2 if sigmas[-1] == 0 else 1), bool(sigmas[-1] == 0 and sigmas[-2] == sigma_min)
+    stop = state.schedule.num_steps if state.stop is None else state.stop
+    denoise = bool(sigmas[-1] == 0 and sigmas[-2] == sigma_min)
     return Carry(sigmas, steps, stop - k, denoise, sigma_min, step_noise, substep_noise)
 
 
 def _hard(sigma_next: torch.Tensor, eta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(sigma_up, sigma_down, alpha) of RES4LYF's "hard" noise on a flow model (its largest sigma 1)."""
+    """(sigma_up, sigma_down, alpha) of RES4LYF's "hard" noise on a flow model (its largest sigma 1), for eta < 1."""
     up = sigma_next * eta
-    if up >= sigma_next:
-        up = sigma_next * 0.9999 if eta >= 1 else sigma_next * eta
     residual = (sigma_next**2 - up**2) ** 0.5
     alpha = (1.0 - sigma_next) + residual
-    down = residual / alpha
-    return torch.nan_to_num(up, 0.0), torch.nan_to_num(down, float(sigma_next)), torch.nan_to_num(alpha, 1.0)
+    return up, residual / alpha, alpha
 
 
 def _h(sigma_to: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -192,7 +197,7 @@ def _weighted(row: torch.Tensor, eps: tuple | list) -> torch.Tensor:
 def _eps(x_0, x, denoised, sigma, sub_sigma) -> tuple[torch.Tensor, torch.Tensor]:
     """(eps, data) of a stage: the stage's eps anchored at the step's start (RES4LYF's noise anchor 1)."""
     anchored, unmoored = (x_0 - denoised) / sigma, (x - denoised) / sub_sigma
-    data = x_0 - sigma * (unmoored + 1.0 * (anchored - unmoored))
+    data = x_0 - sigma * (unmoored + (anchored - unmoored))
     return data - x_0, data
 
 
@@ -207,7 +212,7 @@ def _noised(x_0, x, sigma, sigma_to, eta: float, generator: torch.Tensor) -> tup
     up, down, alpha = _hard(sigma_to, eta)
     eps = (x_0 - x) / (sigma - sigma_to)
     noise, generator = _draw(generator, x_0.shape, x_0.device)
-    return alpha * (x_0 - sigma * eps + down * eps) + up * noise * 1.0, generator
+    return alpha * (x_0 - sigma * eps + down * eps) + up * noise, generator
 
 
 def _draw(generator_state: torch.Tensor, shape, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,7 +230,6 @@ def _levels(method: str, carry: Carry, i: int) -> tuple:
     """Step ``i``'s sigma, next sigma, h (to its noiseless sigma_down), its stages' sigmas and tableau."""
     sigma, sigma_next = carry.sigmas[i], carry.sigmas[i + 1]
     h = _h(_hard(sigma_next, 0.0)[1], sigma)
-    h = h + 0.0 * (_h(sigma_next, sigma) - h)
     tableau = _tableau(method, h, carry.sigmas, i)
     return sigma, sigma_next, h, (sigma.log().neg() + h * tableau.c).neg().exp(), tableau
 
@@ -267,14 +271,10 @@ def _stage(carry: Carry, stages: Stages, denoised: torch.Tensor, eta: float):
     xs, eps, data = list(stages.xs), list(stages.eps), list(stages.data)
     eps[r], data[r] = _eps(x_0, xs[r], denoised, sigma, subs[r])
     sub_next = subs[r + 1 + tableau.recycled]
-    down, up_eta, down_eta = sub_next, 0.0, sub_next
+    down, up_eta = sub_next, 0.0
     if sub_next > 0 and r < tableau.rows - 1 - tableau.recycled:  # (a substep inside the step: noised)
-        down = _hard(sub_next, 0.0)[1]
-        up_eta, down_eta, _ = _hard(sub_next, eta)
-    h_new = h
-    if _h(sub_next, sigma) != 0:
-        h_new = h * _h(down, sigma) / _h(sub_next, sigma)
-        h_new = h_new + 0.0 * (h - h * _h(down_eta, sigma) / _h(sub_next, sigma))
+        down, up_eta = _hard(sub_next, 0.0)[1], _hard(sub_next, eta)[0]
+    h_new = h * _h(down, sigma) / _h(sub_next, sigma) if _h(sub_next, sigma) != 0 else h
     point = x_0 + h_new * _weighted(tableau.weights(r + 1 + tableau.recycled), eps)
     if sigma - down > 0:
         point = _along(x_0, point, sigma, down, sub_next)
@@ -310,8 +310,8 @@ def needs_model(state: SolverState, index: int) -> bool:
     """Whether step ``index`` of a call takes the model's output: not where the call's last sigma was the model's
     smallest already (RES4LYF makes no call there: the step is its denoise alone)."""
     start = index if state.index is None else state.start
-    carry = state.carry if state.carry is not None else _start(state, start, torch.device("cpu"))
-    return index - start < carry.steps  # (the steps alone matter here: any device)
+    steps = state.carry.steps if state.carry is not None else _laid_out(state, start)[2]
+    return index - start < steps
 
 
 def _sampler(method: str, form: str):

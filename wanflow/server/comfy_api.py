@@ -32,7 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from wanflow.cli.workflow import decoder, sampler_chain
 from wanflow.cli.workflow_output import unrun_after
 from wanflow.io.comfy_workflow import describe
-from wanflow.io.image import load_image
+from wanflow.io.image import image_size
 from wanflow.server.comfy_messages import entry, history_item, queue_info, system_stats, updates
 from wanflow.server.context import Context
 from wanflow.server.errors import has_token
@@ -378,7 +378,7 @@ def _size(prompts: Prompts, name: str) -> tuple[int, int]:
     path = prompts.input_file(name)
     if not path.is_file():
         raise ValueError("invalid_prompt", f"image {name} is not uploaded (POST /upload/image)")
-    return load_image(path).size
+    return image_size(path)
 
 
 def _prompt_ids(given: object) -> set[str]:
