@@ -493,6 +493,33 @@ def test_kjnodes_nag(comfy, tmp_path, caplog):
     assert "--nag_scale" not in workflow_arguments(write(tmp_path, w.json()), str(comfy))
 
 
+def test_kjnodes_riflex(comfy, tmp_path, caplog):
+    """KJNodes' Apply RifleXRoPE WanVideo on both experts, given the video's latent (or another of its frames), becomes
+    ``--riflex K``; on one expert only, with another k on each, or given a latent of other frames, it is an error."""
+    w = t2v()
+    for sampler, sampling, node_id in ((57, 54, 72), (58, 55, 73)):
+        w.add(node_id, "ApplyRifleXRoPE_WanVideo", [6], model=(sampling, 0), latent=(59, 0))
+        relink(w, sampler, "model", node_id)
+    with caplog.at_level(logging.WARNING, logger="wanflow"):
+        args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    assert args[args.index("--riflex") : args.index("--riflex") + 2] == ["--riflex", "6"]
+    assert "runs as wanflow's RIFLEx" in caplog.text
+    assert workflow_arguments(write(tmp_path, api(w), "api.json"), str(comfy)) == args
+    w.add(61, "EmptyHunyuanLatentVideo", [32, 32, 5, 1])  # another latent of the video's frames
+    relink(w, 73, "latent", 61)
+    assert workflow_arguments(write(tmp_path, w.json()), str(comfy)) == args
+    node(w, 61)["widgets_values"][2] = 9
+    with pytest.raises(ValueError, match="not the video's latent"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    relink(w, 73, "latent", 59)
+    node(w, 73)["widgets_values"][0] = 4
+    with pytest.raises(ValueError, match="ApplyRifleXRoPE_WanVideo differs between the experts"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    relink(w, 58, "model", 55)  # the low-noise expert without it
+    with pytest.raises(ValueError, match="ApplyRifleXRoPE_WanVideo differs between the experts"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+
+
 def test_comfyuis_skip_layer_guidance(comfy, tmp_path, caplog):
     """ComfyUI's SkipLayerGuidanceDiT on both experts becomes wanflow's SLG over its percent window (its double
     layers: Wan's blocks), SkipLayerGuidanceDiTSimple the uncond mode; on one expert only, with its rescaling, or

@@ -204,23 +204,25 @@ def test_schedule_fields_are_checked_before_queueing(served, change, message):
 
 
 GUIDED = {"nag_scale": 11.0, "nag_alpha": 0.25, "nag_tau": 2.5, "nag_negative_prompt": "blurry",
-          "slg_layers": "1", "slg_scale": 3.0, "slg_percent": "0.01,0.5"}  # fmt: skip
+          "riflex": 2, "slg_layers": "1", "slg_scale": 3.0, "slg_percent": "0.01,0.5"}  # fmt: skip
 
 
 def guided_workflow():
-    """``workflow()`` with KJNodes' WanVideoNAG and ComfyUI's SkipLayerGuidanceDiT on both experts (``GUIDED``)."""
+    """``workflow()`` with KJNodes' WanVideoNAG and Apply RifleXRoPE WanVideo and ComfyUI's SkipLayerGuidanceDiT on
+    both experts (``GUIDED``)."""
     from tests.cli.test_workflow import relink
 
     w = workflow().add(9, "CLIPTextEncode", ["blurry"], clip=(38, 0))
-    for sampler, sampling, nag, slg in ((57, 54, 70, 72), (58, 55, 71, 73)):
+    for sampler, sampling, nag, slg, riflex in ((57, 54, 70, 72, 74), (58, 55, 71, 73, 75)):
         w.add(nag, "WanVideoNAG", [11.0, 0.25, 2.5, "default"], model=(sampling, 0), conditioning=(9, 0))
-        w.add(slg, "SkipLayerGuidanceDiT", ["1", "", 3.0, 0.01, 0.5, 0.0], model=(nag, 0))
+        w.add(riflex, "ApplyRifleXRoPE_WanVideo", [2], model=(nag, 0), latent=(59, 0))
+        w.add(slg, "SkipLayerGuidanceDiT", ["1", "", 3.0, 0.01, 0.5, 0.0], model=(riflex, 0))
         relink(w, sampler, "model", slg)
     return w
 
 
 def test_nag_and_skip_layer_guidance_carry_over(served):
-    """KJNodes' WanVideoNAG and ComfyUI's skip layer guidance nodes become the job's NAG and SLG fields (read through
+    """KJNodes' WanVideoNAG and RIFLEx and ComfyUI's skip layer guidance nodes become the job's fields (read through
     the server as through the CLI), experts on models of different shifts its low_noise_shift, and the jobs run them;
     a workflow setting no job field takes is an error, never a job made without it."""
     from wanflow.server.workflow import _check_carried
@@ -240,13 +242,16 @@ def test_nag_and_skip_layer_guidance_carry_over(served):
 
 
 def test_the_page_sends_what_its_form_lacks(browser, served, tmp_path):
-    """A workflow's fields the page has inputs for (NAG scale, SLG blocks, NAG's negative prompt) fill them; the
+    """A workflow's fields the page has inputs for (NAG scale, SLG blocks, NAG's negative prompt, RIFLEx) fill them; the
     others (NAG's alpha and tau, SLG's scale and window) are named in the notes and sent with the job as read."""
     errors: list = []
     page = page_with_workflow(browser, served, tmp_path, guided_workflow(), "a guided fox", "also sent", errors)
     notes = page.text_content("#workflow-notes")
     assert "slg_percent 0.01,0.5" in notes and "nag_alpha 0.25" in notes and "slg_scale 3" in notes
-    assert page.eval_on_selector("#form", "f => [f.nag_scale.value, f.slg_layers.value]") == ["11", "1"]
+    assert page.eval_on_selector("#form", "f => [f.nag_scale.value, f.slg_layers.value, f.riflex.value]") == [
+        "11", "1", "2"
+    ]  # fmt: skip
+    assert "riflex" not in notes.split("also sent")[1]  # (the form's own input)
     page.click("button[type=submit]")
     page.locator("#gallery .card", has_text="a guided fox").wait_for(timeout=60_000)
     job = next(j for j in served.client.get("/api/jobs").json() if j["params"]["prompt"] == "a guided fox")

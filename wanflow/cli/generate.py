@@ -71,6 +71,7 @@ OPTION_FLAGS = {
     "guidance": "guidance",
     **{name: name for name in ("slg_layers", "slg_scale", "slg_start", "slg_stop", "slg_mode", "slg_percent")},
     **{name: name for name in ("nag_scale", "nag_tau", "nag_alpha", "nag_negative_prompt")},
+    "riflex": "riflex",
 }
 
 
@@ -211,6 +212,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="pass: a third pass (default); uncond: the unconditional pass leaves the blocks out (ComfyUI's Simple)",
     )
     add_nag_arguments(p)
+    add_flag(
+        p,
+        "riflex",
+        type=int,
+        metavar="K",
+        help="RIFLEx for videos longer than the model's 81 frames: the DiT's K-th frame frequency lowered so the "
+        "motion does not repeat (6: KJNodes' Apply RifleXRoPE WanVideo default; 0: off)",
+    )
     add_flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")
     add_flag(
         p,

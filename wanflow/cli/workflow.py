@@ -33,8 +33,10 @@ log = logging.getLogger("wanflow")
 SAMPLER_NODES = ("KSamplerAdvanced", "KSampler")
 SAMPLERS = tuple(name for name in SOLVERS if name not in REFERENCE_SOLVERS)  # (ComfyUI's)
 ALIASES = {"ddim": "euler"}  # ComfyUI's ddim is its euler (with inpainting's noise drawn anew, which no Wan task has)
+RIFLEX_NODE = "ApplyRifleXRoPE_WanVideo"  # (KJNodes' "Apply RifleXRoPE WanVideo")
 MODEL_NODES = {
-    "ModelSamplingSD3", "LoraLoaderModelOnly", "LoraLoader", POWER_LORA_LOADER, "CFGZeroStar", "WanVideoNAG", *SLG_NODES
+    "ModelSamplingSD3", "LoraLoaderModelOnly", "LoraLoader", POWER_LORA_LOADER, "CFGZeroStar", "WanVideoNAG",
+    RIFLEX_NODE, *SLG_NODES,
 }  # fmt: skip
 SPEED_ONLY = {"PathchSageAttentionKJ", "ModelPatchTorchSettings", "TorchCompileModel", "TorchCompileModelWanVideoV2"}
 LATENTS = ("EmptyHunyuanLatentVideo", "Wan22ImageToVideoLatent", "WanImageToVideo", "WanFirstLastFrameToVideo")
@@ -78,7 +80,7 @@ def _settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
     args = sampling_arguments(graph, chain, experts)
     for expert in dict.fromkeys(experts):
         args += model_arguments(graph, [s for s, e in zip(chain, experts, strict=True) if e == expert], expert, files)
-    args += nag_arguments(graph, chain)
+    args += nag_arguments(graph, chain) + riflex_arguments(graph, chain)
     slg = slg_arguments(graph, chain, model_path)
     if slg and "--sigmas" in args:  # (its window is the model's percent, at the shift given sigmas leave out)
         raise ValueError(f"{graph.name}: skip layer guidance beside uni_pc on BasicScheduler's sigmas; wanflow "
@@ -341,6 +343,30 @@ def nag_arguments(graph: Graph, chain: list[Node]) -> list[str]:
     graph.say("KJNodes' WanVideoNAG runs as wanflow's NAG (the authors' formulation)")
     return ["--nag_scale", f"{scale:g}", "--nag_alpha", f"{alpha:g}", "--nag_tau", f"{tau:g}",
             "--nag_negative_prompt", negative]  # fmt: skip
+
+
+def riflex_arguments(graph: Graph, chain: list[Node]) -> list[str]:
+    """KJNodes' Apply RifleXRoPE WanVideo as ``--riflex K``: its frequency for the frames of the latent it is given,
+    which must be the video's (wanflow lowers it for the frames the DiT sees), and the same on every expert."""
+    found = []
+    for sampler in chain:
+        nodes = [n for n in model_path(graph, sampler) if n.type == RIFLEX_NODE]
+        for node in nodes:
+            latent, video = graph.upstream(node, "latent"), graph.upstream(chain[0], "latent_image")
+            frames = [int(graph.value(n, "length", -1)) for n in (latent, video)]
+            if latent.id != video.id and (latent.type not in LATENTS or frames[0] != frames[1]):
+                raise ValueError(
+                    f"{graph.name}: {describe(node)} is given {describe(latent)}, not the video's latent "
+                    f"({describe(video)}); wanflow lowers RIFLEx's frequency for the video's own frames"
+                )
+        found.append(int(graph.value(nodes[0], "k")) if nodes else None)
+    if len(set(found)) > 1:
+        raise ValueError(f"{graph.name}: {RIFLEX_NODE} differs between the experts (their samplers); wanflow runs "
+                         "one RIFLEx on every expert")  # fmt: skip
+    if found[0] is None:
+        return []
+    graph.say(f"KJNodes' {RIFLEX_NODE} runs as wanflow's RIFLEx (--riflex {found[0]})")
+    return ["--riflex", str(found[0])]
 
 
 def text_arguments(graph: Graph, sampler: Node, files: Files, guided: bool) -> list[str]:

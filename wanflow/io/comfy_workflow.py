@@ -79,6 +79,7 @@ WIDGETS: dict[str, tuple[str, ...]] = {
     "SaveAnimatedWEBP": ("filename_prefix", "fps", "lossless", "quality", "method"),
     "SaveAnimatedPNG": ("filename_prefix", "fps", "compress_level"),
     "WanVideoNAG": ("nag_scale", "nag_alpha", "nag_tau", "input_type"),  # (KJNodes)
+    "ApplyRifleXRoPE_WanVideo": ("k",),  # (KJNodes)
     "SkipLayerGuidanceDiT": (
         "double_layers",
         "single_layers",

@@ -241,6 +241,7 @@ class WanDiT(nn.Module):
         self.head = Head(cfg)
         self.sequence = WholeSequence()  # the token plan; a transform may shard the tokens (runtime.sequence_parallel)
         self.block_cache: BlockCache | None = None  # a step cache may skip the blocks (runtime.step_cache)
+        self.riflex = 0  # RIFLEx's frame frequency to lower (models.rope; set by runtime.riflex); 0: the reference's
 
     def forward(
         self,
@@ -259,7 +260,7 @@ class WanDiT(nn.Module):
         tokens, grid = self.embed_patches(x)
         time = self.embed_time(t, tokens.shape[1])
         context = self.embed_text(context)
-        rope = rope_tables(self.cfg.head_dim, grid, self.cfg.rope_theta, device=tokens.device)
+        rope = rope_tables(self.cfg.head_dim, grid, self.cfg.rope_theta, tokens.device, self.riflex)
         shard = self.sequence.shard(tokens.shape[1])  # this forward's share of the tokens
         tokens, time, rope = shard.split(tokens, time, rope)
         tokens = self.run_blocks(tokens, time, context, rope, shard.attend, skip_blocks)

@@ -4,9 +4,16 @@ The head dim d is read as d/2 complex pairs ``(x[2k], x[2k+1])``. The pairs are 
 and width axes as ``d/2 - 2*(d//6)``, ``d//6``, ``d//6`` (22/21/21 for d = 128). Axis ``a`` with ``n_a`` pairs has
 frequencies ``theta ** (-2j / (2 n_a))``; a token at (f, h, w) is rotated by ``pos_a * freq_j`` on its axis's pairs.
 Angles are computed in float64 (as the reference) and kept as float32 cos/sin tables.
+
+RIFLEx (Zhao et al. 2025, arXiv 2502.15894; thu-ml/RIFLEx): for videos longer than the model was trained on, the frame
+axis's ``k``-th frequency (1-based; its "intrinsic" one, whose period the trained length nears) is lowered to
+``0.9 * 2 pi / F`` for a grid of F frames, so that no frame position goes round that frequency's circle within the
+video (the repeated motion of long videos). ``riflex=0``: the reference's frequencies.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -24,14 +31,41 @@ def axis_frequencies(pairs: int, theta: float = 10000.0, device: torch.device | 
     return 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)
 
 
-def rope_angles(
-    head_dim: int, grid: tuple[int, int, int], theta: float = 10000.0, device: torch.device | str | None = None
+def check_riflex(k: int, head_dim: int) -> None:
+    """RIFLEx's ``k`` names one of the frame axis's frequencies (1-based) or is 0 (off)."""
+    pairs = axis_pairs(head_dim)[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= pairs:
+        raise ValueError(f"riflex is the frame frequency to lower: 1..{pairs} at head dim {head_dim}, 0 off; got {k!r}")
+
+
+def frame_frequencies(
+    pairs: int, frames: int, theta: float, riflex: int, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """Rotation angles (float64) for every token of a (F, H, W) grid in raster order: (F*H*W, head_dim/2)."""
+    """The frame axis's inverse frequencies, RIFLEx's ``k``-th lowered for ``frames`` frames (``riflex=k``)."""
+    freqs = axis_frequencies(pairs, theta, device)
+    if riflex:
+        freqs[riflex - 1] = 0.9 * 2 * math.pi / frames
+    return freqs
+
+
+def rope_angles(
+    head_dim: int,
+    grid: tuple[int, int, int],
+    theta: float = 10000.0,
+    device: torch.device | str | None = None,
+    riflex: int = 0,
+) -> torch.Tensor:
+    """Rotation angles (float64) for every token of a (F, H, W) grid in raster order: (F*H*W, head_dim/2);
+    ``riflex``: RIFLEx's frame frequency to lower for the grid's F frames (0: none)."""
+    check_riflex(riflex, head_dim)
     parts = []
     for axis, (pairs, size) in enumerate(zip(axis_pairs(head_dim), grid, strict=True)):
         positions = torch.arange(size, dtype=torch.float64, device=device)
-        angle = positions[:, None] * axis_frequencies(pairs, theta, device)[None]  # (size, p)
+        if axis == 0:
+            freqs = frame_frequencies(pairs, size, theta, riflex, device)  # (the frames: RIFLEx's axis)
+        else:
+            freqs = axis_frequencies(pairs, theta, device)
+        angle = positions[:, None] * freqs[None]  # (size, p)
         shape = [1, 1, 1, pairs]
         shape[axis] = size
         parts.append(angle.view(shape).expand(*grid, pairs))
@@ -39,10 +73,14 @@ def rope_angles(
 
 
 def rope_tables(
-    head_dim: int, grid: tuple[int, int, int], theta: float = 10000.0, device: torch.device | str | None = None
+    head_dim: int,
+    grid: tuple[int, int, int],
+    theta: float = 10000.0,
+    device: torch.device | str | None = None,
+    riflex: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 (cos, sin), each (L, head_dim/2), computed on ``device`` (no host copy: no sync in the step loop)."""
-    angles = rope_angles(head_dim, grid, theta, device)
+    angles = rope_angles(head_dim, grid, theta, device, riflex)
     return angles.cos().float(), angles.sin().float()
 
 

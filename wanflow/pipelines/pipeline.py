@@ -28,6 +28,7 @@ from wanflow.configs import LOW
 from wanflow.io.video import save_video
 from wanflow.models.attention import default_backend
 from wanflow.models.dit import FP32_MODULES
+from wanflow.models.rope import check_riflex
 from wanflow.models.text_encoder import pad_context
 from wanflow.pipelines import lora
 from wanflow.pipelines.calls import CallLoras, loop_calls
@@ -58,6 +59,7 @@ from wanflow.runtime.nag import Nag
 from wanflow.runtime.offload import ExpertPlacement, choose_policy
 from wanflow.runtime.precision import cast_model
 from wanflow.runtime.preview import DEFAULT_EVERY, Preview, load_preview_map
+from wanflow.runtime.riflex import Riflex
 from wanflow.runtime.step_cache import CacheSettings, MagCache
 from wanflow.runtime.vae_tiling import decode_tiled
 from wanflow.sampling.comfy_schedules import scaled_noise
@@ -374,10 +376,12 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         return request if self._scheduler is None else with_scheduler(request, prompt, self._scheduler)
 
     def check_request(self, request: Request) -> Request:
-        """What ``resolve`` cannot check without this model: skip layer guidance's blocks exist."""
+        """What ``resolve`` cannot check without this model: skip layer guidance's blocks and RIFLEx's frequency
+        exist."""
         slg = request.guidance.slg
         if slg is not None and max(slg.layers) >= self.dit_cfg.num_layers:
             raise ValueError(f"slg_layers {list(slg.layers)}: this DiT has blocks 0..{self.dit_cfg.num_layers - 1}")
+        check_riflex(request.riflex, self.dit_cfg.head_dim)
         return request
 
     def generate(
@@ -583,6 +587,8 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             hooks.append(self.step_cache(request.cache))
         if request.nag:
             hooks.append(Nag(request.nag))
+        if request.riflex:
+            hooks.append(Riflex(request.riflex))
         return denoise(self._placement, noise, cond, sampler, hooks)
 
     def step_cache(self, settings: CacheSettings) -> MagCache:

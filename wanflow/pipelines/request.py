@@ -90,6 +90,9 @@ class GenerateOptions:
     nag_tau: float | None = None  # NAG's cap on the norm ratio; None: 2.5
     nag_alpha: float | None = None  # NAG's blend weight; None: 0.25
     nag_negative_prompt: str | None = None  # what NAG pushes away from; None: the run's negative prompt
+    # RIFLEx (``runtime.riflex``): the DiT's frame frequency k (1-based) lowered for the video's length, for videos
+    # longer than the model's 81 frames (6: KJNodes' and the authors' Wan setting); None or 0: off
+    riflex: int | None = None
     scheduler: str | None = None  # ComfyUI's scheduler names (``sampling.comfy_schedules``); None: the solver's grid
     sigmas: Any = None  # the schedule itself, no shift ("1,0.94,0.83,0.63" or a list), ending at 0; None: off
     # ComfyUI's chain of sampler calls (``pipelines.calls``): the steps the calls after the first start at ("2,4" or
@@ -260,6 +263,7 @@ class Request:
     extend: list[Image.Image] | None = None  # the frames of a video being continued (window 1 of ``windows``)
     guidance: Guidance = CFG  # how each step's two predictions combine (``sampling.guidance``)
     nag: NagSettings | None = None  # normalized attention guidance (``runtime.nag``); None: off
+    riflex: int = 0  # RIFLEx's frame frequency (``runtime.riflex``); 0: off
     calls: CallPlan | None = None  # ComfyUI's chain of sampler calls (``pipelines.calls``); None: one run
 
     @property
@@ -290,6 +294,7 @@ class Request:
             **({"guidance": str(self.guidance)} if self.guidance.rule != "cfg" else {}),
             **({"slg": self.guidance.slg.metadata()} if self.guidance.slg is not None else {}),
             **({"nag": self.nag.metadata(self.negative_prompt)} if self.nag is not None else {}),
+            **({"riflex": self.riflex} if self.riflex else {}),
             **(self.calls.metadata() if self.calls is not None else {}),
         }
 
@@ -363,6 +368,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         extend=extend or None,
         guidance=dataclasses.replace(parse_guidance(o.guidance), slg=_slg(o, shift)),
         nag=_nag(o),
+        riflex=_riflex(o.riflex),
         grid=grid,
         calls=calls,
     )
@@ -461,6 +467,15 @@ def _nag(o: GenerateOptions) -> NagSettings | None:
     if o.nag_negative_prompt is not None and not isinstance(o.nag_negative_prompt, str):
         raise ValueError("nag_negative_prompt must be a string (None: the run's negative prompt)")
     return NagSettings(**_numbers("nag", {"scale": o.nag_scale, **given}), negative_prompt=o.nag_negative_prompt)
+
+
+def _riflex(value: Any) -> int:
+    """RIFLEx's frequency index, a whole number >= 0 (its upper bound is the model's: ``models.rope.check_riflex``)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"riflex is the frame frequency to lower, a whole number such as 6 (0: off), got {value!r}")
+    return value
 
 
 def _off(prefix: str, details: dict[str, Any], what: str, how: str) -> None:

@@ -158,6 +158,9 @@ class GenerateRequest(BaseModel):
     nag_tau: float | None = Field(None, gt=0, le=MAX_GUIDE, description="NAG's cap on the norm ratio (2.5)")
     nag_alpha: float | None = Field(None, ge=0, le=1, description="NAG's blend weight (0.25)")
     nag_negative_prompt: str | None = Field(None, description="what NAG pushes away from (the negative prompt)")
+    riflex: int | None = Field(
+        None, ge=0, le=64, description="RIFLEx for videos past 81 frames: the frame frequency to lower (6); 0: off"
+    )
     loras: list[LoraChoice] = Field(default_factory=list, max_length=MAX_LORAS, description="by name (GET /api/loras)")
     window_frames: int | None = Field(None, ge=1, description="frames per window of a longer video (4n+1)")
     window_overlap: int | None = Field(None, ge=4, description="frames a window takes from the one before (4k)")
@@ -269,6 +272,7 @@ class GenerateRequest(BaseModel):
             nag_tau=self.nag_tau,
             nag_alpha=self.nag_alpha,
             nag_negative_prompt=self.nag_negative_prompt,
+            riflex=self.riflex,
         )
 
 
