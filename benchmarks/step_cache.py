@@ -3,6 +3,7 @@
     python -m benchmarks.step_cache                                   # every case, the default threshold
     python -m benchmarks.step_cache --cases t2v --cache magcache:0.15 --per_combo 1
     python -m benchmarks.step_cache --cases medium --repeats 3     # time only, where the DiT dominates the call
+    python -m benchmarks.step_cache --cache easycache               # ComfyUI's EasyCache node's rule instead
 
 For each held-out prompt (``--per_combo`` clips of each held-out combination: the clips, prompts, images and seeds
 ``wanflow evaluate`` uses), one uncached and one cached generation in the same process, alternating which runs
@@ -29,12 +30,26 @@ from wanflow.data.shapes import HELD_OUT, combo_clips, first_frame
 from wanflow.evaluation.evaluate import CASES
 from wanflow.io.video import to_uint8
 from wanflow.pipelines.pipeline import WanPipeline
+from wanflow.runtime.easycache import EasyCache, EasyCacheSettings
 from wanflow.runtime.step_cache import parse_cache
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
+def cache_hook(pipe: WanPipeline, settings):
+    """The cache of one call at the task's defaults: MagCache with the checkpoint's calibration, or EasyCache at the
+    task's shift."""
+    if isinstance(settings, EasyCacheSettings):
+        return EasyCache(settings, lambda call: pipe.task.shift)
+    return pipe.step_cache(settings)
+
+
+def reused(hook) -> int:
+    """Steps whose DiT work was reused (one model call a step: the default solver's)."""
+    return hook.reused_calls if isinstance(hook, EasyCache) else hook.reused_steps
 
 
 def measure(case: str, settings, per_combo: int, seed: int) -> dict[str, float]:
@@ -51,14 +66,14 @@ def measure(case: str, settings, per_combo: int, seed: int) -> dict[str, float]:
         image = Image.fromarray(first_frame(clip, height, width)) if with_image else None
         videos = {}
         for name in ("plain", "cached") if i % 2 == 0 else ("cached", "plain"):
-            hooks = [pipe.step_cache(settings)] if name == "cached" else []
+            hooks = [cache_hook(pipe, settings)] if name == "cached" else []
             start = time.perf_counter()
             video = pipe(clip.prompt, image=image, seed=seed + i, hooks=hooks)
             totals[name] += time.perf_counter() - start
             totals[f"{name}_denoise"] += video.timings["denoise"]
             videos[name] = to_uint8(video.frames)
             if hooks:
-                runs.append(video.metadata["steps"] - hooks[0].reused_steps)
+                runs.append(video.metadata["steps"] - reused(hooks[0]))
         psnrs.append(psnr(videos["cached"], videos["plain"]))
     return {
         "steps": pipe.task.steps,
@@ -83,14 +98,14 @@ def measure_medium(settings, repeats: int, seed: int) -> dict[str, float]:
         totals = {"plain": 0.0, "cached": 0.0, "plain_denoise": 0.0, "cached_denoise": 0.0}
         for round_ in range(repeats + 1):  # round 0 warms up
             for name in ("plain", "cached") if round_ % 2 == 0 else ("cached", "plain"):
-                hooks = [pipe.step_cache(settings)] if name == "cached" else []
+                hooks = [cache_hook(pipe, settings)] if name == "cached" else []
                 start = time.perf_counter()
                 video = pipe("a red circle moving right", hooks=hooks, **kw)
                 if round_:
                     totals[name] += time.perf_counter() - start
                     totals[f"{name}_denoise"] += video.timings["denoise"]
                 if hooks:
-                    runs = video.metadata["steps"] - hooks[0].reused_steps
+                    runs = video.metadata["steps"] - reused(hooks[0])
     return {
         "steps": video.metadata["steps"],
         "runs": float(runs),

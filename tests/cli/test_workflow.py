@@ -520,6 +520,26 @@ def test_kjnodes_riflex(comfy, tmp_path, caplog):
         workflow_arguments(write(tmp_path, w.json()), str(comfy))
 
 
+def test_comfyuis_easycache(comfy, tmp_path, caplog):
+    """ComfyUI's EasyCache node on both experts becomes ``--cache easycache:T:START:END``; with other settings on
+    each, or on one expert only, it is an error."""
+    w = t2v()
+    for sampler, sampling, node_id in ((57, 54, 76), (58, 55, 77)):
+        w.add(node_id, "EasyCache", [0.1, 0.2, 0.9, False], model=(sampling, 0))
+        relink(w, sampler, "model", node_id)
+    with caplog.at_level(logging.WARNING, logger="wanflow"):
+        args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    assert args[args.index("--cache") : args.index("--cache") + 2] == ["--cache", "easycache:0.1:0.2:0.9"]
+    assert "ComfyUI's EasyCache runs as wanflow's" in caplog.text
+    assert workflow_arguments(write(tmp_path, api(w), "api.json"), str(comfy)) == args
+    node(w, 77)["widgets_values"][0] = 0.2
+    with pytest.raises(ValueError, match="EasyCache differs between the samplers' models"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    relink(w, 58, "model", 55)
+    with pytest.raises(ValueError, match="EasyCache differs between the samplers' models"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+
+
 def test_comfyuis_skip_layer_guidance(comfy, tmp_path, caplog):
     """ComfyUI's SkipLayerGuidanceDiT on both experts becomes wanflow's SLG over its percent window (its double
     layers: Wan's blocks), SkipLayerGuidanceDiTSimple the uncond mode; on one expert only, with its rescaling, or

@@ -237,8 +237,8 @@ def test_nag_and_skip_layer_guidance_carry_over(served):
     assert read["fields"] == FIELDS | {"shift": 5.0, "low_noise_shift": 8.0}
     job = served.client.post("/api/jobs", json=read["fields"])
     assert job.status_code == 202 and served.wait(job.json()["id"])["status"] == "done"
-    with pytest.raises(ValueError, match=r"the workflow's \['cache'\] do not carry over"):
-        _check_carried(["--prompt", "a", "--cache", "magcache", "--dit", "x.gguf"])
+    with pytest.raises(ValueError, match=r"the workflow's \['window_anchor'\] do not carry over"):
+        _check_carried(["--prompt", "a", "--window_anchor", "0.5", "--dit", "x.gguf"])
 
 
 def test_the_page_sends_what_its_form_lacks(browser, served, tmp_path):

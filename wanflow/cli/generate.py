@@ -270,8 +270,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(
         p,
         "cache",
-        metavar="magcache[:THRESHOLD]",
-        help="skip DiT forwards on steps that barely change, with the checkpoint's calibration (see calibrate-cache)",
+        metavar="magcache[:T]|easycache[:T[:START:END]]",
+        help="skip DiT forwards on steps that barely change: magcache with the checkpoint's calibration (see "
+        "calibrate-cache), or easycache, ComfyUI's EasyCache node (no calibration)",
     )
     add_flag(p, "preview", metavar="FILE.png", help="a PNG of where sampling is heading, rewritten every few steps")
     add_flag(
@@ -452,9 +453,11 @@ def check_preview_file(path: str | None) -> None:
 
 
 def check_cache_calibration(options: GenerateOptions, layout, task: Task) -> None:
-    """With --cache, the checkpoint's calibration must exist: said before minutes of loading (a Hub repository is
-    checked once downloaded, by the pipeline)."""
-    if options.cache and layout is not None:
+    """With --cache magcache, the checkpoint's calibration must exist: said before minutes of loading (a Hub
+    repository is checked once downloaded, by the pipeline)."""
+    from wanflow.runtime.step_cache import CacheSettings, parse_cache
+
+    if isinstance(parse_cache(options.cache), CacheSettings) and layout is not None:
         from wanflow.runtime.cache_curve import load_curve
 
         load_curve(layout.root, task.name)

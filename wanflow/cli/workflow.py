@@ -36,7 +36,7 @@ ALIASES = {"ddim": "euler"}  # ComfyUI's ddim is its euler (with inpainting's no
 RIFLEX_NODE = "ApplyRifleXRoPE_WanVideo"  # (KJNodes' "Apply RifleXRoPE WanVideo")
 MODEL_NODES = {
     "ModelSamplingSD3", "LoraLoaderModelOnly", "LoraLoader", POWER_LORA_LOADER, "CFGZeroStar", "WanVideoNAG",
-    RIFLEX_NODE, *SLG_NODES,
+    RIFLEX_NODE, "EasyCache", *SLG_NODES,
 }  # fmt: skip
 SPEED_ONLY = {"PathchSageAttentionKJ", "ModelPatchTorchSettings", "TorchCompileModel", "TorchCompileModelWanVideoV2"}
 LATENTS = ("EmptyHunyuanLatentVideo", "Wan22ImageToVideoLatent", "WanImageToVideo", "WanFirstLastFrameToVideo")
@@ -80,7 +80,7 @@ def _settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
     args = sampling_arguments(graph, chain, experts)
     for expert in dict.fromkeys(experts):
         args += model_arguments(graph, [s for s, e in zip(chain, experts, strict=True) if e == expert], expert, files)
-    args += nag_arguments(graph, chain) + riflex_arguments(graph, chain)
+    args += nag_arguments(graph, chain) + riflex_arguments(graph, chain) + easycache_arguments(graph, chain)
     slg = slg_arguments(graph, chain, model_path)
     if slg and "--sigmas" in args:  # (its window is the model's percent, at the shift given sigmas leave out)
         raise ValueError(f"{graph.name}: skip layer guidance beside uni_pc on BasicScheduler's sigmas; wanflow "
@@ -367,6 +367,22 @@ def riflex_arguments(graph: Graph, chain: list[Node]) -> list[str]:
         return []
     graph.say(f"KJNodes' {RIFLEX_NODE} runs as wanflow's RIFLEx (--riflex {found[0]})")
     return ["--riflex", str(found[0])]
+
+
+def easycache_arguments(graph: Graph, chain: list[Node]) -> list[str]:
+    """ComfyUI's EasyCache node as ``--cache easycache:T:START:END``: the same settings on every sampler's model."""
+    found = []
+    for sampler in chain:
+        nodes = [n for n in model_path(graph, sampler) if n.type == "EasyCache"]
+        keys = ("reuse_threshold", "start_percent", "end_percent")
+        found.append(tuple(float(graph.value(nodes[0], k)) for k in keys) if nodes else None)
+    if len(set(found)) > 1:
+        raise ValueError(f"{graph.name}: EasyCache differs between the samplers' models; wanflow runs one EasyCache "
+                         "on every sampler call")  # fmt: skip
+    if found[0] is None:
+        return []
+    graph.say("ComfyUI's EasyCache runs as wanflow's (its rule on each sampler call)")
+    return ["--cache", "easycache:{:g}:{:g}:{:g}".format(*found[0])]
 
 
 def text_arguments(graph: Graph, sampler: Node, files: Files, guided: bool) -> list[str]:

@@ -21,6 +21,7 @@ from torch import nn
 from wanflow.configs import DENSE, HIGH, LOW
 from wanflow.pipelines.core import Call
 from wanflow.runtime.lora import RunStrengths, lora_state
+from wanflow.runtime.step_cache import CacheSettings, parse_cache
 from wanflow.sampling.hooks import Step
 from wanflow.sampling.noise import draw_seed
 from wanflow.sampling.schedule import Schedule
@@ -77,8 +78,8 @@ def resolve_calls(o, steps: int, switch: int | None, moe: bool, one_window: bool
         raise ValueError("on two experts the switch is a call of its own: give switch_step, one of sampler_calls")
     if not one_window:
         raise ValueError("sampler_calls run one window from noise: not with video, extend or a longer video")
-    if o.cache is not None:
-        raise ValueError("the step cache plans each expert's steps as one call: not with sampler_calls")
+    if isinstance(parse_cache(o.cache), CacheSettings):
+        raise ValueError("magcache plans each expert's steps as one call: not with sampler_calls (easycache is)")
     if o.low_noise_seed is not None:
         raise ValueError("low_noise_seed is the second call's seed: with sampler_calls, give call_seeds")
     starts = (0, *later)

@@ -226,15 +226,15 @@ def _solver_state(sampler: Sampler, calls: Sequence[Call], n: int) -> SolverStat
     call = calls[n]
     stop = calls[n + 1].start if n + 1 < len(calls) else None
     seed = sampler.seed if call.seed is None else call.seed
-    return sampler.solver.init(_schedule(sampler, calls, n), seed, stop, _given(calls, n, "shift", sampler.shift))
+    return sampler.solver.init(_schedule(sampler, calls, n), seed, stop, call_setting(calls, n, "shift", sampler.shift))
 
 
 def _schedule(sampler: Sampler, calls: Sequence[Call], n: int) -> Schedule:
     """The schedule call ``n`` walks: its own, else the last one given before it, else the run's."""
-    return _given(calls, n, "schedule", sampler.schedule)
+    return call_setting(calls, n, "schedule", sampler.schedule)
 
 
-def _given(calls: Sequence[Call], n: int, name: str, default):
+def call_setting(calls: Sequence[Call], n: int, name: str, default):
     """Call ``n``'s setting ``name``: its own, else the last one a call before it gave, else ``default``."""
     return next((getattr(c, name) for c in reversed(calls[: n + 1]) if getattr(c, name) is not None), default)
 

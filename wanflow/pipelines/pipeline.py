@@ -32,7 +32,7 @@ from wanflow.models.rope import check_riflex
 from wanflow.models.text_encoder import pad_context
 from wanflow.pipelines import lora
 from wanflow.pipelines.calls import CallLoras, loop_calls
-from wanflow.pipelines.core import Conditioning, Sampler, denoise, step_levels
+from wanflow.pipelines.core import Conditioning, Sampler, call_setting, denoise, step_levels
 from wanflow.pipelines.diffusers_api import (
     DiffusersMethods,
     WanPipelineOutput,
@@ -54,6 +54,7 @@ from wanflow.pipelines.runtime_options import RuntimeOptions, check_device, devi
 from wanflow.pipelines.video_to_video import from_video, video_pixels
 from wanflow.runtime.cache_curve import load_curve
 from wanflow.runtime.compile import compile_blocks
+from wanflow.runtime.easycache import EasyCache, EasyCacheSettings
 from wanflow.runtime.fp8 import quantize_fp8
 from wanflow.runtime.nag import Nag
 from wanflow.runtime.offload import ExpertPlacement, choose_policy
@@ -583,7 +584,9 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         hooks = [self._placement, FiniteLatents(), *self._hooks, *hooks]  # NaN weights: an error, not a black video
         if request.calls is not None and request.calls.loras:
             hooks.append(CallLoras(request.calls, switch, self._placement.experts))
-        if request.cache:
+        if isinstance(request.cache, EasyCacheSettings):
+            hooks.append(EasyCache(request.cache, lambda n: call_setting(calls, n, "shift", request.shift)))
+        elif request.cache:
             hooks.append(self.step_cache(request.cache))
         if request.nag:
             hooks.append(Nag(request.nag))

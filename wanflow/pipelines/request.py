@@ -22,6 +22,7 @@ from wanflow.pipelines.presets import apply_preset
 from wanflow.pipelines.video_to_video import read_extended, read_video, video_size
 from wanflow.pipelines.windows import WindowPlan, latent_frames, pixel_count, plan_windows
 from wanflow.prompts.system import LANGUAGES
+from wanflow.runtime.easycache import EasyCacheSettings
 from wanflow.runtime.nag import NagSettings
 from wanflow.runtime.step_cache import CacheSettings, parse_cache
 from wanflow.sampling.comfy_schedules import comfy_schedule, for_sampler, given_schedule, parse_sigmas
@@ -72,7 +73,9 @@ class GenerateOptions:
     extend_prompt: bool | None = None  # rewrite the prompt with the pipeline's prompt extender first; default False
     prompt_extend_lang: str | None = None  # "zh" (the reference's default) or "en": the extended prompt's language
     prompt_extend_seed: int | None = None  # the extender's sampling seed; None: the run's seed
-    cache: str | None = None  # step cache: "magcache" or "magcache:THRESHOLD" (``runtime.step_cache``); None: off
+    # step cache: "magcache[:THRESHOLD]" (``runtime.step_cache``) or "easycache[:THRESHOLD[:START:END]]"
+    # (``runtime.easycache``); None: off
+    cache: str | None = None
     switch_step: int | None = None  # A14B: the high-noise expert runs the first K steps; None: the task's boundary
     video: Any = None  # video to video: a path, PIL images, (F, H, W, 3) frames, a Video (``pipelines.video_to_video``)
     strength: float | None = None  # with a video: the share of the steps that run, (0, 1]; None: 0.8
@@ -256,7 +259,7 @@ class Request:
     extension: Extension | None = None  # rewrite the prompt first (``pipelines.prompt_extension``)
     windows: WindowPlan | None = None  # a video longer than one window; None: one window
     grid: SchedulerGrid | None = None  # pipe.scheduler's, a ComfyUI scheduler's or given steps, not the solver's
-    cache: CacheSettings | None = None
+    cache: CacheSettings | EasyCacheSettings | None = None  # MagCache's (runtime.step_cache) or EasyCache's
     switch_step: int | None = None  # the high-noise expert's steps, in place of the boundary timestep
     video: list[Image.Image] | None = None  # video to video: the frames the run starts from, at their own size
     strength: float | None = None  # the share of the steps that run from the video (``pipelines.video_to_video``)
@@ -359,7 +362,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         image_scale=_image_scale(o.image_scale, image, image_fit),
         extension=_extension(o, seed),
         windows=windows,
-        cache=_cache(o.cache, solver),
+        cache=_cache(o.cache, solver, o.slg_layers is not None),
         switch_step=switch,
         low_schedule=low_schedule,
         low_noise_shift=low_shift,
@@ -533,11 +536,14 @@ def _image_fit(value: Any) -> str:
     return value
 
 
-def _cache(value: Any, solver: str) -> CacheSettings | None:
+def _cache(value: Any, solver: str, slg: bool) -> CacheSettings | EasyCacheSettings | None:
     settings = parse_cache(value)
     calls = get_solver(solver).model_calls
-    if settings is not None and calls > 1:
-        raise ValueError(f"the step cache plans one model call a step: not with {solver} ({calls} model calls a step)")
+    if isinstance(settings, CacheSettings) and calls > 1:
+        raise ValueError(f"magcache plans one model call a step: not with {solver} ({calls} model calls a step)")
+    if isinstance(settings, EasyCacheSettings) and slg:
+        raise ValueError("easycache with skip layer guidance: not run (ComfyUI's EasyCache node records its third "
+                         "pass as the prompt's)")  # fmt: skip
     return settings
 
 

@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from wanflow.runtime.cache_curve import Curve
+from wanflow.runtime.easycache import EasyCacheSettings, parse_easycache
 from wanflow.sampling.hooks import Step, StepHook
 
-METHODS = ("magcache",)
+METHODS = ("magcache", "easycache")
 DEFAULT_THRESHOLD = 0.1  # chosen on the combinations seen in training (README, "Step cache and previews")
 MAX_SKIPS = 2  # K: steps in a row that may reuse a residual (MagCache's script default)
 RETENTION = 0.2  # the first fraction of each expert's steps always runs (MagCache's script default)
@@ -47,13 +48,19 @@ class CacheSettings:
         return f"magcache:{self.threshold:g}"
 
 
-def parse_cache(spec: str | None) -> CacheSettings | None:
-    """``None``, "" or "none": no cache; "magcache" or "magcache:THRESHOLD" (a number >= 0)."""
+def parse_cache(spec: str | None) -> CacheSettings | EasyCacheSettings | None:
+    """``None``, "" or "none": no cache; "magcache" or "magcache:THRESHOLD" (a number >= 0); "easycache",
+    "easycache:THRESHOLD" or "easycache:THRESHOLD:START:END" (``runtime.easycache``)."""
     if spec is None or spec in ("", "none"):
         return None
     method, _, value = str(spec).partition(":")
     if method not in METHODS:
-        raise ValueError(f"unknown step cache {spec!r}; use magcache or magcache:THRESHOLD (e.g. magcache:0.1)")
+        raise ValueError(
+            f"unknown step cache {spec!r}; use magcache[:THRESHOLD] (e.g. magcache:0.1) or "
+            "easycache[:THRESHOLD[:START:END]] (e.g. easycache:0.2)"
+        )
+    if method == "easycache":
+        return parse_easycache(value)
     if not value:
         return CacheSettings()
     try:

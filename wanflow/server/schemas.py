@@ -124,7 +124,9 @@ class GenerateRequest(BaseModel):
     sigmas: str | list[float] | None = Field(
         None, description="the steps' noise levels as given, no shift: '1,0.9375,0.8333,0.625' (0 appended)"
     )
-    cache: str | None = Field(None, max_length=40, description="step cache: magcache or magcache:THRESHOLD")
+    cache: str | None = Field(
+        None, max_length=40, description="step cache: magcache[:THRESHOLD] or easycache[:THRESHOLD[:START:END]]"
+    )
     switch_step: int | None = Field(
         None, ge=0, description="A14B: the high-noise expert's steps (default: by timestep)"
     )
