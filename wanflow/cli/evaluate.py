@@ -57,7 +57,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     add_sampler_arguments(p, solver=None)
-    p.add_argument("--cache", metavar="magcache[:THRESHOLD]", help="generate with the step cache (see calibrate-cache)")
+    p.add_argument(
+        "--cache",
+        metavar="magcache[:T]|easycache[:T[:START:END]]",
+        help="generate with the step cache (magcache: see calibrate-cache; easycache: ComfyUI's EasyCache node)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
