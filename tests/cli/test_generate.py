@@ -102,7 +102,7 @@ def run_main(capsys, *args):
         (["--save_file", "/proc/nope/out.mp4"], "cannot write"),
         (["--save_file", "out.avi"], "unsupported output"),
         (["--vae_tile", "-1"], "expected a whole number >= 0"),
-        (["--base_seed", str(2**63)], "seed must be at most 2**63 - 1"),
+        (["--base_seed", str(2**64)], "seed must be at most 2**64 - 1"),
     ],
 )
 def test_bad_input_one_line_exit_2(ckpts, tmp_path, capsys, args, message):

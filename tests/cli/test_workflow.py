@@ -376,17 +376,28 @@ def test_a_seed_gives_comfyuis_initial_noise_on_any_device():
     own, so the draw can only have been the CPU's)."""
     from wanflow.sampling.noise import initial_noise
 
-    seed = 774388746670969  # (the T2V template's)
-    with torch.random.fork_rng():  # (the global generator left as it was)
-        comfy = torch.randn([1, 16, 2, 6, 8], generator=torch.manual_seed(seed), dtype=torch.float32, device="cpu")
-    assert torch.equal(initial_noise((16, 2, 6, 8), seed, "cpu"), comfy)
-    assert torch.equal(initial_noise((16, 2, 6, 8), seed, "cpu", on="cpu"), comfy)
+    for seed in (774388746670969, 2**64 - 5):  # (the T2V template's; one past 2**63, as "randomize" draws half of them)
+        with torch.random.fork_rng():  # (the global generator left as it was)
+            comfy = torch.randn([1, 16, 2, 6, 8], generator=torch.manual_seed(seed), dtype=torch.float32)
+        assert torch.equal(initial_noise((16, 2, 6, 8), seed, "cpu"), comfy)
+        assert torch.equal(initial_noise((16, 2, 6, 8), seed, "cpu", on="cpu"), comfy)
     moved = initial_noise((16, 2, 6, 8), seed, "meta", on="cpu")
     assert moved.device.type == "meta" and moved.shape == comfy.shape
     with pytest.raises(RuntimeError):
         initial_noise((16, 2, 6, 8), seed, "meta")  # (drawn on the device itself by default)
     with pytest.raises(ValueError, match="noise_device is one of"):
         initial_noise((16, 2, 6, 8), seed, "cpu", on="gpu")
+
+
+def test_a_seed_past_2_63_runs(comfy, tmp_path):
+    """ComfyUI's seed widgets go up to 2**64 - 1: such a workflow runs, and its video says its seed."""
+    w = t2v()
+    node(w, 57)["widgets_values"][1] = 2**64 - 1
+    args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    assert args[args.index("--base_seed") + 1] == str(2**64 - 1)
+    assert main(["generate", "--workflow", str(tmp_path / "workflow.json"), "--comfy_dir", str(comfy),
+                 "--save_file", str(tmp_path / "out.mp4")]) == 0  # fmt: skip
+    assert torch.manual_seed(2**64 - 1).initial_seed() == 2**64 - 1  # (torch's generators take the whole range)
 
 
 def test_a_setting_the_file_lacks_is_named(comfy, tmp_path):

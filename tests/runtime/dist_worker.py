@@ -258,6 +258,7 @@ def main(out: Path, names: list[str]) -> None:
     torch.use_deterministic_algorithms(True)
     ctx = init_from_env(timeout_s=60, seed=100 + int(os.environ["RANK"]))  # every rank must end up with 100
     results: dict[str, object] = {"seed": ctx.seed, "drawn_seed": broadcast_seed(draw_seed(-1))}
+    results["top_seed"] = broadcast_seed(2**64 - 1 - int(os.environ["RANK"]))  # (past int64: rank 0's, as its bits)
     for name in names:
         check = CHECKS[name]
         results[name] = check(ctx, out) if name.startswith("pipeline") else check(ctx)

@@ -134,6 +134,7 @@ def test_seed_from_rank0_and_only_rank0_writes(two):
     results, out = two
     assert [r["seed"] for r in results] == [100, 100]  # each rank asked for 100 + rank
     assert results[0]["drawn_seed"] == results[1]["drawn_seed"] >= 0  # -1: one random seed for all
+    assert [r["top_seed"] for r in results] == [2**64 - 1, 2**64 - 1]  # (ComfyUI's largest seed, rank 0's)
     assert sorted(p.name for p in out.glob("written_by_rank*")) == ["written_by_rank0"]
 
 

@@ -40,6 +40,8 @@ def test_seeds_round_trip_exactly(browser, server):
     assert api["seed"] is None and api["params"]["seed"] == str(int(BIG_SEED) + 1)
     as_text = server.client.post("/api/jobs", json={**_T2V, "prompt": "text seed", "seed": "9007199254740993"})
     assert as_text.json()["params"]["seed"] == "9007199254740993"  # 2^53 + 1
+    top = server.client.post("/api/jobs", json={**_T2V, "prompt": "top seed", "seed": str(2**64 - 1)})
+    assert top.json()["params"]["seed"] == str(2**64 - 1)  # (ComfyUI's largest)
     errors: list = []
     page = open_page(browser, server, errors)
     page.select_option("#task", "t2v-A14B")
@@ -52,7 +54,8 @@ def test_seeds_round_trip_exactly(browser, server):
     assert BIG_SEED in card.text_content()
     job = next(j for j in server.client.get("/api/jobs").json() if j["params"]["prompt"] == "a seeded fox")
     assert job["seed"] == BIG_SEED and job["status"] == "done"
-    for prompt, seed in (("api seed", str(int(BIG_SEED) + 1)), ("text seed", "9007199254740993")):
+    seeds = (("api seed", str(int(BIG_SEED) + 1)), ("text seed", "9007199254740993"), ("top seed", str(2**64 - 1)))
+    for prompt, seed in seeds:
         server.wait(next(j["id"] for j in server.client.get("/api/jobs").json() if j["params"]["prompt"] == prompt))
         page.evaluate("refresh()")
         other = page.locator("#gallery .card", has_text=prompt)

@@ -125,9 +125,10 @@ def test_renew_and_finish_belong_to_the_owner(store):
     assert not store.update(job_id, owner="w2", progress=0.5)  # a stale worker changes nothing
     assert store.update(job_id, owner="w1", progress=0.25, stage="denoise", step=1, steps=4)
     assert not store.finish(job_id, "done", owner="w2", progress=1.0)
-    assert store.finish(job_id, "done", owner="w1", progress=1.0, seed=2**63 - 1, output=f"videos/{job_id}.mp4")
-    done = store.get(job_id)
-    assert (done["status"], done["progress"], done["seed"], done["output"]) == ("done", 1.0, 2**63 - 1, done["output"])
+    assert store.finish(job_id, "done", owner="w1", progress=1.0, seed=2**64 - 1, output=f"videos/{job_id}.mp4")
+    done = store.get(job_id)  # (a seed past 2**63 in a BIGINT column: its bits, read back as the seed)
+    assert (done["status"], done["progress"], done["seed"], done["output"]) == ("done", 1.0, 2**64 - 1, done["output"])
+    assert store.list()[0]["seed"] == 2**64 - 1
     assert done["finished_at"] >= done["started_at"] and done["lease_until"] is None
     assert store.renew(job_id, "w1", 60) == "lost"
     assert not store.finish(job_id, "failed", owner="w1")  # ends once

@@ -12,10 +12,10 @@ the new frames. How a window takes the given frames is the task's own conditioni
   instead of TI2V's one) and their tokens see t = 0.
 
 Each window is prepared by the task's conditioning file like a one-window video of its length (a last image enters
-on the last window only), draws its noise from ``seed + k`` (window 1 is the one-window video of the same seed), and
-has its own prompt. The video keeps the given frames as the earlier window made them. Each window is decoded in the
-context it was made in ([frame 0, overlap, new], keeping the new frames' pixels): the causal VAE then never decodes a
-stretch longer than a window. With ``anchor`` the new frames of each window are colour-graded towards window 1 (each
+on the last window only), draws its noise from ``seed + k`` (modulo 2**64, the seeds' range; window 1 is the
+one-window video of the same seed), and has its own prompt. The video keeps the given frames as the earlier window
+made them. Each window is decoded in the context it was made in ([frame 0, overlap, new], keeping the new frames'
+pixels): the causal VAE then never decodes a stretch longer than a window. With ``anchor`` the new frames of each window are colour-graded towards window 1 (each
 RGB channel's mean and spread moved by that fraction to window 1's, as a colour-match node does); it changes pixels
 only, never the latents the next window is conditioned on.
 
@@ -118,7 +118,7 @@ def window_request(request: Request, k: int, latent_frames: int, last: bool) -> 
         request,
         prompt=request.windows.prompts[k],
         frames=pixel_count(latent_frames),
-        seed=request.seed + k,
+        seed=(request.seed + k) % 2**64,  # (seeds go up to 2**64 - 1)
         last_image=request.last_image if last else None,
         windows=None,
     )

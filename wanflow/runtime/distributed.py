@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from wanflow.sampling.noise import draw_seed
+from wanflow.sampling.noise import as_int64, draw_seed, from_int64
 
 T = TypeVar("T")
 
@@ -115,9 +115,9 @@ def broadcast_seed(seed: int, device: torch.device | str = "cpu", group: dist.Pr
     """Rank 0's seed (of ``group``) on every rank."""
     if not dist.is_initialized():
         return seed
-    value = torch.tensor([seed], dtype=torch.int64, device=device)
+    value = torch.tensor([as_int64(seed)], dtype=torch.int64, device=device)  # (seeds go up to 2**64 - 1)
     dist.broadcast(value, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
-    return int(value.item())
+    return from_int64(int(value.item()))
 
 
 def broadcast_object(obj: T) -> T:

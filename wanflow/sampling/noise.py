@@ -7,17 +7,28 @@ import sys
 
 import torch
 
-MAX_SEED = 2**63 - 1  # the largest seed taken (the server's schema too): a signed 64-bit integer
+# the largest seed taken (the server's schema too): an unsigned 64-bit integer, torch's generators' range and ComfyUI's
+# seed widgets' (whose "randomize" draws past 2**63 about half the time)
+MAX_SEED = 2**64 - 1
 
 
 def draw_seed(seed: int | None, name: str = "seed") -> int:
-    """The reference's rule: a negative seed (or None) draws one at random; one past ``MAX_SEED`` is refused (a
-    generator and the distributed broadcast take 64-bit integers)."""
+    """The reference's rule: a negative seed (or None) draws one at random; one past ``MAX_SEED`` is refused."""
     if seed is None or seed < 0:
         return random.randint(0, sys.maxsize)
     if int(seed) > MAX_SEED:
-        raise ValueError(f"{name} must be at most 2**63 - 1 ({MAX_SEED}), or negative for a random one; got {seed}")
+        raise ValueError(f"{name} must be at most 2**64 - 1 ({MAX_SEED}), or negative for a random one; got {seed}")
     return int(seed)
+
+
+def as_int64(seed: int) -> int:
+    """A seed as the signed 64-bit integer of the same bits (for an int64 tensor or a BIGINT column)."""
+    return seed - 2**64 if seed > 2**63 - 1 else seed
+
+
+def from_int64(value: int) -> int:
+    """The seed ``as_int64`` stored."""
+    return value + 2**64 if value < 0 else value
 
 
 NOISE_DEVICES = ("device", "cpu")  # where the initial noise is drawn: the run's device (the reference's), or the CPU

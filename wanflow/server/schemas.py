@@ -317,7 +317,7 @@ class JobView(BaseModel):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
-    seed: str | None = Field(None, description="a string: seeds go up to 2^63, past what JavaScript numbers hold")
+    seed: str | None = Field(None, description="a string: seeds go up to 2^64 - 1, past what JavaScript numbers hold")
     params: dict[str, object] = Field(description="the request, its seed as a string")
     has_image: bool = False
     video_url: str | None = None

@@ -18,6 +18,8 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 
+from wanflow.sampling.noise import as_int64, from_int64
+
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 STALE_WORKER_SECONDS = 7 * 86400  # a worker not seen for this long leaves the registry (and its models with it)
@@ -223,6 +225,7 @@ class JobStore:
         """Sets ``fields`` (progress, stage, ...); with ``owner``, only while that worker runs the job."""
         if not fields:
             return True
+        fields = columns(fields)
         names = ", ".join(f"{name} = ?" for name in fields)
         where, args = ("", ()) if owner is None else (" AND worker = ? AND status = 'running'", (owner,))
         return (
@@ -236,6 +239,7 @@ class JobStore:
         """The job ends (``status`` in TERMINAL) or goes back to the queue ("queued"); with ``owner``, only if that
         worker still runs it. False when it did not (its lease was lost)."""
         assert status in TERMINAL or status == "queued", status
+        fields = columns(fields)
         if status == "queued":
             fields = {"worker": None, "started_at": None} | fields
         names = ", ".join(f"{name} = ?" for name in fields)
@@ -425,4 +429,11 @@ def job_record(row: Mapping) -> dict:
     job["has_image"] = bool(job["has_image"])
     job["cancel_requested"] = bool(job["cancel_requested"])
     job["extend_prompt"] = bool(job.get("extend_prompt"))
+    job["seed"] = None if job.get("seed") is None else from_int64(job["seed"])
     return job
+
+
+def columns(fields: Mapping[str, object]) -> dict[str, object]:
+    """A job's fields as its columns hold them: the seed (up to 2**64 - 1) as the BIGINT of its bits."""
+    seed = fields.get("seed")
+    return dict(fields) if seed is None else {**fields, "seed": as_int64(int(seed))}

@@ -10,7 +10,7 @@ OPENAI_STATUS = {"queued": "queued", "running": "in_progress", "done": "complete
 
 
 def job_view(job: dict, waiting: str | None = None) -> JobView:
-    """The job, its seeds as strings: a seed is up to 2^63 and a JavaScript number holds integers up to 2^53 only,
+    """The job, its seeds as strings: a seed is up to 2^64 - 1 and a JavaScript number holds integers up to 2^53 only,
     so a page would show (and a user copy) 1697222650902034796 as 1697222650902034700."""
     fields = {k: job[k] for k in JobView.model_fields if k in job}
     fields["video_url"] = f"/api/jobs/{job['id']}/video" if job["status"] == "done" else None
