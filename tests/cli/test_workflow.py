@@ -494,10 +494,10 @@ def test_kjnodes_nag(comfy, tmp_path, caplog):
                                  "--nag_negative_prompt", "blurry"]  # fmt: skip
     assert "runs as wanflow's NAG" in caplog.text
     node(w, 71)["widgets_values"][0] = 5.0
-    with pytest.raises(ValueError, match="WanVideoNAG differs between the experts"):
+    with pytest.raises(ValueError, match="WanVideoNAG differs between the samplers' models"):
         workflow_arguments(write(tmp_path, w.json()), str(comfy))
     relink(w, 58, "model", 55)  # the low-noise expert without NAG
-    with pytest.raises(ValueError, match="WanVideoNAG differs between the experts"):
+    with pytest.raises(ValueError, match="WanVideoNAG differs between the samplers' models"):
         workflow_arguments(write(tmp_path, w.json()), str(comfy))
     relink(w, 58, "model", 71)
     node(w, 70)["widgets_values"][0] = node(w, 71)["widgets_values"][0] = 1.0
@@ -520,14 +520,38 @@ def test_kjnodes_riflex(comfy, tmp_path, caplog):
     relink(w, 73, "latent", 61)
     assert workflow_arguments(write(tmp_path, w.json()), str(comfy)) == args
     node(w, 61)["widgets_values"][2] = 9
-    with pytest.raises(ValueError, match="not the video's latent"):
+    with pytest.raises(ValueError, match=r"not the video's latent .* wanflow's RIFLEx works on the video's own frames"):
         workflow_arguments(write(tmp_path, w.json()), str(comfy))
     relink(w, 73, "latent", 59)
     node(w, 73)["widgets_values"][0] = 4
-    with pytest.raises(ValueError, match="ApplyRifleXRoPE_WanVideo differs between the experts"):
+    with pytest.raises(ValueError, match="ApplyRifleXRoPE_WanVideo differs between the samplers' models"):
         workflow_arguments(write(tmp_path, w.json()), str(comfy))
     relink(w, 58, "model", 55)  # the low-noise expert without it
-    with pytest.raises(ValueError, match="ApplyRifleXRoPE_WanVideo differs between the experts"):
+    with pytest.raises(ValueError, match="ApplyRifleXRoPE_WanVideo differs between the samplers' models"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+
+
+def test_kjnodes_enhance_a_video(comfy, tmp_path, caplog):
+    """KJNodes' WanVideo Enhance A Video (native) on both experts, given the video's latent, becomes
+    ``--enhance_a_video W``; weight 0 (the node then leaves the model as it is) is left out; another weight on each
+    expert, or another latent's frames, is an error."""
+    w = t2v()
+    for sampler, sampling, node_id in ((57, 54, 78), (58, 55, 79)):
+        w.add(node_id, "WanVideoEnhanceAVideoKJ", [2.5], model=(sampling, 0), latent=(59, 0))
+        relink(w, sampler, "model", node_id)
+    with caplog.at_level(logging.WARNING, logger="wanflow"):
+        args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    assert args[args.index("--enhance_a_video") : args.index("--enhance_a_video") + 2] == ["--enhance_a_video", "2.5"]
+    assert "runs as wanflow's Enhance-A-Video" in caplog.text
+    assert workflow_arguments(write(tmp_path, api(w), "api.json"), str(comfy)) == args
+    node(w, 79)["widgets_values"][0] = 1.0
+    with pytest.raises(ValueError, match="WanVideoEnhanceAVideoKJ differs between the samplers' models"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    node(w, 78)["widgets_values"][0] = node(w, 79)["widgets_values"][0] = 0.0
+    assert "--enhance_a_video" not in workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    w.add(62, "EmptyHunyuanLatentVideo", [64, 48, 9, 1])
+    relink(w, 79, "latent", 62)
+    with pytest.raises(ValueError, match=r"is given node 62 .* wanflow's Enhance-A-Video works on the video's own"):
         workflow_arguments(write(tmp_path, w.json()), str(comfy))
 
 

@@ -203,20 +203,21 @@ def test_schedule_fields_are_checked_before_queueing(served, change, message):
     assert r.status_code == 422 and message in r.text, r.text
 
 
-GUIDED = {"nag_scale": 11.0, "nag_alpha": 0.25, "nag_tau": 2.5, "nag_negative_prompt": "blurry",
-          "riflex": 2, "slg_layers": "1", "slg_scale": 3.0, "slg_percent": "0.01,0.5"}  # fmt: skip
+GUIDED = {"nag_scale": 11.0, "nag_alpha": 0.25, "nag_tau": 2.5, "nag_negative_prompt": "blurry", "riflex": 2,
+          "enhance_a_video": 2.0, "slg_layers": "1", "slg_scale": 3.0, "slg_percent": "0.01,0.5"}  # fmt: skip
 
 
 def guided_workflow():
-    """``workflow()`` with KJNodes' WanVideoNAG and Apply RifleXRoPE WanVideo and ComfyUI's SkipLayerGuidanceDiT on
-    both experts (``GUIDED``)."""
+    """``workflow()`` with KJNodes' WanVideoNAG, Apply RifleXRoPE WanVideo and WanVideo Enhance A Video and ComfyUI's
+    SkipLayerGuidanceDiT on both experts (``GUIDED``)."""
     from tests.cli.test_workflow import relink
 
     w = workflow().add(9, "CLIPTextEncode", ["blurry"], clip=(38, 0))
-    for sampler, sampling, nag, slg, riflex in ((57, 54, 70, 72, 74), (58, 55, 71, 73, 75)):
+    for sampler, sampling, nag, slg, riflex, enhance in ((57, 54, 70, 72, 74, 76), (58, 55, 71, 73, 75, 77)):
         w.add(nag, "WanVideoNAG", [11.0, 0.25, 2.5, "default"], model=(sampling, 0), conditioning=(9, 0))
         w.add(riflex, "ApplyRifleXRoPE_WanVideo", [2], model=(nag, 0), latent=(59, 0))
-        w.add(slg, "SkipLayerGuidanceDiT", ["1", "", 3.0, 0.01, 0.5, 0.0], model=(riflex, 0))
+        w.add(enhance, "WanVideoEnhanceAVideoKJ", [2.0], model=(riflex, 0), latent=(59, 0))
+        w.add(slg, "SkipLayerGuidanceDiT", ["1", "", 3.0, 0.01, 0.5, 0.0], model=(enhance, 0))
         relink(w, sampler, "model", slg)
     return w
 
@@ -248,10 +249,9 @@ def test_the_page_sends_what_its_form_lacks(browser, served, tmp_path):
     page = page_with_workflow(browser, served, tmp_path, guided_workflow(), "a guided fox", "also sent", errors)
     notes = page.text_content("#workflow-notes")
     assert "slg_percent 0.01,0.5" in notes and "nag_alpha 0.25" in notes and "slg_scale 3" in notes
-    assert page.eval_on_selector("#form", "f => [f.nag_scale.value, f.slg_layers.value, f.riflex.value]") == [
-        "11", "1", "2"
-    ]  # fmt: skip
-    assert "riflex" not in notes.split("also sent")[1]  # (the form's own input)
+    form = "f => [f.nag_scale.value, f.slg_layers.value, f.riflex.value, f.enhance_a_video.value]"
+    assert page.eval_on_selector("#form", form) == ["11", "1", "2", "2"]
+    assert "riflex" not in notes.split("also sent")[1] and "enhance" not in notes.split("also sent")[1]  # (its inputs)
     page.click("button[type=submit]")
     page.locator("#gallery .card", has_text="a guided fox").wait_for(timeout=60_000)
     job = next(j for j in served.client.get("/api/jobs").json() if j["params"]["prompt"] == "a guided fox")

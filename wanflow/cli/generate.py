@@ -72,6 +72,7 @@ OPTION_FLAGS = {
     **{name: name for name in ("slg_layers", "slg_scale", "slg_start", "slg_stop", "slg_mode", "slg_percent")},
     **{name: name for name in ("nag_scale", "nag_tau", "nag_alpha", "nag_negative_prompt")},
     "riflex": "riflex",
+    "enhance_a_video": "enhance_a_video",
 }
 
 
@@ -219,6 +220,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="RIFLEx for videos longer than the model's 81 frames: the DiT's K-th frame frequency lowered so the "
         "motion does not repeat (6: KJNodes' Apply RifleXRoPE WanVideo default; 0: off)",
+    )
+    add_flag(
+        p,
+        "enhance_a_video",
+        type=float,
+        metavar="W",
+        help="Enhance-A-Video: each block's self-attention output scaled up by how much its frames attend to each "
+        "other, W added to the frame count (2: KJNodes' WanVideo Enhance A Video default; 0: off)",
     )
     add_flag(p, "save_file", help="output .mp4, .gif, or a folder ending in / for PNG frames")
     add_flag(

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import shlex
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from wanflow.cli.workflow_custom import as_ksamplers
 from wanflow.cli.workflow_image import ImageSize, image_source, size_setting
@@ -34,9 +36,10 @@ SAMPLER_NODES = ("KSamplerAdvanced", "KSampler")
 SAMPLERS = tuple(name for name in SOLVERS if name not in REFERENCE_SOLVERS)  # (ComfyUI's)
 ALIASES = {"ddim": "euler"}  # ComfyUI's ddim is its euler (with inpainting's noise drawn anew, which no Wan task has)
 RIFLEX_NODE = "ApplyRifleXRoPE_WanVideo"  # (KJNodes' "Apply RifleXRoPE WanVideo")
+ENHANCE_NODE = "WanVideoEnhanceAVideoKJ"  # (KJNodes' "WanVideo Enhance A Video (native)")
 MODEL_NODES = {
     "ModelSamplingSD3", "LoraLoaderModelOnly", "LoraLoader", POWER_LORA_LOADER, "CFGZeroStar", "WanVideoNAG",
-    RIFLEX_NODE, "EasyCache", *SLG_NODES,
+    RIFLEX_NODE, ENHANCE_NODE, "EasyCache", *SLG_NODES,
 }  # fmt: skip
 SPEED_ONLY = {"PathchSageAttentionKJ", "ModelPatchTorchSettings", "TorchCompileModel", "TorchCompileModelWanVideoV2"}
 LATENTS = ("EmptyHunyuanLatentVideo", "Wan22ImageToVideoLatent", "WanImageToVideo", "WanFirstLastFrameToVideo")
@@ -80,7 +83,8 @@ def _settings(graph: Graph, files: Files) -> tuple[list[str], list[str]]:
     args = sampling_arguments(graph, chain, experts)
     for expert in dict.fromkeys(experts):
         args += model_arguments(graph, [s for s, e in zip(chain, experts, strict=True) if e == expert], expert, files)
-    args += nag_arguments(graph, chain) + riflex_arguments(graph, chain) + easycache_arguments(graph, chain)
+    for patch in (nag_arguments, riflex_arguments, enhance_arguments, easycache_arguments):
+        args += patch(graph, chain)
     slg = slg_arguments(graph, chain, model_path)
     if slg and "--sigmas" in args:  # (its window is the model's percent, at the shift given sigmas leave out)
         raise ValueError(f"{graph.name}: skip layer guidance beside uni_pc on BasicScheduler's sigmas; wanflow "
@@ -317,26 +321,40 @@ def loras_of(graph: Graph, node: Node) -> list[tuple[str, float]]:
     return [(name, strength) for name, strength in found if strength != 0]
 
 
-def nag_arguments(graph: Graph, chain: list[Node]) -> list[str]:
-    """KJNodes' WanVideoNAG (scale, alpha, tau and the negative prompt of its conditioning) as wanflow's NAG, which
-    runs the authors' formulation on every expert: the same settings on each expert, or an error."""
+def on_every_sampler(graph: Graph, chain: list[Node], kind: str, read: Callable[[Node], Any]) -> Any:
+    """``read`` of the ``kind`` node on each sampler's model, the same on every one (wanflow runs one for the whole
+    run), or an error; None where no sampler's model has one."""
     found = []
     for sampler in chain:
-        nodes = [n for n in model_path(graph, sampler) if n.type == "WanVideoNAG"]
-        found.append(
-            None
-            if not nodes
-            else (
-                *(float(graph.value(nodes[0], k)) for k in ("nag_scale", "nag_alpha", "nag_tau")),
-                str(graph.value(prompt_node(graph, nodes[0], "conditioning", 0), "text")),
-            )
-        )
+        nodes = [n for n in model_path(graph, sampler) if n.type == kind]
+        found.append(read(nodes[0]) if nodes else None)
     if len(set(found)) > 1:
-        raise ValueError(f"{graph.name}: WanVideoNAG differs between the experts (their samplers); wanflow runs one "
-                         "NAG on every expert")  # fmt: skip
-    if found[0] is None:
+        raise ValueError(f"{graph.name}: {kind} differs between the samplers' models; wanflow runs one on every call")
+    return found[0]
+
+
+def check_video_latent(graph: Graph, node: Node, chain: list[Node], what: str) -> None:
+    """A node that reads the frame count of the latent it is given: that latent must be the video's (or one of its
+    frames), since wanflow's ``what`` works on the frames the DiT sees."""
+    latent, video = graph.upstream(node, "latent"), graph.upstream(chain[0], "latent_image")
+    frames = [int(graph.value(n, "length", -1)) for n in (latent, video)]
+    if latent.id != video.id and (latent.type not in LATENTS or frames[0] != frames[1]):
+        raise ValueError(f"{graph.name}: {describe(node)} is given {describe(latent)}, not the video's latent "
+                         f"({describe(video)}); wanflow's {what} works on the video's own frames")  # fmt: skip
+
+
+def nag_arguments(graph: Graph, chain: list[Node]) -> list[str]:
+    """KJNodes' WanVideoNAG (scale, alpha, tau and the negative prompt of its conditioning) as wanflow's NAG, which
+    runs the authors' formulation on every expert."""
+
+    def read(node: Node) -> tuple:
+        numbers = (float(graph.value(node, k)) for k in ("nag_scale", "nag_alpha", "nag_tau"))
+        return (*numbers, str(graph.value(prompt_node(graph, node, "conditioning", 0), "text")))
+
+    found = on_every_sampler(graph, chain, "WanVideoNAG", read)
+    if found is None:
         return []
-    scale, alpha, tau, negative = found[0]
+    scale, alpha, tau, negative = found
     if scale <= 1:
         graph.say(f"WanVideoNAG at scale {scale:g} changes nothing (NAG acts above 1); left out")
         return []
@@ -346,43 +364,42 @@ def nag_arguments(graph: Graph, chain: list[Node]) -> list[str]:
 
 
 def riflex_arguments(graph: Graph, chain: list[Node]) -> list[str]:
-    """KJNodes' Apply RifleXRoPE WanVideo as ``--riflex K``: its frequency for the frames of the latent it is given,
-    which must be the video's (wanflow lowers it for the frames the DiT sees), and the same on every expert."""
-    found = []
-    for sampler in chain:
-        nodes = [n for n in model_path(graph, sampler) if n.type == RIFLEX_NODE]
-        for node in nodes:
-            latent, video = graph.upstream(node, "latent"), graph.upstream(chain[0], "latent_image")
-            frames = [int(graph.value(n, "length", -1)) for n in (latent, video)]
-            if latent.id != video.id and (latent.type not in LATENTS or frames[0] != frames[1]):
-                raise ValueError(
-                    f"{graph.name}: {describe(node)} is given {describe(latent)}, not the video's latent "
-                    f"({describe(video)}); wanflow lowers RIFLEx's frequency for the video's own frames"
-                )
-        found.append(int(graph.value(nodes[0], "k")) if nodes else None)
-    if len(set(found)) > 1:
-        raise ValueError(f"{graph.name}: {RIFLEX_NODE} differs between the experts (their samplers); wanflow runs "
-                         "one RIFLEx on every expert")  # fmt: skip
-    if found[0] is None:
+    """KJNodes' Apply RifleXRoPE WanVideo as ``--riflex K`` (its frequency for the frames of the video's latent)."""
+
+    def read(node: Node) -> int:
+        check_video_latent(graph, node, chain, "RIFLEx")
+        return int(graph.value(node, "k"))
+
+    k = on_every_sampler(graph, chain, RIFLEX_NODE, read)
+    if k is None:
         return []
-    graph.say(f"KJNodes' {RIFLEX_NODE} runs as wanflow's RIFLEx (--riflex {found[0]})")
-    return ["--riflex", str(found[0])]
+    graph.say(f"KJNodes' {RIFLEX_NODE} runs as wanflow's RIFLEx (--riflex {k})")
+    return ["--riflex", str(k)]
+
+
+def enhance_arguments(graph: Graph, chain: list[Node]) -> list[str]:
+    """KJNodes' WanVideo Enhance A Video (native) as ``--enhance_a_video W`` (for the frames of the video's latent);
+    its weight 0 leaves the model as it is."""
+
+    def read(node: Node) -> float:
+        check_video_latent(graph, node, chain, "Enhance-A-Video")
+        return float(graph.value(node, "weight"))
+
+    weight = on_every_sampler(graph, chain, ENHANCE_NODE, read)
+    if not weight:
+        return []
+    graph.say(f"KJNodes' {ENHANCE_NODE} runs as wanflow's Enhance-A-Video (--enhance_a_video {weight:g})")
+    return ["--enhance_a_video", f"{weight:g}"]
 
 
 def easycache_arguments(graph: Graph, chain: list[Node]) -> list[str]:
-    """ComfyUI's EasyCache node as ``--cache easycache:T:START:END``: the same settings on every sampler's model."""
-    found = []
-    for sampler in chain:
-        nodes = [n for n in model_path(graph, sampler) if n.type == "EasyCache"]
-        keys = ("reuse_threshold", "start_percent", "end_percent")
-        found.append(tuple(float(graph.value(nodes[0], k)) for k in keys) if nodes else None)
-    if len(set(found)) > 1:
-        raise ValueError(f"{graph.name}: EasyCache differs between the samplers' models; wanflow runs one EasyCache "
-                         "on every sampler call")  # fmt: skip
-    if found[0] is None:
+    """ComfyUI's EasyCache node as ``--cache easycache:T:START:END``."""
+    keys = ("reuse_threshold", "start_percent", "end_percent")
+    found = on_every_sampler(graph, chain, "EasyCache", lambda n: tuple(float(graph.value(n, k)) for k in keys))
+    if found is None:
         return []
     graph.say("ComfyUI's EasyCache runs as wanflow's (its rule on each sampler call)")
-    return ["--cache", "easycache:{:g}:{:g}:{:g}".format(*found[0])]
+    return ["--cache", "easycache:{:g}:{:g}:{:g}".format(*found)]
 
 
 def text_arguments(graph: Graph, sampler: Node, files: Files, guided: bool) -> list[str]:

@@ -80,6 +80,7 @@ WIDGETS: dict[str, tuple[str, ...]] = {
     "SaveAnimatedPNG": ("filename_prefix", "fps", "compress_level"),
     "WanVideoNAG": ("nag_scale", "nag_alpha", "nag_tau", "input_type"),  # (KJNodes)
     "ApplyRifleXRoPE_WanVideo": ("k",),  # (KJNodes)
+    "WanVideoEnhanceAVideoKJ": ("weight",),  # (KJNodes)
     "EasyCache": ("reuse_threshold", "start_percent", "end_percent", "verbose"),
     "SkipLayerGuidanceDiT": (
         "double_layers",

@@ -15,9 +15,9 @@ Each window is prepared by the task's conditioning file like a one-window video 
 on the last window only), draws its noise from ``seed + k`` (modulo 2**64, the seeds' range; window 1 is the
 one-window video of the same seed), and has its own prompt. The video keeps the given frames as the earlier window
 made them. Each window is decoded in the context it was made in ([frame 0, overlap, new], keeping the new frames'
-pixels): the causal VAE then never decodes a stretch longer than a window. With ``anchor`` the new frames of each window are colour-graded towards window 1 (each
-RGB channel's mean and spread moved by that fraction to window 1's, as a colour-match node does); it changes pixels
-only, never the latents the next window is conditioned on.
+pixels): the causal VAE then never decodes a stretch longer than a window. With ``anchor`` the new frames of each
+window are colour-graded towards window 1 (each RGB channel's mean and spread moved by that fraction to window 1's, as
+a colour-match node does); it changes pixels only, never the latents the next window is conditioned on.
 
 Video to video over windows (``Request.video``): the whole video is encoded once and each window starts from its
 own stretch of those latents, laid out as the window (frame 0, the overlap, the new frames), noised to the strength.

@@ -55,6 +55,7 @@ from wanflow.pipelines.video_to_video import from_video, video_pixels
 from wanflow.runtime.cache_curve import load_curve
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.easycache import EasyCache, EasyCacheSettings
+from wanflow.runtime.enhance_a_video import EnhanceAVideo
 from wanflow.runtime.fp8 import quantize_fp8
 from wanflow.runtime.nag import Nag
 from wanflow.runtime.offload import ExpertPlacement, choose_policy
@@ -592,6 +593,8 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             hooks.append(Nag(request.nag))
         if request.riflex:
             hooks.append(Riflex(request.riflex))
+        if request.enhance_a_video:
+            hooks.append(EnhanceAVideo(request.enhance_a_video))
         return denoise(self._placement, noise, cond, sampler, hooks)
 
     def step_cache(self, settings: CacheSettings) -> MagCache:

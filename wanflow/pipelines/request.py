@@ -96,6 +96,9 @@ class GenerateOptions:
     # RIFLEx (``runtime.riflex``): the DiT's frame frequency k (1-based) lowered for the video's length, for videos
     # longer than the model's 81 frames (6: KJNodes' and the authors' Wan setting); None or 0: off
     riflex: int | None = None
+    # Enhance-A-Video (``runtime.enhance_a_video``): each block's self-attention output scaled by its frames' mutual
+    # attention, this weight added to the frame count (2: KJNodes' node's default); None or 0: off
+    enhance_a_video: float | None = None
     scheduler: str | None = None  # ComfyUI's scheduler names (``sampling.comfy_schedules``); None: the solver's grid
     sigmas: Any = None  # the schedule itself, no shift ("1,0.94,0.83,0.63" or a list), ending at 0; None: off
     # ComfyUI's chain of sampler calls (``pipelines.calls``): the steps the calls after the first start at ("2,4" or
@@ -267,6 +270,7 @@ class Request:
     guidance: Guidance = CFG  # how each step's two predictions combine (``sampling.guidance``)
     nag: NagSettings | None = None  # normalized attention guidance (``runtime.nag``); None: off
     riflex: int = 0  # RIFLEx's frame frequency (``runtime.riflex``); 0: off
+    enhance_a_video: float = 0.0  # Enhance-A-Video's weight (``runtime.enhance_a_video``); 0: off
     calls: CallPlan | None = None  # ComfyUI's chain of sampler calls (``pipelines.calls``); None: one run
 
     @property
@@ -298,6 +302,7 @@ class Request:
             **({"slg": self.guidance.slg.metadata()} if self.guidance.slg is not None else {}),
             **({"nag": self.nag.metadata(self.negative_prompt)} if self.nag is not None else {}),
             **({"riflex": self.riflex} if self.riflex else {}),
+            **({"enhance_a_video": self.enhance_a_video} if self.enhance_a_video else {}),
             **(self.calls.metadata() if self.calls is not None else {}),
         }
 
@@ -372,6 +377,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         guidance=dataclasses.replace(parse_guidance(o.guidance), slg=_slg(o, shift)),
         nag=_nag(o),
         riflex=_riflex(o.riflex),
+        enhance_a_video=_enhance(o.enhance_a_video),
         grid=grid,
         calls=calls,
     )
@@ -479,6 +485,18 @@ def _riflex(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"riflex is the frame frequency to lower, a whole number such as 6 (0: off), got {value!r}")
     return value
+
+
+def _enhance(value: Any) -> float:
+    """Enhance-A-Video's weight, a number >= 0 (0: off)."""
+    if value is None:
+        return 0.0
+    number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+    if not 0.0 <= number < float("inf"):
+        raise ValueError(
+            f"enhance_a_video is Enhance-A-Video's weight, a number >= 0 such as 2 (0: off), got {value!r}"
+        )
+    return number
 
 
 def _off(prefix: str, details: dict[str, Any], what: str, how: str) -> None:

@@ -163,6 +163,9 @@ class GenerateRequest(BaseModel):
     riflex: int | None = Field(
         None, ge=0, le=64, description="RIFLEx for videos past 81 frames: the frame frequency to lower (6); 0: off"
     )
+    enhance_a_video: float | None = Field(
+        None, ge=0, le=MAX_GUIDE, description="Enhance-A-Video's weight (2: KJNodes' default); 0: off"
+    )
     loras: list[LoraChoice] = Field(default_factory=list, max_length=MAX_LORAS, description="by name (GET /api/loras)")
     window_frames: int | None = Field(None, ge=1, description="frames per window of a longer video (4n+1)")
     window_overlap: int | None = Field(None, ge=4, description="frames a window takes from the one before (4k)")
@@ -275,6 +278,7 @@ class GenerateRequest(BaseModel):
             nag_alpha=self.nag_alpha,
             nag_negative_prompt=self.nag_negative_prompt,
             riflex=self.riflex,
+            enhance_a_video=self.enhance_a_video,
         )
 
 

@@ -27,7 +27,7 @@ SUFFIXES = (".json", ".png", ".webp", ".mp4", ".webm", ".mov")
 SAME_NAME = (
     "guidance", "switch_step", "noise_device", "fps", "scheduler", "sigmas", "low_noise_shift", "image_fit",
     "sampler_calls", "call_guide_scale", "call_seeds", "image_scale",
-    "nag_scale", "nag_alpha", "nag_tau", "nag_negative_prompt", "riflex", "cache",
+    "nag_scale", "nag_alpha", "nag_tau", "nag_negative_prompt", "riflex", "enhance_a_video", "cache",
     "slg_layers", "slg_scale", "slg_start", "slg_stop", "slg_mode", "slg_percent",
 )  # fmt: skip
 # the other flags a job carries (under its own names, or read below), and those the server's own setup replaces

@@ -226,7 +226,8 @@ function galleryCard(job) {
     preset: p.preset, loras: (p.loras || []).map((l) => `${l.name}:${l.strength ?? 1}${l.expert ? "@" + l.expert : ""}`).join(", "),
     rule: p.guidance, NAG: p.nag_scale ? `${p.nag_scale}${p.nag_negative_prompt ? " · " + p.nag_negative_prompt : ""}` : null,
     SLG: p.slg_layers, scheduler: p.scheduler, sigmas: p.sigmas && [].concat(p.sigmas).join(","), "switch step": p.switch_step, cache: p.cache,
-    fps: p.fps, noise: p.noise_device, "low-noise seed": p.low_noise_seed, RIFLEx: p.riflex };
+    fps: p.fps, noise: p.noise_device, "low-noise seed": p.low_noise_seed, RIFLEx: p.riflex,
+    "Enhance-A-Video": p.enhance_a_video };
   const dl = el("dl");
   for (const [key, value] of Object.entries(settings)) {
     if (value != null && value !== "") dl.append(el("dt", { textContent: key }), el("dd", { textContent: String(value) }));
