@@ -67,6 +67,18 @@ def test_threshold_zero_is_the_uncached_run():
     assert forwards[0] == 2 * runs
 
 
+def test_a_cfg_pp_sampler_at_guidance_one_reads_both_passes():
+    """A CFG++ sampler runs the unconditional pass at guidance 1 too (ComfyUI's disable_cfg1_optimization): the cache
+    keeps both branches' differences, and at threshold 0 it is the uncached run."""
+    pipe = WanPipeline.from_builtin("t2v-A14B")
+    call = dict(**{**COMFY, "solver": "euler_cfg_pp"}, guide_scale=1.0)
+    plain = pipe(PROMPT, **call).frames
+    assert torch.equal(pipe(PROMPT, cache="easycache:0", **call).frames, plain)
+    hook = EasyCache(EasyCacheSettings(0.2), lambda n: 8.0, uncond=True)
+    cached = pipe(PROMPT, hooks=[hook], **call).frames
+    assert hook.reused_calls > 0 and (cached - plain).abs().max() > 0.01
+
+
 def test_nothing_crosses_into_the_next_call():
     """Each expert (ComfyUI's sampler call) starts its own record; the last one's differences are dropped."""
     pipe = WanPipeline.from_builtin("t2v-A14B")

@@ -14,7 +14,7 @@ CFG parallelism (which replaces the velocity computation), a step cache, per-ste
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -181,15 +181,17 @@ def guided_velocity(
     batch_cfg: bool = True,
     guidance: Guidance = CFG,
     skip: tuple[tuple[int, ...], tuple[int, ...]] = ((), ()),
+    kept: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Classifier-free guided velocity, the passes combined by ``guidance``; both passes in one batch when
     ``batch_cfg`` (not with NAG, whose conditional pass reads a context of twice the batch, nor when the
     unconditional pass leaves blocks out); ``skip``: the blocks skip layer guidance leaves out of its third pass (the
-    prompt's) and of the unconditional pass, on its steps."""
+    prompt's) and of the unconditional pass, on its steps; ``kept``: where the unconditional velocity goes, for a
+    solver that reads it (ComfyUI's CFG++ samplers: then the unconditional pass runs at guidance 1 too)."""
     y, positive = cond.y, cond.positive()
     third, uncond_skip = skip
     v_skip = None if not third else model(latents, t, positive, y=y, skip_blocks=third)
-    if scale == 1.0:  # guidance off: uncond + 1 * (cond - uncond) == cond, no unconditional pass
+    if scale == 1.0 and kept is None:  # guidance off: uncond + 1 * (cond - uncond) == cond, no unconditional pass
         return guidance.combine(model(latents, t, positive, y=y), None, scale, v_skip)
     if batch_cfg and cond.context_nag is None and not uncond_skip:
         both = model(
@@ -202,14 +204,25 @@ def guided_velocity(
     else:
         v_cond = model(latents, t, positive, y=y)
         v_uncond = model(latents, t, cond.context_null, y=y, skip_blocks=uncond_skip)
+    if kept is not None:
+        kept.append(v_uncond)
     return guidance.combine(v_cond, v_uncond, scale, v_skip)
 
 
-def _base_velocity(batch_cfg: bool, step: Step) -> Velocity:
+def _base_velocity(batch_cfg: bool, step: Step, kept: list[torch.Tensor] | None = None) -> Velocity:
     guidance, skip = step.guidance, step.guidance.skipped_layers(step.index, step.total, step.sigma)
     return lambda model, latents, t, cond, scale: guided_velocity(
-        model, latents, t, cond, scale, batch_cfg, guidance, skip
+        model, latents, t, cond, scale, batch_cfg, guidance, skip, kept
     )
+
+
+def _reading(state: SolverState, kept: list[torch.Tensor] | None) -> SolverState:
+    """``state`` with the unconditional velocity of the model call just made, for a solver that reads it."""
+    if kept is None:
+        return state
+    if not kept:
+        raise ValueError("a CFG++ sampler reads the unconditional pass, which this run's hooks did not make")
+    return replace(state, uncond=kept.pop())
 
 
 def _evaluate(
@@ -262,19 +275,21 @@ def denoise(
                 if after is not before:
                     latents = keep_first_frame(rescale(latents, step.index, before, after), cond.frame0)
             model = get(step.expert)
-            velocity = _base_velocity(sampler.batch_cfg, step)
+            kept = [] if sampler.solver.uncond else None  # (the unconditional velocities, for CFG++ samplers)
+            velocity = _base_velocity(sampler.batch_cfg, step, kept)
             for hook in hooks:
                 hook.before(step, model)
                 velocity = hook.wrap(velocity, step)
             if sampler.solver.calls_model(state, step.index):
                 v = _evaluate(model, velocity, latents, step.timestep, cond, step)
+                state = _reading(state, kept)
             else:  # (a step that needs no model output: RES4LYF's last, a denoise at the model's smallest sigma)
                 v = torch.zeros_like(latents)
             latents, state = sampler.solver.step(state, v, latents, step.index)
             while state.pending is not None:  # (a step of two model calls: heun's, dpm_2's, at the sigma it asks)
                 x = keep_first_frame(state.pending[0].to(latents.dtype), cond.frame0)
                 v = _evaluate(model, velocity, x, float(state.pending[1]) * 1000.0, cond, step)
-                latents, state = sampler.solver.step(state, v, latents, step.index)
+                latents, state = sampler.solver.step(_reading(state, kept), v, latents, step.index)
             latents = keep_first_frame(latents, cond.frame0)
             for hook in hooks:
                 replaced = hook.after(step, latents)

@@ -53,6 +53,7 @@ from wanflow.pipelines.request import DIFFUSERS_NAMES, WANFLOW_NAMES, GenerateOp
 from wanflow.pipelines.runtime_options import RuntimeOptions, check_device, device_and_dtype
 from wanflow.pipelines.video_to_video import from_video, video_pixels
 from wanflow.runtime.cache_curve import load_curve
+from wanflow.runtime.cfg_parallel import CfgParallel
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.easycache import EasyCache, EasyCacheSettings
 from wanflow.runtime.enhance_a_video import EnhanceAVideo
@@ -384,6 +385,8 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         if slg is not None and max(slg.layers) >= self.dit_cfg.num_layers:
             raise ValueError(f"slg_layers {list(slg.layers)}: this DiT has blocks 0..{self.dit_cfg.num_layers - 1}")
         check_riflex(request.riflex, self.dit_cfg.head_dim)
+        if get_solver(request.solver).uncond and any(isinstance(h, CfgParallel) for h in self._hooks):
+            raise ValueError(f"{request.solver} reads the unconditional pass on every rank: not with CFG parallelism")
         return request
 
     def generate(
@@ -586,7 +589,8 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         if request.calls is not None and request.calls.loras:
             hooks.append(CallLoras(request.calls, switch, self._placement.experts))
         if isinstance(request.cache, EasyCacheSettings):
-            hooks.append(EasyCache(request.cache, lambda n: call_setting(calls, n, "shift", request.shift)))
+            shift_of = lambda n: call_setting(calls, n, "shift", request.shift)  # noqa: E731
+            hooks.append(EasyCache(request.cache, shift_of, uncond=solver.uncond))
         elif request.cache:
             hooks.append(self.step_cache(request.cache))
         if request.nag:

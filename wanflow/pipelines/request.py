@@ -374,7 +374,7 @@ def resolve(options: GenerateOptions, task: Task, multiple: int | None = None, i
         video=video or None,
         strength=strength if video else None,
         extend=extend or None,
-        guidance=dataclasses.replace(parse_guidance(o.guidance), slg=_slg(o, shift)),
+        guidance=_guidance(o, shift, solver),
         nag=_nag(o),
         riflex=_riflex(o.riflex),
         enhance_a_video=_enhance(o.enhance_a_video),
@@ -426,6 +426,16 @@ def _grid(given: GenerateOptions, o: GenerateOptions, solver: str, steps: int, s
     if given.steps is not None and given.steps != schedule.num_steps:
         raise ValueError(f"steps={given.steps}, but the sigmas make {schedule.num_steps} steps: leave steps out")
     return SchedulerGrid("sigmas", solver, shift, schedule)
+
+
+def _guidance(o: GenerateOptions, shift: float, solver: str) -> Guidance:
+    """The rule and skip layer guidance; a CFG++ sampler reads every step's unconditional pass, which CFG-Zero*'s
+    zero steps do not run."""
+    guidance = dataclasses.replace(parse_guidance(o.guidance), slg=_slg(o, shift))
+    if guidance.zero_init_steps and get_solver(solver).uncond:
+        raise ValueError(f"{solver} reads every step's unconditional pass, which cfg_zero_star's first steps skip: "
+                         "give cfg_zero_star:0 (the scale alone) or another sampler")  # fmt: skip
+    return guidance
 
 
 def _slg(o: GenerateOptions, shift: float) -> SkipLayers | None:
@@ -559,6 +569,9 @@ def _cache(value: Any, solver: str, slg: bool) -> CacheSettings | EasyCacheSetti
     calls = get_solver(solver).model_calls
     if isinstance(settings, CacheSettings) and calls > 1:
         raise ValueError(f"magcache plans one model call a step: not with {solver} ({calls} model calls a step)")
+    if isinstance(settings, CacheSettings) and get_solver(solver).uncond:
+        raise ValueError(f"magcache plans the passes guidance runs: not with {solver} (its unconditional pass runs "
+                         "at guidance 1 too); easycache is")  # fmt: skip
     if isinstance(settings, EasyCacheSettings) and slg:
         raise ValueError("easycache with skip layer guidance: not run (ComfyUI's EasyCache node records its third "
                          "pass as the prompt's)")  # fmt: skip

@@ -190,10 +190,11 @@ def call_sigma(t: torch.Tensor | TokenTimesteps) -> float:
 
 class EasyCache(StepHook):
     """EasyCache for one run: a fresh ``CallCache`` for each sampler call (each expert, each call of a chain), at
-    that call's model shift (``shift_of(call index)``)."""
+    that call's model shift (``shift_of(call index)``); ``uncond``: the unconditional pass runs at guidance 1 too (a
+    CFG++ sampler's, as ComfyUI's disable_cfg1_optimization)."""
 
-    def __init__(self, settings: EasyCacheSettings, shift_of: Callable[[int], float]):
-        self.settings, self.shift_of = settings, shift_of
+    def __init__(self, settings: EasyCacheSettings, shift_of: Callable[[int], float], uncond: bool = False):
+        self.settings, self.shift_of, self.uncond = settings, shift_of, uncond
         self.caches: dict[tuple[int, str], CallCache] = {}
         self.current: CallCache | None = None
 
@@ -212,7 +213,7 @@ class EasyCache(StepHook):
         cache = self.current
 
         def cached(model, latents, t, cond, scale):
-            branches = ("cond",) if scale == 1.0 else ("cond", "uncond")
+            branches = ("cond",) if scale == 1.0 and not self.uncond else ("cond", "uncond")
             inner = cache.model_for(model, latents, call_sigma(t), cond.y, branches)
             return velocity(inner, latents, t, cond, scale)
 

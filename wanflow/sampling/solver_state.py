@@ -36,6 +36,8 @@ class SolverState:
     # a step of two model calls (heun, dpm_2): where its next call is, (x, sigma), and what it keeps until then
     pending: tuple[torch.Tensor, torch.Tensor] | None = None
     partial: tuple[torch.Tensor, ...] = ()
+    # the unconditional velocity of the model call this step reads (ComfyUI's CFG++ samplers: ``Solver.uncond``)
+    uncond: torch.Tensor | None = None
 
 
 Stepped = tuple[torch.Tensor, SolverState]  # (x_next, state)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from wanflow.sampling.comfy_adams import gradient_estimation_step, ipndm_step, ipndm_v_step, lms_step
+from wanflow.sampling.comfy_cfg_pp import CFG_PP_STEPS
 from wanflow.sampling.comfy_deis import deis_step
 from wanflow.sampling.comfy_er_sde import er_sde_step
 from wanflow.sampling.comfy_heun import (
@@ -185,6 +186,9 @@ class Solver:
     grid: Callable[..., Schedule] = euler_schedule
     # whether step ``index`` needs the model's output at its start (state, index) -> bool; None: every step does
     needs_model: Callable[[SolverState, int], bool] | None = None
+    # its steps read the unconditional prediction too (``SolverState.uncond``), which then runs at guidance 1 as well
+    # (ComfyUI's CFG++ samplers)
+    uncond: bool = False
 
     def calls_model(self, state: SolverState, index: int) -> bool:
         return self.needs_model is None or self.needs_model(state, index)
@@ -248,6 +252,10 @@ SOLVERS: dict[str, Solver] = {
             grid=moved_euler_schedule,
         )
         for name, step in SDE_STEPS.items()
+    },
+    **{
+        name: Solver(name, step, order, restarts_at_switch=restarts, noised=noised, model_calls=calls, uncond=True)
+        for name, (step, order, restarts, noised, calls) in CFG_PP_STEPS.items()
     },
 }
 
