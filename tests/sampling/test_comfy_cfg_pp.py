@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from tests.pipelines.test_calls import PROMPT, RUN, pipe  # noqa: F401  (the fixture)
+from wanflow.pipelines.pipeline import WanPipeline
 from wanflow.pipelines.request import GenerateOptions, resolve
+from wanflow.runtime.cfg_parallel import CfgParallel
 from wanflow.sampling.comfy_schedules import comfy_schedule
 from wanflow.sampling.hooks import StepHook
 from wanflow.sampling.solvers import SOLVERS, get_solver
@@ -128,3 +130,7 @@ def test_what_cfg_pp_samplers_do_not_run_with():
     with pytest.raises(ValueError, match="magcache plans the passes guidance runs: not with dpmpp_2m_cfg_pp"):
         resolve(GenerateOptions(PROMPT, solver="dpmpp_2m_cfg_pp", cache="magcache"), task)
     resolve(GenerateOptions(PROMPT, solver="dpmpp_2m_cfg_pp", cache="easycache"), task)
+    builtin = WanPipeline.from_builtin("t2v-A14B")
+    builtin.add_hook(CfgParallel.__new__(CfgParallel))  # (the two passes split over two ranks; no process group here)
+    with pytest.raises(ValueError, match="euler_cfg_pp reads the unconditional pass on every rank: not with CFG"):
+        builtin(PROMPT, solver="euler_cfg_pp", steps=2)

@@ -32,7 +32,7 @@ from wanflow.models.rope import check_riflex
 from wanflow.models.text_encoder import pad_context
 from wanflow.pipelines import lora
 from wanflow.pipelines.calls import CallLoras, loop_calls
-from wanflow.pipelines.core import Conditioning, Sampler, call_setting, denoise, step_levels
+from wanflow.pipelines.core import Call, Conditioning, Sampler, call_setting, denoise, step_levels
 from wanflow.pipelines.diffusers_api import (
     DiffusersMethods,
     WanPipelineOutput,
@@ -586,11 +586,17 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         )
         sampler = dataclasses.replace(sampler, calls=calls)
         hooks = [self._placement, FiniteLatents(), *self._hooks, *hooks]  # NaN weights: an error, not a black video
+        hooks += self.request_hooks(request, calls, switch)
+        return denoise(self._placement, noise, cond, sampler, hooks)
+
+    def request_hooks(self, request: Request, calls: Sequence[Call], switch: int | None) -> list[StepHook]:
+        """The step hooks the request's options make (the loop's ``calls``, the step the experts switch at)."""
+        hooks: list[StepHook] = []
         if request.calls is not None and request.calls.loras:
             hooks.append(CallLoras(request.calls, switch, self._placement.experts))
         if isinstance(request.cache, EasyCacheSettings):
             shift_of = lambda n: call_setting(calls, n, "shift", request.shift)  # noqa: E731
-            hooks.append(EasyCache(request.cache, shift_of, uncond=solver.uncond))
+            hooks.append(EasyCache(request.cache, shift_of, uncond=get_solver(request.solver).uncond))
         elif request.cache:
             hooks.append(self.step_cache(request.cache))
         if request.nag:
@@ -599,7 +605,7 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
             hooks.append(Riflex(request.riflex))
         if request.enhance_a_video:
             hooks.append(EnhanceAVideo(request.enhance_a_video))
-        return denoise(self._placement, noise, cond, sampler, hooks)
+        return hooks
 
     def step_cache(self, settings: CacheSettings) -> MagCache:
         """A step cache for one call, with the calibration of this checkpoint (``runtime.cache_curve.load_curve``)."""
