@@ -264,6 +264,31 @@ def test_a_batch_as_in_diffusers(ours_and_diffusers, batch):
         assert all((a[0] - a[k]).abs().max() > 1e-2 for k in range(1, count))  # every video its own noise
 
 
+def test_a_batch_of_prompt_embeds_as_in_diffusers(ours_and_diffusers):
+    """``prompt_embeds`` and ``negative_prompt_embeds`` of several rows (encode_prompt's of a list of prompts) are a
+    batch of those prompts, as in diffusers: one call per video, diffusers' order and noise; prompts beside them, or
+    negative rows of another count, are errors."""
+    ours, theirs = ours_and_diffusers
+    with torch.no_grad():
+        negatives = [DIFFUSERS_CALL["negative_prompt"]] * 2
+        embeds = theirs.encode_prompt([PROMPT, "a blue square"], negatives, max_sequence_length=512)
+    call = {**DIFFUSERS_CALL, "num_inference_steps": 4, "output_type": "pt"}
+    del call["negative_prompt"]
+    given = dict(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1])
+    a = ours(generator=seeded(5), **given, **call).frames
+    with torch.no_grad():
+        b = theirs(generator=seeded(5), **given, **call).frames
+    assert a.shape == b.shape and a.shape[0] == 2
+    assert (a - b).abs().max() <= 1e-4 and (a[0] - a[1]).abs().max() > 1e-2
+    # two videos of each row (diffusers repeats only the states it encodes itself): rows 0, 0, 1, 1 of one draw
+    four = ours(generator=seeded(5), num_videos_per_prompt=2, **given, **call).frames
+    assert four.shape[0] == 4 and (four[0] - four[1]).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="pass a prompt or prompt_embeds, not both"):
+        ours(PROMPT, **given, **call)
+    with pytest.raises(ValueError, match=r"negative_prompt_embeds: one row per prompt_embeds row \(2\)"):
+        ours(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1][:1], **call)
+
+
 @pytest.mark.parametrize("scales", [(0.5, 3.0), (1.0, None), (4.5, 0.5)])
 def test_guidance_of_one_or_less_as_in_diffusers(ours_and_diffusers, scales):
     """diffusers turns guidance off when guidance_scale <= 1 (guidance_scale_2 unread); a low-noise scale below 1
@@ -385,7 +410,7 @@ def test_wanflow_prompt_states_give_the_prompt_frames(t2v):
         (dict(prompt=PROMPT, prompt_embeds=torch.zeros(1, 4, 64)), "a prompt or prompt_embeds"),
         (dict(), "a prompt or prompt_embeds"),
         (dict(prompt_embeds=torch.zeros(1, 4, 63)), r"\(1, tokens, 64\) with 1..32 tokens, got \(4, 63\)"),
-        (dict(prompt_embeds=torch.zeros(2, 4, 64)), "one video per call"),
+        (dict(prompt_embeds=torch.zeros(4, 64), negative_prompt_embeds=torch.zeros(2, 4, 64)), "a batch of prompts"),
         (dict(prompt_embeds=torch.zeros(1, 33, 64)), "1..32 tokens"),
         (dict(prompt_embeds=torch.full((4, 64), float("nan"))), "NaN"),
         (dict(prompt=PROMPT, negative_prompt="x", negative_prompt_embeds=torch.zeros(4, 64)), "one of the two"),

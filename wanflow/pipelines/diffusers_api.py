@@ -278,7 +278,7 @@ def embeds_context(embeds: Any, name: str, text_len: int, text_dim: int) -> torc
     if embeds.ndim == 3 and embeds.shape[0] == 1:
         embeds = embeds[0]
     if embeds.ndim != 2 or embeds.shape[1] != text_dim or not 0 < embeds.shape[0] <= text_len:
-        batch = " (one video per call: a batch of 1)" if embeds.ndim == 3 else ""
+        batch = " (rows of prompt_embeds are a batch of prompts, as many negative ones)" if embeds.ndim == 3 else ""
         raise ValueError(
             f"{name} must be (1, tokens, {text_dim}) with 1..{text_len} tokens, got {tuple(embeds.shape)}{batch}"
         )

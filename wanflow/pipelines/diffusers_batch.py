@@ -27,15 +27,18 @@ class BatchNoise:
         return initial_noise((self.count, *shape), self.seed, device, self.on)[0][self.index : self.index + 1]
 
 
-def batch_calls(prompt: Any, options: dict[str, Any], latents: Any) -> list[tuple[str, dict[str, Any]]] | None:
-    """diffusers' batch (a list of prompts, ``num_videos_per_prompt``, a list of generators, batched ``latents``) as
-    one call per video, in diffusers' order (each prompt's videos together) and with diffusers' noise; None for one
-    video."""
+def batch_calls(
+    prompt: Any, options: dict[str, Any], latents: Any, embeds: tuple[Any, Any] = (None, None)
+) -> list[tuple[str | None, dict[str, Any]]] | None:
+    """diffusers' batch (a list of prompts or ``prompt_embeds`` of several rows, ``num_videos_per_prompt``, a list of
+    generators, batched ``latents``) as one call per video, in diffusers' order (each prompt's videos together) and
+    with diffusers' noise; None for one video."""
     per_prompt = options.get("num_videos_per_prompt") or 1
     generator = options.get("generator")
-    if not isinstance(prompt, list) and per_prompt == 1 and not isinstance(generator, list):
+    rows = embedded_prompts(prompt, embeds)
+    if not isinstance(prompt, list) and rows is None and per_prompt == 1 and not isinstance(generator, list):
         return None
-    prompts = prompt if isinstance(prompt, list) else [prompt]
+    prompts = prompt if isinstance(prompt, list) else [prompt] * (rows or 1)
     negative = options.get("negative_prompt")
     negatives = negative if isinstance(negative, list) else [negative] * len(prompts)
     if len(negatives) != len(prompts) or not prompts:
@@ -52,6 +55,9 @@ def batch_calls(prompt: Any, options: dict[str, Any], latents: Any) -> list[tupl
     calls = []
     for k in range(count):
         item = {**options, "num_videos_per_prompt": None, "negative_prompt": negatives[k // per_prompt]}
+        if rows is not None:  # (each prompt's row of the states given)
+            row = [None if e is None else e[k // per_prompt][None] for e in embeds]
+            item.update(prompt_embeds=row[0], negative_prompt_embeds=row[1])
         if isinstance(generator, list):
             item["generator"] = generator[k]
         else:
@@ -61,6 +67,19 @@ def batch_calls(prompt: Any, options: dict[str, Any], latents: Any) -> list[tupl
         )
         calls.append((prompts[k // per_prompt], item))
     return calls
+
+
+def embedded_prompts(prompt: Any, embeds: tuple[Any, Any]) -> int | None:
+    """The prompts of ``prompt_embeds`` given as a (B, L, D) batch of several rows (``negative_prompt_embeds`` as
+    many, or none), in place of the prompts; None otherwise (one row: one prompt's, checked by the call)."""
+    given, negative = embeds
+    if not isinstance(given, torch.Tensor) or given.ndim != 3 or given.shape[0] < 2:
+        return None
+    if prompt is not None:
+        raise ValueError("pass a prompt or prompt_embeds, not both")
+    if negative is not None and (not isinstance(negative, torch.Tensor) or negative.shape[:1] != given.shape[:1]):
+        raise ValueError(f"negative_prompt_embeds: one row per prompt_embeds row ({given.shape[0]}), as diffusers")
+    return given.shape[0]
 
 
 def batch_output(frames: list[Any], output_type: str, return_dict: bool, seed: int | None) -> Any:

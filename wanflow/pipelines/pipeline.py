@@ -336,10 +336,12 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         )
         output_type = output_type or "np"
         check_output_type(output_type)
-        calls = batch_calls(prompt, options, latents) if diffusers_call else None
+        calls = batch_calls(prompt, options, latents, embeds) if diffusers_call else None
         if calls is not None:  # diffusers' batch: one call per video, the frames stacked
-            if callback_on_step_end is not None or any(e is not None for e in embeds):
-                raise ValueError("a batch takes prompts, not prompt_embeds or callback_on_step_end: one call per video")
+            if callback_on_step_end is not None:
+                raise ValueError("a batch takes no callback_on_step_end: one call per video")
+            if isinstance(prompt, list) and any(e is not None for e in embeds):
+                raise ValueError("pass prompts or prompt_embeds, not both")
             hooks = list(hooks)
             same = dict(progress=progress, callback=callback, hooks=hooks, output_type=output_type)
             same.update(attention_kwargs=attention_kwargs, max_sequence_length=max_sequence_length)
