@@ -298,11 +298,13 @@ def test_a_chain_of_samplers_carries_over(served):
 
 
 def test_the_page_sends_a_chain_of_samplers(browser, served, tmp_path):
-    """The page shows the LoRA's strength for each call in its form (``style:0;1@high``) and sends the calls."""
+    """The page shows the calls in its own inputs and the LoRA's strength for each call (``style:0;1@high``), and
+    sends them."""
     errors: list = []
-    page = page_with_workflow(browser, served, tmp_path, three_samplers(), "a chained fox", "also sent", errors)
-    assert "sampler_calls 2,4" in page.text_content("#workflow-notes")
-    assert page.eval_on_selector("#form", "f => f.loras.value") == "style:0;1@high"
+    page = page_with_workflow(browser, served, tmp_path, three_samplers(), "a chained fox", "own t2v-A14B", errors)
+    calls = "f => [f.sampler_calls.value, f.call_guide_scale.value, f.loras.value]"
+    assert page.eval_on_selector("#form", calls) == ["2,4", "3.5,1,1", "style:0;1@high"]
+    assert "sampler_calls" not in page.text_content("#workflow-notes")  # (not among what is sent besides the form)
     page.click("button[type=submit]")
     page.locator("#gallery .card", has_text="a chained fox").wait_for(timeout=60_000)
     job = next(j for j in served.client.get("/api/jobs").json() if j["params"]["prompt"] == "a chained fox")
