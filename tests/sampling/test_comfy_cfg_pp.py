@@ -130,7 +130,16 @@ def test_what_cfg_pp_samplers_do_not_run_with():
     with pytest.raises(ValueError, match="magcache plans the passes guidance runs: not with dpmpp_2m_cfg_pp"):
         resolve(GenerateOptions(PROMPT, solver="dpmpp_2m_cfg_pp", cache="magcache"), task)
     resolve(GenerateOptions(PROMPT, solver="dpmpp_2m_cfg_pp", cache="easycache"), task)
+
+
+def test_cfg_parallelism_refuses_what_it_would_run_otherwise_than_one_process():
+    """Each rank runs one of the two passes: a CFG++ sampler, EasyCache (its rates are the unconditional pass's) and
+    Enhance-A-Video (one number for the CFG batch) would not be one process's run."""
     builtin = WanPipeline.from_builtin("t2v-A14B")
     builtin.add_hook(CfgParallel.__new__(CfgParallel))  # (the two passes split over two ranks; no process group here)
     with pytest.raises(ValueError, match="euler_cfg_pp reads the unconditional pass on every rank: not with CFG"):
         builtin(PROMPT, solver="euler_cfg_pp", steps=2)
+    with pytest.raises(ValueError, match="easycache decides from the unconditional pass on every rank"):
+        builtin(PROMPT, cache="easycache", steps=2)
+    with pytest.raises(ValueError, match="Enhance-A-Video's number is the CFG batch's"):
+        builtin(PROMPT, enhance_a_video=2, steps=2)

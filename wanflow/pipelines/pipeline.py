@@ -387,8 +387,8 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         if slg is not None and max(slg.layers) >= self.dit_cfg.num_layers:
             raise ValueError(f"slg_layers {list(slg.layers)}: this DiT has blocks 0..{self.dit_cfg.num_layers - 1}")
         check_riflex(request.riflex, self.dit_cfg.head_dim)
-        if get_solver(request.solver).uncond and any(isinstance(h, CfgParallel) for h in self._hooks):
-            raise ValueError(f"{request.solver} reads the unconditional pass on every rank: not with CFG parallelism")
+        if any(isinstance(h, CfgParallel) for h in self._hooks):
+            check_one_pass_a_rank(request)
         return request
 
     def generate(
@@ -656,6 +656,16 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
 # checkpoint: here one class runs every task (the checkpoint says which; video to video is an option of each), so the
 # Hub's "use this model" snippets and diffusers' examples run as written
 WanImageToVideoPipeline = WanVideoToVideoPipeline = DiffusionPipeline = WanPipeline
+
+
+def check_one_pass_a_rank(request: Request) -> None:
+    """What CFG parallelism (each rank one of the two passes) cannot run as one process does."""
+    if get_solver(request.solver).uncond:
+        raise ValueError(f"{request.solver} reads the unconditional pass on every rank: not with CFG parallelism")
+    if isinstance(request.cache, EasyCacheSettings):
+        raise ValueError("easycache decides from the unconditional pass on every rank: not with CFG parallelism")
+    if request.enhance_a_video:
+        raise ValueError("Enhance-A-Video's number is the CFG batch's (both passes): not with CFG parallelism")
 
 
 def checkpoint_task(layout: Layout, task: Task) -> Task:
