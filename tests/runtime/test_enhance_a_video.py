@@ -83,14 +83,16 @@ def test_the_model_is_left_as_found():
 
 
 def test_not_with_sequence_parallelism():
-    dit = WanPipeline.from_builtin("t2v-A14B").experts["high"]
+    pipe = WanPipeline.from_builtin("t2v-A14B")
 
     class Sharded(WholeSequence):  # (a plan that spreads the tokens, as runtime.sequence_parallel's)
         pass
 
-    dit.sequence = Sharded()
+    pipe.experts["high"].sequence = Sharded()
     with pytest.raises(ValueError, match="Enhance-A-Video with sequence parallelism: not run"):
-        EnhanceAVideo(2.0).before(None, dit)
+        EnhanceAVideo(2.0).before(None, pipe.experts["high"])
+    with pytest.raises(ValueError, match="Enhance-A-Video with sequence parallelism: not run"):
+        pipe(PROMPT, steps=2, enhance_a_video=2)  # (said before the run)
 
 
 @pytest.mark.parametrize("value", [-1, True, "2", float("nan"), float("inf")])

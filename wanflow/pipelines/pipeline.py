@@ -56,7 +56,7 @@ from wanflow.runtime.cache_curve import load_curve
 from wanflow.runtime.cfg_parallel import CfgParallel
 from wanflow.runtime.compile import compile_blocks
 from wanflow.runtime.easycache import EasyCache, EasyCacheSettings
-from wanflow.runtime.enhance_a_video import EnhanceAVideo
+from wanflow.runtime.enhance_a_video import EnhanceAVideo, check_whole
 from wanflow.runtime.fp8 import quantize_fp8
 from wanflow.runtime.nag import Nag
 from wanflow.runtime.offload import ExpertPlacement, choose_policy
@@ -389,6 +389,9 @@ class WanPipeline(DiffusersMethods, DiffusersLoraMethods):
         check_riflex(request.riflex, self.dit_cfg.head_dim)
         if any(isinstance(h, CfgParallel) for h in self._hooks):
             check_one_pass_a_rank(request)
+        if request.enhance_a_video:
+            for expert in self._placement.experts.values():
+                check_whole(expert)
         return request
 
     def generate(

@@ -63,6 +63,13 @@ class ScoredSequence(WholeSequence):
         self.attend = scores.attention(attention)
 
 
+def check_whole(model: nn.Module) -> None:
+    """Enhance-A-Video reads every head of the whole sequence: not a DiT whose tokens are spread over ranks."""
+    for dit in model.modules():
+        if isinstance(dit, WanDiT) and type(dit.sequence) not in (WholeSequence, ScoredSequence):
+            raise ValueError("Enhance-A-Video with sequence parallelism: not run (a rank sees part of the heads)")
+
+
 class EnhanceAVideo(StepHook):
     def __init__(self, weight: float):
         self.scores = Scores(weight)
@@ -72,10 +79,7 @@ class EnhanceAVideo(StepHook):
         for dit in model.modules():  # (through any wrapper: compiled, offloaded)
             if not isinstance(dit, WanDiT) or isinstance(dit.sequence, ScoredSequence):
                 continue
-            if type(dit.sequence) is not WholeSequence:
-                raise ValueError(
-                    "Enhance-A-Video with sequence parallelism: not run (each rank sees part of the heads)"
-                )
+            check_whole(dit)
             handles = [block.self_attn.register_forward_hook(self.scores.apply) for block in dit.blocks]
             self._set.append((dit, dit.sequence, handles))
             dit.sequence = ScoredSequence(self.scores)
