@@ -493,29 +493,50 @@ def test_kjnodes_nag(comfy, tmp_path, caplog):
     assert args[at : at + 8] == ["--nag_scale", "11", "--nag_alpha", "0.25", "--nag_tau", "2.5",
                                  "--nag_negative_prompt", "blurry"]  # fmt: skip
     assert "runs as wanflow's NAG" in caplog.text
-    node(w, 71)["widgets_values"][0] = 5.0
-    with pytest.raises(ValueError, match="WanVideoNAG differs between the samplers' models"):
-        workflow_arguments(write(tmp_path, w.json()), str(comfy))
-    relink(w, 58, "model", 55)  # the low-noise expert without NAG
-    with pytest.raises(ValueError, match="WanVideoNAG differs between the samplers' models"):
-        workflow_arguments(write(tmp_path, w.json()), str(comfy))
-    relink(w, 58, "model", 71)
+    differs_between_samplers(comfy, tmp_path, w, "WanVideoNAG", 71, 5.0)
     node(w, 70)["widgets_values"][0] = node(w, 71)["widgets_values"][0] = 1.0
     assert "--nag_scale" not in workflow_arguments(write(tmp_path, w.json()), str(comfy))
+
+
+def patched_on_both(comfy, tmp_path, caplog, kind, widgets, ids, said, **inputs):
+    """``t2v()`` with a ``kind`` node (``widgets``, ``inputs``) between each expert's ModelSamplingSD3 and its sampler
+    (node ids ``ids``); (the workflow, its flags, read once from the editor's file, checked to be the API export's and
+    to say ``said``)."""
+    w = t2v()
+    for sampler, sampling, node_id in zip((57, 58), (54, 55), ids, strict=True):
+        w.add(node_id, kind, widgets, model=(sampling, 0), **inputs)
+        relink(w, sampler, "model", node_id)
+    with caplog.at_level(logging.WARNING, logger="wanflow"):
+        args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    assert said in caplog.text
+    assert workflow_arguments(write(tmp_path, api(w), "api.json"), str(comfy)) == args
+    return w, args
+
+
+def differs_between_samplers(comfy, tmp_path, w, kind: str, low_node: int, other) -> None:
+    """Workflow ``w`` with another first setting on the low-noise expert's ``kind`` node, then without that node, is
+    refused (wanflow runs one on every call); both put back."""
+    widgets = node(w, low_node)["widgets_values"]
+    widgets[0], kept = other, widgets[0]
+    with pytest.raises(ValueError, match=f"{kind} differs between the samplers' models"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    widgets[0] = kept
+    relink(w, 58, "model", 55)  # (the low-noise expert without it)
+    with pytest.raises(ValueError, match=f"{kind} differs between the samplers' models"):
+        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    relink(w, 58, "model", low_node)
+
+
+def flag(args: list[str], name: str) -> list[str]:
+    return args[args.index(name) : args.index(name) + 2]
 
 
 def test_kjnodes_riflex(comfy, tmp_path, caplog):
     """KJNodes' Apply RifleXRoPE WanVideo on both experts, given the video's latent (or another of its frames), becomes
     ``--riflex K``; on one expert only, with another k on each, or given a latent of other frames, it is an error."""
-    w = t2v()
-    for sampler, sampling, node_id in ((57, 54, 72), (58, 55, 73)):
-        w.add(node_id, "ApplyRifleXRoPE_WanVideo", [6], model=(sampling, 0), latent=(59, 0))
-        relink(w, sampler, "model", node_id)
-    with caplog.at_level(logging.WARNING, logger="wanflow"):
-        args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
-    assert args[args.index("--riflex") : args.index("--riflex") + 2] == ["--riflex", "6"]
-    assert "runs as wanflow's RIFLEx" in caplog.text
-    assert workflow_arguments(write(tmp_path, api(w), "api.json"), str(comfy)) == args
+    said = "runs as wanflow's RIFLEx"
+    w, args = patched_on_both(comfy, tmp_path, caplog, "ApplyRifleXRoPE_WanVideo", [6], (72, 73), said, latent=(59, 0))
+    assert flag(args, "--riflex") == ["--riflex", "6"]
     w.add(61, "EmptyHunyuanLatentVideo", [32, 32, 5, 1])  # another latent of the video's frames
     relink(w, 73, "latent", 61)
     assert workflow_arguments(write(tmp_path, w.json()), str(comfy)) == args
@@ -523,30 +544,17 @@ def test_kjnodes_riflex(comfy, tmp_path, caplog):
     with pytest.raises(ValueError, match=r"not the video's latent .* wanflow's RIFLEx works on the video's own frames"):
         workflow_arguments(write(tmp_path, w.json()), str(comfy))
     relink(w, 73, "latent", 59)
-    node(w, 73)["widgets_values"][0] = 4
-    with pytest.raises(ValueError, match="ApplyRifleXRoPE_WanVideo differs between the samplers' models"):
-        workflow_arguments(write(tmp_path, w.json()), str(comfy))
-    relink(w, 58, "model", 55)  # the low-noise expert without it
-    with pytest.raises(ValueError, match="ApplyRifleXRoPE_WanVideo differs between the samplers' models"):
-        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    differs_between_samplers(comfy, tmp_path, w, "ApplyRifleXRoPE_WanVideo", 73, 4)
 
 
 def test_kjnodes_enhance_a_video(comfy, tmp_path, caplog):
     """KJNodes' WanVideo Enhance A Video (native) on both experts, given the video's latent, becomes
     ``--enhance_a_video W``; weight 0 (the node then leaves the model as it is) is left out; another weight on each
     expert, or another latent's frames, is an error."""
-    w = t2v()
-    for sampler, sampling, node_id in ((57, 54, 78), (58, 55, 79)):
-        w.add(node_id, "WanVideoEnhanceAVideoKJ", [2.5], model=(sampling, 0), latent=(59, 0))
-        relink(w, sampler, "model", node_id)
-    with caplog.at_level(logging.WARNING, logger="wanflow"):
-        args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
-    assert args[args.index("--enhance_a_video") : args.index("--enhance_a_video") + 2] == ["--enhance_a_video", "2.5"]
-    assert "runs as wanflow's Enhance-A-Video" in caplog.text
-    assert workflow_arguments(write(tmp_path, api(w), "api.json"), str(comfy)) == args
-    node(w, 79)["widgets_values"][0] = 1.0
-    with pytest.raises(ValueError, match="WanVideoEnhanceAVideoKJ differs between the samplers' models"):
-        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    said = "runs as wanflow's Enhance-A-Video"
+    w, args = patched_on_both(comfy, tmp_path, caplog, "WanVideoEnhanceAVideoKJ", [2.5], (78, 79), said, latent=(59, 0))
+    assert flag(args, "--enhance_a_video") == ["--enhance_a_video", "2.5"]
+    differs_between_samplers(comfy, tmp_path, w, "WanVideoEnhanceAVideoKJ", 79, 1.0)
     node(w, 78)["widgets_values"][0] = node(w, 79)["widgets_values"][0] = 0.0
     assert "--enhance_a_video" not in workflow_arguments(write(tmp_path, w.json()), str(comfy))
     w.add(62, "EmptyHunyuanLatentVideo", [64, 48, 9, 1])
@@ -558,21 +566,10 @@ def test_kjnodes_enhance_a_video(comfy, tmp_path, caplog):
 def test_comfyuis_easycache(comfy, tmp_path, caplog):
     """ComfyUI's EasyCache node on both experts becomes ``--cache easycache:T:START:END``; with other settings on
     each, or on one expert only, it is an error."""
-    w = t2v()
-    for sampler, sampling, node_id in ((57, 54, 76), (58, 55, 77)):
-        w.add(node_id, "EasyCache", [0.1, 0.2, 0.9, False], model=(sampling, 0))
-        relink(w, sampler, "model", node_id)
-    with caplog.at_level(logging.WARNING, logger="wanflow"):
-        args = workflow_arguments(write(tmp_path, w.json()), str(comfy))
-    assert args[args.index("--cache") : args.index("--cache") + 2] == ["--cache", "easycache:0.1:0.2:0.9"]
-    assert "ComfyUI's EasyCache runs as wanflow's" in caplog.text
-    assert workflow_arguments(write(tmp_path, api(w), "api.json"), str(comfy)) == args
-    node(w, 77)["widgets_values"][0] = 0.2
-    with pytest.raises(ValueError, match="EasyCache differs between the samplers' models"):
-        workflow_arguments(write(tmp_path, w.json()), str(comfy))
-    relink(w, 58, "model", 55)
-    with pytest.raises(ValueError, match="EasyCache differs between the samplers' models"):
-        workflow_arguments(write(tmp_path, w.json()), str(comfy))
+    said = "ComfyUI's EasyCache runs as wanflow's"
+    w, args = patched_on_both(comfy, tmp_path, caplog, "EasyCache", [0.1, 0.2, 0.9, False], (76, 77), said)
+    assert flag(args, "--cache") == ["--cache", "easycache:0.1:0.2:0.9"]
+    differs_between_samplers(comfy, tmp_path, w, "EasyCache", 77, 0.2)
 
 
 def test_comfyuis_skip_layer_guidance(comfy, tmp_path, caplog):
