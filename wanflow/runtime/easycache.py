@@ -105,14 +105,13 @@ class CallCache:
         (past the window), a reuse of the kept differences, or the model with its outputs recorded."""
         if not sigma > self.end:
             return model
-        x = model_input(latents, y)
         rows = Rows(latents.shape[0], branches)
         lead, input_change = branches[-1], None  # (ComfyUI's first in its batch: uncond under guidance)
         if sigma <= self.start:
             self.lead = self.lead or lead
             if self.lead == lead:
                 if self.x_prev is not None:
-                    input_change = change(subsample(x), self.x_prev)
+                    input_change = change(subsample(model_input(latents, y)), self.x_prev)
                 if self.out_norm is not None and self.rate is not None:
                     self.accumulated = self.accumulated + (self.rate * input_change) / self.out_norm
                     if self.accumulated < self.threshold and all(b in self.diffs for b in branches):
