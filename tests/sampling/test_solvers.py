@@ -279,18 +279,20 @@ def test_solver_registry():
         "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde_gpu", "deis", "res_multistep_ancestral", "heun",
         "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu", "lms", "heunpp2", "seeds_2",
         "seeds_3", "sa_solver", "sa_solver_pece", "res_2s", "res_2s_ode", "res_3s", "res_3s_ode", "res_2m",
-        "res_2m_ode",
+        "res_2m_ode", "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp", "res_multistep_cfg_pp",
+        "res_multistep_ancestral_cfg_pp", "gradient_estimation_cfg_pp", "dpmpp_2s_ancestral_cfg_pp",
     }  # fmt: skip
     assert get_solver("dpm++").order == 2 and get_solver("euler").order == 1 and get_solver("dpmpp_3m_sde").order == 3
     with pytest.raises(
         ValueError,
-        match=r"choose one of \['deis', 'dpm\+\+', 'dpm_2', 'dpm_2_ancestral', 'dpmpp_2m', 'dpmpp_2m_sde', "
-        r"'dpmpp_2m_sde_gpu', 'dpmpp_2m_sde_heun', 'dpmpp_2m_sde_heun_gpu', 'dpmpp_2s_ancestral', 'dpmpp_3m_sde', "
-        r"'dpmpp_3m_sde_gpu', 'dpmpp_sde', 'dpmpp_sde_gpu', 'er_sde', 'euler', 'euler_ancestral', "
-        r"'gradient_estimation', 'heun', 'heunpp2', 'ipndm', 'ipndm_v', 'lcm', 'lms', "
+        match=r"choose one of \['deis', 'dpm\+\+', 'dpm_2', 'dpm_2_ancestral', 'dpmpp_2m', 'dpmpp_2m_cfg_pp', "
+        r"'dpmpp_2m_sde', 'dpmpp_2m_sde_gpu', 'dpmpp_2m_sde_heun', 'dpmpp_2m_sde_heun_gpu', 'dpmpp_2s_ancestral', "
+        r"'dpmpp_2s_ancestral_cfg_pp', 'dpmpp_3m_sde', 'dpmpp_3m_sde_gpu', 'dpmpp_sde', 'dpmpp_sde_gpu', 'er_sde', "
+        r"'euler', 'euler_ancestral', 'euler_ancestral_cfg_pp', 'euler_cfg_pp', 'gradient_estimation', "
+        r"'gradient_estimation_cfg_pp', 'heun', 'heunpp2', 'ipndm', 'ipndm_v', 'lcm', 'lms', "
         r"'res_2m', 'res_2m_ode', 'res_2s', 'res_2s_ode', 'res_3s', 'res_3s_ode', 'res_multistep', "
-        r"'res_multistep_ancestral', 'sa_solver', 'sa_solver_pece', 'seeds_2', 'seeds_3', 'uni_pc', 'uni_pc_bh2', "
-        r"'unipc'\]",
+        r"'res_multistep_ancestral', 'res_multistep_ancestral_cfg_pp', 'res_multistep_cfg_pp', 'sa_solver', "
+        r"'sa_solver_pece', 'seeds_2', 'seeds_3', 'uni_pc', 'uni_pc_bh2', 'unipc'\]",
     ):
         get_solver("ddpm")
 
