@@ -49,6 +49,20 @@ def test_bfloat16_weights_keep_bfloat16_scales_and_results():
     assert (err <= torch.maximum((REL_STEP + 2**-8) * w.float().abs(), SUBNORMAL_STEP * scale.float())).all()
 
 
+def test_a_float32_weight_is_rounded_once_to_lower_scales():
+    """A float32 weight (a LoRA summed into fp8 weights) with bfloat16 scales: e4m3 from the float32 values, not from
+    a bfloat16 copy first; with the same scales (rows whose amax is 1) each value is at least as near, some nearer."""
+    w = (torch.randn(16, 64, generator=torch.Generator().manual_seed(3)) * 0.3).clamp(-0.99, 0.99)
+    w[:, 0] = 1.0  # (each row's amax exactly representable: the same scale either way)
+    once, twice = quantize(w, torch.bfloat16), quantize(w.to(torch.bfloat16))
+    assert once[1].dtype == torch.bfloat16 and torch.equal(once[1], twice[1])
+    err_once = (once[0].float() * once[1].float() - w).abs()  # (the exact products: no bfloat16 rounding of them)
+    err_twice = (twice[0].float() * twice[1].float() - w).abs()
+    assert (err_once <= err_twice).all() and (err_once < err_twice).any()
+    bf16 = w.to(torch.bfloat16)
+    assert all(torch.equal(a, b) for a, b in zip(quantize(bf16.float(), torch.bfloat16), quantize(bf16), strict=True))
+
+
 def test_quantized_dit_is_the_float_dit_with_rounded_weights():
     model = random_dit(TINY_T2V, 3)
     x = torch.randn(1, 16, 1, 4, 4, generator=torch.Generator().manual_seed(0))

@@ -30,11 +30,12 @@ E4M3_MAX = torch.finfo(E4M3).max  # 448
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16)  # float16 could not hold the scales of tiny rows
 
 
-def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, in) weight -> e4m3 values (out, in) and per-row scales (out, 1) in the weight's dtype."""
+def quantize(weight: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) weight -> e4m3 values (out, in) and per-row scales (out, 1) in ``dtype`` (default the weight's); a
+    float32 weight with a lower ``dtype`` is rounded once, to e4m3 (a LoRA merged into fp8 weights)."""
     w = weight.detach().float()
     amax = w.abs().amax(dim=1, keepdim=True)
-    scale = torch.where(amax > 0, amax / E4M3_MAX, 1.0).to(weight.dtype)  # an all-zero row gets scale 1
+    scale = torch.where(amax > 0, amax / E4M3_MAX, 1.0).to(dtype or weight.dtype)  # an all-zero row gets scale 1
     values = (w / scale.float()).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)  # the clamp absorbs the rounding of s
     return values, scale
 

@@ -2,9 +2,9 @@
 name with its strength.
 
 Merged: each touched parameter becomes ``(W.float() + sum_k s_k delta_k).to(W.dtype)`` (FP8 block linears,
-``runtime.fp8``: dequantised, summed in float32, quantised again), written into the parameter's own storage. The
-originals are kept, so unloading or changing a strength rebuilds the parameter from them: unloading restores it bit
-for bit. ``keep_originals=False`` saves that memory (a one-shot run) and then forbids both.
+``runtime.fp8``: dequantised, summed in float32, quantised again from float32: one rounding), written into the
+parameter's own storage. The originals are kept, so unloading or changing a strength rebuilds the parameter from them:
+unloading restores it bit for bit. ``keep_originals=False`` saves that memory (a one-shot run) and then forbids both.
 
 Unmerged (beside the weights), the model's forward untouched and never run twice:
 
@@ -194,8 +194,8 @@ def _fold(state: LoraState, applied: Applied) -> None:
         if base is not None:
             value = dequantize(*base) if len(base) == 2 else base[0]
             deltas = [applied.strength * d.delta(tuple(value.shape), value.device) for d in applied.deltas[pname]]
-            total = (value.float() + sum(deltas)).to(value.dtype)
-            state.originals[pname] = list(quantize(total)) if len(base) == 2 else [total]
+            total = value.float() + sum(deltas)
+            state.originals[pname] = list(quantize(total, value.dtype)) if len(base) == 2 else [total.to(value.dtype)]
     applied.deltas = {}
 
 
@@ -263,7 +263,7 @@ def _rebuild(model: nn.Module, state: LoraState, params: Sequence[str]) -> None:
         total = value.float()
         for strength, delta in todo:
             total = total + strength * delta.delta(tuple(value.shape), device)
-        new = quantize(total.to(value.dtype)) if len(base) == 2 else (total.to(value.dtype),)
+        new = quantize(total, value.dtype) if len(base) == 2 else (total.to(value.dtype),)  # (fp8: rounded once)
         for t, data in zip(stored, new, strict=True):
             t.data.copy_(data)
 
