@@ -157,6 +157,6 @@ def test_each_window_runs_with_its_own_seed(tiny, monkeypatch):
         return sample(noise, cond, request, hooks, start)
 
     monkeypatch.setattr(pipe, "sample", record)
-    pipe("a | b | c", frames=17, window_frames=9, window_overlap=4, seed=40, solver="lcm", steps=3)
+    pipe("a | b | c", size=(64, 64), frames=17, window_frames=9, window_overlap=4, seed=40, solver="lcm", steps=3)
     assert [s for s, _ in seen] == [40, 41, 42]
     assert all(torch.equal(noise, pipe.noise(noise.shape[1:], s)) for s, noise in seen)
