@@ -81,6 +81,26 @@ def test_comfyuis_cfg_pp_samplers(case):
         assert (_run(case, case["seed"] + 1)[0] - x).abs().max() > 1e-2
 
 
+def test_the_multistep_forms_step_off_a_flow_models_path():
+    """ComfyUI wrote its CFG++ functions other than the Euler ones for VE models: on a flow model a first-order step
+    of dpmpp_2m_cfg_pp lands ``sigma' (x0_guided - x0_uncond)`` away from euler_cfg_pp's (which goes through the half
+    log-SNR); the two agree where the predictions do (guidance 1). The reason for their noisy frames (BENCHMARKS)."""
+    schedule = comfy_schedule("simple", 10, 8.0, sampler="euler_cfg_pp")
+    k, (sigma, sigma_next) = 2, schedule.sigmas[2:4]
+    g = torch.Generator().manual_seed(1)
+    x, v, v_u = (torch.randn(2, 3, 4, generator=g) for _ in range(3))
+    steps = {}
+    for name in ("euler_cfg_pp", "dpmpp_2m_cfg_pp"):
+        solver = get_solver(name)  # (a call's first step: no history)
+        steps[name] = solver.step(dataclasses.replace(solver.init(schedule), uncond=v_u), v, x, k)[0]
+    drift = sigma_next * ((x - sigma * v) - (x - sigma * v_u))
+    torch.testing.assert_close(steps["dpmpp_2m_cfg_pp"] - steps["euler_cfg_pp"], drift, rtol=0, atol=1e-6)
+    assert drift.abs().max() > 0.05
+    same = {n: get_solver(n).step(dataclasses.replace(get_solver(n).init(schedule), uncond=v), v, x, k)[0]
+            for n in steps}  # fmt: skip
+    torch.testing.assert_close(same["dpmpp_2m_cfg_pp"], same["euler_cfg_pp"], rtol=0, atol=1e-6)
+
+
 class Passes(StepHook):
     """Every model call's input rows and output rows, and the velocity each step's call returned."""
 

@@ -73,6 +73,7 @@ def check_whole(model: nn.Module) -> None:
 class EnhanceAVideo(StepHook):
     def __init__(self, weight: float):
         self.scores = Scores(weight)
+        self.patch_frames = 1  # the experts' patch along the frames (read from them at the first step)
         self._set: list[tuple[WanDiT, object, list]] = []  # (an expert's DiT, its plan, its hooks' handles)
 
     def before(self, step: Step, model: nn.Module) -> None:
@@ -80,13 +81,14 @@ class EnhanceAVideo(StepHook):
             if not isinstance(dit, WanDiT) or isinstance(dit.sequence, ScoredSequence):
                 continue
             check_whole(dit)
+            self.patch_frames = dit.cfg.patch_size[0]
             handles = [block.self_attn.register_forward_hook(self.scores.apply) for block in dit.blocks]
             self._set.append((dit, dit.sequence, handles))
             dit.sequence = ScoredSequence(self.scores)
 
     def wrap(self, velocity: Velocity, step: Step) -> Velocity:
         def scored(model, latents, t, cond, scale):
-            self.scores.frames = latents.shape[2] // model.cfg.patch_size[0]  # (the latent frames: KJNodes' T)
+            self.scores.frames = latents.shape[2] // self.patch_frames  # (the latent frames: KJNodes' T)
             return velocity(model, latents, t, cond, scale)
 
         return scored
